@@ -1,0 +1,631 @@
+"""Complex event processing: MATCH_RECOGNIZE-style sequence patterns per key.
+
+Pattern syntax: whitespace-separated variables (identifiers), each optionally followed by one
+quantifier ``?``, ``*``, ``+``, ``{n}``, ``{n,}`` or ``{n,m}``. No groups or alternation. A variable
+may appear more than once. A variable without a condition in ``define`` matches any event.
+
+Matching semantics, per key, over the key's events in arrival order (assumed to be event-time
+order within the key):
+
+* A match is a run of events ``e_p .. e_q`` assigned in order to the pattern's variables within
+  their quantifier bounds, each event satisfying its variable's condition, and (with ``window_ms``)
+  ``time(e_q) - time(e_p) <= window_ms``. The first event of a match is always matched.
+* ``strict`` contiguity: the matched events are consecutive events of the key. ``relaxed``
+  (skip till next match, Flink's ``followedBy``): events in between are skipped, but only events
+  that could not be taken in the current state: an event satisfying a condition the partial match
+  may take next *is* taken (one branch per variable it can be taken as).
+* Leftmost-longest: the match reported is the one starting at the earliest possible event, and
+  among those the one ending at the latest event (greedy quantifiers). For ``relaxed`` ties are
+  broken by more events, then by the earliest events.
+* ``skip_past_last_row``: the next match starts after the last event of the reported match;
+  ``skip_to_next_row``: after the first one (matches may overlap).
+* Streaming consequence: a match is reported once it can no longer grow and no earlier start can
+  still match: when the next event of the key fails to extend it (a pattern ending in a greedy
+  ``+``/``*``/``{n,}``/``{n,m}`` variable waits for that event), when an event of the key arrives
+  more than ``window_ms`` after the match's first event, when the task's watermark (the largest
+  event time this task has seen) passes first event + ``window_ms`` (checked after each batch;
+  exact when the task's input is in event-time order across keys), or at ``on_end``. At
+  ``on_end`` complete matches are reported and incomplete partial matches discarded. In
+  ``relaxed`` mode without a window a partial match only ends at ``on_end``: a greedy pattern
+  end waits for it, and an incomplete partial match holds back the key's later matches (leftmost
+  first) until then, so ``relaxed`` is meant to be used with a window.
+
+Output per match: ``{"key", "pattern", "start_time", "end_time", "event_count", "events"}``.
+
+State: one store entry per key with a partial match, ``k|<repr(key)>`` ->
+``[key, next_index, buffered indexes, buffered times, buffered events, starts]`` where each start
+is ``[first_index, first_time, runs, best]``: the automaton states of its live partial matches
+(``strict``: state ids; ``relaxed``: ``[state id, matched indexes]``) and its longest complete
+match so far. Runs with the same state are merged, so the entry is bounded by the pattern size
+times the number of events within the window. Keys with nothing pending have no entry.
+``meta`` holds the watermark. Entries are cached per call (copied on load) and written back at
+the end of each call; the expiry heap is derived and rebuilt by :meth:`CepTransformation.restore`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from heliosdb_streaming.runtime.api import Batch, Record, StateStore
+from heliosdb_streaming.runtime.eventtime import MIN_WATERMARK, parse_event_time
+
+MAX_REPEAT = 10_000
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACES = re.compile(r"\{\s*(\d+)\s*(?:(,)\s*(\d*)\s*)?\}")
+_QUANTIFIER_START = "?*+{"
+_MISSING: Any = object()
+_ABSENT: Any = object()
+_META = "meta"
+_PREFIX = "k|"
+_StepResult = tuple[list[Any], bool] | None
+
+
+class PatternError(ValueError):
+    """An invalid pattern; ``position`` is the 0-based offset of the problem in the text."""
+
+    def __init__(self, message: str, position: int, text: str = "") -> None:
+        self.message = message
+        self.position = position
+        self.text = text
+        detail = f" in {text!r}" if text else ""
+        super().__init__(f"{message} at position {position}{detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class PatternElement:
+    """One variable of the pattern with its quantifier bounds (``max`` None = unbounded)."""
+
+    name: str
+    min: int
+    max: int | None
+    quantifier: str = ""
+
+    def __str__(self) -> str:
+        return self.name + self.quantifier
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    elements: tuple[PatternElement, ...]
+
+    @property
+    def variables(self) -> list[str]:
+        """The variable names in pattern order (a repeated variable appears again)."""
+        return [e.name for e in self.elements]
+
+    @property
+    def bounds(self) -> list[tuple[int, int | None]]:
+        """``(min, max)`` per element, ``max`` None for unbounded."""
+        return [(e.min, e.max) for e in self.elements]
+
+    def __str__(self) -> str:
+        return " ".join(str(e) for e in self.elements)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parses ``"A B+ C{2,3}"``; raises :class:`PatternError` with the position of the problem."""
+    if not isinstance(text, str):
+        raise PatternError("pattern must be a string", 0)
+    elements: list[PatternElement] = []
+    pos = 0
+    n = len(text)
+    while True:
+        while pos < n and text[pos].isspace():
+            pos += 1
+        if pos >= n:
+            break
+        m = _IDENT.match(text, pos)
+        if m is None:
+            ch = text[pos]
+            if ch in _QUANTIFIER_START:
+                raise PatternError(f"quantifier {ch!r} must follow a variable", pos, text)
+            if ch in "()|":
+                raise PatternError(
+                    f"{ch!r} is not supported: a pattern is a sequence of variables with optional "
+                    "quantifiers (no groups or alternation)",
+                    pos,
+                    text,
+                )
+            raise PatternError(f"unexpected {ch!r}, expected a variable name", pos, text)
+        name = m.group()
+        pos = m.end()
+        q_pos = pos
+        while q_pos < n and text[q_pos].isspace():
+            q_pos += 1
+        lo, quantifier = 1, ""
+        hi: int | None = 1
+        if q_pos < n and text[q_pos] in _QUANTIFIER_START:
+            lo, hi, quantifier, pos = _parse_quantifier(text, q_pos)
+            if pos < n and text[pos] in _QUANTIFIER_START:
+                what = "reluctant quantifiers are" if text[pos] == "?" else "a second quantifier is"
+                raise PatternError(f"{what} not supported", pos, text)
+        elif pos < n and not text[pos].isspace():
+            ch = text[pos]
+            if ch in "()|":
+                raise PatternError(
+                    f"{ch!r} is not supported: a pattern is a sequence of variables with optional "
+                    "quantifiers (no groups or alternation)",
+                    pos,
+                    text,
+                )
+            raise PatternError(f"unexpected {ch!r} after variable {name!r}", pos, text)
+        elements.append(PatternElement(name, lo, hi, quantifier))
+    if not elements:
+        raise PatternError("pattern is empty", 0, text)
+    if all(e.min == 0 for e in elements):
+        raise PatternError(
+            "pattern can match an empty sequence: at least one variable needs a minimum of one "
+            "(e.g. 'A+' instead of 'A*')",
+            0,
+            text,
+        )
+    return Pattern(tuple(elements))
+
+
+def _parse_quantifier(text: str, pos: int) -> tuple[int, int | None, str, int]:
+    ch = text[pos]
+    if ch == "?":
+        return 0, 1, "?", pos + 1
+    if ch == "*":
+        return 0, None, "*", pos + 1
+    if ch == "+":
+        return 1, None, "+", pos + 1
+    m = _BRACES.match(text, pos)
+    if m is None:
+        raise PatternError("invalid quantifier: use {n}, {n,} or {n,m}", pos, text)
+    lo = int(m.group(1))
+    hi: int | None
+    if m.group(2) is None:
+        hi, quantifier = lo, f"{{{lo}}}"
+    elif m.group(3) == "":
+        hi, quantifier = None, f"{{{lo},}}"
+    else:
+        hi = int(m.group(3))
+        quantifier = f"{{{lo},{hi}}}"
+    if hi is not None and lo > hi:
+        raise PatternError(f"invalid quantifier {quantifier}: minimum is larger than maximum", pos, text)
+    if hi is not None and hi < 1:
+        raise PatternError(f"invalid quantifier {quantifier}: maximum must be at least 1", pos, text)
+    if lo > MAX_REPEAT or (hi is not None and hi > MAX_REPEAT):
+        raise PatternError(
+            f"invalid quantifier {quantifier}: counts above {MAX_REPEAT} are not supported", pos, text
+        )
+    return lo, hi, quantifier, m.end()
+
+
+class _Automaton:
+    """The pattern as an NFA over states ``(element, count so far)``; unbounded counts are capped."""
+
+    def __init__(self, pattern: Pattern, define: dict[str, Callable[[Record], bool]]) -> None:
+        elements = pattern.elements
+        k = len(elements)
+        slots: dict[str, int] = {}
+        self.preds: list[Callable[[Record], bool] | None] = []
+        elem_slot: list[int] = []
+        for e in elements:
+            if e.name not in slots:
+                slots[e.name] = len(self.preds)
+                self.preds.append(define.get(e.name))
+            elem_slot.append(slots[e.name])
+        caps = [e.max if e.max is not None else max(e.min, 1) for e in elements]
+        offsets: list[int] = []
+        total = 0
+        for cap in caps:
+            offsets.append(total)
+            total += cap
+
+        def sid(i: int, c: int) -> int:
+            return offsets[i] + c - 1
+
+        def forward(i: int) -> list[tuple[int, int]]:
+            out: list[tuple[int, int]] = []
+            for j in range(i + 1, k):
+                out.append((elem_slot[j], sid(j, 1)))
+                if elements[j].min > 0:
+                    break
+            return out
+
+        self.initial = forward(-1)
+        self.first_preds = [self.preds[slot] for slot, _ in self.initial]
+        self.trans: list[list[tuple[int, int]]] = []
+        self.accepting: list[bool] = []
+        for i, e in enumerate(elements):
+            for c in range(1, caps[i] + 1):
+                t: list[tuple[int, int]] = []
+                if e.max is None:
+                    t.append((elem_slot[i], sid(i, min(c + 1, caps[i]))))
+                elif c < e.max:
+                    t.append((elem_slot[i], sid(i, c + 1)))
+                if c >= e.min:
+                    t += forward(i)
+                self.trans.append(t)
+                self.accepting.append(c >= e.min and all(x.min == 0 for x in elements[i + 1 :]))
+
+
+def _better(a: list[int], b: list[int]) -> bool:
+    """Preference between two relaxed runs in the same state: more events, then earlier events."""
+    return len(a) > len(b) or (len(a) == len(b) and a < b)
+
+
+class CepTransformation:
+    """Keyed pattern matching; see the module docstring for the exact semantics."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        pattern: Pattern,
+        pattern_text: str,
+        define: dict[str, Callable[[Record], bool]],
+        key_fn: Callable[[Record], Any] | None = None,
+        window_ms: int | None = None,
+        time_field: str = "timestamp",
+        contiguity: Literal["strict", "relaxed"] = "strict",
+        after_match: Literal["skip_past_last_row", "skip_to_next_row"] = "skip_past_last_row",
+        name: str = "cep",
+    ) -> None:
+        if contiguity not in ("strict", "relaxed"):
+            raise ValueError(f"unknown contiguity {contiguity!r}: use strict or relaxed")
+        if after_match not in ("skip_past_last_row", "skip_to_next_row"):
+            raise ValueError(
+                f"unknown after_match {after_match!r}: use skip_past_last_row or skip_to_next_row"
+            )
+        if window_ms is not None and window_ms <= 0:
+            raise ValueError("window_ms must be positive")
+        unknown = sorted(set(define) - set(pattern.variables))
+        if unknown:
+            raise ValueError(f"define names variables not in the pattern: {', '.join(unknown)}")
+        self.name = name
+        self.pattern = pattern
+        self.pattern_text = pattern_text
+        self.time_field = time_field
+        self.window_ms = window_ms
+        self.contiguity = contiguity
+        self.after_match = after_match
+        self.late_dropped = 0  # CEP drops nothing; present for the runner's metrics
+        self._nfa = _Automaton(pattern, define)
+        self._key_fn = key_fn
+        self._strict = contiguity == "strict"
+        self._skip_past = after_match == "skip_past_last_row"
+        self._store = store
+        self._hot: dict[str, Any] = {}
+        self._expiry: list[tuple[int, str]] = []
+        self._wm = MIN_WATERMARK
+        self._stored_wm = MIN_WATERMARK
+        self.restore()
+
+    # ------------------------------------------------------------------------------ state
+
+    def restore(self) -> None:
+        """Rebuilds the in-memory expiry index from the store (after loading a checkpoint)."""
+        self._hot.clear()
+        meta = self._store.get(_META)
+        self._wm = self._stored_wm = MIN_WATERMARK if meta is None else int(meta[0])
+        self._expiry = []
+        if self.window_ms is not None:
+            for sk, state in self._store.items(_PREFIX):
+                kstr = sk[len(_PREFIX) :]
+                for start in state[5]:
+                    if start[2]:
+                        self._expiry.append((start[1] + self.window_ms, kstr))
+            heapq.heapify(self._expiry)
+
+    def _load(self, kstr: str) -> Any:
+        state = self._hot.get(kstr, _MISSING)
+        if state is _MISSING:
+            stored = self._store.get(_PREFIX + kstr)
+            if stored is None:
+                state = _ABSENT
+            else:
+                key, n, ei, et, er, starts = stored
+                state = [key, n, list(ei), list(et), list(er), list(starts)]
+            self._hot[kstr] = state
+        return state
+
+    def _flush(self) -> None:
+        store = self._store
+        for kstr, state in self._hot.items():
+            if state is None:
+                store.delete(_PREFIX + kstr)
+            elif state is not _ABSENT:
+                store.put(_PREFIX + kstr, state)
+        self._hot.clear()
+        if self._wm != self._stored_wm:
+            self._stored_wm = self._wm
+            store.put(_META, [self._wm])
+
+    # ------------------------------------------------------------------------------ data path
+
+    @property
+    def watermark(self) -> int:
+        return self._wm
+
+    def process(self, records: Batch, errors: list[tuple[Record, Exception]]) -> Batch:
+        out: Batch = []
+        time_field = self.time_field
+        key_fn = self._key_fn
+        step = self._step_strict if self._strict else self._step_relaxed
+        hot = self._hot
+        first_preds = self._nfa.first_preds
+        wm = self._wm
+        for record in records:
+            try:
+                ts = record.get(time_field)
+                if type(ts) is not int:
+                    ts = self._parse_time(ts)
+                key = key_fn(record) if key_fn is not None else None
+                kstr = repr(key)
+                state = hot.get(kstr, _MISSING)
+                if state is _MISSING:
+                    state = self._load(kstr)
+                if state is _ABSENT or state is None:
+                    # fast path for a key with nothing pending: does the event start anything?
+                    for pred in first_preds:
+                        if pred is None or pred(record):
+                            break
+                    else:
+                        if ts > wm:
+                            wm = ts
+                        continue
+                    pending = False
+                    result = step((), 0, record, ts, kstr)
+                else:
+                    pending = True
+                    result = step(state[5], state[1], record, ts, kstr)
+            except Exception as e:
+                errors.append((record, e))
+                continue
+            if ts > wm:
+                wm = ts
+            if result is None:
+                continue
+            starts, taken = result
+            if not pending:
+                state = [key, 0, [], [], [], []]
+                self._hot[kstr] = state
+            if taken:
+                state[2].append(state[1])
+                state[3].append(ts)
+                state[4].append(record)
+            state[5] = starts
+            state[1] += 1
+            self._settle(kstr, state, out)
+        self._wm = wm
+        if self.window_ms is not None:
+            self._expire(wm, out)
+        self._flush()
+        return out
+
+    def _parse_time(self, value: Any) -> int:
+        if value is None:
+            raise ValueError(f"missing event time field {self.time_field!r}")
+        try:
+            return parse_event_time(value)
+        except ValueError as e:
+            raise ValueError(f"field {self.time_field!r}: {e}") from None
+
+    def _step_strict(self, starts: Any, n: int, record: Record, ts: int, kstr: str) -> _StepResult:
+        """``(starts after event n, whether a partial match took the event)``, or None when nothing
+        was pending and the event starts nothing.
+
+        Pure except for the expiry index: the caller commits, so a raising condition leaves the
+        state intact.
+        """
+        nfa = self._nfa
+        preds = nfa.preds
+        trans = nfa.trans
+        accepting = nfa.accepting
+        window = self.window_ms
+        memo: dict[int, bool] = {}
+        new_starts: list[Any] = []
+        taken = False
+        for st in starts:
+            p, pts, sids, best = st
+            if not sids:
+                new_starts.append(st)  # finished, waiting for an earlier start to be decided
+                continue
+            if window is not None and ts - pts > window:
+                if best is not None:
+                    new_starts.append([p, pts, [], best])
+                continue
+            nsids: list[int] = []
+            nbest = best
+            for sid in sids:
+                for slot, target in trans[sid]:
+                    ok = memo.get(slot)
+                    if ok is None:
+                        pred = preds[slot]
+                        ok = memo[slot] = True if pred is None else bool(pred(record))
+                    if ok and target not in nsids:
+                        nsids.append(target)
+                        if accepting[target]:
+                            nbest = n
+            if nsids:
+                taken = True
+                live = [t for t in nsids if trans[t]]
+                new_starts.append([p, pts, live, nbest])
+            elif best is not None:
+                new_starts.append([p, pts, [], best])
+        nsids = []
+        nbest = None
+        for slot, target in nfa.initial:
+            ok = memo.get(slot)
+            if ok is None:
+                pred = preds[slot]
+                ok = memo[slot] = True if pred is None else bool(pred(record))
+            if ok and target not in nsids:
+                nsids.append(target)
+                if accepting[target]:
+                    nbest = n
+        if nsids:
+            taken = True
+            new_starts.append([n, ts, [t for t in nsids if trans[t]], nbest])
+            if window is not None:
+                heapq.heappush(self._expiry, (ts + window, kstr))
+        if not taken and not starts:
+            return None
+        return new_starts, taken
+
+    def _step_relaxed(self, starts: Any, n: int, record: Record, ts: int, kstr: str) -> _StepResult:
+        """Like :meth:`_step_strict` for relaxed contiguity: runs carry their matched indexes."""
+        nfa = self._nfa
+        preds = nfa.preds
+        trans = nfa.trans
+        accepting = nfa.accepting
+        window = self.window_ms
+        memo: dict[int, bool] = {}
+        new_starts: list[Any] = []
+        taken = False
+        for st in starts:
+            p, pts, runs, best = st
+            if not runs:
+                new_starts.append(st)
+                continue
+            if window is not None and ts - pts > window:
+                if best is not None:
+                    new_starts.append([p, pts, [], best])
+                continue
+            # fast path: no run can take the event, so every run skips it and the start is unchanged
+            for sid, _ in runs:
+                for slot, _ in trans[sid]:
+                    ok = memo.get(slot)
+                    if ok is None:
+                        pred = preds[slot]
+                        ok = memo[slot] = True if pred is None else bool(pred(record))
+                    if ok:
+                        break
+                else:
+                    continue
+                break
+            else:
+                new_starts.append(st)
+                continue
+            nruns: dict[int, list[int]] = {}
+            nbest = best
+            for sid, idxs in runs:
+                took = False
+                for slot, target in trans[sid]:
+                    ok = memo.get(slot)
+                    if ok is None:
+                        pred = preds[slot]
+                        ok = memo[slot] = True if pred is None else bool(pred(record))
+                    if ok:
+                        took = taken = True
+                        cand = [*idxs, n]
+                        cur = nruns.get(target)
+                        if cur is None or _better(cand, cur):
+                            nruns[target] = cand
+                        if accepting[target] and (nbest is None or nbest[-1] != n or _better(cand, nbest)):
+                            nbest = cand
+                if not took:
+                    cur = nruns.get(sid)
+                    if cur is None or _better(idxs, cur):
+                        nruns[sid] = idxs
+            live = [[t, idxs] for t, idxs in nruns.items() if trans[t]]
+            if live or nbest is not None:
+                new_starts.append([p, pts, live, nbest])
+        init: dict[int, list[int]] = {}
+        nbest = None
+        for slot, target in nfa.initial:
+            ok = memo.get(slot)
+            if ok is None:
+                pred = preds[slot]
+                ok = memo[slot] = True if pred is None else bool(pred(record))
+            if ok:
+                init[target] = [n]
+                if accepting[target]:
+                    nbest = [n]
+        if init:
+            taken = True
+            new_starts.append([n, ts, [[t, idxs] for t, idxs in init.items() if trans[t]], nbest])
+            if window is not None:
+                heapq.heappush(self._expiry, (ts + window, kstr))
+        if not taken and not starts:
+            return None
+        return new_starts, taken
+
+    def _settle(self, kstr: str, state: list[Any], out: Batch) -> None:
+        """Reports decided matches (leftmost first), drops what they skip, trims the buffer."""
+        starts = state[5]
+        while starts and not starts[0][2]:
+            st = starts.pop(0)
+            if st[3] is not None:
+                out.append(self._match(state, st))
+                if self._skip_past:
+                    last = st[3] if self._strict else st[3][-1]
+                    starts = state[5] = [s for s in starts if s[0] > last]
+        if not starts:
+            self._hot[kstr] = None
+            return
+        first = starts[0][0]
+        ei = state[2]
+        if ei and ei[0] < first:
+            cut = bisect_left(ei, first)
+            del ei[:cut]
+            del state[3][:cut]
+            del state[4][:cut]
+
+    def _match(self, state: list[Any], st: list[Any]) -> Record:
+        ei, et, er = state[2], state[3], state[4]
+        if self._strict:
+            lo = bisect_left(ei, st[0])
+            hi = lo + st[3] - st[0] + 1
+            events = er[lo:hi]
+            start_time, end_time = et[lo], et[hi - 1]
+        else:
+            positions = [bisect_left(ei, i) for i in st[3]]
+            events = [er[k] for k in positions]
+            start_time, end_time = et[positions[0]], et[positions[-1]]
+        return {
+            "key": state[0],
+            "pattern": self.pattern_text,
+            "start_time": start_time,
+            "end_time": end_time,
+            "event_count": len(events),
+            "events": events,
+        }
+
+    def _expire(self, wm: int, out: Batch) -> None:
+        """Ends partial matches whose window the watermark has passed (first time + window < wm)."""
+        window = self.window_ms
+        assert window is not None
+        heap = self._expiry
+        while heap and heap[0][0] < wm:
+            _, kstr = heapq.heappop(heap)
+            state = self._load(kstr)
+            if state is _ABSENT or state is None:
+                continue
+            starts = state[5]
+            if not any(st[2] and st[1] + window < wm for st in starts):
+                continue
+            state[5] = [
+                [st[0], st[1], [], st[3]] if st[2] and st[1] + window < wm else st
+                for st in starts
+                if not (st[2] and st[1] + window < wm and st[3] is None)
+            ]
+            self._settle(kstr, state, out)
+
+    def on_time(self, now_ms: int) -> Batch:
+        """CEP works on event time only: windows expire by the watermark, not the wall clock."""
+        return []
+
+    def on_end(self) -> Batch:
+        """Reports every complete match still pending and discards incomplete partial matches."""
+        out: Batch = []
+        kstrs = {k[len(_PREFIX) :] for k, _ in self._store.items(_PREFIX)}
+        kstrs.update(k for k, v in self._hot.items() if v is not _ABSENT and v is not None)
+        for kstr in sorted(kstrs):
+            state = self._load(kstr)
+            if state is _ABSENT or state is None:
+                continue
+            state[5] = [[st[0], st[1], [], st[3]] for st in state[5] if st[3] is not None]
+            self._settle(kstr, state, out)
+        self._expiry = []
+        self._flush()
+        return out
