@@ -1,0 +1,181 @@
+"""Job metrics gathered from worker heartbeats: lifetime totals, a per-minute history and live rates.
+
+Workers send cumulative counters; this module turns them into deltas per worker run, so job totals
+never go backwards when workers restart, and a minute-by-minute history (24 h) answers windowed
+questions (throughput and latency over the last 5 minutes) exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from heliosdb_streaming.runtime.histogram import merge_all, quantile_of
+
+HISTORY_MINUTES = 24 * 60
+_COUNTERS = ("events_in", "events_out", "errors", "backpressure_events")
+
+
+@dataclass(slots=True)
+class MinuteBucket:
+    minute: int  # epoch seconds of the minute's start
+    events_in: int = 0
+    errors: int = 0
+    latency: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkerView:
+    last: dict[str, Any]
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    seen_at: float = 0.0
+
+
+class JobMetricsAggregator:
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self.totals: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self.late_dropped_base = 0
+        self.latency: dict[int, int] = {}
+        self.backpressure_ms = 0.0
+        self.backpressure_level = 0.0
+        self.history: deque[MinuteBucket] = deque(maxlen=HISTORY_MINUTES)
+        self.workers: dict[tuple[int, int], WorkerView] = {}
+        self.rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
+        self.first_seen: float | None = None
+        self.checkpoint_count = 0
+        self.checkpoint_failures = 0
+        self.last_checkpoint_duration_ms = 0
+        self.task_progress: dict[str, dict[str, Any]] = {}
+
+    # --------------------------------------------------------------------------------- ingest
+
+    def on_heartbeat(self, attempt: int, index: int, beat: dict[str, Any]) -> None:
+        now = self._clock()
+        if self.first_seen is None:
+            self.first_seen = now
+        key = (attempt, index)
+        view = self.workers.get(key)
+        previous = view.last if view else {}
+        deltas = {name: max(int(beat.get(name, 0)) - int(previous.get(name, 0)), 0) for name in _COUNTERS}
+        for name, d in deltas.items():
+            self.totals[name] += d
+        latency_now = {int(k): int(v) for k, v in (beat.get("latency") or {}).items()}
+        latency_before = {int(k): int(v) for k, v in (previous.get("latency") or {}).items()}
+        latency_delta = {b: c - latency_before.get(b, 0) for b, c in latency_now.items()}
+        latency_delta = {b: c for b, c in latency_delta.items() if c > 0}
+        for b, c in latency_delta.items():
+            self.latency[b] = self.latency.get(b, 0) + c
+        self.backpressure_ms += max(float(beat.get("backpressure_ms", 0)) - float(previous.get("backpressure_ms", 0)), 0)
+        self.backpressure_level = float(beat.get("queue_fill", 0.0))
+        stored = {**beat, "latency": latency_now}
+        if view is None:
+            view = WorkerView(last=stored)
+            self.workers[key] = view
+        view.last = stored
+        view.cpu_percent = float(beat.get("cpu_percent", 0.0))
+        view.rss_bytes = int(beat.get("rss_bytes", 0))
+        view.seen_at = now
+        for split_id, progress in (beat.get("tasks") or {}).items():
+            self.task_progress[split_id] = progress
+        bucket = self._bucket(now)
+        bucket.events_in += deltas["events_in"]
+        bucket.errors += deltas["errors"]
+        for b, c in latency_delta.items():
+            bucket.latency[b] = bucket.latency.get(b, 0) + c
+        self.rate_samples.append((now, self.totals["events_in"]))
+
+    def forget_workers(self) -> None:
+        """Drops live worker views when a run ends (their totals are kept)."""
+        for view in self.workers.values():
+            self.late_dropped_base += int(view.last.get("late_dropped", 0))
+        self.workers.clear()
+        self.backpressure_level = 0.0
+
+    def _bucket(self, now: float) -> MinuteBucket:
+        minute = int(now // 60 * 60)
+        if not self.history or self.history[-1].minute != minute:
+            self.history.append(MinuteBucket(minute))
+        return self.history[-1]
+
+    # --------------------------------------------------------------------------------- query
+
+    @property
+    def late_dropped(self) -> int:
+        return self.late_dropped_base + sum(int(v.last.get("late_dropped", 0)) for v in self.workers.values())
+
+    def current_throughput(self, horizon_s: float = 10.0) -> float:
+        """Events/s over the last ``horizon_s`` seconds of heartbeats."""
+        now = self._clock()
+        samples = [s for s in self.rate_samples if now - s[0] <= horizon_s + 1.0]
+        if len(samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        if now - t1 > 5.0:
+            return 0.0  # no heartbeat recently: nothing is flowing
+        return round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else 0.0
+
+    def window(self, seconds: int) -> dict[str, Any]:
+        """Throughput, latency quantiles, error rate and per-minute history over the last ``seconds``."""
+        now = self._clock()
+        start = now - seconds
+        buckets = [b for b in self.history if b.minute + 60 > start]
+        events = sum(b.events_in for b in buckets)
+        errors = sum(b.errors for b in buckets)
+        span = min(float(seconds), now - self.first_seen) if self.first_seen else 0.0
+        latency = merge_all(b.latency for b in buckets)
+        history = []
+        for b in buckets:
+            elapsed = min(60.0, max(now - b.minute, 1.0))
+            history.append({"minute": b.minute, "throughput_per_sec": round(b.events_in / elapsed, 1)})
+        return {
+            "events": events,
+            "throughput_per_sec": round(events / span, 1) if span > 0 else 0.0,
+            "errors": errors,
+            "errors_rate_per_min": round(errors / (span / 60), 3) if span > 0 else 0.0,
+            "latency_p50_ms": quantile_of(latency, 0.50),
+            "latency_p95_ms": quantile_of(latency, 0.95),
+            "latency_p99_ms": quantile_of(latency, 0.99),
+            "latency_p999_ms": quantile_of(latency, 0.999),
+            "history": history,
+        }
+
+    def resources(self) -> tuple[float, int]:
+        """CPU percent and resident memory (bytes) summed over the job's live workers."""
+        live = [v for v in self.workers.values() if self._clock() - v.seen_at < 10]
+        return round(sum(v.cpu_percent for v in live), 1), sum(v.rss_bytes for v in live)
+
+    # --------------------------------------------------------------------------------- persistence
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "totals": self.totals,
+            "latency": self.latency,
+            "late_dropped": self.late_dropped,
+            "backpressure_ms": self.backpressure_ms,
+            "checkpoint_count": self.checkpoint_count,
+            "checkpoint_failures": self.checkpoint_failures,
+            "last_checkpoint_duration_ms": self.last_checkpoint_duration_ms,
+            "history": [[b.minute, b.events_in, b.errors, b.latency] for b in self.history],
+            "first_seen": self.first_seen,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], clock: Any = time.time) -> JobMetricsAggregator:
+        agg = cls(clock)
+        agg.totals.update({k: int(v) for k, v in state.get("totals", {}).items() if k in agg.totals})
+        agg.latency = {int(k): int(v) for k, v in state.get("latency", {}).items()}
+        agg.late_dropped_base = int(state.get("late_dropped", 0))
+        agg.backpressure_ms = float(state.get("backpressure_ms", 0.0))
+        agg.checkpoint_count = int(state.get("checkpoint_count", 0))
+        agg.checkpoint_failures = int(state.get("checkpoint_failures", 0))
+        agg.last_checkpoint_duration_ms = int(state.get("last_checkpoint_duration_ms", 0))
+        for minute, events, errors, latency in state.get("history", []):
+            agg.history.append(
+                MinuteBucket(int(minute), int(events), int(errors), {int(k): int(v) for k, v in latency.items()})
+            )
+        agg.first_seen = state.get("first_seen")
+        return agg

@@ -1,0 +1,279 @@
+"""The job model: ``JobConfig`` (the spec's Rust struct, in Python) and its wire form (the submit body).
+
+``JobSubmitRequest`` is exactly the spec's ``POST /api/v1/jobs`` body; ``JobConfig`` is the flat native
+form (``checkpoint_interval`` is a ``timedelta``). ``JobConfig.from_dict`` and ``to_dict`` convert
+between them, and every validation problem is reported at once with its field path.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from heliosdb_streaming.job.connectors import (
+    DISCRIMINATOR_TAGS,
+    AnySink,
+    AnySource,
+    AnyTransformation,
+)
+from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
+
+MAX_PARALLELISM = 1024
+Parallelism = Annotated[int, Field(ge=1, le=MAX_PARALLELISM)]
+CheckpointIntervalMs = Annotated[int, Field(ge=100, le=86_400_000)]
+
+
+class StateBackendType(StrEnum):
+    MEMORY = "memory"
+    ROCKSDB = "rocksdb"
+
+
+class OnErrorPolicy(StrEnum):
+    """What a task does with a record that fails an expression or a sink: skip (count, log) or fail."""
+
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RestartStrategy(_Strict):
+    """How a failed job restarts. On the wire: a name (``"fixed_delay"``) or an object with parameters.
+
+    Defaults for the bare names: fixed_delay = 3 attempts, 10 s apart; exponential_backoff = 10
+    attempts from 1 s doubling up to 60 s.
+    """
+
+    type: Literal["none", "fixed_delay", "exponential_backoff"] = "fixed_delay"
+    attempts: int = Field(default=3, ge=0, le=1_000_000)
+    delay_ms: int = Field(default=10_000, ge=0, le=86_400_000)
+    max_attempts: int = Field(default=10, ge=0, le=1_000_000)
+    initial_delay_ms: int = Field(default=1_000, ge=0, le=86_400_000)
+    max_delay_ms: int = Field(default=60_000, ge=0, le=86_400_000)
+
+    @staticmethod
+    def none() -> RestartStrategy:
+        return RestartStrategy(type="none")
+
+    @staticmethod
+    def fixed_delay(attempts: int, delay: timedelta) -> RestartStrategy:
+        return RestartStrategy(type="fixed_delay", attempts=attempts, delay_ms=_ms(delay))
+
+    @staticmethod
+    def exponential_backoff(max_attempts: int, initial_delay: timedelta, max_delay: timedelta) -> RestartStrategy:
+        return RestartStrategy(
+            type="exponential_backoff",
+            max_attempts=max_attempts,
+            initial_delay_ms=_ms(initial_delay),
+            max_delay_ms=_ms(max_delay),
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"type": v}
+        return v
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> Self:
+        if self.type == "exponential_backoff" and self.initial_delay_ms > self.max_delay_ms:
+            raise ValueError("initial_delay_ms must not exceed max_delay_ms")
+        return self
+
+    def to_wire(self) -> str | dict[str, Any]:
+        """The bare name when the parameters are the defaults (as the spec shows), else the object."""
+        if self == RestartStrategy(type=self.type):
+            return self.type
+        keys = {
+            "none": (),
+            "fixed_delay": ("attempts", "delay_ms"),
+            "exponential_backoff": ("max_attempts", "initial_delay_ms", "max_delay_ms"),
+        }[self.type]
+        return {"type": self.type, **{k: getattr(self, k) for k in keys}}
+
+    def max_restarts(self) -> int:
+        return {"none": 0, "fixed_delay": self.attempts, "exponential_backoff": self.max_attempts}[self.type]
+
+    def delay_for(self, restart_number: int) -> float:
+        """Seconds to wait before restart number ``restart_number`` (1-based)."""
+        if self.type == "fixed_delay":
+            return self.delay_ms / 1000
+        if self.type == "exponential_backoff":
+            return min(self.initial_delay_ms * 2 ** max(restart_number - 1, 0), self.max_delay_ms) / 1000
+        return 0.0
+
+
+def _ms(td: timedelta) -> int:
+    return int(td.total_seconds() * 1000)
+
+
+RestartStrategyWire = Annotated[
+    RestartStrategy,
+    Field(description="'none' | 'fixed_delay' | 'exponential_backoff', or an object with parameters"),
+]
+
+
+class JobSettings(_Strict):
+    """The ``config`` object of the submit body."""
+
+    parallelism: Parallelism = 1
+    checkpoint_interval_ms: CheckpointIntervalMs = 60_000
+    state_backend: StateBackendType = StateBackendType.MEMORY
+    restart_strategy: RestartStrategyWire = Field(default_factory=RestartStrategy)
+    on_error: OnErrorPolicy = OnErrorPolicy.SKIP
+    checkpoints_retained: int = Field(default=3, ge=1, le=100)
+
+
+class JobSubmitRequest(_Strict):
+    """Exactly the spec's ``POST /api/v1/jobs`` body."""
+
+    name: str = Field(min_length=1, max_length=200)
+    config: JobSettings = Field(default_factory=JobSettings)
+    sources: list[AnySource] = Field(min_length=1)
+    transformations: list[AnyTransformation] = Field(default_factory=list)
+    sinks: list[AnySink] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if not v.strip() or not v.isprintable():
+            raise ValueError("must be printable and not blank")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if len(self.sources) > 1 and len({s.type for s in self.sources}) > 1:
+            raise ValueError("all sources of a job must be of one type")
+        return self
+
+
+class JobConfig(_Strict):
+    """A job, as the native API takes it (the spec's ``JobConfig`` struct).
+
+    ``JobConfig.from_dict(body)`` takes the REST body; ``to_dict()`` gives it back.
+    """
+
+    name: str = Field(min_length=1, max_length=200)
+    parallelism: Parallelism = 1
+    checkpoint_interval: timedelta = timedelta(seconds=60)
+    state_backend: StateBackendType = StateBackendType.MEMORY
+    restart_strategy: RestartStrategy = Field(default_factory=RestartStrategy)
+    on_error: OnErrorPolicy = OnErrorPolicy.SKIP
+    checkpoints_retained: int = Field(default=3, ge=1, le=100)
+    sources: list[AnySource] = Field(min_length=1)
+    transformations: list[AnyTransformation] = Field(default_factory=list)
+    sinks: list[AnySink] = Field(min_length=1)
+
+    @classmethod
+    def from_dict(cls, body: Any) -> JobConfig:
+        """Validates a submit body; raises ``InvalidJobConfigError`` listing every problem."""
+        try:
+            request = JobSubmitRequest.model_validate(body)
+        except ValidationError as e:
+            raise InvalidJobConfigError(field_errors(e)) from None
+        return cls.from_request(request)
+
+    @classmethod
+    def from_request(cls, request: JobSubmitRequest) -> JobConfig:
+        s = request.config
+        return cls(
+            name=request.name,
+            parallelism=s.parallelism,
+            checkpoint_interval=timedelta(milliseconds=s.checkpoint_interval_ms),
+            state_backend=s.state_backend,
+            restart_strategy=s.restart_strategy,
+            on_error=s.on_error,
+            checkpoints_retained=s.checkpoints_retained,
+            sources=list(request.sources),
+            transformations=list(request.transformations),
+            sinks=list(request.sinks),
+        )
+
+    @classmethod
+    def validated(cls, **fields: Any) -> JobConfig:
+        """Builds from keyword fields, turning validation failures into ``InvalidJobConfigError``."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise InvalidJobConfigError(field_errors(e)) from None
+
+    @property
+    def checkpoint_interval_ms(self) -> int:
+        return _ms(self.checkpoint_interval)
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The ``config`` object as the spec shows it in details."""
+        return {
+            "parallelism": self.parallelism,
+            "checkpoint_interval_ms": self.checkpoint_interval_ms,
+            "state_backend": self.state_backend.value,
+            "restart_strategy": self.restart_strategy.to_wire(),
+            "on_error": self.on_error.value,
+            "checkpoints_retained": self.checkpoints_retained,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": self.settings_dict(),
+            "sources": [s.model_dump(mode="json", by_alias=True) for s in self.sources],
+            "transformations": [t.model_dump(mode="json", by_alias=True) for t in self.transformations],
+            "sinks": [s.model_dump(mode="json", by_alias=True) for s in self.sinks],
+        }
+
+    def with_overrides(self, overrides: JobConfigOverrides | None) -> JobConfig:
+        if overrides is None:
+            return self
+        changes = {k: v for k, v in overrides.model_dump(exclude_none=True).items()}
+        if "checkpoint_interval_ms" in changes:
+            changes["checkpoint_interval"] = timedelta(milliseconds=changes.pop("checkpoint_interval_ms"))
+        return JobConfig.model_validate({**dict(self), **changes})
+
+
+class JobConfigOverrides(_Strict):
+    """Settings a restart may change without invalidating the job's state."""
+
+    parallelism: Parallelism | None = None
+    checkpoint_interval_ms: CheckpointIntervalMs | None = None
+    restart_strategy: RestartStrategyWire | None = None
+    on_error: OnErrorPolicy | None = None
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    """Pydantic errors as field paths a user can read: ``transformations[1].config.pattern``."""
+    out = []
+    for item in error.errors(include_url=False):
+        path = _format_loc(item["loc"])
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        if item["type"] == "union_tag_invalid":
+            ctx = item.get("ctx", {})
+            tag, allowed = ctx.get("tag"), ctx.get("expected_tags", "")
+            message = f"unknown type {tag!r}; expected one of {allowed}"
+        out.append(FieldError(path or "(body)", message))
+    return out
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    prev: int | str | None = None
+    for elem in loc:
+        if isinstance(elem, int):
+            parts.append(f"[{elem}]")
+        elif isinstance(prev, int) and elem in DISCRIMINATOR_TAGS:
+            pass  # the discriminated union's tag is not part of the user's path
+        elif "[" in elem and elem.startswith(("function-", "tagged-union")):
+            pass
+        else:
+            parts.append(("." if parts else "") + elem)
+        prev = elem
+    return "".join(parts)

@@ -1,0 +1,76 @@
+"""Domain errors of the job API. Each has a stable ``code``; the REST layer maps codes to statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem with a submitted job, located by a path like ``transformations[1].config.pattern``."""
+
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class JobError(Exception):
+    """Base of every error the job API raises on purpose."""
+
+    code = "job_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> list[dict[str, str]]:
+        return []
+
+
+class InvalidJobConfigError(JobError):
+    """The job config is invalid; ``errors`` lists every problem found, not just the first."""
+
+    code = "invalid_job_config"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        summary = "; ".join(f"{e.path}: {e.message}" for e in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"invalid job config: {summary}{more}")
+        self.errors = errors
+
+    def details(self) -> list[dict[str, str]]:
+        return [e.to_dict() for e in self.errors]
+
+
+class JobNotFoundError(JobError):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class SavepointNotFoundError(JobError):
+    code = "savepoint_not_found"
+
+    def __init__(self, job_id: str, savepoint_id: str) -> None:
+        super().__init__(f"savepoint {savepoint_id!r} of job {job_id!r} not found")
+        self.job_id = job_id
+        self.savepoint_id = savepoint_id
+
+
+class IllegalStateTransitionError(JobError):
+    """The requested action is not allowed in the job's current status (HTTP 409)."""
+
+    code = "illegal_state_transition"
+
+    def __init__(self, job_id: str, current: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id!r}: it is {current}")
+        self.job_id = job_id
+        self.current = current
+        self.action = action
+
+    def details(self) -> list[dict[str, str]]:
+        return [{"path": "status", "message": self.current}]

@@ -1,0 +1,228 @@
+"""``JobManager``: the native async API of the spec, on the embedded substrate.
+
+    async with JobManager(16) as jm:
+        job_id = await jm.submit_job(JobConfig.from_dict(body))
+        details = await jm.get_job_details(job_id)
+
+The constructor is cheap and synchronous; the control plane (job store, worker channel, recovery of
+jobs that were running) starts on first use or on ``async with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.job.types import (
+    JobDetails,
+    JobMetrics,
+    JobStatus,
+    JobSummary,
+    ListJobsOptions,
+    LogEntry,
+    LogOptions,
+    MetricsWindow,
+    TaskInfo,
+    ThroughputPoint,
+)
+from heliosdb_streaming.local.launcher import SubprocessLauncher
+from heliosdb_streaming.local.logs import read_logs
+from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.runtime.graph import operator_names
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("HELIOS_HOME") or Path.home() / ".helios")
+
+
+class JobManager:
+    """Submits, runs, watches and cancels jobs. ``max_parallelism`` caps the worker slots in use."""
+
+    def __init__(self, max_parallelism: int = 16, *, home: str | Path | None = None) -> None:
+        if max_parallelism < 1:
+            raise ValueError("max_parallelism must be at least 1")
+        self.max_parallelism = max_parallelism
+        self.home = Path(home) if home is not None else default_home()
+        self._plane: ControlPlane | None = None
+        self._starting: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> JobManager:
+        await self._control()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await self._control()
+
+    async def close(self) -> None:
+        """Stops every worker this manager started; active jobs resume when a manager opens this home."""
+        if self._plane is not None:
+            await self._plane.close()
+            self._plane = None
+
+    async def _control(self) -> ControlPlane:
+        if self._plane is not None:
+            return self._plane
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._plane is None:
+                self.home.mkdir(parents=True, exist_ok=True)
+                plane = ControlPlane(
+                    home=self.home,
+                    store=SqliteJobStore(self.home / "jobs.db"),
+                    launcher=SubprocessLauncher(),
+                    max_parallelism=self.max_parallelism,
+                )
+                await plane.start()
+                self._plane = plane
+        return self._plane
+
+    @property
+    def control_plane(self) -> ControlPlane:
+        if self._plane is None:
+            raise RuntimeError("JobManager is not started: use 'async with' or await start()")
+        return self._plane
+
+    # ------------------------------------------------------------------------------ commands
+
+    async def submit_job(self, config: JobConfig | dict[str, Any]) -> str:
+        """Validates and submits a job; returns its id (``job-<uuid>``). Raises InvalidJobConfigError."""
+        if not isinstance(config, JobConfig):
+            config = JobConfig.from_dict(config)
+        plane = await self._control()
+        return plane.submit(config).job_id
+
+    async def cancel_job(self, job_id: str) -> None:
+        plane = await self._control()
+        await plane.cancel(job_id)
+
+    async def pause_job(self, job_id: str) -> None:
+        plane = await self._control()
+        await plane.pause(job_id)
+
+    async def resume_job(self, job_id: str) -> None:
+        plane = await self._control()
+        await plane.resume(job_id)
+
+    # ------------------------------------------------------------------------------ queries
+
+    async def get_job_status(self, job_id: str) -> JobStatus:
+        plane = await self._control()
+        return plane.get(job_id).record.status
+
+    async def list_jobs(self, options: ListJobsOptions | None = None) -> list[JobSummary]:
+        options = options or ListJobsOptions()
+        plane = await self._control()
+        entries = [e for e in plane.jobs.values() if options.status is None or e.record.status == options.status]
+        entries.sort(key=lambda e: (e.record.submitted_at, e.record.job_id), reverse=True)
+        return [self._summary(plane, e) for e in entries[options.offset : options.offset + options.limit]]
+
+    async def count_jobs(self, status: JobStatus | None = None) -> int:
+        plane = await self._control()
+        return sum(1 for e in plane.jobs.values() if status is None or e.record.status == status)
+
+    async def get_job_details(self, job_id: str) -> JobDetails:
+        plane = await self._control()
+        entry = plane.get(job_id)
+        record = entry.record
+        return JobDetails(
+            job_id=record.job_id,
+            name=record.name,
+            status=record.status,
+            config=entry.config,
+            submitted_at=record.submitted_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            uptime_secs=plane.uptime_seconds(record),
+            metrics=self._metrics(entry, MetricsWindow.minutes(5)),
+            tasks=self._tasks(entry),
+            checkpoints=[],
+            message=record.message,
+            restarts=record.restarts,
+        )
+
+    async def get_job_metrics(self, job_id: str, window: MetricsWindow | None = None) -> JobMetrics:
+        plane = await self._control()
+        return self._metrics(plane.get(job_id), window or MetricsWindow.minutes(5))
+
+    async def get_job_logs(self, job_id: str, options: LogOptions | None = None) -> list[LogEntry]:
+        plane = await self._control()
+        entry = plane.get(job_id)
+        return read_logs(entry.log.path, options or LogOptions())
+
+    # ------------------------------------------------------------------------------ views
+
+    def _summary(self, plane: ControlPlane, entry: JobEntry) -> JobSummary:
+        r = entry.record
+        return JobSummary(
+            job_id=r.job_id,
+            name=r.name,
+            status=r.status,
+            submitted_at=r.submitted_at,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            uptime_seconds=plane.uptime_seconds(r),
+            parallelism=entry.config.parallelism,
+        )
+
+    def _metrics(self, entry: JobEntry, window: MetricsWindow) -> JobMetrics:
+        m = entry.metrics
+        w = m.window(window.seconds)
+        cpu, rss = m.resources()
+        active = entry.run is not None
+        return JobMetrics(
+            events_processed=m.totals["events_in"],
+            events_out=m.totals["events_out"],
+            throughput_per_sec=m.current_throughput() if active else 0.0,
+            latency_p50_ms=w["latency_p50_ms"],
+            latency_p95_ms=w["latency_p95_ms"],
+            latency_p99_ms=w["latency_p99_ms"],
+            latency_p999_ms=w["latency_p999_ms"],
+            checkpoint_count=m.checkpoint_count,
+            last_checkpoint_duration_ms=m.last_checkpoint_duration_ms,
+            checkpoint_failures=m.checkpoint_failures,
+            backpressure_events=m.totals["backpressure_events"],
+            backpressure_level=round(m.backpressure_level, 3) if active else 0.0,
+            restarts=entry.record.restarts,
+            cpu_usage_percent=cpu if active else 0.0,
+            memory_used_mb=rss // (1024 * 1024) if active else 0,
+            memory_total_mb=_memory_total_mb(),
+            errors=m.totals["errors"],
+            errors_rate_per_min=w["errors_rate_per_min"],
+            late_events_dropped=m.late_dropped,
+            window_seconds=window.seconds,
+            history=[
+                ThroughputPoint(
+                    timestamp=datetime.fromtimestamp(p["minute"], UTC), throughput_per_sec=p["throughput_per_sec"]
+                )
+                for p in w["history"]
+            ],
+        )
+
+    def _tasks(self, entry: JobEntry) -> list[TaskInfo]:
+        config = entry.config
+        n_splits = len(entry.metrics.task_progress)
+        source_parallelism = min(config.parallelism, n_splits) if n_splits else config.parallelism
+        n_sources = len(config.sources)
+        infos = []
+        for i, op in enumerate(operator_names(config)):
+            parallelism = source_parallelism if i < n_sources else config.parallelism
+            infos.append(TaskInfo(task_id=op.task_id, name=op.name, status=entry.record.status, parallelism=parallelism))
+        return infos
+
+
+def _memory_total_mb() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total // (1024 * 1024))

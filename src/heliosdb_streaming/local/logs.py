@@ -1,0 +1,98 @@
+"""Per-job structured log files: JSON lines, rotated by size, read back with level/limit/tail filters.
+
+The control plane is the only writer of a job's log (workers ship their records over the control
+channel), so rotation needs no cross-process locking.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_BACKUPS = 3
+_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@")
+_SECRET_KV = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)=([^\s&;]+)")
+
+
+def mask_secrets(text: str) -> str:
+    """Hides passwords in connection strings and key=value pairs."""
+    text = _SECRET_IN_URL.sub(lambda m: f"{m.group('scheme')}:***@", text)
+    return _SECRET_KV.sub(lambda m: f"{m.group(1)}=***", text)
+
+
+class JobLog:
+    """Appends entries to ``path`` and rotates to ``path.1`` .. ``path.N`` past ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("ab")
+        self._size = path.stat().st_size
+
+    def write(self, level: str, message: str, task_id: str | None = None, ts: float | None = None) -> None:
+        entry = {
+            "timestamp": _iso(ts if ts is not None else time.time()),
+            "level": level if level in _LEVELS else "info",
+            "message": mask_secrets(message),
+            "task_id": task_id,
+        }
+        line = orjson.dumps(entry) + b"\n"
+        if self._size + len(line) > self.max_bytes and self._size > 0:
+            self._rotate()
+        self._file.write(line)
+        self._file.flush()
+        self._size += len(line)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self.backups, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
+            if i == self.backups and older.exists():
+                older.unlink()
+            if newer.exists():
+                newer.rename(older)
+        self._file = self.path.open("ab")
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_LEVELS = {level.value: level.rank for level in LogLevel}
+
+
+def read_logs(path: Path, options: LogOptions) -> list[LogEntry]:
+    """Entries in time order, at or above ``options.level``; the first ``limit``, or the last with tail."""
+    floor = options.level.rank if options.level else 0
+    files = [path.with_name(f"{path.name}.{i}") for i in range(DEFAULT_BACKUPS + 5, 0, -1)] + [path]
+    entries: list[dict[str, Any]] = []
+    for f in files:
+        if not f.exists():
+            continue
+        for line in f.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if _LEVELS.get(entry.get("level", "info"), 20) >= floor:
+                entries.append(entry)
+    entries.sort(key=lambda e: e["timestamp"])
+    chosen = entries[-options.limit :] if options.tail else entries[: options.limit]
+    return [LogEntry.model_validate(e) for e in chosen]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,88 @@
+"""The embedded job store: one SQLite database (WAL) under the home directory."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from heliosdb_streaming.control.store import JobRecord
+from heliosdb_streaming.job.types import JobStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    message TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    worker_pids TEXT NOT NULL DEFAULT '[]',
+    metrics_state TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
+
+class SqliteJobStore:
+    """Every save is one committed transaction; reads happen once, at startup (the cache is in memory)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def load_all(self) -> list[JobRecord]:
+        rows = self._conn.execute(
+            "SELECT job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
+            " attempt, worker_pids, metrics_state FROM jobs ORDER BY submitted_at, job_id"
+        ).fetchall()
+        return [
+            JobRecord(
+                job_id=r[0],
+                name=r[1],
+                status=JobStatus(r[2]),
+                config=orjson.loads(r[3]),
+                submitted_at=datetime.fromisoformat(r[4]),
+                started_at=datetime.fromisoformat(r[5]) if r[5] else None,
+                finished_at=datetime.fromisoformat(r[6]) if r[6] else None,
+                restarts=r[7],
+                message=r[8],
+                attempt=r[9],
+                worker_pids=orjson.loads(r[10]),
+                metrics_state=orjson.loads(r[11]),
+            )
+            for r in rows
+        ]
+
+    def save(self, record: JobRecord) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.job_id,
+                    record.name,
+                    record.status.value,
+                    orjson.dumps(record.config).decode(),
+                    record.submitted_at.isoformat(),
+                    record.started_at.isoformat() if record.started_at else None,
+                    record.finished_at.isoformat() if record.finished_at else None,
+                    record.restarts,
+                    record.message,
+                    record.attempt,
+                    orjson.dumps(record.worker_pids).decode(),
+                    orjson.dumps(record.metrics_state, option=orjson.OPT_NON_STR_KEYS).decode(),
+                ),
+            )
+
+    def close(self) -> None:
+        self._conn.close()

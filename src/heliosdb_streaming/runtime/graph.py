@@ -1,0 +1,171 @@
+"""Builds the runnable parts of a job from its config: the source reader, each task's chain, the sinks.
+
+A job is one source type (possibly several sources), a linear chain of transformations and one or
+more sinks. Every task (one split) gets its own chain instance and its own state stores, so keyed
+state lives with the split that produces its keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from heliosdb_streaming.job import connectors as cfg
+from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.runtime.api import SinkWriter, SourceReader, StateStore, Transformation
+from heliosdb_streaming.runtime.durations import parse_duration_ms
+from heliosdb_streaming.runtime.transformations import basic
+from heliosdb_streaming.runtime.transformations.cep import CepTransformation, parse_pattern
+from heliosdb_streaming.runtime.transformations.window import WindowTransformation, parse_aggregate
+
+StoreFactory = Callable[[str], StateStore]
+"""Makes the state store of one transformation of one task, given a name unique within the task."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorInfo:
+    """One operator of the job as the API shows it (``task-N``)."""
+
+    task_id: str
+    name: str
+
+
+def operator_names(config: JobConfig) -> list[OperatorInfo]:
+    """The job's operators in order: sources, transformations, sinks (``tasks`` in job details)."""
+    names = [f"{s.type}-source" for s in config.sources]
+    names += [_transformation_name(t.type) for t in config.transformations]
+    names += [f"{s.type}-sink" for s in config.sinks]
+    return [OperatorInfo(f"task-{i}", name) for i, name in enumerate(names, start=1)]
+
+
+def _transformation_name(kind: str) -> str:
+    return {"cep": "cep-matcher", "window": "window-aggregate", "key_by": "key-by"}.get(kind, kind)
+
+
+def build_source_readers(config: JobConfig) -> list[SourceReader]:
+    readers: list[SourceReader] = []
+    for index, source in enumerate(config.sources):
+        readers.append(_build_source(source, index))
+    return readers
+
+
+def _build_source(source: Any, index: int) -> SourceReader:
+    s = source.config
+    if isinstance(source, cfg.KafkaSource):
+        from heliosdb_streaming.runtime.connectors import kafka
+
+        return kafka.KafkaSourceReader(
+            bootstrap_servers=s.bootstrap_servers,
+            topic=s.topic,
+            group_id=s.group_id,
+            start_from=s.start_from,
+            format=s.format,
+            event_time_field=s.event_time_field,
+            source_index=index,
+        )
+    if isinstance(source, cfg.DatagenSource):
+        from heliosdb_streaming.runtime.connectors import datagen
+
+        return datagen.DatagenSourceReader(
+            schema=s.schema_,
+            rate_per_sec=s.rate_per_sec,
+            count=s.count,
+            partitions=s.partitions,
+            seed=s.seed,
+            keys=s.keys,
+            source_index=index,
+        )
+    if isinstance(source, cfg.FileSource):
+        from heliosdb_streaming.runtime.connectors import files
+
+        return files.FileSourceReader(path=s.path, format=s.format, source_index=index)
+    raise ValueError(f"unknown source type {source.type!r}")
+
+
+def build_sinks(config: JobConfig) -> list[SinkWriter]:
+    return [_build_sink(sink) for sink in config.sinks]
+
+
+def _build_sink(sink: Any) -> SinkWriter:
+    """Imports each connector only when a job uses it (asyncpg, aiokafka are not free to import)."""
+    s = sink.config
+    if isinstance(sink, cfg.DatabaseSink):
+        from heliosdb_streaming.runtime.connectors import database
+
+        return database.DatabaseSinkWriter(
+            connection_string=s.connection_string, table=s.table, key=s.key, batch_size=s.batch_size
+        )
+    if isinstance(sink, cfg.KafkaSink):
+        from heliosdb_streaming.runtime.connectors import kafka
+
+        return kafka.KafkaSinkWriter(bootstrap_servers=s.bootstrap_servers, topic=s.topic, key_field=s.key_field)
+    if isinstance(sink, cfg.FileSink):
+        from heliosdb_streaming.runtime.connectors import files
+
+        return files.FileSinkWriter(path=s.path)
+    if isinstance(sink, cfg.PrintSink):
+        from heliosdb_streaming.runtime.connectors import printer
+
+        return printer.PrintSinkWriter(prefix=s.prefix)
+    if isinstance(sink, cfg.DiscardSink):
+        from heliosdb_streaming.runtime.connectors import discard
+
+        return discard.DiscardSinkWriter()
+    raise ValueError(f"unknown sink type {sink.type!r}")
+
+
+def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformation]:
+    """The transformations of one task, each keyed step with its own store."""
+    chain: list[Transformation] = []
+    key_fn: Callable[[dict[str, Any]], Any] | None = None
+    for position, step in enumerate(config.transformations):
+        c = step.config
+        store_name = f"{position}-{step.type}"
+        if isinstance(step, cfg.FilterTransformation):
+            chain.append(basic.FilterTransformation(c.condition))
+        elif isinstance(step, cfg.MapTransformation):
+            chain.append(basic.MapTransformation(dict(c.fields), list(c.drop)))
+        elif isinstance(step, cfg.KeyByTransformation):
+            key_by = basic.KeyByTransformation(c.key)
+            key_fn = key_by.key_fn
+            chain.append(key_by)
+        elif isinstance(step, cfg.WindowTransformation):
+            chain.append(
+                WindowTransformation(
+                    store_for(store_name),
+                    kind=c.kind,
+                    size_ms=_ms_or_none(c.size),
+                    slide_ms=_ms_or_none(c.slide),
+                    gap_ms=_ms_or_none(c.gap),
+                    time=c.time,
+                    time_field=c.time_field,
+                    allowed_lateness_ms=parse_duration_ms(c.allowed_lateness),
+                    max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
+                    key_fn=basic.compile_key(c.key) if c.key else key_fn,
+                    aggregates={name: parse_aggregate(text) for name, text in c.aggregates.items()},
+                )
+            )
+        elif isinstance(step, cfg.CepTransformation):
+            from heliosdb_streaming.runtime import expr
+
+            chain.append(
+                CepTransformation(
+                    store_for(store_name),
+                    pattern=parse_pattern(c.pattern),
+                    pattern_text=c.pattern,
+                    define={var: expr.compile_condition(text) for var, text in c.define.items()},
+                    key_fn=basic.compile_key(c.key) if c.key else key_fn,
+                    window_ms=_ms_or_none(c.window),
+                    time_field=c.time_field,
+                    contiguity=c.contiguity,
+                    after_match=c.after_match,
+                )
+            )
+        else:
+            raise ValueError(f"unknown transformation type {step.type!r}")
+    return chain
+
+
+def _ms_or_none(value: str | int | None) -> int | None:
+    return None if value is None else parse_duration_ms(value)

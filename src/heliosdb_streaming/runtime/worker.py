@@ -1,0 +1,528 @@
+"""A worker process: runs the tasks (splits + chains) assigned to it and reports to its control plane.
+
+Started as ``python -m heliosdb_streaming.runtime.worker --job-dir DIR --index I --attempt A --control
+HOST:PORT``. The job config is ``DIR/job.json``. Worker ``I`` of ``P`` owns the splits whose position
+in the sorted split list is ``I`` modulo ``P``, so the assignment is deterministic and a rescale moves
+whole tasks.
+
+Data path: source poll loops -> bounded queue (backpressure is measured where ``put`` blocks) ->
+one processing loop running each batch through its task's chain -> sinks. Sinks are flushed at least
+every ``FLUSH_INTERVAL_S``; latency is recorded when the batch's output is flushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from heliosdb_streaming.job.config import JobConfig, OnErrorPolicy, StateBackendType
+from heliosdb_streaming.runtime import graph
+from heliosdb_streaming.runtime.api import Batch, Record, SinkWriter, SourceReader, Split, SplitBatch, StateStore
+from heliosdb_streaming.runtime.histogram import LatencyHistogram
+from heliosdb_streaming.runtime.protocol import Channel
+from heliosdb_streaming.runtime.state.memory import MemoryStateStore
+
+logger = logging.getLogger("heliosdb_streaming.worker")
+
+POLL_MAX_RECORDS = 4096
+QUEUE_BATCHES = 8
+FLUSH_INTERVAL_S = 0.1
+TIMER_INTERVAL_S = 0.2
+HEARTBEAT_INTERVAL_S = 1.0
+ERROR_LOG_LIMIT_PER_MIN = 20
+
+
+class TaskFailure(Exception):
+    """A task hit a record error under ``on_error: fail``, or a sink could not write."""
+
+
+@dataclass(slots=True)
+class Task:
+    """One split with its chain of transformations and its position in the source."""
+
+    split: Split
+    reader: SourceReader
+    chain: list[Any]
+    position: Any = None
+    finished: bool = False
+    events_in: int = 0
+    events_out: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    events_in: int = 0
+    events_out: int = 0
+    errors: int = 0
+    late_dropped: int = 0
+    backpressure_events: int = 0
+    backpressure_ms: float = 0.0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        job_id: str,
+        index: int,
+        attempt: int,
+        job_dir: Path,
+        channel: Channel | None,
+    ) -> None:
+        self.config = config
+        self.job_id = job_id
+        self.index = index
+        self.attempt = attempt
+        self.job_dir = job_dir
+        self.channel = channel
+        self.counters = Counters()
+        self.tasks: dict[str, Task] = {}
+        self.readers: list[SourceReader] = []
+        self.sinks: list[SinkWriter] = []
+        self.queue: asyncio.Queue[SplitBatch] = asyncio.Queue(QUEUE_BATCHES)
+        self.running = asyncio.Event()
+        self.running.set()
+        self.stopping = asyncio.Event()
+        self.orphaned = False
+        self._pending_out: list[tuple[str, Batch]] = []
+        self._pending_latency: list[tuple[float, int]] = []
+        self._last_flush = time.monotonic()
+        self._errors_logged: deque[float] = deque()
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)
+        self._stores: list[StateStore] = []
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        """Runs to completion; the exit code is 0 when finished or stopped, 1 on failure."""
+        control = asyncio.create_task(self._control_loop()) if self.channel else None
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            await self._open()
+            outcome = await self._process_until_done()
+            await self._flush_sinks()
+            logger.info(
+                "worker %d %s: %d events in, %d out, %d errors",
+                self.index,
+                outcome,
+                self.counters.events_in,
+                self.counters.events_out,
+                self.counters.errors,
+                extra={"task_id": None},
+            )
+            await self._report(outcome)
+            return 0
+        except asyncio.CancelledError:
+            return 3
+        except Exception as e:
+            logger.error("worker %d failed: %s", self.index, e, extra={"task_id": None})
+            logger.debug("%s", traceback.format_exc())
+            await self._report("failed", error=f"{type(e).__name__}: {e}")
+            return 1
+        finally:
+            heartbeat.cancel()
+            if control:
+                control.cancel()
+            await self._close()
+
+    async def _open(self) -> None:
+        self.readers = graph.build_source_readers(self.config)
+        parallelism = self.config.parallelism
+        for reader in self.readers:
+            splits = await reader.discover_splits()
+            assigned = [s for k, s in enumerate(splits) if k % parallelism == self.index]
+            await reader.open(assigned, {})
+            for split in assigned:
+                chain = graph.build_chain(self.config, lambda name, sid=split.split_id: self._store(sid, name))
+                self.tasks[split.split_id] = Task(split=split, reader=reader, chain=chain)
+            logger.info(
+                "source %d: %d splits, %d assigned to worker %d",
+                reader_index(reader, self.readers),
+                len(splits),
+                len(assigned),
+                self.index,
+                extra={"task_id": "task-1"},
+            )
+        self.sinks = graph.build_sinks(self.config)
+        for sink in self.sinks:
+            await sink.open()
+
+    def _store(self, split_id: str, name: str) -> StateStore:
+        if self.config.state_backend == StateBackendType.ROCKSDB:
+            from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
+
+            path = self.job_dir / "state" / f"attempt-{self.attempt}" / split_id / name
+            store: StateStore = RocksDBStateStore(path)
+        else:
+            store = MemoryStateStore()
+        self._stores.append(store)
+        return store
+
+    async def _close(self) -> None:
+        for reader in self.readers:
+            with contextlib.suppress(Exception):
+                await reader.close()
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+        for store in self._stores:
+            close = getattr(store, "close", None)
+            if close:
+                with contextlib.suppress(Exception):
+                    close()
+
+    async def _report(self, outcome: str, error: str | None = None) -> None:
+        if self.channel is None or self.channel.closed:
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.channel.send(self._heartbeat_message())
+            await self.channel.send({"type": outcome, "error": error})
+
+    # ------------------------------------------------------------------------------ data path
+
+    async def _process_until_done(self) -> str:
+        """Processes batches until every split is finished ('finished') or a stop arrives ('stopped')."""
+        pollers = [asyncio.create_task(self._poll_loop(r)) for r in self.readers if self._has_tasks(r)]
+        if not self.tasks:
+            logger.info("worker %d has no splits to read", self.index, extra={"task_id": None})
+        last_timer = time.monotonic()
+        try:
+            while True:
+                if self.stopping.is_set():
+                    return "stopped"
+                if self._all_finished() and self.queue.empty():
+                    self._end_of_input()
+                    return "finished"
+                for p in pollers:
+                    if p.done() and p.exception() is not None:
+                        raise p.exception()  # type: ignore[misc]
+                try:
+                    batch = await asyncio.wait_for(self.queue.get(), timeout=TIMER_INTERVAL_S)
+                except TimeoutError:
+                    batch = None
+                if batch is not None:
+                    self._process_batch(batch)
+                now = time.monotonic()
+                if now - last_timer >= TIMER_INTERVAL_S:
+                    last_timer = now
+                    self._on_time()
+                if now - self._last_flush >= FLUSH_INTERVAL_S:
+                    await self._flush_sinks()
+                if self._pending_out:
+                    await self._write_pending()
+        finally:
+            for p in pollers:
+                p.cancel()
+
+    def _has_tasks(self, reader: SourceReader) -> bool:
+        return any(t.reader is reader for t in self.tasks.values())
+
+    def _all_finished(self) -> bool:
+        return all(t.finished for t in self.tasks.values())
+
+    async def _poll_loop(self, reader: SourceReader) -> None:
+        while not self.stopping.is_set():
+            await self.running.wait()
+            batches = await reader.poll(POLL_MAX_RECORDS, 0.1)
+            self._drain_decode_errors(reader)
+            for b in batches:
+                if self.queue.full():
+                    blocked_from = time.monotonic()
+                    self.counters.backpressure_events += 1
+                    await self.queue.put(b)
+                    self.counters.backpressure_ms += (time.monotonic() - blocked_from) * 1000
+                else:
+                    self.queue.put_nowait(b)
+            if self._reader_done(reader, batches):
+                return
+
+    def _reader_done(self, reader: SourceReader, batches: list[SplitBatch]) -> bool:
+        finished = {b.split_id for b in batches if b.finished}
+        return all(
+            t.finished or t.split.split_id in finished for t in self.tasks.values() if t.reader is reader
+        )
+
+    def _drain_decode_errors(self, reader: SourceReader) -> None:
+        errors = getattr(reader, "decode_errors", None)
+        if not errors:
+            return
+        for split_id, offset, message in errors:
+            self.counters.errors += 1
+            self._log_record_error(f"undecodable record at {split_id} offset {offset}: {message}", split_id)
+            if self.config.on_error == OnErrorPolicy.FAIL:
+                raise TaskFailure(f"undecodable record at {split_id} offset {offset}: {message}")
+        errors.clear()
+
+    def _process_batch(self, batch: SplitBatch) -> None:
+        task = self.tasks[batch.split_id]
+        records = batch.records
+        n = len(records)
+        task.events_in += n
+        self.counters.events_in += n
+        errors: list[tuple[Record, Exception]] = []
+        out = run_chain(task.chain, records, errors, 0)
+        self._handle_errors(errors, task, batch.position)
+        task.position = batch.position
+        if batch.finished:
+            task.finished = True
+        if out:
+            self._pending_out.append((batch.split_id, out))
+        self._pending_latency.append((batch.ingest_ms, n))
+
+    def _on_time(self) -> None:
+        now_ms = int(time.time() * 1000)
+        for task in self.tasks.values():
+            for i, step in enumerate(task.chain):
+                emitted = step.on_time(now_ms)
+                if emitted:
+                    errors: list[tuple[Record, Exception]] = []
+                    out = run_chain(task.chain, emitted, errors, i + 1)
+                    self._handle_errors(errors, task, task.position)
+                    if out:
+                        self._pending_out.append((task.split.split_id, out))
+        self._collect_late_drops()
+
+    def _end_of_input(self) -> None:
+        for task in self.tasks.values():
+            for i, step in enumerate(task.chain):
+                emitted = step.on_end()
+                if emitted:
+                    errors: list[tuple[Record, Exception]] = []
+                    out = run_chain(task.chain, emitted, errors, i + 1)
+                    self._handle_errors(errors, task, task.position)
+                    if out:
+                        self._pending_out.append((task.split.split_id, out))
+        self._collect_late_drops()
+
+    def _collect_late_drops(self) -> None:
+        total = 0
+        for task in self.tasks.values():
+            for step in task.chain:
+                total += getattr(step, "late_dropped", 0)
+        self.counters.late_dropped = total
+
+    def _handle_errors(self, errors: list[tuple[Record, Exception]], task: Task, position: Any) -> None:
+        if not errors:
+            return
+        self.counters.errors += len(errors)
+        first_record, first_error = errors[0]
+        message = (
+            f"{len(errors)} record(s) failed in split {task.split.split_id} near position {position}: "
+            f"{type(first_error).__name__}: {first_error}; first record: {_preview(first_record)}"
+        )
+        if self.config.on_error == OnErrorPolicy.FAIL:
+            raise TaskFailure(message)
+        self._log_record_error(message, task.split.split_id)
+
+    def _log_record_error(self, message: str, split_id: str) -> None:
+        """Logs record errors, at most ERROR_LOG_LIMIT_PER_MIN a minute (all are counted)."""
+        now = time.monotonic()
+        while self._errors_logged and now - self._errors_logged[0] > 60:
+            self._errors_logged.popleft()
+        if len(self._errors_logged) < ERROR_LOG_LIMIT_PER_MIN:
+            self._errors_logged.append(now)
+            logger.warning(message, extra={"task_id": split_id})
+
+    async def _write_pending(self) -> None:
+        pending, self._pending_out = self._pending_out, []
+        for split_id, out in pending:
+            self.tasks[split_id].events_out += len(out)
+            self.counters.events_out += len(out)
+            for sink in self.sinks:
+                await sink.write(split_id, out)
+
+    async def _flush_sinks(self) -> None:
+        if self._pending_out:
+            await self._write_pending()
+        for sink in self.sinks:
+            await sink.flush()
+        now_ms = time.time() * 1000
+        for ingest_ms, count in self._pending_latency:
+            self.counters.latency.record(max(now_ms - ingest_ms, 0.0), count)
+        self._pending_latency.clear()
+        self._last_flush = time.monotonic()
+        positions = {sid: t.position for sid, t in self.tasks.items() if t.position is not None}
+        for reader in self.readers:
+            mine = {sid: p for sid, p in positions.items() if self.tasks[sid].reader is reader}
+            if mine:
+                await reader.commit(mine)
+
+    # ------------------------------------------------------------------------------ control
+
+    async def _control_loop(self) -> None:
+        assert self.channel is not None
+        while True:
+            try:
+                message = await self.channel.receive()
+            except (ConnectionError, OSError, ValueError):
+                message = None
+            if message is None:
+                logger.error("control plane connection lost; worker %d stops", self.index)
+                self.orphaned = True
+                os._exit(3)  # the control plane restarts the job from its last checkpoint
+            kind = message.get("type")
+            if kind == "stop":
+                self.stopping.set()
+                self.running.set()
+            elif kind == "pause":
+                self.running.clear()
+                logger.info("paused", extra={"task_id": None})
+            elif kind == "resume":
+                self.running.set()
+                logger.info("resumed", extra={"task_id": None})
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            if self.channel is None:
+                continue
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.channel.send(self._heartbeat_message())
+
+    def _heartbeat_message(self) -> dict[str, Any]:
+        c = self.counters
+        memory = self._process.memory_info()
+        return {
+            "type": "heartbeat",
+            "events_in": c.events_in,
+            "events_out": c.events_out,
+            "errors": c.errors,
+            "late_dropped": c.late_dropped,
+            "backpressure_events": c.backpressure_events,
+            "backpressure_ms": round(c.backpressure_ms, 3),
+            "queue_fill": self.queue.qsize() / QUEUE_BATCHES,
+            "latency": c.latency.counts,
+            "cpu_percent": self._process.cpu_percent(None),
+            "rss_bytes": memory.rss,
+            "tasks": {
+                sid: {"events_in": t.events_in, "events_out": t.events_out, "finished": t.finished}
+                for sid, t in self.tasks.items()
+            },
+        }
+
+
+def run_chain(chain: list[Any], records: Batch, errors: list[tuple[Record, Exception]], start: int) -> Batch:
+    for step in chain[start:]:
+        if not records:
+            break
+        records = step.process(records, errors)
+    return records
+
+
+def reader_index(reader: SourceReader, readers: list[SourceReader]) -> int:
+    return readers.index(reader)
+
+
+def _preview(record: Record) -> str:
+    text = orjson.dumps(record, default=str).decode()
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+# ---------------------------------------------------------------------------------------- logging
+
+
+class ChannelLogHandler(logging.Handler):
+    """Ships log records to the control plane as structured lines (timestamp, level, message, task)."""
+
+    LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
+
+    def __init__(self, channel: Channel, worker_index: int) -> None:
+        super().__init__(logging.INFO)
+        self.channel = channel
+        self.worker_index = worker_index
+        self.pending: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        self.pending.append(
+            {
+                "type": "log",
+                "ts": record.created,
+                "level": self.LEVELS.get(record.levelname, "info"),
+                "message": message,
+                "task_id": getattr(record, "task_id", None),
+                "worker": self.worker_index,
+            }
+        )
+
+    async def ship_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            await self.ship()
+
+    async def ship(self) -> None:
+        pending, self.pending = self.pending, []
+        for message in pending:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.channel.send(message)
+
+
+# ------------------------------------------------------------------------------------- entrypoint
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    job_dir = Path(args.job_dir)
+    config = JobConfig.model_validate_json((job_dir / "job.json").read_bytes())
+    host, _, port = args.control.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port), limit=2**24)
+    channel = Channel(reader, writer)
+    await channel.send(
+        {
+            "type": "hello",
+            "job_id": args.job_id,
+            "index": args.index,
+            "attempt": args.attempt,
+            "pid": os.getpid(),
+            "token": os.environ.get("HELIOS_WORKER_TOKEN", ""),
+        }
+    )
+    handler = ChannelLogHandler(channel, args.index)
+    logging.getLogger("heliosdb_streaming").addHandler(handler)
+    shipper = asyncio.create_task(handler.ship_forever())
+    worker = Worker(config, job_id=args.job_id, index=args.index, attempt=args.attempt, job_dir=job_dir, channel=channel)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stopping.set)
+    code = await worker.run()
+    shipper.cancel()
+    await handler.ship()
+    await channel.close()
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="heliosdb-worker")
+    parser.add_argument("--job-dir", required=True)
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--attempt", type=int, default=0)
+    parser.add_argument("--control", required=True, help="host:port of the control plane")
+    args = parser.parse_args(argv)
+    # stderr (kept in the job directory) gets warnings and crashes; the job log gets info and up
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("heliosdb_streaming").setLevel(logging.INFO)
+    sys.exit(asyncio.run(_amain(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The spec's integration tests 1, 2, 5, 6, 7, 9 and 10 through the native API, with real workers.
+
+Each test uses its own home directory, so jobs, logs and slots of one test never meet another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from heliosdb_streaming.job import (
+    IllegalStateTransitionError,
+    InvalidJobConfigError,
+    JobManager,
+    JobNotFoundError,
+    JobStatus,
+    ListJobsOptions,
+    LogLevel,
+    LogOptions,
+    MetricsWindow,
+)
+from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def datagen_job(name: str, *, count: int | None, rate: float = 0, parallelism: int = 2, **extra: Any) -> dict[str, Any]:
+    source: dict[str, Any] = {"partitions": 4, "seed": 11, "keys": 200, "rate_per_sec": rate}
+    if count is not None:
+        source["count"] = count
+    return {
+        "name": name,
+        "config": {"parallelism": parallelism, "restart_strategy": "none", **extra.pop("config", {})},
+        "sources": [{"type": "datagen", "config": source}],
+        "transformations": extra.pop("transformations", [{"type": "filter", "config": {"condition": "amount > 100"}}]),
+        "sinks": extra.pop("sinks", [{"type": "discard", "config": {}}]),
+    }
+
+
+async def wait_for_status(jm: JobManager, job_id: str, wanted: set[JobStatus], timeout: float = 60) -> JobStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await jm.get_job_status(job_id)
+        if status in wanted:
+            return status
+        if status.terminal or asyncio.get_running_loop().time() > deadline:
+            details = await jm.get_job_details(job_id)
+            raise AssertionError(f"{job_id} stayed {status.value}: {details.message}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_until(predicate: Any, timeout: float = 30, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def jm(tmp_path: Path) -> AsyncIterator[JobManager]:
+    async with JobManager(8, home=tmp_path / "home") as manager:
+        yield manager
+
+
+async def expected_filtered(count: int, condition: Any) -> list[dict[str, Any]]:
+    """Reads the same datagen splits directly (no engine) for an independent expected result."""
+    reader = DatagenSourceReader(
+        schema="transactions", rate_per_sec=0, count=count, partitions=4, seed=11, keys=200, source_index=0
+    )
+    splits = await reader.discover_splits()
+    await reader.open(splits, {})
+    out: list[dict[str, Any]] = []
+    done: set[str] = set()
+    while len(done) < len(splits):
+        for batch in await reader.poll(10_000, 0.1):
+            out.extend(r for r in batch.records if condition(r))
+            if batch.finished:
+                done.add(batch.split_id)
+    await reader.close()
+    return out
+
+
+# 1. Submit job and verify status
+async def test_submit_runs_to_finished_with_exact_output(jm: JobManager, tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    body = datagen_job(
+        "submit_and_verify",
+        count=20_000,
+        sinks=[{"type": "database", "config": {"connection_string": f"sqlite:///{db}", "table": "big"}}],
+    )
+    job_id = await jm.submit_job(body)
+    assert job_id.startswith("job-")
+    assert await jm.get_job_status(job_id) in (JobStatus.SUBMITTED, JobStatus.RUNNING)
+    assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+
+    details = await jm.get_job_details(job_id)
+    assert details.name == "submit_and_verify"
+    assert details.started_at is not None and details.finished_at is not None
+    assert details.finished_at >= details.started_at >= details.submitted_at
+    assert details.metrics.events_processed == 20_000
+    expected = await expected_filtered(20_000, lambda r: r["amount"] > 100)
+    assert details.metrics.events_out == len(expected)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT transaction_id, amount FROM big ORDER BY transaction_id").fetchall()
+    assert rows == sorted((r["transaction_id"], r["amount"]) for r in expected)
+    assert [t.name for t in details.tasks] == ["datagen-source", "filter", "database-sink"]
+    assert [t.task_id for t in details.tasks] == ["task-1", "task-2", "task-3"]
+
+
+async def test_invalid_job_creates_nothing(jm: JobManager) -> None:
+    body = datagen_job("bad", count=10, transformations=[{"type": "filter", "config": {"condition": "amount >"}}])
+    with pytest.raises(InvalidJobConfigError) as info:
+        await jm.submit_job(body)
+    assert [e.path for e in info.value.errors] == ["transformations[0].config.condition"]
+    assert await jm.list_jobs() == []
+
+
+# 2. Cancel job
+async def test_cancel_running_job_stops_every_worker(jm: JobManager) -> None:
+    job_id = await jm.submit_job(datagen_job("endless", count=None, rate=2000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    pids = jm.control_plane.get(job_id).record.worker_pids
+    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    await jm.cancel_job(job_id)
+    assert await jm.get_job_status(job_id) == JobStatus.CANCELLED
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(IllegalStateTransitionError) as info:
+        await jm.cancel_job(job_id)
+    assert info.value.current == "cancelled"
+    with pytest.raises(JobNotFoundError):
+        await jm.cancel_job("job-does-not-exist")
+
+
+async def test_pause_and_resume(jm: JobManager) -> None:
+    job_id = await jm.submit_job(datagen_job("pausable", count=None, rate=5000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+
+    async def flowing() -> bool:
+        return (await jm.get_job_metrics(job_id)).events_processed > 0
+
+    await wait_until(flowing, what="first events")
+    await jm.pause_job(job_id)
+    assert await jm.get_job_status(job_id) == JobStatus.PAUSED
+    await asyncio.sleep(1.5)  # let in-flight batches and the last heartbeat land
+    before = (await jm.get_job_metrics(job_id)).events_processed
+    await asyncio.sleep(2.5)
+    assert (await jm.get_job_metrics(job_id)).events_processed == before
+    with pytest.raises(IllegalStateTransitionError):
+        await jm.pause_job(job_id)
+    await jm.resume_job(job_id)
+
+    async def moving_again() -> bool:
+        return (await jm.get_job_metrics(job_id)).events_processed > before
+
+    await wait_until(moving_again, what="events after resume")
+    await jm.cancel_job(job_id)
+
+
+# 5. Get job metrics
+async def test_metrics_are_measured(jm: JobManager) -> None:
+    job_id = await jm.submit_job(datagen_job("metrics", count=None, rate=4000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+
+    async def warmed_up() -> bool:
+        m = await jm.get_job_metrics(job_id, MetricsWindow.minutes(1))
+        return m.events_processed > 8000 and m.throughput_per_sec > 0
+
+    await wait_until(warmed_up, what="metrics to flow")
+    m = await jm.get_job_metrics(job_id, MetricsWindow.minutes(1))
+    assert 1500 < m.throughput_per_sec < 8000, m.throughput_per_sec  # the source is rate limited to 4000/s
+    assert 0 < m.latency_p50_ms <= m.latency_p99_ms <= m.latency_p999_ms
+    assert m.latency.p99_ms == m.latency_p99_ms
+    assert m.cpu_usage_percent > 0 and m.memory_used_mb > 10
+    assert m.history and m.history[-1].throughput_per_sec > 0
+    assert m.errors == 0 and m.restarts == 0
+    details = await jm.get_job_details(job_id)
+    assert details.metrics.events_processed >= m.events_processed
+    await jm.cancel_job(job_id)
+    final = await jm.get_job_metrics(job_id)
+    assert final.events_processed >= m.events_processed  # totals stay after the workers are gone
+    assert final.throughput_per_sec == 0
+
+
+async def test_record_errors_are_counted_and_logged(jm: JobManager) -> None:
+    body = datagen_job(
+        "errors",
+        count=4000,
+        transformations=[{"type": "filter", "config": {"condition": "merchant > 5"}}],
+    )
+    job_id = await jm.submit_job(body)
+    assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+    m = await jm.get_job_metrics(job_id)
+    assert m.errors == 4000 and m.events_out == 0
+    warnings = await jm.get_job_logs(job_id, LogOptions(level=LogLevel.WARN))
+    assert any("failed in split" in e.message and "merchant" in e.message for e in warnings)
+
+
+async def test_on_error_fail_fails_the_job(jm: JobManager) -> None:
+    body = datagen_job(
+        "strict",
+        count=4000,
+        config={"on_error": "fail"},
+        transformations=[{"type": "filter", "config": {"condition": "merchant > 5"}}],
+    )
+    job_id = await jm.submit_job(body)
+    assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FAILED
+    details = await jm.get_job_details(job_id)
+    assert details.message and "restart strategy is none" in details.message
+
+
+# 6. Get job logs
+async def test_logs_filter_limit_tail(jm: JobManager) -> None:
+    job_id = await jm.submit_job(datagen_job("logs", count=1000))
+    await wait_for_status(jm, job_id, {JobStatus.FINISHED})
+    logs = await jm.get_job_logs(job_id)
+    messages = [e.message for e in logs]
+    assert any("submitted" in m for m in messages)
+    assert "Job started successfully" in messages
+    assert any(m.startswith("Job finished") for m in messages)
+    assert any(e.task_id == "task-1" and "splits" in e.message for e in logs)
+    assert [e.timestamp for e in logs] == sorted(e.timestamp for e in logs)
+    tail = await jm.get_job_logs(job_id, LogOptions(limit=1, tail=True))
+    assert len(tail) == 1 and tail[0].message.startswith("Job finished")
+    assert await jm.get_job_logs(job_id, LogOptions(level=LogLevel.ERROR)) == []
+
+
+# 7. List jobs with filters
+async def test_list_jobs_with_filters(jm: JobManager) -> None:
+    done = [await jm.submit_job(datagen_job(f"short-{i}", count=100)) for i in range(3)]
+    endless = await jm.submit_job(datagen_job("endless", count=None, rate=100))
+    for job_id in done:
+        await wait_for_status(jm, job_id, {JobStatus.FINISHED})
+    await wait_for_status(jm, endless, {JobStatus.RUNNING})
+    running = await jm.list_jobs(ListJobsOptions(status=JobStatus.RUNNING))
+    assert [j.job_id for j in running] == [endless]
+    assert running[0].uptime_seconds >= 0 and running[0].parallelism == 2
+    finished = await jm.list_jobs(ListJobsOptions(status=JobStatus.FINISHED))
+    assert sorted(j.job_id for j in finished) == sorted(done)
+    page = await jm.list_jobs(ListJobsOptions(limit=2, offset=1))
+    everything = await jm.list_jobs()
+    assert len(everything) == 4 and page == everything[1:3]
+    await jm.cancel_job(endless)
+
+
+# 9. Concurrent job management
+async def test_concurrent_submissions_and_queueing(tmp_path: Path) -> None:
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        ids = await asyncio.gather(*(jm.submit_job(datagen_job(f"c{i}", count=3000)) for i in range(8)))
+        assert len(set(ids)) == 8
+        waiting = [(await jm.get_job_details(i)).message or "" for i in ids]
+        assert any("waiting for slots" in m for m in waiting)  # 8 jobs x 2 slots do not fit in 4
+        statuses = await asyncio.gather(
+            *(wait_for_status(jm, i, {JobStatus.FINISHED, JobStatus.FAILED}, timeout=120) for i in ids)
+        )
+        assert set(statuses) == {JobStatus.FINISHED}
+        for i in ids:
+            assert (await jm.get_job_metrics(i)).events_processed == 3000
+        assert jm.control_plane.slots_in_use == 0
+
+
+# 10. Resource cleanup after job completion
+async def test_resources_released_after_completion(jm: JobManager) -> None:
+    job_id = await jm.submit_job(datagen_job("cleanup", count=5000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING, JobStatus.FINISHED})
+    pids = list(jm.control_plane.get(job_id).record.worker_pids)
+    await wait_for_status(jm, job_id, {JobStatus.FINISHED})
+    plane = jm.control_plane
+    assert plane.slots_in_use == 0
+    assert plane.get(job_id).run is None
+    assert plane.get(job_id).record.worker_pids == []
+    assert not plane._tokens
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_jobs_survive_control_plane_restart(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    async with JobManager(4, home=home) as jm:
+        finished = await jm.submit_job(datagen_job("done", count=100))
+        await wait_for_status(jm, finished, {JobStatus.FINISHED})
+        endless = await jm.submit_job(datagen_job("endless", count=None, rate=500))
+        await wait_for_status(jm, endless, {JobStatus.RUNNING})
+    async with JobManager(4, home=home) as jm:
+        assert await jm.get_job_status(finished) == JobStatus.FINISHED
+        assert (await jm.get_job_metrics(finished)).events_processed == 100
+        await wait_for_status(jm, endless, {JobStatus.RUNNING})
+
+        async def restarted() -> bool:
+            return bool(jm.control_plane.get(endless).run and jm.control_plane.get(endless).run.connected.is_set())
+
+        await wait_until(restarted, what="the running job to run again")
+        await jm.cancel_job(endless)

@@ -1,0 +1,173 @@
+"""The job model: the spec's submit body in, every problem reported with its path, nothing else."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from heliosdb_streaming.job import (
+    InvalidJobConfigError,
+    JobConfig,
+    JobConfigOverrides,
+    RestartStrategy,
+    SinkConfig,
+    SourceConfig,
+    StateBackendType,
+    TransformationConfig,
+)
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+
+
+def spec_body() -> dict[str, Any]:
+    return json.loads((EXAMPLES / "fraud_pipeline.json").read_text())
+
+
+def paths_of(body: Any) -> dict[str, str]:
+    with pytest.raises(InvalidJobConfigError) as info:
+        JobConfig.from_dict(body)
+    return {e.path: e.message for e in info.value.errors}
+
+
+def test_spec_body_is_accepted_as_written() -> None:
+    config = JobConfig.from_dict(spec_body())
+    assert config.name == "fraud_detection_pipeline"
+    assert config.parallelism == 4
+    assert config.checkpoint_interval == timedelta(seconds=60)
+    assert config.state_backend is StateBackendType.ROCKSDB
+    assert config.restart_strategy == RestartStrategy.fixed_delay(3, timedelta(seconds=10))
+    assert [s.type for s in config.sources] == ["kafka"]
+    assert [t.type for t in config.transformations] == ["filter", "cep"]
+    assert config.sources[0].config.bootstrap_servers == ["localhost:9092"]
+
+
+def test_round_trip_through_to_dict() -> None:
+    config = JobConfig.from_dict(spec_body())
+    again = JobConfig.from_dict(config.to_dict())
+    assert again == config
+    assert config.to_dict()["config"]["restart_strategy"] == "fixed_delay"
+
+
+def test_every_example_validates() -> None:
+    for path in EXAMPLES.glob("*.json"):
+        JobConfig.from_dict(json.loads(path.read_text()))
+
+
+def test_all_problems_are_reported_at_once_with_paths() -> None:
+    body = spec_body()
+    body["config"]["parallelism"] = 0
+    body["config"]["state_backend"] = "leveldb"
+    body["transformations"][0]["config"]["condition"] = "amount >"
+    body["transformations"][1]["config"]["pattern"] = "A{3,1}"
+    body["sinks"][0]["config"]["table"] = "drop table; --"
+    errors = paths_of(body)
+    assert set(errors) == {
+        "config.parallelism",
+        "config.state_backend",
+        "transformations[0].config.condition",
+        "transformations[1].config.pattern",
+        "sinks[0].config.table",
+    }
+    assert "invalid pattern" in errors["transformations[1].config.pattern"]
+
+
+def test_unknown_fields_and_types_are_rejected() -> None:
+    body = spec_body()
+    body["surprise"] = 1
+    body["sources"][0]["config"]["topik"] = "x"
+    body["transformations"][0]["type"] = "flatmap"
+    errors = paths_of(body)
+    assert errors["surprise"] == "unknown field"
+    assert errors["sources[0].config.topik"] == "unknown field"
+    assert "unknown type 'flatmap'" in errors["transformations[0]"]
+
+
+def test_missing_required_parts() -> None:
+    errors = paths_of({"name": "x", "sources": [], "sinks": [{"type": "print"}]})
+    assert "sources" in errors
+    errors = paths_of({"sources": [{"type": "datagen"}], "sinks": [{"type": "print"}]})
+    assert errors["name"] == "Field required"
+
+
+def test_bootstrap_servers_as_comma_string() -> None:
+    body = spec_body()
+    body["sources"][0]["config"]["bootstrap_servers"] = "a:9092, b:9093"
+    config = JobConfig.from_dict(body)
+    assert config.sources[0].config.bootstrap_servers == ["a:9092", "b:9093"]
+    body["sources"][0]["config"]["bootstrap_servers"] = "nohost"
+    assert "sources[0].config.bootstrap_servers" in paths_of(body)
+
+
+def test_window_shape_rules() -> None:
+    def window(**cfg: Any) -> dict[str, Any]:
+        return {
+            "name": "w",
+            "sources": [{"type": "datagen"}],
+            "transformations": [{"type": "window", "config": cfg}],
+            "sinks": [{"type": "print"}],
+        }
+
+    assert "transformations[0].config" in paths_of(window(kind="tumbling", aggregates={"n": "count(*)"}))
+    errors = paths_of(window(kind="sliding", size="1m", slide="2m", aggregates={"n": "count(*)"}))
+    assert "larger" in errors["transformations[0].config"]
+    assert "transformations[0].config.aggregates" in paths_of(window(size="1m", aggregates={"n": "median(x)"}))
+    assert "transformations[0].config.size" in paths_of(window(size="fast", aggregates={"n": "count(*)"}))
+    JobConfig.from_dict(window(kind="session", gap="30s", aggregates={"n": "count(*)", "s": "sum(amount)"}))
+
+
+def test_cep_define_must_name_pattern_variables() -> None:
+    body = spec_body()
+    body["transformations"][1]["config"]["define"] = {"A": "amount > 1", "Z": "true"}
+    assert "Z" in paths_of(body)["transformations[1].config"]
+
+
+def test_restart_strategy_object_form() -> None:
+    body = spec_body()
+    body["config"]["restart_strategy"] = {
+        "type": "exponential_backoff",
+        "max_attempts": 4,
+        "initial_delay_ms": 100,
+        "max_delay_ms": 1000,
+    }
+    strategy = JobConfig.from_dict(body).restart_strategy
+    assert strategy == RestartStrategy.exponential_backoff(4, timedelta(milliseconds=100), timedelta(seconds=1))
+    assert [strategy.delay_for(n) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    body["config"]["restart_strategy"] = "sometimes"
+    assert "config.restart_strategy.type" in paths_of(body)
+
+
+def test_builders_match_the_wire_form() -> None:
+    built = JobConfig(
+        name="fraud_detection_pipeline",
+        parallelism=4,
+        checkpoint_interval=timedelta(seconds=60),
+        state_backend=StateBackendType.ROCKSDB,
+        restart_strategy=RestartStrategy.fixed_delay(3, timedelta(seconds=10)),
+        sources=[SourceConfig.kafka(["localhost:9092"], "transactions", "fraud_detector")],
+        transformations=[
+            TransformationConfig.filter("amount > 10000"),
+            TransformationConfig.cep("A B+ C", window="1h"),
+        ],
+        sinks=[SinkConfig.database("postgresql://postgres@127.0.0.1:5432/test", "fraud_alerts")],
+    )
+    assert built == JobConfig.from_dict(spec_body())
+
+
+def test_overrides_apply_and_validate() -> None:
+    config = JobConfig.from_dict(spec_body())
+    assert config.with_overrides(JobConfigOverrides(parallelism=8)).parallelism == 8
+    assert config.with_overrides(None) is config
+    with pytest.raises(ValueError):
+        JobConfigOverrides(parallelism=0)
+
+
+def test_input_is_not_mutated() -> None:
+    body = spec_body()
+    before = copy.deepcopy(body)
+    JobConfig.from_dict(body)
+    assert body == before
