@@ -26,19 +26,23 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.control import lifecycle
+from heliosdb_streaming.control.coordinator import CheckpointCoordinator, CheckpointFailedError
 from heliosdb_streaming.control.launcher import Launcher, WorkerHandle, WorkerSpec
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
-from heliosdb_streaming.control.store import JobRecord, JobStore
-from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.control.store import JobRecord, JobStore, SnapshotRecord
+from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.job.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
     JobNotFoundError,
+    SavepointFailedError,
+    SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import JobStatus
 from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.protocol import Channel
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,8 @@ class Run:
     stop_requested: str | None = None  # why: "cancel", "shutdown", "restart"
     paused: bool = False
     supervisor: asyncio.Task[None] | None = None
+    coordinator: CheckpointCoordinator | None = None
+    checkpointer: asyncio.Task[None] | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +81,17 @@ class JobEntry:
     waiting_reason: str | None = None
     slots: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    snapshots: list[SnapshotRecord] = field(default_factory=list)
+    restore_from: str | None = None  # directory the next run restores from (None: fresh start)
+    storage: CheckpointStorage | None = None
+
+    def latest_restore_point(self) -> SnapshotRecord | None:
+        """The newest completed checkpoint or savepoint (ids grow, so the newest has the largest id)."""
+        done = [s for s in self.snapshots if s.status == "completed"]
+        return max(done, key=lambda s: s.checkpoint_id) if done else None
+
+    def savepoint(self, savepoint_id: str) -> SnapshotRecord | None:
+        return next((s for s in self.snapshots if s.savepoint_id == savepoint_id and s.status == "completed"), None)
 
 
 def utcnow() -> datetime:
@@ -82,8 +99,17 @@ def utcnow() -> datetime:
 
 
 class ControlPlane:
-    def __init__(self, *, home: Path, store: JobStore, launcher: Launcher, max_parallelism: int) -> None:
+    def __init__(
+        self,
+        *,
+        home: Path,
+        store: JobStore,
+        launcher: Launcher,
+        max_parallelism: int,
+        checkpoint_uri: str | None = None,
+    ) -> None:
         self.home = home
+        self.checkpoint_uri = checkpoint_uri or (home / "checkpoints").resolve().as_uri()
         self.store = store
         self.launcher = launcher
         self.max_parallelism = max_parallelism
@@ -104,8 +130,12 @@ class ControlPlane:
         self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0, limit=2**24)
         port = self._server.sockets[0].getsockname()[1]
         self.control_address = f"127.0.0.1:{port}"
+        snapshots: dict[str, list[SnapshotRecord]] = {}
+        for snapshot in self.store.load_snapshots():
+            snapshots.setdefault(snapshot.job_id, []).append(snapshot)
         for record in self.store.load_all():
             entry = self._entry_for(record)
+            entry.snapshots = snapshots.get(record.job_id, [])
             self.jobs[record.job_id] = entry
             if not record.status.terminal:
                 await self._recover(entry)
@@ -124,6 +154,8 @@ class ControlPlane:
             + (f", stopped {killed} orphaned worker(s)" if killed else "")
             + "; scheduling it again",
         )
+        point = entry.latest_restore_point()
+        entry.restore_from = point.directory if point else None
         self.queue.append(record.job_id)
 
     def _entry_for(self, record: JobRecord) -> JobEntry:
@@ -131,6 +163,14 @@ class ControlPlane:
         metrics = JobMetricsAggregator.from_state(record.metrics_state)
         log = JobLog(self.job_dir(record.job_id) / "job.log")
         return JobEntry(record=record, config=config, metrics=metrics, log=log)
+
+    def storage_for(self, entry: JobEntry) -> CheckpointStorage:
+        if entry.storage is None:
+            entry.storage = storage_from_uri(entry.config.checkpoint_storage or self.checkpoint_uri)
+        return entry.storage
+
+    def checkpoint_uri_for(self, entry: JobEntry) -> str:
+        return entry.config.checkpoint_storage or self.checkpoint_uri
 
     def job_dir(self, job_id: str) -> Path:
         return self.home / "jobs" / job_id
@@ -302,7 +342,16 @@ class ControlPlane:
         (job_dir / "job.json").write_bytes(entry.config.model_dump_json().encode())
         try:
             for index in range(run.parallelism):
-                spec = WorkerSpec(record.job_id, job_dir, index, run.attempt, self.control_address, run.token)
+                spec = WorkerSpec(
+                    record.job_id,
+                    job_dir,
+                    index,
+                    run.attempt,
+                    self.control_address,
+                    run.token,
+                    checkpoint_uri=self.checkpoint_uri_for(entry),
+                    restore_from=entry.restore_from,
+                )
                 run.handles[index] = await self.launcher.launch(spec)
         except Exception as e:
             for handle in run.handles.values():
@@ -311,7 +360,8 @@ class ControlPlane:
             run.outcomes[0] = ("failed", f"could not start workers: {e}")
         record.worker_pids = [h.pid for h in run.handles.values()]
         self.store.save(record)
-        entry.log.write("info", f"Run {run.attempt}: started {len(run.handles)} worker(s)")
+        restored = f", restoring {entry.restore_from}" if entry.restore_from else ""
+        entry.log.write("info", f"Run {run.attempt}: started {len(run.handles)} worker(s){restored}")
         run.supervisor = self._spawn(self._supervise(entry, run))
 
     async def _supervise(self, entry: JobEntry, run: Run) -> None:
@@ -340,8 +390,13 @@ class ControlPlane:
                     entry.log.write("info", f"Run {run.attempt} running")
                 if run.paused:
                     await self._broadcast(run, {"type": "pause"})
+                self._start_coordinator(entry, run)
         await asyncio.gather(*watchers)
         connect_wait.cancel()
+        if run.checkpointer is not None:
+            run.checkpointer.cancel()
+        if run.coordinator is not None and run.coordinator.pending is not None:
+            run.coordinator._fail(run.coordinator.pending, "the run ended")
         self._tokens.pop(run.token, None)
         for channel in run.channels.values():
             await channel.close()
@@ -372,20 +427,23 @@ class ControlPlane:
         reason = "; ".join(f"worker {i}: {why}" for i, why in sorted(failures.items())) or "workers stopped"
         strategy = entry.config.restart_strategy
         if record.status in (JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.SUBMITTED):
-            if record.restarts < strategy.max_restarts():
+            if record.failures_since_restart < strategy.max_restarts():
                 record.restarts += 1
-                delay = strategy.delay_for(record.restarts)
+                record.failures_since_restart += 1
+                delay = strategy.delay_for(record.failures_since_restart)
                 self._set_status(
                     entry,
                     Event.RECOVER,
-                    f"Job failed ({reason}); restart {record.restarts} of {strategy.max_restarts()} "
+                    f"Job failed ({reason}); restart {record.failures_since_restart} of {strategy.max_restarts()} "
                     f"in {delay:g}s ({strategy.type})",
                     level="warn",
                 )
+                point = entry.latest_restore_point()
+                entry.restore_from = point.directory if point else None
                 self._spawn(self._delayed_relaunch(entry, delay))
                 return
             exhausted = (
-                f"restart strategy {strategy.type} exhausted after {record.restarts} restart(s)"
+                f"restart strategy {strategy.type} exhausted after {record.failures_since_restart} restart(s)"
                 if strategy.max_restarts()
                 else "restart strategy is none"
             )
@@ -443,15 +501,23 @@ class ControlPlane:
                 message = await channel.receive()
                 if message is None:
                     break
-                self._on_message(entry, run, index, message)
+                await self._on_message(entry, run, index, message)
         except (ConnectionError, OSError, ValueError):
             pass
         finally:
             await channel.close()
 
-    def _on_message(self, entry: JobEntry, run: Run, index: int, message: dict[str, Any]) -> None:
+    async def _on_message(self, entry: JobEntry, run: Run, index: int, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        if kind == "heartbeat":
+        coordinator = run.coordinator
+        if kind == "ack" and coordinator is not None:
+            await coordinator.on_ack(index, message)
+        elif kind == "checkpoint_failed" and coordinator is not None:
+            coordinator.on_worker_failed(index, message)
+        elif kind == "drained" and coordinator is not None:
+            if coordinator.on_drained(index):
+                self._spawn(self._final_checkpoint(entry, run))
+        elif kind == "heartbeat":
             entry.metrics.on_heartbeat(run.attempt, index, message)
         elif kind == "log":
             entry.log.write(
@@ -462,6 +528,144 @@ class ControlPlane:
             )
         elif kind in ("finished", "stopped", "failed"):
             run.outcomes[index] = (kind, message.get("error"))
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def _start_coordinator(self, entry: JobEntry, run: Run) -> None:
+        record = entry.record
+
+        def next_id() -> int:
+            record.last_checkpoint_id += 1
+            self.store.save(record)
+            return record.last_checkpoint_id
+
+        async def send(message: dict[str, Any]) -> None:
+            await self._broadcast(run, message)
+
+        run.coordinator = CheckpointCoordinator(
+            job_id=record.job_id,
+            parallelism=run.parallelism,
+            storage=self.storage_for(entry),
+            next_id=next_id,
+            send=send,
+            on_complete=lambda snap: self._checkpoint_completed(entry, snap),
+            on_failed=lambda snap, why: self._checkpoint_failed(entry, snap, why),
+            retained=entry.config.checkpoints_retained,
+            retained_snapshots=lambda: list(entry.snapshots),
+            forget=lambda snap: self._forget_snapshot(entry, snap),
+        )
+        interval = entry.config.checkpoint_interval_ms / 1000
+        run.checkpointer = self._spawn(run.coordinator.periodic(interval, lambda: run.paused))
+
+    def _checkpoint_completed(self, entry: JobEntry, snapshot: SnapshotRecord) -> None:
+        self.store.save_snapshot(snapshot)
+        entry.snapshots.append(snapshot)
+        metrics = entry.metrics
+        metrics.checkpoint_count += 1
+        metrics.last_checkpoint_duration_ms = snapshot.duration_ms
+        metrics.checkpoint_durations.append(snapshot.duration_ms)
+        what = f"Savepoint {snapshot.savepoint_id}" if snapshot.savepoint_id else f"Checkpoint {snapshot.checkpoint_id}"
+        entry.log.write("info", f"{what} completed ({snapshot.duration_ms}ms, {snapshot.size_bytes} bytes)")
+
+    def _checkpoint_failed(self, entry: JobEntry, snapshot: SnapshotRecord, reason: str) -> None:
+        entry.metrics.checkpoint_failures += 1
+        failed = [s for s in entry.snapshots if s.status == "failed"]
+        if len(failed) >= 10:  # keep the recent failures for the API, not all of them
+            entry.snapshots.remove(failed[0])
+        entry.snapshots.append(snapshot)
+        what = "Savepoint" if snapshot.kind == "savepoint" else f"Checkpoint {snapshot.checkpoint_id}"
+        entry.log.write("warn", f"{what} failed: {reason}")
+
+    def _forget_snapshot(self, entry: JobEntry, snapshot: SnapshotRecord) -> None:
+        self.store.delete_snapshot(snapshot.job_id, snapshot.checkpoint_id)
+        if snapshot in entry.snapshots:
+            entry.snapshots.remove(snapshot)
+
+    async def _final_checkpoint(self, entry: JobEntry, run: Run) -> None:
+        """Every split is exhausted: one last checkpoint commits the remaining output, then workers finish."""
+        coordinator = run.coordinator
+        assert coordinator is not None
+        for attempt in range(1, 4):
+            try:
+                await coordinator.trigger("checkpoint", final=True)
+                return
+            except CheckpointFailedError as e:
+                entry.log.write("warn", f"final checkpoint attempt {attempt} failed: {e}")
+        entry.log.write("error", "final checkpoint failed three times; stopping the run")
+        for handle in run.handles.values():
+            handle.kill()
+
+    async def savepoint(
+        self, job_id: str, description: str | None, *, stop_after: bool = False
+    ) -> SnapshotRecord:
+        """Takes a savepoint of a running or paused job; with ``stop_after`` the workers stop right after."""
+        entry = self.get(job_id)
+        run = entry.run
+        if entry.record.status not in (JobStatus.RUNNING, JobStatus.PAUSED) or run is None:
+            raise IllegalStateTransitionError(job_id, entry.record.status.value, "take a savepoint of")
+        if not run.connected.is_set() or run.coordinator is None:
+            raise IllegalStateTransitionError(job_id, "starting", "take a savepoint of")
+        if stop_after:
+            run.stop_requested = "cancel"  # the workers stop by themselves once the savepoint completes
+        try:
+            return await run.coordinator.trigger("savepoint", description=description, stop_after=stop_after)
+        except CheckpointFailedError as e:
+            if stop_after:
+                run.stop_requested = None
+            raise SavepointFailedError(job_id, str(e)) from None
+
+    async def delete_savepoint(self, job_id: str, savepoint_id: str) -> None:
+        entry = self.get(job_id)
+        snapshot = entry.savepoint(savepoint_id)
+        if snapshot is None:
+            raise SavepointNotFoundError(job_id, savepoint_id)
+        await self.storage_for(entry).delete_prefix(snapshot.directory)
+        self._forget_snapshot(entry, snapshot)
+        entry.log.write("info", f"Savepoint {savepoint_id} deleted")
+
+    async def cancel_with_savepoint(self, job_id: str) -> SnapshotRecord:
+        """Stop-with-savepoint: the savepoint is the last thing the job does, so nothing runs past it."""
+        entry = self.get(job_id)
+        self._check(entry, Event.CANCEL, "cancel")
+        if entry.record.status == JobStatus.SUBMITTED:
+            raise IllegalStateTransitionError(job_id, entry.record.status.value, "cancel with a savepoint")
+        snapshot = await self.savepoint(job_id, "savepoint on cancel", stop_after=True)
+        await self.cancel(job_id)
+        return snapshot
+
+    async def restart(
+        self, job_id: str, savepoint_id: str | None, overrides: JobConfigOverrides | None
+    ) -> SnapshotRecord | None:
+        """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides."""
+        entry = self.get(job_id)
+        async with entry.lock:
+            self._check(entry, Event.RESTART, "restart")
+            point = entry.latest_restore_point()
+            if savepoint_id is not None:
+                point = entry.savepoint(savepoint_id)
+                if point is None:
+                    raise SavepointNotFoundError(job_id, savepoint_id)
+            config = entry.config.with_overrides(overrides)
+            if config.parallelism > self.max_parallelism:
+                raise InvalidJobConfigError(
+                    [FieldError("config_overrides.parallelism", f"exceeds max_parallelism {self.max_parallelism}")]
+                )
+            if entry.run is not None:
+                await self._stop_run(entry.run, "restart")
+            entry.config = config
+            entry.record.config = config.to_dict()
+            entry.restore_from = point.directory if point else None
+            entry.record.restarts += 1
+            entry.record.failures_since_restart = 0
+            entry.record.started_at = None
+            origin = (
+                f"savepoint {point.savepoint_id}" if point and point.savepoint_id
+                else f"checkpoint {point.checkpoint_id}" if point else "the beginning (no checkpoint yet)"
+            )
+            self._set_status(entry, Event.RESTART, f"Job restarting from {origin} (parallelism {config.parallelism})")
+            self.queue.append(job_id)
+            self._schedule()
+            return point
 
     # -------------------------------------------------------------------------------- persistence
 

@@ -17,6 +17,8 @@ class WorkerSpec:
     attempt: int
     control_address: str
     token: str
+    checkpoint_uri: str
+    restore_from: str | None = None  # checkpoint/savepoint directory in that storage
 
 
 class WorkerHandle(Protocol):

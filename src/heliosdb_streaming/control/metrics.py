@@ -49,6 +49,7 @@ class JobMetricsAggregator:
         self.checkpoint_count = 0
         self.checkpoint_failures = 0
         self.last_checkpoint_duration_ms = 0
+        self.checkpoint_durations: deque[int] = deque(maxlen=1000)
         self.task_progress: dict[str, dict[str, Any]] = {}
 
     # --------------------------------------------------------------------------------- ingest

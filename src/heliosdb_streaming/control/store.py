@@ -25,6 +25,26 @@ class JobRecord:
     attempt: int = 0
     worker_pids: list[int] = field(default_factory=list)
     metrics_state: dict[str, Any] = field(default_factory=dict)
+    last_checkpoint_id: int = 0  # ids only grow, across runs, so sink markers never repeat
+    failures_since_restart: int = 0  # the restart strategy's budget; a user restart resets it
+
+
+@dataclass(slots=True)
+class SnapshotRecord:
+    """A completed or failed checkpoint, or a savepoint. ``directory`` is relative to the storage root."""
+
+    job_id: str
+    checkpoint_id: int
+    kind: str  # "checkpoint" | "savepoint"
+    status: str  # "completed" | "failed" | "in_progress"
+    timestamp: datetime
+    duration_ms: int = 0
+    size_bytes: int = 0
+    directory: str = ""
+    location: str = ""
+    savepoint_id: str | None = None
+    description: str | None = None
+    shared_files: list[str] = field(default_factory=list)
 
 
 class JobStore(Protocol):
@@ -33,5 +53,11 @@ class JobStore(Protocol):
     def load_all(self) -> list[JobRecord]: ...
 
     def save(self, record: JobRecord) -> None: ...
+
+    def load_snapshots(self) -> list[SnapshotRecord]: ...
+
+    def save_snapshot(self, snapshot: SnapshotRecord) -> None: ...
+
+    def delete_snapshot(self, job_id: str, checkpoint_id: int) -> None: ...
 
     def close(self) -> None: ...

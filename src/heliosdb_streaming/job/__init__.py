@@ -22,6 +22,7 @@ from heliosdb_streaming.job.errors import (
     InvalidJobConfigError,
     JobError,
     JobNotFoundError,
+    SavepointFailedError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import (
@@ -37,6 +38,7 @@ from heliosdb_streaming.job.types import (
     LogOptions,
     MetricsWindow,
     RestartOptions,
+    SavepointInfo,
     TaskInfo,
 )
 
@@ -65,6 +67,8 @@ __all__ = [
     "OnErrorPolicy",
     "RestartOptions",
     "RestartStrategy",
+    "SavepointFailedError",
+    "SavepointInfo",
     "SavepointNotFoundError",
     "SinkConfig",
     "SourceConfig",

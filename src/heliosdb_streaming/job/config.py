@@ -11,7 +11,15 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from heliosdb_streaming.job.connectors import (
     DISCRIMINATOR_TAGS,
@@ -105,7 +113,8 @@ class RestartStrategy(_Strict):
         if self.type == "fixed_delay":
             return self.delay_ms / 1000
         if self.type == "exponential_backoff":
-            return min(self.initial_delay_ms * 2 ** max(restart_number - 1, 0), self.max_delay_ms) / 1000
+            factor: int = 1 << min(max(restart_number - 1, 0), 40)
+            return float(min(self.initial_delay_ms * factor, self.max_delay_ms)) / 1000
         return 0.0
 
 
@@ -119,6 +128,19 @@ RestartStrategyWire = Annotated[
 ]
 
 
+def _check_storage_uri(v: str) -> str:
+    if not v.startswith(("file:///", "s3://")):
+        raise ValueError("must be a file:///absolute/path or s3://bucket/prefix URI")
+    return v
+
+
+CheckpointStorageUri = Annotated[
+    str,
+    AfterValidator(_check_storage_uri),
+    Field(description="Where checkpoints and savepoints go: file:///dir or s3://bucket/prefix"),
+]
+
+
 class JobSettings(_Strict):
     """The ``config`` object of the submit body."""
 
@@ -128,6 +150,7 @@ class JobSettings(_Strict):
     restart_strategy: RestartStrategyWire = Field(default_factory=RestartStrategy)
     on_error: OnErrorPolicy = OnErrorPolicy.SKIP
     checkpoints_retained: int = Field(default=3, ge=1, le=100)
+    checkpoint_storage: CheckpointStorageUri | None = None
 
 
 class JobSubmitRequest(_Strict):
@@ -166,6 +189,7 @@ class JobConfig(_Strict):
     restart_strategy: RestartStrategy = Field(default_factory=RestartStrategy)
     on_error: OnErrorPolicy = OnErrorPolicy.SKIP
     checkpoints_retained: int = Field(default=3, ge=1, le=100)
+    checkpoint_storage: CheckpointStorageUri | None = None
     sources: list[AnySource] = Field(min_length=1)
     transformations: list[AnyTransformation] = Field(default_factory=list)
     sinks: list[AnySink] = Field(min_length=1)
@@ -190,6 +214,7 @@ class JobConfig(_Strict):
             restart_strategy=s.restart_strategy,
             on_error=s.on_error,
             checkpoints_retained=s.checkpoints_retained,
+            checkpoint_storage=s.checkpoint_storage,
             sources=list(request.sources),
             transformations=list(request.transformations),
             sinks=list(request.sinks),
@@ -216,6 +241,7 @@ class JobConfig(_Strict):
             "restart_strategy": self.restart_strategy.to_wire(),
             "on_error": self.on_error.value,
             "checkpoints_retained": self.checkpoints_retained,
+            **({"checkpoint_storage": self.checkpoint_storage} if self.checkpoint_storage else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:

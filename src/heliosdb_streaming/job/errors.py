@@ -61,6 +61,17 @@ class SavepointNotFoundError(JobError):
         self.savepoint_id = savepoint_id
 
 
+class SavepointFailedError(JobError):
+    """A savepoint did not complete (a worker failed it, or it timed out); the job keeps running."""
+
+    code = "savepoint_failed"
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"savepoint of job {job_id!r} failed: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
 class IllegalStateTransitionError(JobError):
     """The requested action is not allowed in the job's current status (HTTP 409)."""
 

@@ -19,7 +19,10 @@ from typing import Any
 
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
 from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.control.store import SnapshotRecord
+from heliosdb_streaming.job.errors import SavepointNotFoundError
 from heliosdb_streaming.job.types import (
+    CheckpointInfo,
     JobDetails,
     JobMetrics,
     JobStatus,
@@ -28,6 +31,8 @@ from heliosdb_streaming.job.types import (
     LogEntry,
     LogOptions,
     MetricsWindow,
+    RestartOptions,
+    SavepointInfo,
     TaskInfo,
     ThroughputPoint,
 )
@@ -107,6 +112,52 @@ class JobManager:
         plane = await self._control()
         await plane.cancel(job_id)
 
+    async def cancel_job_with_savepoint(self, job_id: str) -> str:
+        """Takes a savepoint and stops the job right after it; returns the savepoint id."""
+        plane = await self._control()
+        snapshot = await plane.cancel_with_savepoint(job_id)
+        assert snapshot.savepoint_id is not None
+        return snapshot.savepoint_id
+
+    async def create_savepoint(self, job_id: str, description: str | None = None) -> str:
+        """Snapshots a running or paused job; the savepoint is kept until deleted. Returns its id."""
+        plane = await self._control()
+        snapshot = await plane.savepoint(job_id, description)
+        assert snapshot.savepoint_id is not None
+        return snapshot.savepoint_id
+
+    async def list_savepoints(self, job_id: str) -> list[SavepointInfo]:
+        plane = await self._control()
+        entry = plane.get(job_id)
+        return [
+            _savepoint_info(s) for s in entry.snapshots if s.savepoint_id is not None and s.status == "completed"
+        ]
+
+    async def get_savepoint(self, job_id: str, savepoint_id: str) -> SavepointInfo:
+        plane = await self._control()
+        snapshot = plane.get(job_id).savepoint(savepoint_id)
+        if snapshot is None:
+            raise SavepointNotFoundError(job_id, savepoint_id)
+        return _savepoint_info(snapshot)
+
+    async def delete_savepoint(self, job_id: str, savepoint_id: str) -> None:
+        plane = await self._control()
+        await plane.delete_savepoint(job_id, savepoint_id)
+
+    async def list_checkpoints(self, job_id: str) -> list[CheckpointInfo]:
+        plane = await self._control()
+        return _checkpoint_infos(plane.get(job_id))
+
+    async def restart_job(self, job_id: str, options: RestartOptions | None = None) -> None:
+        """Restarts from ``options.savepoint_id``, else from the newest checkpoint or savepoint.
+
+        Allowed from failed, cancelled and finished, and from running (stop, then restore).
+        ``options.config_overrides`` (e.g. ``JobConfigOverrides(parallelism=8)``) apply to the new run.
+        """
+        options = options or RestartOptions()
+        plane = await self._control()
+        await plane.restart(job_id, options.savepoint_id, options.config_overrides)
+
     async def pause_job(self, job_id: str) -> None:
         plane = await self._control()
         await plane.pause(job_id)
@@ -147,7 +198,7 @@ class JobManager:
             uptime_secs=plane.uptime_seconds(record),
             metrics=self._metrics(entry, MetricsWindow.minutes(5)),
             tasks=self._tasks(entry),
-            checkpoints=[],
+            checkpoints=_checkpoint_infos(entry)[-10:],
             message=record.message,
             restarts=record.restarts,
         )
@@ -220,6 +271,39 @@ class JobManager:
             parallelism = source_parallelism if i < n_sources else config.parallelism
             infos.append(TaskInfo(task_id=op.task_id, name=op.name, status=entry.record.status, parallelism=parallelism))
         return infos
+
+
+def _savepoint_info(snapshot: SnapshotRecord) -> SavepointInfo:
+    assert snapshot.savepoint_id is not None
+    return SavepointInfo(
+        savepoint_id=snapshot.savepoint_id,
+        job_id=snapshot.job_id,
+        created_at=snapshot.timestamp,
+        size_bytes=snapshot.size_bytes,
+        location=snapshot.location,
+        description=snapshot.description,
+    )
+
+
+def _checkpoint_infos(entry: JobEntry) -> list[CheckpointInfo]:
+    """Checkpoints of the job, oldest first, including failed and in-progress ones."""
+    snapshots = [s for s in entry.snapshots if s.kind == "checkpoint"]
+    run = entry.run
+    if run is not None and run.coordinator is not None and run.coordinator.pending is not None:
+        pending = run.coordinator.pending.record
+        if pending.kind == "checkpoint":
+            snapshots.append(pending)
+    snapshots.sort(key=lambda s: s.checkpoint_id)
+    return [
+        CheckpointInfo(
+            checkpoint_id=f"checkpoint-{s.checkpoint_id}",
+            timestamp=s.timestamp,
+            duration_ms=s.duration_ms,
+            size_bytes=s.size_bytes,
+            status=s.status,
+        )
+        for s in snapshots
+    ]
 
 
 def _memory_total_mb() -> int:

@@ -157,6 +157,15 @@ class CheckpointInfo(_Model):
     status: str
 
 
+class SavepointInfo(_Model):
+    savepoint_id: str
+    job_id: str
+    created_at: datetime
+    size_bytes: int
+    location: str
+    description: str | None = None
+
+
 class JobSummary(_Model):
     job_id: str
     name: str

@@ -40,6 +40,7 @@ class SubprocessLauncher:
         stderr_path = spec.job_dir / f"worker-{spec.index}.stderr"
         stdout_path = spec.job_dir / f"worker-{spec.index}.out"  # where the print sink's lines go
         env = {**os.environ, "HELIOS_WORKER_TOKEN": spec.token, "PYTHONUNBUFFERED": "1"}
+        restore = ["--restore", spec.restore_from] if spec.restore_from else []
         with stderr_path.open("ab") as stderr, stdout_path.open("ab") as stdout:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -55,6 +56,9 @@ class SubprocessLauncher:
                 str(spec.attempt),
                 "--control",
                 spec.control_address,
+                "--checkpoints",
+                spec.checkpoint_uri,
+                *restore,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from heliosdb_streaming.control.store import JobRecord
+from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.job.types import JobStatus
 
 _SCHEMA = """
@@ -25,7 +25,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT,
     attempt INTEGER NOT NULL DEFAULT 0,
     worker_pids TEXT NOT NULL DEFAULT '[]',
-    metrics_state TEXT NOT NULL DEFAULT '{}'
+    metrics_state TEXT NOT NULL DEFAULT '{}',
+    last_checkpoint_id INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    job_id TEXT NOT NULL,
+    checkpoint_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    directory TEXT NOT NULL,
+    location TEXT NOT NULL,
+    savepoint_id TEXT,
+    description TEXT,
+    shared_files TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (job_id, checkpoint_id)
 );
 """
 
@@ -44,7 +60,7 @@ class SqliteJobStore:
     def load_all(self) -> list[JobRecord]:
         rows = self._conn.execute(
             "SELECT job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
-            " attempt, worker_pids, metrics_state FROM jobs ORDER BY submitted_at, job_id"
+            " attempt, worker_pids, metrics_state, last_checkpoint_id FROM jobs ORDER BY submitted_at, job_id"
         ).fetchall()
         return [
             JobRecord(
@@ -60,6 +76,7 @@ class SqliteJobStore:
                 attempt=r[9],
                 worker_pids=orjson.loads(r[10]),
                 metrics_state=orjson.loads(r[11]),
+                last_checkpoint_id=r[12],
             )
             for r in rows
         ]
@@ -67,7 +84,7 @@ class SqliteJobStore:
     def save(self, record: JobRecord) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.job_id,
                     record.name,
@@ -81,7 +98,57 @@ class SqliteJobStore:
                     record.attempt,
                     orjson.dumps(record.worker_pids).decode(),
                     orjson.dumps(record.metrics_state, option=orjson.OPT_NON_STR_KEYS).decode(),
+                    record.last_checkpoint_id,
                 ),
+            )
+
+    def load_snapshots(self) -> list[SnapshotRecord]:
+        rows = self._conn.execute(
+            "SELECT job_id, checkpoint_id, kind, status, timestamp, duration_ms, size_bytes, directory, location,"
+            " savepoint_id, description, shared_files FROM snapshots ORDER BY job_id, checkpoint_id"
+        ).fetchall()
+        return [
+            SnapshotRecord(
+                job_id=r[0],
+                checkpoint_id=r[1],
+                kind=r[2],
+                status=r[3],
+                timestamp=datetime.fromisoformat(r[4]),
+                duration_ms=r[5],
+                size_bytes=r[6],
+                directory=r[7],
+                location=r[8],
+                savepoint_id=r[9],
+                description=r[10],
+                shared_files=orjson.loads(r[11]),
+            )
+            for r in rows
+        ]
+
+    def save_snapshot(self, snapshot: SnapshotRecord) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    snapshot.job_id,
+                    snapshot.checkpoint_id,
+                    snapshot.kind,
+                    snapshot.status,
+                    snapshot.timestamp.isoformat(),
+                    snapshot.duration_ms,
+                    snapshot.size_bytes,
+                    snapshot.directory,
+                    snapshot.location,
+                    snapshot.savepoint_id,
+                    snapshot.description,
+                    orjson.dumps(snapshot.shared_files).decode(),
+                ),
+            )
+
+    def delete_snapshot(self, job_id: str, checkpoint_id: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM snapshots WHERE job_id = ? AND checkpoint_id = ?", (job_id, checkpoint_id)
             )
 
     def close(self) -> None:

@@ -13,12 +13,14 @@ from typing import Any
 
 from heliosdb_streaming.job import connectors as cfg
 from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.runtime.api import SinkWriter, SourceReader, StateStore, Transformation
+from heliosdb_streaming.runtime import expr
+from heliosdb_streaming.runtime.api import Record, SinkWriter, SourceReader, StateStore, Transformation
 from heliosdb_streaming.runtime.durations import parse_duration_ms
 from heliosdb_streaming.runtime.transformations import basic
 from heliosdb_streaming.runtime.transformations.cep import CepTransformation, parse_pattern
 from heliosdb_streaming.runtime.transformations.window import WindowTransformation, parse_aggregate
 
+KeyFn = Callable[[Record], Any]
 StoreFactory = Callable[[str], StateStore]
 """Makes the state store of one transformation of one task, given a name unique within the task."""
 
@@ -116,55 +118,59 @@ def _build_sink(sink: Any) -> SinkWriter:
 
 
 def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformation]:
-    """The transformations of one task, each keyed step with its own store."""
+    """The transformations of one task, each keyed step with its own store.
+
+    A ``key_by`` sets the key of the keyed steps after it; a window or CEP step's own ``key`` wins.
+    """
     chain: list[Transformation] = []
-    key_fn: Callable[[dict[str, Any]], Any] | None = None
+    key_fn: KeyFn | None = None
     for position, step in enumerate(config.transformations):
-        c = step.config
         store_name = f"{position}-{step.type}"
         if isinstance(step, cfg.FilterTransformation):
-            chain.append(basic.FilterTransformation(c.condition))
+            chain.append(basic.FilterTransformation(step.config.condition))
         elif isinstance(step, cfg.MapTransformation):
-            chain.append(basic.MapTransformation(dict(c.fields), list(c.drop)))
+            chain.append(basic.MapTransformation(dict(step.config.fields), list(step.config.drop)))
         elif isinstance(step, cfg.KeyByTransformation):
-            key_by = basic.KeyByTransformation(c.key)
+            key_by = basic.KeyByTransformation(step.config.key)
             key_fn = key_by.key_fn
             chain.append(key_by)
         elif isinstance(step, cfg.WindowTransformation):
-            chain.append(
-                WindowTransformation(
-                    store_for(store_name),
-                    kind=c.kind,
-                    size_ms=_ms_or_none(c.size),
-                    slide_ms=_ms_or_none(c.slide),
-                    gap_ms=_ms_or_none(c.gap),
-                    time=c.time,
-                    time_field=c.time_field,
-                    allowed_lateness_ms=parse_duration_ms(c.allowed_lateness),
-                    max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
-                    key_fn=basic.compile_key(c.key) if c.key else key_fn,
-                    aggregates={name: parse_aggregate(text) for name, text in c.aggregates.items()},
-                )
-            )
+            chain.append(_window(step.config, store_for(store_name), key_fn))
         elif isinstance(step, cfg.CepTransformation):
-            from heliosdb_streaming.runtime import expr
-
-            chain.append(
-                CepTransformation(
-                    store_for(store_name),
-                    pattern=parse_pattern(c.pattern),
-                    pattern_text=c.pattern,
-                    define={var: expr.compile_condition(text) for var, text in c.define.items()},
-                    key_fn=basic.compile_key(c.key) if c.key else key_fn,
-                    window_ms=_ms_or_none(c.window),
-                    time_field=c.time_field,
-                    contiguity=c.contiguity,
-                    after_match=c.after_match,
-                )
-            )
+            chain.append(_cep(step.config, store_for(store_name), key_fn))
         else:
             raise ValueError(f"unknown transformation type {step.type!r}")
     return chain
+
+
+def _window(c: cfg.WindowSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+    return WindowTransformation(
+        store,
+        kind=c.kind,
+        size_ms=_ms_or_none(c.size),
+        slide_ms=_ms_or_none(c.slide),
+        gap_ms=_ms_or_none(c.gap),
+        time=c.time,
+        time_field=c.time_field,
+        allowed_lateness_ms=parse_duration_ms(c.allowed_lateness),
+        max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
+        key_fn=basic.compile_key(c.key) if c.key else key_fn,
+        aggregates={name: parse_aggregate(text) for name, text in c.aggregates.items()},
+    )
+
+
+def _cep(c: cfg.CepSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+    return CepTransformation(
+        store,
+        pattern=parse_pattern(c.pattern),
+        pattern_text=c.pattern,
+        define={var: expr.compile_condition(text) for var, text in c.define.items()},
+        key_fn=basic.compile_key(c.key) if c.key else key_fn,
+        window_ms=_ms_or_none(c.window),
+        time_field=c.time_field,
+        contiguity=c.contiguity,
+        after_match=c.after_match,
+    )
 
 
 def _ms_or_none(value: str | int | None) -> int | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -32,9 +33,19 @@ import psutil
 from heliosdb_streaming.job.config import JobConfig, OnErrorPolicy, StateBackendType
 from heliosdb_streaming.runtime import graph
 from heliosdb_streaming.runtime.api import Batch, Record, SinkWriter, SourceReader, Split, SplitBatch, StateStore
+from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
+from heliosdb_streaming.runtime.checkpointing import (
+    Barrier,
+    OutputStaging,
+    RestoredTask,
+    read_manifest,
+    restore_task,
+    snapshot_task,
+)
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
 from heliosdb_streaming.runtime.protocol import Channel
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
+from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 
 logger = logging.getLogger("heliosdb_streaming.worker")
 
@@ -57,6 +68,7 @@ class Task:
     split: Split
     reader: SourceReader
     chain: list[Any]
+    stores: dict[str, StateStore] = field(default_factory=dict)
     position: Any = None
     finished: bool = False
     events_in: int = 0
@@ -84,6 +96,8 @@ class Worker:
         attempt: int,
         job_dir: Path,
         channel: Channel | None,
+        storage: CheckpointStorage | None = None,
+        restore_from: str | None = None,
     ) -> None:
         self.config = config
         self.job_id = job_id
@@ -107,6 +121,16 @@ class Worker:
         self._process = psutil.Process()
         self._process.cpu_percent(None)
         self._stores: list[StateStore] = []
+        self.storage = storage
+        self.restore_from = restore_from
+        # exactly-once sinks need a coordinator that completes checkpoints; without one (a benchmark
+        # running a worker in-process) every sink is written directly, at least once
+        self.exactly_once = storage is not None and channel is not None
+        self.staging = OutputStaging()
+        self._barriers: deque[Barrier] = deque()
+        self._completed: deque[tuple[int, bool, bool]] = deque()
+        self._final_committed = False
+        self._restored_checkpoint: int | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -143,35 +167,66 @@ class Worker:
             await self._close()
 
     async def _open(self) -> None:
+        manifest = await self._restore_manifest()
+        restored: dict[str, RestoredTask] = {}
         self.readers = graph.build_source_readers(self.config)
         parallelism = self.config.parallelism
         for reader in self.readers:
             splits = await reader.discover_splits()
             assigned = [s for k, s in enumerate(splits) if k % parallelism == self.index]
-            await reader.open(assigned, {})
+            positions: dict[str, Any] = {}
             for split in assigned:
-                chain = graph.build_chain(self.config, lambda name, sid=split.split_id: self._store(sid, name))
-                self.tasks[split.split_id] = Task(split=split, reader=reader, chain=chain)
+                stores: dict[str, StateStore] = {}
+                snapshot_path = (manifest or {}).get("tasks", {}).get(split.split_id, {}).get("path")
+                if snapshot_path and self.storage is not None:
+                    state_dir = self.job_dir / "state" / f"attempt-{self.attempt}" / split.split_id
+                    task_state = await restore_task(self.storage, snapshot_path, state_dir)
+                    restored[split.split_id] = task_state
+                    stores = dict(task_state.stores)
+                    self._stores.extend(stores.values())
+                    if task_state.position is not None:
+                        positions[split.split_id] = task_state.position
+                task = Task(split=split, reader=reader, chain=[], stores=stores)
+                task.position = positions.get(split.split_id)
+                task.chain = graph.build_chain(self.config, functools.partial(self._store, task))
+                self.tasks[split.split_id] = task
+            await reader.open(assigned, positions)
             logger.info(
-                "source %d: %d splits, %d assigned to worker %d",
+                "source %d: %d splits, %d assigned to worker %d%s",
                 reader_index(reader, self.readers),
                 len(splits),
                 len(assigned),
                 self.index,
+                f", {len(positions)} restored from checkpoint {self._restored_checkpoint}" if manifest else "",
                 extra={"task_id": "task-1"},
             )
         self.sinks = graph.build_sinks(self.config)
         for sink in self.sinks:
             await sink.open()
+        if self._restored_checkpoint is not None:
+            # output staged before the restored checkpoint completed may not be committed yet
+            for split_id, task_state in restored.items():
+                rows = [row for _cid, segment in task_state.pending_output for row in segment]
+                await self._commit(split_id, rows, self._restored_checkpoint)
 
-    def _store(self, split_id: str, name: str) -> StateStore:
+    async def _restore_manifest(self) -> dict[str, Any] | None:
+        if not self.restore_from or self.storage is None:
+            return None
+        manifest = await read_manifest(self.storage, self.restore_from)
+        self._restored_checkpoint = int(manifest["checkpoint_id"])
+        return manifest
+
+    def _store(self, task: Task, name: str) -> StateStore:
+        """The store named ``name`` of a task: the restored one if there is one, else a new one."""
+        store = task.stores.get(name)
+        if store is not None:
+            return store
         if self.config.state_backend == StateBackendType.ROCKSDB:
-            from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
-
-            path = self.job_dir / "state" / f"attempt-{self.attempt}" / split_id / name
-            store: StateStore = RocksDBStateStore(path)
+            path = self.job_dir / "state" / f"attempt-{self.attempt}" / task.split.split_id / name
+            store = RocksDBStateStore(path)
         else:
             store = MemoryStateStore()
+        task.stores[name] = store
         self._stores.append(store)
         return store
 
@@ -198,38 +253,118 @@ class Worker:
     # ------------------------------------------------------------------------------ data path
 
     async def _process_until_done(self) -> str:
-        """Processes batches until every split is finished ('finished') or a stop arrives ('stopped')."""
+        """Processes batches until the job is done here ('finished') or a stop arrives ('stopped').
+
+        Barriers and checkpoint completions are handled between batches, so every snapshot sees
+        each task at a batch boundary. Once every split is exhausted the worker reports 'drained'
+        and, under a coordinator, waits for the final checkpoint before it finishes.
+        """
         pollers = [asyncio.create_task(self._poll_loop(r)) for r in self.readers if self._has_tasks(r)]
         if not self.tasks:
             logger.info("worker %d has no splits to read", self.index, extra={"task_id": None})
         last_timer = time.monotonic()
+        drained = False
         try:
             while True:
                 if self.stopping.is_set():
                     return "stopped"
-                if self._all_finished() and self.queue.empty():
+                await self._handle_checkpoint_messages()
+                if not drained and self._all_finished() and self.queue.empty():
                     self._end_of_input()
+                    drained = True
+                    await self._flush_sinks()
+                    if not self.exactly_once:
+                        return "finished"
+                    await self._send({"type": "drained"})
+                if drained and self._final_committed:
                     return "finished"
                 for p in pollers:
                     if p.done() and p.exception() is not None:
                         raise p.exception()  # type: ignore[misc]
-                try:
-                    batch = await asyncio.wait_for(self.queue.get(), timeout=TIMER_INTERVAL_S)
-                except TimeoutError:
-                    batch = None
+                batch: SplitBatch | None = None
+                if not drained:
+                    with contextlib.suppress(TimeoutError):
+                        batch = await asyncio.wait_for(self.queue.get(), timeout=TIMER_INTERVAL_S)
+                else:
+                    await asyncio.sleep(0.01)
                 if batch is not None:
                     self._process_batch(batch)
                 now = time.monotonic()
-                if now - last_timer >= TIMER_INTERVAL_S:
+                if now - last_timer >= TIMER_INTERVAL_S and not drained:
                     last_timer = now
                     self._on_time()
                 if now - self._last_flush >= FLUSH_INTERVAL_S:
                     await self._flush_sinks()
-                if self._pending_out:
+                elif self._pending_out:
                     await self._write_pending()
         finally:
             for p in pollers:
                 p.cancel()
+
+    async def _handle_checkpoint_messages(self) -> None:
+        while self._completed:
+            checkpoint_id, final, stop = self._completed.popleft()
+            for split_id, rows in self.staging.take_upto(checkpoint_id).items():
+                await self._commit(split_id, rows, checkpoint_id)
+            if final:
+                self._final_committed = True
+            if stop:  # stop-with-savepoint: nothing runs past the savepoint
+                self.stopping.set()
+                self.running.set()
+        while self._barriers:
+            await self._checkpoint(self._barriers.popleft())
+
+    async def _checkpoint(self, barrier: Barrier) -> None:
+        """Snapshots every task at this batch boundary and acknowledges to the coordinator.
+
+        1. everything processed so far goes to the sinks: at-least-once sinks are flushed, the
+           exactly-once sinks' rows are sealed into the segment of this checkpoint;
+        2. each task writes position + stores + its uncommitted segments to checkpoint storage;
+        3. the ack lists the task snapshots; the coordinator writes the manifest when all acked.
+        """
+        assert self.storage is not None
+        started = time.monotonic()
+        try:
+            await self._flush_sinks()
+            self.staging.seal(barrier.checkpoint_id)
+            tasks: dict[str, dict[str, Any]] = {}
+            shared: set[str] = set()
+            total = 0
+            for split_id, task in self.tasks.items():
+                path, size, needs = await snapshot_task(
+                    self.storage, barrier, split_id, task.position, task.stores, self.staging.pending(split_id)
+                )
+                tasks[split_id] = {"path": path, "bytes": size, "position": task.position}
+                shared |= needs
+                total += size
+        except Exception as e:
+            logger.warning("checkpoint %d failed: %s", barrier.checkpoint_id, e, extra={"task_id": None})
+            await self._send({"type": "checkpoint_failed", "checkpoint_id": barrier.checkpoint_id, "error": str(e)})
+            return
+        await self._send(
+            {
+                "type": "ack",
+                "checkpoint_id": barrier.checkpoint_id,
+                "tasks": tasks,
+                "shared": sorted(shared),
+                "bytes": total,
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+        )
+
+    async def _commit(self, split_id: str, rows: list[Record], checkpoint_id: int) -> None:
+        """Commits staged rows of one split to every exactly-once sink, once per checkpoint id."""
+        if not rows:
+            return
+        for k, sink in enumerate(self.sinks):
+            if _is_transactional(sink):
+                await sink.write_transaction(rows, (self.job_id, f"{split_id}@sink{k}", checkpoint_id))  # type: ignore[attr-defined]
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.channel is None:
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.channel.send(message)
 
     def _has_tasks(self, reader: SourceReader) -> bool:
         return any(t.reader is reader for t in self.tasks.values())
@@ -345,8 +480,14 @@ class Worker:
         for split_id, out in pending:
             self.tasks[split_id].events_out += len(out)
             self.counters.events_out += len(out)
+            staged = False
             for sink in self.sinks:
-                await sink.write(split_id, out)
+                if self.exactly_once and _is_transactional(sink):
+                    staged = True
+                else:
+                    await sink.write(split_id, out)
+            if staged:
+                self.staging.add(split_id, out)
 
     async def _flush_sinks(self) -> None:
         if self._pending_out:
@@ -387,6 +528,12 @@ class Worker:
             elif kind == "resume":
                 self.running.set()
                 logger.info("resumed", extra={"task_id": None})
+            elif kind == "checkpoint":
+                self._barriers.append(Barrier.from_message(message))
+            elif kind == "checkpoint_complete":
+                self._completed.append(
+                    (int(message["checkpoint_id"]), bool(message.get("final")), bool(message.get("stop")))
+                )
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -416,6 +563,10 @@ class Worker:
                 for sid, t in self.tasks.items()
             },
         }
+
+
+def _is_transactional(sink: SinkWriter) -> bool:
+    return hasattr(sink, "write_transaction")
 
 
 def run_chain(chain: list[Any], records: Batch, errors: list[tuple[Record, Exception]], start: int) -> Batch:
@@ -499,7 +650,17 @@ async def _amain(args: argparse.Namespace) -> int:
     handler = ChannelLogHandler(channel, args.index)
     logging.getLogger("heliosdb_streaming").addHandler(handler)
     shipper = asyncio.create_task(handler.ship_forever())
-    worker = Worker(config, job_id=args.job_id, index=args.index, attempt=args.attempt, job_dir=job_dir, channel=channel)
+    storage = storage_from_uri(args.checkpoints) if args.checkpoints else None
+    worker = Worker(
+        config,
+        job_id=args.job_id,
+        index=args.index,
+        attempt=args.attempt,
+        job_dir=job_dir,
+        channel=channel,
+        storage=storage,
+        restore_from=args.restore,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stopping.set)
@@ -517,6 +678,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--attempt", type=int, default=0)
     parser.add_argument("--control", required=True, help="host:port of the control plane")
+    parser.add_argument("--checkpoints", help="checkpoint storage URI (file:///... or s3://bucket/prefix)")
+    parser.add_argument("--restore", help="checkpoint or savepoint directory (in that storage) to restore")
     args = parser.parse_args(argv)
     # stderr (kept in the job directory) gets warnings and crashes; the job log gets info and up
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")

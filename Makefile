@@ -1,0 +1,35 @@
+# One venv for everything; `make demo` and `make test` are the quick start.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint typecheck check bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install  ## datagen -> filter -> key_by -> CEP -> SQLite, with live progress and a summary
+	$(BIN)/helios run examples/embedded_fraud.json --home .helios
+
+test: install  ## the whole suite; starts its own Kafka-protocol broker, uses local PostgreSQL
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: install  ## engine throughput and latency table (add QUIX=1 for the Quix Streams comparison)
+	$(BIN)/python -m benchmarks.engine
+
+clean:
+	rm -rf .helios helios-demo.db helios-demo-windows* .pytest_cache .mypy_cache .ruff_cache

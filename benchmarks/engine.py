@@ -1,0 +1,168 @@
+"""Engine throughput and latency per worker: ``python -m benchmarks.engine [--events N] [--quix]``.
+
+Each pipeline runs the real worker code in this process (one worker, one partition) until N input
+events are processed, and prints events/s and p99 ingestion-to-sink latency. Kafka pipelines read a
+topic prefilled on a tansu broker started here; ``--quix`` runs (c) and (d) in Quix Streams on the
+same topic and prints our/their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.services import kafka_broker, prefill_topic
+from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.runtime.worker import Worker
+
+FILTER = {"type": "filter", "config": {"condition": "amount > 100"}}
+CEP = {
+    "type": "cep",
+    "config": {
+        "pattern": "A B+ C",
+        "key": "card_id",
+        "define": {"A": "amount < 50", "B": "amount >= 50 and amount < 500", "C": "amount >= 500"},
+        "window": "1h",
+    },
+}
+WINDOW = {
+    "type": "window",
+    "config": {"kind": "tumbling", "size": "1m", "key": "card_id", "aggregates": {"total": "sum(amount)"}},
+}
+DISCARD = {"type": "discard", "config": {}}
+
+
+def job(name: str, source: dict[str, Any], steps: list[dict[str, Any]], sink: dict[str, Any], backend: str) -> JobConfig:
+    return JobConfig.from_dict(
+        {
+            "name": name,
+            "config": {"parallelism": 1, "state_backend": backend, "restart_strategy": "none"},
+            "sources": [source],
+            "transformations": steps,
+            "sinks": [sink],
+        }
+    )
+
+
+async def run_worker(config: JobConfig, events: int, job_dir: Path) -> tuple[float, float, int]:
+    """Runs one in-process worker until ``events`` are read; returns (events/s, p99 ms, events)."""
+    worker = Worker(config, job_id=f"bench-{uuid.uuid4()}", index=0, attempt=1, job_dir=job_dir, channel=None)
+
+    async def stop_when_done() -> None:
+        while worker.counters.events_in < events:
+            await asyncio.sleep(0.01)
+        worker.stopping.set()
+
+    watcher = asyncio.create_task(stop_when_done())
+    started = time.perf_counter()
+    code = await worker.run()
+    elapsed = time.perf_counter() - started
+    watcher.cancel()
+    if code != 0:
+        raise RuntimeError(f"{config.name} failed with exit code {code}")
+    n = worker.counters.events_in
+    return n / elapsed, worker.counters.latency.quantile(0.99), n
+
+
+def quix_run(bootstrap: str, topic: str, events: int, windowed: bool, state_dir: str) -> float:
+    """Quix Streams on the same topic: filter (c) or tumbling sum per key (d); returns events/s."""
+    from datetime import timedelta
+
+    from quixstreams import Application
+
+    app = Application(
+        broker_address=bootstrap,
+        consumer_group=f"quix-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        use_changelog_topics=False,
+        state_dir=state_dir,
+    )
+    seen = 0
+    started = 0.0
+
+    def count(value: Any) -> Any:
+        nonlocal seen, started
+        if seen == 0:
+            started = time.perf_counter()
+        seen += 1
+        if seen >= events:
+            app.stop()
+        return value
+
+    sdf = app.dataframe(app.topic(topic, value_deserializer="json"))
+    sdf = sdf.apply(count)
+    if windowed:
+        sdf = sdf.group_by("card_id")
+        sdf = sdf.tumbling_window(timedelta(minutes=1)).sum().final()  # type: ignore[attr-defined]
+    else:
+        sdf = sdf.filter(lambda v: v["amount"] > 100)
+    app.run()
+    return seen / (time.perf_counter() - started)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    n = args.events
+    rows: list[tuple[str, str, float, float, int]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        datagen = {"type": "datagen", "config": {"count": n, "partitions": 1, "seed": 1, "keys": 10_000}}
+        for label, steps, backend in [
+            ("(a) datagen -> filter -> discard", [FILTER], "memory"),
+            ("(b) datagen -> filter -> CEP -> discard", [FILTER, CEP], "memory"),
+        ]:
+            eps, p99, count = await run_worker(job(label, datagen, steps, DISCARD, backend), n, tmp_path / label[:3])
+            rows.append((label, backend, eps, p99, count))
+        async with kafka_broker() as bootstrap:
+            topic = f"bench-{uuid.uuid4().hex[:8]}"
+            await prefill_topic(bootstrap, topic, n)
+            kafka = {
+                "type": "kafka",
+                "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
+            }
+            pipelines: list[tuple[str, list[dict[str, Any]], dict[str, Any], str]] = [
+                ("(c) kafka -> filter -> discard", [FILTER], DISCARD, "memory"),
+                ("(d) kafka -> tumbling sum/key -> discard", [WINDOW], DISCARD, "memory"),
+                ("(d) kafka -> tumbling sum/key -> discard", [WINDOW], DISCARD, "rocksdb"),
+            ]
+            dsn = os.environ.get("HELIOS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+            pg_sink = {
+                "type": "database",
+                "config": {"connection_string": dsn, "table": f"bench_{uuid.uuid4().hex[:8]}", "batch_size": 5000},
+            }
+            pipelines.append(("(e) kafka -> filter -> PostgreSQL", [FILTER], pg_sink, "memory"))
+            for label, steps, sink, backend in pipelines:
+                config = job(label, kafka, steps, sink, backend)
+                eps, p99, count = await run_worker(config, n, tmp_path / f"{label[:3]}-{backend}")
+                rows.append((label, backend, eps, p99, count))
+            quix: dict[str, float] = {}
+            if args.quix:
+                quix["(c)"] = await asyncio.to_thread(quix_run, bootstrap, topic, n, False, str(tmp_path / "q1"))
+                quix["(d)"] = await asyncio.to_thread(quix_run, bootstrap, topic, n, True, str(tmp_path / "q2"))
+    print()
+    print(f"{'pipeline':<44} {'state':<8} {'events/s':>12} {'p99 ms':>9} {'events':>10} {'vs Quix':>9}")
+    print("-" * 97)
+    for label, backend, eps, p99, count in rows:
+        ratio = quix.get(label[:3]) if args.quix else None
+        versus = f"{eps / ratio:8.2f}x" if ratio else ""
+        print(f"{label:<44} {backend:<8} {eps:>12,.0f} {p99:>9.1f} {count:>10,} {versus:>9}")
+    for key, eps in quix.items():
+        print(f"{'Quix Streams ' + key:<44} {'memory':<8} {eps:>12,.0f}")
+    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quix", action="store_true", default=bool(os.environ.get("QUIX")))
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The worker's side of checkpoints: task snapshots, their restore, and exactly-once sink staging.
+
+A task snapshot holds everything a task needs to continue as if nothing happened: the source
+position, every state store of its chain, and the exactly-once sinks' output that was produced
+before the barrier but is not committed yet. Layout in checkpoint storage::
+
+    <job_id>/chk-<N>/<split_id>.snap        task snapshots of checkpoint N (orjson)
+    <job_id>/chk-<N>/_manifest.json         written by the coordinator once every worker acked
+    <job_id>/shared/<sha256>.sst            RocksDB files shared by checkpoints (incremental)
+    <job_id>/savepoints/<savepoint_id>/...  savepoints: self-contained, kept until deleted
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from heliosdb_streaming.runtime.api import Record, StateStore
+from heliosdb_streaming.runtime.checkpoint import snapshots
+from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
+from heliosdb_streaming.runtime.state.memory import MemoryStateStore
+from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
+
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """A request to snapshot every task: checkpoint ``checkpoint_id`` into ``directory``."""
+
+    checkpoint_id: int
+    directory: str  # e.g. "job-1/chk-7" or "job-1/savepoints/savepoint-..."
+    shared: str  # where RocksDB files go: shared by checkpoints, private to a savepoint
+    final: bool = False  # the last checkpoint of a bounded job: commit everything, then finish
+
+    @staticmethod
+    def from_message(message: dict[str, Any]) -> Barrier:
+        return Barrier(
+            checkpoint_id=int(message["checkpoint_id"]),
+            directory=str(message["directory"]),
+            shared=str(message["shared"]),
+            final=bool(message.get("final", False)),
+        )
+
+
+@dataclass(slots=True)
+class OutputStaging:
+    """Output of exactly-once sinks, per split, waiting for the checkpoint that commits it.
+
+    Rows produced after barrier N-1 are sealed into segment N at barrier N; when checkpoint N
+    completes, every segment up to N is committed in one transaction per split and sink, with
+    the marker (job, split, N). A checkpoint that fails leaves its segment for the next one.
+    """
+
+    open: dict[str, list[Record]] = field(default_factory=dict)
+    segments: dict[int, dict[str, list[Record]]] = field(default_factory=dict)
+
+    def add(self, split_id: str, rows: list[Record]) -> None:
+        self.open.setdefault(split_id, []).extend(rows)
+
+    def seal(self, checkpoint_id: int) -> None:
+        if self.segments and checkpoint_id <= max(self.segments):
+            raise ValueError(f"checkpoint id went backwards: {checkpoint_id} after {max(self.segments)}")
+        self.segments[checkpoint_id] = self.open
+        self.open = {}
+
+    def pending(self, split_id: str) -> list[list[Any]]:
+        """Sealed, uncommitted segments of a split as ``[checkpoint_id, rows]`` pairs (for snapshots)."""
+        return [[cid, seg[split_id]] for cid, seg in sorted(self.segments.items()) if seg.get(split_id)]
+
+    def take_upto(self, checkpoint_id: int) -> dict[str, list[Record]]:
+        """Removes and returns every sealed segment up to ``checkpoint_id``, merged per split in order."""
+        out: dict[str, list[Record]] = {}
+        for cid in sorted(c for c in self.segments if c <= checkpoint_id):
+            for split_id, rows in self.segments.pop(cid).items():
+                out.setdefault(split_id, []).extend(rows)
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.open.values()) + sum(
+            len(r) for seg in self.segments.values() for r in seg.values()
+        )
+
+
+async def snapshot_task(
+    storage: CheckpointStorage,
+    barrier: Barrier,
+    split_id: str,
+    position: Any,
+    stores: dict[str, StateStore],
+    pending_output: list[list[Any]],
+) -> tuple[str, int, set[str]]:
+    """Writes one task's snapshot.
+
+    Returns its path, the bytes written (including new shared files) and the shared files it needs.
+    """
+    written = 0
+    shared: set[str] = set()
+    saved: dict[str, Any] = {}
+    for name, store in stores.items():
+        if isinstance(store, RocksDBStateStore):
+            with tempfile.TemporaryDirectory(prefix="helios-chk-") as scratch:
+                manifest, n = await snapshots.snapshot_rocksdb(store, storage, barrier.shared, Path(scratch) / "c")
+            saved[name] = {"backend": "rocksdb", "manifest": manifest}
+            written += n
+            shared |= snapshots.referenced_shared_files(manifest)
+        else:
+            saved[name] = {"backend": "memory", "data": dict(store.items())}
+    body = orjson.dumps(
+        {
+            "split_id": split_id,
+            "checkpoint_id": barrier.checkpoint_id,
+            "position": position,
+            "stores": saved,
+            "pending_output": pending_output,
+        },
+        option=orjson.OPT_NON_STR_KEYS,
+    )
+    path = f"{barrier.directory}/{split_id}.snap"
+    await storage.write(path, body)
+    return path, written + len(body), shared
+
+
+@dataclass(slots=True)
+class RestoredTask:
+    position: Any
+    stores: dict[str, StateStore]
+    pending_output: list[list[Any]]
+
+
+async def restore_task(storage: CheckpointStorage, path: str, state_dir: Path) -> RestoredTask:
+    """Reads a task snapshot back: position, stores (RocksDB ones under ``state_dir``), staged output."""
+    body = orjson.loads(await storage.read(path))
+    stores: dict[str, StateStore] = {}
+    for name, saved in body["stores"].items():
+        if saved["backend"] == "rocksdb":
+            stores[name] = await snapshots.restore_rocksdb(saved["manifest"], storage, state_dir / name)
+        else:
+            memory = MemoryStateStore()
+            for key, value in saved["data"].items():
+                memory.put(key, value)
+            stores[name] = memory
+    return RestoredTask(position=body["position"], stores=stores, pending_output=body["pending_output"])
+
+
+async def read_manifest(storage: CheckpointStorage, directory: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = orjson.loads(await storage.read(f"{directory}/{MANIFEST}"))
+    return manifest

@@ -1,0 +1,243 @@
+"""The spec's integration tests 3 (savepoint), 4 (restart from savepoint) and 8 (failure and automatic
+restart), through the native API with real worker processes and real kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import psutil
+import pytest
+
+from heliosdb_streaming.job import (
+    IllegalStateTransitionError,
+    JobConfigOverrides,
+    JobManager,
+    JobStatus,
+    LogLevel,
+    LogOptions,
+    RestartOptions,
+    SavepointNotFoundError,
+)
+from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+
+pytestmark = pytest.mark.timeout(240)
+
+COUNT = 40_000
+PARTITIONS = 8
+
+
+def window_job(db: Path, *, parallelism: int, rate: float, backend: str = "memory", **config: Any) -> dict[str, Any]:
+    return {
+        "name": "spend_per_card",
+        "config": {
+            "parallelism": parallelism,
+            "state_backend": backend,
+            "checkpoint_interval_ms": 500,
+            "restart_strategy": {"type": "fixed_delay", "attempts": 5, "delay_ms": 200},
+            **config,
+        },
+        "sources": [
+            {
+                "type": "datagen",
+                "config": {"count": COUNT, "partitions": PARTITIONS, "seed": 5, "keys": 64, "rate_per_sec": rate},
+            }
+        ],
+        "transformations": [
+            {
+                "type": "window",
+                "config": {
+                    "kind": "tumbling",
+                    "size": "1s",
+                    "key": "card_id",
+                    "aggregates": {"n": "count(*)", "total": "sum(amount)"},
+                },
+            }
+        ],
+        "sinks": [{"type": "database", "config": {"connection_string": f"sqlite:///{db}", "table": "spend"}}],
+    }
+
+
+async def expected_windows() -> list[tuple[Any, ...]]:
+    """The windows computed straight from the generated records, without the engine."""
+    reader = DatagenSourceReader(
+        schema="transactions", rate_per_sec=0, count=COUNT, partitions=PARTITIONS, seed=5, keys=64, source_index=0
+    )
+    splits = await reader.discover_splits()
+    await reader.open(splits, {})
+    sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
+    finished: set[str] = set()
+    while len(finished) < len(splits):
+        for batch in await reader.poll(10_000, 0.1):
+            for r in batch.records:
+                acc = sums[(r["card_id"], r["timestamp"] - r["timestamp"] % 1000)]
+                acc[0] += 1
+                acc[1] += r["amount"]
+            if batch.finished:
+                finished.add(batch.split_id)
+    await reader.close()
+    return sorted((card, start, start + 1000, int(n), round(total, 6)) for (card, start), (n, total) in sums.items())
+
+
+def table_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT key, window_start, window_end, n, total FROM spend").fetchall()
+    return sorted((k, s, e, n, round(t, 6)) for k, s, e, n, t in rows)
+
+
+async def wait_for_status(jm: JobManager, job_id: str, wanted: set[JobStatus], timeout: float = 90) -> JobStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await jm.get_job_status(job_id)
+        if status in wanted:
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            details = await jm.get_job_details(job_id)
+            raise AssertionError(f"{job_id} stayed {status.value}: {details.message}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_checkpoint(jm: JobManager, job_id: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not any(c.status == "completed" for c in await jm.list_checkpoints(job_id)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("no checkpoint completed")
+        await asyncio.sleep(0.05)
+
+
+def worker_pids(jm: JobManager, job_id: str) -> list[int]:
+    return list(jm.control_plane.get(job_id).record.worker_pids)
+
+
+@pytest.fixture
+async def jm(tmp_path: Path) -> AsyncIterator[JobManager]:
+    async with JobManager(8, home=tmp_path / "home") as manager:
+        yield manager
+
+
+# 3. Create savepoint
+async def test_create_list_delete_savepoint(jm: JobManager, tmp_path: Path) -> None:
+    job_id = await jm.submit_job(window_job(tmp_path / "out.db", parallelism=2, rate=4000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    savepoint_id = await jm.create_savepoint(job_id, "Pre-upgrade savepoint")
+    assert savepoint_id.startswith("savepoint-")
+    [info] = await jm.list_savepoints(job_id)
+    assert info.savepoint_id == savepoint_id and info.job_id == job_id
+    assert info.description == "Pre-upgrade savepoint"
+    assert info.location.startswith("file://") and info.size_bytes > 0
+    directory = Path(urlparse(info.location).path)
+    assert (directory / "_manifest.json").is_file()
+    assert sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) >= info.size_bytes // 2
+
+    await jm.pause_job(job_id)  # a paused job takes savepoints too
+    second = await jm.create_savepoint(job_id, None)
+    assert {s.savepoint_id for s in await jm.list_savepoints(job_id)} == {savepoint_id, second}
+    await jm.delete_savepoint(job_id, savepoint_id)
+    assert not directory.exists()
+    with pytest.raises(SavepointNotFoundError):
+        await jm.delete_savepoint(job_id, savepoint_id)
+    await jm.cancel_job(job_id)
+    with pytest.raises(IllegalStateTransitionError):
+        await jm.create_savepoint(job_id, "too late")
+    assert [s.savepoint_id for s in await jm.list_savepoints(job_id)] == [second]  # survives cancel
+
+
+# 4. Restart from savepoint (with rescaling 4 -> 2 -> 8): the result equals an uninterrupted run
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+async def test_stop_with_savepoint_and_rescale_gives_exact_result(
+    jm: JobManager, tmp_path: Path, backend: str
+) -> None:
+    db = tmp_path / "out.db"
+    job_id = await jm.submit_job(window_job(db, parallelism=4, rate=8000, backend=backend))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    await wait_for_checkpoint(jm, job_id)
+    first = await jm.cancel_job_with_savepoint(job_id)
+    assert await jm.get_job_status(job_id) == JobStatus.CANCELLED
+
+    await jm.restart_job(
+        job_id, RestartOptions(savepoint_id=first, config_overrides=JobConfigOverrides(parallelism=2))
+    )
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    assert (await jm.get_job_details(job_id)).config.parallelism == 2
+    await asyncio.sleep(1.0)
+    second = await jm.cancel_job_with_savepoint(job_id)
+
+    await jm.restart_job(
+        job_id, RestartOptions(savepoint_id=second, config_overrides=JobConfigOverrides(parallelism=8))
+    )
+    assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+    assert table_rows(db) == await expected_windows()
+    logs = [e.message for e in await jm.get_job_logs(job_id)]
+    assert any(f"restarting from savepoint {first}" in m for m in logs)
+    assert any("restored from checkpoint" in m for m in logs)
+
+
+async def test_restart_without_options_uses_latest_checkpoint(jm: JobManager, tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    job_id = await jm.submit_job(window_job(db, parallelism=2, rate=8000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    await wait_for_checkpoint(jm, job_id)
+    await jm.restart_job(job_id)  # from running: stop, then restore the newest checkpoint
+    assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+    assert table_rows(db) == await expected_windows()
+    with pytest.raises(SavepointNotFoundError):
+        await jm.restart_job(job_id, RestartOptions(savepoint_id="savepoint-nope"))
+
+
+# 8. Job failure and automatic restart
+async def test_worker_killed_restarts_from_checkpoint_exactly_once(jm: JobManager, tmp_path: Path) -> None:
+    db = tmp_path / "out.db"
+    job_id = await jm.submit_job(window_job(db, parallelism=2, rate=6000))
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    for round_ in range(2):
+        await wait_for_checkpoint(jm, job_id)
+        await asyncio.sleep(0.7)
+        pids = worker_pids(jm, job_id)
+        os.kill(pids[round_ % len(pids)], signal.SIGKILL)
+
+        async def restarted(expected: int = round_ + 1) -> bool:
+            details = await jm.get_job_details(job_id)
+            return details.restarts == expected and details.status == JobStatus.RUNNING
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await restarted():
+            assert asyncio.get_running_loop().time() < deadline, "job did not restart"
+            await asyncio.sleep(0.05)
+    assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+    assert table_rows(db) == await expected_windows()
+    details = await jm.get_job_details(job_id)
+    assert details.restarts == 2 and details.metrics.restarts == 2
+    warnings = [e.message for e in await jm.get_job_logs(job_id, LogOptions(level=LogLevel.WARN))]
+    assert sum("restart" in m and "fixed_delay" in m for m in warnings) == 2
+
+
+async def test_restart_strategy_exhausted_fails_the_job(jm: JobManager, tmp_path: Path) -> None:
+    body = window_job(tmp_path / "out.db", parallelism=1, rate=2000)
+    body["config"]["restart_strategy"] = {"type": "fixed_delay", "attempts": 1, "delay_ms": 100}
+    job_id = await jm.submit_job(body)
+    for expected_restarts in (1, None):
+        await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+        deadline = asyncio.get_running_loop().time() + 20
+        while not worker_pids(jm, job_id) or not jm.control_plane.get(job_id).run:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        [pid] = worker_pids(jm, job_id)
+        os.kill(pid, signal.SIGKILL)
+        if expected_restarts is not None:
+            while (await jm.get_job_details(job_id)).restarts != expected_restarts:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+    assert await wait_for_status(jm, job_id, {JobStatus.FAILED}) == JobStatus.FAILED
+    details = await jm.get_job_details(job_id)
+    assert details.message is not None and "exhausted after 1 restart" in details.message
+    errors = await jm.get_job_logs(job_id, LogOptions(level=LogLevel.ERROR))
+    assert any("exhausted" in e.message for e in errors)
+    assert not any(psutil.pid_exists(p) for p in worker_pids(jm, job_id))
