@@ -92,6 +92,12 @@ class DatagenSourceSettings(_Strict):
     seed: int = 0
     keys: int = Field(default=1000, ge=1, description="Number of distinct card_id values")
 
+    @model_validator(mode="after")
+    def _every_partition_has_a_card(self) -> Self:
+        if self.keys < self.partitions:
+            raise ValueError(f"keys ({self.keys}) must be at least partitions ({self.partitions}): a card lives on one partition")
+        return self
+
 
 class FileSourceSettings(_Strict):
     path: str = Field(min_length=1, description="A file, a directory or a glob; one split per file")
@@ -399,7 +405,11 @@ class KafkaSinkSettings(_Strict):
 
 
 class FileSinkSettings(_Strict):
-    path: str = Field(min_length=1, description="JSON lines file; one file per task: path.<task>")
+    path: str = Field(
+        min_length=1,
+        description="JSON lines output, one file per task: '{task}' in the path is replaced by the task id, "
+        "else the file is <path>-<task>.jsonl",
+    )
 
 
 class PrintSinkSettings(_Strict):
