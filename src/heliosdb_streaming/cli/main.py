@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a job file and print every problem, or ok")
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
+
+    from heliosdb_streaming.cli import client, server
+
+    server.register(sub)
+    client.register(sub)
     return parser
 
 

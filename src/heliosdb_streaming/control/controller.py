@@ -336,6 +336,7 @@ class ControlPlane:
             paused=record.status == JobStatus.PAUSED or restore_paused,
         )
         entry.run = run
+        self._create_coordinator(entry, run)  # before any worker connects: a fast one may drain at once
         self._tokens[run.token] = run
         job_dir = self.job_dir(record.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -390,7 +391,9 @@ class ControlPlane:
                     entry.log.write("info", f"Run {run.attempt} running")
                 if run.paused:
                     await self._broadcast(run, {"type": "pause"})
-                self._start_coordinator(entry, run)
+                interval = entry.config.checkpoint_interval_ms / 1000
+                assert run.coordinator is not None
+                run.checkpointer = self._spawn(run.coordinator.periodic(interval, lambda: run.paused))
         await asyncio.gather(*watchers)
         connect_wait.cancel()
         if run.checkpointer is not None:
@@ -531,7 +534,7 @@ class ControlPlane:
 
     # -------------------------------------------------------------------------------- checkpoints
 
-    def _start_coordinator(self, entry: JobEntry, run: Run) -> None:
+    def _create_coordinator(self, entry: JobEntry, run: Run) -> None:
         record = entry.record
 
         def next_id() -> int:
@@ -554,8 +557,6 @@ class ControlPlane:
             retained_snapshots=lambda: list(entry.snapshots),
             forget=lambda snap: self._forget_snapshot(entry, snap),
         )
-        interval = entry.config.checkpoint_interval_ms / 1000
-        run.checkpointer = self._spawn(run.coordinator.periodic(interval, lambda: run.paused))
 
     def _checkpoint_completed(self, entry: JobEntry, snapshot: SnapshotRecord) -> None:
         self.store.save_snapshot(snapshot)

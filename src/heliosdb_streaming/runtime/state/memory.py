@@ -29,5 +29,16 @@ class MemoryStateStore:
             if key.startswith(prefix):
                 yield key, value
 
+    def to_dict(self) -> dict[str, Any]:
+        """A shallow copy of every item (for snapshots; fast, unlike ``dict(items())``)."""
+        return dict(self._data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryStateStore:
+        """A store holding ``data`` (adopted, not copied)."""
+        store = cls()
+        store._data = data
+        return store
+
     def __len__(self) -> int:
         return len(self._data)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rocksdict import Options, Rdict
+from rocksdict import Checkpoint, Options, Rdict
 
 
 class RocksDBStateStore:
@@ -19,6 +19,10 @@ class RocksDBStateStore:
         options.create_if_missing(True)
         self.path = path
         self._db = Rdict(str(path), options)
+        # (size, sha256) of the immutable files (SSTs) of this open database by file name, filled by
+        # incremental snapshots. File numbers are never reused within a database, so a name keeps
+        # naming the same content for as long as this instance is open.
+        self.file_digests: dict[str, tuple[int, str]] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._db.get(key.encode())
@@ -33,10 +37,23 @@ class RocksDBStateStore:
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         start = prefix.encode()
         for raw_key, raw_value in self._db.items(from_key=start):
-            key = bytes(raw_key).decode()
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
             if not key.startswith(prefix):
                 break
             yield key, orjson.loads(raw_value)
+
+    def flush(self) -> None:
+        """Writes the memtable to SST files (blocking; safe to run in a worker thread)."""
+        self._db.flush()
+
+    def checkpoint(self, target: Path) -> None:
+        """Creates a RocksDB checkpoint in ``target`` (which must not exist): an openable copy of the
+        database as of now, with its SST files hard-linked when ``target`` is on the same file system.
+        Flushes the memtable first, so it is quick after :meth:`flush`."""
+        if target.exists():
+            raise FileExistsError(f"checkpoint directory already exists: {target}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Checkpoint(self._db).create_checkpoint(str(target))
 
     def close(self) -> None:
         self._db.close()
