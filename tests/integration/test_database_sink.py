@@ -380,3 +380,25 @@ async def test_sqlite_relative_path_and_reopen_existing_table(
         (0, '{"k":0}'),
         (1, '{"k":1}'),
     ]
+
+
+async def test_concurrent_first_writes_race_on_table_creation(pg_dsn: str, pg_schema: str) -> None:
+    """Workers of one job create the table and the marker table at once; PostgreSQL's catalog race
+    (a unique violation on pg_type) is retried, and every transaction lands exactly once."""
+    sinks = [DatabaseSinkWriter(connection_string=pg_dsn, table=f"{pg_schema}.race") for _ in range(6)]
+    for sink in sinks:
+        await sink.open()
+    try:
+        results = await asyncio.gather(
+            *(sink.write_transaction([{"n": i}], ("job", f"task-{i}", 1)) for i, sink in enumerate(sinks))
+        )
+        assert results == [True] * 6
+        connection = await asyncpg.connect(pg_dsn)
+        try:
+            rows = await connection.fetch(f'SELECT n FROM "{pg_schema}".race ORDER BY n')
+        finally:
+            await connection.close()
+        assert [r["n"] for r in rows] == list(range(6))
+    finally:
+        for sink in sinks:
+            await sink.close()
