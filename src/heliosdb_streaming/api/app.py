@@ -1,0 +1,76 @@
+"""The aiohttp application: ``create_app(job_manager)`` wires routes, middlewares and lifecycle.
+
+    app = create_app(JobManager(16, home=home), api_token=os.environ.get("HELIOS_API_TOKEN"),
+                     owns_manager=True)
+    web.run_app(app, host="127.0.0.1", port=8081)
+
+With ``owns_manager=True`` the app starts the manager on startup and closes it on cleanup (jobs keep
+their status and resume on the next start); otherwise the caller owns it, and several apps may share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from heliosdb_streaming.api import views
+from heliosdb_streaming.api.auth import token_middleware
+from heliosdb_streaming.api.errors import error_middleware
+from heliosdb_streaming.api.views import JOB_MANAGER, MAX_BODY_BYTES
+from heliosdb_streaming.job.manager import JobManager
+
+__all__ = ["JOB_MANAGER", "MAX_BODY_BYTES", "create_app", "setup_routes"]
+
+API = "/api/v1"
+
+
+def setup_routes(app: web.Application) -> None:
+    app.add_routes(
+        [
+            web.post(f"{API}/jobs", views.submit_job),
+            web.get(f"{API}/jobs", views.list_jobs, allow_head=False),
+            web.get(f"{API}/jobs/{{job_id}}", views.get_job, allow_head=False),
+            web.delete(f"{API}/jobs/{{job_id}}", views.cancel_job),
+            web.post(f"{API}/jobs/{{job_id}}/pause", views.pause_job),
+            web.post(f"{API}/jobs/{{job_id}}/resume", views.resume_job),
+            web.get(f"{API}/jobs/{{job_id}}/metrics", views.job_metrics, allow_head=False),
+            web.get(f"{API}/jobs/{{job_id}}/logs", views.job_logs, allow_head=False),
+            web.get(f"{API}/openapi.json", views.openapi_document, allow_head=False),
+            web.get("/healthz", views.health),
+            web.get("/metrics", views.prometheus_metrics, allow_head=False),
+        ]
+    )
+
+
+def create_app(
+    job_manager: JobManager,
+    *,
+    api_token: str | None = None,
+    max_body_bytes: int = 1 << 20,
+    owns_manager: bool = False,
+) -> web.Application:
+    """The REST API over ``job_manager``. ``api_token`` (non-empty) requires a bearer token on every
+    route but ``/healthz``; request bodies over ``max_body_bytes`` are answered 413."""
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    middlewares: list[Middleware] = [error_middleware]
+    if api_token:
+        middlewares.append(token_middleware(api_token))
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
+    app[JOB_MANAGER] = job_manager
+    app[MAX_BODY_BYTES] = max_body_bytes
+    setup_routes(app)
+    if owns_manager:
+        app.cleanup_ctx.append(_manager_lifecycle)
+    return app
+
+
+async def _manager_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    manager = app[JOB_MANAGER]
+    await manager.start()
+    try:
+        yield
+    finally:
+        await manager.close()

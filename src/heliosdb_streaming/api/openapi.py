@@ -1,0 +1,306 @@
+"""The OpenAPI 3.1 document of the REST API, generated from the pydantic models.
+
+The request body schema is ``JobSubmitRequest`` (the same model that validates submissions) and the
+response schemas are ``api.schemas``; nothing is written by hand but the list of operations below.
+``docs/openapi.json`` is this module's output, kept in the repository:
+
+    python -m heliosdb_streaming.api.openapi > docs/openapi.json
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from heliosdb_streaming import __version__
+from heliosdb_streaming.api import schemas
+from heliosdb_streaming.job.config import JobSubmitRequest, RestartStrategy
+from heliosdb_streaming.job.types import JobStatus, LogLevel
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    schemas.ErrorResponse,
+    schemas.SubmitJobResponse,
+    schemas.JobListResponse,
+    schemas.JobDetailsResponse,
+    schemas.CancelJobResponse,
+    schemas.JobStatusResponse,
+    schemas.JobMetricsResponse,
+    schemas.JobLogsResponse,
+    schemas.HealthResponse,
+)
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad request: invalid_json, invalid_job_config (details name each field path), invalid_parameter, "
+    "not_implemented",
+    401: "unauthorized: a token is configured and the bearer token is missing or wrong",
+    404: "job_not_found",
+    409: "illegal_state_transition: details give the job's current status",
+    413: "payload_too_large",
+}
+
+
+def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(JobSubmitRequest, "validation")]
+    models += [(m, "serialization") for m in _RESPONSE_MODELS]
+    refs, top = models_json_schema(models, ref_template=REF_TEMPLATE)
+    components: dict[str, Any] = top["$defs"]
+    # RestartStrategy also takes its bare name (a before-validator the generated schema cannot see).
+    strategy = components[RestartStrategy.__name__]
+    names = list(RestartStrategy.model_fields["type"].annotation.__args__)  # type: ignore[union-attr]
+    components[RestartStrategy.__name__] = {
+        "anyOf": [{"type": "string", "enum": names}, strategy],
+        "description": "A strategy name (with its documented defaults) or an object with parameters",
+    }
+    by_name = {model.__name__: ref for (model, _mode), ref in refs.items()}
+    return by_name, components
+
+
+def _json_content(ref: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": ref}}
+
+
+def _param(
+    name: str, where: Literal["path", "query"], schema: dict[str, Any], description: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+_JOB_ID = _param("job_id", "path", {"type": "string"}, "The job's id, as returned by submit (job-<uuid>)")
+
+
+def build() -> dict[str, Any]:
+    """The document as a dict (see ``render`` for the canonical text)."""
+    refs, components = _schemas()
+    error_ref = refs["ErrorResponse"]
+
+    def op(
+        op_id: str,
+        summary: str,
+        status: int,
+        model: str | None,
+        *,
+        params: tuple[dict[str, Any], ...] = (),
+        errors: tuple[int, ...] = (),
+        body: bool = False,
+        tag: str = "jobs",
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        responses: dict[str, Any] = {
+            str(status): {"description": summary}
+            | ({"content": _json_content(refs[model])} if model is not None else {}),
+        }
+        for code in (*errors, 401):
+            responses[str(code)] = {
+                "description": _ERROR_DESCRIPTIONS[code],
+                "content": _json_content(error_ref),
+            }
+        operation: dict[str, Any] = {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": [tag],
+            "responses": responses,
+        }
+        if description:
+            operation["description"] = description
+        if params:
+            operation["parameters"] = list(params)
+        if body:
+            operation["requestBody"] = {"required": True, "content": _json_content(refs["JobSubmitRequest"])}
+        return operation
+
+    status_enum = {"type": "string", "enum": [s.value for s in JobStatus]}
+    paths: dict[str, Any] = {
+        "/api/v1/jobs": {
+            "post": op(
+                "submitJob", "Submit a new job", 201, "SubmitJobResponse", body=True, errors=(400, 413)
+            ),
+            "get": op(
+                "listJobs",
+                "List jobs, newest first",
+                200,
+                "JobListResponse",
+                params=(
+                    _param("status", "query", status_enum, "Only jobs in this status"),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        "",
+                    ),
+                    _param("offset", "query", {"type": "integer", "minimum": 0, "default": 0}, ""),
+                ),
+                errors=(400,),
+            ),
+        },
+        "/api/v1/jobs/{job_id}": {
+            "get": op(
+                "getJob", "Get job details", 200, "JobDetailsResponse", params=(_JOB_ID,), errors=(404,)
+            ),
+            "delete": op(
+                "cancelJob",
+                "Cancel a job",
+                200,
+                "CancelJobResponse",
+                params=(
+                    _JOB_ID,
+                    _param(
+                        "savepoint",
+                        "query",
+                        {"type": "boolean", "default": False},
+                        "Take a savepoint first (not supported yet: answers 400 not_implemented)",
+                    ),
+                ),
+                errors=(400, 404, 409),
+            ),
+        },
+        "/api/v1/jobs/{job_id}/pause": {
+            "post": op(
+                "pauseJob",
+                "Pause a running job (sources stop, state is kept)",
+                200,
+                "JobStatusResponse",
+                params=(_JOB_ID,),
+                errors=(404, 409),
+            )
+        },
+        "/api/v1/jobs/{job_id}/resume": {
+            "post": op(
+                "resumeJob",
+                "Resume a paused job",
+                200,
+                "JobStatusResponse",
+                params=(_JOB_ID,),
+                errors=(404, 409),
+            )
+        },
+        "/api/v1/jobs/{job_id}/metrics": {
+            "get": op(
+                "getJobMetrics",
+                "Get job metrics over a window",
+                200,
+                "JobMetricsResponse",
+                params=(
+                    _JOB_ID,
+                    _param(
+                        "window",
+                        "query",
+                        {"type": "string", "enum": ["1m", "5m", "1h", "24h"], "default": "5m"},
+                        "",
+                    ),
+                ),
+                errors=(400, 404),
+            )
+        },
+        "/api/v1/jobs/{job_id}/logs": {
+            "get": op(
+                "getJobLogs",
+                "Get job logs, oldest first",
+                200,
+                "JobLogsResponse",
+                params=(
+                    _JOB_ID,
+                    _param(
+                        "level",
+                        "query",
+                        {"type": "string", "enum": [v.value for v in LogLevel]},
+                        "Only lines at this level or above",
+                    ),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1000},
+                        "",
+                    ),
+                    _param(
+                        "tail",
+                        "query",
+                        {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 0}], "default": False},
+                        "true: the last `limit` lines instead of the first; a number N: the last N lines",
+                    ),
+                ),
+                errors=(400, 404),
+            )
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document",
+                "tags": ["service"],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "401": {"description": _ERROR_DESCRIPTIONS[401], "content": _json_content(error_ref)},
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness: always open, even when a token is configured",
+                "tags": ["service"],
+                "security": [],
+                "responses": {"200": {"description": "ok", "content": _json_content(refs["HealthResponse"])}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "prometheusMetrics",
+                "summary": "Prometheus text exposition of the heliosdb_job_* metrics",
+                "tags": ["service"],
+                "responses": {
+                    "200": {
+                        "description": "text/plain; version=0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {"description": _ERROR_DESCRIPTIONS[401], "content": _json_content(error_ref)},
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "HeliosDB Streaming Job Management API",
+            "version": __version__,
+            "description": "Submit, watch, pause, resume and cancel streaming jobs. Every error is "
+            '{"error": {"code", "message", "details"}}. When the server has a token (HELIOS_API_TOKEN), '
+            "every route but /healthz needs 'Authorization: Bearer <token>'.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8081"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [{"name": "jobs"}, {"name": "service"}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+@functools.cache
+def render() -> str:
+    """The canonical text: pretty-printed, keys sorted, so that it is byte-for-byte reproducible."""
+    return json.dumps(build(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main() -> None:
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Response bodies of the REST API, as pydantic models that mirror the spec's JSON key for key.
+
+These models are the one source of truth for the response shapes: views build them from the native
+types (``heliosdb_streaming.job``) and ``openapi.py`` generates the document from them. Keys the spec
+does not show are marked "(addition)" in their description.
+
+Timestamps are ISO-8601 UTC with a ``Z`` suffix: whole seconds for job times (``2025-10-29T10:00:00Z``)
+and milliseconds for log lines (``2025-10-29T10:00:05.123Z``), as the spec shows them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from heliosdb_streaming.job.types import (
+    CheckpointInfo,
+    JobDetails,
+    JobMetrics,
+    JobStatus,
+    JobSummary,
+    LogEntry,
+    LogLevel,
+    TaskInfo,
+)
+
+
+def format_timestamp(value: datetime, *, milliseconds: bool = False) -> str:
+    """``2025-10-29T10:00:00Z`` (or ``...:00.123Z``); a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds" if milliseconds else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _format_ms(value: datetime) -> str:
+    return format_timestamp(value, milliseconds=True)
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(format_timestamp, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-10-29T10:00:00Z"]}),
+]
+TimestampMs = Annotated[
+    datetime,
+    PlainSerializer(_format_ms, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-10-29T10:00:05.123Z"]}),
+]
+
+
+class ApiBody(BaseModel):
+    """Base of the response bodies: every key is always present (null when unknown), so the schema
+    marks every field required even where the model has a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_serialization_defaults_required=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class ErrorDetail(ApiBody):
+    path: str = Field(description="What the detail is about: a body field path, a query parameter, 'status'")
+    message: str
+
+
+class ErrorInfo(ApiBody):
+    code: str = Field(
+        description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
+        "unauthorized, job_not_found, not_found, method_not_allowed, illegal_state_transition, "
+        "payload_too_large, not_implemented, internal_error"
+    )
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(ApiBody):
+    error: ErrorInfo
+
+
+# ------------------------------------------------------------------------------------------- jobs
+
+
+class SubmitJobResponse(ApiBody):
+    job_id: str = Field(examples=["job-123e4567-e89b-12d3-a456-426614174000"])
+    status: JobStatus
+    submitted_at: Timestamp
+    message: str
+
+
+class JobSummaryBody(ApiBody):
+    """One job in a list. ``started_at``/``finished_at`` are always present, null until they happen."""
+
+    job_id: str
+    name: str
+    status: JobStatus
+    submitted_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    uptime_seconds: int
+    parallelism: int
+
+    @classmethod
+    def of(cls, s: JobSummary) -> JobSummaryBody:
+        return cls(
+            job_id=s.job_id,
+            name=s.name,
+            status=s.status,
+            submitted_at=s.submitted_at,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            uptime_seconds=s.uptime_seconds,
+            parallelism=s.parallelism,
+        )
+
+
+class JobListResponse(ApiBody):
+    jobs: list[JobSummaryBody]
+    total: int = Field(description="Number of jobs matching the status filter, before limit/offset")
+    limit: int
+    offset: int
+
+
+class JobSettingsBody(ApiBody):
+    """The ``config`` object of the submit body, as the job runs with it (defaults filled in)."""
+
+    parallelism: int
+    checkpoint_interval_ms: int
+    state_backend: str
+    restart_strategy: str | dict[str, Any] = Field(
+        description="The bare name when the parameters are the defaults, else an object with them"
+    )
+    on_error: str = Field(description="(addition) skip or fail a record that fails an expression or sink")
+    checkpoints_retained: int = Field(description="(addition)")
+
+
+class DetailsMetrics(ApiBody):
+    """The spec's 8 keys first, then additions."""
+
+    events_processed: int
+    throughput_per_sec: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    checkpoint_count: int
+    last_checkpoint_duration_ms: int
+    backpressure_events: int
+    restarts: int
+    events_out: int = Field(description="(addition) records written by the sinks")
+    latency_p95_ms: float = Field(description="(addition)")
+    latency_p999_ms: float = Field(description="(addition)")
+    checkpoint_failures: int = Field(description="(addition)")
+    errors: int = Field(description="(addition) records skipped or failed by an expression or a sink")
+    cpu_usage_percent: float = Field(description="(addition) CPU of the job's workers")
+    memory_used_mb: int = Field(description="(addition) resident memory of the job's workers")
+
+    @classmethod
+    def of(cls, m: JobMetrics) -> DetailsMetrics:
+        return cls(
+            events_processed=m.events_processed,
+            throughput_per_sec=m.throughput_per_sec,
+            latency_p50_ms=m.latency_p50_ms,
+            latency_p99_ms=m.latency_p99_ms,
+            checkpoint_count=m.checkpoint_count,
+            last_checkpoint_duration_ms=m.last_checkpoint_duration_ms,
+            backpressure_events=m.backpressure_events,
+            restarts=m.restarts,
+            events_out=m.events_out,
+            latency_p95_ms=m.latency_p95_ms,
+            latency_p999_ms=m.latency_p999_ms,
+            checkpoint_failures=m.checkpoint_failures,
+            errors=m.errors,
+            cpu_usage_percent=m.cpu_usage_percent,
+            memory_used_mb=m.memory_used_mb,
+        )
+
+
+class TaskBody(ApiBody):
+    task_id: str
+    name: str
+    status: JobStatus
+    parallelism: int
+
+    @classmethod
+    def of(cls, t: TaskInfo) -> TaskBody:
+        return cls(task_id=t.task_id, name=t.name, status=t.status, parallelism=t.parallelism)
+
+
+class CheckpointBody(ApiBody):
+    checkpoint_id: str
+    timestamp: Timestamp
+    duration_ms: int
+    size_bytes: int
+    status: str
+
+    @classmethod
+    def of(cls, c: CheckpointInfo) -> CheckpointBody:
+        return cls(
+            checkpoint_id=c.checkpoint_id,
+            timestamp=c.timestamp,
+            duration_ms=c.duration_ms,
+            size_bytes=c.size_bytes,
+            status=c.status,
+        )
+
+
+class JobDetailsResponse(ApiBody):
+    job_id: str
+    name: str
+    status: JobStatus
+    config: JobSettingsBody
+    submitted_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None = Field(description="(addition) null until the job is terminal")
+    uptime_seconds: int
+    message: str | None = Field(
+        description="(addition) why the job is in its status (e.g. a failure), or null"
+    )
+    metrics: DetailsMetrics
+    tasks: list[TaskBody]
+    checkpoints: list[CheckpointBody]
+
+    @classmethod
+    def of(cls, d: JobDetails) -> JobDetailsResponse:
+        return cls(
+            job_id=d.job_id,
+            name=d.name,
+            status=d.status,
+            config=JobSettingsBody.model_validate(d.config.settings_dict()),
+            submitted_at=d.submitted_at,
+            started_at=d.started_at,
+            finished_at=d.finished_at,
+            uptime_seconds=d.uptime_secs,
+            message=d.message,
+            metrics=DetailsMetrics.of(d.metrics),
+            tasks=[TaskBody.of(t) for t in d.tasks],
+            checkpoints=[CheckpointBody.of(c) for c in d.checkpoints],
+        )
+
+
+class CancelJobResponse(ApiBody):
+    """``savepoint_id`` appears only when the cancel took a savepoint (``?savepoint=true``)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
+    job_id: str
+    status: JobStatus
+    cancelled_at: Timestamp
+    savepoint_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class JobStatusResponse(ApiBody):
+    """Answer of pause and resume (addition): the job's status after the command."""
+
+    job_id: str
+    status: JobStatus
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+class LatencyBody(ApiBody):
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    p999_ms: float
+
+
+class CheckpointMetricsBody(ApiBody):
+    count: int
+    last_duration_ms: int
+    failures: int
+
+
+class BackpressureBody(ApiBody):
+    events_total: int
+    current_level: float = Field(description="Fill level of the job's queues, 0.0 (empty) to 1.0 (full)")
+
+
+class ResourcesBody(ApiBody):
+    cpu_usage_percent: float
+    memory_used_mb: int
+    memory_total_mb: int
+
+
+class ErrorsBody(ApiBody):
+    count: int
+    rate_per_min: float
+
+
+class MetricsBody(ApiBody):
+    events_processed_total: int
+    throughput_per_sec: float
+    latency: LatencyBody
+    checkpoint: CheckpointMetricsBody
+    backpressure: BackpressureBody
+    resources: ResourcesBody
+    errors: ErrorsBody
+
+
+class ThroughputPointBody(ApiBody):
+    timestamp: Timestamp
+    throughput_per_sec: float
+
+
+class JobMetricsResponse(ApiBody):
+    job_id: str
+    timestamp: Timestamp
+    window: str = Field(description="(addition) the window the rates and percentiles cover: 1m, 5m, 1h, 24h")
+    metrics: MetricsBody
+    history: list[ThroughputPointBody] = Field(
+        description="Throughput per minute over the window, oldest first"
+    )
+
+    @classmethod
+    def of(cls, job_id: str, now: datetime, window: str, m: JobMetrics) -> JobMetricsResponse:
+        return cls(
+            job_id=job_id,
+            timestamp=now,
+            window=window,
+            metrics=MetricsBody(
+                events_processed_total=m.events_processed,
+                throughput_per_sec=m.throughput_per_sec,
+                latency=LatencyBody(
+                    p50_ms=m.latency_p50_ms,
+                    p95_ms=m.latency_p95_ms,
+                    p99_ms=m.latency_p99_ms,
+                    p999_ms=m.latency_p999_ms,
+                ),
+                checkpoint=CheckpointMetricsBody(
+                    count=m.checkpoint_count,
+                    last_duration_ms=m.last_checkpoint_duration_ms,
+                    failures=m.checkpoint_failures,
+                ),
+                backpressure=BackpressureBody(
+                    events_total=m.backpressure_events, current_level=m.backpressure_level
+                ),
+                resources=ResourcesBody(
+                    cpu_usage_percent=m.cpu_usage_percent,
+                    memory_used_mb=m.memory_used_mb,
+                    memory_total_mb=m.memory_total_mb,
+                ),
+                errors=ErrorsBody(count=m.errors, rate_per_min=m.errors_rate_per_min),
+            ),
+            history=[
+                ThroughputPointBody(timestamp=p.timestamp, throughput_per_sec=p.throughput_per_sec)
+                for p in m.history
+            ],
+        )
+
+
+# ------------------------------------------------------------------------------------------- logs
+
+
+class LogEntryBody(ApiBody):
+    timestamp: TimestampMs
+    level: LogLevel
+    message: str
+    task_id: str | None
+
+    @classmethod
+    def of(cls, e: LogEntry) -> LogEntryBody:
+        return cls(timestamp=e.timestamp, level=e.level, message=e.message, task_id=e.task_id)
+
+
+class JobLogsResponse(ApiBody):
+    job_id: str
+    logs: list[LogEntryBody]
+    total: int = Field(description="Number of log lines returned")
+    limit: int
+
+
+# ----------------------------------------------------------------------------------------- health
+
+
+class HealthResponse(ApiBody):
+    status: Literal["ok"] = "ok"

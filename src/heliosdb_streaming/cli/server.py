@@ -1,0 +1,133 @@
+"""``helios server``: the REST API and the embedded control plane in one process.
+
+SIGTERM or SIGINT stops it gracefully: the listener closes, requests in flight finish, then the
+JobManager stops every worker. Jobs keep their status in the home directory, and the jobs that were
+active run again on the next start over the same home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from heliosdb_streaming.job.manager import JobManager
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8081
+DEMO_JOB = "examples/demo_job.json"
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def register(sub: Any) -> None:
+    """Adds ``helios server`` to the ``helios`` subcommands (``sub`` is argparse's subparsers)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "server",
+        help="run the REST API server with the embedded control plane",
+        description="Serves /api/v1 (the job management API), /metrics and /healthz. "
+        "Set HELIOS_API_TOKEN to require 'Authorization: Bearer <token>' on every route but /healthz.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks one)"
+    )
+    p.add_argument("--home", help="home directory of jobs and logs (default $HELIOS_HOME or ~/.helios)")
+    p.add_argument("--max-parallelism", type=int, default=16, help="worker slots of this server (default 16)")
+    p.add_argument("--demo", action="store_true", help="also run an endless demo job (unless one is active)")
+    p.set_defaults(func=cmd_server)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    if args.max_parallelism < 1:
+        print("error: --max-parallelism must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print("error: --port must be from 0 to 65535", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = os.environ.get("HELIOS_API_TOKEN") or None
+    home = Path(args.home) if args.home else None
+    return asyncio.run(
+        serve(args.host, args.port, home, args.max_parallelism, demo=args.demo, api_token=token)
+    )
+
+
+async def serve(
+    host: str, port: int, home: Path | None, max_parallelism: int, *, demo: bool, api_token: str | None
+) -> int:
+    from aiohttp import web
+
+    from heliosdb_streaming.api.app import create_app
+    from heliosdb_streaming.job.manager import JobManager
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    manager = JobManager(max_parallelism, home=home)
+    app = create_app(manager, api_token=api_token, owns_manager=True)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()  # starts the JobManager (cleanup_ctx): active jobs of this home resume
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            print(f"error: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+            return 1
+        bound_host, bound_port = runner.addresses[0][:2]
+        if not api_token and host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning(
+                "listening on %s without HELIOS_API_TOKEN: anyone who reaches it controls jobs", host
+            )
+        print(
+            f"helios server listening on http://{_url_host(bound_host)}:{bound_port} "
+            f"(home {manager.home}, max parallelism {max_parallelism}, "
+            f"auth {'bearer token' if api_token else 'off'})",
+            flush=True,
+        )
+        if demo:
+            await _submit_demo(manager)
+        await stop.wait()
+        print("helios server: shutting down (jobs resume on the next start)", flush=True)
+    finally:
+        await runner.cleanup()  # stops the listener, waits for requests in flight, closes the JobManager
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print("helios server: stopped", flush=True)
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def demo_job() -> dict[str, Any]:
+    """The packaged demo job: endless datagen transactions through filter, key_by, CEP and map."""
+    data = resources.files("heliosdb_streaming").joinpath(DEMO_JOB).read_bytes()
+    body: dict[str, Any] = orjson.loads(data)
+    return body
+
+
+async def _submit_demo(manager: JobManager) -> None:
+    from heliosdb_streaming.job.types import ListJobsOptions
+
+    body = demo_job()
+    for summary in await manager.list_jobs(ListJobsOptions(limit=10_000)):
+        if summary.name == body["name"] and not summary.status.terminal:
+            print(f"demo job already active: {summary.job_id}", flush=True)
+            return
+    job_id = await manager.submit_job(body)
+    print(f"demo job submitted: {job_id}", flush=True)
