@@ -367,6 +367,11 @@ class DatabaseSinkSettings(_Strict):
     table: str = Field(description="Table name (optionally schema.table); created if missing")
     key: list[str] | None = Field(default=None, description="Upsert key columns")
     batch_size: int = Field(default=1000, ge=1, le=100_000)
+    delivery: Literal["exactly_once", "at_least_once"] = Field(
+        default="exactly_once",
+        description="exactly_once: rows are committed with each checkpoint (visible up to one checkpoint "
+        "interval later); at_least_once: rows are written as they come, replays may repeat them",
+    )
 
     @field_validator("connection_string")
     @classmethod

@@ -96,7 +96,11 @@ def _build_sink(sink: Any) -> SinkWriter:
         from heliosdb_streaming.runtime.connectors import database
 
         return database.DatabaseSinkWriter(
-            connection_string=s.connection_string, table=s.table, key=s.key, batch_size=s.batch_size
+            connection_string=s.connection_string,
+            table=s.table,
+            key=s.key,
+            batch_size=s.batch_size,
+            exactly_once=s.delivery == "exactly_once",
         )
     if isinstance(sink, cfg.KafkaSink):
         from heliosdb_streaming.runtime.connectors import kafka

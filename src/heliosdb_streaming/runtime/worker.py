@@ -566,7 +566,8 @@ class Worker:
 
 
 def _is_transactional(sink: SinkWriter) -> bool:
-    return hasattr(sink, "write_transaction")
+    """An exactly-once sink: its output waits for the checkpoint that commits it."""
+    return bool(getattr(sink, "exactly_once", False)) and hasattr(sink, "write_transaction")
 
 
 def run_chain(chain: list[Any], records: Batch, errors: list[tuple[Record, Exception]], start: int) -> Batch:

@@ -572,8 +572,11 @@ class DatabaseSinkWriter:
         batch_size: int = 1000,
         max_attempts: int = 5,
         retry_delay_s: float = 0.2,
+        exactly_once: bool = True,
     ) -> None:
         self.connection_string = connection_string
+        # read by the worker: stage output until its checkpoint completes, then write_transaction
+        self.exactly_once = exactly_once
         self.masked = mask_connection_string(connection_string)
         self.table = table
         self.key = [key] if isinstance(key, str) else (list(key) if key else None)
