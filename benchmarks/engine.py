@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.services import kafka_broker, prefill_topic
+from benchmarks.services import prefill_topic
+from heliosdb_streaming.testing.tansu import run_tansu
 from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.runtime.worker import Worker
 
@@ -96,10 +97,14 @@ def quix_run(bootstrap: str, topic: str, events: int, windowed: bool, state_dir:
             app.stop()
         return value
 
-    sdf = app.dataframe(app.topic(topic, value_deserializer="json"))
+    source = app.topic(topic, value_deserializer="json")
+    # tansu does not report retention.ms, which Quix reads to size its state topics
+    source.broker_config.extra_config.setdefault("retention.ms", str(7 * 86_400_000))
+    sdf = app.dataframe(source)
     sdf = sdf.apply(count)
     if windowed:
-        sdf = sdf.group_by("card_id")
+        # messages are keyed by card_id already, which is what Quix keys its state by
+        sdf = sdf.apply(lambda v: v["amount"])
         sdf = sdf.tumbling_window(timedelta(minutes=1)).sum().final()  # type: ignore[attr-defined]
     else:
         sdf = sdf.filter(lambda v: v["amount"] > 100)
@@ -107,61 +112,60 @@ def quix_run(bootstrap: str, topic: str, events: int, windowed: bool, state_dir:
     return seen / (time.perf_counter() - started)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    n = args.events
+async def run_ours(n: int, bootstrap: str, topic: str, tmp_path: Path) -> list[tuple[str, str, float, float, int]]:
     rows: list[tuple[str, str, float, float, int]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        datagen = {"type": "datagen", "config": {"count": n, "partitions": 1, "seed": 1, "keys": 10_000}}
-        for label, steps, backend in [
-            ("(a) datagen -> filter -> discard", [FILTER], "memory"),
-            ("(b) datagen -> filter -> CEP -> discard", [FILTER, CEP], "memory"),
-        ]:
-            eps, p99, count = await run_worker(job(label, datagen, steps, DISCARD, backend), n, tmp_path / label[:3])
-            rows.append((label, backend, eps, p99, count))
-        async with kafka_broker() as bootstrap:
-            topic = f"bench-{uuid.uuid4().hex[:8]}"
-            await prefill_topic(bootstrap, topic, n)
-            kafka = {
-                "type": "kafka",
-                "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
-            }
-            pipelines: list[tuple[str, list[dict[str, Any]], dict[str, Any], str]] = [
-                ("(c) kafka -> filter -> discard", [FILTER], DISCARD, "memory"),
-                ("(d) kafka -> tumbling sum/key -> discard", [WINDOW], DISCARD, "memory"),
-                ("(d) kafka -> tumbling sum/key -> discard", [WINDOW], DISCARD, "rocksdb"),
-            ]
-            dsn = os.environ.get("HELIOS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-            pg_sink = {
-                "type": "database",
-                "config": {"connection_string": dsn, "table": f"bench_{uuid.uuid4().hex[:8]}", "batch_size": 5000},
-            }
-            pipelines.append(("(e) kafka -> filter -> PostgreSQL", [FILTER], pg_sink, "memory"))
-            for label, steps, sink, backend in pipelines:
-                config = job(label, kafka, steps, sink, backend)
-                eps, p99, count = await run_worker(config, n, tmp_path / f"{label[:3]}-{backend}")
-                rows.append((label, backend, eps, p99, count))
-            quix: dict[str, float] = {}
-            if args.quix:
-                quix["(c)"] = await asyncio.to_thread(quix_run, bootstrap, topic, n, False, str(tmp_path / "q1"))
-                quix["(d)"] = await asyncio.to_thread(quix_run, bootstrap, topic, n, True, str(tmp_path / "q2"))
-    print()
-    print(f"{'pipeline':<44} {'state':<8} {'events/s':>12} {'p99 ms':>9} {'events':>10} {'vs Quix':>9}")
-    print("-" * 97)
-    for label, backend, eps, p99, count in rows:
-        ratio = quix.get(label[:3]) if args.quix else None
-        versus = f"{eps / ratio:8.2f}x" if ratio else ""
-        print(f"{label:<44} {backend:<8} {eps:>12,.0f} {p99:>9.1f} {count:>10,} {versus:>9}")
-    for key, eps in quix.items():
-        print(f"{'Quix Streams ' + key:<44} {'memory':<8} {eps:>12,.0f}")
-    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline")
+    datagen = {"type": "datagen", "config": {"count": n, "partitions": 1, "seed": 1, "keys": 10_000}}
+    for label, steps, backend in [
+        ("(a) datagen -> filter -> discard", [FILTER], "memory"),
+        ("(b) datagen -> filter -> CEP -> discard", [FILTER, CEP], "memory"),
+    ]:
+        eps, p99, count = await run_worker(job(label, datagen, steps, DISCARD, backend), n, tmp_path / label[:3])
+        rows.append((label, backend, eps, p99, count))
+    kafka = {"type": "kafka", "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"}}
+    dsn = os.environ.get("HELIOS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    pg_sink = {
+        "type": "database",
+        "config": {"connection_string": dsn, "table": f"bench_{uuid.uuid4().hex[:8]}", "batch_size": 5000},
+    }
+    pipelines: list[tuple[str, list[dict[str, Any]], dict[str, Any], str]] = [
+        ("(c) kafka -> filter -> discard", [FILTER], DISCARD, "memory"),
+        ("(d) kafka -> tumbling sum/key -> discard", [WINDOW], DISCARD, "memory"),
+        ("(d) kafka -> tumbling sum/key -> discard", [WINDOW], DISCARD, "rocksdb"),
+        ("(e) kafka -> filter -> PostgreSQL", [FILTER], pg_sink, "memory"),
+    ]
+    for label, steps, sink, backend in pipelines:
+        config = job(label, kafka, steps, sink, backend)
+        eps, p99, count = await run_worker(config, n, tmp_path / f"{label[:3]}-{backend}")
+        rows.append((label, backend, eps, p99, count))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--quix", action="store_true", default=bool(os.environ.get("QUIX")))
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    n = args.events
+    quix: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, run_tansu() as bootstrap:
+        tmp_path = Path(tmp)
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        asyncio.run(prefill_topic(bootstrap, topic, n))
+        rows = asyncio.run(run_ours(n, bootstrap, topic, tmp_path))
+        if args.quix:  # Quix installs signal handlers, so it runs in the main thread, after our loop
+            quix["(c)"] = quix_run(bootstrap, topic, n, False, str(tmp_path / "q1"))
+            quix["(d)"] = quix_run(bootstrap, topic, n, True, str(tmp_path / "q2"))
+    print()
+    print(f"{'pipeline':<44} {'state':<8} {'events/s':>12} {'p99 ms':>9} {'events':>10} {'vs Quix':>9}")
+    print("-" * 97)
+    for label, backend, eps, p99, count in rows:
+        ratio = quix.get(label[:3])
+        versus = f"{eps / ratio:8.2f}x" if ratio else ""
+        print(f"{label:<44} {backend:<8} {eps:>12,.0f} {p99:>9.1f} {count:>10,} {versus:>9}")
+    for key, eps in quix.items():
+        print(f"{'Quix Streams ' + key:<44} {'memory':<8} {eps:>12,.0f}")
+    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline, one worker")
+
 
 
 if __name__ == "__main__":

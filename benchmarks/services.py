@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
-from heliosdb_streaming.testing.tansu import create_topic, kafka_broker
+from heliosdb_streaming.testing.tansu import create_topic
 
-__all__ = ["kafka_broker", "prefill_topic"]
+__all__ = ["prefill_topic"]
 
 
 async def prefill_topic(bootstrap: str, topic: str, events: int, partitions: int = 1) -> None:

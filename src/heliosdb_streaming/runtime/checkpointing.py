@@ -103,13 +103,15 @@ async def snapshot_task(
     saved: dict[str, Any] = {}
     for name, store in stores.items():
         if isinstance(store, RocksDBStateStore):
-            with tempfile.TemporaryDirectory(prefix="helios-chk-") as scratch:
+            # next to the store, so RocksDB hard-links its files instead of copying them
+            with tempfile.TemporaryDirectory(prefix=".chk-", dir=store.path.parent) as scratch:
                 manifest, n = await snapshots.snapshot_rocksdb(store, storage, barrier.shared, Path(scratch) / "c")
             saved[name] = {"backend": "rocksdb", "manifest": manifest}
             written += n
             shared |= snapshots.referenced_shared_files(manifest)
         else:
-            saved[name] = {"backend": "memory", "data": dict(store.items())}
+            data = store.to_dict() if isinstance(store, MemoryStateStore) else dict(store.items())
+            saved[name] = {"backend": "memory", "data": data}
     body = orjson.dumps(
         {
             "split_id": split_id,
