@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.services import prefill_topic
-from heliosdb_streaming.testing.tansu import run_tansu
 from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.runtime.worker import Worker
+from heliosdb_streaming.testing.tansu import run_tansu
 
 FILTER = {"type": "filter", "config": {"condition": "amount > 100"}}
 CEP = {
@@ -40,7 +40,9 @@ WINDOW = {
 DISCARD = {"type": "discard", "config": {}}
 
 
-def job(name: str, source: dict[str, Any], steps: list[dict[str, Any]], sink: dict[str, Any], backend: str) -> JobConfig:
+def job(
+    name: str, source: dict[str, Any], steps: list[dict[str, Any]], sink: dict[str, Any], backend: str
+) -> JobConfig:
     return JobConfig.from_dict(
         {
             "name": name,
@@ -112,16 +114,23 @@ def quix_run(bootstrap: str, topic: str, events: int, windowed: bool, state_dir:
     return seen / (time.perf_counter() - started)
 
 
-async def run_ours(n: int, bootstrap: str, topic: str, tmp_path: Path) -> list[tuple[str, str, float, float, int]]:
+async def run_ours(
+    n: int, bootstrap: str, topic: str, tmp_path: Path
+) -> list[tuple[str, str, float, float, int]]:
     rows: list[tuple[str, str, float, float, int]] = []
     datagen = {"type": "datagen", "config": {"count": n, "partitions": 1, "seed": 1, "keys": 10_000}}
     for label, steps, backend in [
         ("(a) datagen -> filter -> discard", [FILTER], "memory"),
         ("(b) datagen -> filter -> CEP -> discard", [FILTER, CEP], "memory"),
     ]:
-        eps, p99, count = await run_worker(job(label, datagen, steps, DISCARD, backend), n, tmp_path / label[:3])
+        eps, p99, count = await run_worker(
+            job(label, datagen, steps, DISCARD, backend), n, tmp_path / label[:3]
+        )
         rows.append((label, backend, eps, p99, count))
-    kafka = {"type": "kafka", "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"}}
+    kafka = {
+        "type": "kafka",
+        "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
+    }
     dsn = os.environ.get("HELIOS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
     pg_sink = {
         "type": "database",
@@ -165,7 +174,6 @@ def main() -> None:
     for key, eps in quix.items():
         print(f"{'Quix Streams ' + key:<44} {'memory':<8} {eps:>12,.0f}")
     print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline, one worker")
-
 
 
 if __name__ == "__main__":

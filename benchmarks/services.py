@@ -27,7 +27,8 @@ async def prefill_topic(bootstrap: str, topic: str, events: int, partitions: int
         while sent < events:
             for batch in await reader.poll(10_000, 0.1):
                 futures = [
-                    await producer.send(topic, orjson.dumps(r), key=r["card_id"].encode()) for r in batch.records
+                    await producer.send(topic, orjson.dumps(r), key=r["card_id"].encode())
+                    for r in batch.records
                 ]
                 sent += len(futures)
             await producer.flush()

@@ -81,7 +81,10 @@ def jobs(bootstrap: str, topic: str, dsn: str, schema: str, backend: str) -> lis
         "checkpoint_interval_ms": 300,
         "restart_strategy": {"type": "fixed_delay", "attempts": 100, "delay_ms": 100},
     }
-    source = {"type": "kafka", "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"}}
+    source = {
+        "type": "kafka",
+        "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
+    }
     window = {
         "name": f"windows-{backend}",
         "config": common,
@@ -89,7 +92,11 @@ def jobs(bootstrap: str, topic: str, dsn: str, schema: str, backend: str) -> lis
         "transformations": [
             {
                 "type": "window",
-                "config": {"size": "1m", "key": "card_id", "aggregates": {"n": "count(*)", "total": "sum(amount)"}},
+                "config": {
+                    "size": "1m",
+                    "key": "card_id",
+                    "aggregates": {"n": "count(*)", "total": "sum(amount)"},
+                },
             }
         ],
         "sinks": [{"type": "database", "config": {"connection_string": dsn, "table": f"{schema}.windows"}}],
@@ -104,7 +111,11 @@ def jobs(bootstrap: str, topic: str, dsn: str, schema: str, backend: str) -> lis
                 "type": "cep",
                 "config": {
                     "pattern": "A B+ C",
-                    "define": {"A": "amount < 100", "B": "amount >= 100 and amount < 1000", "C": "amount >= 1000"},
+                    "define": {
+                        "A": "amount < 100",
+                        "B": "amount >= 100 and amount < 1000",
+                        "C": "amount >= 1000",
+                    },
                     "window": "1h",
                 },
             },
@@ -213,9 +224,8 @@ async def test_exactly_once_through_worker_and_control_plane_kills(
                 break
             statuses = [await jm.get_job_status(j) for j in job_ids]
             assert JobStatus.FAILED not in statuses, [(await jm.get_job_details(j)).message for j in job_ids]
-            assert asyncio.get_running_loop().time() < deadline, (
-                f"windows {len(got_windows)}/{len(want_windows)}, matches {len(got_matches)}/{len(want_matches)}"
-            )
+            progress = f"windows {len(got_windows)}/{len(want_windows)}, matches {len(got_matches)}/{len(want_matches)}"
+            assert asyncio.get_running_loop().time() < deadline, progress
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # anything duplicated late would land now
         got_windows = sorted((k, s, e, n, round(t, 4)) for k, s, e, n, t in await table(pg_dsn, window_query))

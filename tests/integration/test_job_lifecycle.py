@@ -30,7 +30,9 @@ from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 pytestmark = pytest.mark.timeout(180)
 
 
-def datagen_job(name: str, *, count: int | None, rate: float = 0, parallelism: int = 2, **extra: Any) -> dict[str, Any]:
+def datagen_job(
+    name: str, *, count: int | None, rate: float = 0, parallelism: int = 2, **extra: Any
+) -> dict[str, Any]:
     source: dict[str, Any] = {"partitions": 4, "seed": 11, "keys": 200, "rate_per_sec": rate}
     if count is not None:
         source["count"] = count
@@ -38,12 +40,16 @@ def datagen_job(name: str, *, count: int | None, rate: float = 0, parallelism: i
         "name": name,
         "config": {"parallelism": parallelism, "restart_strategy": "none", **extra.pop("config", {})},
         "sources": [{"type": "datagen", "config": source}],
-        "transformations": extra.pop("transformations", [{"type": "filter", "config": {"condition": "amount > 100"}}]),
+        "transformations": extra.pop(
+            "transformations", [{"type": "filter", "config": {"condition": "amount > 100"}}]
+        ),
         "sinks": extra.pop("sinks", [{"type": "discard", "config": {}}]),
     }
 
 
-async def wait_for_status(jm: JobManager, job_id: str, wanted: set[JobStatus], timeout: float = 60) -> JobStatus:
+async def wait_for_status(
+    jm: JobManager, job_id: str, wanted: set[JobStatus], timeout: float = 60
+) -> JobStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         status = await jm.get_job_status(job_id)
@@ -115,7 +121,9 @@ async def test_submit_runs_to_finished_with_exact_output(jm: JobManager, tmp_pat
 
 
 async def test_invalid_job_creates_nothing(jm: JobManager) -> None:
-    body = datagen_job("bad", count=10, transformations=[{"type": "filter", "config": {"condition": "amount >"}}])
+    body = datagen_job(
+        "bad", count=10, transformations=[{"type": "filter", "config": {"condition": "amount >"}}]
+    )
     with pytest.raises(InvalidJobConfigError) as info:
         await jm.submit_job(body)
     assert [e.path for e in info.value.errors] == ["transformations[0].config.condition"]
@@ -294,7 +302,9 @@ async def test_jobs_survive_control_plane_restart(tmp_path: Path) -> None:
         await wait_for_status(jm, endless, {JobStatus.RUNNING})
 
         async def restarted() -> bool:
-            return bool(jm.control_plane.get(endless).run and jm.control_plane.get(endless).run.connected.is_set())
+            return bool(
+                jm.control_plane.get(endless).run and jm.control_plane.get(endless).run.connected.is_set()
+            )
 
         await wait_until(restarted, what="the running job to run again")
         await jm.cancel_job(endless)

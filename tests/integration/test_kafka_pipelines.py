@@ -67,12 +67,15 @@ def expected_cep(events: list[tuple[int, dict[str, Any]]], skip: str) -> list[tu
             k = i + 1
             while k < n and seq[k]["amount"] < 500:
                 k += 1
-            small_start = seq[i]["amount"] < 500
-            if small_start and k > i + 1 and k < n and seq[k]["amount"] >= 1000:
-                if seq[k]["timestamp"] - seq[i]["timestamp"] <= WINDOW_MS:
-                    out.append((card, seq[i]["timestamp"], seq[k]["timestamp"], k - i + 1))
-                    i = k + 1 if skip == "skip_past_last_row" else i + 1
-                    continue
+            completes = k > i + 1 and k < n and seq[k]["amount"] >= 1000
+            if (
+                seq[i]["amount"] < 500
+                and completes
+                and seq[k]["timestamp"] - seq[i]["timestamp"] <= WINDOW_MS
+            ):
+                out.append((card, seq[i]["timestamp"], seq[k]["timestamp"], k - i + 1))
+                i = k + 1 if skip == "skip_past_last_row" else i + 1
+                continue
             i += 1
     return sorted(out)
 

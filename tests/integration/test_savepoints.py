@@ -34,7 +34,9 @@ COUNT = 40_000
 PARTITIONS = 8
 
 
-def window_job(db: Path, *, parallelism: int, rate: float, backend: str = "memory", **config: Any) -> dict[str, Any]:
+def window_job(
+    db: Path, *, parallelism: int, rate: float, backend: str = "memory", **config: Any
+) -> dict[str, Any]:
     return {
         "name": "spend_per_card",
         "config": {
@@ -47,7 +49,13 @@ def window_job(db: Path, *, parallelism: int, rate: float, backend: str = "memor
         "sources": [
             {
                 "type": "datagen",
-                "config": {"count": COUNT, "partitions": PARTITIONS, "seed": 5, "keys": 64, "rate_per_sec": rate},
+                "config": {
+                    "count": COUNT,
+                    "partitions": PARTITIONS,
+                    "seed": 5,
+                    "keys": 64,
+                    "rate_per_sec": rate,
+                },
             }
         ],
         "transformations": [
@@ -68,7 +76,13 @@ def window_job(db: Path, *, parallelism: int, rate: float, backend: str = "memor
 async def expected_windows() -> list[tuple[Any, ...]]:
     """The windows computed straight from the generated records, without the engine."""
     reader = DatagenSourceReader(
-        schema="transactions", rate_per_sec=0, count=COUNT, partitions=PARTITIONS, seed=5, keys=64, source_index=0
+        schema="transactions",
+        rate_per_sec=0,
+        count=COUNT,
+        partitions=PARTITIONS,
+        seed=5,
+        keys=64,
+        source_index=0,
     )
     splits = await reader.discover_splits()
     await reader.open(splits, {})
@@ -83,7 +97,9 @@ async def expected_windows() -> list[tuple[Any, ...]]:
             if batch.finished:
                 finished.add(batch.split_id)
     await reader.close()
-    return sorted((card, start, start + 1000, int(n), round(total, 6)) for (card, start), (n, total) in sums.items())
+    return sorted(
+        (card, start, start + 1000, int(n), round(total, 6)) for (card, start), (n, total) in sums.items()
+    )
 
 
 def table_rows(db: Path) -> list[tuple[Any, ...]]:
@@ -92,7 +108,9 @@ def table_rows(db: Path) -> list[tuple[Any, ...]]:
     return sorted((k, s, e, n, round(t, 6)) for k, s, e, n, t in rows)
 
 
-async def wait_for_status(jm: JobManager, job_id: str, wanted: set[JobStatus], timeout: float = 90) -> JobStatus:
+async def wait_for_status(
+    jm: JobManager, job_id: str, wanted: set[JobStatus], timeout: float = 90
+) -> JobStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         status = await jm.get_job_status(job_id)

@@ -91,7 +91,9 @@ class JobEntry:
         return max(done, key=lambda s: s.checkpoint_id) if done else None
 
     def savepoint(self, savepoint_id: str) -> SnapshotRecord | None:
-        return next((s for s in self.snapshots if s.savepoint_id == savepoint_id and s.status == "completed"), None)
+        return next(
+            (s for s in self.snapshots if s.savepoint_id == savepoint_id and s.status == "completed"), None
+        )
 
 
 def utcnow() -> datetime:
@@ -278,7 +280,9 @@ class ControlPlane:
         if lifecycle.next_status(entry.record.status, event) is None:
             raise IllegalStateTransitionError(entry.record.job_id, entry.record.status.value, action)
 
-    def _set_status(self, entry: JobEntry, event: Event, message: str | None = None, level: str = "info") -> None:
+    def _set_status(
+        self, entry: JobEntry, event: Event, message: str | None = None, level: str = "info"
+    ) -> None:
         record = entry.record
         new = lifecycle.next_status(record.status, event)
         if new is None:
@@ -311,9 +315,7 @@ class ControlPlane:
             need = entry.config.parallelism
             free = self.max_parallelism - self.slots_in_use
             if need > free:
-                reason = (
-                    f"waiting for slots: needs {need}, {free} of {self.max_parallelism} free"
-                )
+                reason = f"waiting for slots: needs {need}, {free} of {self.max_parallelism} free"
                 if entry.waiting_reason != reason:
                     entry.waiting_reason = reason
                     entry.record.message = reason
@@ -375,7 +377,10 @@ class ControlPlane:
             if code != 0 and run.stop_requested is None:
                 # one worker failed: the run is over, stop the others at once
                 reported = run.outcomes.get(index, ("", None))[1]
-                entry.log.write("error", f"worker {index} exited with code {code}" + ("" if reported else " without a report"))
+                entry.log.write(
+                    "error",
+                    f"worker {index} exited with code {code}" + ("" if reported else " without a report"),
+                )
                 for other in run.handles.values():
                     if other is not handle:
                         other.kill()
@@ -437,8 +442,8 @@ class ControlPlane:
                 self._set_status(
                     entry,
                     Event.RECOVER,
-                    f"Job failed ({reason}); restart {record.failures_since_restart} of {strategy.max_restarts()} "
-                    f"in {delay:g}s ({strategy.type})",
+                    f"Job failed ({reason}); restart {record.failures_since_restart} of "
+                    f"{strategy.max_restarts()} in {delay:g}s ({strategy.type})",
                     level="warn",
                 )
                 point = entry.latest_restore_point()
@@ -565,7 +570,11 @@ class ControlPlane:
         metrics.checkpoint_count += 1
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
         metrics.checkpoint_durations.append(snapshot.duration_ms)
-        what = f"Savepoint {snapshot.savepoint_id}" if snapshot.savepoint_id else f"Checkpoint {snapshot.checkpoint_id}"
+        what = (
+            f"Savepoint {snapshot.savepoint_id}"
+            if snapshot.savepoint_id
+            else f"Checkpoint {snapshot.checkpoint_id}"
+        )
         entry.log.write("info", f"{what} completed ({snapshot.duration_ms}ms, {snapshot.size_bytes} bytes)")
 
     def _checkpoint_failed(self, entry: JobEntry, snapshot: SnapshotRecord, reason: str) -> None:
@@ -649,7 +658,11 @@ class ControlPlane:
             config = entry.config.with_overrides(overrides)
             if config.parallelism > self.max_parallelism:
                 raise InvalidJobConfigError(
-                    [FieldError("config_overrides.parallelism", f"exceeds max_parallelism {self.max_parallelism}")]
+                    [
+                        FieldError(
+                            "config_overrides.parallelism", f"exceeds max_parallelism {self.max_parallelism}"
+                        )
+                    ]
                 )
             if entry.run is not None:
                 await self._stop_run(entry.run, "restart")
@@ -660,10 +673,15 @@ class ControlPlane:
             entry.record.failures_since_restart = 0
             entry.record.started_at = None
             origin = (
-                f"savepoint {point.savepoint_id}" if point and point.savepoint_id
-                else f"checkpoint {point.checkpoint_id}" if point else "the beginning (no checkpoint yet)"
+                f"savepoint {point.savepoint_id}"
+                if point and point.savepoint_id
+                else f"checkpoint {point.checkpoint_id}"
+                if point
+                else "the beginning (no checkpoint yet)"
             )
-            self._set_status(entry, Event.RESTART, f"Job restarting from {origin} (parallelism {config.parallelism})")
+            self._set_status(
+                entry, Event.RESTART, f"Job restarting from {origin} (parallelism {config.parallelism})"
+            )
             self.queue.append(job_id)
             self._schedule()
             return point

@@ -47,7 +47,9 @@ class PendingCheckpoint:
     stop_after: bool
     started: float
     acks: dict[int, dict[str, Any]] = field(default_factory=dict)
-    done: asyncio.Future[SnapshotRecord] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[SnapshotRecord] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class CheckpointCoordinator:
@@ -107,7 +109,9 @@ class CheckpointCoordinator:
             checkpoint_id = self._next_id()
             savepoint_id = f"savepoint-{uuid.uuid4()}" if kind == "savepoint" else None
             directory = (
-                f"{self.job_id}/savepoints/{savepoint_id}" if savepoint_id else f"{self.job_id}/chk-{checkpoint_id}"
+                f"{self.job_id}/savepoints/{savepoint_id}"
+                if savepoint_id
+                else f"{self.job_id}/chk-{checkpoint_id}"
             )
             shared = f"{directory}/shared" if savepoint_id else f"{self.job_id}/shared"
             record = SnapshotRecord(
@@ -121,7 +125,9 @@ class CheckpointCoordinator:
                 savepoint_id=savepoint_id,
                 description=description,
             )
-            pending = PendingCheckpoint(record=record, final=final, stop_after=stop_after, started=time.monotonic())
+            pending = PendingCheckpoint(
+                record=record, final=final, stop_after=stop_after, started=time.monotonic()
+            )
             self.pending = pending
             await self._send(
                 {

@@ -70,7 +70,9 @@ class JobMetricsAggregator:
         latency_delta = {b: c for b, c in latency_delta.items() if c > 0}
         for b, c in latency_delta.items():
             self.latency[b] = self.latency.get(b, 0) + c
-        self.backpressure_ms += max(float(beat.get("backpressure_ms", 0)) - float(previous.get("backpressure_ms", 0)), 0)
+        self.backpressure_ms += max(
+            float(beat.get("backpressure_ms", 0)) - float(previous.get("backpressure_ms", 0)), 0
+        )
         self.backpressure_level = float(beat.get("queue_fill", 0.0))
         stored = {**beat, "latency": latency_now}
         if view is None:
@@ -176,7 +178,9 @@ class JobMetricsAggregator:
         agg.last_checkpoint_duration_ms = int(state.get("last_checkpoint_duration_ms", 0))
         for minute, events, errors, latency in state.get("history", []):
             agg.history.append(
-                MinuteBucket(int(minute), int(events), int(errors), {int(k): int(v) for k, v in latency.items()})
+                MinuteBucket(
+                    int(minute), int(events), int(errors), {int(k): int(v) for k, v in latency.items()}
+                )
             )
         agg.first_seen = state.get("first_seen")
         return agg

@@ -73,7 +73,9 @@ class RestartStrategy(_Strict):
         return RestartStrategy(type="fixed_delay", attempts=attempts, delay_ms=_ms(delay))
 
     @staticmethod
-    def exponential_backoff(max_attempts: int, initial_delay: timedelta, max_delay: timedelta) -> RestartStrategy:
+    def exponential_backoff(
+        max_attempts: int, initial_delay: timedelta, max_delay: timedelta
+    ) -> RestartStrategy:
         return RestartStrategy(
             type="exponential_backoff",
             max_attempts=max_attempts,

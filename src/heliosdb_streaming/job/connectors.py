@@ -95,7 +95,10 @@ class DatagenSourceSettings(_Strict):
     @model_validator(mode="after")
     def _every_partition_has_a_card(self) -> Self:
         if self.keys < self.partitions:
-            raise ValueError(f"keys ({self.keys}) must be at least partitions ({self.partitions}): a card lives on one partition")
+            raise ValueError(
+                f"keys ({self.keys}) must be at least partitions ({self.partitions}): "
+                "a card lives on one partition"
+            )
         return self
 
 

@@ -18,8 +18,8 @@ from types import TracebackType
 from typing import Any
 
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
-from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.control.store import SnapshotRecord
+from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.job.errors import SavepointNotFoundError
 from heliosdb_streaming.job.types import (
     CheckpointInfo,
@@ -130,7 +130,9 @@ class JobManager:
         plane = await self._control()
         entry = plane.get(job_id)
         return [
-            _savepoint_info(s) for s in entry.snapshots if s.savepoint_id is not None and s.status == "completed"
+            _savepoint_info(s)
+            for s in entry.snapshots
+            if s.savepoint_id is not None and s.status == "completed"
         ]
 
     async def get_savepoint(self, job_id: str, savepoint_id: str) -> SavepointInfo:
@@ -175,7 +177,9 @@ class JobManager:
     async def list_jobs(self, options: ListJobsOptions | None = None) -> list[JobSummary]:
         options = options or ListJobsOptions()
         plane = await self._control()
-        entries = [e for e in plane.jobs.values() if options.status is None or e.record.status == options.status]
+        entries = [
+            e for e in plane.jobs.values() if options.status is None or e.record.status == options.status
+        ]
         entries.sort(key=lambda e: (e.record.submitted_at, e.record.job_id), reverse=True)
         return [self._summary(plane, e) for e in entries[options.offset : options.offset + options.limit]]
 
@@ -255,7 +259,8 @@ class JobManager:
             window_seconds=window.seconds,
             history=[
                 ThroughputPoint(
-                    timestamp=datetime.fromtimestamp(p["minute"], UTC), throughput_per_sec=p["throughput_per_sec"]
+                    timestamp=datetime.fromtimestamp(p["minute"], UTC),
+                    throughput_per_sec=p["throughput_per_sec"],
                 )
                 for p in w["history"]
             ],
@@ -269,7 +274,11 @@ class JobManager:
         infos = []
         for i, op in enumerate(operator_names(config)):
             parallelism = source_parallelism if i < n_sources else config.parallelism
-            infos.append(TaskInfo(task_id=op.task_id, name=op.name, status=entry.record.status, parallelism=parallelism))
+            infos.append(
+                TaskInfo(
+                    task_id=op.task_id, name=op.name, status=entry.record.status, parallelism=parallelism
+                )
+            )
         return infos
 
 

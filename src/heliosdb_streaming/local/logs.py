@@ -31,7 +31,9 @@ def mask_secrets(text: str) -> str:
 class JobLog:
     """Appends entries to ``path`` and rotates to ``path.1`` .. ``path.N`` past ``max_bytes``."""
 
-    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups

@@ -104,8 +104,8 @@ class SqliteJobStore:
 
     def load_snapshots(self) -> list[SnapshotRecord]:
         rows = self._conn.execute(
-            "SELECT job_id, checkpoint_id, kind, status, timestamp, duration_ms, size_bytes, directory, location,"
-            " savepoint_id, description, shared_files FROM snapshots ORDER BY job_id, checkpoint_id"
+            "SELECT job_id, checkpoint_id, kind, status, timestamp, duration_ms, size_bytes, directory,"
+            " location, savepoint_id, description, shared_files FROM snapshots ORDER BY job_id, checkpoint_id"
         ).fetchall()
         return [
             SnapshotRecord(

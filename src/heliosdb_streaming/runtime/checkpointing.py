@@ -105,7 +105,9 @@ async def snapshot_task(
         if isinstance(store, RocksDBStateStore):
             # next to the store, so RocksDB hard-links its files instead of copying them
             with tempfile.TemporaryDirectory(prefix=".chk-", dir=store.path.parent) as scratch:
-                manifest, n = await snapshots.snapshot_rocksdb(store, storage, barrier.shared, Path(scratch) / "c")
+                manifest, n = await snapshots.snapshot_rocksdb(
+                    store, storage, barrier.shared, Path(scratch) / "c"
+                )
             saved[name] = {"backend": "rocksdb", "manifest": manifest}
             written += n
             shared |= snapshots.referenced_shared_files(manifest)

@@ -105,7 +105,9 @@ def _build_sink(sink: Any) -> SinkWriter:
     if isinstance(sink, cfg.KafkaSink):
         from heliosdb_streaming.runtime.connectors import kafka
 
-        return kafka.KafkaSinkWriter(bootstrap_servers=s.bootstrap_servers, topic=s.topic, key_field=s.key_field)
+        return kafka.KafkaSinkWriter(
+            bootstrap_servers=s.bootstrap_servers, topic=s.topic, key_field=s.key_field
+        )
     if isinstance(sink, cfg.FileSink):
         from heliosdb_streaming.runtime.connectors import files
 

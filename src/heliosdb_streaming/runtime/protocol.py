@@ -8,6 +8,7 @@ A worker that loses the connection stops at once: its control plane is gone and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -54,7 +55,5 @@ class Channel:
             return
         self.closed = True
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass

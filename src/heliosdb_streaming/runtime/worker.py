@@ -32,7 +32,15 @@ import psutil
 
 from heliosdb_streaming.job.config import JobConfig, OnErrorPolicy, StateBackendType
 from heliosdb_streaming.runtime import graph
-from heliosdb_streaming.runtime.api import Batch, Record, SinkWriter, SourceReader, Split, SplitBatch, StateStore
+from heliosdb_streaming.runtime.api import (
+    Batch,
+    Record,
+    SinkWriter,
+    SourceReader,
+    Split,
+    SplitBatch,
+    StateStore,
+)
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpointing import (
     Barrier,
@@ -197,7 +205,9 @@ class Worker:
                 len(splits),
                 len(assigned),
                 self.index,
-                f", {len(positions)} restored from checkpoint {self._restored_checkpoint}" if manifest else "",
+                f", {len(positions)} restored from checkpoint {self._restored_checkpoint}"
+                if manifest
+                else "",
                 extra={"task_id": "task-1"},
             )
         self.sinks = graph.build_sinks(self.config)
@@ -332,14 +342,21 @@ class Worker:
             total = 0
             for split_id, task in self.tasks.items():
                 path, size, needs = await snapshot_task(
-                    self.storage, barrier, split_id, task.position, task.stores, self.staging.pending(split_id)
+                    self.storage,
+                    barrier,
+                    split_id,
+                    task.position,
+                    task.stores,
+                    self.staging.pending(split_id),
                 )
                 tasks[split_id] = {"path": path, "bytes": size, "position": task.position}
                 shared |= needs
                 total += size
         except Exception as e:
             logger.warning("checkpoint %d failed: %s", barrier.checkpoint_id, e, extra={"task_id": None})
-            await self._send({"type": "checkpoint_failed", "checkpoint_id": barrier.checkpoint_id, "error": str(e)})
+            await self._send(
+                {"type": "checkpoint_failed", "checkpoint_id": barrier.checkpoint_id, "error": str(e)}
+            )
             return
         await self._send(
             {
@@ -683,7 +700,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restore", help="checkpoint or savepoint directory (in that storage) to restore")
     args = parser.parse_args(argv)
     # stderr (kept in the job directory) gets warnings and crashes; the job log gets info and up
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
     logging.getLogger("heliosdb_streaming").setLevel(logging.INFO)
     sys.exit(asyncio.run(_amain(args)))
 

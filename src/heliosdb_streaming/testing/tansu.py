@@ -57,7 +57,9 @@ def run_tansu(storage: str = "memory://tansu/", timeout: float = 30.0) -> Iterat
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"tansu exited with {process.returncode}: {Path(log.name).read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"tansu exited with {process.returncode}: {Path(log.name).read_text()[-2000:]}"
+                )
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 break
             if time.monotonic() > deadline:

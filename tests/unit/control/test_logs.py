@@ -9,7 +9,9 @@ from heliosdb_streaming.local.logs import JobLog, mask_secrets, read_logs
 def test_levels_limit_tail(tmp_path: Path) -> None:
     log = JobLog(tmp_path / "job.log")
     for i in range(10):
-        log.write("warn" if i % 3 == 0 else "info", f"m{i}", task_id="task-1" if i % 2 else None, ts=1000.0 + i)
+        log.write(
+            "warn" if i % 3 == 0 else "info", f"m{i}", task_id="task-1" if i % 2 else None, ts=1000.0 + i
+        )
     log.close()
     path = tmp_path / "job.log"
     assert [e.message for e in read_logs(path, LogOptions(level=LogLevel.WARN))] == ["m0", "m3", "m6", "m9"]

@@ -115,7 +115,9 @@ def test_window_shape_rules() -> None:
     assert "transformations[0].config" in paths_of(window(kind="tumbling", aggregates={"n": "count(*)"}))
     errors = paths_of(window(kind="sliding", size="1m", slide="2m", aggregates={"n": "count(*)"}))
     assert "larger" in errors["transformations[0].config"]
-    assert "transformations[0].config.aggregates" in paths_of(window(size="1m", aggregates={"n": "median(x)"}))
+    assert "transformations[0].config.aggregates" in paths_of(
+        window(size="1m", aggregates={"n": "median(x)"})
+    )
     assert "transformations[0].config.size" in paths_of(window(size="fast", aggregates={"n": "count(*)"}))
     JobConfig.from_dict(window(kind="session", gap="30s", aggregates={"n": "count(*)", "s": "sum(amount)"}))
 
@@ -135,7 +137,9 @@ def test_restart_strategy_object_form() -> None:
         "max_delay_ms": 1000,
     }
     strategy = JobConfig.from_dict(body).restart_strategy
-    assert strategy == RestartStrategy.exponential_backoff(4, timedelta(milliseconds=100), timedelta(seconds=1))
+    assert strategy == RestartStrategy.exponential_backoff(
+        4, timedelta(milliseconds=100), timedelta(seconds=1)
+    )
     assert [strategy.delay_for(n) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
     body["config"]["restart_strategy"] = "sometimes"
     assert "config.restart_strategy.type" in paths_of(body)

@@ -295,7 +295,9 @@ class _Postgres(_Backend):
         return f"${i}"
 
     def is_transient(self, error: BaseException) -> bool:
-        if isinstance(error, asyncpg.UniqueViolationError) and str(error.constraint_name or "").startswith("pg_"):
+        if isinstance(error, asyncpg.UniqueViolationError) and str(error.constraint_name or "").startswith(
+            "pg_"
+        ):
             return True  # two workers ran CREATE TABLE IF NOT EXISTS at once: PostgreSQL's catalog race
         return isinstance(
             error,
