@@ -224,7 +224,7 @@ async def test_exactly_once_through_worker_and_control_plane_kills(
                 break
             statuses = [await jm.get_job_status(j) for j in job_ids]
             assert JobStatus.FAILED not in statuses, [(await jm.get_job_details(j)).message for j in job_ids]
-            progress = f"windows {len(got_windows)}/{len(want_windows)}, matches {len(got_matches)}/{len(want_matches)}"
+            progress = (len(got_windows), len(want_windows), len(got_matches), len(want_matches))
             assert asyncio.get_running_loop().time() < deadline, progress
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # anything duplicated late would land now
