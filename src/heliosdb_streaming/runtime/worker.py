@@ -58,8 +58,8 @@ from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 logger = logging.getLogger("heliosdb_streaming.worker")
 
 POLL_MAX_RECORDS = 4096
-QUEUE_BATCHES = 8
-FLUSH_INTERVAL_S = 0.1
+QUEUE_BATCHES = 4
+FLUSH_INTERVAL_S = 0.05
 TIMER_INTERVAL_S = 0.2
 HEARTBEAT_INTERVAL_S = 1.0
 ERROR_LOG_LIMIT_PER_MIN = 20
