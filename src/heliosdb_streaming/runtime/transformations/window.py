@@ -139,39 +139,37 @@ class _Aggregates:
         self.build_update()
 
     def build_update(self) -> None:
-        """Generates the per-record hot path: ``extract(record) -> values`` and ``apply(entry, values)``."""
-        ext_lines = ["def extract(r):"]
-        app_lines = ["def apply(e, v):"]
-        env: dict[str, Any] = {"_NUMERIC": _NUMERIC, "_bad": _bad_value}
+        """Builds the per-record hot path from closures: ``extract(record)`` and ``apply(entry, values)``.
+
+        ``extract`` reads (and type-checks) every aggregated field before any accumulator changes, so a
+        bad record leaves the window untouched.
+        """
+        getters: list[tuple[Callable[[Record], Any], str, bool]] = []
+        updates: list[Callable[[list[Any], tuple[Any, ...]], None]] = []
         n = 0
-        for i, (func, slot, getter, label) in enumerate(self.specs):
+        for func, slot, getter, label in self.specs:
             if getter is None:
-                app_lines.append(f"    e[{slot}] += 1")
+                updates.append(_count_all(slot))
                 continue
-            env[f"g{i}"] = getter
-            env[f"l{i}"] = label
-            ext_lines.append(f"    v{n} = g{i}(r)")
-            if func != "count":
-                ext_lines.append(f"    if v{n} is not None and type(v{n}) not in _NUMERIC: _bad(l{i}, v{n})")
-            app_lines.append(f"    x = v[{n}]")
-            if func == "count":
-                app_lines.append(f"    if x is not None: e[{slot}] += 1")
-            elif func in ("sum", "avg"):
-                app_lines.append(f"    if x is not None:\n        e[{slot}] += x\n        e[{slot + 1}] += 1")
-            elif func == "min":
-                app_lines.append(
-                    f"    if x is not None and (e[{slot}] is None or x < e[{slot}]): e[{slot}] = x"
-                )
-            else:
-                app_lines.append(
-                    f"    if x is not None and (e[{slot}] is None or x > e[{slot}]): e[{slot}] = x"
-                )
+            getters.append((getter, label, func != "count"))
+            updates.append(_UPDATERS[func](slot, n))
             n += 1
-        ext_lines.append("    return (" + "".join(f"v{k}, " for k in range(n)) + ")")
-        app_lines.append("    return None")
-        exec("\n".join(ext_lines) + "\n" + "\n".join(app_lines), env)
-        self.extract: Callable[[Record], tuple[Any, ...]] = env["extract"]
-        self.apply: Callable[[list[Any], tuple[Any, ...]], None] = env["apply"]
+
+        def extract(r: Record) -> tuple[Any, ...]:
+            values = []
+            for get, label, numeric in getters:
+                v = get(r)
+                if numeric and v is not None and type(v) not in _NUMERIC:
+                    _bad_value(label, v)
+                values.append(v)
+            return tuple(values)
+
+        def apply(e: list[Any], v: tuple[Any, ...]) -> None:
+            for update in updates:
+                update(e, v)
+
+        self.extract: Callable[[Record], tuple[Any, ...]] = extract
+        self.apply: Callable[[list[Any], tuple[Any, ...]], None] = apply
 
     def merge(self, into: list[Any], other: list[Any]) -> None:
         for func, slot, _, _ in self.specs:
@@ -195,6 +193,61 @@ class _Aggregates:
             else:
                 out[name] = entry[slot]
         return out
+
+
+Update = Callable[[list[Any], tuple[Any, ...]], None]
+
+
+def _count_all(slot: int) -> Update:
+    def update(e: list[Any], v: tuple[Any, ...]) -> None:
+        e[slot] += 1
+
+    return update
+
+
+def _count(slot: int, i: int) -> Update:
+    def update(e: list[Any], v: tuple[Any, ...]) -> None:
+        if v[i] is not None:
+            e[slot] += 1
+
+    return update
+
+
+def _sum(slot: int, i: int) -> Update:
+    def update(e: list[Any], v: tuple[Any, ...]) -> None:
+        x = v[i]
+        if x is not None:
+            e[slot] += x
+            e[slot + 1] += 1
+
+    return update
+
+
+def _min(slot: int, i: int) -> Update:
+    def update(e: list[Any], v: tuple[Any, ...]) -> None:
+        x = v[i]
+        if x is not None and (e[slot] is None or x < e[slot]):
+            e[slot] = x
+
+    return update
+
+
+def _max(slot: int, i: int) -> Update:
+    def update(e: list[Any], v: tuple[Any, ...]) -> None:
+        x = v[i]
+        if x is not None and (e[slot] is None or x > e[slot]):
+            e[slot] = x
+
+    return update
+
+
+_UPDATERS: dict[str, Callable[[int, int], Update]] = {
+    "count": _count,
+    "sum": _sum,
+    "avg": _sum,
+    "min": _min,
+    "max": _max,
+}
 
 
 def _bad_value(label: str, value: Any) -> None:
