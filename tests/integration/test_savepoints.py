@@ -232,6 +232,8 @@ async def test_worker_killed_restarts_from_checkpoint_exactly_once(jm: JobManage
     assert table_rows(db) == await expected_windows()
     details = await jm.get_job_details(job_id)
     assert details.restarts == 2 and details.metrics.restarts == 2
+    checkpoint_dirs = list((jm.home / "checkpoints" / job_id).glob("chk-*"))
+    assert 1 <= len(checkpoint_dirs) <= 3  # retained ones only: failed and aborted ones are cleaned too
     warnings = [e.message for e in await jm.get_job_logs(job_id, LogOptions(level=LogLevel.WARN))]
     assert sum("restart" in m and "fixed_delay" in m for m in warnings) == 2
 

@@ -83,6 +83,7 @@ class CheckpointCoordinator:
         self.timeout_s = timeout_s
         self.pending: PendingCheckpoint | None = None
         self.drained: set[int] = set()
+        self._cleaned_below: int | None = None  # checkpoint directories below this id are gone
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------------ triggers
@@ -222,13 +223,22 @@ class CheckpointCoordinator:
         pending.done.exception()  # retrieved here so an unawaited failure is not reported as lost
 
     async def _retain(self) -> None:
-        """Deletes completed checkpoints beyond the newest ``retained``, and unreferenced shared files."""
+        """Deletes completed checkpoints beyond the newest ``retained``, the files of failed or aborted
+        checkpoints older than those, and shared files no retained checkpoint references."""
         completed = [s for s in self._snapshots() if s.kind == "checkpoint" and s.status == "completed"]
         completed.sort(key=lambda s: s.checkpoint_id)
         expired = completed[: -self._retained] if len(completed) > self._retained else []
         for snapshot in expired:
             await self.storage.delete_prefix(snapshot.directory)
             self._forget(snapshot)
+        oldest_kept = completed[-self._retained :][0].checkpoint_id if completed else 0
+        if self._cleaned_below is None:  # a new run: look back a little for what a crash left behind
+            self._cleaned_below = max(oldest_kept - 50, 1)
+        savepoint_ids = {s.checkpoint_id for s in self._snapshots() if s.kind == "savepoint"}
+        for checkpoint_id in range(self._cleaned_below, oldest_kept):
+            if checkpoint_id not in savepoint_ids:  # failed, timed out, or cut short by a crash
+                await self.storage.delete_prefix(f"{self.job_id}/chk-{checkpoint_id}")
+        self._cleaned_below = max(self._cleaned_below, oldest_kept)
         if expired:
             keep = {f for s in completed[-self._retained :] for f in s.shared_files}
             prefix = f"{self.job_id}/shared"
