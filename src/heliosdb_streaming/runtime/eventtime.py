@@ -103,3 +103,13 @@ class WatermarkTracker:
         if self._max_seen is None:
             return MIN_WATERMARK
         return self._max_seen - self.max_out_of_orderness_ms
+
+
+def event_time_field_value(value: Any, field: str) -> int:
+    """The event time held in ``field`` of a record, with an error message naming the field."""
+    if value is None:
+        raise ValueError(f"missing event time field {field!r}")
+    try:
+        return parse_event_time(value)
+    except ValueError as e:
+        raise ValueError(f"field {field!r}: {e}") from None

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from heliosdb_streaming.runtime.api import Batch, Record, StateStore
-from heliosdb_streaming.runtime.eventtime import MIN_WATERMARK, parse_event_time
+from heliosdb_streaming.runtime.eventtime import MIN_WATERMARK, event_time_field_value
 
 MAX_REPEAT = 10_000
 
@@ -403,12 +403,7 @@ class CepTransformation:
         return out
 
     def _parse_time(self, value: Any) -> int:
-        if value is None:
-            raise ValueError(f"missing event time field {self.time_field!r}")
-        try:
-            return parse_event_time(value)
-        except ValueError as e:
-            raise ValueError(f"field {self.time_field!r}: {e}") from None
+        return event_time_field_value(value, self.time_field)
 
     def _step_strict(self, starts: Any, n: int, record: Record, ts: int, kstr: str) -> _StepResult:
         """``(starts after event n, whether a partial match took the event)``, or None when nothing

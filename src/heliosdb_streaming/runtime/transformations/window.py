@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from heliosdb_streaming.runtime.api import Batch, Record, StateStore
-from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK, parse_event_time
+from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK, event_time_field_value
 
 AGGREGATE_FUNCTIONS = ("count", "sum", "avg", "min", "max")
 
@@ -438,12 +438,7 @@ class WindowTransformation:
         return out
 
     def _parse_time(self, value: Any) -> int:
-        if value is None:
-            raise ValueError(f"missing event time field {self.time_field!r}")
-        try:
-            return parse_event_time(value)
-        except ValueError as e:
-            raise ValueError(f"field {self.time_field!r}: {e}") from None
+        return event_time_field_value(value, self.time_field)
 
     def _add(self, key: Any, kstr: str, start: int, end: int, values: tuple[Any, ...], out: Batch) -> None:
         sk = f"w|{start}|{end}|{kstr}"
