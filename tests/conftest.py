@@ -11,119 +11,17 @@ PostgreSQL: ``pg_dsn`` is the local server (trust auth), ``HELIOS_TEST_PG_DSN`` 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 
-from heliosdb_streaming.testing.tansu import free_port, tansu_binary
+from heliosdb_streaming.testing.tansu import TansuBroker, metadata_ok
 
 # ------------------------------------------------------------------------------------------- Kafka
-
-
-class TansuBroker:
-    """One tansu process on 127.0.0.1:<free port>, memory storage, log in a temporary file."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.log_path = Path(tempfile.mkstemp(prefix="helios-tansu-", suffix=".log")[1])
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(tansu_binary()),
-                    "broker",
-                    "--cluster-id",
-                    f"helios-test-{uuid.uuid4().hex[:8]}",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return "(no log)"
-
-    async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Waits until the broker answers a metadata request."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                code = self.process.returncode
-                raise RuntimeError(
-                    f"tansu exited with code {code} before it was ready; log:\n{self.log_tail()}"
-                )
-            if await _metadata_ok(self.bootstrap):
-                return
-            last = "metadata request failed"
-            await asyncio.sleep(0.1)
-        raise RuntimeError(
-            f"tansu on {self.bootstrap} not ready within {timeout_s}s ({last}); log:\n{self.log_tail()}"
-        )
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def kill(self) -> None:
-        """Stops the broker at once (SIGKILL), like a crash."""
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait()
-
-    def cleanup(self) -> None:
-        self.stop()
-        self.log_path.unlink(missing_ok=True)
-
-
-# tansu reads these from the environment; the fixture passes what it needs on the command line.
-_TANSU_ENV = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY"}
-
-
-async def _metadata_ok(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-    try:
-        await asyncio.wait_for(admin.start(), 5)
-        await asyncio.wait_for(admin.list_topics(), 5)
-        return True
-    except (TimeoutError, KafkaError, OSError):
-        return False
-    finally:
-        with contextlib.suppress(TimeoutError, KafkaError, OSError):
-            await asyncio.wait_for(admin.close(), 5)
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +29,7 @@ async def kafka_bootstrap() -> AsyncIterator[str]:
     """``127.0.0.1:PORT`` of a Kafka-protocol broker for the whole session."""
     external = os.environ.get("HELIOS_TEST_KAFKA")
     if external:
-        if not await _metadata_ok(external):
+        if not await metadata_ok(external):
             raise RuntimeError(f"HELIOS_TEST_KAFKA={external} does not answer a metadata request")
         yield external
         return
