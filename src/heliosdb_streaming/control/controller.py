@@ -569,7 +569,7 @@ class ControlPlane:
         metrics = entry.metrics
         metrics.checkpoint_count += 1
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
-        metrics.checkpoint_durations.append(snapshot.duration_ms)
+        metrics.record_checkpoint_duration(snapshot.duration_ms)
         what = (
             f"Savepoint {snapshot.savepoint_id}"
             if snapshot.savepoint_id

@@ -12,10 +12,52 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from heliosdb_streaming.runtime.histogram import merge_all, quantile_of
+from heliosdb_streaming.runtime.histogram import MAX_BUCKET, bucket_upper_ms, merge_all, quantile_of
 
 HISTORY_MINUTES = 24 * 60
 _COUNTERS = ("events_in", "events_out", "errors", "backpressure_events")
+
+# Upper bounds (seconds) of the coarse, cumulative histograms exported to Prometheus; +Inf is implied.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+CHECKPOINT_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+def _coarse_index(upper_s: float, bounds: tuple[float, ...]) -> int:
+    """Index of the first bound >= ``upper_s`` (``len(bounds)`` is the +Inf bucket)."""
+    return next((i for i, le in enumerate(bounds) if upper_s <= le), len(bounds))
+
+
+# A fine latency bucket i holds (bucket_upper_ms(i-1), bucket_upper_ms(i)]: it goes to the first coarse
+# bucket whose bound is at least its upper bound, so a coarse bucket never counts a value above its
+# bound (values in a fine bucket straddling a bound land one coarse bucket higher: at most 4% off).
+_FINE_TO_COARSE: tuple[int, ...] = tuple(
+    _coarse_index(bucket_upper_ms(i) / 1000, LATENCY_BUCKETS_S) for i in range(MAX_BUCKET + 1)
+)
+# Midpoint (seconds) of each fine bucket, for the histogram's approximate _sum.
+_FINE_MID_S: tuple[float, ...] = tuple(
+    ((bucket_upper_ms(i - 1) if i else 0.0) + bucket_upper_ms(i)) / 2000 for i in range(MAX_BUCKET + 1)
+)
+
+
+@dataclass(slots=True)
+class CoarseHistogram:
+    """Non-cumulative counts per bucket of ``bounds`` plus one for +Inf, their sum and count."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(self.bounds) + 1:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 @dataclass(slots=True)
@@ -51,6 +93,9 @@ class JobMetricsAggregator:
         self.last_checkpoint_duration_ms = 0
         self.checkpoint_durations: deque[int] = deque(maxlen=1000)
         self.task_progress: dict[str, dict[str, Any]] = {}
+        # Lifetime, cumulative histograms for Prometheus (never go backwards, survive restarts).
+        self.latency_coarse = CoarseHistogram(LATENCY_BUCKETS_S)
+        self.checkpoint_histogram = CoarseHistogram(CHECKPOINT_BUCKETS_S)
 
     # --------------------------------------------------------------------------------- ingest
 
@@ -70,6 +115,7 @@ class JobMetricsAggregator:
         latency_delta = {b: c for b, c in latency_delta.items() if c > 0}
         for b, c in latency_delta.items():
             self.latency[b] = self.latency.get(b, 0) + c
+        self._add_coarse_latency(latency_delta)
         self.backpressure_ms += max(
             float(beat.get("backpressure_ms", 0)) - float(previous.get("backpressure_ms", 0)), 0
         )
@@ -90,6 +136,24 @@ class JobMetricsAggregator:
         for b, c in latency_delta.items():
             bucket.latency[b] = bucket.latency.get(b, 0) + c
         self.rate_samples.append((now, self.totals["events_in"]))
+
+    def record_checkpoint_duration(self, duration_ms: int) -> None:
+        """A completed checkpoint's duration: the recent list and the lifetime duration histogram."""
+        self.checkpoint_durations.append(duration_ms)
+        seconds = duration_ms / 1000
+        h = self.checkpoint_histogram
+        h.counts[_coarse_index(seconds, h.bounds)] += 1
+        h.sum += seconds
+
+    def _add_coarse_latency(self, fine: dict[int, int]) -> None:
+        h = self.latency_coarse
+        counts = h.counts
+        total = 0.0
+        for b, c in fine.items():
+            b = min(max(b, 0), MAX_BUCKET)
+            counts[_FINE_TO_COARSE[b]] += c
+            total += _FINE_MID_S[b] * c
+        h.sum += total
 
     def forget_workers(self) -> None:
         """Drops live worker views when a run ends (their totals are kept)."""
@@ -164,6 +228,10 @@ class JobMetricsAggregator:
             "last_checkpoint_duration_ms": self.last_checkpoint_duration_ms,
             "history": [[b.minute, b.events_in, b.errors, b.latency] for b in self.history],
             "first_seen": self.first_seen,
+            "checkpoint_histogram": {
+                "counts": self.checkpoint_histogram.counts,
+                "sum": self.checkpoint_histogram.sum,
+            },
         }
 
     @classmethod
@@ -171,6 +239,7 @@ class JobMetricsAggregator:
         agg = cls(clock)
         agg.totals.update({k: int(v) for k, v in state.get("totals", {}).items() if k in agg.totals})
         agg.latency = {int(k): int(v) for k, v in state.get("latency", {}).items()}
+        agg._add_coarse_latency(agg.latency)
         agg.late_dropped_base = int(state.get("late_dropped", 0))
         agg.backpressure_ms = float(state.get("backpressure_ms", 0.0))
         agg.checkpoint_count = int(state.get("checkpoint_count", 0))
@@ -183,4 +252,8 @@ class JobMetricsAggregator:
                 )
             )
         agg.first_seen = state.get("first_seen")
+        saved = state.get("checkpoint_histogram") or {}
+        counts = [int(c) for c in saved.get("counts", [])]
+        if len(counts) == len(CHECKPOINT_BUCKETS_S) + 1:  # same buckets as when saved
+            agg.checkpoint_histogram = CoarseHistogram(CHECKPOINT_BUCKETS_S, counts, float(saved["sum"]))
         return agg
