@@ -20,14 +20,15 @@ from typing import Any
 
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openapi_spec_validator import validate as validate_openapi
 
-from heliosdb_streaming.api import openapi
+from heliosdb_streaming.api import openapi, schemas
 from heliosdb_streaming.api.app import create_app
-from heliosdb_streaming.job import JobManager
+from heliosdb_streaming.job import JobManager, JobStatus, ListJobsOptions, SavepointFailedError
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -77,6 +78,9 @@ SPEC_DETAILS_METRICS = {
 TASK_KEYS = {"task_id", "name", "status", "parallelism"}
 CHECKPOINT_KEYS = {"checkpoint_id", "timestamp", "duration_ms", "size_bytes", "status"}
 CANCEL_KEYS = {"job_id", "status", "cancelled_at"}
+SAVEPOINT_KEYS = {"savepoint_id", "job_id", "created_at", "size_bytes", "location", "description"}
+RESTART_KEYS = {"job_id", "status", "restarted_at", "restored_from_savepoint", "message"}
+SAVEPOINT_ID = re.compile(r"^savepoint-[0-9a-f-]{36}$")
 METRICS_KEYS = {"job_id", "timestamp", "metrics", "history"} | {"window"}
 METRICS_INNER = {
     "events_processed_total": None,
@@ -293,7 +297,7 @@ async def test_spec_example_body_is_accepted_and_cancellable(api: Api) -> None:
     assert final["finished_at"] is not None
 
 
-async def test_list_contract_filters_and_paging(api: Api) -> None:
+async def test_list_contract_filters_and_paging(api: Api, jm: JobManager) -> None:
     done_ids = []
     for i in range(2):
         done_ids.append(
@@ -330,6 +334,20 @@ async def test_list_contract_filters_and_paging(api: Api) -> None:
     assert beyond["jobs"] == [] and beyond["total"] == 3
     await api.ok("DELETE", f"/api/v1/jobs/{endless}")
 
+    # the list is served from serialized fragments: byte for byte what the pydantic models give
+    for params in ({}, {"status": "finished"}, {"limit": "2", "offset": "1"}, {"status": "failed"}):
+        reply = await api.call("GET", "/api/v1/jobs", params=params)
+        status = JobStatus(params["status"]) if "status" in params else None
+        limit, offset = int(params.get("limit", 100)), int(params.get("offset", 0))
+        summaries = await jm.list_jobs(ListJobsOptions(status=status, limit=limit, offset=offset))
+        reference = schemas.JobListResponse(
+            jobs=[schemas.JobSummaryBody.of(j) for j in summaries],
+            total=await jm.count_jobs(status),
+            limit=limit,
+            offset=offset,
+        )
+        assert reply.text == orjson.dumps(reference.to_json()).decode()
+
 
 async def test_cancel_contract_and_conflicts(api: Api) -> None:
     job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=datagen_job("to-cancel", count=None, rate=500)))[
@@ -337,13 +355,6 @@ async def test_cancel_contract_and_conflicts(api: Api) -> None:
     ]
     await api.wait_status(job_id, {"running"})
 
-    details = assert_error(
-        await api.call("DELETE", f"/api/v1/jobs/{job_id}", params={"savepoint": "true"}),
-        400,
-        "not_implemented",
-    )
-    assert details[0]["path"] == "savepoint"
-    assert (await api.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "running"
     assert_error(
         await api.call("DELETE", f"/api/v1/jobs/{job_id}", params={"savepoint": "maybe"}),
         400,
@@ -464,6 +475,206 @@ async def test_logs_contract_level_limit_tail(api: Api) -> None:
     assert warn["logs"] == [e for e in full["logs"] if e["level"] in ("warn", "error")]
 
 
+def checkpointed_job(name: str, *, rate: float = 1000, interval_ms: int = 200) -> dict[str, Any]:
+    body = datagen_job(name, count=None, rate=rate, partitions=4)
+    body["config"]["checkpoint_interval_ms"] = interval_ms
+    return body
+
+
+async def wait_checkpoint(api: Api, job_id: str, seen: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Waits for a completed checkpoint that is not in ``seen``; returns the job's checkpoints."""
+    listing: dict[str, Any] = {}
+
+    async def completed() -> bool:
+        nonlocal listing
+        listing = await api.ok("GET", f"/api/v1/jobs/{job_id}/checkpoints")
+        return any(
+            c["status"] == "completed" and c["checkpoint_id"] not in seen for c in listing["checkpoints"]
+        )
+
+    await api.wait_until(completed, "a completed checkpoint")
+    checkpoints: list[dict[str, Any]] = listing["checkpoints"]
+    return checkpoints
+
+
+async def test_savepoints_contract(api: Api) -> None:
+    job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=checkpointed_job("savepointed")))["job_id"]
+    await api.wait_status(job_id, {"running"})
+    url = f"/api/v1/jobs/{job_id}/savepoints"
+    assert await api.ok("GET", url) == {"job_id": job_id, "savepoints": []}
+
+    reply = await api.call("POST", url, json={"description": "Pre-upgrade savepoint"})
+    assert reply.status == 201, reply.text
+    created = reply.body
+    assert set(created) == SAVEPOINT_KEYS
+    conforms(created, "SavepointResponse")
+    first = created["savepoint_id"]
+    assert SAVEPOINT_ID.match(first) and created["job_id"] == job_id
+    assert TS.match(created["created_at"]) and created["size_bytes"] > 0
+    assert created["location"].startswith("file:///") and created["location"].endswith(first)
+    assert created["description"] == "Pre-upgrade savepoint"
+    assert reply.headers["Location"] == f"{url}/{first}"
+    assert await api.ok("GET", f"{url}/{first}") == created
+
+    second = await api.ok("POST", url, 201)  # the body is optional
+    assert second["description"] is None and second["savepoint_id"] != first
+    third = await api.ok("POST", url, 201, data=b"{}")
+    assert third["description"] is None
+    listing = await api.ok("GET", url)
+    assert set(listing) == {"job_id", "savepoints"}
+    conforms(listing, "SavepointListResponse")
+    assert [s["savepoint_id"] for s in listing["savepoints"]][:2] == [first, second["savepoint_id"]]
+
+    details = assert_error(
+        await api.call("POST", url, json={"description": "x", "when": "now"}), 400, "invalid_request"
+    )
+    assert details == [{"path": "when", "message": "unknown field"}]
+    details = assert_error(await api.call("POST", url, json={"description": 5}), 400, "invalid_request")
+    assert details[0]["path"] == "description"
+    assert_error(await api.call("POST", url, json=["x"]), 400, "invalid_request")
+    assert_error(await api.call("POST", url, data=b"{nope"), 400, "invalid_json")
+
+    deleted = await api.ok("DELETE", f"{url}/{first}")
+    assert deleted == {"savepoint_id": first, "deleted": True}
+    conforms(deleted, "SavepointDeletedResponse")
+    reply = await api.call("DELETE", f"{url}/{first}")
+    assert_error(reply, 404, "savepoint_not_found")
+    assert first in reply.body["error"]["message"]
+    assert_error(await api.call("GET", f"{url}/{first}"), 404, "savepoint_not_found")
+    assert first not in [s["savepoint_id"] for s in (await api.ok("GET", url))["savepoints"]]
+
+    await api.ok("POST", f"/api/v1/jobs/{job_id}/pause")
+    paused = await api.ok("POST", url, 201, json={"description": "while paused"})
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+    details = assert_error(await api.call("POST", url, json={}), 409, "illegal_state_transition")
+    assert details == [{"path": "status", "message": "cancelled"}]
+    kept = [s["savepoint_id"] for s in (await api.ok("GET", url))["savepoints"]]
+    assert kept == [
+        second["savepoint_id"],
+        third["savepoint_id"],
+        paused["savepoint_id"],
+    ]  # kept after cancel
+
+
+async def test_checkpoints_contract(api: Api) -> None:
+    job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=checkpointed_job("checkpointed")))["job_id"]
+    await api.wait_status(job_id, {"running"})
+    checkpoints = await wait_checkpoint(api, job_id)
+    body = await api.ok("GET", f"/api/v1/jobs/{job_id}/checkpoints")
+    assert set(body) == {"job_id", "checkpoints"} and body["job_id"] == job_id
+    conforms(body, "CheckpointListResponse")
+    for c in checkpoints:
+        assert set(c) == CHECKPOINT_KEYS
+        assert re.fullmatch(r"checkpoint-\d+", c["checkpoint_id"]) and TS.match(c["timestamp"])
+        assert c["status"] in {"completed", "failed", "in_progress"}
+    ids = [int(c["checkpoint_id"].split("-")[1]) for c in body["checkpoints"]]
+    assert ids == sorted(ids)  # oldest first
+    done = [c for c in body["checkpoints"] if c["status"] == "completed"]
+    assert done and all(c["size_bytes"] > 0 for c in done)
+    details = await api.ok("GET", f"/api/v1/jobs/{job_id}")
+    assert details["checkpoints"][-1]["checkpoint_id"] in {c["checkpoint_id"] for c in body["checkpoints"]}
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+
+
+async def test_cancel_with_savepoint_and_restart_contract(api: Api) -> None:
+    job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=checkpointed_job("restartable")))["job_id"]
+    restart_url = f"/api/v1/jobs/{job_id}/restart"
+    details = assert_error(await api.call("POST", restart_url), 409, "illegal_state_transition")
+    assert details == [{"path": "status", "message": "submitted"}]
+    await api.wait_status(job_id, {"running"})
+    await wait_checkpoint(api, job_id)
+
+    cancelled = await api.ok("DELETE", f"/api/v1/jobs/{job_id}", params={"savepoint": "true"})
+    assert set(cancelled) == CANCEL_KEYS | {"savepoint_id"}
+    conforms(cancelled, "CancelJobResponse")
+    assert cancelled["status"] == "cancelled" and TS.match(cancelled["cancelled_at"])
+    savepoint_id = cancelled["savepoint_id"]
+    assert SAVEPOINT_ID.match(savepoint_id)
+    listed = (await api.ok("GET", f"/api/v1/jobs/{job_id}/savepoints"))["savepoints"]
+    assert [s["savepoint_id"] for s in listed] == [savepoint_id]
+    assert_error(
+        await api.call("DELETE", f"/api/v1/jobs/{job_id}", params={"savepoint": "true"}),
+        409,
+        "illegal_state_transition",
+    )
+
+    # bad bodies: 400 with the field path, nothing restarted
+    details = assert_error(
+        await api.call("POST", restart_url, json={"config_overrides": {"parallelism": 2, "name": "x"}}),
+        400,
+        "invalid_request",
+    )
+    assert details == [{"path": "config_overrides.name", "message": "unknown field"}]
+    details = assert_error(
+        await api.call("POST", restart_url, json={"savepoint": savepoint_id}), 400, "invalid_request"
+    )
+    assert details == [{"path": "savepoint", "message": "unknown field"}]
+    details = assert_error(
+        await api.call("POST", restart_url, json={"config_overrides": {"parallelism": 0}}),
+        400,
+        "invalid_request",
+    )
+    assert details[0]["path"] == "config_overrides.parallelism"
+    details = assert_error(
+        await api.call("POST", restart_url, json={"config_overrides": {"parallelism": 9}}),
+        400,
+        "invalid_job_config",
+    )
+    assert details[0]["path"] == "config_overrides.parallelism"  # over this server's 8 slots
+    assert_error(await api.call("POST", restart_url, json=[1]), 400, "invalid_request")
+    assert_error(
+        await api.call("POST", restart_url, json={"savepoint_id": "savepoint-nope"}),
+        404,
+        "savepoint_not_found",
+    )
+    assert (await api.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "cancelled"
+
+    reply = await api.call(
+        "POST", restart_url, json={"savepoint_id": savepoint_id, "config_overrides": {"parallelism": 2}}
+    )
+    assert reply.status == 200, reply.text
+    restarted = reply.body
+    assert set(restarted) == RESTART_KEYS
+    conforms(restarted, "RestartJobResponse")
+    assert restarted["job_id"] == job_id and restarted["status"] == "running"
+    assert restarted["restored_from_savepoint"] == savepoint_id
+    assert restarted["message"] == "Job restarted successfully" and TS.match(restarted["restarted_at"])
+    details = await api.ok("GET", f"/api/v1/jobs/{job_id}")
+    assert details["status"] == "running" and details["config"]["parallelism"] == 2
+    assert details["metrics"]["restarts"] == 1
+    logs = await api.ok("GET", f"/api/v1/jobs/{job_id}/logs")
+    assert any(f"restarting from savepoint {savepoint_id}" in e["message"] for e in logs["logs"])
+
+    await api.ok("POST", f"/api/v1/jobs/{job_id}/pause")
+    details = assert_error(await api.call("POST", restart_url), 409, "illegal_state_transition")
+    assert details == [{"path": "status", "message": "paused"}]
+    await api.ok("POST", f"/api/v1/jobs/{job_id}/resume")
+
+    before = await api.ok("GET", f"/api/v1/jobs/{job_id}/checkpoints")
+    await wait_checkpoint(api, job_id, frozenset(c["checkpoint_id"] for c in before["checkpoints"]))
+    again = await api.ok("POST", restart_url)  # from running, no body: the newest checkpoint
+    assert again["status"] == "running" and again["restored_from_savepoint"] is None
+    assert (await api.ok("GET", f"/api/v1/jobs/{job_id}"))["metrics"]["restarts"] == 2
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+
+
+class FailingSavepoints(JobManager):
+    """A real manager whose savepoints fail as a worker timeout would make them fail."""
+
+    async def create_savepoint(self, job_id: str, description: str | None = None) -> str:
+        await self.get_job_status(job_id)
+        raise SavepointFailedError(job_id, "timed out after 60s waiting for worker(s) [1]")
+
+
+async def test_failed_savepoint_is_503(tmp_path: Path) -> None:
+    async with FailingSavepoints(2, home=tmp_path / "home") as manager, serve(create_app(manager)) as api:
+        job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=datagen_job("x", count=10)))["job_id"]
+        reply = await api.call("POST", f"/api/v1/jobs/{job_id}/savepoints")
+        assert_error(reply, 503, "savepoint_failed")
+        assert "timed out" in reply.body["error"]["message"]
+        await api.wait_status(job_id, {"finished"})
+
+
 # ------------------------------------------------------------------------------------------ errors
 
 
@@ -540,6 +751,12 @@ async def test_unknown_job_route_and_method(api: Api) -> None:
         ("GET", "/logs"),
         ("POST", "/pause"),
         ("POST", "/resume"),
+        ("POST", "/savepoints"),
+        ("GET", "/savepoints"),
+        ("GET", "/savepoints/savepoint-x"),
+        ("DELETE", "/savepoints/savepoint-x"),
+        ("GET", "/checkpoints"),
+        ("POST", "/restart"),
     ]:
         reply = await api.call(method, f"/api/v1/jobs/{missing}{suffix}")
         assert_error(reply, 404, "job_not_found")
@@ -647,6 +864,10 @@ async def test_health_and_openapi_document(api: Api) -> None:
         "/api/v1/jobs/{job_id}/resume",
         "/api/v1/jobs/{job_id}/metrics",
         "/api/v1/jobs/{job_id}/logs",
+        "/api/v1/jobs/{job_id}/savepoints",
+        "/api/v1/jobs/{job_id}/savepoints/{savepoint_id}",
+        "/api/v1/jobs/{job_id}/checkpoints",
+        "/api/v1/jobs/{job_id}/restart",
         "/api/v1/openapi.json",
         "/healthz",
         "/metrics",
@@ -666,7 +887,8 @@ def parse_exposition(text: str) -> dict[str, list[tuple[dict[str, str], float]]]
             continue
         m = line_re.match(line)
         assert m, f"bad exposition line: {line!r}"
-        assert m.group(1) in typed, f"{m.group(1)} has no TYPE line"
+        family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))  # a histogram's series
+        assert m.group(1) in typed or family in typed, f"{m.group(1)} has no TYPE line"
         labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
         series.setdefault(m.group(1), []).append((labels, float(m.group(4))))
     return series
@@ -685,9 +907,10 @@ async def test_prometheus_metrics(api: Api) -> None:
     assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     series = parse_exposition(reply.text)
     assert series["heliosdb_job_count"] == [({}, 1.0)]
-    status = {labels["job_id"]: (labels["status"], value) for labels, value in series["heliosdb_job_status"]}
-    assert status == {done: ("finished", 1.0), live: ("running", 1.0)}
-    names = {labels["job_id"]: labels["name"] for labels, _ in series["heliosdb_job_status"]}
+    status = {labels["job_id"]: labels["status"] for labels, v in series["heliosdb_job_status"] if v == 1}
+    assert status == {done: "finished", live: "running"}
+    assert len(series["heliosdb_job_status"]) == 2 * 6  # a state set: one series per job and status
+    names = {labels["job_id"]: labels["job_name"] for labels, _ in series["heliosdb_job_status"]}
     assert names[done] == 'quoted \\"name\\"\\\\'  # escaped in the exposition
     events = {labels["job_id"]: value for labels, value in series["heliosdb_job_events_processed_total"]}
     assert events[done] == 700

@@ -197,6 +197,70 @@ def test_jobs_commands(server: ServerProcess, tmp_path: Path) -> None:
     assert final["status"] == "cancelled"
 
 
+def test_savepoint_checkpoint_and_restart_commands(server: ServerProcess, tmp_path: Path) -> None:
+    url = server.url
+    body = job_body("cli-savepoints", count=None, rate=1000)
+    body["config"]["checkpoint_interval_ms"] = 200
+    job_file = tmp_path / "savepoints.json"
+    job_file.write_text(json.dumps(body))
+    job_id = as_json("jobs", "submit", str(job_file), url=url)["job_id"]
+    wait_status(url, job_id, {"running"})
+
+    text = ok("jobs", "savepoint", job_id, "-d", "before the upgrade", url=url)
+    m = re.search(r"^savepoint_id\s+(savepoint-[0-9a-f-]{36})$", text, re.M)
+    assert m, text
+    first = m.group(1)
+    assert re.search(r"^description\s+before the upgrade$", text, re.M) and "file:///" in text
+    second = as_json("jobs", "savepoint", job_id, url=url)
+    assert set(second) == {"savepoint_id", "job_id", "created_at", "size_bytes", "location", "description"}
+    assert second["description"] is None
+
+    table = ok("jobs", "savepoints", job_id, url=url)
+    assert table.splitlines()[0].split() == [
+        "SAVEPOINT",
+        "ID",
+        "CREATED",
+        "SIZE",
+        "BYTES",
+        "LOCATION",
+        "DESCRIPTION",
+    ]
+    assert first in table and second["savepoint_id"] in table and "before the upgrade" in table
+    listing = as_json("jobs", "savepoints", job_id, url=url)
+    assert [s["savepoint_id"] for s in listing["savepoints"]] == [first, second["savepoint_id"]]
+
+    assert ok("jobs", "delete-savepoint", job_id, first, url=url).split() == [first, "deleted"]
+    gone = helios("jobs", "delete-savepoint", job_id, first, url=url)
+    assert gone.returncode == 1 and "savepoint_not_found" in gone.stderr
+
+    def checkpointed() -> bool:
+        checkpoints = as_json("jobs", "checkpoints", job_id, url=url)["checkpoints"]
+        return any(c["status"] == "completed" for c in checkpoints)
+
+    wait_for(checkpointed, "a completed checkpoint")
+    table = ok("jobs", "checkpoints", job_id, url=url)
+    assert table.splitlines()[0].split()[:2] == ["CHECKPOINT", "TIMESTAMP"] and "completed" in table
+
+    cancelled = ok("jobs", "cancel", job_id, "--savepoint", url=url)
+    m = re.search(r"savepoint (savepoint-[0-9a-f-]{36})", cancelled)
+    assert m and cancelled.split()[:2] == [job_id, "cancelled"], cancelled
+    final = m.group(1)
+
+    bad = helios("jobs", "restart", job_id, "--parallelism", "0", url=url)
+    assert bad.returncode == 2 and "--parallelism" in bad.stderr
+    missing = helios("jobs", "restart", job_id, "--savepoint", "savepoint-nope", url=url)
+    assert missing.returncode == 1 and "savepoint_not_found" in missing.stderr
+    restarted = ok("jobs", "restart", job_id, "--savepoint", final, "--parallelism", "2", url=url)
+    assert restarted.split()[:2] == [job_id, "running"] and f"from {final}" in restarted, restarted
+    assert as_json("jobs", "get", job_id, url=url)["config"]["parallelism"] == 2
+    ok("jobs", "pause", job_id, url=url)
+    conflict = helios("jobs", "restart", job_id, "-o", "json", url=url)
+    assert conflict.returncode == 1
+    assert json.loads(conflict.stdout)["error"]["details"] == [{"path": "status", "message": "paused"}]
+    again = as_json("jobs", "cancel", job_id, url=url)
+    assert again["status"] == "cancelled" and "savepoint_id" not in again
+
+
 def test_exit_codes(server: ServerProcess, tmp_path: Path) -> None:
     url = server.url
     missing = helios("jobs", "get", "job-00000000-0000-0000-0000-000000000000", url=url)

@@ -18,7 +18,8 @@ from aiohttp.typedefs import Middleware
 from heliosdb_streaming.api import views
 from heliosdb_streaming.api.auth import token_middleware
 from heliosdb_streaming.api.errors import error_middleware
-from heliosdb_streaming.api.views import JOB_MANAGER, MAX_BODY_BYTES
+from heliosdb_streaming.api.listing import JobListCache
+from heliosdb_streaming.api.views import JOB_MANAGER, LIST_CACHE, MAX_BODY_BYTES
 from heliosdb_streaming.job.manager import JobManager
 
 __all__ = ["JOB_MANAGER", "MAX_BODY_BYTES", "create_app", "setup_routes"]
@@ -37,6 +38,14 @@ def setup_routes(app: web.Application) -> None:
             web.post(f"{API}/jobs/{{job_id}}/resume", views.resume_job),
             web.get(f"{API}/jobs/{{job_id}}/metrics", views.job_metrics, allow_head=False),
             web.get(f"{API}/jobs/{{job_id}}/logs", views.job_logs, allow_head=False),
+            web.post(f"{API}/jobs/{{job_id}}/savepoints", views.create_savepoint),
+            web.get(f"{API}/jobs/{{job_id}}/savepoints", views.list_savepoints, allow_head=False),
+            web.get(
+                f"{API}/jobs/{{job_id}}/savepoints/{{savepoint_id}}", views.get_savepoint, allow_head=False
+            ),
+            web.delete(f"{API}/jobs/{{job_id}}/savepoints/{{savepoint_id}}", views.delete_savepoint),
+            web.get(f"{API}/jobs/{{job_id}}/checkpoints", views.list_checkpoints, allow_head=False),
+            web.post(f"{API}/jobs/{{job_id}}/restart", views.restart_job),
             web.get(f"{API}/openapi.json", views.openapi_document, allow_head=False),
             web.get("/healthz", views.health),
             web.get("/metrics", views.prometheus_metrics, allow_head=False),
@@ -61,6 +70,7 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[JOB_MANAGER] = job_manager
     app[MAX_BODY_BYTES] = max_body_bytes
+    app[LIST_CACHE] = JobListCache()
     setup_routes(app)
     if owns_manager:
         app.cleanup_ctx.append(_manager_lifecycle)

@@ -19,6 +19,7 @@ from heliosdb_streaming.job.errors import (
     InvalidJobConfigError,
     JobError,
     JobNotFoundError,
+    SavepointFailedError,
     SavepointNotFoundError,
 )
 
@@ -32,6 +33,7 @@ DOMAIN_STATUS: tuple[tuple[type[JobError], int], ...] = (
     (JobNotFoundError, 404),
     (SavepointNotFoundError, 404),
     (IllegalStateTransitionError, 409),
+    (SavepointFailedError, 503),  # the job keeps running: the savepoint may be tried again
     (JobError, 400),
 )
 
@@ -60,6 +62,12 @@ class ApiError(Exception):
 
 class InvalidJsonError(ApiError):
     code = "invalid_json"
+
+
+class InvalidRequestError(ApiError):
+    """A request body (other than a job) that does not fit its schema; details name each field path."""
+
+    code = "invalid_request"
 
 
 class InvalidParameterError(ApiError):

@@ -31,23 +31,70 @@ _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     schemas.JobDetailsResponse,
     schemas.CancelJobResponse,
     schemas.JobStatusResponse,
+    schemas.SavepointResponse,
+    schemas.SavepointListResponse,
+    schemas.SavepointDeletedResponse,
+    schemas.CheckpointListResponse,
+    schemas.RestartJobResponse,
     schemas.JobMetricsResponse,
     schemas.JobLogsResponse,
     schemas.HealthResponse,
 )
 
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    JobSubmitRequest,
+    schemas.CreateSavepointRequest,
+    schemas.RestartJobRequest,
+)
+
 _ERROR_DESCRIPTIONS = {
-    400: "Bad request: invalid_json, invalid_job_config (details name each field path), invalid_parameter, "
-    "not_implemented",
+    400: "Bad request: invalid_json, invalid_job_config or invalid_request (details name each field "
+    "path), invalid_parameter",
     401: "unauthorized: a token is configured and the bearer token is missing or wrong",
-    404: "job_not_found",
+    404: "job_not_found, or savepoint_not_found",
     409: "illegal_state_transition: details give the job's current status",
     413: "payload_too_large",
+    503: "savepoint_failed: a worker failed the savepoint or it timed out; the job keeps running and the "
+    "savepoint may be tried again",
+}
+
+# OpenAPI links: how the ids an answer carries feed the next operations (clients and stateful tests).
+_JOB_LINKS = {
+    name: ("$response.body#/job_id", op_id)
+    for name, op_id in (
+        ("GetJob", "getJob"),
+        ("CancelJob", "cancelJob"),
+        ("PauseJob", "pauseJob"),
+        ("ResumeJob", "resumeJob"),
+        ("GetJobMetrics", "getJobMetrics"),
+        ("GetJobLogs", "getJobLogs"),
+        ("CreateSavepoint", "createSavepoint"),
+        ("ListSavepoints", "listSavepoints"),
+        ("ListCheckpoints", "listCheckpoints"),
+        ("RestartJob", "restartJob"),
+    )
 }
 
 
+def _links(*, savepoint: bool = False) -> dict[str, Any]:
+    links: dict[str, Any] = {
+        name: {"operationId": op_id, "parameters": {"job_id": source}}
+        for name, (source, op_id) in _JOB_LINKS.items()
+    }
+    if savepoint:
+        for name, op_id in (("GetSavepoint", "getSavepoint"), ("DeleteSavepoint", "deleteSavepoint")):
+            links[name] = {
+                "operationId": op_id,
+                "parameters": {
+                    "job_id": "$response.body#/job_id",
+                    "savepoint_id": "$response.body#/savepoint_id",
+                },
+            }
+    return links
+
+
 def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(JobSubmitRequest, "validation")]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in _REQUEST_MODELS]
     models += [(m, "serialization") for m in _RESPONSE_MODELS]
     refs, top = models_json_schema(models, ref_template=REF_TEMPLATE)
     components: dict[str, Any] = top["$defs"]
@@ -79,6 +126,9 @@ def _param(
 
 
 _JOB_ID = _param("job_id", "path", {"type": "string"}, "The job's id, as returned by submit (job-<uuid>)")
+_SAVEPOINT_ID = _param(
+    "savepoint_id", "path", {"type": "string"}, "The savepoint's id, as returned by create (savepoint-<uuid>)"
+)
 
 
 def build() -> dict[str, Any]:
@@ -94,13 +144,16 @@ def build() -> dict[str, Any]:
         *,
         params: tuple[dict[str, Any], ...] = (),
         errors: tuple[int, ...] = (),
-        body: bool = False,
+        body: str | None = None,
+        body_required: bool = True,
         tag: str = "jobs",
         description: str | None = None,
+        links: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         responses: dict[str, Any] = {
             str(status): {"description": summary}
-            | ({"content": _json_content(refs[model])} if model is not None else {}),
+            | ({"content": _json_content(refs[model])} if model is not None else {})
+            | ({"links": links} if links else {}),
         }
         for code in (*errors, 401):
             responses[str(code)] = {
@@ -117,15 +170,21 @@ def build() -> dict[str, Any]:
             operation["description"] = description
         if params:
             operation["parameters"] = list(params)
-        if body:
-            operation["requestBody"] = {"required": True, "content": _json_content(refs["JobSubmitRequest"])}
+        if body is not None:
+            operation["requestBody"] = {"required": body_required, "content": _json_content(refs[body])}
         return operation
 
     status_enum = {"type": "string", "enum": [s.value for s in JobStatus]}
     paths: dict[str, Any] = {
         "/api/v1/jobs": {
             "post": op(
-                "submitJob", "Submit a new job", 201, "SubmitJobResponse", body=True, errors=(400, 413)
+                "submitJob",
+                "Submit a new job",
+                201,
+                "SubmitJobResponse",
+                body="JobSubmitRequest",
+                errors=(400, 413),
+                links=_links(),
             ),
             "get": op(
                 "listJobs",
@@ -160,11 +219,74 @@ def build() -> dict[str, Any]:
                         "savepoint",
                         "query",
                         {"type": "boolean", "default": False},
-                        "Take a savepoint first (not supported yet: answers 400 not_implemented)",
+                        "Stop with a savepoint: take a savepoint, then stop; the answer has its savepoint_id",
                     ),
                 ),
-                errors=(400, 404, 409),
+                errors=(400, 404, 409, 503),
             ),
+        },
+        "/api/v1/jobs/{job_id}/savepoints": {
+            "post": op(
+                "createSavepoint",
+                "Create a savepoint of a running or paused job",
+                201,
+                "SavepointResponse",
+                params=(_JOB_ID,),
+                body="CreateSavepointRequest",
+                body_required=False,
+                errors=(400, 404, 409, 413, 503),
+                links=_links(savepoint=True),
+            ),
+            "get": op(
+                "listSavepoints",
+                "List the job's savepoints, oldest first",
+                200,
+                "SavepointListResponse",
+                params=(_JOB_ID,),
+                errors=(404,),
+            ),
+        },
+        "/api/v1/jobs/{job_id}/savepoints/{savepoint_id}": {
+            "get": op(
+                "getSavepoint",
+                "Get one savepoint",
+                200,
+                "SavepointResponse",
+                params=(_JOB_ID, _SAVEPOINT_ID),
+                errors=(404,),
+            ),
+            "delete": op(
+                "deleteSavepoint",
+                "Delete a savepoint and its files",
+                200,
+                "SavepointDeletedResponse",
+                params=(_JOB_ID, _SAVEPOINT_ID),
+                errors=(404,),
+            ),
+        },
+        "/api/v1/jobs/{job_id}/checkpoints": {
+            "get": op(
+                "listCheckpoints",
+                "List the job's checkpoints, oldest first",
+                200,
+                "CheckpointListResponse",
+                params=(_JOB_ID,),
+                errors=(404,),
+            )
+        },
+        "/api/v1/jobs/{job_id}/restart": {
+            "post": op(
+                "restartJob",
+                "Restart a job, from a savepoint or from its newest checkpoint",
+                200,
+                "RestartJobResponse",
+                params=(_JOB_ID,),
+                body="RestartJobRequest",
+                body_required=False,
+                errors=(400, 404, 409, 413),
+                description="Allowed from running, failed, cancelled and finished (409 from submitted and "
+                "paused). The answer comes once the restarted run is running, or after at most 30 s.",
+            )
         },
         "/api/v1/jobs/{job_id}/pause": {
             "post": op(
@@ -277,7 +399,8 @@ def build() -> dict[str, Any]:
         "info": {
             "title": "HeliosDB Streaming Job Management API",
             "version": __version__,
-            "description": "Submit, watch, pause, resume and cancel streaming jobs. Every error is "
+            "description": "Submit, watch, pause, resume, cancel and restart streaming jobs, and manage "
+            "their savepoints. Every error is "
             '{"error": {"code", "message", "details"}}. When the server has a token (HELIOS_API_TOKEN), '
             "every route but /healthz needs 'Authorization: Bearer <token>'.",
         },

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
+from heliosdb_streaming.job.config import JobConfigOverrides
 from heliosdb_streaming.job.types import (
     CheckpointInfo,
     JobDetails,
@@ -23,6 +24,7 @@ from heliosdb_streaming.job.types import (
     JobSummary,
     LogEntry,
     LogLevel,
+    SavepointInfo,
     TaskInfo,
 )
 
@@ -72,8 +74,8 @@ class ErrorDetail(ApiBody):
 class ErrorInfo(ApiBody):
     code: str = Field(
         description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
-        "unauthorized, job_not_found, not_found, method_not_allowed, illegal_state_transition, "
-        "payload_too_large, not_implemented, internal_error"
+        "invalid_request, unauthorized, job_not_found, savepoint_not_found, not_found, method_not_allowed, "
+        "illegal_state_transition, payload_too_large, savepoint_failed, internal_error"
     )
     message: str
     details: list[ErrorDetail] = Field(default_factory=list)
@@ -261,6 +263,93 @@ class JobStatusResponse(ApiBody):
 
     job_id: str
     status: JobStatus
+
+
+# ------------------------------------------------------------------------- savepoints and restart
+
+
+class RequestBody(BaseModel):
+    """Base of the optional request bodies: unknown keys are rejected with their path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CreateSavepointRequest(RequestBody):
+    """The optional body of ``POST /api/v1/jobs/{job_id}/savepoints``."""
+
+    description: str | None = Field(
+        default=None, max_length=1000, examples=["Pre-upgrade savepoint"], description="Free text, kept"
+    )
+
+
+class RestartJobRequest(RequestBody):
+    """The optional body of ``POST /api/v1/jobs/{job_id}/restart``."""
+
+    savepoint_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Restore this savepoint; without it the newest checkpoint or savepoint is restored",
+        examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"],
+    )
+    config_overrides: JobConfigOverrides | None = Field(
+        default=None, description="Settings the restarted job runs with instead of its own"
+    )
+
+
+class SavepointResponse(ApiBody):
+    savepoint_id: str = Field(examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"])
+    job_id: str
+    created_at: Timestamp
+    size_bytes: int
+    location: str = Field(description="Where the savepoint is stored: file:///... or s3://...")
+    description: str | None
+
+    @classmethod
+    def of(cls, s: SavepointInfo) -> SavepointResponse:
+        return cls(
+            savepoint_id=s.savepoint_id,
+            job_id=s.job_id,
+            created_at=s.created_at,
+            size_bytes=s.size_bytes,
+            location=s.location,
+            description=s.description,
+        )
+
+
+class SavepointListResponse(ApiBody):
+    """(addition) The job's completed savepoints, oldest first."""
+
+    job_id: str
+    savepoints: list[SavepointResponse]
+
+
+class SavepointDeletedResponse(ApiBody):
+    """(addition) Answer of deleting a savepoint: its files are gone."""
+
+    savepoint_id: str
+    deleted: Literal[True] = True
+
+
+class CheckpointListResponse(ApiBody):
+    """(addition) Every checkpoint the job keeps a record of, oldest first: completed, failed and in
+    progress."""
+
+    job_id: str
+    checkpoints: list[CheckpointBody]
+
+
+class RestartJobResponse(ApiBody):
+    job_id: str
+    status: JobStatus = Field(
+        description="The status once the restarted run started (running), or after a bounded wait "
+        "(submitted while it waits for worker slots)"
+    )
+    restarted_at: Timestamp
+    restored_from_savepoint: str | None = Field(
+        description="The savepoint restored, or null when restored from a checkpoint or from the beginning"
+    )
+    message: str
 
 
 # ---------------------------------------------------------------------------------------- metrics

@@ -5,6 +5,7 @@ Errors are raised, never answered here: ``errors.error_middleware`` turns them i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -12,29 +13,31 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import ClientPayloadError, web
+from pydantic import BaseModel, ValidationError
 
 from heliosdb_streaming.api import openapi, prometheus, schemas
 from heliosdb_streaming.api.errors import (
     InvalidJsonError,
     InvalidParameterError,
-    NotImplementedApiError,
+    InvalidRequestError,
     PayloadTooLargeError,
 )
-from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.api.listing import JobListCache
+from heliosdb_streaming.job.config import JobConfig, field_errors
 from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
 from heliosdb_streaming.job.manager import JobManager
 from heliosdb_streaming.job.types import (
-    JobMetrics,
     JobStatus,
-    JobSummary,
-    ListJobsOptions,
     LogLevel,
     LogOptions,
     MetricsWindow,
+    RestartOptions,
 )
+from heliosdb_streaming.local.logs import read_logs
 
 JOB_MANAGER = web.AppKey("job_manager", JobManager)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+LIST_CACHE = web.AppKey("job_list_cache", JobListCache)
 
 LIST_LIMIT_MAX = 1000
 LOG_LIMIT_MAX = 100_000
@@ -42,7 +45,11 @@ METRICS_WINDOWS = ("1m", "5m", "1h", "24h")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
+RESTART_WAIT_S = 30.0  # how long a restart answer waits for the new run to start
+RESTART_POLL_S = 0.05
+
 E = TypeVar("E", bound=StrEnum)
+B = TypeVar("B", bound=BaseModel)
 
 
 def _json(body: schemas.ApiBody, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -84,12 +91,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100, 1, LIST_LIMIT_MAX)
     offset = int_param(request, "offset", 0, 0, 2**62)
     jm = _manager(request)
-    jobs = await jm.list_jobs(ListJobsOptions(status=status, limit=limit, offset=offset))
-    total = await jm.count_jobs(status)
-    answer = schemas.JobListResponse(
-        jobs=[schemas.JobSummaryBody.of(j) for j in jobs], total=total, limit=limit, offset=offset
-    )
-    return _json(answer)
+    await jm.start()  # no-op once started
+    cache = request.app.get(LIST_CACHE)
+    if cache is None:  # an app not made by create_app
+        cache = JobListCache()
+    body = cache.render(jm.control_plane, status, limit, offset)  # = schemas.JobListResponse, cached
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -98,17 +105,20 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    if bool_param(request, "savepoint", False):
-        raise NotImplementedApiError(
-            "cancel with savepoint is not supported yet; cancel without ?savepoint=true",
-            [{"path": "savepoint", "message": "not supported yet"}],
-        )
+    with_savepoint = bool_param(request, "savepoint", False)
     jm = _manager(request)
     job_id = _job_id(request)
-    await jm.cancel_job(job_id)
+    savepoint_id = None
+    if with_savepoint:
+        savepoint_id = await jm.cancel_job_with_savepoint(job_id)
+    else:
+        await jm.cancel_job(job_id)
     details = await jm.get_job_details(job_id)
     answer = schemas.CancelJobResponse(
-        job_id=job_id, status=details.status, cancelled_at=details.finished_at or datetime.now(UTC)
+        job_id=job_id,
+        status=details.status,
+        cancelled_at=details.finished_at or datetime.now(UTC),
+        savepoint_id=savepoint_id,
     )
     return _json(answer)
 
@@ -141,11 +151,100 @@ async def job_logs(request: web.Request) -> web.Response:
     if tail_lines is not None:
         limit = tail_lines
     job_id = _job_id(request)
-    entries = await _manager(request).get_job_logs(job_id, LogOptions(level=level, limit=limit, tail=tail))
+    jm = _manager(request)
+    await jm.start()  # no-op once started; the control plane below needs it
+    path = jm.control_plane.get(job_id).log.path  # JobNotFoundError -> 404
+    # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
+    entries = await asyncio.to_thread(read_logs, path, LogOptions(level=level, limit=limit, tail=tail))
     answer = schemas.JobLogsResponse(
         job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
     )
     return _json(answer)
+
+
+# ------------------------------------------------------------------------- savepoints and restart
+
+
+async def create_savepoint(request: web.Request) -> web.Response:
+    jm = _manager(request)
+    job_id = _job_id(request)
+    await jm.get_job_status(job_id)  # 404 before 400: an unknown job is the bigger problem
+    body = parse_body(
+        schemas.CreateSavepointRequest, await read_optional_object(request, request.app[MAX_BODY_BYTES])
+    )
+    savepoint_id = await jm.create_savepoint(job_id, body.description)
+    info = await jm.get_savepoint(job_id, savepoint_id)
+    location = f"/api/v1/jobs/{job_id}/savepoints/{savepoint_id}"
+    return _json(schemas.SavepointResponse.of(info), 201, {"Location": location})
+
+
+async def list_savepoints(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    savepoints = await _manager(request).list_savepoints(job_id)
+    answer = schemas.SavepointListResponse(
+        job_id=job_id, savepoints=[schemas.SavepointResponse.of(s) for s in savepoints]
+    )
+    return _json(answer)
+
+
+async def get_savepoint(request: web.Request) -> web.Response:
+    info = await _manager(request).get_savepoint(_job_id(request), request.match_info["savepoint_id"])
+    return _json(schemas.SavepointResponse.of(info))
+
+
+async def delete_savepoint(request: web.Request) -> web.Response:
+    savepoint_id = request.match_info["savepoint_id"]
+    await _manager(request).delete_savepoint(_job_id(request), savepoint_id)
+    return _json(schemas.SavepointDeletedResponse(savepoint_id=savepoint_id, deleted=True))
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    checkpoints = await _manager(request).list_checkpoints(job_id)
+    answer = schemas.CheckpointListResponse(
+        job_id=job_id, checkpoints=[schemas.CheckpointBody.of(c) for c in checkpoints]
+    )
+    return _json(answer)
+
+
+async def restart_job(request: web.Request) -> web.Response:
+    jm = _manager(request)
+    job_id = _job_id(request)
+    await jm.get_job_status(job_id)  # 404 before 400
+    body = parse_body(
+        schemas.RestartJobRequest, await read_optional_object(request, request.app[MAX_BODY_BYTES])
+    )
+    restored = body.savepoint_id
+    if restored is None:  # restart_job restores the newest restore point: report it if a savepoint
+        point = jm.control_plane.get(job_id).latest_restore_point()
+        restored = point.savepoint_id if point is not None else None
+    options = RestartOptions(savepoint_id=body.savepoint_id, config_overrides=body.config_overrides)
+    await jm.restart_job(job_id, options)
+    restarted_at = datetime.now(UTC)
+    status = await _wait_until_started(jm, job_id, RESTART_WAIT_S)
+    if status == JobStatus.RUNNING:
+        message = "Job restarted successfully"
+    else:
+        why = (await jm.get_job_details(job_id)).message
+        message = f"Job restarted; it is {status.value}" + (f": {why}" if why else "")
+    answer = schemas.RestartJobResponse(
+        job_id=job_id,
+        status=status,
+        restarted_at=restarted_at,
+        restored_from_savepoint=restored,
+        message=message,
+    )
+    return _json(answer)
+
+
+async def _wait_until_started(jm: JobManager, job_id: str, within_s: float) -> JobStatus:
+    """The job's status once it has left ``submitted`` (its new run connected), or after ``within_s``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        status = await jm.get_job_status(job_id)
+        if status != JobStatus.SUBMITTED or asyncio.get_running_loop().time() >= deadline:
+            return status
+        await asyncio.sleep(RESTART_POLL_S)
 
 
 # ---------------------------------------------------------------------------------------- service
@@ -160,20 +259,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    jm = _manager(request)
-    jobs: list[tuple[JobSummary, JobMetrics]] = []
-    offset = 0
-    while True:
-        page = await jm.list_jobs(ListJobsOptions(limit=1000, offset=offset))
-        for summary in page:
-            jobs.append((summary, await jm.get_job_metrics(summary.job_id, MetricsWindow.minutes(1))))
-        if len(page) < 1000:
-            break
-        offset += len(page)
-    jobs.sort(key=lambda item: item[0].job_id)
-    return web.Response(
-        body=prometheus.render(jobs).encode(), headers={"Content-Type": prometheus.CONTENT_TYPE}
-    )
+    body = await prometheus.render_manager(_manager(request))
+    return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 # --------------------------------------------------------------------------------- request parsing
@@ -182,6 +269,28 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 async def read_json(request: web.Request, limit: int) -> Any:
     """The body as JSON; ``PayloadTooLargeError`` past ``limit`` bytes, by Content-Length or while
     reading (a chunked body has no Content-Length)."""
+    data = await _read_body(request, limit)
+    if not data.strip():
+        raise InvalidJsonError("request body is empty: send the job as a JSON object")
+    return _parse_json(data)
+
+
+async def read_optional_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """An optional JSON object body: no body (or ``null``) is ``{}``; anything but an object is 400."""
+    data = await _read_body(request, limit)
+    if not data.strip():
+        return {}
+    body = _parse_json(data)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InvalidRequestError(
+            "request body must be a JSON object", [{"path": "(body)", "message": "must be a JSON object"}]
+        )
+    return body
+
+
+async def _read_body(request: web.Request, limit: int) -> bytearray:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLargeError(limit)
     data = bytearray()
@@ -192,12 +301,26 @@ async def read_json(request: web.Request, limit: int) -> Any:
                 raise PayloadTooLargeError(limit)
     except ClientPayloadError as e:
         raise InvalidJsonError(f"request body could not be read: {e}") from None
-    if not data.strip():
-        raise InvalidJsonError("request body is empty: send the job as a JSON object")
+    return data
+
+
+def _parse_json(data: bytearray) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise InvalidJsonError(f"request body is not valid JSON: {e}") from None
+
+
+def parse_body(model: type[B], body: dict[str, Any]) -> B:
+    """Validates an optional request body; every problem is a detail with its field path."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        problems = field_errors(e)
+        summary = "; ".join(f"{p.path}: {p.message}" for p in problems[:5])
+        raise InvalidRequestError(
+            f"invalid request body: {summary}", [p.to_dict() for p in problems]
+        ) from None
 
 
 def _query(request: web.Request, name: str) -> str | None:

@@ -103,6 +103,18 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     add("pause", "pause a running job").add_argument("job_id")
     add("resume", "resume a paused job").add_argument("job_id")
+    p = add("savepoint", "create a savepoint of a running or paused job")
+    p.add_argument("job_id")
+    p.add_argument("-d", "--description", help="free text kept with the savepoint")
+    add("savepoints", "list a job's savepoints").add_argument("job_id")
+    p = add("delete-savepoint", "delete a savepoint and its files")
+    p.add_argument("job_id")
+    p.add_argument("savepoint_id")
+    add("checkpoints", "list a job's checkpoints").add_argument("job_id")
+    p = add("restart", "restart a job, from a savepoint or from its newest checkpoint")
+    p.add_argument("job_id")
+    p.add_argument("--savepoint", metavar="SAVEPOINT_ID", help="restore this savepoint")
+    p.add_argument("--parallelism", type=int, help="run with this parallelism from now on")
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -430,6 +442,79 @@ async def _command(client: ApiClient, args: argparse.Namespace, suffix: str) -> 
     return EXIT_OK
 
 
+async def savepoint(client: ApiClient, args: argparse.Namespace) -> int:
+    body = {"description": args.description} if args.description is not None else {}
+    data = await client.call("POST", _job_path(args.job_id, "/savepoints"), body=orjson.dumps(body))
+    if args.output == "json":
+        _emit_json(data)
+        return EXIT_OK
+    print(keyvalues([(k, _text(data.get(k))) for k in SAVEPOINT_KEYS]))
+    return EXIT_OK
+
+
+SAVEPOINT_KEYS = ("savepoint_id", "job_id", "created_at", "size_bytes", "location", "description")
+
+
+async def savepoints(client: ApiClient, args: argparse.Namespace) -> int:
+    data = await client.call("GET", _job_path(args.job_id, "/savepoints"))
+    if args.output == "json":
+        _emit_json(data)
+        return EXIT_OK
+    rows = [
+        [s["savepoint_id"], s["created_at"], str(s["size_bytes"]), s["location"], _text(s.get("description"))]
+        for s in data["savepoints"]
+    ]
+    print(table(["SAVEPOINT ID", "CREATED", "SIZE BYTES", "LOCATION", "DESCRIPTION"], rows))
+    return EXIT_OK
+
+
+async def delete_savepoint(client: ApiClient, args: argparse.Namespace) -> int:
+    path = _job_path(args.job_id, f"/savepoints/{quote(args.savepoint_id, safe='')}")
+    data = await client.call("DELETE", path)
+    if args.output == "json":
+        _emit_json(data)
+    else:
+        print(f"{data['savepoint_id']}  deleted")
+    return EXIT_OK
+
+
+async def checkpoints(client: ApiClient, args: argparse.Namespace) -> int:
+    data = await client.call("GET", _job_path(args.job_id, "/checkpoints"))
+    if args.output == "json":
+        _emit_json(data)
+        return EXIT_OK
+    rows = [
+        [c["checkpoint_id"], c["timestamp"], str(c["duration_ms"]), str(c["size_bytes"]), c["status"]]
+        for c in data["checkpoints"]
+    ]
+    print(table(["CHECKPOINT", "TIMESTAMP", "DURATION MS", "SIZE BYTES", "STATUS"], rows))
+    return EXIT_OK
+
+
+async def restart(client: ApiClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.savepoint:
+        body["savepoint_id"] = args.savepoint
+    if args.parallelism is not None:
+        if args.parallelism < 1:
+            raise UsageError("--parallelism must be at least 1")
+        body["config_overrides"] = {"parallelism": args.parallelism}
+    data = await client.call("POST", _job_path(args.job_id, "/restart"), body=orjson.dumps(body))
+    if args.output == "json":
+        _emit_json(data)
+    else:
+        restored = data.get("restored_from_savepoint")
+        origin = f"  from {restored}" if restored else ""
+        print(
+            f"{data['job_id']}  {data['status']}  {data['restarted_at']}{origin}  {data.get('message', '')}"
+        )
+    return EXIT_OK
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 COMMANDS = {
     "submit": submit,
     "list": list_jobs,
@@ -439,6 +524,11 @@ COMMANDS = {
     "logs": logs,
     "pause": pause,
     "resume": resume,
+    "savepoint": savepoint,
+    "savepoints": savepoints,
+    "delete-savepoint": delete_savepoint,
+    "checkpoints": checkpoints,
+    "restart": restart,
 }
 
 

@@ -112,13 +112,17 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
         print(f"  events out     {m.events_out:,}")
         print(f"  throughput     {m.events_processed / elapsed:,.0f} events/s over {details.uptime_secs}s")
         print(f"  latency        p50 {m.latency_p50_ms} ms, p99 {m.latency_p99_ms} ms")
-        print(f"  errors         {m.errors:,}   late dropped {m.late_events_dropped:,}   restarts {m.restarts}")
+        print(
+            f"  errors         {m.errors:,}   late dropped {m.late_events_dropped:,}   restarts {m.restarts}"
+        )
         print(f"  logs           {jm.home / 'jobs' / job_id / 'job.log'}")
         return EXIT_OK if details.status in (JobStatus.FINISHED, JobStatus.CANCELLED) else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="helios", description="HeliosDB Streaming: run and manage streaming jobs")
+    parser = argparse.ArgumentParser(
+        prog="helios", description="HeliosDB Streaming: run and manage streaming jobs"
+    )
     parser.add_argument("--version", action="version", version=f"helios {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
