@@ -308,3 +308,25 @@ async def test_jobs_survive_control_plane_restart(tmp_path: Path) -> None:
 
         await wait_until(restarted, what="the running job to run again")
         await jm.cancel_job(endless)
+
+
+async def test_cancel_while_workers_start_leaks_nothing(jm: JobManager) -> None:
+    ids = []
+    for i in range(4):
+        job_id = await jm.submit_job(datagen_job(f"quick-cancel-{i}", count=None, rate=100))
+        await asyncio.sleep(0.01 * i)  # cancel at different moments of the launch
+        await jm.cancel_job(job_id)
+        ids.append(job_id)
+
+    async def all_released() -> bool:
+        workers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "heliosdb_streaming.runtime.worker" in (p.info["cmdline"] or [])
+            and any(j in p.info["cmdline"] for j in ids)
+            and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        return jm.control_plane.slots_in_use == 0 and not workers
+
+    await wait_until(all_released, timeout=30, what="workers of cancelled jobs to exit and slots to free")
+    assert {await jm.get_job_status(j) for j in ids} == {JobStatus.CANCELLED}

@@ -361,6 +361,10 @@ class ControlPlane:
                 handle.kill()
             entry.log.write("error", f"could not start workers: {e}")
             run.outcomes[0] = ("failed", f"could not start workers: {e}")
+        if run.stop_requested is not None:
+            # cancelled while its workers were starting: nobody could tell them to stop yet
+            for handle in run.handles.values():
+                handle.kill()
         record.worker_pids = [h.pid for h in run.handles.values()]
         self.store.save(record)
         restored = f", restoring {entry.restore_from}" if entry.restore_from else ""
@@ -502,6 +506,8 @@ class ControlPlane:
         index = int(hello["index"])
         entry = self.jobs[run.job_id]
         run.channels[index] = channel
+        if run.stop_requested is not None:
+            await channel.send({"type": "stop"})
         if len(run.channels) == run.parallelism:
             run.connected.set()
         try:

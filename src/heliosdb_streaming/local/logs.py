@@ -38,7 +38,7 @@ class JobLog:
         self.max_bytes = max_bytes
         self.backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("ab")
+        path.touch()
         self._size = path.stat().st_size
 
     def write(self, level: str, message: str, task_id: str | None = None, ts: float | None = None) -> None:
@@ -51,12 +51,12 @@ class JobLog:
         line = orjson.dumps(entry) + b"\n"
         if self._size + len(line) > self.max_bytes and self._size > 0:
             self._rotate()
-        self._file.write(line)
-        self._file.flush()
+        # opened per write: a control plane with thousands of jobs must not hold a descriptor each
+        with self.path.open("ab") as f:
+            f.write(line)
         self._size += len(line)
 
     def _rotate(self) -> None:
-        self._file.close()
         for i in range(self.backups, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
@@ -64,11 +64,10 @@ class JobLog:
                 older.unlink()
             if newer.exists():
                 newer.rename(older)
-        self._file = self.path.open("ab")
         self._size = 0
 
     def close(self) -> None:
-        self._file.close()
+        """Nothing to release (kept so owners can close logs uniformly)."""
 
 
 _LEVELS = {level.value: level.rank for level in LogLevel}
