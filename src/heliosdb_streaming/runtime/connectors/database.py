@@ -299,6 +299,8 @@ class _Postgres(_Backend):
             "pg_"
         ):
             return True  # two workers ran CREATE TABLE IF NOT EXISTS at once: PostgreSQL's catalog race
+        if isinstance(error, asyncpg.DuplicateObjectError | asyncpg.DuplicateTableError):
+            return True  # the same race, caught a step later (the row type already exists)
         return isinstance(
             error,
             asyncpg.exceptions.PostgresConnectionError
