@@ -22,7 +22,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from heliosdb_streaming.control.metrics import CHECKPOINT_BUCKETS_S, LATENCY_BUCKETS_S, CoarseHistogram
-from heliosdb_streaming.job.types import JobMetrics, JobStatus, JobSummary
+from heliosdb_streaming.job.types import JobStatus
 
 if TYPE_CHECKING:
     from heliosdb_streaming.control.controller import ControlPlane, JobEntry
@@ -195,35 +195,3 @@ async def render_manager(jm: JobManager, *, grace_s: float = TERMINAL_SERIES_GRA
     """The exposition of every job of ``jm`` (started if it was not): what ``GET /metrics`` serves."""
     await jm.start()
     return render_plane(jm.control_plane, grace_s=grace_s)
-
-
-def render(jobs: Sequence[tuple[JobSummary, JobMetrics]]) -> str:
-    """Deprecated: the families that ``JobMetrics`` can give (no histograms, no grace period).
-
-    Kept only until ``views.prometheus_metrics`` serves ``render_manager``; do not use in new code.
-    """
-    out: list[list[str]] = [[] for _ in _FAMILIES]
-    for s, m in jobs:
-        lines = _lines_for(s.job_id, s.name)
-        for status, prefix in lines.status.items():
-            out[_F_STATUS].append(prefix + ("1" if status == s.status else "0"))
-        values = {
-            _F_EVENTS: m.events_processed,
-            _F_THROUGHPUT: m.throughput_per_sec,
-            _F_CHECKPOINT_FAILURES: m.checkpoint_failures,
-            _F_BACKPRESSURE: m.backpressure_events,
-            _F_RESTARTS: m.restarts,
-            _F_ERRORS: m.errors,
-            _F_CPU: m.cpu_usage_percent,
-            _F_MEMORY: m.memory_used_mb * 1024 * 1024,
-        }
-        for f, v in values.items():
-            out[f].append(lines.simple[f] + format_value(v))
-    out[_F_COUNT].append(f"heliosdb_job_count {sum(1 for s, _ in jobs if not s.status.terminal)}")
-    parts: list[str] = []
-    for f, lines_ in enumerate(out):
-        if f in (_F_LATENCY, _F_CHECKPOINT):
-            continue
-        parts.append(_HEADERS[f])
-        parts.extend(lines_)
-    return "\n".join(parts) + "\n"

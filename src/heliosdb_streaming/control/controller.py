@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -709,9 +708,3 @@ class ControlPlane:
             return 0
         end = record.finished_at or utcnow()
         return max(int((end - record.started_at).total_seconds()), 0)
-
-    def wait_reason(self, job_id: str) -> str | None:
-        return self.get(job_id).waiting_reason
-
-    def now(self) -> float:
-        return time.time()

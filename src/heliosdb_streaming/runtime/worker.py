@@ -121,7 +121,6 @@ class Worker:
         self.running = asyncio.Event()
         self.running.set()
         self.stopping = asyncio.Event()
-        self.orphaned = False
         self._pending_out: list[tuple[str, Batch]] = []
         self._pending_latency: list[tuple[float, int]] = []
         self._last_flush = time.monotonic()
@@ -533,7 +532,6 @@ class Worker:
                 message = None
             if message is None:
                 logger.error("control plane connection lost; worker %d stops", self.index)
-                self.orphaned = True
                 os._exit(3)  # the control plane restarts the job from its last checkpoint
             kind = message.get("type")
             if kind == "stop":
