@@ -60,6 +60,7 @@ class Run:
     parallelism: int
     handles: dict[int, WorkerHandle] = field(default_factory=dict)
     channels: dict[int, Channel] = field(default_factory=dict)
+    drained_channels: dict[int, asyncio.Event] = field(default_factory=dict)  # set once read to the end
     outcomes: dict[int, tuple[str, str | None]] = field(default_factory=dict)
     exit_codes: dict[int, int] = field(default_factory=dict)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -404,6 +405,11 @@ class ControlPlane:
                 run.checkpointer = self._spawn(run.coordinator.periodic(interval, lambda: run.paused))
         await asyncio.gather(*watchers)
         connect_wait.cancel()
+        # a worker's last messages ('finished', its final heartbeat) may still be unread when it exits
+        pending_reads = [e.wait() for e in run.drained_channels.values()]
+        if pending_reads:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pending_reads), 5)
         if run.checkpointer is not None:
             run.checkpointer.cancel()
         if run.coordinator is not None and run.coordinator.pending is not None:
@@ -505,6 +511,7 @@ class ControlPlane:
         index = int(hello["index"])
         entry = self.jobs[run.job_id]
         run.channels[index] = channel
+        drained = run.drained_channels.setdefault(index, asyncio.Event())
         if run.stop_requested is not None:
             await channel.send({"type": "stop"})
         if len(run.channels) == run.parallelism:
@@ -518,6 +525,7 @@ class ControlPlane:
         except (ConnectionError, OSError, ValueError):
             pass
         finally:
+            drained.set()
             await channel.close()
 
     async def _on_message(self, entry: JobEntry, run: Run, index: int, message: dict[str, Any]) -> None:
