@@ -32,12 +32,14 @@ SENTINEL_TS = BASE_TS + 10 * 86_400_000
 HERE = Path(__file__).parent
 
 
-def make_events(seed: int) -> list[tuple[int, dict[str, Any]]]:
+def make_events(
+    seed: int, cards: int = CARDS, per_card: int = EVENTS_PER_CARD
+) -> list[tuple[int, dict[str, Any]]]:
     """(partition, event) in production order: time-ordered, each card on one partition."""
     rng = random.Random(seed)
     events = []
-    for i in range(EVENTS_PER_CARD):
-        for card in range(CARDS):
+    for i in range(per_card):
+        for card in range(cards):
             amount = rng.choice([rng.uniform(1, 99), rng.uniform(100, 999), rng.uniform(1000, 5000)])
             event = {
                 "tx": f"tx-{card}-{i}",
@@ -74,16 +76,12 @@ def expected_matches(events: list[tuple[int, dict[str, Any]]]) -> list[tuple[Any
     return sorted(out)
 
 
-def jobs(bootstrap: str, topic: str, dsn: str, schema: str, backend: str) -> list[dict[str, Any]]:
+def jobs(source: dict[str, Any], dsn: str, schema: str, backend: str) -> list[dict[str, Any]]:
     common = {
         "parallelism": 2,
         "state_backend": backend,
         "checkpoint_interval_ms": 300,
         "restart_strategy": {"type": "fixed_delay", "attempts": 100, "delay_ms": 100},
-    }
-    source = {
-        "type": "kafka",
-        "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
     }
     window = {
         "name": f"windows-{backend}",
@@ -160,6 +158,15 @@ async def kill_a_worker(rng: random.Random, job_ids: list[str]) -> bool:
     return True
 
 
+async def kill_any_worker(rng: random.Random, job_ids: list[str]) -> bool:
+    """Kills one live worker of any of the jobs (bounded jobs may already have finished)."""
+    workers = [w for j in job_ids for w in job_workers(j)]
+    if not workers:
+        return False
+    rng.choice(workers).send_signal(signal.SIGKILL)
+    return True
+
+
 async def table(dsn: str, query: str) -> list[tuple[Any, ...]]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -178,7 +185,11 @@ async def test_exactly_once_through_worker_and_control_plane_kills(
     topic = await kafka_topic(partitions=PARTITIONS)
     events = make_events(seed=42)
     files = []
-    for i, body in enumerate(jobs(kafka_bootstrap, topic, pg_dsn, pg_schema, backend)):
+    source = {
+        "type": "kafka",
+        "config": {"bootstrap_servers": [kafka_bootstrap], "topic": topic, "start_from": "earliest"},
+    }
+    for i, body in enumerate(jobs(source, pg_dsn, pg_schema, backend)):
         path = tmp_path / f"job{i}.json"
         path.write_bytes(orjson.dumps(body))
         files.append(str(path))
@@ -236,4 +247,79 @@ async def test_exactly_once_through_worker_and_control_plane_kills(
         assert sum(restarts) >= 1
         for job_id in job_ids:
             await jm.cancel_job(job_id)
+    assert not any(job_workers(j) for j in job_ids)
+
+
+FILE_CARDS = 400
+FILE_EVENTS_PER_CARD = 600  # 240k events per job: long enough for kills to land mid-run
+
+
+def write_event_files(directory: Path, events: list[tuple[int, dict[str, Any]]]) -> str:
+    """One JSON-lines file per partition, so each card's events are in one file and in time order."""
+    directory.mkdir()
+    handles = [(directory / f"part-{p}.jsonl").open("wb") for p in range(PARTITIONS)]
+    try:
+        for partition, event in events:
+            handles[partition].write(orjson.dumps(event) + b"\n")
+    finally:
+        for handle in handles:
+            handle.close()
+    return str(directory / "part-*.jsonl")
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+async def test_exactly_once_from_files_through_worker_and_control_plane_kills(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, backend: str
+) -> None:
+    """Bounded file input: every job must finish, with the exact result, however often it was killed."""
+    rng = random.Random(f"file-chaos-{backend}")
+    events = make_events(seed=7, cards=FILE_CARDS, per_card=FILE_EVENTS_PER_CARD)
+    source = {"type": "file", "config": {"path": write_event_files(tmp_path / "input", events)}}
+    files = []
+    for i, body in enumerate(jobs(source, pg_dsn, pg_schema, backend)):
+        body["config"]["checkpoint_interval_ms"] = 200
+        path = tmp_path / f"job{i}.json"
+        path.write_bytes(orjson.dumps(body))
+        files.append(str(path))
+    home = tmp_path / "home"
+    control = subprocess.Popen(
+        [sys.executable, str(HERE / "control_plane_process.py"), str(home), *files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    kills = 0
+    try:
+        assert control.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(control.stdout.readline), 60)
+        job_ids: list[str] = orjson.loads(line)
+        for _ in range(3):
+            await asyncio.sleep(rng.uniform(0.3, 0.8))
+            kills += await kill_any_worker(rng, job_ids)
+        control.send_signal(signal.SIGKILL)
+        control.wait(10)
+    finally:
+        if control.poll() is None:
+            control.kill()
+            control.wait()
+
+    async with JobManager(16, home=home) as jm:
+        await asyncio.sleep(rng.uniform(0.5, 1.0))
+        kills += await kill_any_worker(rng, job_ids)
+        assert kills >= 3
+        deadline = asyncio.get_running_loop().time() + 150
+        while True:
+            statuses = [await jm.get_job_status(j) for j in job_ids]
+            assert JobStatus.FAILED not in statuses, [(await jm.get_job_details(j)).message for j in job_ids]
+            if all(s == JobStatus.FINISHED for s in statuses):
+                break
+            assert asyncio.get_running_loop().time() < deadline, statuses
+            await asyncio.sleep(0.5)
+        restarts = [(await jm.get_job_details(j)).restarts for j in job_ids]
+        assert sum(restarts) >= 1
+
+    window_query = f'SELECT key, window_start, window_end, n, total FROM "{pg_schema}".windows'
+    match_query = f'SELECT key, start_time, end_time, event_count FROM "{pg_schema}".matches'
+    got_windows = sorted((k, s, e, n, round(t, 4)) for k, s, e, n, t in await table(pg_dsn, window_query))
+    assert got_windows == expected_windows(events)
+    assert sorted(await table(pg_dsn, match_query)) == expected_matches(events)
     assert not any(job_workers(j) for j in job_ids)
