@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from heliosdb_streaming.job import JobManager, JobStatus
+from benchmarks.jobs import events_per_second
+from heliosdb_streaming.job import JobManager
 
 NO_PERIODIC_CHECKPOINT_MS = 3_600_000
 
@@ -49,16 +50,9 @@ def job_body(events: int, backend: str, interval_ms: int) -> dict[str, Any]:
 
 async def run_once(jm: JobManager, events: int, backend: str, interval_ms: int) -> tuple[float, int]:
     """Returns (events/s, checkpoints taken) of one run to completion (ids count up from 1)."""
-    job_id = await jm.submit_job(job_body(events, backend, interval_ms))
-    while (status := await jm.get_job_status(job_id)) not in (JobStatus.FINISHED, JobStatus.FAILED):
-        await asyncio.sleep(0.05)
-    details = await jm.get_job_details(job_id)
-    if status is JobStatus.FAILED:
-        raise RuntimeError(f"benchmark job failed: {details.message}")
-    assert details.started_at is not None and details.finished_at is not None
-    seconds = (details.finished_at - details.started_at).total_seconds()
+    eps, job_id = await events_per_second(jm, job_body(events, backend, interval_ms), events)
     ids = [int(c.checkpoint_id.removeprefix("checkpoint-")) for c in await jm.list_checkpoints(job_id)]
-    return events / seconds, max(ids, default=0)
+    return eps, max(ids, default=0)
 
 
 async def measure(events: int, repeat: int, home: Path) -> list[tuple[str, float, float, int]]:

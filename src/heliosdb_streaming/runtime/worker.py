@@ -1,9 +1,9 @@
 """A worker process: runs the tasks (splits + chains) assigned to it and reports to its control plane.
 
 Started as ``python -m heliosdb_streaming.runtime.worker --job-dir DIR --index I --attempt A --control
-HOST:PORT``. The job config is ``DIR/job.json``. Worker ``I`` of ``P`` owns the splits whose position
-in the sorted split list is ``I`` modulo ``P``, so the assignment is deterministic and a rescale moves
-whole tasks.
+HOST:PORT``. The job config is ``DIR/job.json`` (or ``--config FILE``). Worker ``I`` of ``P`` owns the
+splits whose position in the sorted split list is ``I`` modulo ``P``, so the assignment is deterministic
+and a rescale moves whole tasks.
 
 Data path: source poll loops -> bounded queue (backpressure is measured where ``put`` blocks) ->
 one processing loop running each batch through its task's chain -> sinks. Sinks are flushed at least
@@ -106,8 +106,11 @@ class Worker:
         channel: Channel | None,
         storage: CheckpointStorage | None = None,
         restore_from: str | None = None,
+        metrics: bool = True,
     ) -> None:
         self.config = config
+        # off only to measure what metrics cost (benchmarks.metrics_overhead): no latency, no heartbeats
+        self.metrics = metrics
         self.job_id = job_id
         self.index = index
         self.attempt = attempt
@@ -435,7 +438,8 @@ class Worker:
             task.finished = True
         if out:
             self._pending_out.append((batch.split_id, out))
-        self._pending_latency.append((batch.ingest_ms, n))
+        if self.metrics:
+            self._pending_latency.append((batch.ingest_ms, n))
 
     def _on_time(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -553,7 +557,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-            if self.channel is None:
+            if self.channel is None or not self.metrics:
                 continue
             with contextlib.suppress(ConnectionError, OSError):
                 await self.channel.send(self._heartbeat_message())
@@ -649,7 +653,8 @@ class ChannelLogHandler(logging.Handler):
 
 async def _amain(args: argparse.Namespace) -> int:
     job_dir = Path(args.job_dir)
-    config = JobConfig.model_validate_json((job_dir / "job.json").read_bytes())
+    config_path = Path(args.config) if args.config else job_dir / "job.json"
+    config = JobConfig.model_validate_json(config_path.read_bytes())
     host, _, port = args.control.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port), limit=2**24)
     channel = Channel(reader, writer)
@@ -676,6 +681,7 @@ async def _amain(args: argparse.Namespace) -> int:
         channel=channel,
         storage=storage,
         restore_from=args.restore,
+        metrics=os.environ.get("HELIOS_WORKER_METRICS", "1") != "0",
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -690,6 +696,8 @@ async def _amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="heliosdb-worker")
     parser.add_argument("--job-dir", required=True)
+    # a pod mounts the job from a read-only ConfigMap and keeps a writable emptyDir as its job dir
+    parser.add_argument("--config", help="job config file (default: JOB_DIR/job.json)")
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--attempt", type=int, default=0)
