@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +26,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-HELIOS = Path(sys.executable).parent / "helios"
+from heliosdb_streaming.testing.server import HeliosServerProcess
+
 RUNNING = 10
 
 
@@ -68,43 +64,6 @@ class Endpoint:
         return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-class Server:
-    def __init__(self, home: Path) -> None:
-        self.out = home.parent / "server.out"
-        env = {k: v for k, v in os.environ.items() if k not in ("HELIOS_API_TOKEN", "HELIOS_URL")}
-        command = [
-            str(HELIOS),
-            "server",
-            "--port",
-            "0",
-            "--home",
-            str(home),
-            "--max-parallelism",
-            str(RUNNING),
-        ]
-        with self.out.open("wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
-        self.url = ""
-        while not self.url:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"helios server did not start:\n{self.out.read_text()[-3000:]}")
-            m = re.search(r"listening on (http://\S+)", self.out.read_text())
-            if m:
-                self.url = m.group(1)
-            else:
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 async def call(session: aiohttp.ClientSession, method: str, url: str, expect: int, **kw: Any) -> Any:
     async with session.request(method, url, **kw) as response:
         body = await response.read()
@@ -132,7 +91,7 @@ async def run(jobs: int, concurrency: int, requests_per_endpoint: int, url: str 
     if url:
         return await bench(url.rstrip("/"), jobs, concurrency, requests_per_endpoint)
     with tempfile.TemporaryDirectory(prefix="helios-api-bench-") as tmp:
-        server = Server(Path(tmp) / "home")
+        server = HeliosServerProcess(Path(tmp) / "home", max_parallelism=RUNNING)
         try:
             return await bench(server.url, jobs, concurrency, requests_per_endpoint)
         finally:

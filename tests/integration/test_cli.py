@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 import psutil
 import pytest
 
+from heliosdb_streaming.testing.server import HELIOS, HeliosServerProcess
 from heliosdb_streaming.testing.tansu import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
-HELIOS = Path(sys.executable).parent / "helios"
 JOB_ID = re.compile(r"job-[0-9a-f-]{36}")
 
 
@@ -45,54 +44,9 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-class ServerProcess:
-    """``helios server --port 0`` in a subprocess; the URL is read from its first line of output."""
-
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        assert HELIOS.exists(), f"{HELIOS} is missing: install the package (pip install -e .)"
-        self.home = home
-        self.out = home.parent / f"{home.name}-server.out"
-        self.err = home.parent / f"{home.name}-server.err"
-        command = [str(HELIOS), "server", "--port", "0", "--home", str(home), "--max-parallelism", "8", *args]
-        full_env = {k: v for k, v in os.environ.items() if k not in ("HELIOS_API_TOKEN", "HELIOS_URL")}
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err, env=full_env | (env or {}))
-        self.url = ""
-
-        def listening() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"helios server exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            m = re.search(r"listening on (http://\S+)", self.output())
-            if m:
-                self.url = m.group(1)
-            return bool(m)
-
-        wait_for(listening, "helios server to listen")
-
-    def output(self) -> str:
-        return self.out.read_text()
-
-    def log_tail(self) -> str:
-        return self.output() + self.err.read_text()[-3000:]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(
-                f"helios server did not stop within {timeout}s:\n{self.log_tail()}"
-            ) from None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("cli") / "home")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeliosServerProcess]:
+    process = HeliosServerProcess(tmp_path_factory.mktemp("cli") / "home")
     try:
         yield process
     finally:
@@ -130,7 +84,7 @@ def wait_status(
     wait_for(reached, f"{job_id} to be {wanted}", timeout)
 
 
-def test_jobs_commands(server: ServerProcess, tmp_path: Path) -> None:
+def test_jobs_commands(server: HeliosServerProcess, tmp_path: Path) -> None:
     url = server.url
     endless = tmp_path / "endless.json"
     endless.write_text(json.dumps(job_body("cli-endless", count=None, rate=1000)))
@@ -197,7 +151,7 @@ def test_jobs_commands(server: ServerProcess, tmp_path: Path) -> None:
     assert final["status"] == "cancelled"
 
 
-def test_savepoint_checkpoint_and_restart_commands(server: ServerProcess, tmp_path: Path) -> None:
+def test_savepoint_checkpoint_and_restart_commands(server: HeliosServerProcess, tmp_path: Path) -> None:
     url = server.url
     body = job_body("cli-savepoints", count=None, rate=1000)
     body["config"]["checkpoint_interval_ms"] = 200
@@ -261,7 +215,7 @@ def test_savepoint_checkpoint_and_restart_commands(server: ServerProcess, tmp_pa
     assert again["status"] == "cancelled" and "savepoint_id" not in again
 
 
-def test_exit_codes(server: ServerProcess, tmp_path: Path) -> None:
+def test_exit_codes(server: HeliosServerProcess, tmp_path: Path) -> None:
     url = server.url
     missing = helios("jobs", "get", "job-00000000-0000-0000-0000-000000000000", url=url)
     assert missing.returncode == 1 and "job_not_found" in missing.stderr
@@ -291,7 +245,7 @@ def test_exit_codes(server: ServerProcess, tmp_path: Path) -> None:
     assert f"cannot reach the helios server at {dead}" in unreachable.stderr
 
 
-def test_logs_follow(server: ServerProcess, tmp_path: Path) -> None:
+def test_logs_follow(server: HeliosServerProcess, tmp_path: Path) -> None:
     url = server.url
     job_file = tmp_path / "follow.json"
     job_file.write_text(json.dumps(job_body("cli-follow", count=None, rate=200)))
@@ -322,7 +276,7 @@ def test_logs_follow(server: ServerProcess, tmp_path: Path) -> None:
 def test_sigterm_stops_cleanly_and_jobs_resume_on_restart(tmp_path: Path) -> None:
     home = tmp_path / "home"
     token = "cli-test-token"
-    first = ServerProcess(home, "--demo", env={"HELIOS_API_TOKEN": token})
+    first = HeliosServerProcess(home, "--demo", env={"HELIOS_API_TOKEN": token})
     try:
         assert "demo job submitted" in first.output()
         denied = helios("jobs", "list", url=first.url)
@@ -342,7 +296,7 @@ def test_sigterm_stops_cleanly_and_jobs_resume_on_restart(tmp_path: Path) -> Non
     finally:
         first.stop(signal.SIGKILL)
 
-    second = ServerProcess(home, "--demo", env={"HELIOS_API_TOKEN": token})
+    second = HeliosServerProcess(home, "--demo", env={"HELIOS_API_TOKEN": token})
     try:
         assert "demo job already active" in second.output()
         wait_status(second.url, demo_id, {"running"}, token=token)

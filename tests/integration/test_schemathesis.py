@@ -15,15 +15,9 @@ cancelled right away, so the run stays short and light.
 from __future__ import annotations
 
 import copy
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -42,9 +36,10 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from heliosdb_streaming.testing.server import HeliosServerProcess
+
 pytestmark = pytest.mark.timeout(240)
 
-HELIOS = Path(sys.executable).parent / "helios"
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REF = "#/components/schemas/"
@@ -121,43 +116,11 @@ def safe_document(document: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- server
 
 
-class Server:
-    def __init__(self, home: Path) -> None:
-        assert HELIOS.exists(), f"{HELIOS} is missing: install the package (pip install -e .)"
-        self.out = home.parent / "server.out"
-        self.err = home.parent / "server.err"
-        env = {k: v for k, v in os.environ.items() if k != "HELIOS_URL"} | {"HELIOS_API_TOKEN": TOKEN}
-        command = [str(HELIOS), "server", "--port", "0", "--home", str(home), "--max-parallelism", "2"]
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        deadline = time.monotonic() + 30
-        self.url = ""
-        while not self.url:
-            assert self.process.poll() is None, f"helios server exited: {self.log_tail()}"
-            m = re.search(r"listening on (http://\S+)", self.out.read_text())
-            if m:
-                self.url = m.group(1)
-            else:
-                assert time.monotonic() < deadline, f"helios server did not listen: {self.log_tail()}"
-                time.sleep(0.05)
-
-    def log_tail(self) -> str:
-        return self.out.read_text()[-2000:] + self.err.read_text()[-4000:]
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"helios server did not stop: {self.log_tail()}") from None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    process = Server(tmp_path_factory.mktemp("schemathesis") / "home")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeliosServerProcess]:
+    process = HeliosServerProcess(
+        tmp_path_factory.mktemp("schemathesis") / "home", max_parallelism=2, env={"HELIOS_API_TOKEN": TOKEN}
+    )
     try:
         yield process
     finally:
@@ -166,7 +129,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def document(server: Server) -> dict[str, Any]:
+def document(server: HeliosServerProcess) -> dict[str, Any]:
     response = requests.get(f"{server.url}/api/v1/openapi.json", headers=AUTH, timeout=10)
     assert response.status_code == 200
     doc: dict[str, Any] = response.json()
@@ -279,7 +242,7 @@ def endless_job(name: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- tests
 
 
-def test_positive_and_negative_cases(server: Server, document: dict[str, Any]) -> None:
+def test_positive_and_negative_cases(server: HeliosServerProcess, document: dict[str, Any]) -> None:
     """Every operation with valid and with schema-violating requests, on unknown and on real jobs."""
     recorder = Recorder(server.url)
     schema = load(document, server.url, [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -343,7 +306,7 @@ def test_positive_and_negative_cases(server: Server, document: dict[str, Any]) -
     assert "POST /api/v1/jobs/{job_id}/savepoints" in done and "POST /api/v1/jobs/{job_id}/restart" in done
 
 
-def test_stateful_sequences(server: Server, document: dict[str, Any]) -> None:
+def test_stateful_sequences(server: HeliosServerProcess, document: dict[str, Any]) -> None:
     """Sequences along the OpenAPI links: a submitted job is got, paused, savepointed, restarted..."""
     schema = load(document, server.url, [GenerationMode.POSITIVE])
     recorder = Recorder(server.url)

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +35,11 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from heliosdb_streaming.testing.server import HeliosServerProcess
+
 pytestmark = [pytest.mark.timeout(240), pytest.mark.kafka, pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[2]
-HELIOS = Path(sys.executable).parent / "helios"
 WORKER_MODULE = "heliosdb_streaming.runtime.worker"
 PARTITIONS = 4
 HOUR_MS = 3_600_000
@@ -168,51 +166,9 @@ async def produce(
 # ----------------------------------------------------------------------------------------- server
 
 
-class HeliosServer:
-    """``helios server --port 0`` in a subprocess with its own home; the URL is read from its output."""
-
-    def __init__(self, home: Path) -> None:
-        assert HELIOS.exists(), f"{HELIOS} is missing: install the package (pip install -e .)"
-        self.home = home
-        self.out = home.parent / "server.out"
-        self.err = home.parent / "server.err"
-        env = {k: v for k, v in os.environ.items() if k not in ("HELIOS_API_TOKEN", "HELIOS_URL")}
-        command = [str(HELIOS), "server", "--port", "0", "--home", str(home)]
-        command += ["--max-parallelism", str(SERVER_SLOTS)]
-        with self.out.open("wb") as out, self.err.open("wb") as err:
-            self.process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        deadline = time.monotonic() + 30
-        self.url = ""
-        while not self.url:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"helios server exited with {self.process.returncode}: {self.log_tail()}"
-                )
-            m = re.search(r"listening on (http://\S+)", self.out.read_text())
-            if m:
-                self.url = m.group(1)
-            elif time.monotonic() > deadline:
-                raise AssertionError(f"helios server did not listen within 30s: {self.log_tail()}")
-            else:
-                time.sleep(0.05)
-
-    def log_tail(self) -> str:
-        return self.out.read_text()[-2000:] + self.err.read_text()[-3000:]
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"helios server did not stop within 20s: {self.log_tail()}") from None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeliosServer]:
-    process = HeliosServer(tmp_path_factory.mktemp("spec-http") / "home")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeliosServerProcess]:
+    process = HeliosServerProcess(tmp_path_factory.mktemp("spec-http") / "home", max_parallelism=SERVER_SLOTS)
     try:
         yield process
     finally:
@@ -298,7 +254,7 @@ class Api:
 
 
 @pytest.fixture
-async def api(server: HeliosServer, pg_schema: str) -> AsyncIterator[Api]:
+async def api(server: HeliosServerProcess, pg_schema: str) -> AsyncIterator[Api]:
     """A client of the server; cancels the test's jobs that are still active (before its schema goes)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
         client = Api(session, server.url)
@@ -466,7 +422,7 @@ async def test_2_cancel_job(api: Api, pipeline: Pipeline) -> None:
 
 
 # 3. Create savepoint
-async def test_3_create_savepoint(api: Api, pipeline: Pipeline, server: HeliosServer) -> None:
+async def test_3_create_savepoint(api: Api, pipeline: Pipeline, server: HeliosServerProcess) -> None:
     job_id = await api.submit(pipeline.body)
     await api.wait_status(job_id, {"running"})
     first = make_events(4, 80)
@@ -748,7 +704,7 @@ async def test_9_concurrent_job_management(
 
 # 10. Resource cleanup after job completion
 async def test_10_resource_cleanup_after_job_completion(
-    api: Api, pipeline: Pipeline, server: HeliosServer
+    api: Api, pipeline: Pipeline, server: HeliosServerProcess
 ) -> None:
     bounded = await api.submit(datagen_job("finishes", count=5000))
     job_id = await api.submit(pipeline.body)

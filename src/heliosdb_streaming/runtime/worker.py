@@ -109,7 +109,7 @@ class Worker:
         metrics: bool = True,
     ) -> None:
         self.config = config
-        # off only to measure what metrics cost (benchmarks.metrics_overhead): no latency, no heartbeats
+        # off only to measure what metrics cost (benchmarks.metrics_cost): no latency, no heartbeats
         self.metrics = metrics
         self.job_id = job_id
         self.index = index
