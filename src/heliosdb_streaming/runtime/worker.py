@@ -51,6 +51,7 @@ from heliosdb_streaming.runtime.checkpointing import (
     snapshot_task,
 )
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
+from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter
 from heliosdb_streaming.runtime.protocol import Channel
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
@@ -612,7 +613,7 @@ def _preview(record: Record) -> str:
 class ChannelLogHandler(logging.Handler):
     """Ships log records to the control plane as structured lines (timestamp, level, message, task)."""
 
-    LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
+    LEVELS = LEVELS
 
     def __init__(self, channel: Channel, worker_index: int) -> None:
         super().__init__(logging.INFO)
@@ -693,6 +694,19 @@ async def _amain(args: argparse.Namespace) -> int:
     return code
 
 
+def configure_logging(worker_index: int) -> None:
+    """Where a worker's own log records go besides the control channel (which gets info and up)."""
+    if os.environ.get("HELIOS_LOG_FORMAT") == "json":  # in a pod: stderr is the pod log, the log store
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLineFormatter(worker_index))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+    else:  # stderr (kept in the job directory) gets warnings and crashes; the job log gets info and up
+        logging.basicConfig(
+            level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+        )
+    logging.getLogger("heliosdb_streaming").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="heliosdb-worker")
     parser.add_argument("--job-dir", required=True)
@@ -705,11 +719,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", help="checkpoint storage URI (file:///... or s3://bucket/prefix)")
     parser.add_argument("--restore", help="checkpoint or savepoint directory (in that storage) to restore")
     args = parser.parse_args(argv)
-    # stderr (kept in the job directory) gets warnings and crashes; the job log gets info and up
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
-    logging.getLogger("heliosdb_streaming").setLevel(logging.INFO)
+    configure_logging(args.index)
     sys.exit(asyncio.run(_amain(args)))
 
 

@@ -1,0 +1,35 @@
+"""Worker log lines as JSON on stderr, for substrates whose log store is the process's output.
+
+On Kubernetes the pod log API is where a worker's logs live, so a worker in a pod writes each record
+as one JSON object per line, with the same fields as the job log of the embedded substrate
+(``timestamp`` ISO-8601 UTC, ``level`` debug/info/warn/error, ``message``, ``task_id``, ``worker``);
+readers parse them back and filter by level, tail and limit as they do the job log.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import orjson
+
+LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
+
+
+class JsonLineFormatter(logging.Formatter):
+    def __init__(self, worker_index: int) -> None:
+        super().__init__()
+        self.worker_index = worker_index
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        line = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": LEVELS.get(record.levelname, "info"),
+            "message": message,
+            "task_id": getattr(record, "task_id", None),
+            "worker": self.worker_index,
+        }
+        return orjson.dumps(line).decode()
