@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint typecheck check bench clean
+.PHONY: install demo test lint typecheck check bench clean crds chart-sync
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ check: lint typecheck test
 
 bench: install  ## engine throughput and latency table (add QUIX=1 for the Quix Streams comparison)
 	$(BIN)/python -m benchmarks.engine
+
+crds: install  ## regenerate crds/ and the chart's copy from the pydantic job models, and sync the chart
+	$(BIN)/python -m heliosdb_streaming.operator.crds crds helm/heliosdb-streaming/crds
+	$(MAKE) chart-sync
+
+chart-sync:  ## copy dashboards/*.json into the chart (Helm reads only files inside the chart)
+	rm -f helm/heliosdb-streaming/dashboards/*.json
+	cp dashboards/*.json helm/heliosdb-streaming/dashboards/
 
 clean:
 	rm -rf .helios helios-demo.db helios-demo-windows* .pytest_cache .mypy_cache .ruff_cache

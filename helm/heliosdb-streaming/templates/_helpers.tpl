@@ -1,0 +1,131 @@
+{{/* Names, labels and shared snippets of the heliosdb-streaming chart. */}}
+
+{{- define "heliosdb-streaming.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's base name: <release>-<chart>, or <release> when it already holds the chart's name. */}}
+{{- define "heliosdb-streaming.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "heliosdb-streaming.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "heliosdb-streaming.labels" -}}
+helm.sh/chart: {{ include "heliosdb-streaming.chart" . }}
+app.kubernetes.io/name: {{ include "heliosdb-streaming.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: heliosdb-streaming
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include with (dict "ctx" $ "component" "operator"). */}}
+{{- define "heliosdb-streaming.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "heliosdb-streaming.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "heliosdb-streaming.componentLabels" -}}
+{{ include "heliosdb-streaming.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "heliosdb-streaming.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "heliosdb-streaming.operatorName" -}}
+{{- printf "%s-operator" (include "heliosdb-streaming.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "heliosdb-streaming.apiName" -}}
+{{- printf "%s-api" (include "heliosdb-streaming.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "heliosdb-streaming.operatorServiceAccount" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "heliosdb-streaming.operatorName" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "heliosdb-streaming.apiServiceAccount" -}}
+{{- if .Values.api.serviceAccount.create }}
+{{- default (include "heliosdb-streaming.apiName" .) .Values.api.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.api.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "heliosdb-streaming.secretName" -}}
+{{- default (include "heliosdb-streaming.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{- define "heliosdb-streaming.jobNamespace" -}}
+{{- default .Release.Namespace .Values.api.jobNamespace }}
+{{- end }}
+
+{{/* The operator's S3 settings and credentials: it keeps savepoints and passes them on to workers. */}}
+{{- define "heliosdb-streaming.s3Env" -}}
+- name: HELIOS_S3_SECURE
+  value: {{ .Values.s3.secure | quote }}
+{{- with .Values.s3.endpoint }}
+- name: HELIOS_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.s3.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "heliosdb-streaming.secretName" . }}
+      key: s3-access-key
+      optional: true
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "heliosdb-streaming.secretName" . }}
+      key: s3-secret-key
+      optional: true
+{{- end }}
+
+{{/* The namespaced permissions of the operator (Role or ClusterRole rules). */}}
+{{- define "heliosdb-streaming.operatorNamespacedRules" -}}
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs", "savepoints"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs/status", "savepoints/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs/finalizers", "savepoints/finalizers"]
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["pods", "configmaps", "services"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,510 @@
+"""The Helm chart, linted and rendered by Helm's own Go code (helm-python-sdk) and checked against Kubernetes.
+
+Every manifest of every values scenario is validated against the Kubernetes 1.30 OpenAPI schemas with
+``kubernetes-validate`` in strict mode (unknown fields fail). The Prometheus Operator kinds are not in
+those schemas, so they are checked against the subset of ``monitoring.coreos.com/v1`` the chart writes
+(below), equally strict. Then the values a user cares about: what the operator and the API server run,
+what they may touch (least-privilege RBAC), which Secret they read, and that Services reach their pods.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from heliosdb_streaming.operator import crds
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "heliosdb-streaming"
+KUBE_VERSION = "1.30"
+RELEASE, NAMESPACE = "helios", "streaming"
+FULLNAME = f"{RELEASE}-heliosdb-streaming"
+
+Manifest = dict[str, Any]
+
+NON_DEFAULT = {
+    "image": {"repository": "registry.example.com/team/helios", "tag": "2.0.1", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "registry-creds"}],
+    "existingSecret": "helios-credentials",
+    "s3": {"endpoint": "minio.minio.svc:9000", "secure": False, "region": "eu-west-1"},
+    "checkpointStorage": "s3://helios-checkpoints/jobs",
+    "operator": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "persistence": {"enabled": False},
+        "controlPort": 7171,
+        "extraArgs": ["--verbose"],
+        "livenessProbe": {"tcpSocket": {"port": "control"}},
+    },
+    "workers": {"envSecret": "helios-worker-env", "serviceAccount": "helios-worker"},
+    "api": {"jobNamespace": "team-a", "replicas": 2, "service": {"type": "LoadBalancer", "port": 80}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "podMonitor": {"enabled": True, "namespaces": ["team-a", "team-b"]},
+    },
+    "dashboards": {"label": "grafana-dashboard", "labelValue": "heliosdb", "namespace": "monitoring"},
+    "commonLabels": {"team": "streaming"},
+}
+INLINE_SECRETS = {
+    "s3": {"accessKey": "AKIAEXAMPLE", "secretKey": "s3cr3t"},
+    "auth": {"apiToken": "token-from-values"},
+    "api": {"enabled": False},
+    "dashboards": {"enabled": False},
+}
+SCENARIOS = {"defaults": {}, "non-default": NON_DEFAULT, "inline-secrets": INLINE_SECRETS}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any]) -> list[Manifest]:
+    files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[Manifest] = []
+    for path, text in sorted(files.items()):
+        if not path.endswith(".txt"):
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def notes(chart: helm.Chart, values: dict[str, Any]) -> str:
+    files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return files["heliosdb-streaming/templates/NOTES.txt"]
+
+
+def find(docs: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[Manifest], kind: str, name: str) -> Manifest:
+    (doc,) = find(docs, kind, name)
+    return doc
+
+
+def container(deployment: Manifest) -> Manifest:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(c)
+
+
+def env_of(deployment: Manifest) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
+
+
+# --------------------------------------------------------------------------- lint, schema, render
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_helm_lint_is_clean(scenario: str) -> None:
+    report = helm.lint(CHART, SCENARIOS[scenario], strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["errors"] == []
+    # severity 1 is INFO ("icon is recommended"); warnings and errors fail.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+BAD_VALUES = {
+    "negative replicas": ({"api": {"replicas": -1}}, "/api/replicas"),
+    "port of the wrong type": ({"operator": {"controlPort": "7070"}}, "/operator/controlPort"),
+    "port out of range": ({"api": {"port": 70000}}, "/api/port"),
+    "unknown key": ({"operater": {}}, "operater"),
+    "unknown nested key": ({"operator": {"persistence": {"enable": False}}}, "enable"),
+    "bad pull policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    "bad namespace": ({"operator": {"watchNamespaces": ["Team_A"]}}, "/operator/watchNamespaces/0"),
+    "bad checkpoint storage": ({"checkpointStorage": "file:///tmp"}, "/checkpointStorage"),
+    "bad size": ({"operator": {"persistence": {"size": "lots"}}}, "/operator/persistence/size"),
+    "bad interval": ({"metrics": {"serviceMonitor": {"interval": "30"}}}, "/metrics/serviceMonitor/interval"),
+    "boolean as a string": ({"s3": {"secure": "false"}}, "/s3/secure"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES), ids=str)
+def test_values_schema_rejects_bad_values(chart: helm.Chart, case: str) -> None:
+    values, where = BAD_VALUES[case]
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmValuesError):  # helm template/install enforce it too
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_values_schema_accepts_the_scenarios(chart: helm.Chart, scenario: str) -> None:
+    chart.validate_schema(SCENARIOS[scenario])
+
+
+# Subset of monitoring.coreos.com/v1 (Prometheus Operator API reference) that the chart writes.
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_SECRET_KEY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key"],
+    "properties": {"name": {"type": "string"}, "key": {"type": "string"}, "optional": {"type": "boolean"}},
+}
+_ENDPOINT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "port": {"type": "string"},
+        "path": {"type": "string"},
+        "interval": _DURATION,
+        "scrapeTimeout": _DURATION,
+        "authorization": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"type": {"type": "string"}, "credentials": _SECRET_KEY},
+        },
+    },
+}
+_LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_NAMESPACE_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+}
+
+
+def _monitor_schema(endpoints_key: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "metadata": {"type": "object", "required": ["name", "namespace"]},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", endpoints_key],
+                "properties": {
+                    "selector": _LABEL_SELECTOR,
+                    "namespaceSelector": _NAMESPACE_SELECTOR,
+                    endpoints_key: {"type": "array", "minItems": 1, "items": _ENDPOINT},
+                },
+            },
+        },
+    }
+
+
+MONITOR_SCHEMAS = {
+    "ServiceMonitor": _monitor_schema("endpoints"),
+    "PodMonitor": _monitor_schema("podMetricsEndpoints"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_rendered_manifest_is_valid_kubernetes(chart: helm.Chart, scenario: str) -> None:
+    docs = render(chart, SCENARIOS[scenario])
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            jsonschema.validate(doc, MONITOR_SCHEMAS[doc["kind"]])
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"], doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names)), "two objects with one name"
+
+
+def test_the_validator_has_teeth(chart: helm.Chart) -> None:
+    deployment = one(render(chart, {}), "Deployment", f"{FULLNAME}-operator")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+
+
+def test_the_chart_ships_the_generated_crds(chart: helm.Chart) -> None:
+    shipped = {Path(c["name"]).name: c["data"] for c in chart.crds}
+    assert shipped == {name: crds.render(crd) for name, crd in crds.all_crds().items()}
+    for text in shipped.values():
+        kubernetes_validate.validate(yaml.safe_load(text), KUBE_VERSION, strict=True)
+
+
+# ------------------------------------------------------------------------------------ the workloads
+
+
+def test_default_operator(chart: helm.Chart) -> None:
+    docs = render(chart, {})
+    operator = one(docs, "Deployment", f"{FULLNAME}-operator")
+    spec = operator["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    c = container(operator)
+    assert c["image"] == "heliosdb/heliosdb-streaming:0.1.0"
+    assert c["args"] == [
+        "operator",
+        "--all-namespaces",
+        "--home",
+        "/var/lib/helios",
+        "--control-port",
+        "7070",
+    ]
+    assert {"name": "control", "containerPort": 7070, "protocol": "TCP"} in c["ports"]
+    env = env_of(operator)
+    assert env["HELIOS_CONTROL_ADDRESS"] == f"{FULLNAME}-operator.{NAMESPACE}.svc:7070"
+    assert env["HELIOS_IMAGE"] == c["image"]
+    assert "HELIOS_WORKER_ENV_SECRET" not in env and "HELIOS_CHECKPOINT_STORAGE" not in env
+    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {
+        "name": FULLNAME,
+        "key": "s3-access-key",
+        "optional": True,
+    }
+    home = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/helios")
+    volume = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == home["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-operator"
+    pvc = one(docs, "PersistentVolumeClaim", f"{FULLNAME}-operator")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_default_api_server_and_services(chart: helm.Chart) -> None:
+    docs = render(chart, {})
+    api = one(docs, "Deployment", f"{FULLNAME}-api")
+    c = container(api)
+    assert c["args"] == ["server", "--host", "0.0.0.0", "--port", "8081", "--substrate", "kubernetes"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    env = env_of(api)
+    assert env["HELIOS_API_TOKEN"]["secretKeyRef"]["name"] == FULLNAME
+    assert env["HELIOS_JOB_NAMESPACE"] == NAMESPACE
+    # Each Service selects exactly the pods of one Deployment, on a port that Deployment names.
+    deployments = find(docs, "Deployment")
+    for service in find(docs, "Service"):
+        selector = service["spec"]["selector"]
+        matching = [
+            d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matching) == 1, service["metadata"]["name"]
+        port_names = {p["name"] for p in container(matching[0])["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+    operator_service = one(docs, "Service", f"{FULLNAME}-operator")
+    assert operator_service["spec"]["ports"][0]["port"] == 7070
+    assert one(docs, "Service", f"{FULLNAME}-api")["spec"]["ports"][0]["port"] == 8081
+    for d in deployments:
+        assert (
+            d["spec"]["selector"]["matchLabels"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        )
+        account = d["spec"]["template"]["spec"]["serviceAccountName"]
+        assert find(docs, "ServiceAccount", account), account
+
+
+def test_generated_token_and_no_plaintext_credentials(chart: helm.Chart) -> None:
+    docs = render(chart, {})
+    secret = one(docs, "Secret", FULLNAME)
+    assert set(secret["data"]) == {"api-token"}  # no S3 keys were given
+    token = secret["data"]["api-token"]
+    assert len(base64.b64decode(token)) == 40
+    inline = render(chart, INLINE_SECRETS)
+    data = one(inline, "Secret", FULLNAME)["data"]
+    decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    assert decoded == {
+        "s3-access-key": "AKIAEXAMPLE",
+        "s3-secret-key": "s3cr3t",
+        "api-token": "token-from-values",
+    }
+    text = json.dumps(inline)
+    assert "s3cr3t" not in text.replace(data["s3-secret-key"], "")
+
+
+def test_non_default_values(chart: helm.Chart) -> None:
+    docs = render(chart, NON_DEFAULT)
+    assert find(docs, "Secret") == []  # existingSecret: the chart makes none
+    assert find(docs, "PersistentVolumeClaim") == []
+    operator = one(docs, "Deployment", f"{FULLNAME}-operator")
+    c = container(operator)
+    assert c["image"] == "registry.example.com/team/helios:2.0.1"
+    assert c["imagePullPolicy"] == "Always"
+    assert c["args"] == [
+        "operator", "--namespace", "team-a", "--namespace", "team-b", "--home", "/var/lib/helios",
+        "--control-port", "7171", "--verbose",
+    ]  # fmt: skip
+    assert one(docs, "Service", f"{FULLNAME}-operator")["spec"]["ports"][0]["port"] == 7171
+    assert c["livenessProbe"] == {"tcpSocket": {"port": "control"}}
+    pod = operator["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert {"name": "home", "emptyDir": {}} in pod["volumes"]
+    env = env_of(operator)
+    assert env["HELIOS_S3_ENDPOINT"] == "minio.minio.svc:9000"
+    assert (env["HELIOS_S3_SECURE"], env["AWS_REGION"]) == ("false", "eu-west-1")
+    assert env["HELIOS_CHECKPOINT_STORAGE"] == "s3://helios-checkpoints/jobs"
+    assert env["HELIOS_CONTROL_ADDRESS"] == f"{FULLNAME}-operator.{NAMESPACE}.svc:7171"
+    assert (env["HELIOS_WORKER_ENV_SECRET"], env["HELIOS_WORKER_SERVICE_ACCOUNT"]) == (
+        "helios-worker-env",
+        "helios-worker",
+    )
+    api_env = env_of(one(docs, "Deployment", f"{FULLNAME}-api"))
+    assert not any(k.startswith(("AWS_", "HELIOS_S3")) for k in api_env)  # the API needs no S3 access
+    assert api_env["HELIOS_JOB_NAMESPACE"] == "team-a"
+    for deployment in find(docs, "Deployment"):
+        for e in container(deployment)["env"]:
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["name"] == "helios-credentials"
+        assert deployment["metadata"]["labels"]["team"] == "streaming"
+    api = one(docs, "Deployment", f"{FULLNAME}-api")
+    assert api["spec"]["replicas"] == 2
+    assert one(docs, "Service", f"{FULLNAME}-api")["spec"]["type"] == "LoadBalancer"
+
+
+def test_monitors(chart: helm.Chart) -> None:
+    assert find(render(chart, {}), "ServiceMonitor") == find(render(chart, {}), "PodMonitor") == []
+    docs = render(chart, NON_DEFAULT)
+    sm = one(docs, "ServiceMonitor", f"{FULLNAME}-api")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert endpoint["authorization"]["credentials"] == {
+        "name": "helios-credentials",
+        "key": "api-token",
+        "optional": True,
+    }
+    api_labels = one(docs, "Service", f"{FULLNAME}-api")["metadata"]["labels"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= api_labels.items()
+    pm = one(docs, "PodMonitor", f"{FULLNAME}-jobs")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    assert pm["spec"]["selector"]["matchExpressions"][0]["key"] == "streaming.heliosdb.io/job"
+
+
+def test_dashboards(chart: helm.Chart) -> None:
+    sources = sorted((ROOT / "dashboards").glob("*.json"))
+    assert sources
+    copies = sorted((CHART / "dashboards").glob("*.json"))
+    assert [p.name for p in copies] == [p.name for p in sources]
+    for src, copy in zip(sources, copies, strict=True):
+        assert copy.read_bytes() == src.read_bytes(), f"{copy} is stale: run `make chart-sync`"
+    for values, label, value, namespace in (
+        ({}, "grafana_dashboard", "1", NAMESPACE),
+        (NON_DEFAULT, "grafana-dashboard", "heliosdb", "monitoring"),
+    ):
+        maps = find(render(chart, values), "ConfigMap")
+        assert len(maps) == len(sources)
+        shipped = {}
+        for cm in maps:
+            assert cm["metadata"]["labels"][label] == value
+            assert cm["metadata"]["namespace"] == namespace
+            shipped.update({k: json.loads(v) for k, v in cm["data"].items()})
+        assert shipped == {p.name: json.loads(p.read_text()) for p in sources}
+    assert find(render(chart, INLINE_SECRETS), "ConfigMap") == []
+
+
+# ------------------------------------------------------------------------------------------- RBAC
+
+
+def rules_of(docs: list[Manifest], kind: str, name: str, namespace: str | None = None) -> list[Manifest]:
+    matches = [
+        d for d in find(docs, kind, name) if namespace is None or d["metadata"]["namespace"] == namespace
+    ]
+    (role,) = matches
+    rules: list[Manifest] = role["rules"]
+    return rules
+
+
+def grants(rules: list[Manifest], resource: str, verb: str, group: str = "") -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_rbac_has_no_wildcards_and_no_secrets(chart: helm.Chart, scenario: str) -> None:
+    for doc in render(chart, SCENARIOS[scenario]):
+        for rule in doc.get("rules", []):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], (doc["metadata"]["name"], rule)
+            assert "secrets" not in rule["resources"]
+
+
+def test_operator_rbac_cluster_wide(chart: helm.Chart) -> None:
+    docs = render(chart, {})
+    rules = rules_of(docs, "ClusterRole", f"{FULLNAME}-operator")
+    group = crds.GROUP
+    for resource, verbs in {
+        "streamingjobs": ("get", "list", "watch", "patch"),
+        "savepoints": ("get", "list", "watch", "patch"),
+        "streamingjobs/status": ("patch",),
+        "savepoints/status": ("patch",),
+        "streamingjobs/finalizers": ("update",),
+        "savepoints/finalizers": ("update",),
+    }.items():
+        assert all(grants(rules, resource, v, group) for v in verbs), resource
+    for resource in ("pods", "configmaps", "services"):
+        assert all(grants(rules, resource, v) for v in ("get", "list", "watch", "create", "delete"))
+    assert grants(rules, "pods/log", "get")
+    assert grants(rules, "events", "create") and grants(rules, "events", "create", "events.k8s.io")
+    assert grants(rules, "customresourcedefinitions", "list", "apiextensions.k8s.io")
+    assert grants(rules, "namespaces", "watch")
+    assert not grants(rules, "streamingjobs", "create", group)  # jobs come from users and the API
+    assert not grants(rules, "customresourcedefinitions", "create", "apiextensions.k8s.io")
+    binding = one(docs, "ClusterRoleBinding", f"{FULLNAME}-operator")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}
+    ]
+    assert find(docs, "Role", f"{FULLNAME}-operator") == []
+
+
+def test_operator_rbac_per_namespace(chart: helm.Chart) -> None:
+    docs = render(chart, NON_DEFAULT)
+    cluster = rules_of(docs, "ClusterRole", f"{FULLNAME}-operator")
+    assert not grants(cluster, "pods", "create")  # only what kopf reads cluster-wide
+    assert grants(cluster, "customresourcedefinitions", "watch", "apiextensions.k8s.io")
+    for ns in ("team-a", "team-b"):
+        rules = rules_of(docs, "Role", f"{FULLNAME}-operator", ns)
+        assert grants(rules, "pods", "create") and grants(rules, "streamingjobs/status", "patch", crds.GROUP)
+        binding = [
+            b for b in find(docs, "RoleBinding", f"{FULLNAME}-operator") if b["metadata"]["namespace"] == ns
+        ]
+        assert binding[0]["subjects"][0]["namespace"] == NAMESPACE
+
+
+def test_api_rbac(chart: helm.Chart) -> None:
+    docs = render(chart, NON_DEFAULT)
+    rules = rules_of(docs, "Role", f"{FULLNAME}-api", "team-a")
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert grants(rules, "streamingjobs", verb, crds.GROUP) and grants(
+            rules, "savepoints", verb, crds.GROUP
+        )
+    assert grants(rules, "pods/log", "get") and grants(rules, "pods", "list")
+    assert not grants(rules, "pods", "create") and not grants(rules, "pods", "delete")
+    assert not grants(rules, "streamingjobs/status", "patch", crds.GROUP)  # status is the operator's
+    binding = one(docs, "RoleBinding", f"{FULLNAME}-api")
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": f"{FULLNAME}-api",
+        "namespace": NAMESPACE,
+    }
+    assert find(render(chart, INLINE_SECRETS), "Role") == []  # api.enabled: false
+
+
+def test_notes(chart: helm.Chart) -> None:
+    text = notes(chart, {})
+    assert f"svc/{FULLNAME}-api" in text and "all namespaces" in text
+    text = notes(chart, NON_DEFAULT | {"api": {"jobNamespace": "elsewhere"}})
+    assert "team-a, team-b" in text and "is not among operator.watchNamespaces" in text

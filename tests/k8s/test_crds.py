@@ -1,0 +1,351 @@
+"""The StreamingJob and Savepoint CRDs: structural, in step with the pydantic models, as strict as the API.
+
+Tests ``operator/crds.py`` and ``operator/structural.py``. A resource is checked the way the API server
+would check it (``crd_validation``); every job the CRD accepts or rejects here is also given to
+``JobSubmitRequest``, so the CRD and the REST API agree on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from crd_validation import crd_schema, structural_violations, validate
+from pydantic import BaseModel, ValidationError
+
+from heliosdb_streaming.job.config import JobSubmitRequest
+from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.operator import crds, structural
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIRS = (ROOT / "crds", ROOT / "helm" / "heliosdb-streaming" / "crds")
+KUBE_VERSION = "1.30"
+
+JOB_CRD = crds.streaming_job_crd()
+SAVEPOINT_CRD = crds.savepoint_crd()
+
+
+def streaming_job(spec: dict[str, Any], name: str = "fraud-detection") -> dict[str, Any]:
+    return {"apiVersion": crds.API_VERSION, "kind": "StreamingJob", "metadata": {"name": name}, "spec": spec}
+
+
+def spec_of(body: dict[str, Any]) -> dict[str, Any]:
+    """A REST submit body as a StreamingJob spec (the same keys; ``name`` may stay)."""
+    return copy.deepcopy(body)
+
+
+def api_accepts(spec: dict[str, Any]) -> bool:
+    job = {k: v for k, v in spec.items() if k in JobSubmitRequest.model_fields}
+    job.setdefault("name", "job")
+    try:
+        JobSubmitRequest.model_validate(job)
+    except ValidationError:
+        return False
+    return True
+
+
+SPEC_FRAUD_PIPELINE = json.loads((ROOT / "examples" / "fraud_pipeline.json").read_text())
+EXAMPLE_JOBS = [
+    *sorted((ROOT / "examples").glob("*.json")),
+    ROOT / "src" / "heliosdb_streaming" / "examples" / "demo_job.json",
+]
+
+# ------------------------------------------------------------------------------ files and structure
+
+
+@pytest.mark.parametrize("directory", CRD_DIRS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_generated_files_are_in_step_with_the_models(directory: Path) -> None:
+    for name, crd in crds.all_crds().items():
+        on_disk = (directory / name).read_text(encoding="utf-8")
+        assert on_disk == crds.render(crd), f"{directory / name} is stale: run `make crds`"
+    assert sorted(p.name for p in directory.glob("*.yaml")) == sorted(crds.all_crds())
+
+
+def test_cli_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert crds.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    for d in ("a", "b"):
+        assert (tmp_path / d / "streamingjob.yaml").read_text() == crds.render(JOB_CRD)
+        assert yaml.safe_load((tmp_path / d / "savepoint.yaml").read_text()) == SAVEPOINT_CRD
+    assert crds.main([]) == 2
+
+
+@pytest.mark.parametrize("crd", [JOB_CRD, SAVEPOINT_CRD], ids=["StreamingJob", "Savepoint"])
+def test_crd_is_a_valid_kubernetes_object_with_a_structural_schema(crd: dict[str, Any]) -> None:
+    kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
+    assert structural_violations(crd_schema(crd)) == []
+    text = json.dumps(crd)
+    for banned in ('"$ref"', '"$defs"', '"const"', '"discriminator"', '"title"'):
+        assert banned not in text
+
+
+def test_the_structural_checker_catches_what_kubernetes_refuses() -> None:
+    bad = {
+        "type": "object",
+        "properties": {
+            "a": {"$ref": "#/$defs/A"},
+            "b": {"description": "no type"},
+            "c": {"type": "object", "properties": {"x": {"type": "string"}}, "additionalProperties": True},
+            "d": {"type": "string", "anyOf": [{"type": "string", "minLength": 1}]},
+            "e": {"type": "object", "oneOf": [{"properties": {"undeclared": {"minimum": 1}}}]},
+            "f": {"type": "integer", "default": "one"},
+            "g": {"type": "array"},
+        },
+    }
+    found = "\n".join(structural_violations(bad))
+    for expected in (
+        ".a: '$ref' is not allowed",
+        ".b: type must not be empty",
+        ".c: properties and additionalProperties are mutually exclusive",
+        ".d.anyOf[0]: 'type' must not be set inside a logical junctor",
+        ".e.oneOf[0].undeclared: not declared outside the junctor",
+        ".f: default does not validate",
+        ".g: an array needs items",
+    ):
+        assert expected in found
+
+
+def test_names_group_and_subresources() -> None:
+    for crd, kind, plural, short in (
+        (JOB_CRD, "StreamingJob", "streamingjobs", "sj"),
+        (SAVEPOINT_CRD, "Savepoint", "savepoints", "sp"),
+    ):
+        spec = crd["spec"]
+        assert crd["metadata"]["name"] == f"{plural}.streaming.heliosdb.io"
+        assert (spec["group"], spec["scope"]) == ("streaming.heliosdb.io", "Namespaced")
+        assert (spec["names"]["kind"], spec["names"]["plural"], spec["names"]["shortNames"]) == (
+            kind,
+            plural,
+            [short],
+        )
+        (version,) = spec["versions"]
+        assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+        assert version["subresources"] == {"status": {}}
+
+
+def _field(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
+    node = schema
+    for part in json_path.lstrip(".").split("."):
+        if part in ("metadata",) and node is schema:
+            return {"type": "string", "format": "date-time"}  # metadata is the API server's
+        node = node["properties"][part]
+    return node
+
+
+@pytest.mark.parametrize("crd", [JOB_CRD, SAVEPOINT_CRD], ids=["StreamingJob", "Savepoint"])
+def test_printer_columns_point_at_fields_of_their_type(crd: dict[str, Any]) -> None:
+    (version,) = crd["spec"]["versions"]
+    columns = version["additionalPrinterColumns"]
+    for column in columns:
+        field = _field(crd_schema(crd), column["jsonPath"])
+        expected = {"date": "string", "integer": "integer", "string": "string"}[column["type"]]
+        assert field["type"] == expected, column
+    names = [c["name"] for c in columns if not c.get("priority")]
+    if crd is JOB_CRD:
+        assert names == ["Phase", "Parallelism", "Restarts", "Last Checkpoint", "Age"]
+    else:
+        assert names == ["Job", "State", "Size", "Age"]
+
+
+def test_status_keeps_kopf_progress_and_the_spec_phases() -> None:
+    status = crd_schema(JOB_CRD)["properties"]["status"]
+    assert status[structural.PRESERVE] is True
+    assert status["properties"]["phase"]["enum"] == [s.value for s in JobStatus]
+    assert crd_schema(SAVEPOINT_CRD)["properties"]["status"][structural.PRESERVE] is True
+    job = streaming_job(spec_of(SPEC_FRAUD_PIPELINE))
+    job["status"] = {
+        "phase": "running",
+        "jobId": "job-123e4567-e89b-12d3-a456-426614174000",
+        "submittedAt": "2025-10-29T10:00:00Z",
+        "restarts": 0,
+        "lastCheckpoint": "checkpoint-7",
+        "lastSavepoint": {
+            "savepointId": "savepoint-1",
+            "location": "s3://b/p",
+            "createdAt": "2025-10-29T11:00:00Z",
+        },
+        "parallelism": 4,
+        "observedRestartNonce": 0,
+        "observedGeneration": 3,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "4 tasks"}],
+        "kopf": {"progress": {"reconcile": {"started": "2025-10-29T10:00:00Z", "retries": 0}}},
+    }
+    assert validate(JOB_CRD, job) == []
+    job["status"]["phase"] = "exploded"
+    assert any("status.phase" in p for p in validate(JOB_CRD, job))
+
+
+# ----------------------------------------------------------------------------------------- examples
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    return doc
+
+
+def test_k8s_examples_are_valid_and_refer_to_each_other() -> None:
+    job = _yaml(ROOT / "examples" / "k8s" / "fraud-pipeline.yaml")
+    savepoint = _yaml(ROOT / "examples" / "k8s" / "savepoint.yaml")
+    assert validate(JOB_CRD, job) == []
+    assert validate(SAVEPOINT_CRD, savepoint) == []
+    assert savepoint["spec"]["jobRef"] == job["metadata"]["name"]
+    assert api_accepts(job["spec"])
+    # The spec's fraud pipeline, unchanged but for where the services are.
+    spec = {k: v for k, v in job["spec"].items() if k in JobSubmitRequest.model_fields}
+    assert spec["config"] == SPEC_FRAUD_PIPELINE["config"]
+    assert spec["transformations"] == SPEC_FRAUD_PIPELINE["transformations"]
+    assert [s["type"] for s in spec["sources"] + spec["sinks"]] == ["kafka", "database"]
+
+
+@pytest.mark.parametrize("path", EXAMPLE_JOBS, ids=lambda p: p.name)
+def test_every_example_job_of_the_repository_is_a_valid_spec(path: Path) -> None:
+    body = json.loads(path.read_text())
+    assert api_accepts(body)
+    assert validate(JOB_CRD, streaming_job(spec_of(body))) == []
+
+
+def test_minimal_and_bare_name_forms() -> None:
+    spec = {
+        "sources": [{"type": "datagen"}],
+        "sinks": [{"type": "discard"}],
+        "config": {"restart_strategy": {"type": "exponential_backoff", "max_attempts": 5}},
+    }
+    assert api_accepts(spec)
+    assert validate(JOB_CRD, streaming_job(spec)) == []
+    spec["config"] = {"restart_strategy": "none", "checkpoint_storage": None}
+    spec["transformations"] = [{"type": "window", "config": {"size": 5000, "aggregates": {"n": "count(*)"}}}]
+    assert api_accepts(spec)
+    assert validate(JOB_CRD, streaming_job(spec)) == []
+
+
+# ------------------------------------------------------------------------------------------ invalid
+
+
+def _with(path: str, value: Any, *, delete: bool = False) -> dict[str, Any]:
+    """The spec's fraud pipeline with one value replaced (``a.b[0].c`` paths)."""
+    spec = spec_of(SPEC_FRAUD_PIPELINE)
+    keys: list[str | int] = []
+    for part in path.replace("]", "").split("."):
+        name, _, index = part.partition("[")
+        keys.append(name)
+        if index:
+            keys.append(int(index))
+    node: Any = spec
+    for key in keys[:-1]:
+        node = node[key]
+    if delete:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return spec
+
+
+INVALID_JOBS = {
+    "unknown source type": (_with("sources[0].type", "rabbitmq"), "sources.0"),
+    "negative parallelism": (_with("config.parallelism", -1), "config.parallelism"),
+    "parallelism over the limit": (_with("config.parallelism", 4096), "config.parallelism"),
+    "unknown key in a source": (_with("sources[0].config.topics", ["a"]), "sources.0"),
+    "key of another source type": (_with("sources[0].config.path", "/data"), "sources.0"),
+    "missing required key": (_with("sinks[0].config.table", None, delete=True), "sinks.0"),
+    "unknown restart strategy": (_with("config.restart_strategy", "forever"), "config.restart_strategy"),
+    "bad restart strategy object": (
+        _with("config.restart_strategy", {"type": "fixed_delay", "attempts": -3}),
+        "config.restart_strategy",
+    ),
+    "bad enum in a transformation": (
+        _with("transformations[1].config.contiguity", "loose"),
+        "transformations.1",
+    ),
+    "duration of the wrong type": (_with("transformations[1].config.window", ["1h"]), "transformations"),
+    "no sinks": (_with("sinks", []), "sinks"),
+    "no sources": (_with("sources", None, delete=True), "spec"),
+    "unknown config key": (_with("config.paralelism", 2), "config"),
+    "checkpoint interval too short": (_with("config.checkpoint_interval_ms", 5), "checkpoint_interval_ms"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID_JOBS), ids=str)
+def test_invalid_job_is_rejected_by_the_crd_and_by_the_api(case: str) -> None:
+    spec, where = INVALID_JOBS[case]
+    problems = validate(JOB_CRD, streaming_job(spec))
+    assert problems, f"the CRD accepted {case}"
+    assert any(where in p for p in problems), problems
+    assert not api_accepts(spec), f"the API accepts {case} but the CRD does not"
+
+
+INVALID_OPERATOR_FIELDS = {
+    "state": "stopped",
+    "restartNonce": -1,
+    "checkpointStorage": "file:///tmp/checkpoints",
+    "savepointOnCancel": "yes",
+    "resources": "lots",
+    "image": "",
+}
+
+
+@pytest.mark.parametrize("field", list(INVALID_OPERATOR_FIELDS), ids=str)
+def test_invalid_operator_field_is_rejected(field: str) -> None:
+    spec = spec_of(SPEC_FRAUD_PIPELINE) | {field: INVALID_OPERATOR_FIELDS[field]}
+    assert any(f"spec.{field}" in p for p in validate(JOB_CRD, streaming_job(spec)))
+
+
+def test_operator_fields_and_defaults() -> None:
+    spec = crd_schema(JOB_CRD)["properties"]["spec"]
+    props = spec["properties"]
+    assert props["state"]["enum"] == ["running", "paused", "cancelled"]
+    assert (props["state"]["default"], props["restartNonce"]["default"]) == ("running", 0)
+    assert props["config"]["default"] == {}
+    assert props["config"]["properties"]["parallelism"]["default"] == 1
+    assert "name" not in spec["required"] and set(spec["required"]) == {"sources", "sinks"}
+    good = spec_of(SPEC_FRAUD_PIPELINE) | {
+        "state": "paused",
+        "restartNonce": 3,
+        "restoreFrom": "fraud-detection-before-upgrade",
+        "savepointOnCancel": True,
+        "image": "registry.example/helios:1.2",
+        "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
+        "checkpointStorage": "s3://checkpoints/fraud",
+    }
+    good.pop("name")
+    assert validate(JOB_CRD, streaming_job(good)) == []
+
+
+def test_savepoint_needs_a_job_and_a_known_state() -> None:
+    sp = {"apiVersion": crds.API_VERSION, "kind": "Savepoint", "metadata": {"name": "sp1"}, "spec": {}}
+    assert any("jobRef" in p for p in validate(SAVEPOINT_CRD, sp))
+    sp["spec"] = {"jobRef": "Fraud_Detection"}
+    assert any("spec.jobRef" in p for p in validate(SAVEPOINT_CRD, sp))  # not a resource name
+    sp["spec"] = {"jobRef": "fraud-detection"}
+    sp["status"] = {"state": "completed", "sizeBytes": 1024, "createdAt": "2025-10-29T10:00:00Z"}
+    assert validate(SAVEPOINT_CRD, sp) == []
+    sp["status"]["state"] = "done"
+    assert any("status.state" in p for p in validate(SAVEPOINT_CRD, sp))
+    assert any("apiVersion" in p for p in validate(SAVEPOINT_CRD, sp | {"apiVersion": "v1"}))
+
+
+# --------------------------------------------------------------------------------------- conversion
+
+
+def test_unsupported_constructs_fail_the_generator_not_the_cluster() -> None:
+    class IntOrList(BaseModel):
+        value: int | list[int]
+
+    with pytest.raises(structural.StructuralSchemaError, match="anyOf"):
+        structural.from_json_schema(IntOrList.model_json_schema())
+
+
+def test_nullable_and_int_or_string() -> None:
+    class Model(BaseModel):
+        size: str | int | None = None
+        label: str | None = None
+        count: int = 3
+
+    schema = structural.from_json_schema(Model.model_json_schema())
+    props = schema["properties"]
+    assert props["size"] == {structural.INT_OR_STRING: True, "nullable": True}
+    assert props["label"] == {"type": "string", "nullable": True}
+    assert props["count"] == {"type": "integer", "default": 3}
