@@ -6,6 +6,7 @@
 
 With ``owns_manager=True`` the app starts the manager on startup and closes it on cleanup (jobs keep
 their status and resume on the next start); otherwise the caller owns it, and several apps may share one.
+A ``JobManager`` is served through ``EmbeddedJobService``; another substrate passes its ``JobService``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from aiohttp.typedefs import Middleware
 from heliosdb_streaming.api import views
 from heliosdb_streaming.api.auth import token_middleware
 from heliosdb_streaming.api.errors import error_middleware
-from heliosdb_streaming.api.listing import JobListCache
-from heliosdb_streaming.api.views import JOB_MANAGER, LIST_CACHE, MAX_BODY_BYTES
+from heliosdb_streaming.api.service import EmbeddedJobService, JobService
+from heliosdb_streaming.api.views import JOB_SERVICE, MAX_BODY_BYTES
 from heliosdb_streaming.job.manager import JobManager
 
-__all__ = ["JOB_MANAGER", "MAX_BODY_BYTES", "create_app", "setup_routes"]
+__all__ = ["JOB_SERVICE", "MAX_BODY_BYTES", "create_app", "setup_routes"]
 
 API = "/api/v1"
 
@@ -54,7 +55,7 @@ def setup_routes(app: web.Application) -> None:
 
 
 def create_app(
-    job_manager: JobManager,
+    job_manager: JobManager | JobService,
     *,
     api_token: str | None = None,
     max_body_bytes: int = 1 << 20,
@@ -68,9 +69,9 @@ def create_app(
     if api_token:
         middlewares.append(token_middleware(api_token))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
-    app[JOB_MANAGER] = job_manager
+    service = EmbeddedJobService(job_manager) if isinstance(job_manager, JobManager) else job_manager
+    app[JOB_SERVICE] = service
     app[MAX_BODY_BYTES] = max_body_bytes
-    app[LIST_CACHE] = JobListCache()
     setup_routes(app)
     if owns_manager:
         app.cleanup_ctx.append(_manager_lifecycle)
@@ -78,7 +79,7 @@ def create_app(
 
 
 async def _manager_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    manager = app[JOB_MANAGER]
+    manager = app[JOB_SERVICE]
     await manager.start()
     try:
         yield

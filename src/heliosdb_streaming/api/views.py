@@ -1,4 +1,4 @@
-"""Thin request handlers: parse the request, call the ``JobManager``, shape the answer with ``schemas``.
+"""Thin request handlers: parse the request, call the ``JobService``, shape the answer with ``schemas``.
 
 Errors are raised, never answered here: ``errors.error_middleware`` turns them into responses.
 """
@@ -22,10 +22,9 @@ from heliosdb_streaming.api.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
 )
-from heliosdb_streaming.api.listing import JobListCache
+from heliosdb_streaming.api.service import JobService
 from heliosdb_streaming.job.config import JobConfig, field_errors
 from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
-from heliosdb_streaming.job.manager import JobManager
 from heliosdb_streaming.job.types import (
     JobStatus,
     LogLevel,
@@ -33,11 +32,9 @@ from heliosdb_streaming.job.types import (
     MetricsWindow,
     RestartOptions,
 )
-from heliosdb_streaming.local.logs import read_logs
 
-JOB_MANAGER = web.AppKey("job_manager", JobManager)
+JOB_SERVICE = web.AppKey("job_service", JobService)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
-LIST_CACHE = web.AppKey("job_list_cache", JobListCache)
 
 LIST_LIMIT_MAX = 1000
 LOG_LIMIT_MAX = 100_000
@@ -58,8 +55,8 @@ def _json(body: schemas.ApiBody, status: int = 200, headers: dict[str, str] | No
     )
 
 
-def _manager(request: web.Request) -> JobManager:
-    return request.app[JOB_MANAGER]
+def _manager(request: web.Request) -> JobService:
+    return request.app[JOB_SERVICE]
 
 
 def _job_id(request: web.Request) -> str:
@@ -90,12 +87,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     status = enum_param(request, "status", JobStatus)
     limit = int_param(request, "limit", 100, 1, LIST_LIMIT_MAX)
     offset = int_param(request, "offset", 0, 0, 2**62)
-    jm = _manager(request)
-    await jm.start()  # no-op once started
-    cache = request.app.get(LIST_CACHE)
-    if cache is None:  # an app not made by create_app
-        cache = JobListCache()
-    body = cache.render(jm.control_plane, status, limit, offset)  # = schemas.JobListResponse, cached
+    body = await _manager(request).list_jobs_json(status, limit, offset)  # = schemas.JobListResponse
     return web.Response(body=body, content_type="application/json")
 
 
@@ -151,11 +143,7 @@ async def job_logs(request: web.Request) -> web.Response:
     if tail_lines is not None:
         limit = tail_lines
     job_id = _job_id(request)
-    jm = _manager(request)
-    await jm.start()  # no-op once started; the control plane below needs it
-    path = jm.control_plane.get(job_id).log.path  # JobNotFoundError -> 404
-    # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
-    entries = await asyncio.to_thread(read_logs, path, LogOptions(level=level, limit=limit, tail=tail))
+    entries = await _manager(request).get_job_logs(job_id, LogOptions(level=level, limit=limit, tail=tail))
     answer = schemas.JobLogsResponse(
         job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
     )
@@ -216,8 +204,7 @@ async def restart_job(request: web.Request) -> web.Response:
     )
     restored = body.savepoint_id
     if restored is None:  # restart_job restores the newest restore point: report it if a savepoint
-        point = jm.control_plane.get(job_id).latest_restore_point()
-        restored = point.savepoint_id if point is not None else None
+        restored = await jm.restore_savepoint_id(job_id)
     options = RestartOptions(savepoint_id=body.savepoint_id, config_overrides=body.config_overrides)
     await jm.restart_job(job_id, options)
     restarted_at = datetime.now(UTC)
@@ -237,7 +224,7 @@ async def restart_job(request: web.Request) -> web.Response:
     return _json(answer)
 
 
-async def _wait_until_started(jm: JobManager, job_id: str, within_s: float) -> JobStatus:
+async def _wait_until_started(jm: JobService, job_id: str, within_s: float) -> JobStatus:
     """The job's status once it has left ``submitted`` (its new run connected), or after ``within_s``."""
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
@@ -259,7 +246,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    body = await prometheus.render_manager(_manager(request))
+    body = await _manager(request).prometheus_exposition()
     return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
