@@ -266,8 +266,11 @@ def test_default_operator(chart: helm.Chart) -> None:
         "7070",
     ]
     assert {"name": "control", "containerPort": 7070, "protocol": "TCP"} in c["ports"]
+    assert {"name": "read", "containerPort": 8082, "protocol": "TCP"} in c["ports"]
     env = env_of(operator)
     assert env["HELIOS_CONTROL_ADDRESS"] == f"{FULLNAME}-operator.{NAMESPACE}.svc:7070"
+    assert env["HELIOS_READ_PORT"] == "8082"  # the read API the API server asks, behind the API token
+    assert env["HELIOS_API_TOKEN"]["secretKeyRef"] == {"name": FULLNAME, "key": "api-token", "optional": True}
     assert env["HELIOS_IMAGE"] == c["image"]
     assert "HELIOS_WORKER_ENV_SECRET" not in env and "HELIOS_CHECKPOINT_STORAGE" not in env
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {
@@ -295,6 +298,7 @@ def test_default_api_server_and_services(chart: helm.Chart) -> None:
     env = env_of(api)
     assert env["HELIOS_API_TOKEN"]["secretKeyRef"]["name"] == FULLNAME
     assert env["HELIOS_JOB_NAMESPACE"] == NAMESPACE
+    assert env["HELIOS_OPERATOR_URL"] == f"http://{FULLNAME}-operator.{NAMESPACE}.svc:8082"
     # Each Service selects exactly the pods of one Deployment, on a port that Deployment names.
     deployments = find(docs, "Deployment")
     for service in find(docs, "Service"):
@@ -307,6 +311,12 @@ def test_default_api_server_and_services(chart: helm.Chart) -> None:
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
     operator_service = one(docs, "Service", f"{FULLNAME}-operator")
     assert operator_service["spec"]["ports"][0]["port"] == 7070
+    assert operator_service["spec"]["ports"][1] == {
+        "name": "read",
+        "port": 8082,
+        "targetPort": "read",
+        "protocol": "TCP",
+    }
     assert one(docs, "Service", f"{FULLNAME}-api")["spec"]["ports"][0]["port"] == 8081
     for d in deployments:
         assert (
@@ -491,6 +501,7 @@ def test_api_rbac(chart: helm.Chart) -> None:
             rules, "savepoints", verb, crds.GROUP
         )
     assert grants(rules, "pods/log", "get") and grants(rules, "pods", "list")
+    assert grants(rules, "events", "list") and not grants(rules, "events", "create")
     assert not grants(rules, "pods", "create") and not grants(rules, "pods", "delete")
     assert not grants(rules, "streamingjobs/status", "patch", crds.GROUP)  # status is the operator's
     binding = one(docs, "RoleBinding", f"{FULLNAME}-api")

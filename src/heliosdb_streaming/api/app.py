@@ -28,30 +28,30 @@ __all__ = ["JOB_SERVICE", "MAX_BODY_BYTES", "create_app", "setup_routes"]
 API = "/api/v1"
 
 
-def setup_routes(app: web.Application) -> None:
-    app.add_routes(
-        [
-            web.post(f"{API}/jobs", views.submit_job),
-            web.get(f"{API}/jobs", views.list_jobs, allow_head=False),
-            web.get(f"{API}/jobs/{{job_id}}", views.get_job, allow_head=False),
-            web.delete(f"{API}/jobs/{{job_id}}", views.cancel_job),
-            web.post(f"{API}/jobs/{{job_id}}/pause", views.pause_job),
-            web.post(f"{API}/jobs/{{job_id}}/resume", views.resume_job),
-            web.get(f"{API}/jobs/{{job_id}}/metrics", views.job_metrics, allow_head=False),
-            web.get(f"{API}/jobs/{{job_id}}/logs", views.job_logs, allow_head=False),
-            web.post(f"{API}/jobs/{{job_id}}/savepoints", views.create_savepoint),
-            web.get(f"{API}/jobs/{{job_id}}/savepoints", views.list_savepoints, allow_head=False),
-            web.get(
-                f"{API}/jobs/{{job_id}}/savepoints/{{savepoint_id}}", views.get_savepoint, allow_head=False
-            ),
-            web.delete(f"{API}/jobs/{{job_id}}/savepoints/{{savepoint_id}}", views.delete_savepoint),
-            web.get(f"{API}/jobs/{{job_id}}/checkpoints", views.list_checkpoints, allow_head=False),
-            web.post(f"{API}/jobs/{{job_id}}/restart", views.restart_job),
-            web.get(f"{API}/openapi.json", views.openapi_document, allow_head=False),
-            web.get("/healthz", views.health),
-            web.get("/metrics", views.prometheus_metrics, allow_head=False),
-        ]
-    )
+def setup_routes(app: web.Application, *, read_only: bool = False) -> None:
+    """Every route of the API; with ``read_only`` only the GET routes (reads, ``/healthz``, ``/metrics``)."""
+    routes = [
+        web.post(f"{API}/jobs", views.submit_job),
+        web.get(f"{API}/jobs", views.list_jobs, allow_head=False),
+        web.get(f"{API}/jobs/{{job_id}}", views.get_job, allow_head=False),
+        web.delete(f"{API}/jobs/{{job_id}}", views.cancel_job),
+        web.post(f"{API}/jobs/{{job_id}}/pause", views.pause_job),
+        web.post(f"{API}/jobs/{{job_id}}/resume", views.resume_job),
+        web.get(f"{API}/jobs/{{job_id}}/metrics", views.job_metrics, allow_head=False),
+        web.get(f"{API}/jobs/{{job_id}}/logs", views.job_logs, allow_head=False),
+        web.post(f"{API}/jobs/{{job_id}}/savepoints", views.create_savepoint),
+        web.get(f"{API}/jobs/{{job_id}}/savepoints", views.list_savepoints, allow_head=False),
+        web.get(f"{API}/jobs/{{job_id}}/savepoints/{{savepoint_id}}", views.get_savepoint, allow_head=False),
+        web.delete(f"{API}/jobs/{{job_id}}/savepoints/{{savepoint_id}}", views.delete_savepoint),
+        web.get(f"{API}/jobs/{{job_id}}/checkpoints", views.list_checkpoints, allow_head=False),
+        web.post(f"{API}/jobs/{{job_id}}/restart", views.restart_job),
+        web.get(f"{API}/openapi.json", views.openapi_document, allow_head=False),
+        web.get("/healthz", views.health),
+        web.get("/metrics", views.prometheus_metrics, allow_head=False),
+    ]
+    if read_only:
+        routes = [r for r in routes if isinstance(r, web.RouteDef) and r.method == "GET"]
+    app.add_routes(routes)
 
 
 def create_app(
@@ -60,9 +60,11 @@ def create_app(
     api_token: str | None = None,
     max_body_bytes: int = 1 << 20,
     owns_manager: bool = False,
+    read_only: bool = False,
 ) -> web.Application:
     """The REST API over ``job_manager``. ``api_token`` (non-empty) requires a bearer token on every
-    route but ``/healthz``; request bodies over ``max_body_bytes`` are answered 413."""
+    route but ``/healthz``; request bodies over ``max_body_bytes`` are answered 413. ``read_only``
+    serves only the GET routes (the operator's internal read API: commands go through resources)."""
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     middlewares: list[Middleware] = [error_middleware]
@@ -72,7 +74,7 @@ def create_app(
     service = EmbeddedJobService(job_manager) if isinstance(job_manager, JobManager) else job_manager
     app[JOB_SERVICE] = service
     app[MAX_BODY_BYTES] = max_body_bytes
-    setup_routes(app)
+    setup_routes(app, read_only=read_only)
     if owns_manager:
         app.cleanup_ctx.append(_manager_lifecycle)
     return app

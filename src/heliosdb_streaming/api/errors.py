@@ -100,6 +100,13 @@ class NotImplementedApiError(ApiError):
     code = "not_implemented"
 
 
+class ServiceUnavailableError(ApiError):
+    """A service the substrate depends on does not answer (on Kubernetes: the operator's read API)."""
+
+    status = 503
+    code = "service_unavailable"
+
+
 def error_response(
     status: int,
     code: str,

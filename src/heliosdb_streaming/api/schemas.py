@@ -75,7 +75,7 @@ class ErrorInfo(ApiBody):
     code: str = Field(
         description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
         "invalid_request, unauthorized, job_not_found, savepoint_not_found, not_found, method_not_allowed, "
-        "illegal_state_transition, payload_too_large, savepoint_failed, internal_error"
+        "illegal_state_transition, payload_too_large, savepoint_failed, service_unavailable, internal_error"
     )
     message: str
     details: list[ErrorDetail] = Field(default_factory=list)
@@ -139,6 +139,12 @@ class JobSettingsBody(ApiBody):
     )
     on_error: str = Field(description="(addition) skip or fail a record that fails an expression or sink")
     checkpoints_retained: int = Field(description="(addition)")
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> JobSettingsBody:
+        """The body of ``JobConfig.settings_dict()``; a job's own ``checkpoint_storage`` is not shown
+        (its savepoints' ``location`` says where they are), and must not fail the details."""
+        return cls.model_validate({k: v for k, v in settings.items() if k != "checkpoint_storage"})
 
 
 class DetailsMetrics(ApiBody):
@@ -232,7 +238,7 @@ class JobDetailsResponse(ApiBody):
             job_id=d.job_id,
             name=d.name,
             status=d.status,
-            config=JobSettingsBody.model_validate(d.config.settings_dict()),
+            config=JobSettingsBody.of(d.config.settings_dict()),
             submitted_at=d.submitted_at,
             started_at=d.started_at,
             finished_at=d.finished_at,

@@ -319,7 +319,7 @@ def _query(request: web.Request, name: str) -> str | None:
 
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = _query(request, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if not raw.lstrip("+-").isdigit() or len(raw) > 20:
         raise InvalidParameterError(name, f"must be an integer from {low} to {high}, got {raw!r}")
@@ -331,7 +331,7 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
 
 def bool_param(request: web.Request, name: str, default: bool) -> bool:
     raw = _query(request, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if raw.lower() in _TRUE:
         return True
@@ -342,7 +342,7 @@ def bool_param(request: web.Request, name: str, default: bool) -> bool:
 
 def choice_param(request: web.Request, name: str, default: str, choices: Sequence[str]) -> str:
     raw = _query(request, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if raw not in choices:
         raise InvalidParameterError(name, f"must be one of {', '.join(choices)}; got {raw!r}")
@@ -351,7 +351,7 @@ def choice_param(request: web.Request, name: str, default: str, choices: Sequenc
 
 def enum_param(request: web.Request, name: str, enum: type[E]) -> E | None:
     raw = _query(request, name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         return enum(raw.lower())
@@ -363,7 +363,7 @@ def enum_param(request: web.Request, name: str, enum: type[E]) -> E | None:
 def tail_param(request: web.Request) -> tuple[bool, int | None]:
     """``tail=true|false`` (the spec), or ``tail=N``: the last N lines (then N is the limit)."""
     raw = _query(request, "tail")
-    if raw is None or raw == "":
+    if raw is None:
         return False, None
     if raw.lower() in _TRUE - {"1"} or raw.lower() in _FALSE - {"0"}:
         return raw.lower() in _TRUE, None

@@ -137,10 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
 
-    from heliosdb_streaming.cli import client, server
+    from heliosdb_streaming.cli import client, operator, server
 
     server.register(sub)
     client.register(sub)
+    operator.register(sub)
     return parser
 
 

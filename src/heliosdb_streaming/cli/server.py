@@ -1,8 +1,14 @@
-"""``helios server``: the REST API and the embedded control plane in one process.
+"""``helios server``: the REST API, over the embedded control plane or over Kubernetes resources.
 
-SIGTERM or SIGINT stops it gracefully: the listener closes, requests in flight finish, then the
-JobManager stops every worker. Jobs keep their status in the home directory, and the jobs that were
-active run again on the next start over the same home.
+``--substrate embedded`` (the default) runs the control plane in this process. SIGTERM or SIGINT stops
+it gracefully: the listener closes, requests in flight finish, then the JobManager stops every worker.
+Jobs keep their status in the home directory, and the jobs that were active run again on the next
+start over the same home.
+
+``--substrate kubernetes`` maps the same routes onto StreamingJob and Savepoint resources in one
+namespace (``operator.apiserver``); the operator runs the jobs and answers the reads only its control
+plane knows on its read API (``--operator-url``). Credentials: the in-cluster service account, else
+the kubeconfig. Stopping it stops nothing but the listener.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,12 +27,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from heliosdb_streaming.job.manager import JobManager
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
+DEFAULT_OPERATOR_URL = "http://127.0.0.1:8082"
+SUBSTRATES = ("embedded", "kubernetes")
 DEMO_JOB = "examples/demo_job.json"
 SHUTDOWN_TIMEOUT_S = 5.0
 
@@ -34,9 +45,25 @@ def register(sub: Any) -> None:
     """Adds ``helios server`` to the ``helios`` subcommands (``sub`` is argparse's subparsers)."""
     p: argparse.ArgumentParser = sub.add_parser(
         "server",
-        help="run the REST API server with the embedded control plane",
+        help="run the REST API server (embedded control plane, or Kubernetes resources)",
         description="Serves /api/v1 (the job management API), /metrics and /healthz. "
         "Set HELIOS_API_TOKEN to require 'Authorization: Bearer <token>' on every route but /healthz.",
+    )
+    p.add_argument(
+        "--substrate",
+        choices=SUBSTRATES,
+        default="embedded",
+        help="embedded: run jobs in this process's control plane (default); kubernetes: map the API "
+        "onto StreamingJob/Savepoint resources that the operator runs",
+    )
+    p.add_argument(
+        "--namespace",
+        help="kubernetes: namespace of the StreamingJobs (default $HELIOS_JOB_NAMESPACE, "
+        "$POD_NAMESPACE or default)",
+    )
+    p.add_argument(
+        "--operator-url",
+        help=f"kubernetes: the operator's read API (default $HELIOS_OPERATOR_URL or {DEFAULT_OPERATOR_URL})",
     )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument(
@@ -58,28 +85,80 @@ def cmd_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = os.environ.get("HELIOS_API_TOKEN") or None
     home = Path(args.home) if args.home else None
+    if args.substrate == "kubernetes":
+        if args.demo:
+            print("error: --demo runs on the embedded substrate only", file=sys.stderr)
+            return 2
+        namespace = (
+            args.namespace
+            or os.environ.get("HELIOS_JOB_NAMESPACE")
+            or os.environ.get("POD_NAMESPACE")
+            or "default"
+        )
+        operator_url = args.operator_url or os.environ.get("HELIOS_OPERATOR_URL") or DEFAULT_OPERATOR_URL
+        return asyncio.run(serve_kubernetes(args.host, args.port, namespace, operator_url, api_token=token))
     return asyncio.run(
         serve(args.host, args.port, home, args.max_parallelism, demo=args.demo, api_token=token)
     )
 
 
+async def serve_kubernetes(
+    host: str, port: int, namespace: str, operator_url: str, *, api_token: str | None
+) -> int:
+    """The API over the StreamingJobs of ``namespace``; the operator's read API at ``operator_url``."""
+    import kopf
+
+    from heliosdb_streaming.api.app import create_app
+    from heliosdb_streaming.operator import kube
+    from heliosdb_streaming.operator.apiserver import KubernetesJobService
+
+    try:
+        connection = kube.load_connection_info()
+    except kopf.LoginError as e:
+        print(f"error: no Kubernetes credentials: {e}", file=sys.stderr)
+        return 1
+    service = KubernetesJobService(connection, namespace, operator_url, api_token=api_token)
+    app = create_app(service, api_token=api_token, owns_manager=True)
+    where = f"namespace {namespace} on {connection.server}, operator {operator_url}"
+    return await _run(app, host, port, where, api_token, _nothing)
+
+
+async def _nothing() -> None:
+    """No startup work (the kubernetes substrate has no demo job)."""
+
+
 async def serve(
     host: str, port: int, home: Path | None, max_parallelism: int, *, demo: bool, api_token: str | None
 ) -> int:
-    from aiohttp import web
-
     from heliosdb_streaming.api.app import create_app
     from heliosdb_streaming.job.manager import JobManager
+
+    manager = JobManager(max_parallelism, home=home)
+    app = create_app(manager, api_token=api_token, owns_manager=True)
+    where = f"home {manager.home}, max parallelism {max_parallelism}"
+    return await _run(
+        app, host, port, where, api_token, lambda: _submit_demo(manager) if demo else _nothing()
+    )
+
+
+async def _run(
+    app: web.Application,
+    host: str,
+    port: int,
+    where: str,
+    api_token: str | None,
+    after_start: Callable[[], Awaitable[None]],
+) -> int:
+    """Serves ``app`` until SIGINT/SIGTERM; prints ``listening on http://...`` once it listens."""
+    from aiohttp import web
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    manager = JobManager(max_parallelism, home=home)
-    app = create_app(manager, api_token=api_token, owns_manager=True)
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()  # starts the JobManager (cleanup_ctx): active jobs of this home resume
+    await runner.setup()  # starts the service (cleanup_ctx): embedded, the active jobs of its home resume
     try:
         site = web.TCPSite(runner, host, port)
         try:
@@ -94,16 +173,14 @@ async def serve(
             )
         print(
             f"helios server listening on http://{_url_host(bound_host)}:{bound_port} "
-            f"(home {manager.home}, max parallelism {max_parallelism}, "
-            f"auth {'bearer token' if api_token else 'off'})",
+            f"({where}, auth {'bearer token' if api_token else 'off'})",
             flush=True,
         )
-        if demo:
-            await _submit_demo(manager)
+        await after_start()
         await stop.wait()
-        print("helios server: shutting down (jobs resume on the next start)", flush=True)
+        print("helios server: shutting down", flush=True)
     finally:
-        await runner.cleanup()  # stops the listener, waits for requests in flight, closes the JobManager
+        await runner.cleanup()  # stops the listener, waits for requests in flight, closes the service
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print("helios server: stopped", flush=True)

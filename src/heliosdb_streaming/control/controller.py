@@ -109,8 +109,14 @@ class ControlPlane:
         launcher: Launcher,
         max_parallelism: int,
         checkpoint_uri: str | None = None,
+        control_host: str = "127.0.0.1",
+        control_port: int = 0,
     ) -> None:
         self.home = home
+        # where workers reach the control channel: loopback for local subprocesses; the operator
+        # binds all interfaces on a fixed port so that pods can connect through its Service
+        self.control_host = control_host
+        self.control_port = control_port
         self.checkpoint_uri = checkpoint_uri or (home / "checkpoints").resolve().as_uri()
         self.store = store
         self.launcher = launcher
@@ -129,9 +135,12 @@ class ControlPlane:
     # -------------------------------------------------------------------------------- startup
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0, limit=2**24)
+        self._server = await asyncio.start_server(
+            self._on_connection, self.control_host, self.control_port, limit=2**24
+        )
         port = self._server.sockets[0].getsockname()[1]
-        self.control_address = f"127.0.0.1:{port}"
+        host = "127.0.0.1" if self.control_host in ("0.0.0.0", "", "::") else self.control_host
+        self.control_address = f"{host}:{port}"
         snapshots: dict[str, list[SnapshotRecord]] = {}
         for snapshot in self.store.load_snapshots():
             snapshots.setdefault(snapshot.job_id, []).append(snapshot)
@@ -206,7 +215,10 @@ class ControlPlane:
 
     # -------------------------------------------------------------------------------- commands
 
-    def submit(self, config: JobConfig) -> JobRecord:
+    def submit(self, config: JobConfig, job_id: str | None = None) -> JobRecord:
+        """Records and queues a job. A caller-chosen ``job_id`` makes a retried submit idempotent."""
+        if job_id is not None and job_id in self.jobs:
+            return self.jobs[job_id].record
         if config.parallelism > self.max_parallelism:
             raise InvalidJobConfigError(
                 [
@@ -217,7 +229,7 @@ class ControlPlane:
                     )
                 ]
             )
-        job_id = f"job-{uuid.uuid4()}"
+        job_id = job_id or f"job-{uuid.uuid4()}"
         record = JobRecord(
             job_id=job_id,
             name=config.name,

@@ -38,6 +38,7 @@ TRANSITIONS: dict[tuple[JobStatus, Event], JobStatus] = {
     (S.PAUSED, Event.RESUME): S.RUNNING,
     (S.PAUSED, Event.CANCEL): S.CANCELLED,
     (S.PAUSED, Event.FAIL): S.FAILED,
+    (S.PAUSED, Event.FINISH): S.FINISHED,  # bounded input ran out before the pause reached the sources
     (S.PAUSED, Event.RECOVER): S.PAUSED,
     (S.FAILED, Event.RESTART): S.SUBMITTED,
     (S.CANCELLED, Event.RESTART): S.SUBMITTED,

@@ -56,6 +56,19 @@ class JobManager:
         self.home = Path(home) if home is not None else default_home()
         self._plane: ControlPlane | None = None
         self._starting: asyncio.Lock | None = None
+        self._owns_plane = True
+
+    @classmethod
+    def adopt(cls, plane: ControlPlane) -> JobManager:
+        """A manager over a control plane that someone else started and will close (the operator's).
+
+        Queries and commands go to ``plane``; ``close()`` leaves it running, so several doors (the
+        operator's read API, say) can share the plane of the process that owns it.
+        """
+        manager = cls(plane.max_parallelism, home=plane.home)
+        manager._plane = plane
+        manager._owns_plane = False
+        return manager
 
     async def __aenter__(self) -> JobManager:
         await self._control()
@@ -70,8 +83,11 @@ class JobManager:
         await self._control()
 
     async def close(self) -> None:
-        """Stops every worker this manager started; active jobs resume when a manager opens this home."""
-        if self._plane is not None:
+        """Stops every worker this manager started; active jobs resume when a manager opens this home.
+
+        An adopted plane (``adopt``) is left to its owner.
+        """
+        if self._plane is not None and self._owns_plane:
             await self._plane.close()
             self._plane = None
 

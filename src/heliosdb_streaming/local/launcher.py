@@ -72,6 +72,8 @@ def kill_stale_workers(pids: list[int], job_id: str) -> int:
     """Kills workers left by a control plane that died, if those pids still run our worker for the job."""
     killed = 0
     for pid in pids:
+        if pid <= 0:  # workers of another substrate (pods) have no local pid
+            continue
         try:
             proc = psutil.Process(pid)
             cmdline = proc.cmdline()

@@ -1,0 +1,112 @@
+"""``helios operator``: the Kubernetes operator (kopf) with the control plane inside.
+
+Credentials: the pod's service account inside a cluster, else the kubeconfig (``KUBECONFIG`` or
+~/.kube/config). The environment the Helm chart sets supplies the defaults: ``HELIOS_IMAGE`` (worker
+image), ``HELIOS_CONTROL_ADDRESS`` (how worker pods reach this process, e.g.
+``helios-operator.helios.svc:7070``), ``HELIOS_CHECKPOINT_STORAGE`` (``s3://bucket/prefix``),
+``HELIOS_WORKER_ENV_SECRET`` (a Secret with the S3 credentials for the workers) and the S3 variables
+of the checkpoint storage (``HELIOS_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ...). The internal read API
+that ``helios server --substrate kubernetes`` reads job details and metrics from listens on
+``--read-port`` (default 8082) and requires ``HELIOS_API_TOKEN`` as a bearer token when it is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from heliosdb_streaming.operator.app import DEFAULT_CONTROL_PORT
+from heliosdb_streaming.operator.readapi import DEFAULT_READ_PORT
+
+
+def register(sub: Any) -> None:
+    """Adds ``helios operator`` to the ``helios`` subcommands (``sub`` is argparse's subparsers)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator for StreamingJob and Savepoint resources",
+        description="Reconciles StreamingJob and Savepoint resources into worker pods, savepoints and "
+        "status. Uses the in-cluster service account, else the kubeconfig.",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeatable)",
+    )
+    scope.add_argument(
+        "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
+    )
+    p.add_argument("--home", help="job store and logs (default $HELIOS_HOME or ~/.helios-operator)")
+    p.add_argument("--control-host", default="0.0.0.0", help="address of the workers' control channel")
+    p.add_argument(
+        "--control-port",
+        type=int,
+        default=DEFAULT_CONTROL_PORT,
+        help=f"port of the workers' control channel (default {DEFAULT_CONTROL_PORT}; 0 picks one)",
+    )
+    p.add_argument(
+        "--control-address", help="host:port that worker pods connect to (default $HELIOS_CONTROL_ADDRESS)"
+    )
+    p.add_argument("--read-host", default="0.0.0.0", help="address of the internal read API")
+    p.add_argument(
+        "--read-port",
+        type=int,
+        default=os.environ.get("HELIOS_READ_PORT") or str(DEFAULT_READ_PORT),  # argparse applies type
+        help=f"port of the internal read API for the API server ($HELIOS_READ_PORT or {DEFAULT_READ_PORT})",
+    )
+    p.add_argument("--max-parallelism", type=int, default=1024, help="worker slots in total (default 1024)")
+    p.add_argument("--image", help="default worker image (default $HELIOS_IMAGE)")
+    p.add_argument("--checkpoint-storage", help="default checkpoint storage URI ($HELIOS_CHECKPOINT_STORAGE)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_operator)
+
+
+def _home(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    return Path(os.environ.get("HELIOS_HOME") or Path.home() / ".helios-operator")
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from heliosdb_streaming.operator import app
+
+    if args.max_parallelism < 1:
+        print("error: --max-parallelism must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.control_port <= 65535:
+        print("error: --control-port must be from 0 to 65535", file=sys.stderr)
+        return 2
+    if not 0 <= args.read_port <= 65535:
+        print("error: --read-port must be from 0 to 65535", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    options = app.OperatorOptions.from_env(
+        _home(args.home),
+        namespaces=tuple(args.namespaces or ()),
+        control_host=args.control_host,
+        control_port=args.control_port,
+        control_address=args.control_address,
+        read_host=args.read_host,
+        read_port=args.read_port,
+        max_parallelism=args.max_parallelism,
+        image=args.image,
+        checkpoint_storage=args.checkpoint_storage,
+    )
+    try:
+        asyncio.run(app.run(options))
+    except Exception as e:  # a login or startup failure: say it in one line
+        logging.getLogger(__name__).error("operator stopped: %s: %s", type(e).__name__, e)
+        return 1
+    return 0

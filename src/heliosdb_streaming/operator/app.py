@@ -1,0 +1,134 @@
+"""The operator's composition root: API client, bindings, pod launcher, control plane, kopf.
+
+Startup order matters: bindings are loaded and the pod watch runs before the control plane starts,
+because the control plane recovers the jobs that were active and relaunches their pods at once.
+On shutdown kopf stops first, then the control plane stops every run (the jobs keep their status and
+run again, from their latest checkpoint, when an operator starts over the same ``home``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kopf
+
+from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.operator import handlers, kube, pods, readapi
+from heliosdb_streaming.operator.bindings import Bindings
+from heliosdb_streaming.operator.launcher import KubernetesLauncher
+from heliosdb_streaming.operator.reconciler import Reconciler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE = "heliosdb-streaming:latest"
+DEFAULT_CONTROL_PORT = 7070
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorOptions:
+    """Everything ``helios operator`` takes; ``namespaces`` empty means all namespaces."""
+
+    home: Path
+    namespaces: tuple[str, ...] = ()
+    control_host: str = "0.0.0.0"
+    control_port: int = DEFAULT_CONTROL_PORT
+    control_address: str | None = None  # what pods connect to; default: host:port as bound
+    max_parallelism: int = 1024
+    image: str = DEFAULT_IMAGE
+    checkpoint_storage: str | None = None  # default for jobs without spec.checkpointStorage
+    env_secret: str | None = None
+    service_account: str | None = None
+    worker_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    read_host: str = "0.0.0.0"
+    read_port: int | None = readapi.DEFAULT_READ_PORT  # the internal read API; None: not served
+    api_token: str | None = None  # bearer token the read API requires (HELIOS_API_TOKEN)
+
+    @classmethod
+    def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
+        """Defaults from the environment the chart sets: image, control address, storage, secret."""
+        env = os.environ
+        values: dict[str, object] = {
+            "home": home,
+            "image": env.get("HELIOS_IMAGE") or DEFAULT_IMAGE,
+            "control_address": env.get("HELIOS_CONTROL_ADDRESS") or None,
+            "checkpoint_storage": env.get("HELIOS_CHECKPOINT_STORAGE") or None,
+            "env_secret": env.get("HELIOS_WORKER_ENV_SECRET") or None,
+            "service_account": env.get("HELIOS_WORKER_SERVICE_ACCOUNT") or None,
+            "worker_env": tuple((k, env[k]) for k in pods.S3_ENV if env.get(k)),
+            "api_token": env.get("HELIOS_API_TOKEN") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+async def run(
+    options: OperatorOptions,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Runs the operator until ``stop_flag`` is set or SIGINT/SIGTERM arrives."""
+    options.home.mkdir(parents=True, exist_ok=True)
+    connection = kube.load_connection_info()
+    namespaces = list(options.namespaces)
+    async with kube.KubeClient(connection) as client:
+        bindings = Bindings(options.home)
+        bindings.load()
+        pod_settings = pods.PodSettings(
+            image=options.image,
+            control_address=options.control_address,
+            env=options.worker_env,
+            env_secret=options.env_secret,
+            service_account=options.service_account,
+        )
+        launcher = KubernetesLauncher(client, pod_settings, bindings.target, namespaces or None)
+        await launcher.start()
+        plane = ControlPlane(
+            home=options.home,
+            store=SqliteJobStore(options.home / "jobs.db"),
+            launcher=launcher,
+            max_parallelism=options.max_parallelism,
+            checkpoint_uri=options.checkpoint_storage,
+            control_host=options.control_host,
+            control_port=options.control_port,
+        )
+        reconciler = Reconciler(client, plane, bindings, launcher)
+        plane.status_listeners.append(reconciler.mark)
+        writer: asyncio.Task[None] | None = None
+        read_api = contextlib.AsyncExitStack()
+        try:
+            await plane.start()
+            logger.info(
+                "control plane listening on %s:%d (workers connect to %s)",
+                options.control_host,
+                options.control_port,
+                options.control_address or plane.control_address,
+            )
+            if options.read_port is not None:  # for `helios server --substrate kubernetes`
+                await read_api.enter_async_context(
+                    readapi.serve(plane, options.read_host, options.read_port, options.api_token)
+                )
+            writer = asyncio.create_task(reconciler.write_status_forever())
+            await kopf.operator(
+                registry=handlers.build_registry(reconciler, connection),
+                settings=handlers.settings(namespaces),
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=True,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        finally:
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+            await read_api.aclose()
+            await plane.close()
+            await launcher.close()

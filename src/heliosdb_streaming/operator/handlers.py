@@ -1,0 +1,73 @@
+"""kopf's side: the settings and the handlers, registered into a registry of their own.
+
+Handlers stay thin: each passes the resource to the ``Reconciler``. The registry is built per operator
+(not kopf's global one), so a test or a benchmark can run an operator without import-time side effects.
+
+Handler progress is kept in annotations only (``streaming.heliosdb.io/<handler>``), not in
+``status.kopf``: the status is the operator's projection of the job, and nothing else writes there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from heliosdb_streaming.operator import crds
+from heliosdb_streaming.operator.reconciler import COMPONENT, Reconciler
+
+WATCH_SERVER_TIMEOUT_S = 60
+BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s
+
+
+def settings(namespaces: list[str]) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crds.GROUP)
+    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=crds.GROUP, key="last-handled-configuration"
+    )
+    s.persistence.finalizer = f"{crds.GROUP}/finalizer"
+    # kopf's own messages become Events only from warnings up; the domain events are posted explicitly
+    s.posting.level = logging.WARNING
+    s.posting.reporting_component = COMPONENT
+    s.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
+    s.watching.client_timeout = WATCH_SERVER_TIMEOUT_S + 15
+    s.watching.connect_timeout = 10
+    s.networking.request_timeout = 30
+    s.peering.standalone = True
+    # exact namespaces need no permission to list namespaces (least-privilege RBAC); patterns
+    # (``team-*``, ``!kube-system``) are matched against the namespaces kopf lists and watches
+    s.scanning.disabled = bool(namespaces) and not any(set(ns) & set("*?[!") for ns in namespaces)
+    return s
+
+
+def build_registry(reconciler: Reconciler, connection: kopf.ConnectionInfo) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    jobs = (crds.GROUP, crds.VERSION, crds.STREAMING_JOB_PLURAL)
+    savepoints = (crds.GROUP, crds.VERSION, crds.SAVEPOINT_PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection
+
+    @kopf.on.resume(*jobs, id="resume", registry=registry, backoff=BACKOFF_S)
+    @kopf.on.create(*jobs, id="create", registry=registry, backoff=BACKOFF_S)
+    @kopf.on.update(*jobs, id="update", field="spec", registry=registry, backoff=BACKOFF_S)
+    async def reconcile_job(body: kopf.Body, **_: Any) -> None:
+        await reconciler.reconcile_job(body)
+
+    @kopf.on.delete(*jobs, id="delete", registry=registry, backoff=BACKOFF_S)
+    async def finalize_job(body: kopf.Body, **_: Any) -> None:
+        await reconciler.finalize_job(body)
+
+    @kopf.on.resume(*savepoints, id="resume", registry=registry, backoff=BACKOFF_S)
+    @kopf.on.create(*savepoints, id="create", registry=registry, backoff=BACKOFF_S)
+    async def take_savepoint(body: kopf.Body, retry: int, **_: Any) -> None:
+        await reconciler.take_savepoint(body, retry)
+
+    @kopf.on.delete(*savepoints, id="delete", registry=registry, backoff=BACKOFF_S)
+    async def delete_savepoint(body: kopf.Body, **_: Any) -> None:
+        await reconciler.delete_savepoint(body)
+
+    return registry

@@ -1,0 +1,215 @@
+"""The kubernetes launcher: each worker is a pod; its handle waits on the pod's phase.
+
+One watch over the operator's pods (per namespace, or cluster-wide) feeds every handle, instead of a
+watch per pod. A handle resolves with the container's exit code when its pod ends, or with 137 when
+the pod disappears first (deleted, evicted); the control plane then applies the job's restart
+strategy as it does for a local process. A launch replaces an older pod of the same name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from heliosdb_streaming.control.launcher import WorkerSpec
+from heliosdb_streaming.operator import kube, pods
+from heliosdb_streaming.operator.pods import PodSettings, Target
+
+logger = logging.getLogger(__name__)
+
+GONE_EXIT_CODE = 137  # the pod vanished before reporting an exit: as if killed
+REPLACE_TIMEOUT_S = 60.0
+WATCH_TIMEOUT_S = 60
+WATCH_BACKOFF_S = 1.0
+
+
+class PodWorker:
+    """A worker pod, as the control plane sees a worker: wait for its exit, terminate, kill."""
+
+    def __init__(self, launcher: KubernetesLauncher, namespace: str, name: str, uid: str, index: int) -> None:
+        self.index = index
+        self.pid = 0  # not a local process (``kill_stale_workers`` skips it)
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
+        self.seq = 0  # registration order, to tell a vanished pod from one created after a list
+        self._launcher = launcher
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def resolve(self, code: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(code)
+
+    @property
+    def done(self) -> bool:
+        return self._exit.done()
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def terminate(self) -> None:
+        self._launcher.delete_pod(self, grace_period_s=30)
+
+    def kill(self) -> None:
+        self._launcher.delete_pod(self, grace_period_s=0)
+
+
+class KubernetesLauncher:
+    """Starts worker pods for the control plane. ``targets`` maps a job id to its StreamingJob."""
+
+    def __init__(
+        self,
+        client: kube.KubeClient,
+        settings: PodSettings,
+        targets: Callable[[str], Target | None],
+        namespaces: list[str] | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.targets = targets
+        self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
+        self._handles: dict[tuple[str, str], PodWorker] = {}
+        self._configmaps: dict[tuple[str, str], str] = {}  # what each job's ConfigMap holds now
+        self._seq = itertools.count(1)
+        self._watchers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._watchers = [asyncio.create_task(self._watch_forever(ns)) for ns in self.namespaces]
+
+    async def close(self) -> None:
+        for task in [*self._watchers, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._watchers, *self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------------------ launch
+
+    async def launch(self, spec: WorkerSpec) -> PodWorker:
+        target = self.targets(spec.job_id)
+        if target is None:
+            raise RuntimeError(f"no StreamingJob is bound to {spec.job_id}")
+        job_json = (spec.job_dir / "job.json").read_text()
+        await self.ensure_configmap(target, job_json)
+        if spec.index == 0:
+            await self._delete_surplus_pods(target, int(orjson.loads(job_json)["parallelism"]))
+        name = pods.pod_name(target.name, spec.index)
+        await self._replace_old_pod(target.namespace, name)
+        manifest = pods.worker_pod(target, spec, self.settings)
+        created = await self.client.create(kube.PODS, target.namespace, manifest)
+        uid = str((created.get("metadata") or {}).get("uid") or "")
+        handle = PodWorker(self, target.namespace, name, uid, spec.index)
+        handle.seq = next(self._seq)
+        old = self._handles.get((target.namespace, name))
+        if old is not None:
+            old.resolve(GONE_EXIT_CODE)
+        self._handles[(target.namespace, name)] = handle
+        logger.info("started pod %s/%s (run %d of %s)", target.namespace, name, spec.attempt, spec.job_id)
+        return handle
+
+    async def ensure_configmap(self, target: Target, job_json: str) -> None:
+        """Creates or updates ``<job>-job`` so that new pods mount the config of this run."""
+        key = (target.namespace, target.name)
+        if self._configmaps.get(key) == job_json:
+            return
+        manifest = pods.job_configmap(target, job_json)
+        try:
+            await self.client.create(kube.CONFIGMAPS, target.namespace, manifest)
+        except kube.ConflictError:
+            await self.client.patch(
+                kube.CONFIGMAPS,
+                target.namespace,
+                pods.configmap_name(target.name),
+                {"data": manifest["data"]},
+            )
+        self._configmaps[key] = job_json
+
+    async def _delete_surplus_pods(self, target: Target, parallelism: int) -> None:
+        """After a rescale down, the old run's pods past the new parallelism would linger: delete them."""
+        labels = {**pods.job_labels(target.name), pods.LABEL_COMPONENT: "worker"}
+        for pod in await self.client.list(kube.PODS, target.namespace, labels):
+            meta = pod.get("metadata") or {}
+            index = str((meta.get("labels") or {}).get(pods.LABEL_INDEX, ""))
+            if index.isdigit() and int(index) >= parallelism:
+                await self.client.delete(kube.PODS, target.namespace, str(meta.get("name")), grace_period_s=0)
+
+    def forget(self, namespace: str, job: str) -> None:
+        """The StreamingJob is gone (its ConfigMap with it): a new one of that name starts afresh."""
+        self._configmaps.pop((namespace, job), None)
+
+    async def _replace_old_pod(self, namespace: str, name: str) -> None:
+        """An older run's pod holds the stable name: delete it and wait until it is gone."""
+        if await self.client.get_or_none(kube.PODS, namespace, name) is None:
+            return
+        await self.client.delete(kube.PODS, namespace, name, grace_period_s=0)
+        deadline = asyncio.get_running_loop().time() + REPLACE_TIMEOUT_S
+        while await self.client.get_or_none(kube.PODS, namespace, name) is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"old pod {namespace}/{name} still exists after {REPLACE_TIMEOUT_S:g}s")
+            await asyncio.sleep(0.1)
+
+    def delete_pod(self, handle: PodWorker, grace_period_s: int) -> None:
+        if handle.done:
+            return
+        task = asyncio.create_task(self._delete(handle, grace_period_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _delete(self, handle: PodWorker, grace_period_s: int) -> None:
+        try:
+            await self.client.delete(
+                kube.PODS, handle.namespace, handle.name, grace_period_s=grace_period_s, uid=handle.uid
+            )
+        except kube.ConflictError:
+            handle.resolve(GONE_EXIT_CODE)  # the name belongs to a newer pod: ours is gone
+        except kube.ApiError as e:
+            logger.error("could not delete pod %s/%s: %s", handle.namespace, handle.name, e)
+
+    # ------------------------------------------------------------------------------ watch
+
+    async def _watch_forever(self, namespace: str | None) -> None:
+        labels = {pods.LABEL_APP: pods.APP, pods.LABEL_COMPONENT: "worker"}
+        while True:
+            try:
+                listed_from = next(self._seq)
+                items = await self.client.list(kube.PODS, namespace, labels)
+                self._sync(namespace, items, listed_from)
+                async for kind, pod in self.client.watch(
+                    kube.PODS, namespace, labels, timeout_s=WATCH_TIMEOUT_S
+                ):
+                    self._on_pod(kind, pod)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.warning("watching pods in %s failed: %s", namespace or "all namespaces", e)
+                await asyncio.sleep(WATCH_BACKOFF_S)
+
+    def _sync(self, namespace: str | None, items: list[dict[str, Any]], listed_from: int) -> None:
+        present = set()
+        for pod in items:
+            meta = pod.get("metadata") or {}
+            present.add((meta.get("namespace"), meta.get("name"), meta.get("uid")))
+            self._on_pod("ADDED", pod)
+        for (ns, name), handle in list(self._handles.items()):
+            if namespace is not None and ns != namespace:
+                continue
+            if handle.seq < listed_from and (ns, name, handle.uid) not in present:
+                handle.resolve(GONE_EXIT_CODE)
+
+    def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        handle = self._handles.get(key)
+        if handle is None or (handle.uid and meta.get("uid") and meta.get("uid") != handle.uid):
+            return
+        code = pods.pod_exit_code(pod)
+        if code is None and kind == "DELETED":
+            code = GONE_EXIT_CODE
+        if code is not None:
+            handle.resolve(code)
+            if self._handles.get(key) is handle:
+                del self._handles[key]

@@ -1,0 +1,154 @@
+"""StreamingJob spec -> job config, and the one step that brings a job closer to its spec. Pure: no I/O.
+
+The spec is the REST submit body plus what the operator acts on (``state``, ``restartNonce``,
+``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``). ``plan``
+compares the spec with what the control plane reports and names the single next action, the way the
+Flink operator's reconciler decides one step per pass; the reconciler performs it and asks again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.job.types import JobStatus
+
+JOB_FIELDS = ("name", "config", "sources", "transformations", "sinks")
+# what a restart can change without a new job (the rest of the spec is fixed at submit)
+OVERRIDABLE = ("parallelism", "checkpoint_interval_ms", "restart_strategy", "on_error")
+
+
+class DesiredState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """The operator's fields of a StreamingJob spec, with the CRD's defaults applied."""
+
+    state: DesiredState = DesiredState.RUNNING
+    restart_nonce: int = 0
+    restore_from: str | None = None
+    savepoint_on_cancel: bool = False
+    image: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    checkpoint_storage: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
+        errors = []
+        try:
+            state = DesiredState(spec.get("state") or "running")
+        except ValueError:
+            errors.append(FieldError("spec.state", "must be one of running, paused, cancelled"))
+            state = DesiredState.RUNNING
+        nonce = spec.get("restartNonce") or 0
+        if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
+            errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
+            nonce = 0
+        resources = spec.get("resources") or {}
+        if not isinstance(resources, dict):
+            errors.append(FieldError("spec.resources", "must be an object (requests, limits)"))
+            resources = {}
+        if errors:
+            raise InvalidJobConfigError(errors)
+        return cls(
+            state=state,
+            restart_nonce=nonce,
+            restore_from=spec.get("restoreFrom") or None,
+            savepoint_on_cancel=bool(spec.get("savepointOnCancel", False)),
+            image=spec.get("image") or None,
+            resources=dict(resources),
+            checkpoint_storage=spec.get("checkpointStorage") or None,
+        )
+
+
+def job_config(name: str, spec: dict[str, Any]) -> JobConfig:
+    """The job of a StreamingJob: its REST-body fields, ``metadata.name`` as the default job name.
+
+    Validation errors name spec paths (``spec.sources[0].config.rate_per_sec``).
+    """
+    body = {k: spec[k] for k in JOB_FIELDS if k in spec}
+    body.setdefault("name", name)
+    settings = dict(body.get("config") or {})
+    if spec.get("checkpointStorage"):
+        settings["checkpoint_storage"] = spec["checkpointStorage"]
+    body["config"] = settings
+    try:
+        return JobConfig.from_dict(body)
+    except InvalidJobConfigError as e:
+        raise InvalidJobConfigError(
+            [FieldError(f"spec.{err.path}", err.message) for err in e.errors]
+        ) from None
+
+
+def restart_overrides(wanted: JobConfig) -> JobConfigOverrides:
+    """The settings a restart takes from the current spec (e.g. a new ``config.parallelism``)."""
+    return JobConfigOverrides(
+        parallelism=wanted.parallelism,
+        checkpoint_interval_ms=wanted.checkpoint_interval_ms,
+        restart_strategy=wanted.restart_strategy,
+        on_error=wanted.on_error,
+    )
+
+
+def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
+    """Spec fields that differ from the running job and that no restart can apply (a new job can)."""
+    a, b = current.to_dict(), wanted.to_dict()
+    changed = [k for k in ("sources", "transformations", "sinks") if a[k] != b[k]]
+    changed += [
+        f"config.{k}"
+        for k in sorted(set(a["config"]) | set(b["config"]))
+        if k not in OVERRIDABLE and a["config"].get(k) != b["config"].get(k)
+    ]
+    return changed
+
+
+def job_id_for(uid: str | None) -> str | None:
+    """A job id derived from the resource's uid: a submit retried after an operator crash is a no-op."""
+    return f"job-{uid}" if uid else None
+
+
+class Step(StrEnum):
+    NONE = "none"  # the job is where the spec wants it
+    WAIT = "wait"  # the wanted change is not possible yet (e.g. pause while starting): ask again soon
+    PAUSE = "pause"
+    RESUME = "resume"
+    CANCEL = "cancel"
+    CANCEL_WITH_SAVEPOINT = "cancel_with_savepoint"
+    RESTART = "restart"
+
+
+def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int) -> Step:
+    """The next step for a job in ``phase`` whose spec is ``spec``; restarts come first.
+
+    A changed ``restartNonce`` restarts from any phase but submitted (wait until it runs);
+    ``cancelled`` stops an active job (with a savepoint when asked and the job has workers);
+    ``paused``/``running`` toggle an active job. Finished, failed and cancelled jobs only move again
+    through a new ``restartNonce``.
+    """
+    if spec.restart_nonce != applied_nonce:
+        return Step.WAIT if phase == JobStatus.SUBMITTED else Step.RESTART
+    if phase.terminal:
+        return Step.NONE
+    if spec.state == DesiredState.CANCELLED:
+        if spec.savepoint_on_cancel and phase in (JobStatus.RUNNING, JobStatus.PAUSED):
+            return Step.CANCEL_WITH_SAVEPOINT
+        return Step.CANCEL
+    if spec.state == DesiredState.PAUSED:
+        return {JobStatus.RUNNING: Step.PAUSE, JobStatus.SUBMITTED: Step.WAIT}.get(phase, Step.NONE)
+    return Step.RESUME if phase == JobStatus.PAUSED else Step.NONE
+
+
+def savepoint_ref(restore_from: str | None) -> tuple[str | None, str | None]:
+    """``restoreFrom`` as (Savepoint resource name, location URI): one of them, or neither."""
+    if not restore_from:
+        return None, None
+    if "://" in restore_from:
+        return None, restore_from
+    return restore_from, None

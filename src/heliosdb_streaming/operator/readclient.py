@@ -1,0 +1,156 @@
+"""The API server's client of the operator's read API (``operator.readapi``), answers as native types.
+
+The operator's control plane is the truth about a running job (tasks, checkpoints, savepoints,
+metrics); the API server asks it over HTTP and turns the REST bodies back into the ``job.types`` the
+views render, so both substrates answer with the same shapes. ``None`` means "the operator does not
+know this job (yet)": a StreamingJob that was just created has no job in the control plane until the
+operator has reconciled it. An unreachable operator is ``OperatorUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from heliosdb_streaming.api.errors import ServiceUnavailableError
+from heliosdb_streaming.job.types import (
+    CheckpointInfo,
+    JobMetrics,
+    MetricsWindow,
+    SavepointInfo,
+    TaskInfo,
+    ThroughputPoint,
+)
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+class OperatorUnavailableError(ServiceUnavailableError):
+    """The operator's read API did not answer (or answered with an error it should not give): 503."""
+
+
+def metrics_of_details(body: dict[str, Any]) -> JobMetrics:
+    """``JobMetrics`` from the ``metrics`` object of a details body (``schemas.DetailsMetrics``)."""
+    m = body["metrics"]
+    return JobMetrics(
+        events_processed=m["events_processed"],
+        events_out=m["events_out"],
+        throughput_per_sec=m["throughput_per_sec"],
+        latency_p50_ms=m["latency_p50_ms"],
+        latency_p95_ms=m["latency_p95_ms"],
+        latency_p99_ms=m["latency_p99_ms"],
+        latency_p999_ms=m["latency_p999_ms"],
+        checkpoint_count=m["checkpoint_count"],
+        last_checkpoint_duration_ms=m["last_checkpoint_duration_ms"],
+        checkpoint_failures=m["checkpoint_failures"],
+        backpressure_events=m["backpressure_events"],
+        restarts=m["restarts"],
+        errors=m["errors"],
+        cpu_usage_percent=m["cpu_usage_percent"],
+        memory_used_mb=m["memory_used_mb"],
+    )
+
+
+def metrics_of_body(body: dict[str, Any], restarts: int) -> JobMetrics:
+    """``JobMetrics`` from a metrics body (``schemas.JobMetricsResponse``)."""
+    m = body["metrics"]
+    window = MetricsWindow.parse(body["window"])
+    return JobMetrics(
+        events_processed=m["events_processed_total"],
+        throughput_per_sec=m["throughput_per_sec"],
+        latency_p50_ms=m["latency"]["p50_ms"],
+        latency_p95_ms=m["latency"]["p95_ms"],
+        latency_p99_ms=m["latency"]["p99_ms"],
+        latency_p999_ms=m["latency"]["p999_ms"],
+        checkpoint_count=m["checkpoint"]["count"],
+        last_checkpoint_duration_ms=m["checkpoint"]["last_duration_ms"],
+        checkpoint_failures=m["checkpoint"]["failures"],
+        backpressure_events=m["backpressure"]["events_total"],
+        backpressure_level=m["backpressure"]["current_level"],
+        restarts=restarts,
+        cpu_usage_percent=m["resources"]["cpu_usage_percent"],
+        memory_used_mb=m["resources"]["memory_used_mb"],
+        memory_total_mb=m["resources"]["memory_total_mb"],
+        errors=m["errors"]["count"],
+        errors_rate_per_min=m["errors"]["rate_per_min"],
+        window_seconds=window.seconds,
+        history=[ThroughputPoint.model_validate(p) for p in body["history"]],
+    )
+
+
+def tasks_of(body: dict[str, Any]) -> list[TaskInfo]:
+    return [TaskInfo.model_validate(t) for t in body["tasks"]]
+
+
+def checkpoints_of(body: dict[str, Any]) -> list[CheckpointInfo]:
+    return [CheckpointInfo.model_validate(c) for c in body["checkpoints"]]
+
+
+class OperatorClient:
+    """GETs against ``{url}/api/v1`` and ``{url}/metrics`` with the bearer token, if any."""
+
+    def __init__(self, url: str, api_token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if api_token:
+            headers["Authorization"] = f"Bearer {api_token}"
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes]:
+        try:
+            async with self._session.get(self.url + path, params=params) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise OperatorUnavailableError(f"operator read API at {self.url}: {type(e).__name__}: {e}") from e
+
+    async def _job_json(self, job_id: str, sub: str = "", params: dict[str, str] | None = None) -> Any:
+        """The body of ``GET /api/v1/jobs/{job_id}{sub}``; None when the operator answers 404."""
+        status, payload = await self._get(f"/api/v1/jobs/{quote(job_id, safe='')}{sub}", params)
+        if status == 404:
+            return None
+        if status != 200:
+            raise OperatorUnavailableError(
+                f"operator read API answered {status}: {payload[:300].decode(errors='replace')}"
+            )
+        return orjson.loads(payload)
+
+    async def details(self, job_id: str) -> dict[str, Any] | None:
+        """The job's details body (``schemas.JobDetailsResponse``), or None if the operator lacks it."""
+        body: dict[str, Any] | None = await self._job_json(job_id)
+        return body
+
+    async def metrics(self, job_id: str, window: MetricsWindow, restarts: int) -> JobMetrics | None:
+        body = await self._job_json(job_id, "/metrics", {"window": window.label()})
+        return metrics_of_body(body, restarts) if body is not None else None
+
+    async def checkpoints(self, job_id: str) -> list[CheckpointInfo] | None:
+        body = await self._job_json(job_id, "/checkpoints")
+        return checkpoints_of(body) if body is not None else None
+
+    async def savepoints(self, job_id: str) -> list[SavepointInfo] | None:
+        body = await self._job_json(job_id, "/savepoints")
+        if body is None:
+            return None
+        return [SavepointInfo.model_validate(s) for s in body["savepoints"]]
+
+    async def savepoint(self, job_id: str, savepoint_id: str) -> SavepointInfo | None:
+        """One completed savepoint, or None (no such job or savepoint on the operator)."""
+        body = await self._job_json(job_id, f"/savepoints/{quote(savepoint_id, safe='')}")
+        return SavepointInfo.model_validate(body) if body is not None else None
+
+    async def prometheus(self) -> bytes:
+        status, payload = await self._get("/metrics")
+        if status != 200:
+            raise OperatorUnavailableError(f"operator /metrics answered {status}")
+        return payload

@@ -1,0 +1,252 @@
+"""A Kubernetes API server for tests and benchmarks: kmock's ``KubernetesEmulator`` plus the metadata
+the operator and kopf rely on.
+
+kmock stores objects as plain JSON and merges patches; a real server also stamps ``uid``,
+``resourceVersion`` (kopf guards its JSON patches with a ``test`` on it), ``generation`` (bumped by
+spec changes) and ``creationTimestamp``. ``ClusterEmulator`` adds those and answers
+``/api/v1/namespaces``, which kmock cannot parse, and the pod log subresource (``pods/{name}/log``,
+text as a kubelet serves it) from ``pod_logs``, a callable a test kubelet provides.
+``start_cluster`` serves it on a free port and writes a kubeconfig pointing at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import kmock
+import orjson
+
+from heliosdb_streaming.operator import crds
+
+NAMESPACES_PATH = "/api/v1/namespaces"
+POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/]+)/log$")
+
+# (namespace, pod name) -> the container's output so far, or None while it has not started
+PodLogSource = Callable[[str, str], str | None]
+
+
+class ClusterEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with uids, resource versions, generations and a namespace list."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._versions = itertools.count(1)
+        self._last_version = 0
+        self.namespace_names: set[str] = {"default"}
+        self.pod_logs: PodLogSource | None = None
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.rstrip("/") == NAMESPACES_PATH and raw_request.method == "GET":
+            return await self._namespaces(raw_request)
+        log_path = POD_LOG_PATH.match(raw_request.path)
+        if log_path is not None and raw_request.method == "GET":
+            return self._pod_log(raw_request, log_path["namespace"], log_path["name"])
+        # kmock matches each request against every request served so far (its views are sequences
+        # of requests), so a long run slows down quadratically: forget a request once it is served
+        try:
+            return await super().__call__(raw_request)
+        finally:
+            self._requests[:] = [r for r in self._requests if r._raw_request is not raw_request]
+
+    def _pod_log(
+        self, raw_request: aiohttp.web.BaseRequest, namespace: str, name: str
+    ) -> aiohttp.web.StreamResponse:
+        """``GET .../pods/{name}/log[?tailLines=N]``: 404 for no such pod, 400 before its container runs."""
+        exists = any(
+            getattr(resource, "plural", None) == "pods" and (ns, n) == (namespace, name) and not obj.deleted
+            for (resource, ns, n), obj in self.objects.items()
+        )
+        if not exists:
+            return _status(404, "NotFound", f'pods "{name}" not found')
+        text = self.pod_logs(namespace, name) if self.pod_logs is not None else None
+        if text is None:
+            return _status(400, "BadRequest", f'container in pod "{name}" is waiting to start')
+        tail = raw_request.query.get("tailLines", "")
+        if tail.isdigit():
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[len(lines) - int(tail) :]) if int(tail) else ""
+        return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    async def _namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        names = set(self.namespace_names)
+        for _resource, namespace, _name in self.objects:
+            if namespace:
+                names.add(namespace)
+        items = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "uid": f"ns-{n}"}}
+            for n in sorted(names)
+        ]
+        if raw_request.query.get("watch") != "true":
+            body = {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": items}
+            return aiohttp.web.json_response(body)
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        for item in items:
+            await response.write(orjson.dumps({"type": "ADDED", "object": item}) + b"\n")
+        # namespaces never change here: hold the stream open for its timeout, as a server would
+        await asyncio.sleep(float(raw_request.query.get("timeoutSeconds") or 60))
+        return response
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        payload: Any = await super()._serve_list(request)
+        payload["metadata"]["resourceVersion"] = str(self._last_version)  # a watch can resume from here
+        return payload
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        """A watch from ``resourceVersion`` N sends only changes after N, as a real server does.
+
+        kmock's watch replays every object as ADDED; a client that listed first would then see
+        stale versions after newer ones (and kopf would patch against them, fail and stall).
+        """
+        since_text = request.params.get("resourceVersion") or ""
+        since = int(since_text) if since_text.isdigit() else 0
+        yield b""
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        async with self._lock:
+            mark = await bus.mark()
+            dump = [
+                obj.raw
+                for (resource, namespace, name), obj in self.objects.items()
+                if self._matches(request, resource, namespace, name) and not obj.deleted
+            ]
+        try:
+            for raw in dump:
+                if _version(raw) > since:
+                    yield {"type": "ADDED", "object": raw}
+            async for event in bus.stream(since=mark):
+                raw = event.get("object") or {}
+                meta = raw.get("metadata") or {}
+                mine = self._matches(request, request.resource, meta.get("namespace"), meta.get("name"))
+                if mine and (event.get("type") == "DELETED" or _version(raw) > since):
+                    yield event
+        finally:
+            await bus.unmark(mark)
+
+    @staticmethod
+    def _matches(request: kmock.Request, resource: Any, namespace: str | None, name: str | None) -> bool:
+        return bool(
+            resource == request.resource
+            and (request.namespace is None or namespace == request.namespace)
+            and (request.name is None or name == request.name)
+        )
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None:
+            self._stamp(request)
+        return await super()._handle(request)
+
+    def _stamp(self, request: kmock.Request) -> None:
+        self._last_version = next(self._versions)
+        version = str(self._last_version)
+        data: Any = request.data
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta["resourceVersion"] = version
+            meta.setdefault("generation", 1)
+            if request.namespace and not meta.get("namespace"):
+                meta["namespace"] = request.namespace
+            if meta.get("generateName") and not meta.get("name"):
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:10]}"
+            return
+        if request.action != kmock.action.UPDATE or request.name is None:
+            return
+        current = self._current(request)
+        generation = int(current.get("metadata", {}).get("generation", 1)) if current is not None else None
+        if isinstance(data, list):  # a JSON patch: its resourceVersion test fails with 422, as on a server
+            have = (current or {}).get("metadata", {}).get("resourceVersion")
+            for op in data:
+                is_test = op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
+                if is_test and op.get("value") != have:
+                    raise kmock.KubernetesError(
+                        status=422,
+                        reason="Invalid",
+                        message=f"resourceVersion is {have}, not {op.get('value')}",
+                    )
+            touches_spec = any(str(op.get("path", "")).startswith("/spec") for op in data)
+            data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            if touches_spec and request.subresource is None and generation is not None:
+                data.append({"op": "add", "path": "/metadata/generation", "value": generation + 1})
+        elif isinstance(data, dict):  # a merge patch
+            meta = data.get("metadata")
+            if not isinstance(meta, dict):
+                meta = data["metadata"] = {}
+            meta["resourceVersion"] = version
+            if "spec" in data and request.subresource is None and generation is not None:
+                meta["generation"] = generation + 1
+
+    def _current(self, request: kmock.Request) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects:  # type: ignore[operator]
+            return None
+        obj = self.objects[key]  # type: ignore[index]
+        return None if obj.deleted else dict(obj.raw)
+
+
+def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
+    """The core resources (bundled discovery data) and the two custom resources."""
+    emulator.resources.load_bundled()
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    for kind, plural, short in (
+        (crds.STREAMING_JOB_KIND, crds.STREAMING_JOB_PLURAL, "sj"),
+        (crds.SAVEPOINT_KIND, crds.SAVEPOINT_PLURAL, "sp"),
+    ):
+        emulator.resources[f"{crds.GROUP}/{crds.VERSION}/{plural}"] = kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            namespaced=True,
+            verbs=verbs,
+            shortnames={short},
+            subresources={"status"},
+        )
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> Path:
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f'clusters: [{{name: emulator, cluster: {{server: "{server}"}}}}]\n'
+        "users: [{name: tester, user: {token: test-token}}]\n"
+        "contexts: [{name: emulator, context: "
+        f"{{cluster: emulator, user: tester, namespace: {namespace}}}}}]\n"
+        "current-context: emulator\n"
+    )
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    emulator: ClusterEmulator
+    url: str
+    kubeconfig: Path
+
+
+@contextlib.asynccontextmanager
+async def start_cluster(directory: Path) -> AsyncIterator[Cluster]:
+    """An emulated API server on a free loopback port, with a kubeconfig in ``directory``."""
+    async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
+        declare_resources(emulator)
+        url = str(server.url).rstrip("/")
+        yield Cluster(emulator, url, write_kubeconfig(directory / "kubeconfig.yaml", url))
+
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    """An error answer in the API server's shape (a ``Status`` object)."""
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message}
+    return aiohttp.web.json_response(body, status=code)
+
+
+def _version(raw: dict[str, Any]) -> int:
+    text = str((raw.get("metadata") or {}).get("resourceVersion") or "0")
+    return int(text) if text.isdigit() else 0

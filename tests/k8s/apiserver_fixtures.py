@@ -1,0 +1,155 @@
+"""Fixtures of the API server's kubernetes substrate: one emulated cluster and operator per module.
+
+The operator (a ``helios operator`` subprocess with its read API on a free port, behind a token) and
+the test kubelet are shared by the module's tests, which is what keeps them fast; isolation comes
+from namespaces instead: each ``k8s_api`` gets a fresh namespace and its own ``KubernetesJobService``
+(the REST app over real HTTP on a free port). The emulator answers the pod log API from the test
+kubelet's process output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import kopf
+import pytest
+from aiohttp.test_utils import TestServer
+from k8s_helpers import free_port
+
+from heliosdb_streaming.api.app import create_app
+from heliosdb_streaming.operator import kube
+from heliosdb_streaming.operator.apiserver import KubernetesJobService
+from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
+from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
+
+TOKEN = "apiserver-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+_namespaces = itertools.count(1)
+
+
+@dataclass
+class KubeSubstrate:
+    cluster: Cluster
+    client: kube.KubeClient
+    kubelet: ProcessKubelet
+    operator: subprocess.Popen[bytes]
+    operator_log: Path
+    operator_url: str
+    tmp: Path
+
+    def operator_output(self) -> str:
+        return self.operator_log.read_text(errors="replace")[-4000:]
+
+
+@dataclass
+class K8sApi:
+    """A REST client of one API server (kubernetes substrate) over one namespace."""
+
+    url: str
+    namespace: str
+    service: KubernetesJobService
+    substrate: KubeSubstrate
+
+
+async def _wait_read_api(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"operator exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the operator's read API did not answer:\n{log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KubeSubstrate]:
+    """Emulated API server, kubelet, garbage collector and ``helios operator -A`` with a read API."""
+    tmp = tmp_path_factory.mktemp("apiserver")
+    async with start_cluster(tmp) as emulated:
+        client = kube.KubeClient(kopf.ConnectionInfo(server=emulated.url))
+        try:
+            async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client):
+                emulated.emulator.pod_logs = kubelet.pod_log
+                read_port = free_port()
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "heliosdb_streaming.cli.main",
+                    "operator",
+                    "--all-namespaces",
+                    "--home",
+                    str(tmp / "operator-home"),
+                    "--control-host",
+                    "127.0.0.1",
+                    "--control-port",
+                    str(free_port()),
+                    "--read-host",
+                    "127.0.0.1",
+                    "--read-port",
+                    str(read_port),
+                    "--image",
+                    "heliosdb-streaming:test",
+                ]
+                base = {
+                    k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "AWS_", "KUBECONFIG"))
+                }
+                env = {**base, "KUBECONFIG": str(emulated.kubeconfig), "HELIOS_API_TOKEN": TOKEN}
+                log = tmp / "operator.log"
+                with log.open("ab") as out:
+                    process = subprocess.Popen(
+                        argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    )
+                url = f"http://127.0.0.1:{read_port}"
+                try:
+                    await _wait_read_api(url, process, log)
+                    yield KubeSubstrate(emulated, client, kubelet, process, log, url, tmp)
+                finally:
+                    process.terminate()
+                    try:
+                        await asyncio.wait_for(asyncio.to_thread(process.wait), 20)
+                    except TimeoutError:
+                        process.kill()
+                        process.wait()
+        finally:
+            await client.close()
+
+
+@contextlib.asynccontextmanager
+async def k8s_api_server(substrate: KubeSubstrate, namespace: str) -> AsyncIterator[K8sApi]:
+    """The REST app over ``KubernetesJobService`` for ``namespace``, on a free port of 127.0.0.1."""
+    service = KubernetesJobService(
+        kopf.ConnectionInfo(server=substrate.cluster.url),
+        namespace,
+        substrate.operator_url,
+        api_token=TOKEN,
+    )
+    server = TestServer(create_app(service, api_token=TOKEN, owns_manager=True), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        yield K8sApi(str(server.make_url("")).rstrip("/"), namespace, service, substrate)
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def k8s_api(substrate: KubeSubstrate) -> AsyncIterator[K8sApi]:
+    """A fresh namespace; its StreamingJobs are deleted afterwards (the operator stops their jobs)."""
+    namespace = f"apitest-{next(_namespaces)}"
+    async with k8s_api_server(substrate, namespace) as api:
+        yield api
+    for obj in await substrate.client.list(kube.STREAMINGJOBS, namespace):
+        await substrate.client.delete(kube.STREAMINGJOBS, namespace, obj["metadata"]["name"])

@@ -1,0 +1,86 @@
+"""Fixtures for the operator against kmock's Kubernetes emulator, over real HTTP.
+
+``cluster``: an emulated API server (``ClusterEmulator``, free port) with a kubeconfig, a kubelet that
+runs the pods as local processes (``ProcessKubelet``) and the garbage collector that deletes what a
+deleted StreamingJob owns. ``start_operator`` runs ``helios operator`` as a subprocess against it
+(cluster-wide by default), with its own home; it can be stopped (SIGTERM) or killed (SIGKILL) and
+started again over the same home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import kopf
+import pytest
+from k8s_helpers import Env, OperatorProcess, StartOperator, free_port
+
+from heliosdb_streaming.operator import kube
+from heliosdb_streaming.testing.kube_emulator import start_cluster
+from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Env]:
+    async with start_cluster(tmp_path) as emulated:
+        client = kube.KubeClient(kopf.ConnectionInfo(server=emulated.url))
+        try:
+            async with ProcessKubelet(client, tmp_path / "node") as kubelet, GarbageCollector(client) as gc:
+                yield Env(emulated, client, kubelet, gc, tmp_path)
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+def start_operator(cluster: Env) -> Iterator[StartOperator]:
+    """``await start_operator(home=..., args=[...], env={...})`` runs ``helios operator``."""
+    started: list[OperatorProcess] = []
+
+    async def start(
+        home: Path | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        control_port: int | None = None,
+    ) -> OperatorProcess:
+        home = home or cluster.tmp / "operator-home"
+        port = control_port or free_port()
+        log = cluster.tmp / f"operator-{len(started)}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "heliosdb_streaming.cli.main",
+            "operator",
+            *(args if args is not None else ["--all-namespaces"]),
+            "--home",
+            str(home),
+            "--control-host",
+            "127.0.0.1",
+            "--control-port",
+            str(port),
+            "--image",
+            "heliosdb-streaming:test",
+        ]
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "AWS_", "KUBECONFIG"))}
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                argv,
+                env={**base, "KUBECONFIG": str(cluster.cluster.kubeconfig), **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        operator = OperatorProcess(process, log, home, port, argv)
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        if operator.process.poll() is None:
+            operator.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                operator.process.wait(10)

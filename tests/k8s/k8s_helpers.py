@@ -1,0 +1,202 @@
+"""Helpers for the operator tests: resources to apply, status polling with deadlines, expected output."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sqlite3
+import subprocess
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from heliosdb_streaming.operator import crds, kube
+from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+from heliosdb_streaming.testing.kube_emulator import Cluster
+from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
+
+NS = "default"
+COUNT = 20_000
+PARTITIONS = 6
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Env:
+    cluster: Cluster
+    client: kube.KubeClient
+    kubelet: ProcessKubelet
+    gc: GarbageCollector
+    tmp: Path
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+    home: Path
+    control_port: int
+    args: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.process.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                self.process.kill()
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+
+StartOperator = Callable[..., Awaitable[OperatorProcess]]
+
+
+def window_spec(db: Path, *, parallelism: int, rate: float, **extra: Any) -> dict[str, Any]:
+    """Bounded datagen -> tumbling 1 s windows per card -> SQLite: an exact, checkable result."""
+    return {
+        "config": {
+            "parallelism": parallelism,
+            "checkpoint_interval_ms": 500,
+            "restart_strategy": {"type": "fixed_delay", "attempts": 5, "delay_ms": 300},
+        },
+        "sources": [
+            {
+                "type": "datagen",
+                "config": {
+                    "count": COUNT,
+                    "partitions": PARTITIONS,
+                    "seed": 11,
+                    "keys": 60,
+                    "rate_per_sec": rate,
+                },
+            }
+        ],
+        "transformations": [
+            {
+                "type": "window",
+                "config": {
+                    "kind": "tumbling",
+                    "size": "1s",
+                    "key": "card_id",
+                    "aggregates": {"n": "count(*)", "total": "sum(amount)"},
+                },
+            }
+        ],
+        "sinks": [{"type": "database", "config": {"connection_string": f"sqlite:///{db}", "table": "spend"}}],
+        **extra,
+    }
+
+
+async def expected_windows() -> list[tuple[Any, ...]]:
+    """The windows computed straight from the generated records, without the engine."""
+    reader = DatagenSourceReader(
+        schema="transactions",
+        rate_per_sec=0,
+        count=COUNT,
+        partitions=PARTITIONS,
+        seed=11,
+        keys=60,
+        source_index=0,
+    )
+    splits = await reader.discover_splits()
+    await reader.open(splits, {})
+    sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
+    finished: set[str] = set()
+    while len(finished) < len(splits):
+        for batch in await reader.poll(10_000, 0.1):
+            for r in batch.records:
+                acc = sums[(r["card_id"], r["timestamp"] - r["timestamp"] % 1000)]
+                acc[0] += 1
+                acc[1] += r["amount"]
+            if batch.finished:
+                finished.add(batch.split_id)
+    await reader.close()
+    return sorted((c, s, s + 1000, int(n), round(t, 6)) for (c, s), (n, t) in sums.items())
+
+
+def table_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT key, window_start, window_end, n, total FROM spend").fetchall()
+    return sorted((k, s, e, n, round(t, 6)) for k, s, e, n, t in rows)
+
+
+def streaming_job(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": crds.API_VERSION,
+        "kind": crds.STREAMING_JOB_KIND,
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def savepoint(name: str, job: str, description: str = "") -> dict[str, Any]:
+    return {
+        "apiVersion": crds.API_VERSION,
+        "kind": crds.SAVEPOINT_KIND,
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"jobRef": job, "description": description},
+    }
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], timeout: float = 60, what: str = "condition", on_fail: str = ""
+) -> T:
+    """Polls ``probe`` until it returns something other than None or False; fails after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: Any = None
+    while True:
+        last = await probe()
+        if last is not None and last is not False:
+            return last
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {last!r}){on_fail}")
+        await asyncio.sleep(0.1)
+
+
+async def job_status(client: kube.KubeClient, name: str) -> dict[str, Any]:
+    obj = await client.get_or_none(kube.STREAMINGJOBS, NS, name)
+    return dict((obj or {}).get("status") or {})
+
+
+async def wait_phase(
+    client: kube.KubeClient, name: str, *phases: str, timeout: float = 60, log: str = ""
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        status = await job_status(client, name)
+        return status if status.get("phase") in phases else None
+
+    try:
+        return await eventually(probe, timeout, f"{name} to be {'/'.join(phases)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; status {await job_status(client, name)}\n{log[-4000:]}") from None
+
+
+async def patch_spec(client: kube.KubeClient, name: str, changes: dict[str, Any]) -> None:
+    await client.patch(kube.STREAMINGJOBS, NS, name, {"spec": changes})
+
+
+async def events_of(client: kube.KubeClient, name: str) -> list[tuple[str, str]]:
+    items = await client.list(kube.EVENTS, NS)
+    return [
+        (e.get("reason", ""), e.get("message", ""))
+        for e in items
+        if (e.get("involvedObject") or {}).get("name") == name
+    ]
+
+
+async def worker_pods(client: kube.KubeClient, name: str) -> list[dict[str, Any]]:
+    pods = await client.list(kube.PODS, NS, {f"{crds.GROUP}/job": name})
+    return sorted(pods, key=lambda p: p["metadata"]["name"])

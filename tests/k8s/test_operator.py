@@ -1,0 +1,282 @@
+"""The operator end to end: StreamingJob -> operator -> pods (run by the test kubelet) -> workers -> status.
+
+Every scenario runs ``helios operator`` (a subprocess) against the emulated API server over HTTP;
+pods are local processes of the real worker, so the output, checkpoints and savepoints are real. The
+window job's result is compared with the windows computed straight from the generated records.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from k8s_helpers import (
+    NS,
+    Env,
+    OperatorProcess,
+    StartOperator,
+    events_of,
+    eventually,
+    expected_windows,
+    job_status,
+    patch_spec,
+    savepoint,
+    streaming_job,
+    table_rows,
+    wait_phase,
+    window_spec,
+    worker_pods,
+)
+
+from heliosdb_streaming.operator import crds, kube
+
+pytestmark = pytest.mark.timeout(180)
+
+UPSERT = {"key": ["key", "window_start"]}  # a replay from an older savepoint rewrites the same rows
+
+
+def upsert_spec(db: Path, *, parallelism: int, rate: float) -> dict[str, object]:
+    spec = window_spec(db, parallelism=parallelism, rate=rate)
+    spec["sinks"][0]["config"].update(UPSERT)  # type: ignore[index]
+    return spec
+
+
+async def create(env: Env, name: str, spec: dict[str, object]) -> None:
+    await env.client.create(kube.STREAMINGJOBS, NS, streaming_job(name, spec))
+
+
+async def wait_checkpoint(env: Env, name: str, operator: OperatorProcess) -> str:
+    async def probe() -> str | None:
+        return (await job_status(env.client, name)).get("lastCheckpoint")
+
+    return await eventually(probe, 30, f"a checkpoint of {name}", on_fail=operator.output()[-3000:])
+
+
+async def test_create_runs_workers_and_cancel_with_savepoint_then_restart_rescaled(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    client, db = cluster.client, cluster.tmp / "out.db"
+    operator = await start_operator()
+    await create(cluster, "spend", {**window_spec(db, parallelism=2, rate=5000), "savepointOnCancel": True})
+    status = await wait_phase(client, "spend", "running", log=operator.output())
+    assert status["jobId"].startswith("job-") and status["parallelism"] == 2
+    assert status["startedAt"] and status["submittedAt"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "True", "Failed": "False"}
+    annotations = (await client.get(kube.STREAMINGJOBS, NS, "spend"))["metadata"]["annotations"]
+    assert "kopf" not in status and f"{crds.GROUP}/last-handled-configuration" in annotations  # progress
+
+    workers = await worker_pods(client, "spend")
+    assert [p["metadata"]["name"] for p in workers] == ["spend-worker-0", "spend-worker-1"]
+    owner = workers[0]["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == (crds.STREAMING_JOB_KIND, "spend", True)
+    assert workers[0]["spec"]["restartPolicy"] == "Never"
+    assert workers[0]["spec"]["containers"][0]["image"] == "heliosdb-streaming:test"
+    assert {p["status"]["phase"] for p in workers} == {"Running"}
+    configmap = await client.get(kube.CONFIGMAPS, NS, "spend-job")
+    assert '"parallelism":2' in configmap["data"]["job.json"]
+    assert (await client.get(kube.SERVICES, NS, "spend-workers"))["spec"]["clusterIP"] == "None"
+    await wait_checkpoint(cluster, "spend", operator)
+
+    await patch_spec(client, "spend", {"state": "cancelled"})  # with a savepoint (savepointOnCancel)
+    status = await wait_phase(client, "spend", "cancelled", log=operator.output())
+    assert status["finishedAt"]
+    location = status["lastSavepoint"]["location"]
+    assert location.startswith("file://") and Path(urlparse(location).path, "_manifest.json").is_file()
+
+    async def pods_ended() -> bool:
+        return all(
+            p["status"]["phase"] in ("Succeeded", "Failed") for p in await worker_pods(client, "spend")
+        )
+
+    await eventually(pods_ended, 30, "worker pods to end")
+
+    # restart from that savepoint (named by its location) with parallelism 3: the result is exact
+    await patch_spec(
+        client,
+        "spend",
+        {"state": "running", "restartNonce": 1, "restoreFrom": location, "config": {"parallelism": 3}},
+    )
+    status = await wait_phase(client, "spend", "running", "finished", log=operator.output())
+    assert status["parallelism"] == 3 and status["observedRestartNonce"] == 1 and status["restarts"] == 1
+    status = await wait_phase(client, "spend", "finished", timeout=90, log=operator.output())
+    assert table_rows(db) == await expected_windows()
+    pods = await worker_pods(client, "spend")
+    assert [p["metadata"]["labels"][f"{crds.GROUP}/attempt"] for p in pods] == ["2", "2", "2"]
+    reasons = [reason for reason, _ in await events_of(client, "spend")]
+    assert {"Running", "Cancelled", "Restarted", "Finished", "SavepointCompleted"} <= set(reasons)
+    assert await operator.stop() == 0
+
+
+async def test_savepoint_resource_and_restart_from_it(cluster: Env, start_operator: StartOperator) -> None:
+    client, db = cluster.client, cluster.tmp / "out.db"
+    operator = await start_operator()
+    await create(cluster, "spend", upsert_spec(db, parallelism=2, rate=5000))
+    await wait_phase(client, "spend", "running", log=operator.output())
+    await wait_checkpoint(cluster, "spend", operator)
+
+    await client.create(kube.SAVEPOINTS, NS, savepoint("before-upgrade", "spend", "pre-upgrade"))
+
+    async def completed() -> dict[str, object] | None:
+        sp = await client.get(kube.SAVEPOINTS, NS, "before-upgrade")
+        state = (sp.get("status") or {}).get("state")
+        assert state != "failed", sp
+        return sp["status"] if state == "completed" else None
+
+    sp_status = await eventually(completed, 30, "the savepoint", on_fail=operator.output()[-3000:])
+    assert str(sp_status["savepointId"]).startswith("savepoint-") and int(sp_status["sizeBytes"]) > 0  # type: ignore[call-overload]
+    directory = Path(urlparse(str(sp_status["location"])).path)
+    assert (directory / "_manifest.json").is_file()
+    assert sp_status["jobId"] == (await job_status(client, "spend"))["jobId"]
+
+    await patch_spec(
+        client, "spend", {"restartNonce": 1, "restoreFrom": "before-upgrade", "config": {"parallelism": 3}}
+    )
+    status = await wait_phase(client, "spend", "finished", timeout=90, log=operator.output())
+    assert status["parallelism"] == 3 and status["restarts"] == 1
+    assert table_rows(db) == await expected_windows()
+    messages = [m for _, m in await events_of(client, "spend")]
+    assert any(f"savepoint {sp_status['savepointId']}" in m for m in messages), messages
+
+    # deleting the Savepoint resource deletes its files (finalizer), then the resource goes
+    await client.delete(kube.SAVEPOINTS, NS, "before-upgrade")
+
+    async def gone() -> bool:
+        return await client.get_or_none(kube.SAVEPOINTS, NS, "before-upgrade") is None
+
+    await eventually(gone, 30, "the Savepoint to go", on_fail=operator.output()[-3000:])
+    assert not directory.exists()
+    await operator.stop()
+
+
+async def test_pod_failure_restarts_by_strategy_with_exact_output(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    client, db = cluster.client, cluster.tmp / "out.db"
+    operator = await start_operator()
+    await create(cluster, "spend", window_spec(db, parallelism=2, rate=5000))
+    await wait_phase(client, "spend", "running", log=operator.output())
+    await wait_checkpoint(cluster, "spend", operator)
+
+    cluster.kubelet.kill(NS, "spend-worker-1")  # kill -9 the worker's process
+
+    async def restarted() -> dict[str, object] | None:
+        status = await job_status(client, "spend")
+        return (
+            status if status.get("restarts") == 1 and status.get("phase") in ("running", "finished") else None
+        )
+
+    status = await eventually(restarted, 30, "a restart", on_fail=operator.output()[-3000:])
+    assert "restart 1 of 5" in str(status["message"]) or status["phase"] == "finished"
+    await wait_phase(client, "spend", "finished", timeout=90, log=operator.output())
+    assert table_rows(db) == await expected_windows()  # exactly once through the crash
+    assert "Restarted" in [r for r, _ in await events_of(client, "spend")]
+    attempts = {p["metadata"]["labels"][f"{crds.GROUP}/attempt"] for p in await worker_pods(client, "spend")}
+    assert attempts == {"2"}
+    await operator.stop()
+
+
+async def test_pause_resume_and_scale_down_in_a_watched_namespace(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    client = cluster.client
+    operator = await start_operator(args=["--namespace", NS])
+    spec = window_spec(cluster.tmp / "out.db", parallelism=2, rate=500)
+    await create(cluster, "endless", spec)
+    await wait_phase(client, "endless", "running", log=operator.output())
+    await patch_spec(client, "endless", {"state": "paused"})
+    status = await wait_phase(client, "endless", "paused", log=operator.output())
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+    assert {p["status"]["phase"] for p in await worker_pods(client, "endless")} == {"Running"}  # state kept
+    await patch_spec(client, "endless", {"state": "running"})
+    await wait_phase(client, "endless", "running", log=operator.output())
+    assert [r for r, _ in await events_of(client, "endless")].count("Running") == 2
+
+    # a new parallelism alone waits for a restart (and says so); the restart scales down to 1 pod
+    await patch_spec(client, "endless", {"config": {**spec["config"], "parallelism": 1}})
+
+    async def pending() -> bool:
+        return "SpecPending" in [r for r, _ in await events_of(client, "endless")]
+
+    await eventually(pending, 20, "a SpecPending event", on_fail=operator.output()[-3000:])
+    assert (await job_status(client, "endless"))["parallelism"] == 2
+    await patch_spec(client, "endless", {"restartNonce": 1})
+
+    async def scaled_down() -> bool:
+        names = [p["metadata"]["name"] for p in await worker_pods(client, "endless")]
+        status = await job_status(client, "endless")
+        return (
+            names == ["endless-worker-0"] and status.get("parallelism") == 1 and status["phase"] == "running"
+        )
+
+    await eventually(scaled_down, 30, "one worker", on_fail=operator.output()[-3000:])
+    await operator.stop()
+
+
+async def test_delete_stops_the_job_and_removes_what_it_owns(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    client = cluster.client
+    operator = await start_operator()
+    await create(cluster, "doomed", window_spec(cluster.tmp / "out.db", parallelism=2, rate=500))
+    await wait_phase(client, "doomed", "running", log=operator.output())
+    assert (await client.get(kube.STREAMINGJOBS, NS, "doomed"))["metadata"]["finalizers"] == [
+        f"{crds.GROUP}/finalizer"
+    ]
+    await client.delete(kube.STREAMINGJOBS, NS, "doomed")
+
+    async def all_gone() -> bool:
+        return (
+            await client.get_or_none(kube.STREAMINGJOBS, NS, "doomed") is None
+            and not await worker_pods(client, "doomed")
+            and await client.get_or_none(kube.CONFIGMAPS, NS, "doomed-job") is None
+            and await client.get_or_none(kube.SERVICES, NS, "doomed-workers") is None
+        )
+
+    await eventually(all_gone, 30, "the job and what it owns to go", on_fail=operator.output()[-3000:])
+    assert cluster.gc.collected == 4  # 2 pods, the ConfigMap and the Service, by their owner references
+    assert not cluster.kubelet.running or all(
+        p.process.returncode is not None for p in cluster.kubelet.running.values()
+    )
+    await operator.stop()
+
+
+async def test_operator_restart_keeps_the_job(cluster: Env, start_operator: StartOperator) -> None:
+    client, db = cluster.client, cluster.tmp / "out.db"
+    first = await start_operator()
+    await create(cluster, "spend", window_spec(db, parallelism=2, rate=5000))
+    status = await wait_phase(client, "spend", "running", log=first.output())
+    await wait_checkpoint(cluster, "spend", first)
+    assert await first.stop(signal.SIGKILL) == -signal.SIGKILL  # no goodbye: workers lose their channel
+
+    second = await start_operator(home=first.home, control_port=first.control_port)
+
+    async def relaunched() -> bool:
+        attempts = {
+            p["metadata"]["labels"][f"{crds.GROUP}/attempt"] for p in await worker_pods(client, "spend")
+        }
+        return attempts == {"2"}
+
+    await eventually(relaunched, 30, "the workers to be started again", on_fail=second.output()[-3000:])
+    final = await wait_phase(client, "spend", "finished", timeout=90, log=second.output())
+    assert final["jobId"] == status["jobId"]  # the same job, not a second one
+    assert table_rows(db) == await expected_windows()
+    await second.stop()
+
+
+async def test_invalid_spec_is_failed_with_the_field_path(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    client = cluster.client
+    # a namespace pattern: kopf lists and watches the namespaces (the emulator serves them)
+    operator = await start_operator(args=["--namespace", "def*"])
+    spec = window_spec(cluster.tmp / "out.db", parallelism=1, rate=0)
+    spec["transformations"] = [{"type": "filter", "config": {}}]
+    await create(cluster, "broken", spec)
+    status = await wait_phase(client, "broken", "failed", log=operator.output())
+    assert "spec.transformations[0].config.condition" in status["message"]
+    assert "jobId" not in status
+    assert "InvalidSpec" in [r for r, _ in await events_of(client, "broken")]
+    assert not await worker_pods(client, "broken")
+    await operator.stop()

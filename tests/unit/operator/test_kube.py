@@ -1,0 +1,34 @@
+"""The API client's pure parts: URL paths, label selectors, error mapping."""
+
+from __future__ import annotations
+
+from heliosdb_streaming.operator import kube
+
+
+def test_paths() -> None:
+    assert kube.PODS.path("ns") == "/api/v1/namespaces/ns/pods"
+    assert kube.PODS.path("ns", "p-0") == "/api/v1/namespaces/ns/pods/p-0"
+    assert kube.PODS.path() == "/api/v1/pods"
+    assert kube.NAMESPACES.path("ignored") == "/api/v1/namespaces"
+    assert (
+        kube.STREAMINGJOBS.path("ns", "j", "status")
+        == "/apis/streaming.heliosdb.io/v1alpha1/namespaces/ns/streamingjobs/j/status"
+    )
+    assert kube.SAVEPOINTS.api_version == "streaming.heliosdb.io/v1alpha1" and kube.PODS.api_version == "v1"
+
+
+def test_label_selectors() -> None:
+    labels = {"b": "2", "a": "1"}
+    assert kube.selector_text(labels) == "a=1,b=2"
+    assert kube.matches({"metadata": {"labels": {"a": "1", "b": "2", "c": "3"}}}, labels)
+    assert not kube.matches({"metadata": {"labels": {"a": "1"}}}, labels)
+    assert kube.matches({}, None)
+
+
+def test_errors_keep_status_and_reason() -> None:
+    body = b'{"kind":"Status","code":404,"reason":"NotFound","message":"pods \\"x\\" not found"}'
+    error = kube._error(404, body)
+    assert isinstance(error, kube.NotFoundError) and error.message == 'pods "x" not found'
+    assert isinstance(kube._error(409, b"{}"), kube.ConflictError)
+    other = kube._error(500, b"not json")
+    assert type(other) is kube.ApiError and other.status == 500 and other.message == "not json"

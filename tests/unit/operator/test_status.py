@@ -1,0 +1,84 @@
+"""The StreamingJob status projection, its conditions and the Events a change deserves (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
+from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.operator import status
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def record(**fields: object) -> JobRecord:
+    base: dict[str, object] = {
+        "job_id": "job-1",
+        "name": "spend",
+        "status": JobStatus.RUNNING,
+        "config": {},
+        "submitted_at": T0,
+        "started_at": T0 + timedelta(seconds=2),
+        "restarts": 0,
+        "message": "Job started successfully",
+    }
+    return JobRecord(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def snapshot(checkpoint_id: int, kind: str = "checkpoint", state: str = "completed") -> SnapshotRecord:
+    return SnapshotRecord(
+        job_id="job-1",
+        checkpoint_id=checkpoint_id,
+        kind=kind,
+        status=state,
+        timestamp=T0,
+        location=f"s3://b/job-1/{kind}-{checkpoint_id}",
+        savepoint_id=f"savepoint-{checkpoint_id}" if kind == "savepoint" else None,
+    )
+
+
+def test_projection_of_a_running_job() -> None:
+    snaps = (snapshot(3), snapshot(4, "savepoint"), snapshot(5, state="failed"), snapshot(2))
+    observed = status.Observed(parallelism=3, snapshots=snaps, observed_generation=7, observed_nonce=1)
+    s = status.project(record(), observed, {}, T0)
+    assert s["phase"] == "running" and s["jobId"] == "job-1" and s["parallelism"] == 3
+    assert s["submittedAt"] == "2026-01-02T03:04:05Z" and s["startedAt"] == "2026-01-02T03:04:07Z"
+    assert s["finishedAt"] is None
+    assert s["lastCheckpoint"] == "checkpoint-3"  # the newest completed checkpoint, not the failed one
+    assert s["lastSavepoint"]["savepointId"] == "savepoint-4"
+    assert (s["observedGeneration"], s["observedRestartNonce"]) == (7, 1)
+    assert {c["type"]: c["status"] for c in s["conditions"]} == {"Ready": "True", "Failed": "False"}
+
+
+def test_condition_transition_time_moves_only_on_change() -> None:
+    first = status.conditions(JobStatus.RUNNING, "ok", [], T0)
+    later = T0 + timedelta(minutes=5)
+    same = status.conditions(JobStatus.RUNNING, "ok", first, later)
+    assert [c["lastTransitionTime"] for c in same] == [c["lastTransitionTime"] for c in first]
+    failed = {c["type"]: c for c in status.conditions(JobStatus.FAILED, "boom", first, later)}
+    assert (
+        failed["Failed"]["status"] == "True"
+        and failed["Failed"]["lastTransitionTime"] == "2026-01-02T03:09:05Z"
+    )
+    assert failed["Ready"]["lastTransitionTime"] == "2026-01-02T03:09:05Z"
+
+
+def test_diff_and_events() -> None:
+    before = status.project(record(status=JobStatus.SUBMITTED, started_at=None), status.Observed(2), {}, T0)
+    after = status.project(record(), status.Observed(2), before, T0)
+    patch = status.diff(before, after)
+    assert patch["phase"] == "running" and "jobId" not in patch
+    assert status.diff(after, after) == {}
+    assert status.events(before, after) == [("Normal", "Running", "Job started successfully")]
+    failed = status.project(
+        record(status=JobStatus.FAILED, restarts=3, message="exhausted"), status.Observed(2), after, T0
+    )
+    assert status.events(after, failed) == [
+        ("Warning", "Failed", "exhausted"),
+        ("Warning", "Restarted", "exhausted"),
+    ]
+
+
+def test_invalid_spec_status() -> None:
+    s = status.invalid("invalid spec: spec.sources: field required", 4, {}, T0)
+    assert s["phase"] == "failed" and s["observedGeneration"] == 4 and "jobId" not in s
