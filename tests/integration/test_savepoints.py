@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from heliosdb_streaming.job import (
     RestartOptions,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+from heliosdb_streaming.testing.expected import datagen_tumbling_windows
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -75,31 +74,7 @@ def window_job(
 
 async def expected_windows() -> list[tuple[Any, ...]]:
     """The windows computed straight from the generated records, without the engine."""
-    reader = DatagenSourceReader(
-        schema="transactions",
-        rate_per_sec=0,
-        count=COUNT,
-        partitions=PARTITIONS,
-        seed=5,
-        keys=64,
-        source_index=0,
-    )
-    splits = await reader.discover_splits()
-    await reader.open(splits, {})
-    sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
-    finished: set[str] = set()
-    while len(finished) < len(splits):
-        for batch in await reader.poll(10_000, 0.1):
-            for r in batch.records:
-                acc = sums[(r["card_id"], r["timestamp"] - r["timestamp"] % 1000)]
-                acc[0] += 1
-                acc[1] += r["amount"]
-            if batch.finished:
-                finished.add(batch.split_id)
-    await reader.close()
-    return sorted(
-        (card, start, start + 1000, int(n), round(total, 6)) for (card, start), (n, total) in sums.items()
-    )
+    return await datagen_tumbling_windows(count=COUNT, partitions=PARTITIONS, seed=5, keys=64)
 
 
 def table_rows(db: Path) -> list[tuple[Any, ...]]:

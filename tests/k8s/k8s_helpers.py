@@ -7,14 +7,13 @@ import signal
 import socket
 import sqlite3
 import subprocess
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from heliosdb_streaming.operator import crds, kube
-from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+from heliosdb_streaming.testing.expected import datagen_tumbling_windows
 from heliosdb_streaming.testing.kube_emulator import Cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
 
@@ -102,29 +101,7 @@ def window_spec(db: Path, *, parallelism: int, rate: float, **extra: Any) -> dic
 
 async def expected_windows() -> list[tuple[Any, ...]]:
     """The windows computed straight from the generated records, without the engine."""
-    reader = DatagenSourceReader(
-        schema="transactions",
-        rate_per_sec=0,
-        count=COUNT,
-        partitions=PARTITIONS,
-        seed=11,
-        keys=60,
-        source_index=0,
-    )
-    splits = await reader.discover_splits()
-    await reader.open(splits, {})
-    sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
-    finished: set[str] = set()
-    while len(finished) < len(splits):
-        for batch in await reader.poll(10_000, 0.1):
-            for r in batch.records:
-                acc = sums[(r["card_id"], r["timestamp"] - r["timestamp"] % 1000)]
-                acc[0] += 1
-                acc[1] += r["amount"]
-            if batch.finished:
-                finished.add(batch.split_id)
-    await reader.close()
-    return sorted((c, s, s + 1000, int(n), round(t, 6)) for (c, s), (n, t) in sums.items())
+    return await datagen_tumbling_windows(count=COUNT, partitions=PARTITIONS, seed=11, keys=60)
 
 
 def table_rows(db: Path) -> list[tuple[Any, ...]]:
