@@ -27,10 +27,10 @@ from typing import Any
 
 import asyncpg
 import orjson
-import psutil
 from aiokafka import AIOKafkaProducer
 
 from heliosdb_streaming.job import JobManager, JobStatus
+from heliosdb_streaming.local.launcher import worker_processes
 from heliosdb_streaming.testing.tansu import create_topic, run_tansu
 
 PARTITIONS = 2
@@ -98,15 +98,6 @@ def job_body(
     }
 
 
-def job_workers(job_id: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if "heliosdb_streaming.runtime.worker" in cmdline and job_id in cmdline:
-            found.append(proc)
-    return found
-
-
 async def max_seq(conn: asyncpg.Connection, table: str) -> int:
     try:
         value = await conn.fetchval(f"SELECT max(seq) FROM {table}")
@@ -146,7 +137,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, home: Path) -> list[
             for _ in range(args.kills):
                 await asyncio.sleep(args.interval_ms / 1000 * 2)  # let a few checkpoints complete
                 attempt = plane.jobs[job_id].record.attempt
-                victim = job_workers(job_id)[0]
+                victim = worker_processes(job_id)[0]
                 target = producer.sent
                 killed_at = time.perf_counter()
                 victim.send_signal(signal.SIGKILL)

@@ -16,11 +16,11 @@ from typing import Any
 
 import asyncpg
 import orjson
-import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from heliosdb_streaming.job import JobManager, JobStatus
+from heliosdb_streaming.local.launcher import worker_processes
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka, pytest.mark.postgres]
 
@@ -141,17 +141,8 @@ async def produce(bootstrap: str, topic: str, events: list[tuple[int, dict[str, 
         await producer.stop()
 
 
-def job_workers(job_id: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if "heliosdb_streaming.runtime.worker" in cmdline and job_id in cmdline:
-            found.append(proc)
-    return found
-
-
 async def kill_a_worker(rng: random.Random, job_ids: list[str]) -> bool:
-    workers = job_workers(rng.choice(job_ids))
+    workers = worker_processes(rng.choice(job_ids))
     if not workers:
         return False
     rng.choice(workers).send_signal(signal.SIGKILL)
@@ -160,7 +151,7 @@ async def kill_a_worker(rng: random.Random, job_ids: list[str]) -> bool:
 
 async def kill_any_worker(rng: random.Random, job_ids: list[str]) -> bool:
     """Kills one live worker of any of the jobs (bounded jobs may already have finished)."""
-    workers = [w for j in job_ids for w in job_workers(j)]
+    workers = [w for j in job_ids for w in worker_processes(j)]
     if not workers:
         return False
     rng.choice(workers).send_signal(signal.SIGKILL)
@@ -247,7 +238,7 @@ async def test_exactly_once_through_worker_and_control_plane_kills(
         assert sum(restarts) >= 1
         for job_id in job_ids:
             await jm.cancel_job(job_id)
-    assert not any(job_workers(j) for j in job_ids)
+    assert not any(worker_processes(j) for j in job_ids)
 
 
 FILE_CARDS = 400
@@ -322,4 +313,4 @@ async def test_exactly_once_from_files_through_worker_and_control_plane_kills(
     got_windows = sorted((k, s, e, n, round(t, 4)) for k, s, e, n, t in await table(pg_dsn, window_query))
     assert got_windows == expected_windows(events)
     assert sorted(await table(pg_dsn, match_query)) == expected_matches(events)
-    assert not any(job_workers(j) for j in job_ids)
+    assert not any(worker_processes(j) for j in job_ids)

@@ -35,12 +35,12 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from heliosdb_streaming.local.launcher import worker_processes
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.kafka, pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER_MODULE = "heliosdb_streaming.runtime.worker"
 PARTITIONS = 4
 HOUR_MS = 3_600_000
 BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -173,16 +173,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeliosServerPro
         yield process
     finally:
         assert process.stop() == 0, process.log_tail()
-
-
-def worker_processes(job_id: str) -> list[psutil.Process]:
-    """The worker processes of one job, found by their command line."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if WORKER_MODULE in cmdline and job_id in cmdline:
-            found.append(proc)
-    return found
 
 
 # ----------------------------------------------------------------------------------------- client

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+WORKER_MODULE = "heliosdb_streaming.runtime.worker"
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
@@ -19,6 +21,19 @@ class WorkerSpec:
     token: str
     checkpoint_uri: str
     restore_from: str | None = None  # checkpoint/savepoint directory in that storage
+
+    def command(
+        self, python: str, *, job_dir: str, control_address: str, config_file: str | None = None
+    ) -> list[str]:
+        """The worker's command line, the same on every substrate (``runtime.worker``'s arguments)."""
+        args = [python, "-m", WORKER_MODULE, "--job-dir", job_dir]
+        if config_file is not None:
+            args += ["--config", config_file]
+        args += ["--job-id", self.job_id, "--index", str(self.index), "--attempt", str(self.attempt)]
+        args += ["--control", control_address, "--checkpoints", self.checkpoint_uri]
+        if self.restore_from:
+            args += ["--restore", self.restore_from]
+        return args
 
 
 class WorkerHandle(Protocol):

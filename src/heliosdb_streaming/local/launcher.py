@@ -9,9 +9,7 @@ import sys
 
 import psutil
 
-from heliosdb_streaming.control.launcher import WorkerSpec
-
-WORKER_MODULE = "heliosdb_streaming.runtime.worker"
+from heliosdb_streaming.control.launcher import WORKER_MODULE, WorkerSpec
 
 
 class SubprocessWorker:
@@ -40,25 +38,12 @@ class SubprocessLauncher:
         stderr_path = spec.job_dir / f"worker-{spec.index}.stderr"
         stdout_path = spec.job_dir / f"worker-{spec.index}.out"  # where the print sink's lines go
         env = {**os.environ, "HELIOS_WORKER_TOKEN": spec.token, "PYTHONUNBUFFERED": "1"}
-        restore = ["--restore", spec.restore_from] if spec.restore_from else []
         with stderr_path.open("ab") as stderr, stdout_path.open("ab") as stdout:
+            command = spec.command(
+                sys.executable, job_dir=str(spec.job_dir), control_address=spec.control_address
+            )
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                WORKER_MODULE,
-                "--job-dir",
-                str(spec.job_dir),
-                "--job-id",
-                spec.job_id,
-                "--index",
-                str(spec.index),
-                "--attempt",
-                str(spec.attempt),
-                "--control",
-                spec.control_address,
-                "--checkpoints",
-                spec.checkpoint_uri,
-                *restore,
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
@@ -84,3 +69,13 @@ def kill_stale_workers(pids: list[int], job_id: str) -> int:
                 proc.kill()
                 killed += 1
     return killed
+
+
+def worker_processes(job_id: str) -> list[psutil.Process]:
+    """The live worker processes of one job on this machine, found by their command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if WORKER_MODULE in cmdline and job_id in cmdline:
+            found.append(proc)
+    return found

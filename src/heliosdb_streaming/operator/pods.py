@@ -26,7 +26,6 @@ ANNOTATION_JOB_ID = f"{crds.GROUP}/job-id"
 CONFIG_MOUNT = "/etc/helios/job"
 CONFIG_FILE = "job.json"
 WORK_DIR = "/var/lib/helios/job"
-WORKER_MODULE = "heliosdb_streaming.runtime.worker"
 # the checkpoint storage's settings a worker needs; passed through from the operator's environment
 S3_ENV = (
     "HELIOS_S3_ENDPOINT",
@@ -109,31 +108,6 @@ def _metadata(target: Target, name: str, labels: Mapping[str, str]) -> dict[str,
     }
 
 
-def worker_args(spec: WorkerSpec, control_address: str) -> list[str]:
-    args = [
-        "python",
-        "-m",
-        WORKER_MODULE,
-        "--job-dir",
-        WORK_DIR,
-        "--config",
-        f"{CONFIG_MOUNT}/{CONFIG_FILE}",
-        "--job-id",
-        spec.job_id,
-        "--index",
-        str(spec.index),
-        "--attempt",
-        str(spec.attempt),
-        "--control",
-        control_address,
-        "--checkpoints",
-        spec.checkpoint_uri,
-    ]
-    if spec.restore_from:
-        args += ["--restore", spec.restore_from]
-    return args
-
-
 def worker_pod(target: Target, spec: WorkerSpec, settings: PodSettings) -> dict[str, Any]:
     """The pod of worker ``spec.index`` of run ``spec.attempt``."""
     name = pod_name(target.name, spec.index)
@@ -155,7 +129,12 @@ def worker_pod(target: Target, spec: WorkerSpec, settings: PodSettings) -> dict[
     container: dict[str, Any] = {
         "name": "worker",
         "image": target.image or settings.image,
-        "command": worker_args(spec, settings.control_address or spec.control_address),
+        "command": spec.command(
+            "python",
+            job_dir=WORK_DIR,
+            control_address=settings.control_address or spec.control_address,
+            config_file=f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+        ),
         "env": env,
         "volumeMounts": [
             {"name": "job", "mountPath": CONFIG_MOUNT, "readOnly": True},
