@@ -9,7 +9,7 @@ StreamingJob to its ``status.phase`` becoming ``running``:
 
 Pods are run by ``--kubelet fake`` (default): a pod is marked Running at once and a minimal in-process
 worker connects to the operator's control channel (hello, acks to checkpoint barriers), so hundreds of
-jobs cost no processes and the operator does all its real work (submit, ConfigMap, Service, pods,
+jobs cost no processes and the operator does all its real work (submit, job Secret, Service, pods,
 run start, status, Events). ``--kubelet process`` runs the real worker as a local process per pod
 (use few jobs). The operator's RSS is sampled every 0.5 s; the table shows it with all jobs running.
 Goals: p99 latency < 2 s, RSS < 200 MiB with 500 jobs.

@@ -7,6 +7,8 @@ window job's result is compared with the windows computed straight from the gene
 
 from __future__ import annotations
 
+import base64
+
 import signal
 from pathlib import Path
 from urllib.parse import urlparse
@@ -74,8 +76,9 @@ async def test_create_runs_workers_and_cancel_with_savepoint_then_restart_rescal
     assert workers[0]["spec"]["restartPolicy"] == "Never"
     assert workers[0]["spec"]["containers"][0]["image"] == "heliosdb-streaming:test"
     assert {p["status"]["phase"] for p in workers} == {"Running"}
-    configmap = await client.get(kube.CONFIGMAPS, NS, "spend-job")
-    assert '"parallelism":2' in configmap["data"]["job.json"]
+    job_file = (await client.get(kube.SECRETS, NS, "spend-job"))["data"]["job.json"]
+    assert '"parallelism":2' in base64.b64decode(job_file).decode()
+    assert {"name": "job", "secret": {"secretName": "spend-job"}} in workers[0]["spec"]["volumes"]
     assert (await client.get(kube.SERVICES, NS, "spend-workers"))["spec"]["clusterIP"] == "None"
     await wait_checkpoint(cluster, "spend", operator)
 
@@ -230,12 +233,12 @@ async def test_delete_stops_the_job_and_removes_what_it_owns(
         return (
             await client.get_or_none(kube.STREAMINGJOBS, NS, "doomed") is None
             and not await worker_pods(client, "doomed")
-            and await client.get_or_none(kube.CONFIGMAPS, NS, "doomed-job") is None
+            and await client.get_or_none(kube.SECRETS, NS, "doomed-job") is None
             and await client.get_or_none(kube.SERVICES, NS, "doomed-workers") is None
         )
 
     await eventually(all_gone, 30, "the job and what it owns to go", on_fail=operator.output()[-3000:])
-    assert cluster.gc.collected == 4  # 2 pods, the ConfigMap and the Service, by their owner references
+    assert cluster.gc.collected == 4  # 2 pods, the Secret and the Service, by their owner references
     assert not cluster.kubelet.running or all(
         p.process.returncode is not None for p in cluster.kubelet.running.values()
     )

@@ -120,8 +120,11 @@ app.kubernetes.io/component: {{ .component }}
   resources: ["streamingjobs/finalizers", "savepoints/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
-  resources: ["pods", "configmaps", "services"]
+  resources: ["pods", "services"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]  # each job's file (connection strings); written, never listed or watched
+  verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]

@@ -74,7 +74,7 @@ class KubernetesLauncher:
         self.targets = targets
         self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
         self._handles: dict[tuple[str, str], PodWorker] = {}
-        self._configmaps: dict[tuple[str, str], str] = {}  # what each job's ConfigMap holds now
+        self._job_files: dict[tuple[str, str], str] = {}  # what each job's Secret holds now
         self._seq = itertools.count(1)
         self._watchers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -94,7 +94,7 @@ class KubernetesLauncher:
         if target is None:
             raise RuntimeError(f"no StreamingJob is bound to {spec.job_id}")
         job_json = (spec.job_dir / "job.json").read_text()
-        await self.ensure_configmap(target, job_json)
+        await self.ensure_job_secret(target, job_json)
         if spec.index == 0:
             await self._delete_surplus_pods(target, int(orjson.loads(job_json)["parallelism"]))
         name = pods.pod_name(target.name, spec.index)
@@ -111,22 +111,22 @@ class KubernetesLauncher:
         logger.info("started pod %s/%s (run %d of %s)", target.namespace, name, spec.attempt, spec.job_id)
         return handle
 
-    async def ensure_configmap(self, target: Target, job_json: str) -> None:
-        """Creates or updates ``<job>-job`` so that new pods mount the config of this run."""
+    async def ensure_job_secret(self, target: Target, job_json: str) -> None:
+        """Creates or updates the Secret ``<job>-job`` so that new pods mount the config of this run."""
         key = (target.namespace, target.name)
-        if self._configmaps.get(key) == job_json:
+        if self._job_files.get(key) == job_json:
             return
-        manifest = pods.job_configmap(target, job_json)
+        manifest = pods.job_secret(target, job_json)
         try:
-            await self.client.create(kube.CONFIGMAPS, target.namespace, manifest)
+            await self.client.create(kube.SECRETS, target.namespace, manifest)
         except kube.ConflictError:
             await self.client.patch(
-                kube.CONFIGMAPS,
+                kube.SECRETS,
                 target.namespace,
-                pods.configmap_name(target.name),
+                pods.job_secret_name(target.name),
                 {"data": manifest["data"]},
             )
-        self._configmaps[key] = job_json
+        self._job_files[key] = job_json
 
     async def _delete_surplus_pods(self, target: Target, parallelism: int) -> None:
         """After a rescale down, the old run's pods past the new parallelism would linger: delete them."""
@@ -138,8 +138,8 @@ class KubernetesLauncher:
                 await self.client.delete(kube.PODS, target.namespace, str(meta.get("name")), grace_period_s=0)
 
     def forget(self, namespace: str, job: str) -> None:
-        """The StreamingJob is gone (its ConfigMap with it): a new one of that name starts afresh."""
-        self._configmaps.pop((namespace, job), None)
+        """The StreamingJob is gone (its Secret with it): a new one of that name starts afresh."""
+        self._job_files.pop((namespace, job), None)
 
     async def _replace_old_pod(self, namespace: str, name: str) -> None:
         """An older run's pod holds the stable name: delete it and wait until it is gone."""

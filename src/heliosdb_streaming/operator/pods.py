@@ -1,13 +1,15 @@
-"""Manifests of what a StreamingJob owns: worker pods, the job's ConfigMap, the workers' Service. Pure.
+"""Manifests of what a StreamingJob owns: worker pods, the job's Secret, the workers' Service. Pure.
 
 Every object carries an owner reference to its StreamingJob, so deleting the job deletes them (the
 cluster's garbage collector does it). Worker pods have stable names (``<job>-worker-<index>``) and a
 hostname under the headless Service, ``restartPolicy: Never`` (the control plane applies the job's
-restart strategy, not the kubelet), the job file from the ConfigMap and a writable emptyDir for state.
+restart strategy, not the kubelet), the job file from a Secret (a job holds connection strings with
+passwords, which a ConfigMap would show to anyone who may read ConfigMaps) and an emptyDir for state.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,7 +82,7 @@ def pod_name(job: str, index: int) -> str:
     return f"{job}-worker-{index}"
 
 
-def configmap_name(job: str) -> str:
+def job_secret_name(job: str) -> str:
     return f"{job}-job"
 
 
@@ -151,7 +153,7 @@ def worker_pod(target: Target, spec: WorkerSpec, settings: PodSettings) -> dict[
         "terminationGracePeriodSeconds": 30,
         "containers": [container],
         "volumes": [
-            {"name": "job", "configMap": {"name": configmap_name(target.name)}},
+            {"name": "job", "secret": {"secretName": job_secret_name(target.name)}},
             {"name": "work", "emptyDir": {}},
         ],
     }
@@ -163,12 +165,15 @@ def worker_pod(target: Target, spec: WorkerSpec, settings: PodSettings) -> dict[
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
-def job_configmap(target: Target, job_json: str) -> dict[str, Any]:
+def job_secret(target: Target, job_json: str) -> dict[str, Any]:
+    """The job file the workers mount; ``data`` (base64) rather than ``stringData``, which a patch
+    would merge into ``data`` on the server, so what is written is what is read back."""
     return {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(target, configmap_name(target.name), job_labels(target.name)),
-        "data": {CONFIG_FILE: job_json},
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(target, job_secret_name(target.name), job_labels(target.name)),
+        "data": {CONFIG_FILE: base64.b64encode(job_json.encode()).decode()},
     }
 
 

@@ -237,7 +237,7 @@ class Reconciler:
         return None
 
     async def finalize_job(self, body: Mapping[str, Any]) -> None:
-        """The StreamingJob is being deleted: stop its job (its pods, ConfigMap and Service are owned)."""
+        """The StreamingJob is being deleted: stop its job (its pods, Secret and Service are owned)."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta["namespace"]), str(meta["name"])
         binding = self.bindings.for_object(namespace, name)

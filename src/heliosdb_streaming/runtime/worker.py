@@ -710,7 +710,7 @@ def configure_logging(worker_index: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="heliosdb-worker")
     parser.add_argument("--job-dir", required=True)
-    # a pod mounts the job from a read-only ConfigMap and keeps a writable emptyDir as its job dir
+    # a pod mounts the job from a read-only Secret volume and keeps a writable emptyDir as its job dir
     parser.add_argument("--config", help="job config file (default: JOB_DIR/job.json)")
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--index", type=int, required=True)

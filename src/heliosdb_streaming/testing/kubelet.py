@@ -1,7 +1,7 @@
 """Stand-ins for the node side of a cluster, for tests and benchmarks against the emulated API server.
 
 ``ProcessKubelet`` plays the kubelet: it watches pods, runs each pod's container command as a local
-process with the pod's environment (ConfigMap volumes become directories holding the ConfigMap's data,
+process with the pod's environment (ConfigMap and Secret volumes become directories holding their data,
 emptyDirs become empty directories, and command arguments under a mount path are rewritten to them),
 and reports the phase back: Pending -> Running -> Succeeded/Failed with the container's exit code.
 A deleted pod's process is terminated. ``kill`` crashes a pod's process on purpose (SIGKILL).
@@ -217,6 +217,10 @@ class ProcessKubelet:
                 cm = await self.client.get(kube.CONFIGMAPS, namespace, volume["configMap"]["name"])
                 for file, content in (cm.get("data") or {}).items():
                     (path / file).write_text(content)
+            elif "secret" in volume:
+                files = await self._secret(namespace, volume["secret"]["secretName"])
+                for file, content in files.items():
+                    (path / file).write_text(content)
             volumes[volume["name"]] = path
         mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
@@ -251,7 +255,7 @@ def _rewrite(arg: str, mounts: dict[str, Path]) -> str:
 
 @dataclass(slots=True)
 class GarbageCollector:
-    """Deletes the pods, ConfigMaps and Services owned by a StreamingJob once the job is deleted."""
+    """Deletes the pods, ConfigMaps, Secrets and Services owned by a StreamingJob once it is deleted."""
 
     client: kube.KubeClient
     collected: int = 0
@@ -284,7 +288,7 @@ class GarbageCollector:
             (owner.get("metadata") or {}).get("namespace"),
             (owner.get("metadata") or {}).get("uid"),
         )
-        for resource in (kube.PODS, kube.CONFIGMAPS, kube.SERVICES):
+        for resource in (kube.PODS, kube.CONFIGMAPS, kube.SECRETS, kube.SERVICES):
             for obj in await self.client.list(resource, namespace):
                 meta = obj.get("metadata") or {}
                 if any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):

@@ -1,6 +1,8 @@
-"""Manifests of worker pods, the job ConfigMap and the workers' Service; pod exit codes (pure)."""
+"""Manifests of worker pods, the job Secret and the workers' Service; pod exit codes (pure)."""
 
 from __future__ import annotations
+
+import base64
 
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def test_worker_pod() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HELIOS_WORKER_TOKEN"] == "tok" and env["AWS_REGION"] == "eu"
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["job"]["configMap"]["name"] == "fraud-job" and volumes["work"]["emptyDir"] == {}
+    assert volumes["job"]["secret"]["secretName"] == "fraud-job" and volumes["work"]["emptyDir"] == {}
 
 
 def test_secret_instead_of_inline_credentials_and_own_image() -> None:
@@ -80,9 +82,11 @@ def test_long_names_keep_labels_and_hostnames_valid() -> None:
     assert all(len(v) <= 63 for v in pod["metadata"]["labels"].values())
 
 
-def test_configmap_and_headless_service() -> None:
-    cm = pods.job_configmap(TARGET, '{"name":"fraud"}')
-    assert cm["metadata"]["name"] == "fraud-job" and cm["data"] == {"job.json": '{"name":"fraud"}'}
+def test_job_secret_and_headless_service() -> None:
+    secret = pods.job_secret(TARGET, '{"name":"fraud"}')
+    assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", "fraud-job")
+    assert base64.b64decode(secret["data"]["job.json"]) == b'{"name":"fraud"}'
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == TARGET.uid
     svc = pods.workers_service(TARGET)
     assert svc["metadata"]["name"] == "fraud-workers" and svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == {pods.LABEL_APP: pods.APP, pods.LABEL_JOB: "fraud"}
