@@ -8,7 +8,6 @@ window job's result is compared with the windows computed straight from the gene
 from __future__ import annotations
 
 import base64
-
 import signal
 from pathlib import Path
 from urllib.parse import urlparse
