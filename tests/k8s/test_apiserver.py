@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import test_operator_kafka as kafka  # its Kafka/PostgreSQL helpers
 from apiserver_fixtures import AUTH, TOKEN, K8sApi, KubeSubstrate, k8s_api, k8s_api_server, substrate
-from k8s_helpers import expected_windows, free_port, table_rows, window_spec
+from k8s_helpers import eventually, expected_windows, free_port, table_rows, window_spec
 
 from heliosdb_streaming.operator import crds, kube
 from heliosdb_streaming.testing.server import HeliosServerProcess
@@ -235,7 +235,15 @@ async def test_savepoints_cancel_with_savepoint_and_restart_rescaled(api: rest.A
     savepoint_id = cancelled["savepoint_id"]
     assert rest.SAVEPOINT_ID.match(savepoint_id)
     assert [s["savepoint_id"] for s in (await api.ok("GET", url))["savepoints"]] == [savepoint_id]
-    rest.assert_error(await api.call("DELETE", f"{url}/{savepoint_id}"), 409, "illegal_state_transition")
+
+    async def recorded() -> list[dict[str, Any]] | None:  # the savepoint taken on cancel gets a resource
+        found = [r for r in await resources(k8s_api, kube.SAVEPOINTS) if r.get("status", {}).get("state")]
+        return found or None
+
+    (resource,) = await eventually(recorded, 10, "the Savepoint resource of the cancel savepoint")
+    assert resource["metadata"]["name"] == f"{name}-{savepoint_id}"
+    assert resource["spec"] == {"jobRef": name, "description": "taken on cancel"}
+    assert (resource["status"]["state"], resource["status"]["savepointId"]) == ("completed", savepoint_id)
 
     reply = await api.call(
         "POST",
@@ -248,10 +256,14 @@ async def test_savepoints_cancel_with_savepoint_and_restart_rescaled(api: rest.A
     assert reply.body["status"] in ("running", "finished"), reply.body
     spec = (await resource_of(k8s_api, job_id))["spec"]
     assert (spec["restartNonce"], spec["state"], spec["config"]["parallelism"]) == (1, "running", 3)
-    assert spec["restoreFrom"].endswith(savepoint_id)  # by location: no Savepoint resource names it
+    assert spec["restoreFrom"] == resource["metadata"]["name"]  # named by its Savepoint resource
     details = await api.wait_status(job_id, {"finished"}, within=90)
     assert details["config"]["parallelism"] == 3 and details["metrics"]["restarts"] == 1
     assert table_rows(db) == await expected_windows()
+    directory = Path(urlparse(resource["status"]["location"]).path)
+    assert (directory / "_manifest.json").is_file()
+    assert (await api.ok("DELETE", f"{url}/{savepoint_id}"))["deleted"] is True
+    assert await resources(k8s_api, kube.SAVEPOINTS) == [] and not directory.exists()
     no_server_errors(api)
 
 

@@ -86,6 +86,14 @@ async def test_create_runs_workers_and_cancel_with_savepoint_then_restart_rescal
     assert status["finishedAt"]
     location = status["lastSavepoint"]["location"]
     assert location.startswith("file://") and Path(urlparse(location).path, "_manifest.json").is_file()
+    recorded = f"spend-{status['lastSavepoint']['savepointId']}"  # a Savepoint resource records it
+
+    async def recorded_status() -> dict[str, object] | None:
+        sp = await client.get_or_none(kube.SAVEPOINTS, NS, recorded)
+        return (sp or {}).get("status") or None
+
+    sp_status = await eventually(recorded_status, 10, "the Savepoint resource of the cancel savepoint")
+    assert (sp_status["state"], sp_status["location"]) == ("completed", location)
 
     async def pods_ended() -> bool:
         return all(

@@ -152,3 +152,9 @@ def savepoint_ref(restore_from: str | None) -> tuple[str | None, str | None]:
     if "://" in restore_from:
         return None, restore_from
     return restore_from, None
+
+
+def recorded_savepoint_name(job: str, savepoint_id: str) -> str:
+    """The Savepoint resource that records a savepoint the operator took itself (on cancel):
+    ``<job>-<savepoint id>``, the job's name shortened so that the whole stays a valid object name."""
+    return f"{job[: 253 - len(savepoint_id) - 1].rstrip('-.')}-{savepoint_id}"

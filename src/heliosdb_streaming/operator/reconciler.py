@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.job.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
@@ -34,6 +35,9 @@ from heliosdb_streaming.operator.mapping import JobSpec, Step
 logger = logging.getLogger(__name__)
 
 COMPONENT = "heliosdb-streaming-operator"
+# on a Savepoint the operator created for a savepoint it took itself (on cancel): which one it records,
+# with the job's id (``pods.ANNOTATION_JOB_ID``)
+ANNOTATION_SAVEPOINT_ID = f"{crds.GROUP}/savepoint-id"
 STATUS_SWEEP_S = 2.0
 WAIT_RETRY_S = 1.0
 SAVEPOINT_MAX_WAITS = 120  # retries (of WAIT_RETRY_S) for a job that is still starting
@@ -42,6 +46,18 @@ MAX_STEPS = 8
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _completed(job_id: str, snapshot: SnapshotRecord) -> dict[str, Any]:
+    return {
+        "state": "completed",
+        "jobId": job_id,
+        "savepointId": snapshot.savepoint_id,
+        "location": snapshot.location,
+        "sizeBytes": snapshot.size_bytes,
+        "createdAt": status.iso(snapshot.timestamp),
+        "message": "",
+    }
 
 
 def _ref(namespace: str, name: str, uid: str | None, kind: str) -> dict[str, Any]:
@@ -193,6 +209,7 @@ class Reconciler:
             await self._job_event(
                 binding, "Normal", "SavepointCompleted", f"{snapshot.savepoint_id} at {snapshot.location}"
             )
+            await self._record_savepoint(binding, snapshot, "taken on cancel")
         elif step == Step.RESTART:
             savepoint_id = await self._restore_point(binding, desired.restore_from)
             changed = mapping.unapplied_changes(entry.config, wanted)
@@ -251,7 +268,8 @@ class Reconciler:
                     JobStatus.RUNNING,
                     JobStatus.PAUSED,
                 ):
-                    await self.plane.cancel_with_savepoint(binding.job_id)
+                    snapshot = await self.plane.cancel_with_savepoint(binding.job_id)
+                    await self._record_savepoint(binding, snapshot, "taken when the StreamingJob was deleted")
                 else:
                     await self.plane.cancel(binding.job_id)
             except (IllegalStateTransitionError, SavepointFailedError) as e:
@@ -333,6 +351,10 @@ class Reconciler:
         current = dict(body.get("status") or {})
         if current.get("state") in ("completed", "failed"):
             return
+        annotations = meta.get("annotations") or {}
+        if ANNOTATION_SAVEPOINT_ID in annotations:  # a record of a savepoint already taken
+            await self._complete_recorded(namespace, name, annotations)
+            return
         spec = dict(body.get("spec") or {})
         job_ref = str(spec.get("jobRef") or "")
         ref = _ref(namespace, name, uid, crds.SAVEPOINT_KIND)
@@ -358,19 +380,7 @@ class Reconciler:
         except (SavepointFailedError, IllegalStateTransitionError) as e:
             await self._savepoint_failed(ref, namespace, name, str(e))
             return
-        await self._savepoint_status(
-            namespace,
-            name,
-            {
-                "state": "completed",
-                "jobId": binding.job_id,
-                "savepointId": snapshot.savepoint_id,
-                "location": snapshot.location,
-                "sizeBytes": snapshot.size_bytes,
-                "createdAt": status.iso(snapshot.timestamp),
-                "message": "",
-            },
-        )
+        await self._savepoint_status(namespace, name, _completed(binding.job_id, snapshot))
         await self.client.post_event(
             ref,
             type_="Normal",
@@ -378,6 +388,45 @@ class Reconciler:
             message=f"{snapshot.savepoint_id} of {job_ref} at {snapshot.location}",
             component=COMPONENT,
         )
+
+    async def _record_savepoint(self, binding: Binding, snapshot: SnapshotRecord, description: str) -> None:
+        """A savepoint the operator took on its own (on cancel) becomes a Savepoint resource too, so it
+        can be listed, named in ``restoreFrom`` and deleted (with its files) like any other. Named after
+        the savepoint, so a retried cancel records it once."""
+        resource = {
+            "apiVersion": crds.API_VERSION,
+            "kind": crds.SAVEPOINT_KIND,
+            "metadata": {
+                "name": mapping.recorded_savepoint_name(binding.name, str(snapshot.savepoint_id)),
+                "namespace": binding.namespace,
+                "annotations": {
+                    pods.ANNOTATION_JOB_ID: binding.job_id,
+                    ANNOTATION_SAVEPOINT_ID: str(snapshot.savepoint_id),
+                },
+            },
+            "spec": {"jobRef": binding.name, "description": description},
+        }
+        try:
+            created = await self.client.create(kube.SAVEPOINTS, binding.namespace, resource)
+        except kube.ConflictError:
+            return
+        except kube.ApiError as e:  # the savepoint exists (job status, REST); only its resource is missing
+            logger.warning("could not record savepoint %s as a resource: %s", snapshot.savepoint_id, e)
+            return
+        name = str((created.get("metadata") or {}).get("name"))
+        await self._savepoint_status(binding.namespace, name, _completed(binding.job_id, snapshot))
+
+    async def _complete_recorded(self, namespace: str, name: str, annotations: Mapping[str, Any]) -> None:
+        """The status of a recorded savepoint, from the control plane (the same the recorder wrote)."""
+        job_id = annotations.get(pods.ANNOTATION_JOB_ID)
+        savepoint_id = annotations.get(ANNOTATION_SAVEPOINT_ID)
+        entry = self.plane.jobs.get(str(job_id))
+        snapshot = entry.savepoint(str(savepoint_id)) if entry is not None else None
+        if snapshot is None:
+            patch = {"state": "failed", "message": f"no savepoint {savepoint_id} of job {job_id}"}
+            await self._savepoint_status(namespace, name, patch)
+            return
+        await self._savepoint_status(namespace, name, _completed(str(job_id), snapshot))
 
     def _wait_or_fail(self, retry: int, why: str) -> None:
         if retry < SAVEPOINT_MAX_WAITS:

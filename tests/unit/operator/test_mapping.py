@@ -15,6 +15,7 @@ from heliosdb_streaming.operator.mapping import (
     job_config,
     job_id_for,
     plan,
+    recorded_savepoint_name,
     restart_overrides,
     savepoint_ref,
     unapplied_changes,
@@ -125,3 +126,10 @@ def test_restore_from_names_a_resource_or_a_location() -> None:
 def test_job_id_follows_the_resource_uid() -> None:
     assert job_id_for("3f2a") == "job-3f2a"
     assert job_id_for(None) is None
+
+
+def test_recorded_savepoint_names_are_valid_object_names() -> None:
+    savepoint_id = "savepoint-0b7e3c1a-6f2d-4a57-9a8e-2f4e8d1c5b90"
+    assert recorded_savepoint_name("fraud", savepoint_id) == f"fraud-{savepoint_id}"
+    long = recorded_savepoint_name("a" * 230 + "-b", savepoint_id)
+    assert len(long) <= 253 and long.endswith(f"a-{savepoint_id}")
