@@ -289,4 +289,11 @@ async def test_invalid_spec_is_failed_with_the_field_path(
     assert "jobId" not in status
     assert "InvalidSpec" in [r for r, _ in await events_of(client, "broken")]
     assert not await worker_pods(client, "broken")
+
+    # restoreFrom on a new job would silently start empty: it is refused instead
+    restored = {**window_spec(cluster.tmp / "out.db", parallelism=1, rate=0), "restoreFrom": "before-upgrade"}
+    await create(cluster, "restored", restored)
+    status = await wait_phase(client, "restored", "failed", log=operator.output())
+    assert status["message"].startswith("invalid spec: spec.restoreFrom: a new StreamingJob cannot start")
+    assert not await worker_pods(client, "restored")
     await operator.stop()

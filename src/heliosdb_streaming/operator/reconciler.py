@@ -21,6 +21,7 @@ import kopf
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.job.errors import (
+    FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
     SavepointFailedError,
@@ -42,6 +43,10 @@ STATUS_SWEEP_S = 2.0
 WAIT_RETRY_S = 1.0
 SAVEPOINT_MAX_WAITS = 120  # retries (of WAIT_RETRY_S) for a job that is still starting
 MAX_STEPS = 8
+NEW_JOB_RESTORE = (
+    "a new StreamingJob cannot start from a savepoint: a job restores only its own savepoints and"
+    " checkpoints (set restoreFrom together with a new restartNonce on the job that took it)"
+)
 
 
 def _now() -> datetime:
@@ -176,8 +181,10 @@ class Reconciler:
         self.bindings.save(binding)  # before submit: the launcher needs it for the first pods
         self._written.setdefault(job_id, previous)
         if job_id not in self.plane.jobs:
-            await self._ensure_service(binding)
             try:
+                if desired.restore_from:
+                    raise InvalidJobConfigError([FieldError("spec.restoreFrom", NEW_JOB_RESTORE)])
+                await self._ensure_service(binding)
                 self.plane.submit(wanted, job_id=job_id)
             except InvalidJobConfigError as e:
                 self.bindings.remove(job_id)
