@@ -4,9 +4,17 @@ REST client -> ``KubernetesJobService`` -> StreamingJob/Savepoint resources in k
 server -> ``helios operator`` (a subprocess) -> worker pods run as local processes by the test kubelet
 -> status, the operator's read API and the pod log API -> REST answers. The REST API's own contract
 scenarios (``tests/integration/test_api.py``, which run them on the embedded substrate) run here
-unchanged; the rest checks what is particular to this substrate: resources, pod logs, savepoint
-resources, restart from a savepoint with a new parallelism and an exact result, ``helios server
---substrate kubernetes`` itself.
+unchanged; the rest checks what is particular to this substrate: resources, logs merged from the
+control plane and the pods, one namespace's view of a shared operator, savepoint resources, restart
+from a savepoint with a new parallelism and an exact result, ``helios server --substrate kubernetes``
+itself.
+
+Scenarios of ``test_api.py`` that do not run here, and why: ``list_contract_filters_and_paging``
+compares the list byte for byte with what an embedded ``JobManager`` lists (here:
+``test_submit_creates_a_streaming_job_and_list_filters``); ``failed_savepoint_is_503`` needs a
+``JobManager`` subclass whose savepoints fail, and the operator's cannot be made to fail on demand;
+``concurrent_clients`` runs 200 jobs against its own ``JobManager(8)``, too many pods for this
+machine.
 """
 
 from __future__ import annotations
@@ -16,15 +24,25 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import aiohttp
 import pytest
 import test_operator_kafka as kafka  # its Kafka/PostgreSQL helpers
-from apiserver_fixtures import AUTH, TOKEN, K8sApi, KubeSubstrate, k8s_api, k8s_api_server, substrate
+from apiserver_fixtures import (
+    AUTH,
+    MAX_PARALLELISM,
+    TOKEN,
+    K8sApi,
+    KubeSubstrate,
+    k8s_api,
+    k8s_api_server,
+    substrate,
+)
 from k8s_helpers import eventually, expected_windows, free_port, table_rows, window_spec
 
+from heliosdb_streaming.job import JobManager
 from heliosdb_streaming.operator import crds, kube
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
@@ -63,6 +81,12 @@ def no_server_errors(client: rest.Api) -> None:
     assert not [s for s in client.statuses if s >= 500], client.statuses
 
 
+def _parameters(scenario: Callable[..., Awaitable[None]]) -> list[Any]:
+    """The argument sets of a ``pytest.mark.parametrize``d scenario of ``test_api.py``."""
+    (mark,) = [m for m in getattr(scenario, "pytestmark", []) if m.name == "parametrize"]
+    return list(mark.args[1])
+
+
 # ------------------------------------------------------------------ the REST contract, unchanged
 
 
@@ -77,6 +101,11 @@ def no_server_errors(client: rest.Api) -> None:
         rest.test_metrics_contract,
         rest.test_checkpoints_contract,
         rest.test_savepoints_contract,
+        rest.test_spec_example_body_is_accepted_and_cancellable,
+        rest.test_logs_contract_level_limit_tail,
+        rest.test_cancel_with_savepoint_and_restart_contract,  # 9 > --max-parallelism 8: 400
+        rest.test_prometheus_metrics,  # only this namespace's jobs, though others' are in the operator
+        rest.test_prometheus_metrics_pass_promtool,
     ],
     ids=lambda scenario: scenario.__name__.removeprefix("test_"),
 )
@@ -84,6 +113,42 @@ async def test_rest_contract(api: rest.Api, scenario: Scenario) -> None:
     """The embedded substrate's REST tests, key for key and against the OpenAPI document."""
     await scenario(api)
     no_server_errors(api)
+
+
+def as_job_manager(k8s_api: K8sApi) -> JobManager:
+    """The service where a scenario takes a ``JobManager``: it serves it with ``create_app`` and asks
+    it ``count_jobs()``, both of which ``CountingJobService`` answers."""
+    return cast(JobManager, k8s_api.service)
+
+
+async def test_rest_contract_bad_bodies(api: rest.Api, k8s_api: K8sApi) -> None:
+    """400 with field paths, a job wider than ``--max-parallelism`` included; no StreamingJob created."""
+    assert MAX_PARALLELISM == 8  # the scenario's "too wide" job has 9
+    await rest.test_bad_bodies_are_400_with_field_paths(api, as_job_manager(k8s_api))
+    no_server_errors(api)
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        rest.test_body_size_limit_by_header_and_while_reading,
+        rest.test_bearer_token,
+        rest.test_unexpected_exception_is_a_generic_500,
+    ],
+    ids=lambda scenario: scenario.__name__.removeprefix("test_"),
+)
+async def test_rest_contract_own_app(
+    k8s_api: K8sApi, scenario: Callable[[JobManager], Awaitable[None]]
+) -> None:
+    """The scenarios that serve their own app (a body limit, a token) over the substrate's service."""
+    await scenario(as_job_manager(k8s_api))
+
+
+@pytest.mark.parametrize(("path", "params", "parameter"), _parameters(rest.test_bad_query_parameters_are_400))
+async def test_rest_contract_bad_query_parameters(
+    api: rest.Api, path: str, params: Any, parameter: str
+) -> None:
+    await rest.test_bad_query_parameters_are_400(api, path, params, parameter)
 
 
 # ------------------------------------------------------------------ what is particular to Kubernetes
@@ -154,7 +219,9 @@ async def test_invalid_job_is_400_and_creates_nothing(api: rest.Api, k8s_api: K8
     assert (await api.ok("GET", "/api/v1/jobs"))["total"] == 0
 
 
-async def test_logs_come_from_the_worker_pods(api: rest.Api, k8s_api: K8sApi) -> None:
+async def test_logs_merge_the_control_plane_and_the_worker_pods(api: rest.Api, k8s_api: K8sApi) -> None:
+    """The control plane's lines (from the operator) and the workers' (from their pods), each once:
+    the lines workers also ship to the control plane are not repeated."""
     body = rest.datagen_job("noisy", count=None, rate=200, parallelism=2, partitions=2)
     body["transformations"][0]["config"]["condition"] = "amount / 0 > 1"  # every record: a warning
     job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=body))["job_id"]
@@ -170,10 +237,16 @@ async def test_logs_come_from_the_worker_pods(api: rest.Api, k8s_api: K8sApi) ->
         return (
             all(any(f"assigned to worker {i}" in m for m in messages) for i in (0, 1))
             and any(e["level"] == "warn" for e in full["logs"])
-            and messages.count("resumed") == 2
+            and messages.count("resumed") >= 2
         )
 
     await api.wait_until(both_workers_logged, "both workers' logs", within=30)
+    messages = [e["message"] for e in full["logs"]]
+    assert messages[0] == "Job 'noisy' submitted (parallelism 2)"  # the control plane's, first
+    assert messages.count("resumed") == 2  # once per worker: from its pod, not again from the operator
+    paused = messages.index("Job paused: sources stopped, state kept")
+    resumed = messages.index("Job resumed")
+    assert messages.index("Job started successfully") < paused < resumed
     rest.conforms(full, "JobLogsResponse")
     assert full["limit"] == 1000 and full["total"] == len(full["logs"])
     for entry in full["logs"]:
@@ -185,6 +258,7 @@ async def test_logs_come_from_the_worker_pods(api: rest.Api, k8s_api: K8sApi) ->
     await api.ok("DELETE", f"/api/v1/jobs/{job_id}")  # the pods end; their logs stay
 
     full = await api.ok("GET", f"/api/v1/jobs/{job_id}/logs")
+    assert "Job cancelled" in [e["message"] for e in full["logs"]]
     warn = await api.ok("GET", f"/api/v1/jobs/{job_id}/logs", params={"level": "warn"})
     assert warn["logs"] == [e for e in full["logs"] if e["level"] in ("warn", "error")] and warn["logs"]
     first = await api.ok("GET", f"/api/v1/jobs/{job_id}/logs", params={"limit": "3"})
@@ -195,6 +269,56 @@ async def test_logs_come_from_the_worker_pods(api: rest.Api, k8s_api: K8sApi) ->
     assert last2["logs"] == full["logs"][-2:] and last2["limit"] == 2
     info_tail = await api.ok("GET", f"/api/v1/jobs/{job_id}/logs", params={"tail": "3", "level": "info"})
     assert info_tail["logs"] == [e for e in full["logs"] if e["level"] != "debug"][-3:]
+    no_server_errors(api)
+
+
+async def test_a_namespace_sees_only_its_own_jobs(api: rest.Api, k8s_api: K8sApi) -> None:
+    """Two API servers, two namespaces, one operator: ``/metrics``, logs and every job route of each
+    show its own job only; the operator's read API answers 404 for the other namespace's job."""
+    body = rest.datagen_job("mine", count=None, rate=200)
+    mine = (await api.ok("POST", "/api/v1/jobs", 201, json=body))["job_id"]
+    substrate = k8s_api.substrate
+    namespace = f"{k8s_api.namespace}-other"
+    try:
+        async with k8s_api_server(substrate, namespace) as other_k8s, rest_client(other_k8s.url) as other:
+            body = rest.datagen_job("theirs", count=None, rate=200)
+            theirs = (await other.ok("POST", "/api/v1/jobs", 201, json=body))["job_id"]
+            await api.wait_status(mine, {"running"})
+            await other.wait_status(theirs, {"running"})
+            servers = ((api, k8s_api.namespace, mine, theirs), (other, namespace, theirs, mine))
+            for client, _, own, foreign in servers:
+                reply = await client.call("GET", "/metrics")
+                assert reply.status == 200, reply.text
+                series = rest.parse_exposition(reply.text)
+                assert {labels["job_id"] for labels, _ in series["heliosdb_job_status"]} == {own}
+                assert series["heliosdb_job_count"] == [({}, 1.0)]  # its active jobs, not every one
+                for suffix in ("", "/logs", "/metrics", "/checkpoints", "/savepoints"):
+                    reply = await client.call("GET", f"/api/v1/jobs/{foreign}{suffix}")
+                    rest.assert_error(reply, 404, "job_not_found")
+                logs = (await client.ok("GET", f"/api/v1/jobs/{own}/logs"))["logs"]
+                submitted = [e["message"] for e in logs if e["message"].startswith("Job '")]
+                assert (
+                    submitted[0] == f"Job '{'mine' if own == mine else 'theirs'}' submitted (parallelism 1)"
+                )
+            async with rest_client(substrate.operator_url) as operator:
+                everything = (await operator.call("GET", "/metrics")).text  # the operator's own: both
+                assert f'job_id="{mine}"' in everything and f'job_id="{theirs}"' in everything
+                for _, ns, own, foreign in servers:
+                    asked = {"namespace": ns}
+                    for route in (
+                        "/internal/v1/jobs/{}/control-log",
+                        "/api/v1/jobs/{}",
+                        "/api/v1/jobs/{}/logs",
+                    ):
+                        reply = await operator.call("GET", route.format(foreign), params=asked)
+                        rest.assert_error(reply, 404, "job_not_found")
+                        assert (await operator.call("GET", route.format(own), params=asked)).status == 200
+            await other.ok("DELETE", f"/api/v1/jobs/{theirs}")
+            no_server_errors(other)
+    finally:
+        for obj in await substrate.client.list(kube.STREAMINGJOBS, namespace):
+            await substrate.client.delete(kube.STREAMINGJOBS, namespace, obj["metadata"]["name"])
+    await api.ok("DELETE", f"/api/v1/jobs/{mine}")
     no_server_errors(api)
 
 
@@ -267,7 +391,7 @@ async def test_savepoints_cancel_with_savepoint_and_restart_rescaled(api: rest.A
     no_server_errors(api)
 
 
-async def test_restart_from_the_latest_snapshot_reports_the_savepoint(api: rest.Api) -> None:
+async def test_restart_from_the_latest_snapshot_reports_the_savepoint(api: rest.Api, k8s_api: K8sApi) -> None:
     job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=rest.checkpointed_job("again")))["job_id"]
     details = rest.assert_error(
         await api.call("POST", f"/api/v1/jobs/{job_id}/restart"), 409, "illegal_state_transition"
@@ -278,6 +402,12 @@ async def test_restart_from_the_latest_snapshot_reports_the_savepoint(api: rest.
     savepoint_id = (await api.ok("DELETE", f"/api/v1/jobs/{job_id}", params={"savepoint": "true"}))[
         "savepoint_id"
     ]
+    too_wide = {"config_overrides": {"parallelism": MAX_PARALLELISM + 1}}
+    details = rest.assert_error(
+        await api.call("POST", f"/api/v1/jobs/{job_id}/restart", json=too_wide), 400, "invalid_job_config"
+    )
+    assert details == [{"path": "config_overrides.parallelism", "message": "exceeds max_parallelism 8"}]
+    assert "restartNonce" not in (await resource_of(k8s_api, job_id))["spec"]  # nothing restarted
     restarted = await api.ok("POST", f"/api/v1/jobs/{job_id}/restart")  # no body: the newest snapshot
     assert restarted["status"] == "running" and restarted["restored_from_savepoint"] == savepoint_id
     assert restarted["message"] == "Job restarted successfully"
@@ -306,6 +436,9 @@ async def test_operator_unreachable_is_503_for_what_only_it_knows(substrate: Kub
             rest.assert_error(reply, 503, "service_unavailable")
             rest.assert_error(await api.call("GET", "/metrics"), 503, "service_unavailable")
             await api.wait_status(job_id, {"finished"})  # the operator runs it all the same
+            logs = (await api.ok("GET", f"/api/v1/jobs/{job_id}/logs"))["logs"]  # the pods' lines still
+            assert logs[-1]["level"] == "warn"
+            assert logs[-1]["message"].startswith("the control plane's log lines are missing: ")
 
 
 async def test_helios_server_substrate_kubernetes(substrate: KubeSubstrate) -> None:
@@ -411,6 +544,10 @@ async def test_operator_read_api_is_read_only_and_takes_the_token(substrate: Kub
             assert response.status == 200
         async with anonymous.get(f"{url}/api/v1/jobs") as response:
             assert response.status == 401
+        for internal in ("info", "metrics?namespace=x", "jobs/job-x/control-log?namespace=x"):
+            async with anonymous.get(f"{url}/internal/v1/{internal}") as response:
+                assert response.status == 401, internal
+        assert await api.ok("GET", "/internal/v1/info") == {"max_parallelism": MAX_PARALLELISM}
         rest.conforms(await api.ok("GET", "/api/v1/jobs"), "JobListResponse")  # every namespace's jobs
         reply = await api.call("POST", "/api/v1/jobs", json=rest.datagen_job("x", count=1))
         rest.assert_error(reply, 405, "method_not_allowed")

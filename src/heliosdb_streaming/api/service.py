@@ -2,8 +2,9 @@
 
 The API serves the same routes on every substrate. ``JobService`` is the native ``JobManager``'s
 methods that the routes call plus four that a substrate answers its own way: the list page (the
-embedded one joins cached JSON fragments), logs (job log files here, pod logs on Kubernetes), the
-savepoint a plain restart would restore (reported in the restart response), and the Prometheus text.
+embedded one joins cached JSON fragments), logs (job log files here; on Kubernetes the operator's
+control-plane lines merged with the pod logs), the savepoint a plain restart would restore (reported
+in the restart response), and the Prometheus text.
 ``EmbeddedJobService`` adapts a ``JobManager``; ``operator.apiserver`` has the Kubernetes one.
 """
 

@@ -558,6 +558,7 @@ class ControlPlane:
                 str(message.get("message", "")),
                 message.get("task_id"),
                 message.get("ts"),
+                worker=index,
             )
         elif kind in ("finished", "stopped", "failed"):
             run.outcomes[index] = (kind, message.get("error"))

@@ -1,7 +1,9 @@
 """Per-job structured log files: JSON lines, rotated by size, read back with level/limit/tail filters.
 
 The control plane is the only writer of a job's log (workers ship their records over the control
-channel), so rotation needs no cross-process locking.
+channel), so rotation needs no cross-process locking. A line a worker shipped carries its ``worker``
+index, as the workers' own JSON lines in pods do: on Kubernetes the pod logs already hold those
+lines, so the operator serves only the control plane's own lines (``read_logs(workers=False)``).
 """
 
 from __future__ import annotations
@@ -41,13 +43,24 @@ class JobLog:
         path.touch()
         self._size = path.stat().st_size
 
-    def write(self, level: str, message: str, task_id: str | None = None, ts: float | None = None) -> None:
-        entry = {
+    def write(
+        self,
+        level: str,
+        message: str,
+        task_id: str | None = None,
+        ts: float | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """Appends one entry; ``worker`` is the index of the worker that logged it (None: the control
+        plane itself)."""
+        entry: dict[str, Any] = {
             "timestamp": _iso(ts if ts is not None else time.time()),
             "level": level if level in _LEVELS else "info",
             "message": mask_secrets(message),
             "task_id": task_id,
         }
+        if worker is not None:
+            entry["worker"] = worker
         line = orjson.dumps(entry) + b"\n"
         if self._size + len(line) > self.max_bytes and self._size > 0:
             self._rotate()
@@ -73,8 +86,11 @@ class JobLog:
 _LEVELS = {level.value: level.rank for level in LogLevel}
 
 
-def read_logs(path: Path, options: LogOptions) -> list[LogEntry]:
-    """Entries in time order, at or above ``options.level``; the first ``limit``, or the last with tail."""
+def read_logs(path: Path, options: LogOptions, *, workers: bool = True) -> list[LogEntry]:
+    """Entries in time order, at or above ``options.level``; the first ``limit``, or the last with tail.
+
+    ``workers=False`` leaves out the lines workers shipped: only the control plane's own remain.
+    """
     floor = options.level.rank if options.level else 0
     files = [path.with_name(f"{path.name}.{i}") for i in range(DEFAULT_BACKUPS + 5, 0, -1)] + [path]
     entries: list[dict[str, Any]] = []
@@ -88,11 +104,13 @@ def read_logs(path: Path, options: LogOptions) -> list[LogEntry]:
                 entry = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
+            if not workers and entry.get("worker") is not None:
+                continue
             if _LEVELS.get(entry.get("level", "info"), 20) >= floor:
                 entries.append(entry)
     entries.sort(key=lambda e: e["timestamp"])
     chosen = entries[-options.limit :] if options.tail else entries[: options.limit]
-    return [LogEntry.model_validate(e) for e in chosen]
+    return [LogEntry.model_validate({k: v for k, v in e.items() if k != "worker"}) for e in chosen]
 
 
 def _iso(ts: float) -> str:

@@ -6,8 +6,9 @@ restart bumps ``spec.restartNonce`` (with ``restoreFrom`` and the overrides). Ea
 against the job state machine first (``control.lifecycle``: 409 as on the embedded substrate) and then
 waits, bounded, until the operator's status shows its effect, so the answer tells the truth. Reads
 come from the resources' status (``jobviews``), from the operator's read API for what only its control
-plane knows (tasks, checkpoints, savepoints, metrics: ``readclient``) and from the pod log API for
-logs (``podlogs``).
+plane knows (tasks, checkpoints, savepoints, metrics, the control plane's log lines and its
+``--max-parallelism``: ``readclient``) and from the pod log API for the workers' log lines
+(``podlogs``). What the read API gives about jobs it gives for this server's namespace only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from heliosdb_streaming.job.types import (
     JobMetrics,
     JobStatus,
     LogEntry,
+    LogLevel,
     LogOptions,
     MetricsWindow,
     RestartOptions,
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 COMMAND_WAIT_S = 30.0  # until the status shows a cancel, pause, resume or restart
+LIMITS_TTL_S = 60.0  # how long the operator's max parallelism is trusted before asking again
 SAVEPOINT_WAIT_S = 120.0  # until a savepoint completes (the operator waits for a starting job)
 POLL_S = 0.1
 CREATE_ATTEMPTS = 3  # random name suffixes tried before giving up on a conflict
@@ -94,12 +97,13 @@ class KubernetesJobService:
         self._kube: kube.KubeClient | None = None
         self._operator: OperatorClient | None = None
         self._names: dict[str, str] = {}  # job id -> StreamingJob name, verified on every use
+        self._max_parallelism: tuple[float, int] | None = None  # (when asked, the operator's answer)
 
     async def start(self) -> None:
         if self._kube is None:
             self._kube = kube.KubeClient(self.connection)
         if self._operator is None:
-            self._operator = OperatorClient(self.operator_url, self.api_token)
+            self._operator = OperatorClient(self.operator_url, self.namespace, self.api_token)
 
     async def close(self) -> None:
         if self._kube is not None:
@@ -141,6 +145,21 @@ class KubernetesJobService:
         for obj in objs:
             self._names[jobviews.job_id_of(obj)] = str(obj["metadata"]["name"])
         return objs
+
+    async def max_parallelism(self) -> int | None:
+        """The operator's ``--max-parallelism`` (asked at most every ``LIMITS_TTL_S``); the last known
+        value, or None, while its read API does not answer (the operator still enforces it)."""
+        now = asyncio.get_running_loop().time()
+        known = self._max_parallelism
+        if known is not None and now - known[0] < LIMITS_TTL_S:
+            return known[1]
+        try:
+            info = await self.operator.info()
+        except OperatorUnavailableError as e:
+            logger.warning("cannot check parallelism against the operator's limit: %s", e.message)
+            return known[1] if known is not None else None
+        self._max_parallelism = (now, info.max_parallelism)
+        return info.max_parallelism
 
     @staticmethod
     def _name(obj: Mapping[str, Any]) -> str:
@@ -185,6 +204,9 @@ class KubernetesJobService:
     # ------------------------------------------------------------------------------ jobs
 
     async def submit_job(self, config: JobConfig) -> str:
+        limit = await self.max_parallelism()
+        if limit is not None:
+            jobviews.check_submit_parallelism(config, limit)
         for _ in range(CREATE_ATTEMPTS):
             name = jobviews.resource_name(config.name)
             try:
@@ -253,15 +275,28 @@ class KubernetesJobService:
         return metrics or JobMetrics(restarts=restarts, window_seconds=window.seconds)
 
     async def get_job_logs(self, job_id: str, options: LogOptions) -> list[LogEntry]:
-        """The worker pods' logs, parsed; a pod whose container has not started yet has none."""
+        """The control plane's lines about the job (from the operator) and its worker pods' logs,
+        merged by time; a pod whose container has not started yet has none."""
         obj = await self._find(job_id)
         labels = {**pods.job_labels(self._name(obj)), pods.LABEL_COMPONENT: "worker"}
         workers = await self.kube.list(kube.PODS, self.namespace, labels)
         workers.sort(key=lambda p: int((p["metadata"].get("labels") or {}).get(pods.LABEL_INDEX, 0)))
         # without a level filter the last N entries are among each pod's last N lines
         tail_lines = options.limit if options.tail and options.level is None else None
-        logs = await asyncio.gather(*(self._pod_log(pod, tail_lines) for pod in workers))
-        return podlogs.job_log(logs, options)
+        logs = await asyncio.gather(
+            self._control_log(job_id, options), *(self._pod_log(pod, tail_lines) for pod in workers)
+        )
+        return podlogs.job_log(logs, options)  # the control plane's first: its line wins a tie
+
+    async def _control_log(self, job_id: str, options: LogOptions) -> list[LogEntry]:
+        """The control plane's entries (already cut to the first/last ``limit``: so is the merge's
+        answer). Without the operator the workers' lines still answer, with a warning that says so."""
+        try:
+            return await self.operator.control_log(job_id, options) or []
+        except OperatorUnavailableError as e:
+            logger.warning("logs of %s without the control plane's lines: %s", job_id, e.message)
+            missing = f"the control plane's log lines are missing: {e.message}"
+            return [LogEntry(timestamp=datetime.now(UTC), level=LogLevel.WARN, message=missing)]
 
     async def _pod_log(self, pod: Obj, tail_lines: int | None) -> list[LogEntry]:
         name = self._name(pod)
@@ -330,7 +365,13 @@ class KubernetesJobService:
         restore_from = None
         if options.savepoint_id is not None:
             restore_from = await self._savepoint_ref(job_id, options.savepoint_id)
-        patch = jobviews.restart_patch(obj.get("spec") or {}, restore_from, options.config_overrides)
+        limit = await self.max_parallelism()
+        spec = obj.get("spec") or {}
+        if limit is not None:
+            jobviews.check_restart_parallelism(
+                jobviews.restart_parallelism(spec, options.config_overrides), limit
+            )
+        patch = jobviews.restart_patch(spec, restore_from, options.config_overrides)
         await self._patch_spec(job_id, obj, patch)
         nonce = patch["restartNonce"]
 
@@ -445,7 +486,8 @@ class KubernetesJobService:
     # ------------------------------------------------------------------------------ service
 
     async def prometheus_exposition(self) -> bytes:
-        """The operator's exposition: its control plane has every job's counters and histograms."""
+        """The exposition of this namespace's jobs: the operator's control plane has every job's
+        counters and histograms, and renders only those whose StreamingJob is in this namespace."""
         return await self.operator.prometheus()
 
 

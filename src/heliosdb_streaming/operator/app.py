@@ -112,7 +112,7 @@ async def run(
             )
             if options.read_port is not None:  # for `helios server --substrate kubernetes`
                 await read_api.enter_async_context(
-                    readapi.serve(plane, options.read_host, options.read_port, options.api_token)
+                    readapi.serve(plane, bindings, options.read_host, options.read_port, options.api_token)
                 )
             writer = asyncio.create_task(reconciler.write_status_forever())
             await kopf.operator(

@@ -20,7 +20,7 @@ import orjson
 
 from heliosdb_streaming.api import schemas
 from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
-from heliosdb_streaming.job.errors import InvalidJobConfigError
+from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
 from heliosdb_streaming.job.types import (
     CheckpointInfo,
     JobStatus,
@@ -256,6 +256,39 @@ def config_patch(spec: Obj, overrides: JobConfigOverrides | None) -> dict[str, A
         else:
             patch[key] = value
     return patch
+
+
+def check_submit_parallelism(config: JobConfig, max_parallelism: int) -> None:
+    """Rejects a job wider than the operator's ``--max-parallelism`` as the embedded control plane
+    does (``ControlPlane.submit``: 400 ``invalid_job_config`` at ``config.parallelism``), before a
+    resource exists that the operator could only mark failed."""
+    if config.parallelism > max_parallelism:
+        raise InvalidJobConfigError(
+            [
+                FieldError(
+                    "config.parallelism",
+                    f"{config.parallelism} exceeds this control plane's max_parallelism {max_parallelism}",
+                )
+            ]
+        )
+
+
+def restart_parallelism(spec: Obj, overrides: JobConfigOverrides | None) -> int:
+    """The parallelism the next run would have: the override's, else the spec's."""
+    if overrides is not None and overrides.parallelism is not None:
+        return overrides.parallelism
+    value = (spec.get("config") or {}).get("parallelism")
+    return value if isinstance(value, int) and value > 0 else 1
+
+
+def check_restart_parallelism(parallelism: int, max_parallelism: int) -> None:
+    """Rejects a restart wider than the operator can run, as ``ControlPlane.restart`` does (400
+    ``invalid_job_config`` at ``config_overrides.parallelism``), instead of a restart the operator
+    would accept into the spec and then fail to apply."""
+    if parallelism > max_parallelism:
+        raise InvalidJobConfigError(
+            [FieldError("config_overrides.parallelism", f"exceeds max_parallelism {max_parallelism}")]
+        )
 
 
 def restart_patch(

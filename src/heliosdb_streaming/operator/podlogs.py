@@ -1,9 +1,12 @@
-"""A job's log from its worker pods' logs: JSON lines parsed, merged by time, filtered. Pure: no I/O.
+"""A job's log on Kubernetes: worker pods' JSON lines parsed, merged by time with the control plane's
+lines, filtered. Pure: no I/O.
 
 Workers in pods write one JSON object per line to stderr (``runtime.logformat``: ``timestamp``,
-``level``, ``message``, ``task_id``, ``worker``), and the pod log API is where those lines live.
-``job_log`` gives what ``local.logs.read_logs`` gives for the embedded substrate's log files: entries
-at or above a level, in time order, the first ``limit`` or (``tail``) the last ``limit``.
+``level``, ``message``, ``task_id``, ``worker``), and the pod log API is where those lines live; the
+control plane's own lines (submitted, runs, restarts, checkpoints, savepoints) come from the
+operator's read API. ``job_log`` gives what ``local.logs.read_logs`` gives for the embedded
+substrate's log file, which holds both: entries at or above a level, in time order, the first
+``limit`` or (``tail``) the last ``limit``.
 
 A line that is not such an object (a crash's traceback printed by Python itself, say) is kept as an
 ``info`` entry at the time of the line before it in the same pod, so it stays next to its context.
@@ -65,9 +68,13 @@ def parse_pod_log(text: str, started_at: datetime | None = None) -> list[LogEntr
     return out
 
 
-def job_log(pods: Iterable[list[LogEntry]], options: LogOptions) -> list[LogEntry]:
-    """The pods' entries merged by time (stable: a pod's own order wins on ties), filtered and cut."""
+def job_log(sources: Iterable[list[LogEntry]], options: LogOptions) -> list[LogEntry]:
+    """The sources' entries (the control plane's, each pod's) merged by time, filtered and cut.
+
+    The merge is stable: on equal timestamps an earlier source's entries come first and each source
+    keeps its own order. Each source may be cut to its own first (last with ``tail``) ``limit``
+    entries at the level beforehand: the answer is among those."""
     floor = options.level.rank if options.level else 0
-    entries = [e for entries in pods for e in entries if e.level.rank >= floor]
+    entries = [e for entries in sources for e in entries if e.level.rank >= floor]
     entries.sort(key=lambda e: e.timestamp)
     return entries[-options.limit :] if options.tail else entries[: options.limit]

@@ -6,37 +6,140 @@ reads details, metrics, checkpoints and savepoints from here (``operator.readcli
 jobs only through the resources, so this app serves no command routes. It is the REST app itself
 (``create_app(read_only=True)``) over a ``JobManager`` that adopts the running plane, so both answer
 with the same bodies, and it takes the same bearer token (``HELIOS_API_TOKEN``) when one is set.
+
+An API server serves one namespace and names it (``?namespace=NS``) in every job request: a job
+whose StreamingJob is in another namespace is then 404 on every ``/jobs/{job_id}`` route, as if it
+did not exist. A job's namespace is its binding's (``operator.bindings``), written when the operator
+submitted it for its StreamingJob, not anything the API server got from a resource's status.
+
+Under ``/internal/v1`` it adds what only such an API server needs, all behind the token:
+
+* ``GET /internal/v1/info``: ``{"max_parallelism": N}``, the limit a submit or restart must respect.
+* ``GET /internal/v1/jobs/{job_id}/control-log?namespace=NS`` (and ``level``, ``limit``, ``tail`` as
+  the public logs route): the control plane's own lines about the job, without the lines its workers
+  shipped (their pod logs hold those).
+* ``GET /internal/v1/metrics?namespace=NS``: the Prometheus exposition of ``NS``'s jobs only (the
+  operator renders the subset: valid by construction, and ``heliosdb_job_count`` counts them alone).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import orjson
 from aiohttp import web
 
+from heliosdb_streaming.api import prometheus, schemas, views
 from heliosdb_streaming.api.app import create_app
-from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.api.errors import Handler, InvalidParameterError
+from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+from heliosdb_streaming.job.errors import JobNotFoundError
 from heliosdb_streaming.job.manager import JobManager
+from heliosdb_streaming.job.types import LogLevel, LogOptions
+from heliosdb_streaming.local.logs import read_logs
+from heliosdb_streaming.operator.bindings import Bindings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_READ_PORT = 8082
 SHUTDOWN_TIMEOUT_S = 2.0
+INTERNAL = "/internal/v1"
+
+PLANE = web.AppKey("read_plane", ControlPlane)
+BINDINGS = web.AppKey("read_bindings", Bindings)
 
 
-def create_read_app(plane: ControlPlane, api_token: str | None = None) -> web.Application:
-    """GET-only REST app over a started ``plane``; the plane stays owned (and closed) by the operator."""
-    return create_app(JobManager.adopt(plane), api_token=api_token, read_only=True)
+def create_read_app(plane: ControlPlane, bindings: Bindings, api_token: str | None = None) -> web.Application:
+    """GET-only REST app over a started ``plane``; the plane stays owned (and closed) by the operator.
+
+    ``bindings`` tell which namespace each job belongs to, for the ``/internal/v1`` routes."""
+    app = create_app(JobManager.adopt(plane), api_token=api_token, read_only=True)
+    app.middlewares.append(namespace_guard)  # inside the error and token middlewares
+    app[PLANE] = plane
+    app[BINDINGS] = bindings
+    app.add_routes(
+        [
+            web.get(f"{INTERNAL}/info", info, allow_head=False),
+            web.get(f"{INTERNAL}/jobs/{{job_id}}/control-log", control_log, allow_head=False),
+            web.get(f"{INTERNAL}/metrics", namespace_metrics, allow_head=False),
+        ]
+    )
+    return app
+
+
+def _namespace(request: web.Request) -> str:
+    values = request.query.getall("namespace", [])
+    if len(values) != 1 or not values[0].strip():
+        raise InvalidParameterError("namespace", "required once: the namespace whose jobs are asked for")
+    return values[0].strip()
+
+
+def _check_namespace(request: web.Request, job_id: str, namespace: str) -> None:
+    """``JobNotFoundError`` (404) unless the job's StreamingJob is in ``namespace``."""
+    binding = request.app[BINDINGS].get(job_id)
+    if binding is None or binding.namespace != namespace:
+        raise JobNotFoundError(job_id)
+
+
+@web.middleware
+async def namespace_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A job route asked for a namespace answers only about a job of that namespace."""
+    job_id = request.match_info.get("job_id")
+    if job_id is not None and "namespace" in request.query:
+        _check_namespace(request, job_id, _namespace(request))
+    return await handler(request)
+
+
+def _in_namespace(request: web.Request, namespace: str) -> list[JobEntry]:
+    bindings = request.app[BINDINGS]
+    return [
+        entry
+        for job_id, entry in request.app[PLANE].jobs.items()
+        if (binding := bindings.get(job_id)) is not None and binding.namespace == namespace
+    ]
+
+
+async def info(request: web.Request) -> web.Response:
+    body = {"max_parallelism": request.app[PLANE].max_parallelism}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def control_log(request: web.Request) -> web.Response:
+    """The control plane's own log entries of a job of ``namespace``, filtered as the public route."""
+    namespace = _namespace(request)
+    level = views.enum_param(request, "level", LogLevel)
+    limit = views.int_param(request, "limit", 1000, 1, views.LOG_LIMIT_MAX)
+    tail, tail_lines = views.tail_param(request)
+    if tail_lines is not None:
+        limit = tail_lines
+    job_id = request.match_info["job_id"]
+    _check_namespace(request, job_id, namespace)  # (the guard did, too): required here
+    path = request.app[PLANE].get(job_id).log.path
+    options = LogOptions(level=level, limit=limit, tail=tail)
+    # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
+    entries = await asyncio.to_thread(read_logs, path, options, workers=False)
+    body = schemas.JobLogsResponse(
+        job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
+    )
+    return web.Response(body=orjson.dumps(body.to_json()), content_type="application/json")
+
+
+async def namespace_metrics(request: web.Request) -> web.Response:
+    """The exposition of one namespace's jobs: ``heliosdb_job_count`` counts only theirs, too."""
+    entries = _in_namespace(request, _namespace(request))
+    body = prometheus.render_entries(entries)
+    return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 @contextlib.asynccontextmanager
 async def serve(
-    plane: ControlPlane, host: str, port: int, api_token: str | None = None
+    plane: ControlPlane, bindings: Bindings, host: str, port: int, api_token: str | None = None
 ) -> AsyncIterator[tuple[str, int]]:
     """Serves the read API on ``host:port`` (0 picks a port) until the block exits; yields the address."""
-    runner = web.AppRunner(create_read_app(plane, api_token), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(create_read_app(plane, bindings, api_token), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -5,11 +5,17 @@ metrics); the API server asks it over HTTP and turns the REST bodies back into t
 views render, so both substrates answer with the same shapes. ``None`` means "the operator does not
 know this job (yet)": a StreamingJob that was just created has no job in the control plane until the
 operator has reconciled it. An unreachable operator is ``OperatorUnavailableError``.
+
+A client serves the API server of one namespace and names it in every job request: the operator
+answers only for jobs of that namespace (``operator.readapi``), so a job id cannot reach another
+namespace's job. The ``/internal/v1`` routes give the operator's limits and, for the namespace, a
+job's control-plane log lines and the Prometheus exposition.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +26,8 @@ from heliosdb_streaming.api.errors import ServiceUnavailableError
 from heliosdb_streaming.job.types import (
     CheckpointInfo,
     JobMetrics,
+    LogEntry,
+    LogOptions,
     MetricsWindow,
     SavepointInfo,
     TaskInfo,
@@ -33,6 +41,21 @@ REQUEST_TIMEOUT_S = 10.0
 
 class OperatorUnavailableError(ServiceUnavailableError):
     """The operator's read API did not answer (or answered with an error it should not give): 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorInfo:
+    """The operator's settings that bound what the API server may accept."""
+
+    max_parallelism: int
+
+
+def log_params(options: LogOptions) -> dict[str, str]:
+    """The query of ``/internal/v1/jobs/{id}/control-log`` for ``options``."""
+    params = {"limit": str(options.limit), "tail": "true" if options.tail else "false"}
+    if options.level is not None:
+        params["level"] = options.level.value
+    return params
 
 
 def metrics_of_details(body: dict[str, Any]) -> JobMetrics:
@@ -93,10 +116,12 @@ def checkpoints_of(body: dict[str, Any]) -> list[CheckpointInfo]:
 
 
 class OperatorClient:
-    """GETs against ``{url}/api/v1`` and ``{url}/metrics`` with the bearer token, if any."""
+    """GETs against ``{url}/api/v1`` and ``{url}/internal/v1`` for the jobs of ``namespace``, with the
+    bearer token, if any."""
 
-    def __init__(self, url: str, api_token: str | None = None) -> None:
+    def __init__(self, url: str, namespace: str, api_token: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.namespace = namespace
         headers = {"Accept": "application/json"}
         if api_token:
             headers["Authorization"] = f"Bearer {api_token}"
@@ -114,9 +139,13 @@ class OperatorClient:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise OperatorUnavailableError(f"operator read API at {self.url}: {type(e).__name__}: {e}") from e
 
-    async def _job_json(self, job_id: str, sub: str = "", params: dict[str, str] | None = None) -> Any:
-        """The body of ``GET /api/v1/jobs/{job_id}{sub}``; None when the operator answers 404."""
-        status, payload = await self._get(f"/api/v1/jobs/{quote(job_id, safe='')}{sub}", params)
+    async def _job_json(
+        self, job_id: str, sub: str = "", params: dict[str, str] | None = None, prefix: str = "/api/v1"
+    ) -> Any:
+        """The body of ``GET {prefix}/jobs/{job_id}{sub}`` for a job of this client's namespace; None
+        when the operator answers 404 (no such job there)."""
+        query = {**(params or {}), "namespace": self.namespace}
+        status, payload = await self._get(f"{prefix}/jobs/{quote(job_id, safe='')}{sub}", query)
         if status == 404:
             return None
         if status != 200:
@@ -149,8 +178,21 @@ class OperatorClient:
         body = await self._job_json(job_id, f"/savepoints/{quote(savepoint_id, safe='')}")
         return SavepointInfo.model_validate(body) if body is not None else None
 
-    async def prometheus(self) -> bytes:
-        status, payload = await self._get("/metrics")
+    async def control_log(self, job_id: str, options: LogOptions) -> list[LogEntry] | None:
+        """The control plane's own log entries of the job (level, limit and tail applied by the
+        operator), without its workers' lines; None when the operator has no such job."""
+        body = await self._job_json(job_id, "/control-log", log_params(options), "/internal/v1")
+        return [LogEntry.model_validate(e) for e in body["logs"]] if body is not None else None
+
+    async def info(self) -> OperatorInfo:
+        status, payload = await self._get("/internal/v1/info")
         if status != 200:
-            raise OperatorUnavailableError(f"operator /metrics answered {status}")
+            raise OperatorUnavailableError(f"operator /internal/v1/info answered {status}")
+        return OperatorInfo(max_parallelism=int(orjson.loads(payload)["max_parallelism"]))
+
+    async def prometheus(self) -> bytes:
+        """The exposition of this namespace's jobs (the operator's ``/metrics`` has every namespace's)."""
+        status, payload = await self._get("/internal/v1/metrics", {"namespace": self.namespace})
+        if status != 200:
+            raise OperatorUnavailableError(f"operator /internal/v1/metrics answered {status}")
         return payload

@@ -41,3 +41,26 @@ def test_secrets_are_masked(tmp_path: Path) -> None:
     log.write("error", "cannot connect to postgresql://bob:s3cret@db/x")
     log.close()
     assert "s3cret" not in (tmp_path / "job.log").read_text()
+
+
+def test_lines_workers_shipped_carry_their_index_and_can_be_left_out(tmp_path: Path) -> None:
+    """On Kubernetes the pod logs hold the workers' lines: the control plane's own are read alone."""
+    log = JobLog(tmp_path / "job.log")
+    log.write("info", "Job 'x' submitted", ts=1000.0)
+    log.write("info", "worker 0 started", ts=1001.0, worker=0)
+    log.write("warn", "late record", task_id="task-1", ts=1002.0, worker=1)
+    log.write("warn", "Checkpoint 1 failed: timeout", ts=1003.0)
+    path = tmp_path / "job.log"
+    every = read_logs(path, LogOptions())
+    assert [e.message for e in every] == [
+        "Job 'x' submitted",
+        "worker 0 started",
+        "late record",
+        "Checkpoint 1 failed: timeout",
+    ]
+    own = read_logs(path, LogOptions(), workers=False)
+    assert [e.message for e in own] == ["Job 'x' submitted", "Checkpoint 1 failed: timeout"]
+    assert [
+        e.message for e in read_logs(path, LogOptions(limit=1, tail=True, level=LogLevel.INFO), workers=False)
+    ] == ["Checkpoint 1 failed: timeout"]
+    assert '"worker":1' in path.read_text().splitlines()[2]

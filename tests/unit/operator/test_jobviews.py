@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from heliosdb_streaming.api import schemas
+from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.job.errors import InvalidJobConfigError
 from heliosdb_streaming.job.types import CheckpointInfo, JobStatus, SavepointInfo
+from heliosdb_streaming.local.launcher import SubprocessLauncher
+from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 from heliosdb_streaming.operator import jobviews
 
 UID = "123e4567-e89b-12d3-a456-426614174000"
@@ -205,3 +210,40 @@ def test_restore_savepoint_is_the_newest_snapshot() -> None:
     assert jobviews.restore_savepoint([checkpoint(3)], [savepoint(2)]) is None
     assert jobviews.restore_savepoint([checkpoint(2)], [savepoint(2)]) == "savepoint-2"  # a tie
     assert jobviews.restore_savepoint([checkpoint(3, "failed")], [savepoint(2)]) == "savepoint-2"
+
+
+def test_parallelism_over_the_operators_limit_is_the_embedded_error(tmp_path: Path) -> None:
+    """A submit or restart wider than ``--max-parallelism`` fails as on the embedded substrate: the
+    same ``InvalidJobConfigError`` (400) with the same field path and message."""
+    config = JobConfig.from_dict(body(parallelism=9))
+    plane = ControlPlane(
+        home=tmp_path,
+        store=SqliteJobStore(tmp_path / "jobs.db"),
+        launcher=SubprocessLauncher(),
+        max_parallelism=8,
+    )
+    try:
+        with pytest.raises(InvalidJobConfigError) as embedded:
+            plane.submit(config)
+    finally:
+        plane.store.close()
+    with pytest.raises(InvalidJobConfigError) as kubernetes:
+        jobviews.check_submit_parallelism(config, 8)
+    assert kubernetes.value.details() == embedded.value.details()
+    assert kubernetes.value.details()[0]["path"] == "config.parallelism"
+    jobviews.check_submit_parallelism(config, 9)  # at the limit: fine
+
+    with pytest.raises(InvalidJobConfigError) as restart:
+        jobviews.check_restart_parallelism(9, 8)
+    assert restart.value.details() == [
+        {"path": "config_overrides.parallelism", "message": "exceeds max_parallelism 8"}
+    ]
+    jobviews.check_restart_parallelism(8, 8)
+
+
+def test_restart_parallelism_is_the_overrides_else_the_specs() -> None:
+    spec = resource()["spec"]
+    assert jobviews.restart_parallelism(spec, None) == 2
+    assert jobviews.restart_parallelism(spec, JobConfigOverrides(checkpoint_interval_ms=1000)) == 2
+    assert jobviews.restart_parallelism(spec, JobConfigOverrides(parallelism=12)) == 12
+    assert jobviews.restart_parallelism({}, None) == 1

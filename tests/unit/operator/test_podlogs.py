@@ -82,3 +82,38 @@ def test_ties_keep_each_pods_order() -> None:
     first = [LogEntry(timestamp=when, level=LogLevel.INFO, message=f"a{i}") for i in range(3)]
     second = [LogEntry(timestamp=when, level=LogLevel.INFO, message="b0")]
     assert [e.message for e in job_log([first, second], LogOptions())] == ["a0", "a1", "a2", "b0"]
+
+
+def test_control_plane_lines_and_pod_lines_give_the_embedded_job_log(tmp_path: Path) -> None:
+    """The embedded job log holds the control plane's lines and the ones its workers shipped; on
+    Kubernetes the operator serves its own lines (already cut by the options) and the pods the rest:
+    merged, every level/limit/tail answer is the embedded one."""
+    control = [(0.1, "info", "Job 'x' submitted"), (0.6, "info", "Run 1: started 2 worker(s)")]
+    control += [(1.2, "warn", "Checkpoint 1 failed: timeout"), (2.5, "info", "Job cancelled")]
+    workers = [
+        (0, 0.5, "info", "w0 a"),
+        (1, 0.7, "info", "w1 a"),
+        (0, 1.1, "warn", "w0 b"),
+        (1, 1.3, "error", "w1 b"),
+        (1, 2.2, "info", "w1 c"),
+    ]
+    log = JobLog(tmp_path / "job.log")
+    for second, level, message in control:
+        log.write(level, message, None, 1_767_225_600 + second)
+    for worker, second, level, message in workers:
+        log.write(level, message, None, 1_767_225_600 + second, worker=worker)
+    pods = [
+        parse_pod_log("\n".join(line(s, lvl, m, worker=w) for w, s, lvl, m in workers if w == i))
+        for i in (0, 1)
+    ]
+    for options in (
+        LogOptions(),
+        LogOptions(limit=3),
+        LogOptions(limit=3, tail=True),
+        LogOptions(level=LogLevel.WARN),
+        LogOptions(level=LogLevel.WARN, limit=2, tail=True),
+    ):
+        own = read_logs(log.path, options, workers=False)  # what the operator's read API answers
+        merged = job_log([own, *pods], options)
+        expected = read_logs(log.path, options)
+        assert [(e.message, e.level) for e in merged] == [(e.message, e.level) for e in expected], options
