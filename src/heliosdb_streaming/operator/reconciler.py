@@ -170,9 +170,12 @@ class Reconciler:
         previous: dict[str, Any],
         wanted: Any,
     ) -> Binding:
-        """The job of this resource: the one its status or uid names, else a newly submitted one."""
-        job_id = previous.get("jobId")
-        if not job_id or job_id not in self.plane.jobs:
+        """The job of this resource: the one its status names if bound to this very object, else the one
+        its uid names (submitted now if new). Status is writable by others than the operator, so a
+        ``jobId`` there never points this resource at another object's job."""
+        job_id = str(previous.get("jobId") or "")
+        bound = self.bindings.get(job_id) if job_id else None
+        if bound is None or (bound.namespace, bound.name, bound.uid) != (namespace, name, uid):
             job_id = mapping.job_id_for(uid) or f"job-{namespace}-{name}"
         binding = self.bindings.get(job_id) or Binding(
             job_id=job_id, namespace=namespace, name=name, uid=uid, applied_nonce=desired.restart_nonce
