@@ -147,6 +147,31 @@ async def test_cancel_running_job_stops_every_worker(jm: JobManager) -> None:
         await jm.cancel_job("job-does-not-exist")
 
 
+async def test_worker_terminated_from_outside_restarts_the_job(jm: JobManager) -> None:
+    """A worker that exits cleanly on SIGTERM nobody in the control plane sent (``kubectl delete pod``,
+    an OOM-killer's polite cousin) ends the run: the other worker cannot go on alone, and the restart
+    strategy starts both again."""
+    strategy = {"type": "fixed_delay", "attempts": 2, "delay_ms": 100}
+    job_id = await jm.submit_job(
+        datagen_job("endless", count=None, rate=2000, config={"restart_strategy": strategy})
+    )
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    first = list(jm.control_plane.get(job_id).record.worker_pids)
+    psutil.Process(first[0]).terminate()
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while set(second := jm.control_plane.get(job_id).record.worker_pids) & set(first) or not second:
+        assert asyncio.get_running_loop().time() < deadline, (await jm.get_job_details(job_id)).message
+        await asyncio.sleep(0.1)
+    assert len(second) == 2 and (await jm.get_job_details(job_id)).restarts == 1
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    assert not psutil.pid_exists(first[1]) or psutil.Process(first[1]).status() == psutil.STATUS_ZOMBIE
+    messages = [e.message for e in await jm.get_job_logs(job_id, LogOptions(limit=1000))]
+    assert "worker 0 stopped without being asked to (terminated?)" in messages
+    assert any(m.startswith("Job failed (worker 0: stopped") for m in messages), messages
+    await jm.cancel_job(job_id)
+
+
 async def test_pause_and_resume(jm: JobManager) -> None:
     job_id = await jm.submit_job(datagen_job("pausable", count=None, rate=5000))
     await wait_for_status(jm, job_id, {JobStatus.RUNNING})

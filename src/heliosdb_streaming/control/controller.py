@@ -390,16 +390,28 @@ class ControlPlane:
         async def watch(index: int, handle: WorkerHandle) -> None:
             code = await handle.wait()
             run.exit_codes[index] = code
-            if code != 0 and run.stop_requested is None:
-                # one worker failed: the run is over, stop the others at once
+            if run.stop_requested is not None:
+                return
+            if code == 0:
+                # 'finished' may still be unread; a clean exit without it was a stop from outside
+                # (SIGTERM, `kubectl delete pod`): the others cannot go on without this worker's splits
+                drained = run.drained_channels.get(index)
+                if drained is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(drained.wait(), 5)
+                if run.stop_requested is not None or run.outcomes.get(index, ("",))[0] == "finished":
+                    return
+                entry.log.write("error", f"worker {index} stopped without being asked to (terminated?)")
+            else:
                 reported = run.outcomes.get(index, ("", None))[1]
                 entry.log.write(
                     "error",
                     f"worker {index} exited with code {code}" + ("" if reported else " without a report"),
                 )
-                for other in run.handles.values():
-                    if other is not handle:
-                        other.kill()
+            # one worker is gone: the run is over, stop the others at once
+            for other in run.handles.values():
+                if other is not handle:
+                    other.kill()
 
         watchers = [asyncio.create_task(watch(i, h)) for i, h in run.handles.items()]
         connect_wait = asyncio.create_task(run.connected.wait())
@@ -445,9 +457,9 @@ class ControlPlane:
     async def _after_run(self, entry: JobEntry, run: Run) -> None:
         record = entry.record
         failures = {
-            i: (run.outcomes.get(i, ("failed", None))[1] or f"exit code {code}")
+            i: (run.outcomes.get(i, ("failed", None))[1] or (f"exit code {code}" if code else "stopped"))
             for i, code in run.exit_codes.items()
-            if code != 0 or run.outcomes.get(i, ("", None))[0] == "failed"
+            if code != 0 or run.outcomes.get(i, ("", None))[0] != "finished"
         }
         if not failures and all(run.outcomes.get(i, ("",))[0] == "finished" for i in run.handles):
             self._set_status(entry, Event.FINISH, "Job finished: all splits read and all sinks flushed")
