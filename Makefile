@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint typecheck check bench clean crds chart-sync
+.PHONY: install demo test e2e-kind lint typecheck check bench clean crds chart-sync
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: install  ## datagen -> filter -> key_by -> CEP -> SQLite, with live progre
 
 test: install  ## the whole suite; starts its own Kafka-protocol broker, uses local PostgreSQL
 	$(BIN)/pytest -q
+
+e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, helm install (needs Docker, kind, kubectl)
+	$(BIN)/pytest tests/e2e -v -rs
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -25,7 +25,7 @@ from heliosdb_streaming.job import (
     RestartOptions,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.testing.expected import datagen_tumbling_windows
+from heliosdb_streaming.testing.expected import datagen_tumbling_windows, tumbling_window_per_card
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -57,17 +57,7 @@ def window_job(
                 },
             }
         ],
-        "transformations": [
-            {
-                "type": "window",
-                "config": {
-                    "kind": "tumbling",
-                    "size": "1s",
-                    "key": "card_id",
-                    "aggregates": {"n": "count(*)", "total": "sum(amount)"},
-                },
-            }
-        ],
+        "transformations": [tumbling_window_per_card()],
         "sinks": [{"type": "database", "config": {"connection_string": f"sqlite:///{db}", "table": "spend"}}],
     }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from heliosdb_streaming.operator import crds, kube
-from heliosdb_streaming.testing.expected import datagen_tumbling_windows
+from heliosdb_streaming.testing.expected import datagen_tumbling_windows, tumbling_window_per_card
 from heliosdb_streaming.testing.kube_emulator import Cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
 
@@ -83,17 +83,7 @@ def window_spec(db: Path, *, parallelism: int, rate: float, **extra: Any) -> dic
                 },
             }
         ],
-        "transformations": [
-            {
-                "type": "window",
-                "config": {
-                    "kind": "tumbling",
-                    "size": "1s",
-                    "key": "card_id",
-                    "aggregates": {"n": "count(*)", "total": "sum(amount)"},
-                },
-            }
-        ],
+        "transformations": [tumbling_window_per_card()],
         "sinks": [{"type": "database", "config": {"connection_string": f"sqlite:///{db}", "table": "spend"}}],
         **extra,
     }

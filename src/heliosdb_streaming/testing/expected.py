@@ -8,6 +8,20 @@ from typing import Any
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 
 
+def tumbling_window_per_card(size: str = "1s") -> dict[str, Any]:
+    """The transformation ``datagen_tumbling_windows`` computes the result of: count(*) as n and
+    sum(amount) as total per card_id and tumbling window."""
+    return {
+        "type": "window",
+        "config": {
+            "kind": "tumbling",
+            "size": size,
+            "key": "card_id",
+            "aggregates": {"n": "count(*)", "total": "sum(amount)"},
+        },
+    }
+
+
 async def datagen_tumbling_windows(
     *, count: int, partitions: int, seed: int, keys: int, size_ms: int = 1000
 ) -> list[tuple[Any, ...]]:
