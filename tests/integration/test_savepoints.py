@@ -17,6 +17,7 @@ import pytest
 
 from heliosdb_streaming.job import (
     IllegalStateTransitionError,
+    InvalidJobConfigError,
     JobConfigOverrides,
     JobManager,
     JobStatus,
@@ -160,6 +161,50 @@ async def test_stop_with_savepoint_and_rescale_gives_exact_result(
     logs = [e.message for e in await jm.get_job_logs(job_id)]
     assert any(f"restarting from savepoint {first}" in m for m in logs)
     assert any("restored from checkpoint" in m for m in logs)
+
+
+# An upgrade as in Flink (--fromSavepoint): a new job, with a changed pipeline and parallelism and its own
+# checkpoint storage, starts from the old job's savepoint and ends with the uninterrupted result
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+async def test_new_job_from_another_jobs_savepoint_continues_exactly(
+    jm: JobManager, tmp_path: Path, backend: str
+) -> None:
+    db = tmp_path / "out.db"
+    old = await jm.submit_job(window_job(db, parallelism=2, rate=8000, backend=backend))
+    await wait_for_status(jm, old, {JobStatus.RUNNING})
+    await wait_for_checkpoint(jm, old)
+    savepoint_id = await jm.cancel_job_with_savepoint(old)
+    location = (await jm.get_savepoint(old, savepoint_id)).location
+
+    upgraded = window_job(
+        db, parallelism=3, rate=0, backend=backend, checkpoint_storage=(tmp_path / "v2").as_uri()
+    )
+    upgraded["name"] = "spend_per_card_v2"
+    # a step after the window: the window keeps its position, so its state is found again
+    upgraded["transformations"].append({"type": "map", "config": {"fields": {"total": "total"}}})
+    new = await jm.submit_job(upgraded, from_savepoint=location)
+    assert await wait_for_status(jm, new, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+    assert table_rows(db) == await expected_windows()
+    logs = [e.message for e in await jm.get_job_logs(new)]
+    assert any(f"starting from savepoint {savepoint_id} of job {old}" in m for m in logs), logs
+    assert any("restored from checkpoint" in m for m in logs)
+    assert not any("not restored" in m for m in logs)
+    assert (tmp_path / "v2" / new).is_dir() and not (tmp_path / "v2" / old).exists()
+    assert [s.savepoint_id for s in await jm.list_savepoints(old)] == [savepoint_id]  # still the old job's
+
+    # a step inserted before the window moves it: its state is not found, and the log says so
+    moved = window_job(tmp_path / "moved.db", parallelism=1, rate=0, backend=backend)
+    moved["transformations"].insert(0, {"type": "filter", "config": {"condition": "amount >= 0"}})
+    third = await jm.submit_job(moved, from_savepoint=location)
+    assert await wait_for_status(jm, third, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+    warnings = [e.message for e in await jm.get_job_logs(third, LogOptions(level=LogLevel.WARN))]
+    assert any("state of step(s) 0-window" in m and "not restored" in m for m in warnings), warnings
+
+    for nowhere in ((tmp_path / "nowhere").as_uri(), f"{location}/..", "s3:/"):
+        with pytest.raises(InvalidJobConfigError) as info:
+            await jm.submit_job(upgraded, from_savepoint=nowhere)
+        assert info.value.errors[0].path == "from_savepoint", nowhere
+    assert len(await jm.list_jobs()) == 3
 
 
 async def test_restart_without_options_uses_latest_checkpoint(jm: JobManager, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import uuid
@@ -42,6 +43,7 @@ from heliosdb_streaming.job.errors import (
 from heliosdb_streaming.job.types import JobStatus
 from heliosdb_streaming.local.logs import JobLog
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
+from heliosdb_streaming.runtime.checkpointing import SnapshotLocation, locate_snapshot
 from heliosdb_streaming.runtime.protocol import Channel
 
 logger = logging.getLogger(__name__)
@@ -83,12 +85,22 @@ class JobEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     snapshots: list[SnapshotRecord] = field(default_factory=list)
     restore_from: str | None = None  # directory the next run restores from (None: fresh start)
+    restore_storage: str | None = None  # the storage restore_from is in (None: the job's own)
     storage: CheckpointStorage | None = None
 
     def latest_restore_point(self) -> SnapshotRecord | None:
         """The newest completed checkpoint or savepoint (ids grow, so the newest has the largest id)."""
         done = [s for s in self.snapshots if s.status == "completed"]
         return max(done, key=lambda s: s.checkpoint_id) if done else None
+
+    def restore_latest(self) -> None:
+        """The next run restores the newest own snapshot, else the snapshot the job started from."""
+        point = self.latest_restore_point()
+        start = self.record.start_from
+        if point is None and start is not None:
+            self.restore_from, self.restore_storage = str(start["directory"]), str(start["storage_uri"])
+        else:
+            self.restore_from, self.restore_storage = (point.directory if point else None), None
 
     def savepoint(self, savepoint_id: str) -> SnapshotRecord | None:
         return next(
@@ -98,6 +110,19 @@ class JobEntry:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def locate_start(location: str, field: str) -> SnapshotLocation:
+    """The snapshot a new job is to start from, or ``InvalidJobConfigError`` at ``field`` saying why."""
+    try:
+        return await locate_snapshot(location)
+    except ValueError as e:
+        raise InvalidJobConfigError([FieldError(field, str(e))]) from None
+
+
+def _describe_start(start: dict[str, Any]) -> str:
+    what = f"savepoint {start['savepoint_id']}" if start.get("savepoint_id") else "checkpoint"
+    return f"{what} of job {start['job_id']} ({start['storage_uri']}/{start['directory']})"
 
 
 class ControlPlane:
@@ -165,8 +190,7 @@ class ControlPlane:
             + (f", stopped {killed} orphaned worker(s)" if killed else "")
             + "; scheduling it again",
         )
-        point = entry.latest_restore_point()
-        entry.restore_from = point.directory if point else None
+        entry.restore_latest()
         self.queue.append(record.job_id)
 
     def _entry_for(self, record: JobRecord) -> JobEntry:
@@ -215,8 +239,16 @@ class ControlPlane:
 
     # -------------------------------------------------------------------------------- commands
 
-    def submit(self, config: JobConfig, job_id: str | None = None) -> JobRecord:
-        """Records and queues a job. A caller-chosen ``job_id`` makes a retried submit idempotent."""
+    def submit(
+        self, config: JobConfig, job_id: str | None = None, start_from: SnapshotLocation | None = None
+    ) -> JobRecord:
+        """Records and queues a job. A caller-chosen ``job_id`` makes a retried submit idempotent.
+
+        With ``start_from`` (``checkpointing.locate_snapshot``) the job starts from another job's
+        savepoint or retained checkpoint, as Flink's ``--fromSavepoint``: source positions and state
+        whose operator and split still exist are restored, the rest starts empty. It stays the job's
+        restore point until the job has a snapshot of its own.
+        """
         if job_id is not None and job_id in self.jobs:
             return self.jobs[job_id].record
         if config.parallelism > self.max_parallelism:
@@ -236,6 +268,7 @@ class ControlPlane:
             status=JobStatus.SUBMITTED,
             config=config.to_dict(),
             submitted_at=utcnow(),
+            start_from=dataclasses.asdict(start_from) if start_from else None,
         )
         self.store.save(record)
         entry = JobEntry(
@@ -245,7 +278,9 @@ class ControlPlane:
             log=JobLog(self.job_dir(job_id) / "job.log"),
         )
         self.jobs[job_id] = entry
-        entry.log.write("info", f"Job {config.name!r} submitted (parallelism {config.parallelism})")
+        entry.restore_latest()
+        starting = f", starting from {_describe_start(record.start_from)}" if record.start_from else ""
+        entry.log.write("info", f"Job {config.name!r} submitted (parallelism {config.parallelism}){starting}")
         self.queue.append(job_id)
         self._schedule()
         return record
@@ -366,6 +401,7 @@ class ControlPlane:
                     run.token,
                     checkpoint_uri=self.checkpoint_uri_for(entry),
                     restore_from=entry.restore_from,
+                    restore_storage=entry.restore_storage,
                 )
                 run.handles[index] = await self.launcher.launch(spec)
         except Exception as e:
@@ -380,6 +416,8 @@ class ControlPlane:
         record.worker_pids = [h.pid for h in run.handles.values()]
         self.store.save(record)
         restored = f", restoring {entry.restore_from}" if entry.restore_from else ""
+        if entry.restore_storage:
+            restored += f" of {entry.restore_storage}"
         entry.log.write("info", f"Run {run.attempt}: started {len(run.handles)} worker(s){restored}")
         run.supervisor = self._spawn(self._supervise(entry, run))
 
@@ -479,8 +517,7 @@ class ControlPlane:
                     f"{strategy.max_restarts()} in {delay:g}s ({strategy.type})",
                     level="warn",
                 )
-                point = entry.latest_restore_point()
-                entry.restore_from = point.directory if point else None
+                entry.restore_latest()
                 self._spawn(self._delayed_relaunch(entry, delay))
                 return
             exhausted = (
@@ -706,15 +743,21 @@ class ControlPlane:
                 await self._stop_run(entry.run, "restart")
             entry.config = config
             entry.record.config = config.to_dict()
-            entry.restore_from = point.directory if point else None
+            if point is None:
+                entry.restore_latest()  # the snapshot it was started from, if any
+            else:
+                entry.restore_from, entry.restore_storage = point.directory, None
             entry.record.restarts += 1
             entry.record.failures_since_restart = 0
             entry.record.started_at = None
+            start = entry.record.start_from
             origin = (
                 f"savepoint {point.savepoint_id}"
                 if point and point.savepoint_id
                 else f"checkpoint {point.checkpoint_id}"
                 if point
+                else f"{_describe_start(start)} it was started from"
+                if start
                 else "the beginning (no checkpoint yet)"
             )
             self._set_status(

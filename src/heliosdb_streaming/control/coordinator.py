@@ -29,7 +29,7 @@ import orjson
 
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
-from heliosdb_streaming.runtime.checkpointing import MANIFEST
+from heliosdb_streaming.runtime.checkpointing import MANIFEST, snapshot_directory
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +109,7 @@ class CheckpointCoordinator:
         async with self._lock:
             checkpoint_id = self._next_id()
             savepoint_id = f"savepoint-{uuid.uuid4()}" if kind == "savepoint" else None
-            directory = (
-                f"{self.job_id}/savepoints/{savepoint_id}"
-                if savepoint_id
-                else f"{self.job_id}/chk-{checkpoint_id}"
-            )
+            directory = snapshot_directory(self.job_id, checkpoint_id, savepoint_id)
             shared = f"{directory}/shared" if savepoint_id else f"{self.job_id}/shared"
             record = SnapshotRecord(
                 job_id=self.job_id,

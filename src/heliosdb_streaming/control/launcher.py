@@ -21,6 +21,7 @@ class WorkerSpec:
     token: str
     checkpoint_uri: str
     restore_from: str | None = None  # checkpoint/savepoint directory in that storage
+    restore_storage: str | None = None  # the storage restore_from is in, when not checkpoint_uri
 
     def command(
         self, python: str, *, job_dir: str, control_address: str, config_file: str | None = None
@@ -33,6 +34,8 @@ class WorkerSpec:
         args += ["--control", control_address, "--checkpoints", self.checkpoint_uri]
         if self.restore_from:
             args += ["--restore", self.restore_from]
+        if self.restore_from and self.restore_storage:
+            args += ["--restore-storage", self.restore_storage]
         return args
 
 

@@ -27,6 +27,8 @@ class JobRecord:
     metrics_state: dict[str, Any] = field(default_factory=dict)
     last_checkpoint_id: int = 0  # ids only grow, across runs, so sink markers never repeat
     failures_since_restart: int = 0  # the restart strategy's budget; a user restart resets it
+    # another job's snapshot this job starts from until it has one of its own (``SnapshotLocation``)
+    start_from: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

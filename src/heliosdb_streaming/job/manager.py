@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.job.errors import SavepointNotFoundError
@@ -117,12 +117,20 @@ class JobManager:
 
     # ------------------------------------------------------------------------------ commands
 
-    async def submit_job(self, config: JobConfig | dict[str, Any]) -> str:
-        """Validates and submits a job; returns its id (``job-<uuid>``). Raises InvalidJobConfigError."""
+    async def submit_job(
+        self, config: JobConfig | dict[str, Any], *, from_savepoint: str | None = None
+    ) -> str:
+        """Validates and submits a job; returns its id (``job-<uuid>``). Raises InvalidJobConfigError.
+
+        ``from_savepoint``: the ``location`` of a savepoint (or retained checkpoint) of any job to start
+        from, as Flink's ``--fromSavepoint``: source positions and the state of operators that still
+        exist are restored (an upgrade with a changed pipeline); the rest starts empty.
+        """
         if not isinstance(config, JobConfig):
             config = JobConfig.from_dict(config)
+        start = await locate_start(from_savepoint, "from_savepoint") if from_savepoint is not None else None
         plane = await self._control()
-        return plane.submit(config).job_id
+        return plane.submit(config, start_from=start).job_id
 
     async def cancel_job(self, job_id: str) -> None:
         plane = await self._control()

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempt INTEGER NOT NULL DEFAULT 0,
     worker_pids TEXT NOT NULL DEFAULT '[]',
     metrics_state TEXT NOT NULL DEFAULT '{}',
-    last_checkpoint_id INTEGER NOT NULL DEFAULT 0
+    last_checkpoint_id INTEGER NOT NULL DEFAULT 0,
+    start_from TEXT
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     job_id TEXT NOT NULL,
@@ -44,6 +45,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (job_id, checkpoint_id)
 );
 """
+_JOB_COLUMNS = (
+    "job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
+    " attempt, worker_pids, metrics_state, last_checkpoint_id, start_from"
+)
 
 
 class SqliteJobStore:
@@ -55,13 +60,17 @@ class SqliteJobStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._migrate()
         self._lock = threading.Lock()
 
+    def _migrate(self) -> None:
+        """Columns added since the first release, added to a home an older version created."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        if "start_from" not in columns:
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN start_from TEXT")
+
     def load_all(self) -> list[JobRecord]:
-        rows = self._conn.execute(
-            "SELECT job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
-            " attempt, worker_pids, metrics_state, last_checkpoint_id FROM jobs ORDER BY submitted_at, job_id"
-        ).fetchall()
+        rows = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY submitted_at, job_id").fetchall()
         return [
             JobRecord(
                 job_id=r[0],
@@ -77,6 +86,7 @@ class SqliteJobStore:
                 worker_pids=orjson.loads(r[10]),
                 metrics_state=orjson.loads(r[11]),
                 last_checkpoint_id=r[12],
+                start_from=orjson.loads(r[13]) if r[13] else None,
             )
             for r in rows
         ]
@@ -84,7 +94,7 @@ class SqliteJobStore:
     def save(self, record: JobRecord) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     record.job_id,
                     record.name,
@@ -99,6 +109,7 @@ class SqliteJobStore:
                     orjson.dumps(record.worker_pids).decode(),
                     orjson.dumps(record.metrics_state, option=orjson.OPT_NON_STR_KEYS).decode(),
                     record.last_checkpoint_id,
+                    orjson.dumps(record.start_from).decode() if record.start_from else None,
                 ),
             )
 

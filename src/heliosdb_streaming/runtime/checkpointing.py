@@ -21,7 +21,7 @@ import orjson
 
 from heliosdb_streaming.runtime.api import Record, StateStore
 from heliosdb_streaming.runtime.checkpoint import snapshots
-from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
+from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 
@@ -154,3 +154,46 @@ async def restore_task(storage: CheckpointStorage, path: str, state_dir: Path) -
 async def read_manifest(storage: CheckpointStorage, directory: str) -> dict[str, Any]:
     manifest: dict[str, Any] = orjson.loads(await storage.read(f"{directory}/{MANIFEST}"))
     return manifest
+
+
+def snapshot_directory(job_id: str, checkpoint_id: int, savepoint_id: str | None) -> str:
+    """Where a snapshot goes, relative to the storage root (the layout above)."""
+    return f"{job_id}/savepoints/{savepoint_id}" if savepoint_id else f"{job_id}/chk-{checkpoint_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotLocation:
+    """A completed snapshot named by its URI, split into the storage root its paths are relative to
+    and its directory there: what another job needs to start from it."""
+
+    storage_uri: str
+    directory: str
+    job_id: str
+    checkpoint_id: int
+    savepoint_id: str | None
+
+
+async def locate_snapshot(location: str) -> SnapshotLocation:
+    """Reads the manifest at ``location`` (a savepoint's, or a retained checkpoint's, URI).
+
+    Raises ``ValueError`` with the reason when there is no completed snapshot there.
+    """
+    stripped = location.strip().rstrip("/")
+    try:
+        manifest = orjson.loads(await storage_from_uri(stripped).read(MANIFEST))
+        directory = snapshot_directory(
+            str(manifest["job_id"]), int(manifest["checkpoint_id"]), manifest.get("savepoint_id")
+        )
+    except FileNotFoundError:
+        raise ValueError(f"no completed savepoint or checkpoint at {location} (no {MANIFEST})") from None
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"cannot read the snapshot at {location}: {e}") from None
+    if not stripped.endswith(f"/{directory}"):
+        raise ValueError(f"{location} holds snapshot {directory}, which is not where it was written")
+    return SnapshotLocation(
+        storage_uri=stripped[: -len(directory) - 1],
+        directory=directory,
+        job_id=str(manifest["job_id"]),
+        checkpoint_id=int(manifest["checkpoint_id"]),
+        savepoint_id=manifest.get("savepoint_id"),
+    )

@@ -123,6 +123,16 @@ def _build_sink(sink: Any) -> SinkWriter:
     raise ValueError(f"unknown sink type {sink.type!r}")
 
 
+def store_names(config: JobConfig) -> set[str]:
+    """The state stores a task of this job keeps: one per window or CEP step, named by its position
+    and type, which is how a snapshot's state finds its step again after a restore."""
+    return {
+        f"{position}-{step.type}"
+        for position, step in enumerate(config.transformations)
+        if isinstance(step, cfg.WindowTransformation | cfg.CepTransformation)
+    }
+
+
 def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformation]:
     """The transformations of one task, each keyed step with its own store.
 

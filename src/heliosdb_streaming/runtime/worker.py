@@ -107,6 +107,7 @@ class Worker:
         channel: Channel | None,
         storage: CheckpointStorage | None = None,
         restore_from: str | None = None,
+        restore_storage: CheckpointStorage | None = None,
         metrics: bool = True,
     ) -> None:
         self.config = config
@@ -134,6 +135,9 @@ class Worker:
         self._stores: list[StateStore] = []
         self.storage = storage
         self.restore_from = restore_from
+        # where ``restore_from`` lives: the job's own storage, or another job's (a job started from a
+        # savepoint of another job)
+        self.restore_storage = restore_storage or storage
         # exactly-once sinks need a coordinator that completes checkpoints; without one (a benchmark
         # running a worker in-process) every sink is written directly, at least once
         self.exactly_once = storage is not None and channel is not None
@@ -189,9 +193,9 @@ class Worker:
             for split in assigned:
                 stores: dict[str, StateStore] = {}
                 snapshot_path = (manifest or {}).get("tasks", {}).get(split.split_id, {}).get("path")
-                if snapshot_path and self.storage is not None:
+                if snapshot_path and self.restore_storage is not None:
                     state_dir = self.job_dir / "state" / f"attempt-{self.attempt}" / split.split_id
-                    task_state = await restore_task(self.storage, snapshot_path, state_dir)
+                    task_state = await restore_task(self.restore_storage, snapshot_path, state_dir)
                     restored[split.split_id] = task_state
                     stores = dict(task_state.stores)
                     self._stores.extend(stores.values())
@@ -213,19 +217,31 @@ class Worker:
                 else "",
                 extra={"task_id": "task-1"},
             )
+        dropped = {name for task in restored.values() for name in task.stores} - graph.store_names(
+            self.config
+        )
+        if dropped:  # a savepoint of a job whose pipeline differs (an upgrade): say what is not restored
+            logger.warning(
+                "the snapshot holds state of step(s) %s that this job does not have (by position and "
+                "type); that state is not restored",
+                ", ".join(sorted(dropped)),
+                extra={"task_id": None},
+            )
         self.sinks = graph.build_sinks(self.config)
         for sink in self.sinks:
             await sink.open()
-        if self._restored_checkpoint is not None:
-            # output staged before the restored checkpoint completed may not be committed yet
+        if manifest is not None and self._restored_checkpoint is not None:
+            # output staged before the restored checkpoint completed may not be committed yet; it
+            # belongs to the job that took the snapshot, so its marker is that job's
+            owner = str(manifest.get("job_id") or self.job_id)
             for split_id, task_state in restored.items():
                 rows = [row for _cid, segment in task_state.pending_output for row in segment]
-                await self._commit(split_id, rows, self._restored_checkpoint)
+                await self._commit(split_id, rows, self._restored_checkpoint, job_id=owner)
 
     async def _restore_manifest(self) -> dict[str, Any] | None:
-        if not self.restore_from or self.storage is None:
+        if not self.restore_from or self.restore_storage is None:
             return None
-        manifest = await read_manifest(self.storage, self.restore_from)
+        manifest = await read_manifest(self.restore_storage, self.restore_from)
         self._restored_checkpoint = int(manifest["checkpoint_id"])
         return manifest
 
@@ -372,13 +388,16 @@ class Worker:
             }
         )
 
-    async def _commit(self, split_id: str, rows: list[Record], checkpoint_id: int) -> None:
+    async def _commit(
+        self, split_id: str, rows: list[Record], checkpoint_id: int, job_id: str | None = None
+    ) -> None:
         """Commits staged rows of one split to every exactly-once sink, once per checkpoint id."""
         if not rows:
             return
+        marker_job = job_id or self.job_id
         for k, sink in enumerate(self.sinks):
             if _is_transactional(sink):
-                await sink.write_transaction(rows, (self.job_id, f"{split_id}@sink{k}", checkpoint_id))  # type: ignore[attr-defined]
+                await sink.write_transaction(rows, (marker_job, f"{split_id}@sink{k}", checkpoint_id))  # type: ignore[attr-defined]
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self.channel is None:
@@ -682,6 +701,7 @@ async def _amain(args: argparse.Namespace) -> int:
         channel=channel,
         storage=storage,
         restore_from=args.restore,
+        restore_storage=storage_from_uri(args.restore_storage) if args.restore_storage else None,
         metrics=os.environ.get("HELIOS_WORKER_METRICS", "1") != "0",
     )
     loop = asyncio.get_running_loop()
@@ -718,6 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control", required=True, help="host:port of the control plane")
     parser.add_argument("--checkpoints", help="checkpoint storage URI (file:///... or s3://bucket/prefix)")
     parser.add_argument("--restore", help="checkpoint or savepoint directory (in that storage) to restore")
+    parser.add_argument("--restore-storage", help="the storage --restore is in, if not --checkpoints")
     args = parser.parse_args(argv)
     configure_logging(args.index)
     sys.exit(asyncio.run(_amain(args)))

@@ -1,0 +1,66 @@
+"""The embedded job store: what a control plane restart reads back, and homes of older versions."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from heliosdb_streaming.control.store import JobRecord
+from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+
+START = {
+    "storage_uri": "s3://checkpoints/jobs",
+    "directory": "job-old/savepoints/savepoint-1",
+    "job_id": "job-old",
+    "checkpoint_id": 7,
+    "savepoint_id": "savepoint-1",
+}
+
+
+def record(job_id: str, start_from: dict[str, object] | None = None) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        name="spend",
+        status=JobStatus.RUNNING,
+        config={"name": "spend"},
+        submitted_at=datetime(2026, 11, 29, tzinfo=UTC),
+        restarts=2,
+        last_checkpoint_id=9,
+        start_from=start_from,
+    )
+
+
+def test_records_read_back_as_written(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    store.save(record("job-new", START))
+    store.save(record("job-plain"))
+    store.close()
+    reopened = SqliteJobStore(tmp_path / "jobs.db")
+    by_id = {r.job_id: r for r in reopened.load_all()}
+    assert by_id["job-new"] == record("job-new", START)
+    assert by_id["job-plain"].start_from is None
+    reopened.close()
+
+
+def test_a_home_without_the_start_from_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:  # the jobs table as the first release created it
+        conn.execute(
+            "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,"
+            " config TEXT NOT NULL, submitted_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
+            " restarts INTEGER NOT NULL DEFAULT 0, message TEXT, attempt INTEGER NOT NULL DEFAULT 0,"
+            " worker_pids TEXT NOT NULL DEFAULT '[]', metrics_state TEXT NOT NULL DEFAULT '{}',"
+            " last_checkpoint_id INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "INSERT INTO jobs VALUES ('job-1', 'spend', 'running', '{}', '2026-11-29T00:00:00+00:00',"
+            " NULL, NULL, 0, NULL, 1, '[]', '{}', 3)"
+        )
+    store = SqliteJobStore(path)
+    (old,) = store.load_all()
+    assert (old.job_id, old.last_checkpoint_id, old.start_from) == ("job-1", 3, None)
+    store.save(record("job-2", START))
+    assert {r.job_id: r.start_from for r in store.load_all()} == {"job-1": None, "job-2": START}
+    store.close()
