@@ -160,6 +160,36 @@ async def test_savepoint_resource_and_restart_from_it(cluster: Env, start_operat
     await operator.stop()
 
 
+async def test_new_job_starts_from_the_cancel_savepoint_of_another(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    """The Flink upgrade: v1 is cancelled with a savepoint, v2 (another pipeline, parallelism 3) is
+    created with ``restoreFrom`` naming it and goes on where v1 stopped: the insert-only table ends
+    exactly as one uninterrupted run would have left it (a v2 started empty would insert twice)."""
+    client, db = cluster.client, cluster.tmp / "out.db"
+    operator = await start_operator()
+    await create(cluster, "v1", {**window_spec(db, parallelism=2, rate=5000), "savepointOnCancel": True})
+    await wait_phase(client, "v1", "running", log=operator.output())
+    await wait_checkpoint(cluster, "v1", operator)
+    await patch_spec(client, "v1", {"state": "cancelled"})
+    savepoint_id = (await wait_phase(client, "v1", "cancelled", log=operator.output()))["lastSavepoint"][
+        "savepointId"
+    ]
+
+    async def recorded() -> bool:
+        sp = await client.get_or_none(kube.SAVEPOINTS, NS, f"v1-{savepoint_id}")
+        return ((sp or {}).get("status") or {}).get("state") == "completed"
+
+    await eventually(recorded, 10, "the Savepoint resource of the cancel savepoint")
+    v2 = window_spec(db, parallelism=3, rate=0, restoreFrom=f"v1-{savepoint_id}")
+    v2["transformations"].append({"type": "map", "config": {"fields": {"total": "total"}}})  # type: ignore[attr-defined]
+    await create(cluster, "v2", v2)
+    status = await wait_phase(client, "v2", "finished", timeout=90, log=operator.output())
+    assert status["parallelism"] == 3 and status["jobId"] != (await job_status(client, "v1"))["jobId"]
+    assert table_rows(db) == await expected_windows()
+    await operator.stop()
+
+
 async def test_pod_failure_restarts_by_strategy_with_exact_output(
     cluster: Env, start_operator: StartOperator
 ) -> None:
@@ -290,10 +320,12 @@ async def test_invalid_spec_is_failed_with_the_field_path(
     assert "InvalidSpec" in [r for r, _ in await events_of(client, "broken")]
     assert not await worker_pods(client, "broken")
 
-    # restoreFrom on a new job would silently start empty: it is refused instead
-    restored = {**window_spec(cluster.tmp / "out.db", parallelism=1, rate=0), "restoreFrom": "before-upgrade"}
+    # a new job from a location that holds no savepoint would start empty: it is refused instead
+    nowhere = (cluster.tmp / "nowhere").as_uri()
+    restored = {**window_spec(cluster.tmp / "out.db", parallelism=1, rate=0), "restoreFrom": nowhere}
     await create(cluster, "restored", restored)
     status = await wait_phase(client, "restored", "failed", log=operator.output())
-    assert status["message"].startswith("invalid spec: spec.restoreFrom: a new StreamingJob cannot start")
+    why = f"no completed savepoint or checkpoint at {nowhere} (no _manifest.json)"
+    assert status["message"] == f"invalid spec: spec.restoreFrom: {why}"
     assert not await worker_pods(client, "restored")
     await operator.stop()

@@ -18,10 +18,9 @@ from typing import Any
 
 import kopf
 
-from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.job.errors import (
-    FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
     SavepointFailedError,
@@ -32,6 +31,7 @@ from heliosdb_streaming.operator import crds, kube, mapping, pods, status
 from heliosdb_streaming.operator.bindings import Binding, Bindings
 from heliosdb_streaming.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.operator.mapping import JobSpec, Step
+from heliosdb_streaming.runtime.checkpointing import SnapshotLocation
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,18 @@ STATUS_SWEEP_S = 2.0
 WAIT_RETRY_S = 1.0
 SAVEPOINT_MAX_WAITS = 120  # retries (of WAIT_RETRY_S) for a job that is still starting
 MAX_STEPS = 8
-NEW_JOB_RESTORE = (
-    "a new StreamingJob cannot start from a savepoint: a job restores only its own savepoints and"
-    " checkpoints (set restoreFrom together with a new restartNonce on the job that took it)"
-)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _started_from(entry: JobEntry, *, location: str) -> bool:
+    """Whether ``location`` is the snapshot of another job this job was started from."""
+    start = entry.record.start_from
+    if not start:
+        return False
+    return f"{start['storage_uri']}/{start['directory']}" == location.strip().rstrip("/")
 
 
 def _completed(job_id: str, snapshot: SnapshotRecord) -> dict[str, Any]:
@@ -185,10 +189,9 @@ class Reconciler:
         self._written.setdefault(job_id, previous)
         if job_id not in self.plane.jobs:
             try:
-                if desired.restore_from:
-                    raise InvalidJobConfigError([FieldError("spec.restoreFrom", NEW_JOB_RESTORE)])
+                start = await self._start_point(binding, desired.restore_from)
                 await self._ensure_service(binding)
-                self.plane.submit(wanted, job_id=job_id)
+                self.plane.submit(wanted, job_id=job_id, start_from=start)
             except InvalidJobConfigError as e:
                 self.bindings.remove(job_id)
                 await self._reject(namespace, name, uid, None, previous, e)
@@ -237,6 +240,23 @@ class Reconciler:
             self.bindings.save(binding)
         self.mark(job_id)
 
+    async def _start_point(self, binding: Binding, restore_from: str | None) -> SnapshotLocation | None:
+        """Where a new job starts: the savepoint ``restoreFrom`` names (a completed Savepoint of any job
+        in the namespace, or a location), as Flink's initial savepoint; None without one."""
+        resource, location = mapping.savepoint_ref(restore_from)
+        if resource is not None:
+            savepoint = await self.client.get_or_none(kube.SAVEPOINTS, binding.namespace, resource)
+            sp_status = (savepoint or {}).get("status") or {}
+            if savepoint is None or sp_status.get("state") != "completed" or not sp_status.get("location"):
+                # it may be created with the job (``kubectl apply -f dir``): wait for it, and say so
+                why = "not found" if savepoint is None else f"is {sp_status.get('state') or 'pending'}"
+                await self._job_event(binding, "Warning", "RestoreFailed", f"Savepoint {resource} {why}")
+                raise kopf.TemporaryError(f"Savepoint {resource} {why}", delay=5)
+            location = str(sp_status["location"])
+        if location is None:
+            return None
+        return await locate_start(location, "spec.restoreFrom")
+
     async def _restore_point(self, binding: Binding, restore_from: str | None) -> str | None:
         """The savepoint id ``restoreFrom`` names (a Savepoint resource or a location), or None (latest)."""
         resource, location = mapping.savepoint_ref(restore_from)
@@ -249,6 +269,8 @@ class Reconciler:
                 await self._job_event(binding, "Warning", "RestoreFailed", f"Savepoint {resource} {why}")
                 raise kopf.TemporaryError(f"Savepoint {resource} {why}", delay=5)
             savepoint_id = str(sp_status.get("savepointId") or "")
+            if _started_from(entry, location=str(sp_status.get("location") or "")):
+                return None  # consumed when the job started: a restart goes on from its own latest state
             if entry.savepoint(savepoint_id) is None:
                 message = f"Savepoint {resource} ({savepoint_id}) is not a savepoint of this job"
                 await self._job_event(binding, "Warning", "RestoreFailed", message)
@@ -258,6 +280,8 @@ class Reconciler:
             for snapshot in entry.snapshots:
                 if snapshot.savepoint_id and snapshot.status == "completed" and snapshot.location == location:
                     return snapshot.savepoint_id
+            if _started_from(entry, location=location):
+                return None
             message = f"no savepoint of this job is at {location}"
             await self._job_event(binding, "Warning", "RestoreFailed", message)
             raise kopf.PermanentError(message)
