@@ -658,6 +658,48 @@ async def test_cancel_with_savepoint_and_restart_contract(api: Api) -> None:
     await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
 
 
+async def test_submit_from_another_jobs_savepoint(api: Api, jm: JobManager) -> None:
+    """``POST /api/v1/jobs?from_savepoint=LOCATION``: an upgrade starts from the old job's savepoint."""
+    old = (await api.ok("POST", "/api/v1/jobs", 201, json=checkpointed_job("v1")))["job_id"]
+    await api.wait_status(old, {"running"})
+    await wait_checkpoint(api, old)
+    savepoint_id = (await api.ok("DELETE", f"/api/v1/jobs/{old}", params={"savepoint": "true"}))[
+        "savepoint_id"
+    ]
+    location = (await api.ok("GET", f"/api/v1/jobs/{old}/savepoints/{savepoint_id}"))["location"]
+
+    before = await jm.count_jobs()
+    for bad, code in (
+        ((Path("/nowhere") / savepoint_id).as_uri(), "invalid_job_config"),
+        ("", "invalid_parameter"),
+    ):
+        details = assert_error(
+            await api.call(
+                "POST", "/api/v1/jobs", json=checkpointed_job("v2"), params={"from_savepoint": bad}
+            ),
+            400,
+            code,
+        )
+        assert details[0]["path"] == "from_savepoint", details
+    assert await jm.count_jobs() == before  # nothing created
+
+    created = await api.ok(
+        "POST", "/api/v1/jobs", 201, json=checkpointed_job("v2"), params={"from_savepoint": location}
+    )
+    conforms(created, "SubmitJobResponse")
+    await api.wait_status(created["job_id"], {"running"})
+    logs: list[dict[str, Any]] = []
+
+    async def restored() -> bool:  # the workers' own lines arrive over their control channels
+        nonlocal logs
+        logs = (await api.ok("GET", f"/api/v1/jobs/{created['job_id']}/logs"))["logs"]
+        return any("restored from checkpoint" in e["message"] for e in logs)
+
+    await api.wait_until(restored, "the workers' restore lines")
+    assert any(f"starting from savepoint {savepoint_id} of job {old}" in e["message"] for e in logs), logs
+    await api.ok("DELETE", f"/api/v1/jobs/{created['job_id']}")
+
+
 class FailingSavepoints(JobManager):
     """A real manager whose savepoints fail as a worker timeout would make them fail."""
 

@@ -214,6 +214,16 @@ def test_savepoint_checkpoint_and_restart_commands(server: HeliosServerProcess, 
     again = as_json("jobs", "cancel", job_id, url=url)
     assert again["status"] == "cancelled" and "savepoint_id" not in again
 
+    # an upgrade: a new job from that savepoint's location
+    location = as_json("jobs", "savepoints", job_id, url=url)["savepoints"][-1]["location"]
+    upgraded = as_json("jobs", "submit", str(job_file), "--from-savepoint", location, url=url)
+    wait_status(url, upgraded["job_id"], {"running"})
+    logs = as_json("jobs", "logs", upgraded["job_id"], url=url)["logs"]
+    assert any(f"starting from savepoint {final}" in e["message"] for e in logs), logs
+    ok("jobs", "cancel", upgraded["job_id"], url=url)
+    nowhere = helios("jobs", "submit", str(job_file), "--from-savepoint", f"{location}-nope", url=url)
+    assert nowhere.returncode == 1 and "from_savepoint" in nowhere.stderr, nowhere.stderr
+
 
 def test_exit_codes(server: HeliosServerProcess, tmp_path: Path) -> None:
     url = server.url

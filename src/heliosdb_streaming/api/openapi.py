@@ -182,6 +182,15 @@ def build() -> dict[str, Any]:
                 "Submit a new job",
                 201,
                 "SubmitJobResponse",
+                params=(
+                    _param(
+                        "from_savepoint",
+                        "query",
+                        {"type": "string", "minLength": 1},
+                        "Start from this savepoint of any job (its location; an upgrade, as Flink's"
+                        " --fromSavepoint); 400 at from_savepoint when no completed snapshot is there",
+                    ),
+                ),
                 body="JobSubmitRequest",
                 errors=(400, 413),
                 links=_links(),

@@ -36,7 +36,9 @@ class JobService(Protocol):
 
     async def close(self) -> None: ...
 
-    async def submit_job(self, config: JobConfig) -> str: ...
+    async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
+        """Submits a job, to start from another job's savepoint (its location) when given."""
+        ...
 
     async def list_jobs_json(self, status: JobStatus | None, limit: int, offset: int) -> bytes:
         """The body of ``GET /api/v1/jobs`` (``schemas.JobListResponse``), serialized."""
@@ -90,8 +92,8 @@ class EmbeddedJobService:
     async def close(self) -> None:
         await self.manager.close()
 
-    async def submit_job(self, config: JobConfig) -> str:
-        return await self.manager.submit_job(config)
+    async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
+        return await self.manager.submit_job(config, from_savepoint=from_savepoint)
 
     async def list_jobs_json(self, status: JobStatus | None, limit: int, offset: int) -> bytes:
         await self.manager.start()  # no-op once started

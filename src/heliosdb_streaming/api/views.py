@@ -71,8 +71,11 @@ async def submit_job(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise InvalidJobConfigError([FieldError("(body)", "must be a JSON object (the job)")])
     config = JobConfig.from_dict(body)
+    from_savepoint = _query(request, "from_savepoint")
+    if from_savepoint == "":
+        raise InvalidParameterError("from_savepoint", "must be a savepoint location, got ''")
     jm = _manager(request)
-    job_id = await jm.submit_job(config)
+    job_id = await jm.submit_job(config, from_savepoint=from_savepoint)
     details = await jm.get_job_details(job_id)
     answer = schemas.SubmitJobResponse(
         job_id=job_id,

@@ -81,7 +81,11 @@ def register(sub: Any) -> None:
         p.set_defaults(func=cmd_jobs)
         return p
 
-    add("submit", "submit a job file (the POST /api/v1/jobs body; '-' reads stdin)").add_argument("file")
+    p = add("submit", "submit a job file (the POST /api/v1/jobs body; '-' reads stdin)")
+    p.add_argument("file")
+    p.add_argument(
+        "--from-savepoint", metavar="LOCATION", help="start from this savepoint of any job (an upgrade)"
+    )
     p = add("list", "list jobs, newest first")
     p.add_argument("--status", choices=JOB_STATUSES)
     p.add_argument("--limit", type=int, default=100, help="1..1000 (default 100)")
@@ -237,7 +241,8 @@ def _read_job_file(path: str) -> bytes:
 
 async def submit(client: ApiClient, args: argparse.Namespace) -> int:
     body = _read_job_file(args.file)
-    data = await client.call("POST", "/api/v1/jobs", body=body)
+    params = {"from_savepoint": args.from_savepoint} if args.from_savepoint is not None else None
+    data = await client.call("POST", "/api/v1/jobs", params=params, body=body)
     if args.output == "json":
         _emit_json(data)
     else:

@@ -203,7 +203,9 @@ class KubernetesJobService:
 
     # ------------------------------------------------------------------------------ jobs
 
-    async def submit_job(self, config: JobConfig) -> str:
+    async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
+        """A StreamingJob; ``from_savepoint`` becomes its ``restoreFrom`` (the operator checks it:
+        a location with no savepoint fails the job, with the reason in its status)."""
         limit = await self.max_parallelism()
         if limit is not None:
             jobviews.check_submit_parallelism(config, limit)
@@ -213,7 +215,7 @@ class KubernetesJobService:
                 created = await self.kube.create(
                     kube.STREAMINGJOBS,
                     self.namespace,
-                    jobviews.streaming_job(self.namespace, name, config, datetime.now(UTC)),
+                    jobviews.streaming_job(self.namespace, name, config, datetime.now(UTC), from_savepoint),
                 )
             except kube.ConflictError:
                 continue

@@ -89,8 +89,13 @@ def resource_name(job_name: str, suffix: str | None = None) -> str:
     return f"{stem}-{suffix}"
 
 
-def streaming_job(namespace: str, name: str, config: JobConfig, now: datetime) -> dict[str, Any]:
+def streaming_job(
+    namespace: str, name: str, config: JobConfig, now: datetime, restore_from: str | None = None
+) -> dict[str, Any]:
     """The StreamingJob of a job submitted at ``now``: the REST body as the spec, to be running."""
+    spec = {**config.to_dict(), "state": mapping.DesiredState.RUNNING.value}
+    if restore_from is not None:
+        spec["restoreFrom"] = restore_from
     return {
         "apiVersion": crds.API_VERSION,
         "kind": crds.STREAMING_JOB_KIND,
@@ -99,7 +104,7 @@ def streaming_job(namespace: str, name: str, config: JobConfig, now: datetime) -
             "namespace": namespace,
             "annotations": {ANNOTATION_SUBMITTED_AT: now.astimezone(UTC).isoformat().replace("+00:00", "Z")},
         },
-        "spec": {**config.to_dict(), "state": mapping.DesiredState.RUNNING.value},
+        "spec": spec,
     }
 
 

@@ -72,8 +72,11 @@ def test_submitted_job_spec_is_the_body_and_running() -> None:
         "namespace": "team-a",
         "annotations": {"streaming.heliosdb.io/submitted-at": "2026-01-01T00:00:00.000250Z"},
     }
-    assert obj["spec"]["state"] == "running"
+    assert obj["spec"]["state"] == "running" and "restoreFrom" not in obj["spec"]
     assert JobConfig.from_dict({k: v for k, v in obj["spec"].items() if k != "state"}) == config
+    location = "s3://checkpoints/job-1/savepoints/savepoint-1"
+    upgrade = jobviews.streaming_job("team-a", "fraud-abcde", config, T0, restore_from=location)
+    assert upgrade["spec"]["restoreFrom"] == location  # the operator starts the new job from it
 
 
 def test_a_new_resource_is_a_submitted_job() -> None:
