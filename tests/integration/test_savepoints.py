@@ -207,6 +207,29 @@ async def test_new_job_from_another_jobs_savepoint_continues_exactly(
     assert len(await jm.list_jobs()) == 3
 
 
+async def test_the_start_point_survives_a_control_plane_restart(tmp_path: Path) -> None:
+    """Until a job started from a savepoint has a checkpoint of its own, a restart (here: of the
+    control plane) restores that savepoint again, not nothing."""
+    db, home = tmp_path / "out.db", tmp_path / "home"
+    async with JobManager(8, home=home) as jm:
+        old = await jm.submit_job(window_job(db, parallelism=2, rate=8000))
+        await wait_for_status(jm, old, {JobStatus.RUNNING})
+        await wait_for_checkpoint(jm, old)
+        savepoint_id = await jm.cancel_job_with_savepoint(old)
+        location = (await jm.get_savepoint(old, savepoint_id)).location
+        body = window_job(db, parallelism=2, rate=4000, checkpoint_interval_ms=600_000)  # none of its own
+        new = await jm.submit_job(body, from_savepoint=location)
+        await wait_for_status(jm, new, {JobStatus.RUNNING})
+        await asyncio.sleep(0.5)
+    async with JobManager(8, home=home) as jm:
+        assert await wait_for_status(jm, new, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
+        assert table_rows(db) == await expected_windows()
+        runs = [e.message for e in await jm.get_job_logs(new) if ": started " in e.message]
+        assert len(runs) == 2 and all(
+            f"restoring {old}/savepoints/{savepoint_id} of file://" in m for m in runs
+        )
+
+
 async def test_restart_without_options_uses_latest_checkpoint(jm: JobManager, tmp_path: Path) -> None:
     db = tmp_path / "out.db"
     job_id = await jm.submit_job(window_job(db, parallelism=2, rate=8000))
