@@ -8,6 +8,7 @@ window job's result is compared with the windows computed straight from the gene
 from __future__ import annotations
 
 import base64
+import json
 import signal
 from pathlib import Path
 from urllib.parse import urlparse
@@ -140,14 +141,29 @@ async def test_savepoint_resource_and_restart_from_it(cluster: Env, start_operat
     assert (directory / "_manifest.json").is_file()
     assert sp_status["jobId"] == (await job_status(client, "spend"))["jobId"]
 
+    # an upgrade in place: a step added after the window, parallelism 3, from the savepoint
+    spec = upsert_spec(db, parallelism=3, rate=5000)
+    spec["transformations"].append({"type": "filter", "config": {"condition": "n > 0"}})  # type: ignore[attr-defined]
     await patch_spec(
-        client, "spend", {"restartNonce": 1, "restoreFrom": "before-upgrade", "config": {"parallelism": 3}}
+        client,
+        "spend",
+        {
+            "restartNonce": 1,
+            "restoreFrom": "before-upgrade",
+            "config": spec["config"],
+            "transformations": spec["transformations"],
+        },
     )
     status = await wait_phase(client, "spend", "finished", timeout=90, log=operator.output())
     assert status["parallelism"] == 3 and status["restarts"] == 1
     assert table_rows(db) == await expected_windows()
-    messages = [m for _, m in await events_of(client, "spend")]
-    assert any(f"savepoint {sp_status['savepointId']}" in m for m in messages), messages
+    events = await events_of(client, "spend")
+    assert any(f"savepoint {sp_status['savepointId']}" in m for _, m in events), events
+    assert ("Upgraded", "new transformations from now on") in events
+    job_file = json.loads(
+        base64.b64decode((await client.get(kube.SECRETS, NS, "spend-job"))["data"]["job.json"])
+    )
+    assert [t["type"] for t in job_file["transformations"]] == ["window", "filter"]  # what the pods ran
 
     # deleting the Savepoint resource deletes its files (finalizer), then the resource goes
     await client.delete(kube.SAVEPOINTS, NS, "before-upgrade")

@@ -719,9 +719,19 @@ class ControlPlane:
         return snapshot
 
     async def restart(
-        self, job_id: str, savepoint_id: str | None, overrides: JobConfigOverrides | None
+        self,
+        job_id: str,
+        savepoint_id: str | None,
+        overrides: JobConfigOverrides | None,
+        *,
+        pipeline: JobConfig | None = None,
     ) -> SnapshotRecord | None:
-        """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides."""
+        """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides.
+
+        ``pipeline``: an upgrade in place (the operator's restart of an edited StreamingJob): the job
+        runs these sources, transformations and sinks from then on; state finds its steps as it does
+        for a job started from a savepoint (by position and type).
+        """
         entry = self.get(job_id)
         async with entry.lock:
             self._check(entry, Event.RESTART, "restart")
@@ -730,7 +740,17 @@ class ControlPlane:
                 point = entry.savepoint(savepoint_id)
                 if point is None:
                     raise SavepointNotFoundError(job_id, savepoint_id)
-            config = entry.config.with_overrides(overrides)
+            base = entry.config
+            if pipeline is not None:
+                base = base.model_copy(
+                    update={
+                        "sources": pipeline.sources,
+                        "transformations": pipeline.transformations,
+                        "sinks": pipeline.sinks,
+                    }
+                )
+            upgraded = pipeline is not None and base.to_dict() != entry.config.to_dict()
+            config = base.with_overrides(overrides)
             if config.parallelism > self.max_parallelism:
                 raise InvalidJobConfigError(
                     [
@@ -760,8 +780,11 @@ class ControlPlane:
                 if start
                 else "the beginning (no checkpoint yet)"
             )
+            changed = ", with a changed pipeline" if upgraded else ""
             self._set_status(
-                entry, Event.RESTART, f"Job restarting from {origin} (parallelism {config.parallelism})"
+                entry,
+                Event.RESTART,
+                f"Job restarting from {origin} (parallelism {config.parallelism}){changed}",
             )
             self.queue.append(job_id)
             self._schedule()

@@ -97,10 +97,20 @@ def restart_overrides(wanted: JobConfig) -> JobConfigOverrides:
     )
 
 
-def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
-    """Spec fields that differ from the running job and that no restart can apply (a new job can)."""
+PIPELINE = ("sources", "transformations", "sinks")  # a restart applies them: an upgrade in place
+
+
+def pipeline_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
+    """The parts of the pipeline the spec changed: the next restart runs the new ones."""
     a, b = current.to_dict(), wanted.to_dict()
-    changed = [k for k in ("sources", "transformations", "sinks") if a[k] != b[k]]
+    return [k for k in PIPELINE if a[k] != b[k]]
+
+
+def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
+    """Spec fields that differ from the running job and that no restart can apply (a new job can:
+    where its state lives, how it is kept, the job's name)."""
+    a, b = current.to_dict(), wanted.to_dict()
+    changed = ["name"] if a["name"] != b["name"] else []
     changed += [
         f"config.{k}"
         for k in sorted(set(a["config"]) | set(b["config"]))

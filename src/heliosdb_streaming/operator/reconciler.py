@@ -128,12 +128,13 @@ class Reconciler:
 
     async def _note_pending_changes(self, binding: Binding, entry: JobEntry, wanted: Any) -> None:
         """A spec change that is not a state or a restart waits for one: say so once, as an Event."""
-        settings = [k for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)]
+        settings = [
+            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
+        ]
+        settings += mapping.pipeline_changes(entry.config, wanted)
         fixed = mapping.unapplied_changes(entry.config, wanted)
         if settings:
-            message = (
-                f"config.{', config.'.join(settings)} will apply at the next restart (spec.restartNonce)"
-            )
+            message = f"{', '.join(settings)} will apply at the next restart (spec.restartNonce)"
             await self._job_event(binding, "Normal", "SpecPending", message)
         if fixed:
             message = f"a running job cannot change {', '.join(fixed)}; create a new StreamingJob for that"
@@ -233,9 +234,14 @@ class Reconciler:
                     "SpecNotApplied",
                     f"a restart cannot change {', '.join(changed)}; create a new StreamingJob for that",
                 )
+            upgrade = mapping.pipeline_changes(entry.config, wanted)
             if entry.record.status == JobStatus.PAUSED:
                 await self.plane.resume(job_id)  # restart stops the run anyway; paused cannot restart
-            await self.plane.restart(job_id, savepoint_id, mapping.restart_overrides(wanted))
+            await self.plane.restart(
+                job_id, savepoint_id, mapping.restart_overrides(wanted), pipeline=wanted if upgrade else None
+            )
+            if upgrade:
+                await self._job_event(binding, "Normal", "Upgraded", f"new {', '.join(upgrade)} from now on")
             binding.applied_nonce = desired.restart_nonce
             self.bindings.save(binding)
         self.mark(job_id)

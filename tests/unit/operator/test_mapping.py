@@ -14,6 +14,7 @@ from heliosdb_streaming.operator.mapping import (
     Step,
     job_config,
     job_id_for,
+    pipeline_changes,
     plan,
     recorded_savepoint_name,
     restart_overrides,
@@ -112,7 +113,9 @@ def test_restart_overrides_and_what_a_restart_cannot_change() -> None:
     assert current.with_overrides(overrides).checkpoint_interval_ms == 2000
     assert unapplied_changes(current, rescaled) == []
     other_sink = job_config("j", {**spec(), "sinks": [{"type": "discard", "config": {}}]})
-    assert unapplied_changes(current, other_sink) == ["sinks"]
+    assert unapplied_changes(current, other_sink) == [] and pipeline_changes(current, other_sink) == ["sinks"]
+    assert pipeline_changes(current, rescaled) == []
+    assert unapplied_changes(current, job_config("k", spec())) == ["name"]
     other_backend = job_config("j", {**spec(), "config": {"parallelism": 2, "state_backend": "rocksdb"}})
     assert "config.state_backend" in unapplied_changes(current, other_backend)
 
