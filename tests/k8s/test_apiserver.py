@@ -386,6 +386,14 @@ async def test_savepoints_cancel_with_savepoint_and_restart_rescaled(api: rest.A
     assert table_rows(db) == await expected_windows()
     directory = Path(urlparse(resource["status"]["location"]).path)
     assert (directory / "_manifest.json").is_file()
+
+    # an upgrade over REST: from_savepoint names the location, the StreamingJob its Savepoint resource
+    upgrade = {**body, "name": "spend-v2"}
+    params = {"from_savepoint": resource["status"]["location"]}
+    v2 = (await api.ok("POST", "/api/v1/jobs", 201, json=upgrade, params=params))["job_id"]
+    assert (await resource_of(k8s_api, v2))["spec"]["restoreFrom"] == resource["metadata"]["name"]
+    if (await api.wait_status(v2, {"running", "finished"}))["status"] == "running":
+        await api.ok("DELETE", f"/api/v1/jobs/{v2}")
     assert (await api.ok("DELETE", f"{url}/{savepoint_id}"))["deleted"] is True
     assert await resources(k8s_api, kube.SAVEPOINTS) == [] and not directory.exists()
     no_server_errors(api)

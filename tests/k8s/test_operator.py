@@ -197,6 +197,29 @@ async def test_new_job_starts_from_the_cancel_savepoint_of_another(
         return ((sp or {}).get("status") or {}).get("state") == "completed"
 
     await eventually(recorded, 10, "the Savepoint resource of the cancel savepoint")
+    # another namespace cannot start from it by location: that would read another tenant's state
+    location = (await job_status(client, "v1"))["lastSavepoint"]["location"]
+    thief = streaming_job("thief", window_spec(db, parallelism=1, rate=0, restoreFrom=location))
+    await client.create(
+        kube.STREAMINGJOBS, "other", {**thief, "metadata": {"name": "thief", "namespace": "other"}}
+    )
+
+    async def refused() -> str | None:
+        obj = await client.get(kube.STREAMINGJOBS, "other", "thief")
+        return (
+            (obj.get("status") or {}).get("message")
+            if (obj.get("status") or {}).get("phase") == "failed"
+            else None
+        )
+
+    message = await eventually(
+        refused, 20, "the other namespace's job to fail", on_fail=operator.output()[-3000:]
+    )
+    assert message == (
+        "invalid spec: spec.restoreFrom: not a savepoint of a StreamingJob in namespace other;"
+        " name its Savepoint"
+    )
+
     v2 = window_spec(db, parallelism=3, rate=0, restoreFrom=f"v1-{savepoint_id}")
     v2["transformations"].append({"type": "map", "config": {"fields": {"total": "total"}}})  # type: ignore[attr-defined]
     await create(cluster, "v2", v2)

@@ -204,8 +204,11 @@ class KubernetesJobService:
     # ------------------------------------------------------------------------------ jobs
 
     async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
-        """A StreamingJob; ``from_savepoint`` becomes its ``restoreFrom`` (the operator checks it:
-        a location with no savepoint fails the job, with the reason in its status)."""
+        """A StreamingJob; ``from_savepoint`` becomes its ``restoreFrom``: the Savepoint resource at that
+        location if there is one (the operator takes any of the namespace's), else the location (the
+        operator checks it: no savepoint there, or one of another namespace's job, fails the job)."""
+        if from_savepoint is not None:
+            from_savepoint = await self._savepoint_name_at(from_savepoint) or from_savepoint
         limit = await self.max_parallelism()
         if limit is not None:
             jobviews.check_submit_parallelism(config, limit)
@@ -457,6 +460,14 @@ class KubernetesJobService:
             mine = status.get("jobId") == job_id or (sp.get("spec") or {}).get("jobRef") == self._name(obj)
             if mine and status.get("savepointId") == savepoint_id and status.get("state") == "completed":
                 return sp
+        return None
+
+    async def _savepoint_name_at(self, location: str) -> str | None:
+        """The completed Savepoint resource of this namespace whose files are at ``location``."""
+        for sp in await self.kube.list(kube.SAVEPOINTS, self.namespace):
+            status = sp.get("status") or {}
+            if status.get("state") == "completed" and status.get("location") == location.strip():
+                return self._name(sp)
         return None
 
     async def _savepoint_ref(self, job_id: str, savepoint_id: str) -> str:

@@ -21,6 +21,7 @@ import kopf
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.job.errors import (
+    FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
     SavepointFailedError,
@@ -247,8 +248,9 @@ class Reconciler:
         self.mark(job_id)
 
     async def _start_point(self, binding: Binding, restore_from: str | None) -> SnapshotLocation | None:
-        """Where a new job starts: the savepoint ``restoreFrom`` names (a completed Savepoint of any job
-        in the namespace, or a location), as Flink's initial savepoint; None without one."""
+        """Where a new job starts, as Flink's initial savepoint: the savepoint ``restoreFrom`` names, a
+        completed Savepoint in the namespace (of any job, deleted ones too), or the location of a
+        savepoint of a StreamingJob in the namespace. None without one."""
         resource, location = mapping.savepoint_ref(restore_from)
         if resource is not None:
             savepoint = await self.client.get_or_none(kube.SAVEPOINTS, binding.namespace, resource)
@@ -259,9 +261,16 @@ class Reconciler:
                 await self._job_event(binding, "Warning", "RestoreFailed", f"Savepoint {resource} {why}")
                 raise kopf.TemporaryError(f"Savepoint {resource} {why}", delay=5)
             location = str(sp_status["location"])
+            return await locate_start(location, "spec.restoreFrom")  # a Savepoint of this namespace
         if location is None:
             return None
-        return await locate_start(location, "spec.restoreFrom")
+        start = await locate_start(location, "spec.restoreFrom")
+        owner = self.bindings.get(start.job_id)
+        if owner is None or owner.namespace != binding.namespace:
+            # a bare location could be any tenant's state: only this namespace's jobs are readable so
+            why = f"not a savepoint of a StreamingJob in namespace {binding.namespace}; name its Savepoint"
+            raise InvalidJobConfigError([FieldError("spec.restoreFrom", why)])
+        return start
 
     async def _restore_point(self, binding: Binding, restore_from: str | None) -> str | None:
         """The savepoint id ``restoreFrom`` names (a Savepoint resource or a location), or None (latest)."""
