@@ -288,7 +288,7 @@ def test_sigterm_stops_cleanly_and_jobs_resume_on_restart(tmp_path: Path) -> Non
     token = "cli-test-token"
     first = HeliosServerProcess(home, "--demo", env={"HELIOS_API_TOKEN": token})
     try:
-        assert "demo job submitted" in first.output()
+        first.wait_output("demo job submitted")
         denied = helios("jobs", "list", url=first.url)
         assert denied.returncode == 1 and "unauthorized" in denied.stderr
         listing = as_json("jobs", "list", url=first.url, token=token)
@@ -308,7 +308,7 @@ def test_sigterm_stops_cleanly_and_jobs_resume_on_restart(tmp_path: Path) -> Non
 
     second = HeliosServerProcess(home, "--demo", env={"HELIOS_API_TOKEN": token})
     try:
-        assert "demo job already active" in second.output()
+        second.wait_output("demo job already active")
         wait_status(second.url, demo_id, {"running"}, token=token)
         assert as_json("jobs", "list", url=second.url, token=token)["total"] == 1
     finally:

@@ -46,17 +46,24 @@ class HeliosServerProcess:
         self.url = self._wait_listening(startup_timeout_s)
 
     def _wait_listening(self, timeout_s: float) -> str:
+        return self.wait_output(_LISTENING, timeout_s).group(1)
+
+    def wait_output(self, pattern: str | re.Pattern[str], timeout_s: float = 30) -> re.Match[str]:
+        """Waits until the server's stdout matches ``pattern`` (it prints what it did at startup
+        after it listens, e.g. the demo job's submission)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            m = re.search(pattern, self.output())
+            if m:
+                return m
             if self.process.poll() is not None:
                 raise AssertionError(
                     f"helios server exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            m = _LISTENING.search(self.output())
-            if m:
-                return m.group(1)
             if time.monotonic() > deadline:
-                raise AssertionError(f"helios server did not listen within {timeout_s}s:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"no {pattern!r} from helios server within {timeout_s}s:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
 
     def output(self) -> str:
