@@ -439,6 +439,9 @@ class KubernetesJobService:
         if resource is None:
             if await self.operator.savepoint(job_id, savepoint_id) is None:
                 raise SavepointNotFoundError(job_id, savepoint_id)
+            # taken on cancel: the operator records it as a resource a moment after the job stopped
+            resource = await self._recorded_savepoint(obj, job_id, savepoint_id)
+        if resource is None:
             raise SavepointNotDeletableError(job_id, savepoint_id)
         name = self._name(resource)
         await self.kube.delete(kube.SAVEPOINTS, self.namespace, name)
@@ -460,6 +463,17 @@ class KubernetesJobService:
             mine = status.get("jobId") == job_id or (sp.get("spec") or {}).get("jobRef") == self._name(obj)
             if mine and status.get("savepointId") == savepoint_id and status.get("state") == "completed":
                 return sp
+        return None
+
+    async def _recorded_savepoint(self, obj: Obj, job_id: str, savepoint_id: str) -> Obj | None:
+        """The operator's record of a savepoint it took itself, waited for a while: it follows the
+        job's stop, which the cancel's answer may have beaten."""
+        deadline = asyncio.get_running_loop().time() + self.command_wait_s
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(POLL_S)
+            resource = await self._savepoint_resource(obj, job_id, savepoint_id)
+            if resource is not None:
+                return resource
         return None
 
     async def _savepoint_name_at(self, location: str) -> str | None:
