@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,8 @@ import psutil
 from heliosdb_streaming.operator import crds, kube
 from heliosdb_streaming.testing.kube_emulator import start_cluster
 from heliosdb_streaming.testing.kubelet import FakeKubelet, ProcessKubelet
+from heliosdb_streaming.testing.ports import free_port
+from heliosdb_streaming.testing.server import operator_command, operator_env
 
 NS = "default"
 CONCURRENCY = 16
@@ -59,12 +59,6 @@ def job(name: str) -> dict[str, Any]:
             "sinks": [{"type": "discard", "config": {}}],
         },
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RunningWatch:
@@ -139,24 +133,15 @@ async def main(jobs: int, kubelet_kind: str) -> int:
                 FakeKubelet(client) if kubelet_kind == "fake" else ProcessKubelet(client, root / "node")
             )
             log = (root / "operator.log").open("wb")
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "KUBECONFIG"))}
             operator = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measurement)
-                [
-                    sys.executable,
-                    "-m",
-                    "heliosdb_streaming.cli.main",
-                    "operator",
+                operator_command(
+                    root / "home",
+                    free_port(),
                     "--all-namespaces",
-                    "--home",
-                    str(root / "home"),
-                    "--control-host",
-                    "127.0.0.1",
-                    "--control-port",
-                    str(free_port()),
                     "--max-parallelism",
                     str(max(jobs, 1) + SINGLE_RUNS + LOADED_RUNS),
-                ],
-                env={**env, "KUBECONFIG": str(cluster.kubeconfig)},
+                ),
+                env=operator_env(cluster.kubeconfig),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import shlex
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import helm_python as helm
 
 from heliosdb_streaming.operator import crds, pods
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
+from heliosdb_streaming.testing.ports import free_port
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,12 +124,6 @@ class Kubectl:
 
 
 # -------------------------------------------------------------------------------- port-forward
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PortForward:

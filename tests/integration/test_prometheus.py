@@ -15,7 +15,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from aiohttp.test_utils import TestServer
 
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.job import JobManager
+from heliosdb_streaming.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -50,12 +50,6 @@ FAMILIES = {
 COUNTERS = [name for name, kind in FAMILIES.items() if kind == "counter"]
 HISTOGRAMS = [name for name, kind in FAMILIES.items() if kind == "histogram"]
 STATUSES = ("submitted", "running", "paused", "finished", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def job_body(name: str, condition: str, rate: float) -> dict[str, Any]:

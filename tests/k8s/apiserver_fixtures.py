@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +21,14 @@ import aiohttp
 import kopf
 import pytest
 from aiohttp.test_utils import TestServer
-from k8s_helpers import free_port
 
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.operator import kube
 from heliosdb_streaming.operator.apiserver import KubernetesJobService
 from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
+from heliosdb_streaming.testing.ports import free_port
+from heliosdb_streaming.testing.server import operator_command, operator_env
 
 TOKEN = "apiserver-test-token"
 MAX_PARALLELISM = 8  # the embedded contract tests' JobManager(8): over it is 400 on both substrates
@@ -96,18 +95,10 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
             async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client):
                 emulated.emulator.pod_logs = kubelet.pod_log
                 read_port = free_port()
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "heliosdb_streaming.cli.main",
-                    "operator",
+                argv = operator_command(
+                    tmp / "operator-home",
+                    free_port(),
                     "--all-namespaces",
-                    "--home",
-                    str(tmp / "operator-home"),
-                    "--control-host",
-                    "127.0.0.1",
-                    "--control-port",
-                    str(free_port()),
                     "--read-host",
                     "127.0.0.1",
                     "--read-port",
@@ -116,11 +107,8 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                     "heliosdb-streaming:test",
                     "--max-parallelism",
                     str(MAX_PARALLELISM),
-                ]
-                base = {
-                    k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "AWS_", "KUBECONFIG"))
-                }
-                env = {**base, "KUBECONFIG": str(emulated.kubeconfig), "HELIOS_API_TOKEN": TOKEN}
+                )
+                env = operator_env(emulated.kubeconfig, {"HELIOS_API_TOKEN": TOKEN})
                 log = tmp / "operator.log"
                 with log.open("ab") as out:
                     process = subprocess.Popen(

@@ -10,19 +10,19 @@ started again over the same home.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import kopf
 import pytest
-from k8s_helpers import Env, OperatorProcess, StartOperator, free_port
+from k8s_helpers import Env, OperatorProcess, StartOperator
 
 from heliosdb_streaming.operator import kube
 from heliosdb_streaming.testing.kube_emulator import start_cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
+from heliosdb_streaming.testing.ports import free_port
+from heliosdb_streaming.testing.server import operator_command, operator_env
 
 
 @pytest.fixture
@@ -50,26 +50,12 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         home = home or cluster.tmp / "operator-home"
         port = control_port or free_port()
         log = cluster.tmp / f"operator-{len(started)}.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "heliosdb_streaming.cli.main",
-            "operator",
-            *(args if args is not None else ["--all-namespaces"]),
-            "--home",
-            str(home),
-            "--control-host",
-            "127.0.0.1",
-            "--control-port",
-            str(port),
-            "--image",
-            "heliosdb-streaming:test",
-        ]
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "AWS_", "KUBECONFIG"))}
+        scope = args if args is not None else ["--all-namespaces"]
+        argv = operator_command(home, port, *scope, "--image", "heliosdb-streaming:test")
         with log.open("ab") as out:
             process = subprocess.Popen(
                 argv,
-                env={**base, "KUBECONFIG": str(cluster.cluster.kubeconfig), **(env or {})},
+                env=operator_env(cluster.cluster.kubeconfig, env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -40,10 +40,11 @@ from apiserver_fixtures import (
     k8s_api_server,
     substrate,
 )
-from k8s_helpers import eventually, expected_windows, free_port, table_rows, window_spec
+from k8s_helpers import eventually, expected_windows, table_rows, window_spec
 
 from heliosdb_streaming.job import JobManager
 from heliosdb_streaming.operator import crds, kube
+from heliosdb_streaming.testing.ports import free_port
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
@@ -496,27 +497,7 @@ async def test_kafka_to_postgres_through_the_api_with_savepoint_and_rescale(
     table = f'"{pg_schema}".big'
     first = kafka.events(0, 3000)
     await kafka.produce(kafka_bootstrap, topic, first)
-    body = {
-        "name": "payments",
-        "config": {"parallelism": 2, "checkpoint_interval_ms": 500, "restart_strategy": "none"},
-        "sources": [
-            {
-                "type": "kafka",
-                "config": {"bootstrap_servers": kafka_bootstrap, "topic": topic, "start_from": "earliest"},
-            }
-        ],
-        "transformations": [{"type": "filter", "config": {"condition": "amount > 250"}}],
-        "sinks": [
-            {
-                "type": "database",
-                "config": {
-                    "connection_string": pg_dsn,
-                    "table": f"{pg_schema}.big",
-                    "key": ["transaction_id"],
-                },
-            }
-        ],
-    }
+    body = {"name": "payments", **kafka.payments_job(kafka_bootstrap, topic, pg_dsn, pg_schema)}
     job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=body))["job_id"]
     await api.wait_status(job_id, {"running"})
 

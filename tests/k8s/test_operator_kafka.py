@@ -55,6 +55,30 @@ def expected(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted((r["transaction_id"], r["amount"]) for r in records if r["amount"] > 250)
 
 
+def payments_job(kafka_bootstrap: str, topic: str, pg_dsn: str, pg_schema: str) -> dict[str, Any]:
+    """Kafka -> amount > 250 -> upsert into ``<schema>.big`` by transaction id: replays rewrite rows."""
+    return {
+        "config": {"parallelism": 2, "checkpoint_interval_ms": 500, "restart_strategy": "none"},
+        "sources": [
+            {
+                "type": "kafka",
+                "config": {"bootstrap_servers": kafka_bootstrap, "topic": topic, "start_from": "earliest"},
+            }
+        ],
+        "transformations": [{"type": "filter", "config": {"condition": "amount > 250"}}],
+        "sinks": [
+            {
+                "type": "database",
+                "config": {
+                    "connection_string": pg_dsn,
+                    "table": f"{pg_schema}.big",
+                    "key": ["transaction_id"],
+                },
+            }
+        ],
+    }
+
+
 async def test_kafka_to_postgres_with_s3_checkpoints_savepoint_and_rescale(
     cluster: Env,
     start_operator: StartOperator,
@@ -81,27 +105,7 @@ async def test_kafka_to_postgres_with_s3_checkpoints_savepoint_and_rescale(
 
     first = events(0, 3000)
     await produce(kafka_bootstrap, topic, first)
-    spec = {
-        "config": {"parallelism": 2, "checkpoint_interval_ms": 500, "restart_strategy": "none"},
-        "checkpointStorage": uri,
-        "sources": [
-            {
-                "type": "kafka",
-                "config": {"bootstrap_servers": kafka_bootstrap, "topic": topic, "start_from": "earliest"},
-            }
-        ],
-        "transformations": [{"type": "filter", "config": {"condition": "amount > 250"}}],
-        "sinks": [
-            {
-                "type": "database",
-                "config": {
-                    "connection_string": pg_dsn,
-                    "table": f"{pg_schema}.big",
-                    "key": ["transaction_id"],
-                },
-            }
-        ],
-    }
+    spec = {**payments_job(kafka_bootstrap, topic, pg_dsn, pg_schema), "checkpointStorage": uri}
     await client.create(kube.STREAMINGJOBS, NS, streaming_job("payments", spec))
     await wait_phase("running")
 

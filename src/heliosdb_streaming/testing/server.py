@@ -1,7 +1,7 @@
-"""``helios server`` as a real subprocess, for tests and benchmarks that talk to it over HTTP.
+"""``helios server`` and ``helios operator`` as real subprocesses, for tests and benchmarks.
 
-It listens on a free port (``--port 0``); the URL is read from the first line it prints. Its output
-goes to files next to its home so that a failure can show the log tail.
+The server listens on a free port (``--port 0``); the URL is read from the first line it prints. Its
+output goes to files next to its home so that a failure can show the log tail.
 """
 
 from __future__ import annotations
@@ -87,3 +87,27 @@ class HeliosServerProcess:
             raise AssertionError(
                 f"helios server did not stop within {timeout_s}s:\n{self.log_tail()}"
             ) from None
+
+
+def operator_command(home: Path, control_port: int, *args: str) -> list[str]:
+    """``helios operator ARGS`` with its own home and a loopback control port, for tests and benchmarks."""
+    return [
+        sys.executable,
+        "-m",
+        "heliosdb_streaming.cli.main",
+        "operator",
+        *args,
+        "--home",
+        str(home),
+        "--control-host",
+        "127.0.0.1",
+        "--control-port",
+        str(control_port),
+    ]
+
+
+def operator_env(kubeconfig: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for an operator against ``kubeconfig``: without the Helios, AWS and
+    kubeconfig settings of the caller, which would point it elsewhere."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "AWS_", "KUBECONFIG"))}
+    return {**base, "KUBECONFIG": str(kubeconfig), **(extra or {})}

@@ -20,6 +20,8 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from heliosdb_streaming.testing.ports import free_port
+
 
 def tansu_binary() -> Path:
     try:
@@ -30,12 +32,6 @@ def tansu_binary() -> Path:
     if not path.exists():
         raise RuntimeError(f"tansu binary missing at {path}")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TansuBroker:

@@ -1,0 +1,11 @@
+"""A free loopback port for a test server (a broker, an emulated API server, an operator's ports)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
