@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,17 +109,12 @@ class ProcessKubelet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel([self._task])
         for proc in self.running.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.process.kill()
         await asyncio.gather(*(p.process.wait() for p in self.running.values()), return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel(self._tasks)
 
     def kill(self, namespace: str, name: str) -> int:
         """Crashes the pod's process (SIGKILL); returns its pid."""
@@ -246,6 +242,14 @@ class ProcessKubelet:
         return data
 
 
+async def _cancel(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancels background tasks and waits until they have ended."""
+    live = [t for t in tasks if t is not None]
+    for task in live:
+        task.cancel()
+    await asyncio.gather(*live, return_exceptions=True)
+
+
 def _rewrite(arg: str, mounts: dict[str, Path]) -> str:
     for mount, local in mounts.items():
         if arg == mount or arg.startswith(mount.rstrip("/") + "/"):
@@ -266,10 +270,7 @@ class GarbageCollector:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel([self._task])
 
     async def _watch_forever(self) -> None:
         while True:
@@ -310,10 +311,7 @@ class FakeKubelet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        tasks = [t for t in (self._task, *self._workers.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel([self._task, *self._workers.values()])
 
     async def _watch_forever(self) -> None:
         while True:
