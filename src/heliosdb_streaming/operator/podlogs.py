@@ -21,19 +21,10 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
+from heliosdb_streaming.operator.jobviews import parse_time
 
 _RANK = {level.value: level.rank for level in LogLevel}
 _EPOCH = datetime.fromtimestamp(0, UTC)
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def parse_pod_log(text: str, started_at: datetime | None = None) -> list[LogEntry]:
@@ -50,7 +41,7 @@ def parse_pod_log(text: str, started_at: datetime | None = None) -> list[LogEntr
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 record = None
-        when = _timestamp(record.get("timestamp")) if isinstance(record, dict) else None
+        when = parse_time(record.get("timestamp")) if isinstance(record, dict) else None
         if not isinstance(record, dict) or when is None or "message" not in record:
             out.append(LogEntry(timestamp=previous, level=LogLevel.INFO, message=raw.rstrip()))
             continue
