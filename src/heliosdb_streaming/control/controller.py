@@ -121,8 +121,9 @@ async def locate_start(location: str, field: str) -> SnapshotLocation:
 
 
 def _describe_start(start: dict[str, Any]) -> str:
-    what = f"savepoint {start['savepoint_id']}" if start.get("savepoint_id") else "checkpoint"
-    return f"{what} of job {start['job_id']} ({start['storage_uri']}/{start['directory']})"
+    point = SnapshotLocation(**start)
+    what = f"savepoint {point.savepoint_id}" if point.savepoint_id else "checkpoint"
+    return f"{what} of job {point.job_id} ({point.uri})"
 
 
 class ControlPlane:

@@ -53,9 +53,7 @@ def _now() -> datetime:
 def _started_from(entry: JobEntry, *, location: str) -> bool:
     """Whether ``location`` is the snapshot of another job this job was started from."""
     start = entry.record.start_from
-    if not start:
-        return False
-    return f"{start['storage_uri']}/{start['directory']}" == location.strip().rstrip("/")
+    return start is not None and SnapshotLocation(**start).uri == location.strip().rstrip("/")
 
 
 def _completed(job_id: str, snapshot: SnapshotRecord) -> dict[str, Any]:
@@ -247,21 +245,25 @@ class Reconciler:
             self.bindings.save(binding)
         self.mark(job_id)
 
+    async def _completed_savepoint(self, binding: Binding, resource: str) -> Mapping[str, Any]:
+        """The status of the completed Savepoint ``resource``. One that is missing or not completed yet
+        may be coming (``kubectl apply -f dir``, a savepoint in progress): retried soon, and said so."""
+        savepoint = await self.client.get_or_none(kube.SAVEPOINTS, binding.namespace, resource)
+        sp_status: Mapping[str, Any] = (savepoint or {}).get("status") or {}
+        if savepoint is None or sp_status.get("state") != "completed" or not sp_status.get("location"):
+            why = "not found" if savepoint is None else f"is {sp_status.get('state') or 'pending'}"
+            await self._job_event(binding, "Warning", "RestoreFailed", f"Savepoint {resource} {why}")
+            raise kopf.TemporaryError(f"Savepoint {resource} {why}", delay=5)
+        return sp_status
+
     async def _start_point(self, binding: Binding, restore_from: str | None) -> SnapshotLocation | None:
         """Where a new job starts, as Flink's initial savepoint: the savepoint ``restoreFrom`` names, a
         completed Savepoint in the namespace (of any job, deleted ones too), or the location of a
         savepoint of a StreamingJob in the namespace. None without one."""
         resource, location = mapping.savepoint_ref(restore_from)
-        if resource is not None:
-            savepoint = await self.client.get_or_none(kube.SAVEPOINTS, binding.namespace, resource)
-            sp_status = (savepoint or {}).get("status") or {}
-            if savepoint is None or sp_status.get("state") != "completed" or not sp_status.get("location"):
-                # it may be created with the job (``kubectl apply -f dir``): wait for it, and say so
-                why = "not found" if savepoint is None else f"is {sp_status.get('state') or 'pending'}"
-                await self._job_event(binding, "Warning", "RestoreFailed", f"Savepoint {resource} {why}")
-                raise kopf.TemporaryError(f"Savepoint {resource} {why}", delay=5)
-            location = str(sp_status["location"])
-            return await locate_start(location, "spec.restoreFrom")  # a Savepoint of this namespace
+        if resource is not None:  # a Savepoint of this namespace
+            sp_status = await self._completed_savepoint(binding, resource)
+            return await locate_start(str(sp_status["location"]), "spec.restoreFrom")
         if location is None:
             return None
         start = await locate_start(location, "spec.restoreFrom")
@@ -277,12 +279,7 @@ class Reconciler:
         resource, location = mapping.savepoint_ref(restore_from)
         entry = self.plane.get(binding.job_id)
         if resource is not None:
-            savepoint = await self.client.get_or_none(kube.SAVEPOINTS, binding.namespace, resource)
-            sp_status = (savepoint or {}).get("status") or {}
-            if savepoint is None or sp_status.get("state") != "completed":
-                why = "not found" if savepoint is None else f"is {sp_status.get('state') or 'pending'}"
-                await self._job_event(binding, "Warning", "RestoreFailed", f"Savepoint {resource} {why}")
-                raise kopf.TemporaryError(f"Savepoint {resource} {why}", delay=5)
+            sp_status = await self._completed_savepoint(binding, resource)
             savepoint_id = str(sp_status.get("savepointId") or "")
             if _started_from(entry, location=str(sp_status.get("location") or "")):
                 return None  # consumed when the job started: a restart goes on from its own latest state

@@ -172,6 +172,11 @@ class SnapshotLocation:
     checkpoint_id: int
     savepoint_id: str | None
 
+    @property
+    def uri(self) -> str:
+        """The location it was found at (``locate_snapshot``'s argument, normalized)."""
+        return f"{self.storage_uri}/{self.directory}"
+
 
 async def locate_snapshot(location: str) -> SnapshotLocation:
     """Reads the manifest at ``location`` (a savepoint's, or a retained checkpoint's, URI).

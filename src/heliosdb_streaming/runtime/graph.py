@@ -123,11 +123,16 @@ def _build_sink(sink: Any) -> SinkWriter:
     raise ValueError(f"unknown sink type {sink.type!r}")
 
 
+def _store_name(position: int, step_type: str) -> str:
+    """A step's state store: named by its position and type, which is how a snapshot's state finds
+    its step again after a restore (also into a changed pipeline)."""
+    return f"{position}-{step_type}"
+
+
 def store_names(config: JobConfig) -> set[str]:
-    """The state stores a task of this job keeps: one per window or CEP step, named by its position
-    and type, which is how a snapshot's state finds its step again after a restore."""
+    """The state stores a task of this job keeps: one per window or CEP step."""
     return {
-        f"{position}-{step.type}"
+        _store_name(position, step.type)
         for position, step in enumerate(config.transformations)
         if isinstance(step, cfg.WindowTransformation | cfg.CepTransformation)
     }
@@ -141,7 +146,7 @@ def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformati
     chain: list[Transformation] = []
     key_fn: KeyFn | None = None
     for position, step in enumerate(config.transformations):
-        store_name = f"{position}-{step.type}"
+        store_name = _store_name(position, step.type)
         if isinstance(step, cfg.FilterTransformation):
             chain.append(basic.FilterTransformation(step.config.condition))
         elif isinstance(step, cfg.MapTransformation):
