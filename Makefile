@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test e2e-kind lint typecheck check bench clean crds chart-sync
+.PHONY: install test-tools demo test e2e-kind lint typecheck check bench clean crds chart-sync
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,18 @@ install: $(BIN)/.installed
 demo: install  ## datagen -> filter -> key_by -> CEP -> SQLite, with live progress and a summary
 	$(BIN)/helios run examples/embedded_fraud.json --home .helios
 
-test: install  ## the whole suite; starts its own Kafka-protocol broker, uses local PostgreSQL
+# promtool and prometheus (Debian's `prometheus`) check the /metrics exposition and a real scrape.
+test-tools:  ## install the tools the tests run (as root, with apt-get), or stop with the command to run
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus (promtool) for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "the tests need promtool and prometheus: run  sudo apt-get install -y prometheus  first" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: install test-tools  ## the whole suite; starts its own Kafka-protocol broker, uses local PostgreSQL
 	$(BIN)/pytest -q
 
 e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, helm install (needs Docker, kind, kubectl)
