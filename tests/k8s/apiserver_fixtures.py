@@ -21,7 +21,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from chart_rbac import API, OPERATOR, USERS, enforce_crd_schemas, install_api_rbac, install_operator_rbac
+from chart_rbac import (
+    API,
+    OPERATOR,
+    USERS,
+    enforce_crd_schemas,
+    install_api_rbac,
+    install_operator_rbac,
+    save_audit,
+)
 
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.operator import kube
@@ -130,6 +138,7 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                         process.wait()
         finally:
             await client.close()
+            save_audit(emulated.emulator)
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,15 @@ def enforce_crd_schemas(emulator: ClusterEmulator) -> None:
     for path in sorted(Path(ROOT / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         emulator.schemas[(crd["spec"]["group"], crd["spec"]["names"]["plural"])] = admission(crd)
+
+
+def save_audit(emulator: ClusterEmulator) -> None:
+    """Appends the requests the emulator authorized to ``$HELIOS_RBAC_AUDIT`` (JSON lines) when set:
+    the evidence for which verbs the chart's Roles really need (``make rbac-audit`` style runs)."""
+    target = os.environ.get("HELIOS_RBAC_AUDIT")
+    if not target:
+        return
+    with open(target, "a") as out:
+        for (user, verb, group, resource, namespace), count in sorted(emulator.audit.items()):
+            row = {"user": user, "verb": verb, "group": group, "resource": resource, "namespace": namespace}
+            out.write(json.dumps({**row, "count": count}) + "\n")

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from chart_rbac import OPERATOR, USERS, enforce_crd_schemas, install_operator_rbac
+from chart_rbac import OPERATOR, USERS, enforce_crd_schemas, install_operator_rbac, save_audit
 from k8s_helpers import Env, OperatorProcess, StartOperator
 
 from heliosdb_streaming.operator import kube
@@ -40,6 +40,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Env]:
                 yield Env(emulated, client, kubelet, gc, tmp_path)
         finally:
             await client.close()
+            save_audit(emulated.emulator)
 
 
 @pytest.fixture

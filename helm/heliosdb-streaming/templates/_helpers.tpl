@@ -111,8 +111,12 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The namespaced permissions of the operator (Role or ClusterRole rules). */}}
 {{- define "heliosdb-streaming.operatorNamespacedRules" -}}
 - apiGroups: ["streaming.heliosdb.io"]
-  resources: ["streamingjobs", "savepoints"]
+  resources: ["streamingjobs"]
   verbs: ["get", "list", "watch", "patch", "update"]
+# create: a savepoint the operator takes on cancel (savepointOnCancel, delete) is recorded as a Savepoint
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["savepoints"]
+  verbs: ["get", "list", "watch", "create", "patch", "update"]
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs/status", "savepoints/status"]
   verbs: ["get", "patch", "update"]
