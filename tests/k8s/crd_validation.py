@@ -6,7 +6,9 @@
 ``jsonschema``, after mapping the Kubernetes dialect onto JSON Schema: ``nullable`` adds ``null``,
 ``x-kubernetes-int-or-string`` means integer or string, and an object that does not preserve unknown
 fields rejects them (``kubectl``'s default strict field validation does the same; without it the API
-server silently prunes them, which for a job is just as wrong).
+server silently prunes them, which for a job is just as wrong). ``prune`` and ``admission`` do what
+the API server does before storing a custom resource (prune, then validate); the test API server
+(``kube_emulator``'s ``schemas``) uses them.
 """
 
 from __future__ import annotations
