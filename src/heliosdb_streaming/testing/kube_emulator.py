@@ -208,9 +208,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if request.resource is not None:
             self._stamp(request)
             self._admit(request)
+        try:
+            return await super()._handle(request)
+        finally:
             if getattr(request.resource, "group", None) == RBAC_GROUP:
-                self._policy = None  # a Role or binding may change: read them again
-        return await super()._handle(request)
+                self._policy = None  # a Role or binding may have changed: read them again
 
     def _admit(self, request: kmock.Request) -> None:
         """Prunes and validates the object a create or patch of a custom resource would store.
