@@ -25,6 +25,7 @@ from chart_rbac import (
     API,
     OPERATOR,
     USERS,
+    assert_never_denied,
     enforce_crd_schemas,
     install_api_rbac,
     install_operator_rbac,
@@ -139,6 +140,7 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
         finally:
             await client.close()
             save_audit(emulated.emulator)
+        assert_never_denied(emulated.emulator)
 
 
 @contextlib.asynccontextmanager

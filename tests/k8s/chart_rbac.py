@@ -104,3 +104,9 @@ def save_audit(emulator: ClusterEmulator) -> None:
         for (user, verb, group, resource, namespace), count in sorted(emulator.audit.items()):
             row = {"user": user, "verb": verb, "group": group, "resource": resource, "namespace": namespace}
             out.write(json.dumps({**row, "count": count}) + "\n")
+
+
+def assert_never_denied(emulator: ClusterEmulator) -> None:
+    """No request of the operator or the API server was refused: a 403 they only log (as the savepoint
+    record on cancel was) fails the test instead of going unnoticed."""
+    assert not emulator.denied, f"the chart's RBAC refused: {sorted(emulator.denied)}"

@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from chart_rbac import OPERATOR, USERS, enforce_crd_schemas, install_operator_rbac, save_audit
+from chart_rbac import (
+    OPERATOR,
+    USERS,
+    assert_never_denied,
+    enforce_crd_schemas,
+    install_operator_rbac,
+    save_audit,
+)
 from k8s_helpers import Env, OperatorProcess, StartOperator
 
 from heliosdb_streaming.operator import kube
@@ -41,6 +48,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Env]:
         finally:
             await client.close()
             save_audit(emulated.emulator)
+        assert_never_denied(emulated.emulator)
 
 
 @pytest.fixture

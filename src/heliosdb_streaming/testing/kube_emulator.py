@@ -14,7 +14,7 @@ Two checks a real API server makes, off unless a test turns them on (kept small,
   token is 401; one its user's Roles and ClusterRoles (the ``rbac.authorization.k8s.io`` objects stored
   here, created like any other object, plus the bootstrap discovery role) do not grant is 403 Forbidden,
   decided by ``rbac.authorize``. Every authorized request is counted in ``audit`` (user, verb, group,
-  resource, namespace): the requests a least-privilege Role needs.
+  resource, namespace): the requests a least-privilege Role needs; every refused one in ``denied``.
 - Custom resource schemas (``schemas``, (group, plural) -> ``SchemaCheck``): a create or patch of a
   custom resource is checked on the object it would store; unknown fields are pruned (or refused with
   ``?fieldValidation=Strict``) and an invalid object is 422 Invalid, as a CRD's structural schema does.
@@ -78,6 +78,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.pod_logs: PodLogSource | None = None
         self.users: dict[str, rbac.UserInfo] = {}  # bearer token -> user; empty: no authentication
         self.audit: collections.Counter[AuditKey] = collections.Counter()
+        self.denied: collections.Counter[AuditKey] = collections.Counter()  # the 403s, the same way
         self.schemas: dict[tuple[str, str], SchemaCheck] = {}  # (group, plural) -> check
         self._policy: rbac.Policy | None = None
 
@@ -113,9 +114,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 if getattr(resource, "group", None) == RBAC_GROUP and not obj.deleted
             ]
             self._policy = rbac.Policy.from_manifests([*rbac.BOOTSTRAP, *stored])
+        key = (user.name, a.verb, a.api_group, a.combined_resource or a.path, a.namespace)
         if rbac.authorize(self._policy, user, a):
-            self.audit[(user.name, a.verb, a.api_group, a.combined_resource or a.path, a.namespace)] += 1
+            self.audit[key] += 1
             return None
+        self.denied[key] += 1
         message = rbac.forbidden_message(user, a)
         logger.info("403: %s", message)
         details = {"name": a.name, "group": a.api_group, "kind": a.resource}
