@@ -3,7 +3,8 @@
 Tests marked ``kind`` need a real cluster. When ``docker``, ``kind`` or ``kubectl`` is not on PATH, or
 ``docker info`` finds no engine, they are skipped at collection with the reason (``pytest -rs``
 shows it) and no fixture runs, so ``make test`` passes over them in well under a second;
-``HELIOS_E2E_REQUIRE=1`` turns that skip into an error for CI jobs that must run them. The other
+``HELIOS_E2E_REQUIRE=1`` turns that skip into an error for CI jobs that must run them, and with it
+any other skip of a ``kind`` scenario (in its body or a fixture) fails it (``e2e_require``). The other
 tests of this directory check the manifests, values and helpers and always run.
 
 ``kind_env`` (session): creates the kind cluster (``HELIOS_E2E_CLUSTER``, default ``helios-e2e``;
@@ -23,6 +24,7 @@ import e2e_support as support
 import pytest
 from e2e_cluster import KindEnv
 from e2e_cluster import kind_env as start_kind_env
+from e2e_require import pytest_runtest_makereport  # noqa: F401  (the hook, registered from here)
 
 
 @cache

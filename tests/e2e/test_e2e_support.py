@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import e2e_require
 import e2e_support as support
 import pytest
 from e2e_cluster import CommandError, Kubectl, PortForward, eventually
@@ -101,6 +102,81 @@ def test_require_turns_the_skip_into_an_error(tmp_path: Path) -> None:
     result = run_pytest(tmp_path, HELIOS_E2E_REQUIRE="1")
     assert result.returncode not in (0, 5)
     assert "HELIOS_E2E_REQUIRE=1 but kind e2e: not on PATH: docker" in result.stdout + result.stderr
+
+
+SKIPPING_SCENARIOS = """
+import pytest
+
+CAPACITY = "the kind node has 500m and 900 MiB free: give Docker more"
+
+
+@pytest.fixture
+def cluster_of_another_kind():
+    pytest.skip("no cluster of that kind")
+
+
+@pytest.mark.kind
+def test_lacks_capacity():
+    pytest.skip(CAPACITY)
+
+
+@pytest.mark.kind
+def test_skips_in_a_fixture(cluster_of_another_kind):
+    pass
+
+
+def test_not_a_kind_scenario():
+    pytest.skip("a helper test may skip")
+"""
+
+
+def run_skipping_scenarios(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """A child pytest with the ``e2e_require`` hook over scenarios that skip in their body and fixture."""
+    (tmp_path / "test_skipping.py").write_text(SKIPPING_SCENARIOS)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HELIOS_E2E_")}
+    python_path = os.pathsep.join([str(Path(__file__).parent), base.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_skipping.py"), "-q", "-rA",
+         "-p", "e2e_require", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning"],
+        env={**base, "PYTHONPATH": python_path, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def test_require_fails_every_skipped_scenario_whatever_skipped_it(tmp_path: Path) -> None:
+    """The "kind node lacks CPU or memory" skip in test_kind and a fixture's skip fail under
+    HELIOS_E2E_REQUIRE=1, with the reason; without it they stay skips. Tests not marked kind may skip."""
+    relaxed = run_skipping_scenarios(tmp_path)
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    assert "3 skipped" in relaxed.stdout, relaxed.stdout
+    required = run_skipping_scenarios(tmp_path, HELIOS_E2E_REQUIRE="1")
+    out = required.stdout + required.stderr
+    assert required.returncode == 1, out
+    assert "1 failed, 1 skipped, 1 error" in out, out  # a skip in a fixture: an error in setup
+    capacity = "the kind node has 500m and 900 MiB free: give Docker more"
+    assert "FAILED test_skipping.py::test_lacks_capacity" in out, out
+    assert e2e_require.required_failure(capacity) in out, out
+    assert e2e_require.required_failure("no cluster of that kind") in out, out
+
+
+def test_the_capacity_skip_of_test_kind_is_a_kind_scenario() -> None:
+    """The hook only turns ``kind`` scenarios' skips into failures: the one that skips on capacity is one."""
+    module = ast.parse(Path(__file__).with_name("test_kind.py").read_text())
+    skipping = [
+        n.name
+        for n in ast.walk(module)
+        if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef)
+        and any(
+            isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "skip"
+            for c in ast.walk(n)
+        )
+    ]
+    assert skipping == ["test_examples_apply_as_is"]
+    assert "pytestmark = [pytest.mark.kind" in Path(__file__).with_name("test_kind.py").read_text()
 
 
 # ------------------------------------------------------------------------------- pure helpers

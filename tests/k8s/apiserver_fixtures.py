@@ -4,7 +4,8 @@ The operator (a ``helios operator`` subprocess with its read API on a free port,
 the test kubelet are shared by the module's tests, which is what keeps them fast; isolation comes
 from namespaces instead: each ``k8s_api`` gets a fresh namespace and its own ``KubernetesJobService``
 (the REST app over real HTTP on a free port). The emulator answers the pod log API from the test
-kubelet's process output.
+kubelet's process output. The operator and the API server authenticate as the chart's service
+accounts and get exactly the chart's RBAC (``chart_rbac``); each namespace gets the API server's Role.
 """
 
 from __future__ import annotations
@@ -18,9 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import kopf
 import pytest
 from aiohttp.test_utils import TestServer
+from chart_rbac import (
+    API,
+    OPERATOR,
+    USERS,
+    assert_never_denied,
+    enforce_crd_schemas,
+    install_api_rbac,
+    install_operator_rbac,
+    save_audit,
+)
 
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.operator import kube
@@ -89,11 +99,13 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
     """Emulated API server, kubelet, garbage collector and ``helios operator -A`` with a read API and
     ``--max-parallelism 8``."""
     tmp = tmp_path_factory.mktemp("apiserver")
-    async with start_cluster(tmp) as emulated:
-        client = kube.KubeClient(kopf.ConnectionInfo(server=emulated.url))
+    async with start_cluster(tmp, USERS) as emulated:
+        enforce_crd_schemas(emulated.emulator)
+        client = kube.KubeClient(emulated.connection())
         try:
             async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client):
                 emulated.emulator.pod_logs = kubelet.pod_log
+                await install_operator_rbac(client, ["--all-namespaces"])
                 read_port = free_port()
                 argv = operator_command(
                     tmp / "operator-home",
@@ -108,7 +120,7 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                     "--max-parallelism",
                     str(MAX_PARALLELISM),
                 )
-                env = operator_env(emulated.kubeconfig, {"HELIOS_API_TOKEN": TOKEN})
+                env = operator_env(emulated.kubeconfig_of(OPERATOR), {"HELIOS_API_TOKEN": TOKEN})
                 log = tmp / "operator.log"
                 with log.open("ab") as out:
                     process = subprocess.Popen(
@@ -127,13 +139,17 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                         process.wait()
         finally:
             await client.close()
+            save_audit(emulated.emulator)
+        assert_never_denied(emulated.emulator)
 
 
 @contextlib.asynccontextmanager
 async def k8s_api_server(substrate: KubeSubstrate, namespace: str) -> AsyncIterator[K8sApi]:
-    """The REST app over ``KubernetesJobService`` for ``namespace``, on a free port of 127.0.0.1."""
+    """The REST app over ``KubernetesJobService`` for ``namespace``, on a free port of 127.0.0.1, as the
+    chart's API service account with the chart's Role in ``namespace``."""
+    await install_api_rbac(substrate.client, namespace)
     service = CountingJobService(
-        kopf.ConnectionInfo(server=substrate.cluster.url),
+        substrate.cluster.connection(API),
         namespace,
         substrate.operator_url,
         api_token=TOKEN,

@@ -5,6 +5,11 @@ runs the pods as local processes (``ProcessKubelet``) and the garbage collector 
 deleted StreamingJob owns. ``start_operator`` runs ``helios operator`` as a subprocess against it
 (cluster-wide by default), with its own home; it can be stopped (SIGTERM) or killed (SIGKILL) and
 started again over the same home.
+
+The emulated API server enforces the Helm chart's RBAC (``chart_rbac``): the operator runs as the
+chart's operator service account with the Roles the chart renders for its namespace scope; the tests'
+own client, the kubelet and the garbage collector are the cluster admin. Custom resources are pruned
+and validated against the CRD schemas.
 """
 
 from __future__ import annotations
@@ -14,8 +19,15 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import kopf
 import pytest
+from chart_rbac import (
+    OPERATOR,
+    USERS,
+    assert_never_denied,
+    enforce_crd_schemas,
+    install_operator_rbac,
+    save_audit,
+)
 from k8s_helpers import Env, OperatorProcess, StartOperator
 
 from heliosdb_streaming.operator import kube
@@ -27,13 +39,16 @@ from heliosdb_streaming.testing.server import operator_command, operator_env
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Env]:
-    async with start_cluster(tmp_path) as emulated:
-        client = kube.KubeClient(kopf.ConnectionInfo(server=emulated.url))
+    async with start_cluster(tmp_path, USERS) as emulated:
+        enforce_crd_schemas(emulated.emulator)
+        client = kube.KubeClient(emulated.connection())
         try:
             async with ProcessKubelet(client, tmp_path / "node") as kubelet, GarbageCollector(client) as gc:
                 yield Env(emulated, client, kubelet, gc, tmp_path)
         finally:
             await client.close()
+            save_audit(emulated.emulator)
+        assert_never_denied(emulated.emulator)
 
 
 @pytest.fixture
@@ -51,11 +66,12 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         port = control_port or free_port()
         log = cluster.tmp / f"operator-{len(started)}.log"
         scope = args if args is not None else ["--all-namespaces"]
+        await install_operator_rbac(cluster.client, scope)
         argv = operator_command(home, port, *scope, "--image", "heliosdb-streaming:test")
         with log.open("ab") as out:
             process = subprocess.Popen(
                 argv,
-                env=operator_env(cluster.cluster.kubeconfig, env),
+                env=operator_env(cluster.cluster.kubeconfig_of(OPERATOR), env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -6,11 +6,14 @@
 ``jsonschema``, after mapping the Kubernetes dialect onto JSON Schema: ``nullable`` adds ``null``,
 ``x-kubernetes-int-or-string`` means integer or string, and an object that does not preserve unknown
 fields rejects them (``kubectl``'s default strict field validation does the same; without it the API
-server silently prunes them, which for a job is just as wrong).
+server silently prunes them, which for a job is just as wrong). ``prune`` and ``admission`` do what
+the API server does before storing a custom resource (prune, then validate); the test API server
+(``kube_emulator``'s ``schemas``) uses them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -184,3 +187,44 @@ def validate(crd: Schema, resource: Schema) -> list[str]:
         where = ".".join(str(p) for p in error.absolute_path) or "(root)"
         problems.append(f"{where}: {error.message}")
     return problems
+
+
+def prune(schema: Schema, value: Any, path: str = "", pruned: list[str] | None = None) -> Any:
+    """``value`` without the fields ``schema`` does not declare, as the API server prunes a custom
+    resource before storing it (apiextensions-apiserver ``pruning``): an object keeps its
+    ``properties``, every key under an ``additionalProperties`` schema and, under
+    ``x-kubernetes-preserve-unknown-fields``, everything; the root (and an embedded resource) keeps
+    ``apiVersion``, ``kind`` and ``metadata``. The dropped fields' paths are added to ``pruned``."""
+    if isinstance(value, dict):
+        keep_meta = not path or bool(schema.get("x-kubernetes-embedded-resource"))
+        properties = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if keep_meta and key in ("apiVersion", "kind", "metadata"):
+                out[key] = item
+            elif key in properties:
+                out[key] = prune(properties[key], item, where, pruned)
+            elif isinstance(additional, dict):
+                out[key] = prune(additional, item, where, pruned)
+            elif schema.get(PRESERVE) or additional is True:
+                out[key] = item
+            elif pruned is not None:
+                pruned.append(where)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [prune(schema["items"], item, f"{path}[{i}]", pruned) for i, item in enumerate(value)]
+    return value
+
+
+def admission(crd: Schema) -> Callable[..., tuple[Schema, list[str]]]:
+    """What the API server does with a custom resource of ``crd`` before storing it: prune unknown
+    fields (or refuse them with ``strict``, i.e. ``?fieldValidation=Strict``), then validate. Returns
+    (the object to store, why it is invalid); for the emulator's ``schemas``."""
+
+    def check(obj: Schema, *, strict: bool) -> tuple[Schema, list[str]]:
+        stored = obj if strict else prune(crd_schema(crd), obj)
+        return stored, validate(crd, stored)
+
+    return check

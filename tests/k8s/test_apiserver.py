@@ -40,6 +40,7 @@ from apiserver_fixtures import (
     k8s_api_server,
     substrate,
 )
+from chart_rbac import API, install_api_rbac
 from k8s_helpers import eventually, expected_windows, table_rows, window_spec
 
 from heliosdb_streaming.job import JobManager
@@ -453,6 +454,7 @@ async def test_operator_unreachable_is_503_for_what_only_it_knows(substrate: Kub
 async def test_helios_server_substrate_kubernetes(substrate: KubeSubstrate) -> None:
     """The real command: ``helios server --substrate kubernetes`` with a kubeconfig and a token."""
     home = substrate.tmp / "server-home"
+    await install_api_rbac(substrate.client, "apitest-cli")
     server = HeliosServerProcess(
         home,
         "--substrate",
@@ -461,7 +463,7 @@ async def test_helios_server_substrate_kubernetes(substrate: KubeSubstrate) -> N
         "apitest-cli",
         "--operator-url",
         substrate.operator_url,
-        env={"KUBECONFIG": str(substrate.cluster.kubeconfig), "HELIOS_API_TOKEN": TOKEN},
+        env={"KUBECONFIG": str(substrate.cluster.kubeconfig_of(API)), "HELIOS_API_TOKEN": TOKEN},
     )
     try:
         assert "namespace apitest-cli" in server.output() and "auth bearer token" in server.output()

@@ -477,6 +477,12 @@ def test_operator_rbac_cluster_wide(chart: helm.Chart) -> None:
     assert grants(rules, "customresourcedefinitions", "list", "apiextensions.k8s.io")
     assert grants(rules, "namespaces", "watch")
     assert not grants(rules, "streamingjobs", "create", group)  # jobs come from users and the API
+    assert grants(rules, "savepoints", "create", group)  # it records the savepoints it takes on cancel
+    # kopf and our client never PUT, and nobody patches pods, services or events: least privilege
+    for rule in rules:
+        if not any(r.endswith("/finalizers") for r in rule["resources"]):
+            assert "update" not in rule["verbs"], rule
+    assert not any(grants(rules, r, "patch") for r in ("pods", "services", "events"))
     assert not grants(rules, "customresourcedefinitions", "create", "apiextensions.k8s.io")
     binding = one(docs, "ClusterRoleBinding", f"{FULLNAME}-operator")
     assert binding["subjects"] == [
@@ -502,10 +508,11 @@ def test_operator_rbac_per_namespace(chart: helm.Chart) -> None:
 def test_api_rbac(chart: helm.Chart) -> None:
     docs = render(chart, NON_DEFAULT)
     rules = rules_of(docs, "Role", f"{FULLNAME}-api", "team-a")
-    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+    for verb in ("get", "list", "watch", "create", "patch", "delete"):
         assert grants(rules, "streamingjobs", verb, crds.GROUP) and grants(
             rules, "savepoints", verb, crds.GROUP
         )
+    assert not grants(rules, "streamingjobs", "update", crds.GROUP)  # the API server never PUTs
     assert grants(rules, "pods/log", "get") and grants(rules, "pods", "list")
     assert grants(rules, "events", "list") and not grants(rules, "events", "create")
     assert not grants(rules, "pods", "create") and not grants(rules, "pods", "delete")

@@ -222,6 +222,19 @@ def test_minimal_and_bare_name_forms() -> None:
     assert validate(JOB_CRD, streaming_job(spec)) == []
 
 
+def test_kafka_servers_as_a_list_or_a_comma_string_as_the_api_accepts_them() -> None:
+    """The REST API takes ``bootstrap_servers`` as a list or ``"a:9092,b:9092"``; so must the CRD (it
+    used to say array only, and a real API server refused the comma string with 422)."""
+    for servers in (["a:9092", "b:9092"], "a:9092,b:9092"):
+        kafka = {"bootstrap_servers": servers, "topic": "t"}
+        spec = {
+            "sources": [{"type": "kafka", "config": kafka}],
+            "sinks": [{"type": "kafka", "config": kafka}],
+        }
+        assert api_accepts(spec), servers
+        assert validate(JOB_CRD, streaming_job(spec)) == [], servers
+
+
 # ------------------------------------------------------------------------------------------ invalid
 
 

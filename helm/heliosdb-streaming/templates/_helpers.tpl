@@ -110,18 +110,24 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The namespaced permissions of the operator (Role or ClusterRole rules). */}}
 {{- define "heliosdb-streaming.operatorNamespacedRules" -}}
+{{- /* No "update" anywhere: kopf and our client only get, list, watch, create, patch and delete (no PUT). */}}
 - apiGroups: ["streaming.heliosdb.io"]
-  resources: ["streamingjobs", "savepoints"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  resources: ["streamingjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# create: a savepoint the operator takes on cancel (savepointOnCancel, delete) is recorded as a Savepoint
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["savepoints"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs/status", "savepoints/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
+# the worker pods' ownerReferences block the owner's deletion (OwnerReferencesPermissionEnforcement)
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs/finalizers", "savepoints/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods", "services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]  # each job's file (connection strings); written, never listed or watched
   verbs: ["create", "patch"]
@@ -130,5 +136,5 @@ app.kubernetes.io/component: {{ .component }}
   verbs: ["get"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}

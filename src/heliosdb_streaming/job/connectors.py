@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from heliosdb_streaming.runtime import expr
 from heliosdb_streaming.runtime.durations import parse_duration_ms
@@ -65,8 +65,21 @@ def _check_servers(v: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------- sources
 
 
+# The submitted form, which the validators below turn into a list: a host:port list or a comma string.
+# The published schema says so, so that the CRD (and a real API server) accepts both forms too.
+BOOTSTRAP_SERVERS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        {"type": "string", "minLength": 1},
+    ],
+    "description": "host:port list or a comma string",
+}
+
+
 class KafkaSourceSettings(_Strict):
-    bootstrap_servers: list[str] = Field(min_length=1, description="host:port list or a comma string")
+    bootstrap_servers: Annotated[list[str], WithJsonSchema(BOOTSTRAP_SERVERS_SCHEMA)] = Field(
+        min_length=1, description="host:port list or a comma string"
+    )
     topic: str = Field(min_length=1, max_length=249)
     group_id: str | None = Field(default=None, description="Consumer group for offset monitoring")
     start_from: Literal["earliest", "latest", "group"] = "group"
@@ -397,7 +410,7 @@ class DatabaseSinkSettings(_Strict):
 
 
 class KafkaSinkSettings(_Strict):
-    bootstrap_servers: list[str] = Field(min_length=1)
+    bootstrap_servers: Annotated[list[str], WithJsonSchema(BOOTSTRAP_SERVERS_SCHEMA)] = Field(min_length=1)
     topic: str = Field(min_length=1, max_length=249)
     key_field: str | None = None
 

@@ -137,6 +137,8 @@ class _Converter:
             text = next(b for b in rest if b.get("type") == "string")
             obj = next(b for b in rest if b.get("type") == "object")
             out = self._name_or_object(text, obj, outer)
+        elif kinds == {"string", "array"} and len(rest) == 2:  # a list or its comma-separated text
+            out = _annotated({PRESERVE: True}, outer, defaults=False)
         else:
             raise StructuralSchemaError(f"cannot express anyOf of {sorted(map(str, kinds))} structurally")
         if nullable:

@@ -7,32 +7,64 @@ spec changes) and ``creationTimestamp``. ``ClusterEmulator`` adds those and answ
 ``/api/v1/namespaces``, which kmock cannot parse, and the pod log subresource (``pods/{name}/log``,
 text as a kubelet serves it) from ``pod_logs``, a callable a test kubelet provides.
 ``start_cluster`` serves it on a free port and writes a kubeconfig pointing at it.
+
+Two checks a real API server makes, off unless a test turns them on (kept small, on purpose):
+
+- Authentication and RBAC (``users``, token -> ``rbac.UserInfo``): a request without a known bearer
+  token is 401; one its user's Roles and ClusterRoles (the ``rbac.authorization.k8s.io`` objects stored
+  here, created like any other object, plus the bootstrap discovery role) do not grant is 403 Forbidden,
+  decided by ``rbac.authorize``. Every authorized request is counted in ``audit`` (user, verb, group,
+  resource, namespace): the requests a least-privilege Role needs; every refused one in ``denied``.
+- Custom resource schemas (``schemas``, (group, plural) -> ``SchemaCheck``): a create or patch of a
+  custom resource is checked on the object it would store; unknown fields are pruned (or refused with
+  ``?fieldValidation=Strict``) and an invalid object is 422 Invalid, as a CRD's structural schema does.
+
+Written against kmock 0.8 (pinned in pyproject): it overrides ``_handle``, ``_serve_list`` and
+``_serve_watch`` and applies patches with kmock's own ``patch_dict`` to see the object a patch makes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import copy
 import itertools
+import logging
 import re
+import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp.web
 import kmock
+import kopf
 import orjson
+from kmock._internal import dicts as kmock_dicts
 
 from heliosdb_streaming.operator import crds
+from heliosdb_streaming.testing import rbac
+
+logger = logging.getLogger(__name__)
 
 NAMESPACES_PATH = "/api/v1/namespaces"
 POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/]+)/log$")
 
 # (namespace, pod name) -> the container's output so far, or None while it has not started
 PodLogSource = Callable[[str, str], str | None]
+RBAC_GROUP = rbac.GROUP
+# (user, verb, API group, resource[/subresource] or non-resource path, namespace)
+AuditKey = tuple[str, str, str, str, str]
+
+
+class SchemaCheck(Protocol):
+    """A CRD's structural schema: ``(object, strict)`` -> (the object pruned, why it is invalid)."""
+
+    def __call__(self, obj: dict[str, Any], *, strict: bool) -> tuple[dict[str, Any], list[str]]: ...
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):
@@ -44,8 +76,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._last_version = 0
         self.namespace_names: set[str] = {"default"}
         self.pod_logs: PodLogSource | None = None
+        self.users: dict[str, rbac.UserInfo] = {}  # bearer token -> user; empty: no authentication
+        self.audit: collections.Counter[AuditKey] = collections.Counter()
+        self.denied: collections.Counter[AuditKey] = collections.Counter()  # the 403s, the same way
+        self.schemas: dict[tuple[str, str], SchemaCheck] = {}  # (group, plural) -> check
+        self._policy: rbac.Policy | None = None
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        refusal = self._authorize(raw_request)
+        if refusal is not None:
+            return refusal
         if raw_request.path.rstrip("/") == NAMESPACES_PATH and raw_request.method == "GET":
             return await self._namespaces(raw_request)
         log_path = POD_LOG_PATH.match(raw_request.path)
@@ -57,6 +97,32 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return await super().__call__(raw_request)
         finally:
             self._requests[:] = [r for r in self._requests if r._raw_request is not raw_request]
+
+    def _authorize(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.Response | None:
+        """401 for an unknown caller, 403 for a request its RBAC does not grant, else None."""
+        if not self.users:
+            return None
+        scheme, _, token = raw_request.headers.get("Authorization", "").partition(" ")
+        user = self.users.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            return _status(401, "Unauthorized", "Unauthorized")
+        a = rbac.request_attributes(raw_request.method, raw_request.path, raw_request.query)
+        if self._policy is None:
+            stored = [
+                obj.raw
+                for (resource, _ns, _name), obj in self.objects.items()
+                if getattr(resource, "group", None) == RBAC_GROUP and not obj.deleted
+            ]
+            self._policy = rbac.Policy.from_manifests([*rbac.BOOTSTRAP, *stored])
+        key = (user.name, a.verb, a.api_group, a.combined_resource or a.path, a.namespace)
+        if rbac.authorize(self._policy, user, a):
+            self.audit[key] += 1
+            return None
+        self.denied[key] += 1
+        message = rbac.forbidden_message(user, a)
+        logger.info("403: %s", message)
+        details = {"name": a.name, "group": a.api_group, "kind": a.resource}
+        return _status(403, "Forbidden", message, details)
 
     def _pod_log(
         self, raw_request: aiohttp.web.BaseRequest, namespace: str, name: str
@@ -144,7 +210,67 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None:
             self._stamp(request)
-        return await super()._handle(request)
+            self._admit(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            if getattr(request.resource, "group", None) == RBAC_GROUP:
+                self._policy = None  # a Role or binding may have changed: read them again
+
+    def _admit(self, request: kmock.Request) -> None:
+        """Prunes and validates the object a create or patch of a custom resource would store.
+
+        The request's body is rewritten in place so that kmock stores the pruned object: a created
+        object is replaced, a merge patch becomes the diff to the pruned result, a JSON patch ends by
+        replacing the whole document with it.
+        """
+        key = (getattr(request.resource, "group", ""), getattr(request.resource, "plural", ""))
+        check = self.schemas.get(key)
+        data: Any = request.data
+        if check is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+            return
+        current: dict[str, Any] = {}
+        if request.action == kmock.action.CREATE:
+            if not isinstance(data, dict):
+                return
+            result = copy.deepcopy(data)
+        else:
+            stored = self._current(request)
+            if stored is None or request.name is None or not isinstance(data, dict | list):
+                return  # kmock answers 404 for it
+            current = stored
+            try:
+                result = dict(kmock_dicts.patch_dict(copy.deepcopy(current), data))
+            except Exception:  # a JSON patch that does not apply: kmock answers it as it would
+                return
+        strict = request.params.get("fieldValidation") == "Strict"
+        pruned, problems = check(result, strict=strict)
+        if problems:
+            meta = result.get("metadata") or {}
+            name = meta.get("name") or request.name or ""
+            kind = str(result.get("kind") or key[1])
+            raise kmock.KubernetesError(
+                status=422,
+                reason="Invalid",
+                message=f'{kind}.{key[0]} "{name}" is invalid: {"; ".join(problems)}',
+                details={
+                    "name": name,
+                    "group": key[0],
+                    "kind": kind,
+                    "causes": [{"reason": "FieldValueInvalid", "message": p} for p in problems],
+                },
+            )
+        if pruned == result:
+            return
+        if isinstance(data, list):
+            data.append({"op": "replace", "path": "", "value": pruned})
+        elif request.action == kmock.action.CREATE:
+            data.clear()
+            data.update(pruned)
+        else:
+            diff = merge_diff(current, pruned)
+            data.clear()
+            data.update(diff)
 
     def _stamp(self, request: kmock.Request) -> None:
         self._last_version = next(self._versions)
@@ -213,11 +339,28 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
         )
 
 
-def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> Path:
+def merge_diff(current: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``current`` into ``target``."""
+    diff: dict[str, Any] = {}
+    for key in current:
+        if key not in target:
+            diff[key] = None
+    for key, value in target.items():
+        old = current.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            nested = merge_diff(old, value)
+            if nested:
+                diff[key] = nested
+        elif key not in current or old != value:
+            diff[key] = value
+    return diff
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str = "default", token: str = "test-token") -> Path:
     path.write_text(
         "apiVersion: v1\nkind: Config\n"
         f'clusters: [{{name: emulator, cluster: {{server: "{server}"}}}}]\n'
-        "users: [{name: tester, user: {token: test-token}}]\n"
+        f"users: [{{name: tester, user: {{token: {token}}}}}]\n"
         "contexts: [{name: emulator, context: "
         f"{{cluster: emulator, user: tester, namespace: {namespace}}}}}]\n"
         "current-context: emulator\n"
@@ -227,23 +370,66 @@ def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> Pat
 
 @dataclass(frozen=True, slots=True)
 class Cluster:
+    """A running emulator. ``kubeconfig`` and ``connection()`` are the cluster admin's (who bypasses
+    RBAC); ``kubeconfig_of(user)`` and ``connection(user)`` are one of the ``users`` it was started with."""
+
     emulator: ClusterEmulator
     url: str
     kubeconfig: Path
+    admin_token: str = ""
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    kubeconfigs: Mapping[str, Path] = field(default_factory=dict)
+
+    def connection(self, user: str | None = None) -> kopf.ConnectionInfo:
+        token = self.tokens[user] if user is not None else self.admin_token
+        return kopf.ConnectionInfo(server=self.url, token=token or None)
+
+    def kubeconfig_of(self, user: str) -> Path:
+        return self.kubeconfigs[user]
 
 
 @contextlib.asynccontextmanager
-async def start_cluster(directory: Path) -> AsyncIterator[Cluster]:
-    """An emulated API server on a free loopback port, with a kubeconfig in ``directory``."""
+async def start_cluster(
+    directory: Path, users: Mapping[str, rbac.UserInfo] | None = None
+) -> AsyncIterator[Cluster]:
+    """An emulated API server on a free loopback port, with a kubeconfig in ``directory``.
+
+    With ``users`` (a name -> who it authenticates as) the server authenticates and authorizes every
+    request: each user gets a token and ``kubeconfig-{name}.yaml``, the admin ``kubeconfig.yaml``,
+    and what a user may do is what the RBAC objects created in it grant.
+    """
     async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
         declare_resources(emulator)
         url = str(server.url).rstrip("/")
-        yield Cluster(emulator, url, write_kubeconfig(directory / "kubeconfig.yaml", url))
+        if users is None:
+            yield Cluster(emulator, url, write_kubeconfig(directory / "kubeconfig.yaml", url))
+            return
+        admin = secrets.token_hex(16)
+        tokens = {name: secrets.token_hex(16) for name in users}
+        emulator.users = {admin: rbac.cluster_admin(), **{tokens[n]: user for n, user in users.items()}}
+        kubeconfigs = {
+            name: write_kubeconfig(directory / f"kubeconfig-{name}.yaml", url, token=tokens[name])
+            for name in users
+        }
+        kubeconfig = write_kubeconfig(directory / "kubeconfig.yaml", url, token=admin)
+        yield Cluster(emulator, url, kubeconfig, admin, tokens, kubeconfigs)
 
 
-def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+def _status(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> aiohttp.web.Response:
     """An error answer in the API server's shape (a ``Status`` object)."""
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message}
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = details
     return aiohttp.web.json_response(body, status=code)
 
 

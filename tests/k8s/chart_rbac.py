@@ -1,0 +1,112 @@
+"""The Helm chart's RBAC and the CRDs' schemas, enforced by the emulated API server.
+
+The operator and the API server authenticate as the chart's two service accounts (each with its own
+token and kubeconfig), and the emulator grants them exactly the Roles, ClusterRoles and bindings that
+``helm install`` would create (rendered by Helm's own code, as ``test_chart`` renders them), so a verb
+the chart forgets is a 403 in these tests as on a real cluster. The test harness (kubelet, garbage
+collector, the tests' own reads) is the cluster admin. The emulator also prunes and validates custom
+resources against the shipped ``crds/*.yaml`` schemas.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+from crd_validation import admission
+from test_chart import CHART, FULLNAME, NAMESPACE, ROOT, render
+
+from heliosdb_streaming.operator import kube
+from heliosdb_streaming.testing import rbac
+from heliosdb_streaming.testing.kube_emulator import ClusterEmulator
+
+OPERATOR, API = "operator", "api"
+USERS = {
+    OPERATOR: rbac.service_account(NAMESPACE, f"{FULLNAME}-operator"),
+    API: rbac.service_account(NAMESPACE, f"{FULLNAME}-api"),
+}
+RESOURCES = {
+    kind: kube.Resource(rbac.GROUP, "v1", plural, namespaced=kind.startswith("Role"))
+    for kind, plural in (
+        ("Role", "roles"),
+        ("RoleBinding", "rolebindings"),
+        ("ClusterRole", "clusterroles"),
+        ("ClusterRoleBinding", "clusterrolebindings"),
+    )
+}
+COMPONENT = "app.kubernetes.io/component"
+
+Manifest = dict[str, Any]
+
+
+@functools.cache
+def _rendered(values_json: str) -> tuple[Manifest, ...]:
+    with helm.Chart.load(CHART) as chart:
+        return tuple(render(chart, json.loads(values_json)))
+
+
+def rbac_manifests(values: dict[str, Any], component: str) -> list[Manifest]:
+    """The Roles, ClusterRoles and bindings of one component (``operator`` or ``api``) for ``values``."""
+    docs = _rendered(json.dumps(values, sort_keys=True))
+    mine = [d for d in docs if d["metadata"]["labels"].get(COMPONENT) == component]
+    return [d for d in mine if d["kind"] in rbac.RBAC_KINDS]
+
+
+def operator_values(scope: list[str]) -> dict[str, Any]:
+    """The chart values that run the operator over ``scope`` (its namespace arguments): plain
+    ``--namespace`` names are ``operator.watchNamespaces``; all namespaces, or a pattern the chart cannot
+    express, is the cluster-wide default."""
+    names = [scope[i + 1] for i, arg in enumerate(scope) if arg == "--namespace" and i + 1 < len(scope)]
+    if not names or any(not n.replace("-", "").isalnum() for n in names):
+        return {}
+    return {"operator": {"watchNamespaces": names}}
+
+
+async def install(client: kube.KubeClient, manifests: list[Manifest]) -> None:
+    """Creates the objects as the admin, or replaces what an earlier rendering created (helm upgrade)."""
+    for doc in manifests:
+        resource = RESOURCES[doc["kind"]]
+        namespace = doc["metadata"].get("namespace")
+        try:
+            await client.create(resource, namespace, doc)
+        except kube.ConflictError:
+            change = {k: doc.get(k) for k in ("rules", "roleRef", "subjects")}
+            await client.patch(resource, namespace, doc["metadata"]["name"], change)
+
+
+async def install_operator_rbac(client: kube.KubeClient, scope: list[str]) -> None:
+    await install(client, rbac_manifests(operator_values(scope), OPERATOR))
+
+
+async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:
+    await install(client, rbac_manifests({"api": {"jobNamespace": job_namespace}}, API))
+
+
+def enforce_crd_schemas(emulator: ClusterEmulator) -> None:
+    """The emulator prunes and validates StreamingJobs and Savepoints against ``crds/*.yaml``."""
+    for path in sorted(Path(ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        emulator.schemas[(crd["spec"]["group"], crd["spec"]["names"]["plural"])] = admission(crd)
+
+
+def save_audit(emulator: ClusterEmulator) -> None:
+    """Appends the requests the emulator authorized to ``$HELIOS_RBAC_AUDIT`` (JSON lines) when set:
+    the evidence for which verbs the chart's Roles really need (``make rbac-audit`` style runs)."""
+    target = os.environ.get("HELIOS_RBAC_AUDIT")
+    if not target:
+        return
+    with open(target, "a") as out:
+        for (user, verb, group, resource, namespace), count in sorted(emulator.audit.items()):
+            row = {"user": user, "verb": verb, "group": group, "resource": resource, "namespace": namespace}
+            out.write(json.dumps({**row, "count": count}) + "\n")
+
+
+def assert_never_denied(emulator: ClusterEmulator) -> None:
+    """No request of the operator or the API server was refused: a 403 they only log (as the savepoint
+    record on cancel was) fails the test instead of going unnoticed."""
+    assert not emulator.denied, f"the chart's RBAC refused: {sorted(emulator.denied)}"
