@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from heliosdb_streaming.runtime import expr
+from heliosdb_streaming.runtime.connectors.database import reserved_table_reason
 from heliosdb_streaming.runtime.durations import parse_duration_ms
 from heliosdb_streaming.runtime.transformations import cep as cep_logic
 from heliosdb_streaming.runtime.transformations import window as window_logic
@@ -388,6 +389,9 @@ class DatabaseSinkSettings(_Strict):
     def _table(cls, v: str) -> str:
         if not _IDENT.match(v):
             raise ValueError("must be an identifier like 'alerts' or 'public.alerts'")
+        reserved = reserved_table_reason(v)
+        if reserved:
+            raise ValueError(reserved)
         return v
 
     @field_validator("key", mode="before")

@@ -175,3 +175,36 @@ def test_input_is_not_mutated() -> None:
     before = copy.deepcopy(body)
     JobConfig.from_dict(body)
     assert body == before
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "heliosdb_sink_markers",
+        "HELIOSDB_SINK_MARKERS",
+        "public.heliosdb_sink_markers",
+        "public.HELIOSDB_SINK_MARKERS",
+        "main.Heliosdb_Sink_Markers",
+        "alerts_id_helios_key",
+    ],
+)
+def test_a_sink_table_cannot_be_a_name_the_engine_owns(table: str) -> None:
+    body = spec_body()
+    body["sinks"][0]["config"]["table"] = table
+    errors = paths_of(body)
+    assert set(errors) == {"sinks[0].config.table"}
+    assert "reserved" in errors["sinks[0].config.table"]
+
+
+@pytest.mark.parametrize("table", ['"heliosdb_sink_markers"', '"public"."HELIOSDB_SINK_MARKERS"'])
+def test_quoted_sink_table_names_are_refused(table: str) -> None:
+    body = spec_body()
+    body["sinks"][0]["config"]["table"] = table
+    assert set(paths_of(body)) == {"sinks[0].config.table"}
+
+
+def test_names_like_the_engines_are_still_accepted() -> None:
+    for table in ("heliosdb_sink_markers2", "my_heliosdb_sink_markers", "public.alerts", "helios_key"):
+        body = spec_body()
+        body["sinks"][0]["config"]["table"] = table
+        assert JobConfig.from_dict(body).sinks[0].config.table == table
