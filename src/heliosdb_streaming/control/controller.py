@@ -44,6 +44,7 @@ from heliosdb_streaming.job.types import JobStatus
 from heliosdb_streaming.local.logs import JobLog
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpointing import SnapshotLocation, locate_snapshot
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 from heliosdb_streaming.runtime.protocol import Channel
 
 logger = logging.getLogger(__name__)
@@ -345,7 +346,7 @@ class ControlPlane:
             record.finished_at = None
         record.status = new
         if message:
-            record.message = message
+            record.message = mask_secrets(message)  # a worker's error may quote a connection string
             entry.log.write(level, message)
         record.metrics_state = entry.metrics.to_state()
         self.store.save(record)

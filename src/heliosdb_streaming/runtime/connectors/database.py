@@ -95,6 +95,31 @@ def reserved_table_reason(table: str) -> str | None:
     return None
 
 
+def connection_string_problem(connection_string: str) -> str | None:
+    """Why a ``postgresql://`` URL cannot be read as meant (None when it can), never quoting it.
+
+    A ``/``, ``?`` or ``#`` in the user info ends the authority early, and asyncpg ends the user info
+    at its first ``@``: the driver then takes part of the password for a host, port or database and
+    quotes it in its errors, so such a URL is refused up front (libpq asks for percent-encoding too).
+    """
+    if not connection_string.startswith(("postgresql://", "postgres://")):
+        return None
+    rest = connection_string.split("://", 1)[1]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, after = rest[:end], rest[end:]
+    path = after.split("?", 1)[0]
+    port = netloc.rsplit(":", 1)[1] if ":" in netloc and "@" not in netloc else ""
+    hosts_and_ports = all(p.isdigit() for p in re.split(r"[,:\]]", port) if p)  # h1:5432,h2:5433
+    _userinfo, at, hostspec = netloc.partition("@")
+    early_end = "@" in after and (not hostspec if at else ("@" in path or not hosts_and_ports))
+    if early_end or netloc.count("@") > 1:
+        return (
+            "the user name or password holds '@', '/', '?' or '#': percent-encode them in a URL "
+            "('@' -> %40, '/' -> %2F, '?' -> %3F, '#' -> %23)"
+        )
+    return None
+
+
 def _last_part(table: str) -> str:
     """The unqualified name of ``name``, ``schema.name``, ``"schema"."name"`` (quotes removed)."""
     parts = re.findall(r'\s*(?:"((?:[^"]|"")*)"|([^."]*))\s*(?:\.|$)', table.strip())
