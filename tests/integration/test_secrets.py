@@ -6,6 +6,8 @@ stores it is private to its user, and workers do not get the server's environmen
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import test_api as rest  # the REST client and helpers of the API tests (found t
 
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.job import JobManager
+from heliosdb_streaming.local.launcher import worker_processes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -82,3 +85,79 @@ async def test_a_password_that_ends_the_url_early_is_refused_without_quoting_it(
     assert [d["path"] for d in details] == ["sinks[0].config.connection_string"]
     assert "percent-encode" in details[0]["message"]
     assert password not in reply.text
+
+
+# ------------------------------------------------------------------------------ home and workers
+
+
+def modes(root: Path) -> dict[str, int]:
+    """The permission bits of ``root`` and of everything under it, by path relative to ``root``."""
+    found = {".": stat.S_IMODE(root.stat().st_mode)}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory) / name
+            found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+async def test_the_home_and_everything_the_server_writes_there_are_private(tmp_path: Path) -> None:
+    """A home made by an older version (0755) is tightened; jobs.db (and its WAL), job.json, the logs,
+    the workers' output and the checkpoints under the home are the user's alone."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    async with JobManager(2, home=home) as jm, rest.serve(create_app(jm)) as api:
+        job = rest.checkpointed_job("private", rate=200)
+        job["sinks"] = [{"type": "print", "config": {}}]
+        job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=job))["job_id"]
+        await api.wait_status(job_id, {"running"})
+        await rest.wait_checkpoint(api, job_id)
+        found = modes(home)
+        await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+    job_dir = f"jobs/{job_id}"
+    for name in (
+        "jobs.db",
+        "jobs.db-wal",
+        f"{job_dir}/job.json",
+        f"{job_dir}/job.log",
+        f"{job_dir}/worker-0.out",
+    ):
+        assert found.get(name) == 0o600, (name, found)
+    assert found["."] == 0o700
+    manifest = f"checkpoints/{job_id}/chk-1/_manifest.json"
+    assert found.get(manifest) == 0o600 and found[f"checkpoints/{job_id}/chk-1"] == 0o700, found
+    loose = {p: oct(m) for p, m in found.items() if m & 0o077}
+    assert loose == {}, loose  # nothing under the home is readable by group or others
+
+
+async def test_workers_get_only_the_environment_they_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from /proc/<pid>/environ of the real worker processes."""
+    monkeypatch.setenv("HELIOS_API_TOKEN", "the-servers-api-token")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://admin:hunter22@db/prod")
+    monkeypatch.setenv("HELIOS_URL", "http://127.0.0.1:8080")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("PGPASSWORD", "for-the-database-sink")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("HELIOS_WORKER_METRICS", "1")
+    async with JobManager(2, home=tmp_path / "home") as jm, rest.serve(create_app(jm)) as api:
+        job = rest.checkpointed_job("env", rate=100)
+        job["config"]["parallelism"] = 2
+        job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=job))["job_id"]
+        await api.wait_status(job_id, {"running"})
+        environments = []
+        for process in worker_processes(job_id):
+            raw = Path(f"/proc/{process.pid}/environ").read_bytes()
+            environments.append(dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item))
+        await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+    assert len(environments) == 2
+    for env in environments:
+        assert "HELIOS_API_TOKEN" not in env and "DATABASE_URL" not in env and "HELIOS_URL" not in env
+        assert "the-servers-api-token" not in str(env) and "hunter22" not in str(env)
+        assert env["AWS_REGION"] == "eu-west-1"
+        assert env["PGPASSWORD"] == "for-the-database-sink"
+        assert env["LC_ALL"] == "C.UTF-8"
+        assert env["HELIOS_WORKER_METRICS"] == "1"
+        assert env["PATH"] == os.environ["PATH"]
+        assert env["HELIOS_WORKER_TOKEN"]  # the run's own token, to join the control channel

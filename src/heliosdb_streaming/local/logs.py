@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
+from heliosdb_streaming.local import private
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 __all__ = ["JobLog", "mask_secrets", "read_logs"]  # mask_secrets: the one masking function, re-exported
@@ -33,8 +34,8 @@ class JobLog:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        private.private_dir(path.parent)
+        private.private_file(path)
         self._size = path.stat().st_size
 
     def write(
@@ -59,7 +60,7 @@ class JobLog:
         if self._size + len(line) > self.max_bytes and self._size > 0:
             self._rotate()
         # opened per write: a control plane with thousands of jobs must not hold a descriptor each
-        with self.path.open("ab") as f:
+        with private.open_private(self.path) as f:
             f.write(line)
         self._size += len(line)
 

@@ -111,11 +111,30 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# A snapshot holds a job's state (records, keys, offsets): only the user who wrote it may read it.
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _make_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, each made 0700 (``mkdir(parents=True)`` would give
+    the parents the default mode)."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.is_dir():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=_DIR_MODE)
+
+
 class FileCheckpointStorage:
     """Checkpoints in a directory of the local (or a mounted, shared) file system.
 
     Writes go to a temporary file in the target directory, are fsynced and renamed over the target,
     and the directory is fsynced: a crash leaves the old object or the new one, never a torn one.
+    Directories it makes are 0700 and files 0600: a snapshot holds the job's state.
     """
 
     def __init__(self, root: Path) -> None:
@@ -138,10 +157,10 @@ class FileCheckpointStorage:
     def _write_atomic(self, target: Path, fill: Any) -> int:
         """Creates ``target`` from ``fill(fileobj) -> bytes written`` via temp file, fsync and rename."""
         for attempt in range(3):
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(target.parent)
             tmp = target.parent / f"{_TMP_MARK}{target.name}.{uuid.uuid4().hex}"
             try:
-                f = tmp.open("xb")
+                f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE), "wb")
             except FileNotFoundError:  # the directory was pruned concurrently: make it again
                 if attempt == 2:
                     raise
