@@ -402,3 +402,65 @@ async def test_concurrent_first_writes_race_on_table_creation(pg_dsn: str, pg_sc
     finally:
         for sink in sinks:
             await sink.close()
+
+
+# ------------------------------------------------------------------------ reserved names, marker key
+
+FOREIGN_MARKER_TABLES = {
+    "no key": "",
+    "a key on job_id only": ", PRIMARY KEY (job_id)",
+    "a narrower unique key next to the right one": ", PRIMARY KEY (job_id, task_id, checkpoint_id), "
+    "UNIQUE (job_id, task_id)",
+}
+
+
+@pytest.mark.parametrize(
+    "table", ["heliosdb_sink_markers", "public.HELIOSDB_SINK_MARKERS", '"public"."heliosdb_sink_markers"']
+)
+def test_the_writer_refuses_the_marker_table_as_its_table(table: str) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        DatabaseSinkWriter(connection_string="sqlite:///x.db", table=table)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("shape", sorted(FOREIGN_MARKER_TABLES))
+async def test_pg_a_marker_table_without_its_key_fails_the_write(
+    pg_dsn: str, pg_schema: str, shape: str
+) -> None:
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await connection.execute(
+            f'CREATE TABLE "{pg_schema}".heliosdb_sink_markers (job_id TEXT NOT NULL, task_id TEXT NOT NULL, '
+            f"checkpoint_id BIGINT NOT NULL{FOREIGN_MARKER_TABLES[shape]})"
+        )
+    finally:
+        await connection.close()
+    sink = DatabaseSinkWriter(connection_string=pg_dsn, table=f"{pg_schema}.alerts", key=None)
+    await sink.open()
+    try:
+        with pytest.raises(DatabaseSinkError, match=r"needs exactly the primary key \(job_id, task_id"):
+            await sink.write_transaction([{"alert": 1}], ("job-1", "s0-p0", 1))
+    finally:
+        await sink.close()
+    assert await pg_fetch(pg_dsn, f'SELECT * FROM "{pg_schema}".heliosdb_sink_markers') == []
+    assert await pg_types(pg_dsn, pg_schema, "alerts") == {}  # nothing written, not even the table
+
+
+@pytest.mark.parametrize("shape", sorted(FOREIGN_MARKER_TABLES))
+async def test_sqlite_a_marker_table_without_its_key_fails_the_write(tmp_path: Path, shape: str) -> None:
+    db = tmp_path / "m.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "CREATE TABLE heliosdb_sink_markers (job_id TEXT NOT NULL, task_id TEXT NOT NULL, "
+            f"checkpoint_id BIGINT NOT NULL{FOREIGN_MARKER_TABLES[shape]})"
+        )
+    connection.close()
+    sink = DatabaseSinkWriter(connection_string=f"sqlite:///{db}", table="alerts", key=None)
+    await sink.open()
+    try:
+        with pytest.raises(DatabaseSinkError, match=r"needs exactly the primary key \(job_id, task_id"):
+            await sink.write_transaction([{"alert": 1}], ("job-1", "s0-p0", 1))
+    finally:
+        await sink.close()
+    assert sqlite_rows(db, "SELECT * FROM heliosdb_sink_markers") == []
+    assert sqlite_rows(db, "SELECT name FROM sqlite_master WHERE name = 'alerts'") == []

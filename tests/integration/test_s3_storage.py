@@ -41,7 +41,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStorage
 
 
 async def test_write_read_exists_overwrite(storage: CheckpointStorage) -> None:
-    assert not await storage.exists("job-1/chk-1/a.snap")  # also: the bucket is created on first use
+    assert not await storage.exists("job-1/chk-1/a.snap")  # also: the bucket is missing until the write
     await storage.write("job-1/chk-1/a.snap", b"one")
     assert await storage.exists("job-1/chk-1/a.snap")
     assert await storage.read("job-1/chk-1/a.snap") == b"one"
@@ -168,3 +168,55 @@ async def test_rocksdb_snapshots_in_s3(
     finally:
         restored1.close()
         restored2.close()
+
+
+async def test_s3_reads_never_create_the_bucket(s3_options: dict[str, str], tmp_path: Path) -> None:
+    """Locating a savepoint reads: a read, a listing or a delete in a missing bucket has no side effect."""
+    from minio import Minio
+
+    storage = new_s3(s3_options)
+    assert not await storage.exists("job-1/savepoints/sp/_manifest.json")
+    with pytest.raises(FileNotFoundError):
+        await storage.read("job-1/savepoints/sp/_manifest.json")
+    with pytest.raises(FileNotFoundError):
+        await storage.read_to_file("job-1/chk-1/a.snap", tmp_path / "a.snap")
+    assert await storage.list("job-1") == []
+    assert await storage.delete_prefix("job-1") == 0
+    await storage.delete("job-1/chk-1/a.snap")
+    endpoint = s3_options["endpoint"].split("://", 1)[1]
+    client = Minio(
+        endpoint, s3_options["access_key"], s3_options["secret_key"], secure=False, region="us-east-1"
+    )
+    assert not client.bucket_exists(storage.bucket)
+    await storage.write("job-1/chk-1/a.snap", b"1")  # the first write makes it
+    assert client.bucket_exists(storage.bucket)
+
+
+@pytest.mark.parametrize("answer", ["refused", "silent"])
+async def test_s3_unreachable_is_a_connection_error_within_the_timeout(answer: str) -> None:
+    """A dead endpoint (nothing listens) or a silent one (accepts, never answers): a bounded wait and
+    an ``OSError`` naming the endpoint, not minutes of retries or a client library's exception."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if answer == "silent":
+        listener.listen(8)
+    else:
+        listener.close()
+    try:
+        options = {
+            "endpoint": f"http://127.0.0.1:{port}",
+            "access_key": "a",
+            "secret_key": "b",
+            "region": "x",
+        }
+        storage = storage_from_uri("s3://bucket/prefix", options, timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"cannot reach S3 at 127.0.0.1:{port}"):
+            await storage.read("job-1/_manifest.json")
+        assert time.monotonic() - started < 4
+    finally:
+        listener.close()

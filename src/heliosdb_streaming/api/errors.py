@@ -22,6 +22,7 @@ from heliosdb_streaming.job.errors import (
     SavepointFailedError,
     SavepointNotFoundError,
 )
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def error_response(
     details: Sequence[Mapping[str, str]] = (),
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    body = {"error": {"code": code, "message": message, "details": [dict(d) for d in details]}}
+    masked = [{k: mask_secrets(v) if k == "message" else v for k, v in d.items()} for d in details]
+    body = {"error": {"code": code, "message": mask_secrets(message), "details": masked}}
     return web.Response(
         status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
     )

@@ -27,6 +27,7 @@ from heliosdb_streaming.job.types import (
     SavepointInfo,
     TaskInfo,
 )
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 
 def format_timestamp(value: datetime, *, milliseconds: bool = False) -> str:
@@ -243,7 +244,7 @@ class JobDetailsResponse(ApiBody):
             started_at=d.started_at,
             finished_at=d.finished_at,
             uptime_seconds=d.uptime_secs,
-            message=d.message,
+            message=mask_secrets(d.message) if d.message else d.message,
             metrics=DetailsMetrics.of(d.metrics),
             tasks=[TaskBody.of(t) for t in d.tasks],
             checkpoints=[CheckpointBody.of(c) for c in d.checkpoints],
@@ -462,7 +463,7 @@ class LogEntryBody(ApiBody):
 
     @classmethod
     def of(cls, e: LogEntry) -> LogEntryBody:
-        return cls(timestamp=e.timestamp, level=e.level, message=e.message, task_id=e.task_id)
+        return cls(timestamp=e.timestamp, level=e.level, message=mask_secrets(e.message), task_id=e.task_id)
 
 
 class JobLogsResponse(ApiBody):

@@ -32,6 +32,7 @@ from heliosdb_streaming.job.types import (
     MetricsWindow,
     RestartOptions,
 )
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 JOB_SERVICE = web.AppKey("job_service", JobService)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
@@ -216,7 +217,7 @@ async def restart_job(request: web.Request) -> web.Response:
         message = "Job restarted successfully"
     else:
         why = (await jm.get_job_details(job_id)).message
-        message = f"Job restarted; it is {status.value}" + (f": {why}" if why else "")
+        message = f"Job restarted; it is {status.value}" + (f": {mask_secrets(why)}" if why else "")
     answer = schemas.RestartJobResponse(
         job_id=job_id,
         status=status,

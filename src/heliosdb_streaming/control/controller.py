@@ -41,9 +41,11 @@ from heliosdb_streaming.job.errors import (
     SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.local import private
 from heliosdb_streaming.local.logs import JobLog
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpointing import SnapshotLocation, locate_snapshot
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 from heliosdb_streaming.runtime.protocol import Channel
 
 logger = logging.getLogger(__name__)
@@ -345,7 +347,7 @@ class ControlPlane:
             record.finished_at = None
         record.status = new
         if message:
-            record.message = message
+            record.message = mask_secrets(message)  # a worker's error may quote a connection string
             entry.log.write(level, message)
         record.metrics_state = entry.metrics.to_state()
         self.store.save(record)
@@ -389,8 +391,8 @@ class ControlPlane:
         self._create_coordinator(entry, run)  # before any worker connects: a fast one may drain at once
         self._tokens[run.token] = run
         job_dir = self.job_dir(record.job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "job.json").write_bytes(entry.config.model_dump_json().encode())
+        private.private_dir(job_dir)
+        private.write_private(job_dir / "job.json", entry.config.model_dump_json().encode())
         try:
             for index in range(run.parallelism):
                 spec = WorkerSpec(

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from heliosdb_streaming.runtime import expr
+from heliosdb_streaming.runtime.connectors.database import connection_string_problem, reserved_table_reason
 from heliosdb_streaming.runtime.durations import parse_duration_ms
 from heliosdb_streaming.runtime.transformations import cep as cep_logic
 from heliosdb_streaming.runtime.transformations import window as window_logic
@@ -394,6 +395,9 @@ class DatabaseSinkSettings(_Strict):
     def _scheme(cls, v: str) -> str:
         if not v.startswith(("postgresql://", "postgres://", "sqlite://")):
             raise ValueError("must start with postgresql://, postgres:// or sqlite:///")
+        problem = connection_string_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("table")
@@ -401,6 +405,9 @@ class DatabaseSinkSettings(_Strict):
     def _table(cls, v: str) -> str:
         if not _IDENT.match(v):
             raise ValueError("must be an identifier like 'alerts' or 'public.alerts'")
+        reserved = reserved_table_reason(v)
+        if reserved:
+            raise ValueError(reserved)
         return v
 
     @field_validator("key", mode="before")

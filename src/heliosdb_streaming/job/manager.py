@@ -36,6 +36,7 @@ from heliosdb_streaming.job.types import (
     TaskInfo,
     ThroughputPoint,
 )
+from heliosdb_streaming.local import private
 from heliosdb_streaming.local.launcher import SubprocessLauncher
 from heliosdb_streaming.local.logs import read_logs
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
@@ -98,7 +99,7 @@ class JobManager:
             self._starting = asyncio.Lock()
         async with self._starting:
             if self._plane is None:
-                self.home.mkdir(parents=True, exist_ok=True)
+                private.private_dir(self.home)  # jobs.db and job.json hold connection strings
                 plane = ControlPlane(
                     home=self.home,
                     store=SqliteJobStore(self.home / "jobs.db"),

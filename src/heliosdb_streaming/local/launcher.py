@@ -6,10 +6,32 @@ import asyncio
 import contextlib
 import os
 import sys
+from collections.abc import Mapping
 
 import psutil
 
 from heliosdb_streaming.control.launcher import WORKER_MODULE, WorkerSpec
+from heliosdb_streaming.local import private
+
+# What a worker may inherit from the server's environment; everything else (HELIOS_API_TOKEN, the
+# server's own secrets, cloud credentials its storage does not use) stays out of the worker.
+WORKER_ENV = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+        "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        # read by the worker itself (runtime.worker, runtime.checkpoint.storage)
+        "HELIOS_LOG_FORMAT", "HELIOS_WORKER_METRICS", "HELIOS_S3_ENDPOINT", "HELIOS_S3_SECURE",
+    }
+)  # fmt: skip
+# LC_*: the locale; PYTHON*: the interpreter (PYTHONPATH...); AWS_*, MINIO_*: the S3 checkpoint
+# storage's credentials; PG*: libpq's variables, which the database sink's driver reads (PGPASSWORD...)
+WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "AWS_", "MINIO_", "PG")
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``environ`` a worker gets: an allow-list, so a secret of the server's (its API token)
+    never reaches job code."""
+    return {k: v for k, v in environ.items() if k in WORKER_ENV or k.startswith(WORKER_ENV_PREFIXES)}
 
 
 class SubprocessWorker:
@@ -34,11 +56,11 @@ class SubprocessLauncher:
     """Starts ``python -m heliosdb_streaming.runtime.worker``; stdout and stderr go to the job directory."""
 
     async def launch(self, spec: WorkerSpec) -> SubprocessWorker:
-        spec.job_dir.mkdir(parents=True, exist_ok=True)
+        private.private_dir(spec.job_dir)
         stderr_path = spec.job_dir / f"worker-{spec.index}.stderr"
         stdout_path = spec.job_dir / f"worker-{spec.index}.out"  # where the print sink's lines go
-        env = {**os.environ, "HELIOS_WORKER_TOKEN": spec.token, "PYTHONUNBUFFERED": "1"}
-        with stderr_path.open("ab") as stderr, stdout_path.open("ab") as stdout:
+        env = worker_environment(os.environ) | {"HELIOS_WORKER_TOKEN": spec.token, "PYTHONUNBUFFERED": "1"}
+        with private.open_private(stderr_path) as stderr, private.open_private(stdout_path) as stdout:
             command = spec.command(
                 sys.executable, job_dir=str(spec.job_dir), control_address=spec.control_address
             )

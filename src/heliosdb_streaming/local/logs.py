@@ -8,7 +8,6 @@ lines, so the operator serves only the control plane's own lines (``read_logs(wo
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,17 +16,13 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
+from heliosdb_streaming.local import private
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
+
+__all__ = ["JobLog", "mask_secrets", "read_logs"]  # mask_secrets: the one masking function, re-exported
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 3
-_SECRET_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@")
-_SECRET_KV = re.compile(r"(?i)\b(password|passwd|pwd|secret|token)=([^\s&;]+)")
-
-
-def mask_secrets(text: str) -> str:
-    """Hides passwords in connection strings and key=value pairs."""
-    text = _SECRET_IN_URL.sub(lambda m: f"{m.group('scheme')}:***@", text)
-    return _SECRET_KV.sub(lambda m: f"{m.group(1)}=***", text)
 
 
 class JobLog:
@@ -39,8 +34,8 @@ class JobLog:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        private.private_dir(path.parent)
+        private.private_file(path)
         self._size = path.stat().st_size
 
     def write(
@@ -65,7 +60,7 @@ class JobLog:
         if self._size + len(line) > self.max_bytes and self._size > 0:
             self._rotate()
         # opened per write: a control plane with thousands of jobs must not hold a descriptor each
-        with self.path.open("ab") as f:
+        with private.open_private(self.path) as f:
             f.write(line)
         self._size += len(line)
 

@@ -11,6 +11,7 @@ import orjson
 
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.local import private
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -55,9 +56,12 @@ class SqliteJobStore:
     """Every save is one committed transaction; reads happen once, at startup (the cache is in memory)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private.private_dir(path.parent)
+        private.private_file(path)  # SQLite gives its -wal and -shm files the database file's mode
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        for companion in ("-wal", "-shm"):  # made by an older version, before the file was private
+            private.tighten(path.with_name(path.name + companion), private.FILE_MODE)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
         self._migrate()

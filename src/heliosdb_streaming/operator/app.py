@@ -18,6 +18,7 @@ from pathlib import Path
 import kopf
 
 from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.local import private
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 from heliosdb_streaming.operator import handlers, kube, pods, readapi
 from heliosdb_streaming.operator.bindings import Bindings
@@ -74,7 +75,7 @@ async def run(
     ready_flag: asyncio.Event | None = None,
 ) -> None:
     """Runs the operator until ``stop_flag`` is set or SIGINT/SIGTERM arrives."""
-    options.home.mkdir(parents=True, exist_ok=True)
+    private.private_dir(options.home)  # jobs.db and job.json hold connection strings
     connection = kube.load_connection_info()
     namespaces = list(options.namespaces)
     async with kube.KubeClient(connection) as client:

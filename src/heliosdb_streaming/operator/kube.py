@@ -25,6 +25,7 @@ import kopf
 import orjson
 
 from heliosdb_streaming.operator import crds
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ class KubeClient:
             },
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": mask_secrets(message)[:1024],
             "source": {"component": component},
             "reportingComponent": component,
             "reportingInstance": component,

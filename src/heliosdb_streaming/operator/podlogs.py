@@ -22,6 +22,7 @@ import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
 from heliosdb_streaming.operator.jobviews import parse_time
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 _RANK = {level.value: level.rank for level in LogLevel}
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -43,7 +44,7 @@ def parse_pod_log(text: str, started_at: datetime | None = None) -> list[LogEntr
                 record = None
         when = parse_time(record.get("timestamp")) if isinstance(record, dict) else None
         if not isinstance(record, dict) or when is None or "message" not in record:
-            out.append(LogEntry(timestamp=previous, level=LogLevel.INFO, message=raw.rstrip()))
+            out.append(LogEntry(timestamp=previous, level=LogLevel.INFO, message=mask_secrets(raw.rstrip())))
             continue
         level = record.get("level")
         task_id = record.get("task_id")
@@ -51,7 +52,7 @@ def parse_pod_log(text: str, started_at: datetime | None = None) -> list[LogEntr
             LogEntry(
                 timestamp=when,
                 level=LogLevel(level) if level in _RANK else LogLevel.INFO,
-                message=str(record["message"]),
+                message=mask_secrets(str(record["message"])),
                 task_id=str(task_id) if task_id is not None else None,
             )
         )

@@ -12,6 +12,7 @@ before the barrier but is not committed yet. Layout in checkpoint storage::
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,19 +179,30 @@ class SnapshotLocation:
         return f"{self.storage_uri}/{self.directory}"
 
 
-async def locate_snapshot(location: str) -> SnapshotLocation:
+# How long locating a start point may take: a user waits for the answer (a submit, a restart).
+LOCATE_TIMEOUT_S = 5.0
+
+
+async def locate_snapshot(location: str, timeout_s: float = LOCATE_TIMEOUT_S) -> SnapshotLocation:
     """Reads the manifest at ``location`` (a savepoint's, or a retained checkpoint's, URI).
 
-    Raises ``ValueError`` with the reason when there is no completed snapshot there.
+    Raises ``ValueError`` with the reason when there is no completed snapshot there, or when its
+    storage does not answer within ``timeout_s``. Only reads: a missing S3 bucket is not created.
     """
     stripped = location.strip().rstrip("/")
     try:
-        manifest = orjson.loads(await storage_from_uri(stripped).read(MANIFEST))
+        storage = storage_from_uri(stripped, timeout_s=timeout_s / 2)  # a connect and a read
+        # the hard bound: name resolution, for one, is not covered by the client's timeouts
+        manifest = orjson.loads(await asyncio.wait_for(storage.read(MANIFEST), timeout_s))
         directory = snapshot_directory(
             str(manifest["job_id"]), int(manifest["checkpoint_id"]), manifest.get("savepoint_id")
         )
     except FileNotFoundError:
         raise ValueError(f"no completed savepoint or checkpoint at {location} (no {MANIFEST})") from None
+    except TimeoutError:
+        raise ValueError(
+            f"cannot read the snapshot at {location}: its storage did not answer within {timeout_s:g} s"
+        ) from None
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"cannot read the snapshot at {location}: {e}") from None
     if not stripped.endswith(f"/{directory}"):

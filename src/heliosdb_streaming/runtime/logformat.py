@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
+
 LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
 
 
@@ -28,8 +30,15 @@ class JsonLineFormatter(logging.Formatter):
         line = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
             "level": LEVELS.get(record.levelname, "info"),
-            "message": message,
+            "message": mask_secrets(message),
             "task_id": getattr(record, "task_id", None),
             "worker": self.worker_index,
         }
         return orjson.dumps(line).decode()
+
+
+class MaskingFormatter(logging.Formatter):
+    """A plain-text formatter whose lines (tracebacks included) never hold a password."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))

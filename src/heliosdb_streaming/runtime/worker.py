@@ -51,7 +51,7 @@ from heliosdb_streaming.runtime.checkpointing import (
     snapshot_task,
 )
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
-from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter
+from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter, MaskingFormatter
 from heliosdb_streaming.runtime.protocol import Channel
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
@@ -721,9 +721,9 @@ def configure_logging(worker_index: int) -> None:
         handler.setFormatter(JsonLineFormatter(worker_index))
         logging.basicConfig(level=logging.INFO, handlers=[handler])
     else:  # stderr (kept in the job directory) gets warnings and crashes; the job log gets info and up
-        logging.basicConfig(
-            level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("heliosdb_streaming").setLevel(logging.INFO)
 
 

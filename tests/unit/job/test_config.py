@@ -175,3 +175,64 @@ def test_input_is_not_mutated() -> None:
     before = copy.deepcopy(body)
     JobConfig.from_dict(body)
     assert body == before
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "heliosdb_sink_markers",
+        "HELIOSDB_SINK_MARKERS",
+        "public.heliosdb_sink_markers",
+        "public.HELIOSDB_SINK_MARKERS",
+        "main.Heliosdb_Sink_Markers",
+        "alerts_id_helios_key",
+    ],
+)
+def test_a_sink_table_cannot_be_a_name_the_engine_owns(table: str) -> None:
+    body = spec_body()
+    body["sinks"][0]["config"]["table"] = table
+    errors = paths_of(body)
+    assert set(errors) == {"sinks[0].config.table"}
+    assert "reserved" in errors["sinks[0].config.table"]
+
+
+@pytest.mark.parametrize("table", ['"heliosdb_sink_markers"', '"public"."HELIOSDB_SINK_MARKERS"'])
+def test_quoted_sink_table_names_are_refused(table: str) -> None:
+    body = spec_body()
+    body["sinks"][0]["config"]["table"] = table
+    assert set(paths_of(body)) == {"sinks[0].config.table"}
+
+
+def test_names_like_the_engines_are_still_accepted() -> None:
+    for table in ("heliosdb_sink_markers2", "my_heliosdb_sink_markers", "public.alerts", "helios_key"):
+        body = spec_body()
+        body["sinks"][0]["config"]["table"] = table
+        assert JobConfig.from_dict(body).sinks[0].config.table == table
+
+
+@pytest.mark.parametrize(
+    ("connection_string", "accepted"),
+    [
+        ("postgresql://u:p%40ss%2Fw%3Fx%23y@h:5432/db", True),
+        ("postgresql://u:p:w@h/db?options=a@b", True),
+        ("postgresql://u:p@h1:5432,h2:5433/db", True),
+        ("postgresql://h/db?user=u&password=p/s@s", True),
+        ("postgresql:///db?host=/tmp", True),
+        ("postgresql://u:pa/ss@h/db", False),
+        ("postgresql://u:pa?ss@h/db", False),
+        ("postgresql://u:pa#ss@h/db", False),
+        ("postgresql://u:p@ss@h/db", False),
+        ("postgres://u:12/34@h/db", False),
+    ],
+)
+def test_a_postgresql_url_must_percent_encode_its_password(connection_string: str, accepted: bool) -> None:
+    body = spec_body()
+    body["sinks"][0]["config"]["connection_string"] = connection_string
+    if accepted:
+        assert JobConfig.from_dict(body).sinks[0].config.connection_string == connection_string
+    else:
+        errors = paths_of(body)
+        assert set(errors) == {"sinks[0].config.connection_string"}
+        assert "percent-encode" in errors["sinks[0].config.connection_string"]
+        password = connection_string.split(":")[2].rsplit("@", 1)[0]
+        assert password not in errors["sinks[0].config.connection_string"]

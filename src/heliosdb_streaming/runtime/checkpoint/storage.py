@@ -20,9 +20,9 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _TMP_MARK = ".helios-tmp-"
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -111,11 +112,30 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# A snapshot holds a job's state (records, keys, offsets): only the user who wrote it may read it.
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def _make_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, each made 0700 (``mkdir(parents=True)`` would give
+    the parents the default mode)."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.is_dir():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=_DIR_MODE)
+
+
 class FileCheckpointStorage:
     """Checkpoints in a directory of the local (or a mounted, shared) file system.
 
     Writes go to a temporary file in the target directory, are fsynced and renamed over the target,
     and the directory is fsynced: a crash leaves the old object or the new one, never a torn one.
+    Directories it makes are 0700 and files 0600: a snapshot holds the job's state.
     """
 
     def __init__(self, root: Path) -> None:
@@ -138,10 +158,10 @@ class FileCheckpointStorage:
     def _write_atomic(self, target: Path, fill: Any) -> int:
         """Creates ``target`` from ``fill(fileobj) -> bytes written`` via temp file, fsync and rename."""
         for attempt in range(3):
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(target.parent)
             tmp = target.parent / f"{_TMP_MARK}{target.name}.{uuid.uuid4().hex}"
             try:
-                f = tmp.open("xb")
+                f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE), "wb")
             except FileNotFoundError:  # the directory was pruned concurrently: make it again
                 if attempt == 2:
                     raise
@@ -307,8 +327,12 @@ def _parse_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
 class S3CheckpointStorage:
     """Checkpoints in an S3 bucket (AWS S3, MinIO, Ceph, moto... through the ``minio`` client).
 
-    Objects are ``<prefix>/<path>`` in ``bucket``. The bucket is created on first use if missing.
-    PUTs are atomic in S3, so ``write`` and ``write_file`` need no temporary objects.
+    Objects are ``<prefix>/<path>`` in ``bucket``. The bucket is created on the first *write* if
+    missing; reads, listings and deletes never create it (a missing bucket holds no objects), so
+    locating a savepoint has no side effect. PUTs are atomic in S3, so ``write`` and ``write_file``
+    need no temporary objects. Failures are ``OSError``s that say why: ``ConnectionError`` when the
+    endpoint cannot be reached, ``FileNotFoundError`` for a missing object. ``timeout_s`` bounds each
+    connect and read and turns the client's retries off (for answers a user waits for).
     """
 
     def __init__(
@@ -322,7 +346,10 @@ class S3CheckpointStorage:
         secure: bool | None = None,
         region: str | None = None,
         session_token: str | None = None,
+        timeout_s: float | None = None,
     ) -> None:
+        import certifi
+        import urllib3
         from minio import Minio
 
         if not bucket or "/" in bucket:
@@ -335,6 +362,15 @@ class S3CheckpointStorage:
         self.prefix = _check_path(prefix, prefix=True)
         self.endpoint, self.secure = _parse_endpoint(endpoint, secure)
         self.region = region
+        http_client = None
+        if timeout_s is not None:  # as minio's own client, but bounded and without retries
+            http_client = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+                maxsize=10,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+                retries=urllib3.Retry(total=0, redirect=0, raise_on_status=False),
+            )
         self._client = Minio(
             self.endpoint,
             access_key=access_key,
@@ -342,6 +378,7 @@ class S3CheckpointStorage:
             session_token=session_token,
             secure=self.secure,
             region=region,
+            http_client=http_client,
         )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
@@ -397,7 +434,6 @@ class S3CheckpointStorage:
     def _read_sync(self, key: str) -> bytes:
         from minio.error import S3Error
 
-        self._ensure_bucket()
         try:
             response = self._client.get_object(self.bucket, key)
         except S3Error as e:
@@ -413,7 +449,6 @@ class S3CheckpointStorage:
     def _read_to_file_sync(self, key: str, local: Path) -> None:
         from minio.error import S3Error
 
-        self._ensure_bucket()
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -426,7 +461,6 @@ class S3CheckpointStorage:
     def _exists_sync(self, key: str) -> bool:
         from minio.error import S3Error
 
-        self._ensure_bucket()
         try:
             self._client.stat_object(self.bucket, key)
         except S3Error as e:
@@ -436,10 +470,18 @@ class S3CheckpointStorage:
         return True
 
     def _keys_under(self, prefix: str) -> list[str]:
-        self._ensure_bucket()
+        from minio.error import S3Error
+
         prefix = _check_path(prefix, prefix=True)
         keys: list[str] = []
-        for obj in self._client.list_objects(self.bucket, prefix=self._key_prefix(prefix), recursive=True):
+        listing = self._client.list_objects(self.bucket, prefix=self._key_prefix(prefix), recursive=True)
+        try:
+            objects = list(listing)
+        except S3Error as e:
+            if e.code == "NoSuchBucket":
+                return []  # no bucket, no objects
+            raise
+        for obj in objects:
             key = obj.object_name
             if key is None or obj.is_dir:
                 continue
@@ -468,36 +510,62 @@ class S3CheckpointStorage:
         return len(keys)
 
     def _delete_sync(self, key: str) -> None:
-        self._ensure_bucket()
-        self._client.remove_object(self.bucket, key)
+        from minio.error import S3Error
+
+        try:
+            self._client.remove_object(self.bucket, key)
+        except S3Error as e:
+            if e.code != "NoSuchBucket":
+                raise
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs a blocking helper, its failures turned into ``OSError``s that name the endpoint."""
+        import urllib3
+        from minio.error import MinioException, S3Error
+
+        try:
+            return fn(*args)
+        except S3Error as e:
+            raise OSError(f"S3 at {self.endpoint} refused it: {e.code}: {e.message}") from None
+        except MinioException as e:
+            raise OSError(f"S3 at {self.endpoint} failed: {e}") from None
+        except urllib3.exceptions.HTTPError as e:
+            reason = e.reason if isinstance(e, urllib3.exceptions.MaxRetryError) else e
+            raise ConnectionError(f"cannot reach S3 at {self.endpoint}: {_reason(reason)}") from None
 
     # -- the protocol
 
     async def write(self, path: str, data: bytes) -> None:
-        await asyncio.to_thread(self._write_sync, self._key(path), data)
+        await asyncio.to_thread(self._call, self._write_sync, self._key(path), data)
 
     async def write_file(self, path: str, local: Path) -> int:
-        return await asyncio.to_thread(self._write_file_sync, self._key(path), local)
+        return await asyncio.to_thread(self._call, self._write_file_sync, self._key(path), local)
 
     async def read(self, path: str) -> bytes:
-        return await asyncio.to_thread(self._read_sync, self._key(path))
+        return await asyncio.to_thread(self._call, self._read_sync, self._key(path))
 
     async def read_to_file(self, path: str, local: Path) -> None:
-        await asyncio.to_thread(self._read_to_file_sync, self._key(path), local)
+        await asyncio.to_thread(self._call, self._read_to_file_sync, self._key(path), local)
 
     async def exists(self, path: str) -> bool:
-        return await asyncio.to_thread(self._exists_sync, self._key(path))
+        return await asyncio.to_thread(self._call, self._exists_sync, self._key(path))
 
     async def list(self, prefix: str) -> list[str]:
         _check_path(prefix, prefix=True)
-        return await asyncio.to_thread(self._list_sync, prefix)
+        return await asyncio.to_thread(self._call, self._list_sync, prefix)
 
     async def delete_prefix(self, prefix: str) -> int:
         _check_path(prefix, prefix=True)
-        return await asyncio.to_thread(self._delete_prefix_sync, prefix)
+        return await asyncio.to_thread(self._call, self._delete_prefix_sync, prefix)
 
     async def delete(self, path: str) -> None:
-        await asyncio.to_thread(self._delete_sync, self._key(path))
+        await asyncio.to_thread(self._call, self._delete_sync, self._key(path))
+
+
+def _reason(error: BaseException | None) -> str:
+    """The innermost cause of a connection failure, as its own words say it."""
+    text = str(error)
+    return text.split(": ", 1)[-1] if "Failed to establish" in text or "Max retries" in text else text
 
 
 # --------------------------------------------------------------------------------------------- URIs
@@ -526,7 +594,9 @@ def _option(options: Mapping[str, str], key: str, *env_names: str) -> str | None
     return None
 
 
-def storage_from_uri(uri: str, options: dict[str, str] | None = None) -> CheckpointStorage:
+def storage_from_uri(
+    uri: str, options: dict[str, str] | None = None, *, timeout_s: float | None = None
+) -> CheckpointStorage:
     """Opens the storage a checkpoint URI names.
 
     ``file:///abs/dir`` or a plain path (relative ones resolve against the working directory) ->
@@ -535,7 +605,8 @@ def storage_from_uri(uri: str, options: dict[str, str] | None = None) -> Checkpo
     ``secret_key``, ``secure``, ``region`` (and ``session_token``), falling back to the environment:
     ``HELIOS_S3_ENDPOINT`` (default ``s3.amazonaws.com``), ``AWS_ACCESS_KEY_ID``/``MINIO_ACCESS_KEY``,
     ``AWS_SECRET_ACCESS_KEY``/``MINIO_SECRET_KEY``, ``HELIOS_S3_SECURE`` (default true), ``AWS_REGION``
-    (and ``AWS_SESSION_TOKEN``). Without credentials the client is anonymous.
+    (and ``AWS_SESSION_TOKEN``). Without credentials the client is anonymous. ``timeout_s`` bounds an
+    S3 client's every connect and read, without retries (see :class:`S3CheckpointStorage`).
     """
     options = dict(options or {})
     unknown = sorted(set(options) - S3_OPTION_KEYS)
@@ -590,6 +661,7 @@ def storage_from_uri(uri: str, options: dict[str, str] | None = None) -> Checkpo
             secure=secure,
             region=_option(options, "region", "AWS_REGION"),
             session_token=_option(options, "session_token", "AWS_SESSION_TOKEN"),
+            timeout_s=timeout_s,
         )
     raise ValueError(
         f"unsupported checkpoint storage URI scheme {scheme!r}: use file:///abs/path or s3://bucket/prefix"

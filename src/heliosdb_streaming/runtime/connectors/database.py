@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MARKER_TABLE = "heliosdb_sink_markers"
+MARKER_KEY = ("job_id", "task_id", "checkpoint_id")
+# The unique indexes the engine creates on a sink's table end so (``_Backend.ensure_unique``); PostgreSQL
+# keeps indexes and tables in one namespace, so a table of that name would stand in for the index.
+ENGINE_INDEX_SUFFIX = "_helios_key"
 
 BIGINT = "BIGINT"
 DOUBLE = "DOUBLE PRECISION"
@@ -71,6 +75,56 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise ValueError("identifier contains a NUL character")
     return '"' + name.replace('"', '""') + '"'
+
+
+def reserved_table_reason(table: str) -> str | None:
+    """Why ``table`` names a relation the engine owns (None when it does not): a sink must never write
+    into the marker table, which guards every job's exactly-once writes on that database.
+
+    Compared as the databases may resolve it: any schema, any case (SQLite ignores case even in
+    quoted names), with or without double quotes.
+    """
+    name = _last_part(table).casefold()
+    if name == MARKER_TABLE:
+        return (
+            f"{MARKER_TABLE!r} is reserved: it is the engine's marker table, which records the "
+            "checkpoints every exactly-once sink on that database has committed"
+        )
+    if name.endswith(ENGINE_INDEX_SUFFIX):
+        return f"names ending in {ENGINE_INDEX_SUFFIX!r} are reserved for the engine's unique indexes"
+    return None
+
+
+def connection_string_problem(connection_string: str) -> str | None:
+    """Why a ``postgresql://`` URL cannot be read as meant (None when it can), never quoting it.
+
+    A ``/``, ``?`` or ``#`` in the user info ends the authority early, and asyncpg ends the user info
+    at its first ``@``: the driver then takes part of the password for a host, port or database and
+    quotes it in its errors, so such a URL is refused up front (libpq asks for percent-encoding too).
+    """
+    if not connection_string.startswith(("postgresql://", "postgres://")):
+        return None
+    rest = connection_string.split("://", 1)[1]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, after = rest[:end], rest[end:]
+    path = after.split("?", 1)[0]
+    port = netloc.rsplit(":", 1)[1] if ":" in netloc and "@" not in netloc else ""
+    hosts_and_ports = all(p.isdigit() for p in re.split(r"[,:\]]", port) if p)  # h1:5432,h2:5433
+    _userinfo, at, hostspec = netloc.partition("@")
+    early_end = "@" in after and (not hostspec if at else ("@" in path or not hosts_and_ports))
+    if early_end or netloc.count("@") > 1:
+        return (
+            "the user name or password holds '@', '/', '?' or '#': percent-encode them in a URL "
+            "('@' -> %40, '/' -> %2F, '?' -> %3F, '#' -> %23)"
+        )
+    return None
+
+
+def _last_part(table: str) -> str:
+    """The unqualified name of ``name``, ``schema.name``, ``"schema"."name"`` (quotes removed)."""
+    parts = re.findall(r'\s*(?:"((?:[^"]|"")*)"|([^."]*))\s*(?:\.|$)', table.strip())
+    quoted, bare = parts[-2] if len(parts) > 1 and parts[-1] == ("", "") else parts[-1]
+    return str(quoted).replace('""', '"') if quoted else str(bare)
 
 
 def split_table(table: str) -> tuple[str | None, str]:
@@ -175,6 +229,7 @@ class _Backend:
         self.connection_string = connection_string
         self.schema = schema
         self.table = table
+        self.marker_key_checked = False  # the marker table's key is checked once per writer
 
     @property
     def qualified(self) -> str:
@@ -191,6 +246,30 @@ class _Backend:
             if self.schema
             else quote_ident(MARKER_TABLE)
         )
+
+    def check_marker_key(self, unique_keys: list[tuple[list[str], bool]]) -> None:
+        """Raises unless the marker table has its primary key and no unique key that could refuse a new
+        marker: ``unique_keys`` lists each unique index's columns and whether it is partial.
+
+        Without the key a replayed checkpoint is written twice; with a narrower one (say on
+        ``job_id`` alone) a later checkpoint's marker conflicts and its rows are silently dropped.
+        A table like that was not made by the engine, so the run fails rather than guess.
+        """
+        wanted = set(MARKER_KEY)
+        has_key = any(set(cols) == wanted and not partial for cols, partial in unique_keys)
+        narrower = [cols for cols, partial in unique_keys if partial or not wanted <= set(cols)]
+        if has_key and not narrower:
+            return
+        found = ", ".join("(" + ", ".join(cols) + ")" for cols, _ in unique_keys) or "none"
+        raise DatabaseSinkError(
+            f"marker table {self.marker_table} was not created by HeliosDB Streaming: it needs exactly "
+            f"the primary key ({', '.join(MARKER_KEY)}) (unique keys found: {found}); exactly-once "
+            "writes would repeat or drop rows. Drop it and the engine recreates it with its key"
+        )
+
+    async def prepare_markers(self) -> None:
+        """Creates the marker table when missing, with its key, and checks the key of one that exists."""
+        raise NotImplementedError
 
     def placeholder(self, i: int) -> str:
         raise NotImplementedError
@@ -389,6 +468,22 @@ class _Postgres(_Backend):
             "PRIMARY KEY (job_id, task_id, checkpoint_id))"
         )
 
+    async def prepare_markers(self) -> None:
+        if self.marker_key_checked:
+            return
+        async with self.pool.acquire() as connection:
+            await self._ensure_marker_table(connection)
+            rows = await connection.fetch(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname) AS cols, "
+                "i.indpred IS NOT NULL OR 0 = ANY(i.indkey) AS partial "
+                "FROM pg_index i LEFT JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) AND a.attnum > 0 "
+                "WHERE i.indrelid = to_regclass($1) AND i.indisunique GROUP BY i.indexrelid, partial",
+                self.marker_table,
+            )
+            self.check_marker_key([([c for c in r["cols"] if c], bool(r["partial"])) for r in rows])
+            self.marker_key_checked = True
+
     async def write_transaction(
         self,
         columns: list[str],
@@ -507,6 +602,37 @@ class _Sqlite(_Backend):
         sql = f"CREATE UNIQUE INDEX IF NOT EXISTS {prefix}{name} ON {quote_ident(self.table)} ({cols})"
         await self._run(lambda c: c.execute(sql))
 
+    def _create_markers(self, c: sqlite3.Connection) -> None:
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.marker_table} (job_id TEXT NOT NULL, task_id TEXT NOT NULL, "
+            "checkpoint_id BIGINT NOT NULL, "
+            "committed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), "
+            "PRIMARY KEY (job_id, task_id, checkpoint_id))"
+        )
+
+    async def prepare_markers(self) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            self._create_markers(c)
+            self.check_marker_key(self._unique_keys(c, MARKER_TABLE))
+            self.marker_key_checked = True
+
+        if not self.marker_key_checked:
+            await self._run(run)
+
+    def _unique_keys(self, c: sqlite3.Connection, table: str) -> list[tuple[list[str], bool]]:
+        """Each unique index of ``table`` (its primary key included): columns, and whether partial."""
+        prefix = f"{quote_ident(self.schema)}." if self.schema else ""
+        keys = []
+        for _seq, index, unique, _origin, partial in c.execute(
+            f"PRAGMA {prefix}index_list({quote_ident(table)})"
+        ).fetchall():
+            if unique:
+                info = c.execute(f"PRAGMA {prefix}index_info({quote_ident(index)})").fetchall()
+                expression = any(row[1] < 0 for row in info)  # cid -2: an expression, -1: the rowid
+                columns = [str(row[2]) for row in info if row[2] is not None]
+                keys.append((columns, bool(partial) or expression))
+        return keys
+
     def _insert(
         self, c: sqlite3.Connection, columns: list[str], rows: list[tuple[Any, ...]], key: list[str] | None
     ) -> None:
@@ -534,12 +660,7 @@ class _Sqlite(_Backend):
         markers = self.marker_table
 
         def run(c: sqlite3.Connection) -> bool:
-            c.execute(
-                f"CREATE TABLE IF NOT EXISTS {markers} (job_id TEXT NOT NULL, task_id TEXT NOT NULL, "
-                "checkpoint_id BIGINT NOT NULL, "
-                "committed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), "
-                "PRIMARY KEY (job_id, task_id, checkpoint_id))"
-            )
+            self._create_markers(c)
             c.execute("BEGIN IMMEDIATE")
             try:
                 cursor = c.execute(
@@ -591,6 +712,9 @@ class DatabaseSinkWriter:
         self.batch_size = max(1, batch_size)
         self.max_attempts = max(1, max_attempts)
         self.retry_delay_s = retry_delay_s
+        reserved = reserved_table_reason(table)
+        if reserved:
+            raise ValueError(f"table {table!r}: {reserved}")
         schema, name = split_table(table)
         backend: _Backend
         if connection_string.startswith(("postgresql://", "postgres://")):
@@ -642,6 +766,7 @@ class DatabaseSinkWriter:
 
         async def attempt() -> bool:
             await self._backend.connect()
+            await self._backend.prepare_markers()  # before any DDL on the table: a bad one stops here
             columns, tuples = await self._prepare(rows)
             return await self._backend.write_transaction(columns, tuples, self.key, marker)
 
