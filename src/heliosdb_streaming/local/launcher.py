@@ -10,6 +10,7 @@ import sys
 import psutil
 
 from heliosdb_streaming.control.launcher import WORKER_MODULE, WorkerSpec
+from heliosdb_streaming.runtime import rotation
 
 
 class SubprocessWorker:
@@ -42,6 +43,7 @@ class SubprocessLauncher:
             command = spec.command(
                 sys.executable, job_dir=str(spec.job_dir), control_address=spec.control_address
             )
+            command += self._bounded_output_args(str(stdout_path), str(stderr_path))
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -51,6 +53,29 @@ class SubprocessLauncher:
                 start_new_session=True,
             )
         return SubprocessWorker(spec.index, process)
+
+    def __init__(
+        self,
+        output_max_bytes: int = rotation.DEFAULT_MAX_BYTES,
+        output_backups: int = rotation.DEFAULT_BACKUPS,
+    ) -> None:
+        # each worker output file (worker-N.out, worker-N.stderr) is rotated past output_max_bytes,
+        # output_backups older files kept, as the job log
+        self.output_max_bytes = output_max_bytes
+        self.output_backups = output_backups
+
+    def _bounded_output_args(self, stdout_path: str, stderr_path: str) -> list[str]:
+        """The worker keeps its own stdout and stderr files bounded (it is their only writer)."""
+        return [
+            "--stdout-file",
+            stdout_path,
+            "--stderr-file",
+            stderr_path,
+            "--output-max-bytes",
+            str(self.output_max_bytes),
+            "--output-backups",
+            str(self.output_backups),
+        ]
 
 
 def kill_stale_workers(pids: list[int], job_id: str) -> int:

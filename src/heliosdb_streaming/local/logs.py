@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
+from heliosdb_streaming.runtime import rotation
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 3
@@ -70,13 +71,7 @@ class JobLog:
         self._size += len(line)
 
     def _rotate(self) -> None:
-        for i in range(self.backups, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
-            if i == self.backups and older.exists():
-                older.unlink()
-            if newer.exists():
-                newer.rename(older)
+        rotation.rotate_files(self.path, self.backups)  # the one rotation, shared with worker output
         self._size = 0
 
     def close(self) -> None:

@@ -58,6 +58,12 @@ from heliosdb_streaming.runtime.checkpointing import (
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
 from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter
 from heliosdb_streaming.runtime.protocol import Channel, WorkerChannel
+from heliosdb_streaming.runtime.rotation import (
+    DEFAULT_BACKUPS,
+    DEFAULT_MAX_BYTES,
+    RotatingFile,
+    RotatingTextStream,
+)
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 
@@ -766,6 +772,16 @@ async def _amain(args: argparse.Namespace) -> int:
     return code
 
 
+def bound_output(stdout_file: str | None, stderr_file: str | None, max_bytes: int, backups: int) -> None:
+    """Keeps the files the launcher made this process's stdout (the ``print`` sink's lines) and
+    stderr under ``max_bytes`` each, rotated to ``backups`` older files: a chatty job cannot fill the
+    disk. Descriptors 1 and 2 follow the rotation, so a crash's last words land there too."""
+    if stdout_file:
+        sys.stdout = RotatingTextStream(RotatingFile(Path(stdout_file), max_bytes, backups, fd=1))
+    if stderr_file:
+        sys.stderr = RotatingTextStream(RotatingFile(Path(stderr_file), max_bytes, backups, fd=2))
+
+
 def configure_logging(worker_index: int) -> None:
     """Where a worker's own log records go besides the control channel (which gets info and up)."""
     if os.environ.get("HELIOS_LOG_FORMAT") == "json":  # in a pod: stderr is the pod log, the log store
@@ -791,7 +807,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", help="checkpoint storage URI (file:///... or s3://bucket/prefix)")
     parser.add_argument("--restore", help="checkpoint or savepoint directory (in that storage) to restore")
     parser.add_argument("--restore-storage", help="the storage --restore is in, if not --checkpoints")
+    parser.add_argument("--stdout-file", help="the file that is stdout: keep it size-bounded (rotated)")
+    parser.add_argument("--stderr-file", help="the file that is stderr: keep it size-bounded (rotated)")
+    parser.add_argument("--output-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--output-backups", type=int, default=DEFAULT_BACKUPS)
     args = parser.parse_args(argv)
+    bound_output(args.stdout_file, args.stderr_file, args.output_max_bytes, args.output_backups)
     configure_logging(args.index)
     sys.exit(asyncio.run(_amain(args)))
 
