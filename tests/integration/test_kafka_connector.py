@@ -125,6 +125,8 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
     with pytest.raises(KafkaSourceError, match=r"no metadata for topic 't' from 127\.0\.0\.1:1"):
         await r.discover_splits()
     assert time.monotonic() - started < 15
+    # while it retried, the source said why (the worker's heartbeats carry it to the job's message)
+    assert r.problem is not None and "127.0.0.1:1 unreachable" in r.problem, r.problem
 
 
 async def test_reads_every_partition_and_resumes_without_loss_or_duplicates(

@@ -73,6 +73,9 @@ class Run:
     supervisor: asyncio.Task[None] | None = None
     coordinator: CheckpointCoordinator | None = None
     checkpointer: asyncio.Task[None] | None = None
+    problems: dict[int, tuple[str, ...]] = field(default_factory=dict)  # by worker, from heartbeats
+    problem_message: str | None = None  # the job message shown for them, and the one it replaced
+    message_before_problems: str | None = None
 
 
 @dataclass(slots=True)
@@ -126,6 +129,12 @@ def _describe_start(start: dict[str, Any]) -> str:
     point = SnapshotLocation(**start)
     what = f"savepoint {point.savepoint_id}" if point.savepoint_id else "checkpoint"
     return f"{what} of job {point.job_id} ({point.uri})"
+
+
+def problems_message(problems: dict[int, tuple[str, ...]]) -> str | None:
+    """The job message for what workers report retrying (None: nothing)."""
+    parts = [f"worker {i} {p}" for i, found in sorted(problems.items()) for p in found]
+    return "Running with problems: " + "; ".join(parts) if parts else None
 
 
 class ControlPlane:
@@ -604,6 +613,7 @@ class ControlPlane:
                 self._spawn(self._final_checkpoint(entry, run))
         elif kind == "heartbeat":
             entry.metrics.on_heartbeat(run.attempt, index, message)
+            self._on_problems(entry, run, index, message.get("problems"))
         elif kind == "log":
             entry.log.write(
                 str(message.get("level", "info")),
@@ -614,6 +624,31 @@ class ControlPlane:
             )
         elif kind in ("finished", "stopped", "failed"):
             run.outcomes[index] = (kind, message.get("error"))
+
+    def _on_problems(self, entry: JobEntry, run: Run, index: int, reported: Any) -> None:
+        """Shows what a run's workers are retrying (a broker out of reach) in the job's message and
+        log while it lasts, and puts the message back once it is over."""
+        problems = tuple(str(p) for p in reported or ())
+        if run.problems.get(index, ()) == problems:
+            return
+        run.problems[index] = problems
+        record = entry.record
+        if record.status.terminal:
+            return
+        text = problems_message(run.problems)
+        if text is not None:
+            if record.message != text:
+                if record.message != run.problem_message:
+                    run.message_before_problems = record.message
+                record.message = run.problem_message = text
+                entry.log.write("warn", text)
+                self.store.save(record)
+            return
+        entry.log.write("info", "Recovered: every worker reports its connectors working")
+        if run.problem_message is not None and record.message == run.problem_message:
+            record.message = run.message_before_problems
+            self.store.save(record)
+        run.problem_message = run.message_before_problems = None
 
     # -------------------------------------------------------------------------------- checkpoints
 

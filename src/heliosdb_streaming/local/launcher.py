@@ -12,6 +12,7 @@ import psutil
 
 from heliosdb_streaming.control.launcher import WORKER_MODULE, WorkerSpec
 from heliosdb_streaming.local import private
+from heliosdb_streaming.runtime import rotation
 
 # What a worker may inherit from the server's environment; everything else (HELIOS_API_TOKEN, the
 # server's own secrets, cloud credentials its storage does not use) stays out of the worker.
@@ -64,6 +65,7 @@ class SubprocessLauncher:
             command = spec.command(
                 sys.executable, job_dir=str(spec.job_dir), control_address=spec.control_address
             )
+            command += self._bounded_output_args(str(stdout_path), str(stderr_path))
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -73,6 +75,29 @@ class SubprocessLauncher:
                 start_new_session=True,
             )
         return SubprocessWorker(spec.index, process)
+
+    def __init__(
+        self,
+        output_max_bytes: int = rotation.DEFAULT_MAX_BYTES,
+        output_backups: int = rotation.DEFAULT_BACKUPS,
+    ) -> None:
+        # each worker output file (worker-N.out, worker-N.stderr) is rotated past output_max_bytes,
+        # output_backups older files kept, as the job log
+        self.output_max_bytes = output_max_bytes
+        self.output_backups = output_backups
+
+    def _bounded_output_args(self, stdout_path: str, stderr_path: str) -> list[str]:
+        """The worker keeps its own stdout and stderr files bounded (it is their only writer)."""
+        return [
+            "--stdout-file",
+            stdout_path,
+            "--stderr-file",
+            stderr_path,
+            "--output-max-bytes",
+            str(self.output_max_bytes),
+            "--output-backups",
+            str(self.output_backups),
+        ]
 
 
 def kill_stale_workers(pids: list[int], job_id: str) -> int:

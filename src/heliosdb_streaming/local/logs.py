@@ -17,6 +17,7 @@ import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
 from heliosdb_streaming.local import private
+from heliosdb_streaming.runtime import rotation
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 __all__ = ["JobLog", "mask_secrets", "read_logs"]  # mask_secrets: the one masking function, re-exported
@@ -65,13 +66,7 @@ class JobLog:
         self._size += len(line)
 
     def _rotate(self) -> None:
-        for i in range(self.backups, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
-            if i == self.backups and older.exists():
-                older.unlink()
-            if newer.exists():
-                newer.rename(older)
+        rotation.rotate_files(self.path, self.backups)  # the one rotation, shared with worker output
         self._size = 0
 
     def close(self) -> None:

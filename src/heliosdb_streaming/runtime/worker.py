@@ -8,6 +8,9 @@ and a rescale moves whole tasks.
 Data path: source poll loops -> bounded queue (backpressure is measured where ``put`` blocks) ->
 one processing loop running each batch through its task's chain -> sinks. Sinks are flushed at least
 every ``FLUSH_INTERVAL_S``; latency is recorded when the batch's output is flushed.
+
+Heartbeats (counters, CPU, memory, connector problems) come from a thread of their own, so a step
+that keeps the event loop busy for a long time does not make the worker look dead or idle.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +57,13 @@ from heliosdb_streaming.runtime.checkpointing import (
 )
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
 from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter, MaskingFormatter
-from heliosdb_streaming.runtime.protocol import Channel
+from heliosdb_streaming.runtime.protocol import Channel, WorkerChannel
+from heliosdb_streaming.runtime.rotation import (
+    DEFAULT_BACKUPS,
+    DEFAULT_MAX_BYTES,
+    RotatingFile,
+    RotatingTextStream,
+)
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 
@@ -104,7 +115,7 @@ class Worker:
         index: int,
         attempt: int,
         job_dir: Path,
-        channel: Channel | None,
+        channel: WorkerChannel | None,
         storage: CheckpointStorage | None = None,
         restore_from: str | None = None,
         restore_storage: CheckpointStorage | None = None,
@@ -146,13 +157,16 @@ class Worker:
         self._completed: deque[tuple[int, bool, bool]] = deque()
         self._final_committed = False
         self._restored_checkpoint: int | None = None
+        self._heartbeats: HeartbeatThread | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
         """Runs to completion; the exit code is 0 when finished or stopped, 1 on failure."""
         control = asyncio.create_task(self._control_loop()) if self.channel else None
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        if self.channel is not None and self.metrics:
+            self._heartbeats = HeartbeatThread(self._heartbeat_message, self.channel, HEARTBEAT_INTERVAL_S)
+            self._heartbeats.start()
         try:
             await self._open()
             outcome = await self._process_until_done()
@@ -176,7 +190,7 @@ class Worker:
             await self._report("failed", error=f"{type(e).__name__}: {e}")
             return 1
         finally:
-            heartbeat.cancel()
+            self._stop_heartbeats()
             if control:
                 control.cancel()
             await self._close()
@@ -272,7 +286,13 @@ class Worker:
                 with contextlib.suppress(Exception):
                     close()
 
+    def _stop_heartbeats(self) -> None:
+        heartbeats, self._heartbeats = self._heartbeats, None
+        if heartbeats is not None:
+            heartbeats.stop()
+
     async def _report(self, outcome: str, error: str | None = None) -> None:
+        self._stop_heartbeats()  # the last heartbeat goes right before the outcome, none after it
         if self.channel is None or self.channel.closed:
             return
         with contextlib.suppress(ConnectionError, OSError):
@@ -574,17 +594,12 @@ class Worker:
                     (int(message["checkpoint_id"]), bool(message.get("final")), bool(message.get("stop")))
                 )
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-            if self.channel is None or not self.metrics:
-                continue
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.channel.send(self._heartbeat_message())
-
     def _heartbeat_message(self) -> dict[str, Any]:
+        """The cumulative counters and resources; called from the heartbeat thread, so it copies
+        what the event loop may change (each copy of a dict or list is atomic under the GIL)."""
         c = self.counters
         memory = self._process.memory_info()
+        tasks = list(self.tasks.items())
         return {
             "type": "heartbeat",
             "events_in": c.events_in,
@@ -594,14 +609,57 @@ class Worker:
             "backpressure_events": c.backpressure_events,
             "backpressure_ms": round(c.backpressure_ms, 3),
             "queue_fill": self.queue.qsize() / QUEUE_BATCHES,
-            "latency": c.latency.counts,
+            "latency": dict(c.latency.counts),
             "cpu_percent": self._process.cpu_percent(None),
             "rss_bytes": memory.rss,
             "tasks": {
                 sid: {"events_in": t.events_in, "events_out": t.events_out, "finished": t.finished}
-                for sid, t in self.tasks.items()
+                for sid, t in tasks
             },
+            "problems": self._problems(),
         }
+
+    def _problems(self) -> list[str]:
+        """What the connectors are retrying now (their ``problem``), e.g. a broker out of reach."""
+        found: list[str] = []
+        for kind, connectors in (("source", list(self.readers)), ("sink", list(self.sinks))):
+            for i, connector in enumerate(connectors):
+                problem = getattr(connector, "problem", None)
+                if problem:
+                    found.append(f"{kind} {i}: {problem}")
+        return found
+
+
+class HeartbeatThread(threading.Thread):
+    """Sends a heartbeat every ``interval_s`` from its own thread.
+
+    A step that holds the event loop for seconds (a wide sliding window over a large batch) must not
+    silence the worker: its CPU and memory stay visible and the control plane keeps hearing from it.
+    """
+
+    def __init__(self, beat: Callable[[], dict[str, Any]], channel: WorkerChannel, interval_s: float) -> None:
+        super().__init__(name="heliosdb-heartbeat", daemon=True)
+        self._beat = beat
+        self._channel = channel
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            try:
+                message = self._beat()
+            except RuntimeError as e:  # a dict resized by the loop while copied: the next beat will do
+                logger.debug("heartbeat skipped: %s", e)
+                continue
+            try:
+                self._channel.send_now(message)
+            except (ConnectionError, OSError):
+                return  # the control loop sees the lost connection and stops the worker
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=5.0)
 
 
 def _is_transactional(sink: SinkWriter) -> bool:
@@ -677,7 +735,7 @@ async def _amain(args: argparse.Namespace) -> int:
     config = JobConfig.model_validate_json(config_path.read_bytes())
     host, _, port = args.control.rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port), limit=2**24)
-    channel = Channel(reader, writer)
+    channel = WorkerChannel(reader, writer)
     await channel.send(
         {
             "type": "hello",
@@ -714,6 +772,16 @@ async def _amain(args: argparse.Namespace) -> int:
     return code
 
 
+def bound_output(stdout_file: str | None, stderr_file: str | None, max_bytes: int, backups: int) -> None:
+    """Keeps the files the launcher made this process's stdout (the ``print`` sink's lines) and
+    stderr under ``max_bytes`` each, rotated to ``backups`` older files: a chatty job cannot fill the
+    disk. Descriptors 1 and 2 follow the rotation, so a crash's last words land there too."""
+    if stdout_file:
+        sys.stdout = RotatingTextStream(RotatingFile(Path(stdout_file), max_bytes, backups, fd=1))
+    if stderr_file:
+        sys.stderr = RotatingTextStream(RotatingFile(Path(stderr_file), max_bytes, backups, fd=2))
+
+
 def configure_logging(worker_index: int) -> None:
     """Where a worker's own log records go besides the control channel (which gets info and up)."""
     if os.environ.get("HELIOS_LOG_FORMAT") == "json":  # in a pod: stderr is the pod log, the log store
@@ -739,7 +807,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", help="checkpoint storage URI (file:///... or s3://bucket/prefix)")
     parser.add_argument("--restore", help="checkpoint or savepoint directory (in that storage) to restore")
     parser.add_argument("--restore-storage", help="the storage --restore is in, if not --checkpoints")
+    parser.add_argument("--stdout-file", help="the file that is stdout: keep it size-bounded (rotated)")
+    parser.add_argument("--stderr-file", help="the file that is stderr: keep it size-bounded (rotated)")
+    parser.add_argument("--output-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--output-backups", type=int, default=DEFAULT_BACKUPS)
     args = parser.parse_args(argv)
+    bound_output(args.stdout_file, args.stderr_file, args.output_max_bytes, args.output_backups)
     configure_logging(args.index)
     sys.exit(asyncio.run(_amain(args)))
 

@@ -7,6 +7,10 @@ offset to read; checkpoints hold it, and Kafka group offsets are committed for m
 Sink: at-least-once. The producer asks for idempotence first; brokers that refuse it (tansu 0.6
 answers InitProducerId with an error) get a plain ``acks="all"`` producer, so a retry after a lost
 acknowledgement may write a record twice.
+
+While the source retries a broker it cannot reach (at discovery, at open, while reading), its
+``problem`` says so; the worker's heartbeats carry it to the job's message, and it clears once the
+broker answers again. Every retry is bounded (``metadata_timeout_s``, ``broker_timeout_s``) and logged.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -51,17 +55,37 @@ def _is_retriable(error: BaseException) -> bool:
     )
 
 
-async def _start_with_retries(start: Any, what: str, servers: list[str], timeout_s: float) -> None:
-    """Calls ``start()`` until it succeeds, retrying connection errors with backoff for ``timeout_s``."""
+def _describe(error: BaseException) -> str:
+    """``Type: message`` once (aiokafka's messages often start with their type already)."""
+    text = str(error)
+    name = type(error).__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+async def _start_with_retries(
+    start: Any,
+    what: str,
+    servers: list[str],
+    timeout_s: float,
+    report: Callable[[str | None], None] | None = None,
+) -> None:
+    """Calls ``start()`` until it succeeds, retrying connection errors with backoff for ``timeout_s``.
+
+    ``report`` hears why it is retrying (None once started), for the source's ``problem``.
+    """
     deadline = time.monotonic() + timeout_s
     delay = 0.2
     while True:
         try:
             await start()
+            if report is not None:
+                report(None)
             return
         except KafkaError as e:
             if not _is_retriable(e) or time.monotonic() + delay > deadline:
                 raise KafkaSourceError(f"cannot connect the {what} to {','.join(servers)}: {e}") from e
+            if report is not None:
+                report(f"cannot connect the {what} to {','.join(servers)} ({_describe(e)}); retrying")
             log.warning(
                 "connecting the %s to %s failed (%s); retrying in %.1fs", what, ",".join(servers), e, delay
             )
@@ -113,6 +137,8 @@ class KafkaSourceReader:
         self.missing_topic_timeout_s = missing_topic_timeout_s
         self.broker_timeout_s = broker_timeout_s
         self.decode_errors: list[tuple[str, int, str]] = []
+        # what the source is retrying right now, shown in the job's message; None while all is well
+        self.problem: str | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._split_ids: dict[int, str] = {}
         self._failing_since: float | None = None
@@ -121,6 +147,19 @@ class KafkaSourceReader:
 
     def split_id(self, partition: int) -> str:
         return f"s{self.source_index}-p{partition}"
+
+    def _set_problem(self, problem: str | None) -> None:
+        """Records what the source is retrying (None: nothing), logging each change once."""
+        if problem == self.problem:
+            return
+        if problem is None:
+            log.info("Kafka source of topic %r: %s is reachable again", self.topic, self._servers_text())
+        else:
+            log.warning("Kafka source of topic %r: %s", self.topic, problem)
+        self.problem = problem
+
+    def _servers_text(self) -> str:
+        return ",".join(self.bootstrap_servers)
 
     # ---------------------------------------------------------------------------------- discovery
 
@@ -153,6 +192,7 @@ class KafkaSourceReader:
                     info = described[0] if described else {}
                     partitions = sorted(int(p["partition"]) for p in info.get("partitions", []))
                     if info.get("error_code", 0) == 0 and partitions:
+                        self._set_problem(None)
                         return partitions
                     last_error = (
                         f"incomplete metadata for topic {self.topic!r} (error {info.get('error_code')})"
@@ -167,7 +207,9 @@ class KafkaSourceReader:
                         )
                     last_error = f"topic {self.topic!r} does not exist"
             except KafkaError as e:
-                last_error = f"{type(e).__name__}: {e}"
+                last_error = _describe(e)
+                if _is_retriable(e):
+                    self._set_problem(f"Kafka broker {servers} unreachable ({last_error}); retrying")
             finally:
                 await _close_quietly(admin.close())
             if time.monotonic() + delay > deadline:
@@ -175,7 +217,15 @@ class KafkaSourceReader:
                     f"no metadata for topic {self.topic!r} from {servers} within "
                     f"{self.metadata_timeout_s:.0f}s: {last_error}"
                 )
-            log.info("waiting for metadata of topic %r from %s: %s", self.topic, servers, last_error)
+            if missing_since is not None:
+                self._set_problem(f"topic {self.topic!r} does not exist on {servers}; waiting for it")
+            log.info(
+                "waiting for metadata of topic %r from %s: %s; next try in %.1fs",
+                self.topic,
+                servers,
+                last_error,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -193,7 +243,11 @@ class KafkaSourceReader:
             request_timeout_ms=30_000,
         )
         await _start_with_retries(
-            consumer.start, "Kafka consumer", self.bootstrap_servers, self.metadata_timeout_s
+            consumer.start,
+            "Kafka consumer",
+            self.bootstrap_servers,
+            self.metadata_timeout_s,
+            self._set_problem,
         )
         self._consumer = consumer
         self._split_ids = {int(s.params["partition"]): s.split_id for s in assigned}
@@ -266,6 +320,7 @@ class KafkaSourceReader:
             await self._check_broker(now)
             return []
         self._failing_since = None
+        self._set_problem(None)
         self._last_data = self._last_probe = now
         out: list[SplitBatch] = []
         for tp, messages in data.items():
@@ -334,6 +389,9 @@ class KafkaSourceReader:
                 f"{failing_for:.0f}s: {type(error).__name__}: {error}"
             ) from error
         log.warning("reading topic %r failed (%s: %s); retrying", self.topic, type(error).__name__, error)
+        self._set_problem(
+            f"reading topic {self.topic!r} from {self._servers_text()} fails ({_describe(error)}); retrying"
+        )
         await asyncio.sleep(min(max(timeout_s, 0.1), 1.0 + failing_for / 10))
 
     async def _check_broker(self, now: float) -> None:
@@ -347,6 +405,7 @@ class KafkaSourceReader:
         try:
             await asyncio.wait_for(consumer.topics(), timeout=probe_every)  # a fresh metadata request
             self._failing_since = None
+            self._set_problem(None)
         except (TimeoutError, KafkaError, OSError) as e:
             if self._failing_since is None:
                 self._failing_since = now
@@ -356,6 +415,7 @@ class KafkaSourceReader:
                     f"broker {','.join(self.bootstrap_servers)} unreachable for {failing_for:.0f}s: {e}"
                 ) from e
             log.warning("broker %s unreachable (%s); retrying", ",".join(self.bootstrap_servers), e)
+            self._set_problem(f"Kafka broker {self._servers_text()} unreachable ({_describe(e)}); retrying")
 
     # ------------------------------------------------------------------------------ commit, close
 
