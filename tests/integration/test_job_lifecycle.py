@@ -449,7 +449,8 @@ def stored_restarts(home: Path, job_id: str) -> int | None:
 
 
 async def test_restart_strategy_budget_survives_a_killed_control_plane(tmp_path: Path) -> None:
-    """A crash-looping job exhausts its attempts even when the control plane dies between them."""
+    """A crash-looping job exhausts its attempts even when the control plane dies between them, and
+    the restart that was pending when it died still waits out its delay."""
     home = tmp_path / "home"
     body = datagen_job(
         "crash-loop",
@@ -458,7 +459,7 @@ async def test_restart_strategy_budget_survives_a_killed_control_plane(tmp_path:
         parallelism=1,
         config={
             "on_error": "fail",
-            "restart_strategy": {"type": "fixed_delay", "attempts": 2, "delay_ms": 3000},
+            "restart_strategy": {"type": "fixed_delay", "attempts": 2, "delay_ms": 6000},
         },
         transformations=[{"type": "filter", "config": {"condition": "merchant > 5"}}],
     )
@@ -493,3 +494,8 @@ async def test_restart_strategy_budget_survives_a_killed_control_plane(tmp_path:
         warnings = [e.message for e in await jm.get_job_logs(job_id, LogOptions(level=LogLevel.WARN))]
         assert sum("restart 2 of 2" in m for m in warnings) == 1, warnings
         assert not live_workers(job_id)
+        logs = await jm.get_job_logs(job_id, LogOptions(limit=1000))
+        failed = next(e.timestamp for e in logs if "restart 1 of 2 in 6s" in e.message)
+        second_run = next(e.timestamp for e in logs if e.message.startswith("Run 2: started"))
+        assert (second_run - failed).total_seconds() > 5.5, [e.message for e in logs]
+        assert any("its automatic restart is due in" in e.message for e in logs)
