@@ -499,3 +499,20 @@ async def test_restart_strategy_budget_survives_a_killed_control_plane(tmp_path:
         second_run = next(e.timestamp for e in logs if e.message.startswith("Run 2: started"))
         assert (second_run - failed).total_seconds() > 5.5, [e.message for e in logs]
         assert any("its automatic restart is due in" in e.message for e in logs)
+
+
+async def test_cancel_right_after_submit_starts_no_worker(jm: JobManager) -> None:
+    """A cancel that comes before the launch got its turn on the event loop (no await in between):
+    the run exists from the moment the job is scheduled, so the cancel finds it and no worker of the
+    cancelled job starts or keeps its slots."""
+    job_id = await jm.submit_job(datagen_job("instant-cancel", count=None, rate=100))
+    await jm.cancel_job(job_id)  # submit_job and cancel_job do not yield when nothing blocks them
+    assert await jm.get_job_status(job_id) == JobStatus.CANCELLED
+
+    async def released() -> bool:
+        entry = jm.control_plane.get(job_id)
+        return entry.run is None and jm.control_plane.slots_in_use == 0
+
+    await wait_until(released, timeout=30, what="the cancelled job's run to end")
+    assert not live_workers(job_id)
+    assert jm.control_plane.get(job_id).record.status == JobStatus.CANCELLED
