@@ -700,6 +700,30 @@ async def test_submit_from_another_jobs_savepoint(api: Api, jm: JobManager) -> N
     await api.ok("DELETE", f"/api/v1/jobs/{created['job_id']}")
 
 
+async def test_a_savepoint_a_job_restores_is_409_on_delete(api: Api) -> None:
+    """Deleting the savepoint a new job starts from, before it has a checkpoint of its own: 409
+    ``savepoint_in_use`` naming that job; once the job is cancelled, the delete goes through."""
+    old = (await api.ok("POST", "/api/v1/jobs", 201, json=checkpointed_job("v1")))["job_id"]
+    await api.wait_status(old, {"running"})
+    savepoint_id = (await api.ok("DELETE", f"/api/v1/jobs/{old}", params={"savepoint": "true"}))[
+        "savepoint_id"
+    ]
+    url = f"/api/v1/jobs/{old}/savepoints/{savepoint_id}"
+    location = (await api.ok("GET", url))["location"]
+    body = checkpointed_job("v2", interval_ms=600_000)  # no checkpoint of its own during the test
+    new = (await api.ok("POST", "/api/v1/jobs", 201, json=body, params={"from_savepoint": location}))[
+        "job_id"
+    ]
+
+    reply = await api.call("DELETE", url)
+    assert assert_error(reply, 409, "savepoint_in_use") == [{"path": "job_id", "message": new}]
+    assert new in reply.body["error"]["message"] and savepoint_id in reply.body["error"]["message"]
+    assert (await api.ok("GET", url))["location"] == location
+    await api.wait_status(new, {"running"})
+    await api.ok("DELETE", f"/api/v1/jobs/{new}")
+    assert (await api.ok("DELETE", url)) == {"savepoint_id": savepoint_id, "deleted": True}
+
+
 class FailingSavepoints(JobManager):
     """A real manager whose savepoints fail as a worker timeout would make them fail."""
 

@@ -6,11 +6,16 @@ Each test uses its own home directory, so jobs, logs and slots of one test never
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 import pytest
 
@@ -25,6 +30,7 @@ from heliosdb_streaming.job import (
     LogOptions,
     MetricsWindow,
 )
+from heliosdb_streaming.local.launcher import worker_processes
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 
 pytestmark = pytest.mark.timeout(180)
@@ -355,3 +361,158 @@ async def test_cancel_while_workers_start_leaks_nothing(jm: JobManager) -> None:
 
     await wait_until(all_released, timeout=30, what="workers of cancelled jobs to exit and slots to free")
     assert {await jm.get_job_status(j) for j in ids} == {JobStatus.CANCELLED}
+
+
+def live_workers(job_id: str) -> list[psutil.Process]:
+    return [p for p in worker_processes(job_id) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def wait_connected(jm: JobManager, job_id: str) -> list[int]:
+    """The pids of the job's run once all its workers are connected."""
+
+    async def connected() -> bool:
+        run = jm.control_plane.get(job_id).run
+        return run is not None and run.connected.is_set()
+
+    await wait_until(connected, what="the run's workers to connect")
+    return list(jm.control_plane.get(job_id).record.worker_pids)
+
+
+async def test_restart_during_restart_delay_keeps_one_run(tmp_path: Path) -> None:
+    """The restart replaces the pending automatic restart: when the slots free up, the job runs once,
+    and a cancel leaves no worker of it and no slot taken."""
+    strategy = {"type": "fixed_delay", "attempts": 5, "delay_ms": 2000}
+    async with JobManager(2, home=tmp_path / "home") as jm:
+        crashing = await jm.submit_job(
+            datagen_job("crashing", count=None, rate=500, config={"restart_strategy": strategy})
+        )
+        first = await wait_connected(jm, crashing)
+        os.kill(first[0], signal.SIGKILL)
+
+        async def between_runs() -> bool:
+            return jm.control_plane.get(crashing).run is None
+
+        await wait_until(between_runs, what="the run to end")
+        other = await jm.submit_job(datagen_job("other", count=None, rate=100))  # takes both slots
+        await wait_for_status(jm, other, {JobStatus.RUNNING})
+        await jm.restart_job(crashing)
+        assert await jm.get_job_status(crashing) == JobStatus.SUBMITTED
+        # not a synchronisation: the pending automatic restart was due 2 s after the run ended; let
+        # that moment pass, so a relaunch that was not replaced would queue the job a second time
+        await asyncio.sleep(2.5)
+        await jm.cancel_job(other)
+        await wait_for_status(jm, crashing, {JobStatus.RUNNING})
+        await wait_connected(jm, crashing)
+        await jm.cancel_job(crashing)
+
+        async def all_gone() -> bool:
+            return not live_workers(crashing) and jm.control_plane.slots_in_use == 0
+
+        await wait_until(all_gone, timeout=20, what="every worker of the cancelled job to exit")
+        assert await jm.get_job_status(crashing) == JobStatus.CANCELLED
+        runs = [
+            e.message
+            for e in await jm.get_job_logs(crashing, LogOptions(limit=1000))
+            if ": started " in e.message
+        ]
+        assert len(runs) == 2, runs  # the first run and the restart's, nothing else
+        assert jm.control_plane.queue == []
+
+
+async def test_every_waiting_job_says_why_and_killed_workers_free_their_slots(tmp_path: Path) -> None:
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        big = await jm.submit_job(datagen_job("big", count=None, rate=500, parallelism=4))
+        pids = await wait_connected(jm, big)
+        waiting = [await jm.submit_job(datagen_job(f"small-{i}", count=None, rate=100)) for i in range(2)]
+        for position, job_id in enumerate(waiting, start=1):
+            details = await jm.get_job_details(job_id)
+            assert details.status == JobStatus.SUBMITTED
+            assert details.message == (
+                f"waiting for slots: needs 2, 0 of 4 free, position {position} in the queue"
+            )
+
+        for pid in pids:  # by hand, every worker at once
+            os.kill(pid, signal.SIGKILL)
+        assert await wait_for_status(jm, big, {JobStatus.FAILED}) == JobStatus.FAILED
+        for job_id in waiting:
+            await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+        assert jm.control_plane.slots_in_use == 4 and not live_workers(big)
+        for job_id in waiting:
+            await jm.cancel_job(job_id)
+        assert jm.control_plane.slots_in_use == 0
+
+
+def stored_restarts(home: Path, job_id: str) -> int | None:
+    with sqlite3.connect(f"file:{home / 'jobs.db'}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT restarts FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def test_restart_strategy_budget_survives_a_killed_control_plane(tmp_path: Path) -> None:
+    """A crash-looping job exhausts its attempts even when the control plane dies between them, and
+    the restart that was pending when it died still waits out its delay."""
+    home = tmp_path / "home"
+    body = datagen_job(
+        "crash-loop",
+        count=None,
+        rate=500,
+        parallelism=1,
+        config={
+            "on_error": "fail",
+            "restart_strategy": {"type": "fixed_delay", "attempts": 2, "delay_ms": 6000},
+        },
+        transformations=[{"type": "filter", "config": {"condition": "merchant > 5"}}],
+    )
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(orjson.dumps(body))
+    script = Path(__file__).parent / "control_plane_process.py"
+    control = subprocess.Popen(
+        [sys.executable, str(script), str(home), str(job_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert control.stdout is not None
+        [job_id] = orjson.loads(await asyncio.wait_for(asyncio.to_thread(control.stdout.readline), 60))
+
+        async def failed_once() -> bool:
+            return stored_restarts(home, job_id) == 1
+
+        await wait_until(failed_once, timeout=60, what="the first automatic restart")
+        control.send_signal(signal.SIGKILL)  # during the restart delay
+        control.wait(10)
+    finally:
+        if control.poll() is None:
+            control.kill()
+            control.wait()
+
+    async with JobManager(4, home=home) as jm:
+        assert await wait_for_status(jm, job_id, {JobStatus.FAILED}, timeout=90) == JobStatus.FAILED
+        details = await jm.get_job_details(job_id)
+        assert details.restarts == 2, details.message
+        assert details.message is not None and "exhausted after 2 restart(s)" in details.message
+        warnings = [e.message for e in await jm.get_job_logs(job_id, LogOptions(level=LogLevel.WARN))]
+        assert sum("restart 2 of 2" in m for m in warnings) == 1, warnings
+        assert not live_workers(job_id)
+        logs = await jm.get_job_logs(job_id, LogOptions(limit=1000))
+        failed = next(e.timestamp for e in logs if "restart 1 of 2 in 6s" in e.message)
+        second_run = next(e.timestamp for e in logs if e.message.startswith("Run 2: started"))
+        assert (second_run - failed).total_seconds() > 5.5, [e.message for e in logs]
+        assert any("its automatic restart is due in" in e.message for e in logs)
+
+
+async def test_cancel_right_after_submit_starts_no_worker(jm: JobManager) -> None:
+    """A cancel that comes before the launch got its turn on the event loop (no await in between):
+    the run exists from the moment the job is scheduled, so the cancel finds it and no worker of the
+    cancelled job starts or keeps its slots."""
+    job_id = await jm.submit_job(datagen_job("instant-cancel", count=None, rate=100))
+    await jm.cancel_job(job_id)  # submit_job and cancel_job do not yield when nothing blocks them
+    assert await jm.get_job_status(job_id) == JobStatus.CANCELLED
+
+    async def released() -> bool:
+        entry = jm.control_plane.get(job_id)
+        return entry.run is None and jm.control_plane.slots_in_use == 0
+
+    await wait_until(released, timeout=30, what="the cancelled job's run to end")
+    assert not live_workers(job_id)
+    assert jm.control_plane.get(job_id).record.status == JobStatus.CANCELLED

@@ -294,3 +294,113 @@ async def test_restart_strategy_exhausted_fails_the_job(jm: JobManager, tmp_path
     errors = await jm.get_job_logs(job_id, LogOptions(level=LogLevel.ERROR))
     assert any("exhausted" in e.message for e in errors)
     assert not any(psutil.pid_exists(p) for p in worker_pids(jm, job_id))
+
+
+# A savepoint a run is about to restore, or is restoring, is not the user's to delete until the job no
+# longer needs it (a completed snapshot of its own); a terminal job holds nothing.
+async def test_savepoint_a_restart_restores_cannot_be_deleted(jm: JobManager, tmp_path: Path) -> None:
+    body = window_job(tmp_path / "out.db", parallelism=2, rate=1000, checkpoint_interval_ms=600_000)
+    job_id = await jm.submit_job(body)
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    savepoint_id = await jm.cancel_job_with_savepoint(job_id)
+    await jm.restart_job(job_id, RestartOptions(savepoint_id=savepoint_id))
+
+    with pytest.raises(IllegalStateTransitionError) as info:
+        await jm.delete_savepoint(job_id, savepoint_id)
+    assert info.value.code == "savepoint_in_use"
+    assert job_id in info.value.message and "restor" in info.value.message
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    with pytest.raises(IllegalStateTransitionError):  # still: the new run has no snapshot of its own yet
+        await jm.delete_savepoint(job_id, savepoint_id)
+    location = Path(urlparse((await jm.get_savepoint(job_id, savepoint_id)).location).path)
+    assert (location / "_manifest.json").is_file()
+
+    await jm.create_savepoint(job_id, "its own")  # from now on the job restores this one
+    await jm.delete_savepoint(job_id, savepoint_id)
+    assert not location.exists()
+    logs = [e.message for e in await jm.get_job_logs(job_id, LogOptions(limit=1000))]
+    assert any(f"restoring {job_id}/savepoints/{savepoint_id}" in m for m in logs)
+    assert any("restored from checkpoint" in m for m in logs)
+    assert not any("exited with code" in m for m in logs), logs  # its workers found every file
+    await jm.cancel_job(job_id)
+
+
+async def test_savepoint_a_new_job_starts_from_cannot_be_deleted(jm: JobManager, tmp_path: Path) -> None:
+    old = await jm.submit_job(window_job(tmp_path / "old.db", parallelism=1, rate=2000))
+    await wait_for_status(jm, old, {JobStatus.RUNNING})
+    savepoint_id = await jm.cancel_job_with_savepoint(old)
+    location = (await jm.get_savepoint(old, savepoint_id)).location
+    body = window_job(tmp_path / "new.db", parallelism=1, rate=2000, checkpoint_interval_ms=600_000)
+    new = await jm.submit_job(body, from_savepoint=location)
+
+    with pytest.raises(IllegalStateTransitionError) as info:
+        await jm.delete_savepoint(old, savepoint_id)
+    assert info.value.code == "savepoint_in_use" and new in info.value.message
+    await wait_for_status(jm, new, {JobStatus.RUNNING})
+    await jm.cancel_job(new)  # a cancelled job holds nothing: restarting it is the user's decision
+    await jm.delete_savepoint(old, savepoint_id)
+    assert not Path(urlparse(location).path).exists()
+
+
+async def wait_between_runs(jm: JobManager, job_id: str) -> None:
+    """Until the run whose worker was killed has ended and the automatic restart is pending."""
+    deadline = asyncio.get_running_loop().time() + 30
+    entry = jm.control_plane.get(job_id)
+    while entry.run is not None:
+        assert asyncio.get_running_loop().time() < deadline, "the run did not end"
+        await asyncio.sleep(0.02)
+    assert entry.record.status == JobStatus.RUNNING
+
+
+async def test_savepoint_between_runs_waits_for_the_new_run(jm: JobManager, tmp_path: Path) -> None:
+    body = window_job(tmp_path / "out.db", parallelism=2, rate=2000)
+    body["config"]["restart_strategy"] = {"type": "fixed_delay", "attempts": 5, "delay_ms": 1500}
+    job_id = await jm.submit_job(body)
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    await wait_for_checkpoint(jm, job_id)
+    first = worker_pids(jm, job_id)
+    os.kill(first[0], signal.SIGKILL)
+    await wait_between_runs(jm, job_id)
+
+    jm.control_plane.restart_wait_s = 0.2  # shorter than the restart delay: the caller is told why
+    with pytest.raises(IllegalStateTransitionError) as info:
+        await jm.create_savepoint(job_id, "too early")
+    assert info.value.code == "job_restarting" and "restart" in info.value.message
+
+    jm.control_plane.restart_wait_s = 30
+    savepoint_id = await jm.create_savepoint(job_id, "after the restart")
+    assert [s.savepoint_id for s in await jm.list_savepoints(job_id)] == [savepoint_id]
+    assert not set(worker_pids(jm, job_id)) & set(first)
+    await jm.cancel_job(job_id)
+
+
+async def test_queued_savepoint_fails_fast_when_its_run_ends(jm: JobManager, tmp_path: Path) -> None:
+    body = window_job(tmp_path / "out.db", parallelism=2, rate=2000, restart_strategy="none")
+    job_id = await jm.submit_job(body)
+    await wait_for_status(jm, job_id, {JobStatus.RUNNING})
+    await wait_for_checkpoint(jm, job_id)
+    pids = worker_pids(jm, job_id)
+    os.kill(pids[0], signal.SIGSTOP)  # a stopped worker never acks: the first savepoint stays in flight
+    try:
+        first = asyncio.create_task(jm.create_savepoint(job_id, "in flight"))
+        coordinator = jm.control_plane.get(job_id).run.coordinator  # type: ignore[union-attr]
+        assert coordinator is not None
+        deadline = asyncio.get_running_loop().time() + 30
+        while coordinator.pending is None or coordinator.pending.record.kind != "savepoint":
+            assert asyncio.get_running_loop().time() < deadline, "the savepoint did not start"
+            await asyncio.sleep(0.02)
+        second = asyncio.create_task(jm.create_savepoint(job_id, "queued"))
+        for _ in range(20):  # no timer: lets the second request run up to the coordinator's queue
+            await asyncio.sleep(0)
+        assert not second.done()
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(IllegalStateTransitionError):
+        await asyncio.wait_for(second, 30)
+    assert asyncio.get_running_loop().time() - started < 15
+    with pytest.raises(Exception, match="the run ended"):
+        await first
+    assert await wait_for_status(jm, job_id, {JobStatus.FAILED}) == JobStatus.FAILED
+    assert await jm.list_savepoints(job_id) == []

@@ -146,7 +146,7 @@ class EmbeddedJobService:
 
     async def restore_savepoint_id(self, job_id: str) -> str | None:
         await self.manager.start()
-        point = self.manager.control_plane.get(job_id).latest_restore_point()
+        point = self.manager.control_plane.get(job_id).restore_point()
         return point.savepoint_id if point is not None else None
 
     async def prometheus_exposition(self) -> bytes:

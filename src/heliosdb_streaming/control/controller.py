@@ -7,6 +7,17 @@ are thin doors onto one ``ControlPlane``.
 A run is one attempt of a job: ``parallelism`` workers started together, each connecting back over
 the control channel with a per-run token. A run ends when every worker has exited; how it ended
 (all finished, stopped on request, or a failure) decides the next status.
+
+Invariants (the tests in ``tests/integration/test_job_lifecycle.py`` hold them):
+
+1. a job has at most one run, and is at most once in the queue; a pending automatic restart is
+   replaced by a user's restart and dropped by a cancel;
+2. a run holds its slots from launch until its workers are gone, however they died, and gives them
+   back exactly once;
+3. the snapshot a job's next or current run restores stays until that run has completed a
+   snapshot of its own (``JobRecord.restore_point``); it cannot be deleted before;
+4. the restart strategy's failure count and the due time of a pending restart are in the job
+   store, so a control plane restart neither resets nor skips them.
 """
 
 from __future__ import annotations
@@ -19,14 +30,14 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from heliosdb_streaming.control import lifecycle
-from heliosdb_streaming.control.coordinator import CheckpointCoordinator, CheckpointFailedError
+from heliosdb_streaming.control.coordinator import CheckpointCoordinator, CheckpointFailedError, RunEndedError
 from heliosdb_streaming.control.launcher import Launcher, WorkerHandle, WorkerSpec
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
@@ -37,7 +48,9 @@ from heliosdb_streaming.job.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
     JobNotFoundError,
+    JobRestartingError,
     SavepointFailedError,
+    SavepointInUseError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import JobStatus
@@ -52,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 METRICS_PERSIST_INTERVAL_S = 10.0
+RESTART_WAIT_S = 30.0  # how long a savepoint asked for between two runs waits for the next one
 
 
 @dataclass(slots=True)
@@ -76,6 +90,17 @@ class Run:
     problems: dict[int, tuple[str, ...]] = field(default_factory=dict)  # by worker, from heartbeats
     problem_message: str | None = None  # the job message shown for them, and the one it replaced
     message_before_problems: str | None = None
+    slots: int = 0  # taken at launch, given back once when the workers are gone
+
+    def ready(self) -> bool:
+        """All workers connected, nobody stopping them: a savepoint can be taken."""
+        coordinator = self.coordinator
+        return (
+            self.connected.is_set()
+            and self.stop_requested is None
+            and coordinator is not None
+            and coordinator.ended is None
+        )
 
 
 @dataclass(slots=True)
@@ -86,26 +111,68 @@ class JobEntry:
     log: JobLog
     run: Run | None = None
     waiting_reason: str | None = None
-    slots: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     snapshots: list[SnapshotRecord] = field(default_factory=list)
     restore_from: str | None = None  # directory the next run restores from (None: fresh start)
     restore_storage: str | None = None  # the storage restore_from is in (None: the job's own)
     storage: CheckpointStorage | None = None
+    relaunch: asyncio.Task[None] | None = None  # the pending automatic restart, while it waits
+    restoring: str | None = None  # the directory a restart in progress is about to restore
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) on every change
+
+    def changed(self) -> None:
+        """Wakes whoever waits for this job's run or status to change."""
+        self.wakeup.set()
+        self.wakeup = asyncio.Event()
 
     def latest_restore_point(self) -> SnapshotRecord | None:
         """The newest completed checkpoint or savepoint (ids grow, so the newest has the largest id)."""
         done = [s for s in self.snapshots if s.status == "completed"]
         return max(done, key=lambda s: s.checkpoint_id) if done else None
 
-    def restore_latest(self) -> None:
-        """The next run restores the newest own snapshot, else the snapshot the job started from."""
-        point = self.latest_restore_point()
+    def pinned_point(self) -> SnapshotRecord | None:
+        """The own snapshot the last run restored and has not yet replaced with one of its own."""
+        point = self.record.restore_point
+        if point is None or point.get("storage_uri"):
+            return None
+        return next(
+            (s for s in self.snapshots if s.directory == point["directory"] and s.status == "completed"), None
+        )
+
+    def restore_point(self) -> SnapshotRecord | None:
+        """What "restore the newest state" means: the snapshot the last run restored, as long as it
+        took none of its own (restoring an older savepoint must not jump to newer checkpoints), else
+        the newest completed one."""
+        return self.pinned_point() or self.latest_restore_point()
+
+    def restore(self, point: SnapshotRecord | None) -> None:
+        """The next run restores ``point``, else the snapshot the job started from, else nothing.
+
+        Recorded as the job's ``restore_point`` until the run completes a snapshot of its own.
+        """
         start = self.record.start_from
         if point is None and start is not None:
             self.restore_from, self.restore_storage = str(start["directory"]), str(start["storage_uri"])
         else:
             self.restore_from, self.restore_storage = (point.directory if point else None), None
+        self.record.restore_point = (
+            {"directory": self.restore_from, "storage_uri": self.restore_storage}
+            if self.restore_from
+            else None
+        )
+
+    def restore_latest(self) -> None:
+        """The next run restores the newest state (``restore_point``), else the start snapshot."""
+        self.restore(self.restore_point())
+
+    def restores(self, directory: str) -> bool:
+        """Whether this job still needs the snapshot at ``directory`` (a restart in progress, or its
+        next or current run restores it and has no snapshot of its own yet). Terminal jobs hold
+        nothing: restarting one is a new decision of the user."""
+        if self.restoring == directory:
+            return True
+        point = self.record.restore_point
+        return not self.record.status.terminal and point is not None and point["directory"] == directory
 
     def savepoint(self, savepoint_id: str) -> SnapshotRecord | None:
         return next(
@@ -159,8 +226,9 @@ class ControlPlane:
         self.launcher = launcher
         self.max_parallelism = max_parallelism
         self.jobs: dict[str, JobEntry] = {}
-        self.queue: list[str] = []  # job ids waiting for slots, FIFO
+        self.queue: list[str] = []  # job ids waiting for slots, FIFO, each at most once
         self.slots_in_use = 0
+        self.restart_wait_s = RESTART_WAIT_S
         self._server: asyncio.Server | None = None
         self._tokens: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -196,14 +264,19 @@ class ControlPlane:
 
         record = entry.record
         killed = kill_stale_workers(record.worker_pids, record.job_id)
+        due = record.relaunch_at
+        delay = max((due - utcnow()).total_seconds(), 0.0) if due is not None else 0.0
         entry.log.write(
             "warn" if record.status != JobStatus.SUBMITTED else "info",
             f"control plane restarted; job was {record.status.value}"
             + (f", stopped {killed} orphaned worker(s)" if killed else "")
-            + "; scheduling it again",
+            + (f"; its automatic restart is due in {delay:.1f}s" if delay else "; scheduling it again"),
         )
         entry.restore_latest()
-        self.queue.append(record.job_id)
+        if delay:  # the restart strategy's backoff goes on where the previous control plane left it
+            entry.relaunch = self._spawn(self._delayed_relaunch(entry, delay))
+        else:
+            self._enqueue(entry)
 
     def _entry_for(self, record: JobRecord) -> JobEntry:
         config = JobConfig.from_dict(record.config)
@@ -263,6 +336,8 @@ class ControlPlane:
         """
         if job_id is not None and job_id in self.jobs:
             return self.jobs[job_id].record
+        if start_from is not None:
+            self._check_start_exists(start_from)
         if config.parallelism > self.max_parallelism:
             raise InvalidJobConfigError(
                 [
@@ -291,11 +366,27 @@ class ControlPlane:
         )
         self.jobs[job_id] = entry
         entry.restore_latest()
+        self.store.save(record)  # with its restore point: the savepoint it starts from is now in use
         starting = f", starting from {_describe_start(record.start_from)}" if record.start_from else ""
         entry.log.write("info", f"Job {config.name!r} submitted (parallelism {config.parallelism}){starting}")
-        self.queue.append(job_id)
+        self._enqueue(entry)
         self._schedule()
         return record
+
+    def _check_start_exists(self, start: SnapshotLocation) -> None:
+        """A savepoint of a job of this control plane that was deleted since ``locate_start`` read it."""
+        owner = self.jobs.get(start.job_id)
+        if owner is None or start.savepoint_id is None:
+            return
+        snapshot = owner.savepoint(start.savepoint_id)
+        if snapshot is None or snapshot.directory != start.directory:
+            raise InvalidJobConfigError(
+                [
+                    FieldError(
+                        "from_savepoint", f"savepoint {start.savepoint_id} of job {start.job_id} was deleted"
+                    )
+                ]
+            )
 
     def get(self, job_id: str) -> JobEntry:
         entry = self.jobs.get(job_id)
@@ -308,10 +399,10 @@ class ControlPlane:
         async with entry.lock:
             record = entry.record
             self._check(entry, Event.CANCEL, "cancel")
+            self._cancel_relaunch(entry)
+            self._dequeue(entry)  # first: the run's end frees slots, and must not start the job again
             if entry.run is not None:
                 await self._stop_run(entry.run, "cancel")
-            if job_id in self.queue:
-                self.queue.remove(job_id)
             self._set_status(entry, Event.CANCEL, "Job cancelled")
             return record
 
@@ -360,43 +451,101 @@ class ControlPlane:
             entry.log.write(level, message)
         record.metrics_state = entry.metrics.to_state()
         self.store.save(record)
+        entry.changed()
         for listener in self.status_listeners:
             listener(record.job_id, new)
 
     # -------------------------------------------------------------------------------- scheduling
 
+    def _enqueue(self, entry: JobEntry, *, front: bool = False) -> None:
+        """Queues the job for a run, unless it is queued already or has one (invariant 1)."""
+        job_id = entry.record.job_id
+        if job_id in self.queue or entry.run is not None:
+            return
+        if front:
+            self.queue.insert(0, job_id)
+        else:
+            self.queue.append(job_id)
+
+    def _dequeue(self, entry: JobEntry) -> None:
+        if entry.record.job_id in self.queue:
+            self.queue.remove(entry.record.job_id)
+        entry.waiting_reason = None
+
+    def _cancel_relaunch(self, entry: JobEntry) -> None:
+        """Drops the pending automatic restart (a user's restart or cancel replaces it)."""
+        self._cancel_relaunch_task(entry)
+        entry.record.relaunch_at = None
+
+    def _cancel_relaunch_task(self, entry: JobEntry) -> None:
+        if entry.relaunch is not None:
+            entry.relaunch.cancel()
+            entry.relaunch = None
+
     def _schedule(self) -> None:
-        """Starts queued jobs, first come first served, while their parallelism fits the free slots."""
+        """Starts queued jobs, first come first served, while their parallelism fits the free slots.
+
+        Every job that still waits then says why, with its place in the queue.
+        """
         if self._closed:
             return
         for job_id in list(self.queue):
             entry = self.jobs[job_id]
+            if entry.run is not None or entry.record.status.terminal:
+                self.queue.remove(job_id)  # defensive: invariant 1 says this never happens
+                logger.warning(
+                    "job %s was queued while it %s", job_id, "runs" if entry.run else "is terminal"
+                )
+                continue
             need = entry.config.parallelism
-            free = self.max_parallelism - self.slots_in_use
-            if need > free:
-                reason = f"waiting for slots: needs {need}, {free} of {self.max_parallelism} free"
-                if entry.waiting_reason != reason:
-                    entry.waiting_reason = reason
-                    entry.record.message = reason
-                    entry.log.write("info", reason)
+            if need > self.max_parallelism - self.slots_in_use:
                 break  # FIFO: do not let smaller jobs starve a bigger one
             self.queue.remove(job_id)
             entry.waiting_reason = None
-            entry.slots = need
             self.slots_in_use += need
-            self._spawn(self._launch(entry))
+            self._spawn(self._launch(entry, self._new_run(entry, slots=need)))
+        free = self.max_parallelism - self.slots_in_use
+        for position, job_id in enumerate(self.queue, start=1):
+            entry = self.jobs[job_id]
+            need = entry.config.parallelism
+            reason = (
+                f"waiting for slots: needs {need}, {free} of {self.max_parallelism} free, "
+                f"position {position} in the queue"
+            )
+            if entry.waiting_reason != reason:
+                entry.waiting_reason = reason
+                entry.record.message = reason
+                self.store.save(entry.record)
+                entry.log.write("info", reason)
 
-    async def _launch(self, entry: JobEntry, restore_paused: bool = False) -> None:
+    def _new_run(self, entry: JobEntry, *, slots: int) -> Run:
+        """The job's run, set at once: a cancel before its workers start finds it and stops it."""
         record = entry.record
         record.attempt += 1
+        record.relaunch_at = None
         run = Run(
             job_id=record.job_id,
             attempt=record.attempt,
             token=secrets.token_urlsafe(24),
             parallelism=entry.config.parallelism,
-            paused=record.status == JobStatus.PAUSED or restore_paused,
+            paused=record.status == JobStatus.PAUSED,
+            slots=slots,
         )
         entry.run = run
+        return run
+
+    async def _launch(self, entry: JobEntry, run: Run) -> None:
+        """Starts the run that ``_schedule`` took slots for; its supervisor gives them back."""
+        try:
+            await self._start_workers(entry, run)
+        finally:
+            if run.supervisor is None:  # nothing will wait for these workers: give everything back
+                for handle in run.handles.values():
+                    handle.kill()
+                self._end_run(entry, run)
+
+    async def _start_workers(self, entry: JobEntry, run: Run) -> None:
+        record = entry.record
         self._create_coordinator(entry, run)  # before any worker connects: a fast one may drain at once
         self._tokens[run.token] = run
         job_dir = self.job_dir(record.job_id)
@@ -435,6 +584,18 @@ class ControlPlane:
 
     async def _supervise(self, entry: JobEntry, run: Run) -> None:
         """Waits for the run's workers, then decides what the job does next."""
+        try:
+            await self._watch_run(entry, run)
+        finally:  # however the watch ended, the run's slots and token go (invariant 2)
+            entry.metrics.forget_workers()
+            self._end_run(entry, run)
+        if run.stop_requested is not None:
+            return  # whoever stopped the run decides the status
+        async with entry.lock:
+            await self._after_run(entry, run)
+
+    async def _watch_run(self, entry: JobEntry, run: Run) -> None:
+        """Until every worker of the run has exited and its last messages are read."""
         record = entry.record
 
         async def watch(index: int, handle: WorkerHandle) -> None:
@@ -465,13 +626,16 @@ class ControlPlane:
 
         watchers = [asyncio.create_task(watch(i, h)) for i, h in run.handles.items()]
         connect_wait = asyncio.create_task(run.connected.wait())
-        done, _ = await asyncio.wait([connect_wait, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        done: set[asyncio.Task[Any]] = set()
+        if watchers:  # none: no worker could be started, nothing can connect
+            done, _ = await asyncio.wait([connect_wait, *watchers], return_when=asyncio.FIRST_COMPLETED)
         if connect_wait in done and run.stop_requested is None:
             async with entry.lock:
                 if record.status == JobStatus.SUBMITTED:
                     self._set_status(entry, Event.START, "Job started successfully")
                 elif record.status in (JobStatus.RUNNING, JobStatus.PAUSED):
                     entry.log.write("info", f"Run {run.attempt} running")
+                entry.changed()
                 if run.paused:
                     await self._broadcast(run, {"type": "pause"})
                 interval = entry.config.checkpoint_interval_ms / 1000
@@ -486,22 +650,23 @@ class ControlPlane:
                 await asyncio.wait_for(asyncio.gather(*pending_reads), 5)
         if run.checkpointer is not None:
             run.checkpointer.cancel()
-        if run.coordinator is not None and run.coordinator.pending is not None:
-            run.coordinator._fail(run.coordinator.pending, "the run ended")
+        if run.coordinator is not None:
+            run.coordinator.close("the run ended")
         self._tokens.pop(run.token, None)
         for channel in run.channels.values():
             await channel.close()
-        entry.metrics.forget_workers()
-        entry.run = None
-        self._release(entry)
-        if run.stop_requested is not None:
-            return  # whoever stopped the run decides the status
-        async with entry.lock:
-            await self._after_run(entry, run)
 
-    def _release(self, entry: JobEntry) -> None:
-        self.slots_in_use -= entry.slots
-        entry.slots = 0
+    def _end_run(self, entry: JobEntry, run: Run) -> None:
+        """The run's workers are gone: its token, its checkpoints and its slots go too (once)."""
+        self._tokens.pop(run.token, None)
+        if run.coordinator is not None and run.coordinator.ended is None:
+            run.coordinator.close("the run ended")
+        if entry.run is run:
+            entry.run = None
+        if run.slots:
+            self.slots_in_use -= run.slots
+            run.slots = 0
+        entry.changed()
         self._schedule()
 
     async def _after_run(self, entry: JobEntry, run: Run) -> None:
@@ -511,7 +676,14 @@ class ControlPlane:
             for i, code in run.exit_codes.items()
             if code != 0 or run.outcomes.get(i, ("", None))[0] != "finished"
         }
-        if not failures and all(run.outcomes.get(i, ("",))[0] == "finished" for i in run.handles):
+        for i, (kind, why) in run.outcomes.items():  # workers that could not even be started
+            if kind == "failed" and i not in run.exit_codes:
+                failures[i] = why or "failed"
+        if (
+            not failures
+            and run.handles
+            and all(run.outcomes.get(i, ("",))[0] == "finished" for i in run.handles)
+        ):
             self._set_status(entry, Event.FINISH, "Job finished: all splits read and all sinks flushed")
             self._schedule()
             return
@@ -522,6 +694,8 @@ class ControlPlane:
                 record.restarts += 1
                 record.failures_since_restart += 1
                 delay = strategy.delay_for(record.failures_since_restart)
+                record.relaunch_at = utcnow() + timedelta(seconds=delay)  # saved with the status
+                entry.restore_latest()
                 self._set_status(
                     entry,
                     Event.RECOVER,
@@ -529,8 +703,8 @@ class ControlPlane:
                     f"{strategy.max_restarts()} in {delay:g}s ({strategy.type})",
                     level="warn",
                 )
-                entry.restore_latest()
-                self._spawn(self._delayed_relaunch(entry, delay))
+                self._cancel_relaunch_task(entry)
+                entry.relaunch = self._spawn(self._delayed_relaunch(entry, delay))
                 return
             exhausted = (
                 f"restart strategy {strategy.type} exhausted after {record.failures_since_restart} restart(s)"
@@ -541,10 +715,13 @@ class ControlPlane:
         self._schedule()
 
     async def _delayed_relaunch(self, entry: JobEntry, delay: float) -> None:
+        """The restart strategy's restart: queued first once its delay is over."""
         await asyncio.sleep(delay)
+        if entry.relaunch is asyncio.current_task():
+            entry.relaunch = None
         if entry.record.status.terminal or self._closed or entry.run is not None:
             return
-        self.queue.insert(0, entry.record.job_id)
+        self._enqueue(entry, front=True)
         self._schedule()
 
     async def _stop_run(self, run: Run, why: str) -> None:
@@ -679,6 +856,9 @@ class ControlPlane:
     def _checkpoint_completed(self, entry: JobEntry, snapshot: SnapshotRecord) -> None:
         self.store.save_snapshot(snapshot)
         entry.snapshots.append(snapshot)
+        if entry.record.restore_point is not None:  # the job no longer needs what it restored
+            entry.record.restore_point = None
+            self.store.save(entry.record)
         metrics = entry.metrics
         metrics.checkpoint_count += 1
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
@@ -718,31 +898,80 @@ class ControlPlane:
         for handle in run.handles.values():
             handle.kill()
 
+    async def _ready_run(self, entry: JobEntry, action: str) -> Run:
+        """The job's run once it can act; between two runs, waits up to ``restart_wait_s`` for the next.
+
+        A job that never ran (waiting for slots) or is terminal is refused at once; a job that is
+        still between runs when the wait is over answers ``JobRestartingError``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.restart_wait_s
+        while True:
+            record, run = entry.record, entry.run
+            between_runs = record.status in (JobStatus.RUNNING, JobStatus.PAUSED) or (
+                record.status == JobStatus.SUBMITTED and record.attempt > 0
+            )
+            if not between_runs:
+                raise IllegalStateTransitionError(record.job_id, record.status.value, action)
+            if run is not None and run.ready() and record.status != JobStatus.SUBMITTED:
+                return run
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise JobRestartingError(
+                    record.job_id,
+                    action,
+                    f"it is restarting (no run ready within {self.restart_wait_s:g}s); try again later",
+                )
+            wakeup = entry.wakeup
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), remaining)
+
     async def savepoint(
         self, job_id: str, description: str | None, *, stop_after: bool = False
     ) -> SnapshotRecord:
-        """Takes a savepoint of a running or paused job; with ``stop_after`` the workers stop right after."""
+        """Takes a savepoint of a running or paused job; with ``stop_after`` the workers stop right after.
+
+        Between two runs (restart delay, a restart in progress) it waits for the next run, bounded.
+        """
         entry = self.get(job_id)
-        run = entry.run
-        if entry.record.status not in (JobStatus.RUNNING, JobStatus.PAUSED) or run is None:
-            raise IllegalStateTransitionError(job_id, entry.record.status.value, "take a savepoint of")
-        if not run.connected.is_set() or run.coordinator is None:
-            raise IllegalStateTransitionError(job_id, "starting", "take a savepoint of")
+        action = "take a savepoint of"
+        run = await self._ready_run(entry, action)
+        assert run.coordinator is not None
         if stop_after:
             run.stop_requested = "cancel"  # the workers stop by themselves once the savepoint completes
         try:
             return await run.coordinator.trigger("savepoint", description=description, stop_after=stop_after)
+        except RunEndedError:
+            if stop_after and run.stop_requested == "cancel":
+                run.stop_requested = None
+            raise JobRestartingError(
+                job_id, action, "its run ended before the savepoint could start; the job is between runs"
+            ) from None
         except CheckpointFailedError as e:
             if stop_after:
                 run.stop_requested = None
             raise SavepointFailedError(job_id, str(e)) from None
 
+    def _restorers(self, snapshot: SnapshotRecord) -> list[str]:
+        """The jobs that still need ``snapshot`` (``JobEntry.restores``), this one included."""
+        return [e.record.job_id for e in self.jobs.values() if e.restores(snapshot.directory)]
+
     async def delete_savepoint(self, job_id: str, savepoint_id: str) -> None:
+        """Deletes a savepoint no job needs: one that a restart or a job started from it is restoring
+        is kept (``SavepointInUseError``) until that job has a completed snapshot of its own."""
         entry = self.get(job_id)
         snapshot = entry.savepoint(savepoint_id)
         if snapshot is None:
             raise SavepointNotFoundError(job_id, savepoint_id)
-        await self.storage_for(entry).delete_prefix(snapshot.directory)
+        users = self._restorers(snapshot)
+        if users:
+            raise SavepointInUseError(job_id, savepoint_id, users)
+        snapshot.status = "deleting"  # no restart picks it from now on
+        try:
+            await self.storage_for(entry).delete_prefix(snapshot.directory)
+        except BaseException:
+            snapshot.status = "completed"
+            raise
         self._forget_snapshot(entry, snapshot)
         entry.log.write("info", f"Savepoint {savepoint_id} deleted")
 
@@ -773,7 +1002,7 @@ class ControlPlane:
         entry = self.get(job_id)
         async with entry.lock:
             self._check(entry, Event.RESTART, "restart")
-            point = entry.latest_restore_point()
+            point = entry.restore_point()
             if savepoint_id is not None:
                 point = entry.savepoint(savepoint_id)
                 if point is None:
@@ -797,14 +1026,17 @@ class ControlPlane:
                         )
                     ]
                 )
-            if entry.run is not None:
-                await self._stop_run(entry.run, "restart")
-            entry.config = config
-            entry.record.config = config.to_dict()
-            if point is None:
-                entry.restore_latest()  # the snapshot it was started from, if any
-            else:
-                entry.restore_from, entry.restore_storage = point.directory, None
+            self._cancel_relaunch(entry)  # this restart replaces a pending automatic one
+            self._dequeue(entry)
+            entry.restoring = point.directory if point is not None else None  # kept while we stop
+            try:
+                if entry.run is not None:
+                    await self._stop_run(entry.run, "restart")
+                entry.config = config
+                entry.record.config = config.to_dict()
+                entry.restore(point)  # None: the snapshot it was started from, if any
+            finally:
+                entry.restoring = None
             entry.record.restarts += 1
             entry.record.failures_since_restart = 0
             entry.record.started_at = None
@@ -824,7 +1056,7 @@ class ControlPlane:
                 Event.RESTART,
                 f"Job restarting from {origin} (parallelism {config.parallelism}){changed}",
             )
-            self.queue.append(job_id)
+            self._enqueue(entry)
             self._schedule()
             return point
 

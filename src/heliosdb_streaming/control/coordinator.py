@@ -10,7 +10,9 @@ A checkpoint (or savepoint) goes through these steps, in this order:
 5. workers are told it completed; exactly-once sinks then commit the output sealed by it;
 6. checkpoints beyond the retained count are deleted, with shared files no one references.
 
-A checkpoint that fails or times out is aborted and counted; the job keeps running.
+A checkpoint that fails or times out is aborted and counted; the job keeps running. When the run
+ends (``close``), the checkpoint in flight fails and every trigger still queued behind it raises
+``RunEndedError`` at once instead of sending a barrier nobody reads and waiting out its timeout.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ DEFAULT_TIMEOUT_S = 120.0
 
 class CheckpointFailedError(Exception):
     """A checkpoint or savepoint could not complete (a worker failed it, or it timed out)."""
+
+
+class RunEndedError(CheckpointFailedError):
+    """The run ended before this checkpoint or savepoint could start: no id was taken, nothing written."""
 
 
 @dataclass(slots=True)
@@ -85,6 +91,7 @@ class CheckpointCoordinator:
         self.drained: set[int] = set()
         self._cleaned_below: int | None = None  # checkpoint directories below this id are gone
         self._lock = asyncio.Lock()
+        self.ended: str | None = None  # why the run ended (``close``); no trigger starts after it
 
     # ------------------------------------------------------------------------------ triggers
 
@@ -105,8 +112,16 @@ class CheckpointCoordinator:
         final: bool = False,
         stop_after: bool = False,
     ) -> SnapshotRecord:
-        """Runs one checkpoint or savepoint to completion; raises CheckpointFailedError."""
+        """Runs one checkpoint or savepoint to completion; raises CheckpointFailedError.
+
+        Triggers run one at a time, in order; one queued behind another when the run ends raises
+        ``RunEndedError`` as soon as it gets its turn.
+        """
+        if self.ended is not None:
+            raise RunEndedError(self.ended)
         async with self._lock:
+            if self.ended is not None:
+                raise RunEndedError(self.ended)
             checkpoint_id = self._next_id()
             savepoint_id = f"savepoint-{uuid.uuid4()}" if kind == "savepoint" else None
             directory = snapshot_directory(self.job_id, checkpoint_id, savepoint_id)
@@ -144,6 +159,12 @@ class CheckpointCoordinator:
                 raise CheckpointFailedError(reason) from None
             finally:
                 self.pending = None
+
+    def close(self, reason: str) -> None:
+        """The run's workers are gone: fails the checkpoint in flight and every one queued behind it."""
+        self.ended = reason
+        if self.pending is not None:
+            self._fail(self.pending, reason)
 
     # ------------------------------------------------------------------------------ worker messages
 

@@ -29,6 +29,10 @@ class JobRecord:
     failures_since_restart: int = 0  # the restart strategy's budget; a user restart resets it
     # another job's snapshot this job starts from until it has one of its own (``SnapshotLocation``)
     start_from: dict[str, Any] | None = None
+    relaunch_at: datetime | None = None  # when the pending automatic restart is due (its backoff)
+    # what the next or current run restores ({"directory", "storage_uri"}), until the run completes
+    # a snapshot of its own: the job still needs it, so it cannot be deleted
+    restore_point: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -22,7 +22,9 @@ from heliosdb_streaming.job.errors import (
     InvalidJobConfigError,
     JobError,
     JobNotFoundError,
+    JobRestartingError,
     SavepointFailedError,
+    SavepointInUseError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import (
@@ -54,6 +56,7 @@ __all__ = [
     "JobManager",
     "JobMetrics",
     "JobNotFoundError",
+    "JobRestartingError",
     "JobSettings",
     "JobStatus",
     "JobSubmitRequest",
@@ -68,6 +71,7 @@ __all__ = [
     "RestartOptions",
     "RestartStrategy",
     "SavepointFailedError",
+    "SavepointInUseError",
     "SavepointInfo",
     "SavepointNotFoundError",
     "SinkConfig",

@@ -85,3 +85,38 @@ class IllegalStateTransitionError(JobError):
 
     def details(self) -> list[dict[str, str]]:
         return [{"path": "status", "message": self.current}]
+
+
+class JobRestartingError(IllegalStateTransitionError):
+    """The job is between two runs (restart delay, a restart in progress): no run can act now (409).
+
+    A savepoint asked for while the job restarts waits a bounded time for the new run; this is the
+    answer when none came, or when the run the request was queued on ended before it could start.
+    """
+
+    code = "job_restarting"
+
+    def __init__(self, job_id: str, action: str, reason: str) -> None:
+        super().__init__(job_id, "restarting", action)
+        self.message = f"cannot {action} job {job_id!r}: {reason}"
+        self.args = (self.message,)
+
+
+class SavepointInUseError(IllegalStateTransitionError):
+    """A job restores this savepoint (its next or current run, before it has a snapshot of its own)."""
+
+    code = "savepoint_in_use"
+
+    def __init__(self, job_id: str, savepoint_id: str, users: list[str]) -> None:
+        super().__init__(job_id, "in use", "delete a savepoint of")
+        self.savepoint_id = savepoint_id
+        self.users = users
+        jobs = ", ".join(repr(u) for u in users)
+        self.message = (
+            f"cannot delete savepoint {savepoint_id!r} of job {job_id!r}: job(s) {jobs} restore from it "
+            "until they have a completed checkpoint of their own"
+        )
+        self.args = (self.message,)
+
+    def details(self) -> list[dict[str, str]]:
+        return [{"path": "job_id", "message": user} for user in self.users]

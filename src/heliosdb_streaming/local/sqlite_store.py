@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pids TEXT NOT NULL DEFAULT '[]',
     metrics_state TEXT NOT NULL DEFAULT '{}',
     last_checkpoint_id INTEGER NOT NULL DEFAULT 0,
-    start_from TEXT
+    start_from TEXT,
+    failures_since_restart INTEGER NOT NULL DEFAULT 0,
+    relaunch_at TEXT,
+    restore_point TEXT
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     job_id TEXT NOT NULL,
@@ -48,7 +51,16 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 _JOB_COLUMNS = (
     "job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
-    " attempt, worker_pids, metrics_state, last_checkpoint_id, start_from"
+    " attempt, worker_pids, metrics_state, last_checkpoint_id, start_from,"
+    " failures_since_restart, relaunch_at, restore_point"
+)
+_JOB_PLACEHOLDERS = ",".join("?" for _ in _JOB_COLUMNS.split(","))
+# added since the first release: (name, definition) for ALTER TABLE on an older home
+_ADDED_JOB_COLUMNS = (
+    ("start_from", "TEXT"),
+    ("failures_since_restart", "INTEGER NOT NULL DEFAULT 0"),
+    ("relaunch_at", "TEXT"),
+    ("restore_point", "TEXT"),
 )
 
 
@@ -70,8 +82,9 @@ class SqliteJobStore:
     def _migrate(self) -> None:
         """Columns added since the first release, added to a home an older version created."""
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        if "start_from" not in columns:
-            self._conn.execute("ALTER TABLE jobs ADD COLUMN start_from TEXT")
+        for name, definition in _ADDED_JOB_COLUMNS:
+            if name not in columns:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     def load_all(self) -> list[JobRecord]:
         rows = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY submitted_at, job_id").fetchall()
@@ -91,6 +104,9 @@ class SqliteJobStore:
                 metrics_state=orjson.loads(r[11]),
                 last_checkpoint_id=r[12],
                 start_from=orjson.loads(r[13]) if r[13] else None,
+                failures_since_restart=r[14],
+                relaunch_at=datetime.fromisoformat(r[15]) if r[15] else None,
+                restore_point=orjson.loads(r[16]) if r[16] else None,
             )
             for r in rows
         ]
@@ -98,7 +114,7 @@ class SqliteJobStore:
     def save(self, record: JobRecord) -> None:
         with self._lock:
             self._conn.execute(
-                f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_PLACEHOLDERS})",
                 (
                     record.job_id,
                     record.name,
@@ -114,6 +130,9 @@ class SqliteJobStore:
                     orjson.dumps(record.metrics_state, option=orjson.OPT_NON_STR_KEYS).decode(),
                     record.last_checkpoint_id,
                     orjson.dumps(record.start_from).decode() if record.start_from else None,
+                    record.failures_since_restart,
+                    record.relaunch_at.isoformat() if record.relaunch_at else None,
+                    orjson.dumps(record.restore_point).decode() if record.restore_point else None,
                 ),
             )
 

@@ -25,6 +25,7 @@ from heliosdb_streaming.job.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
     SavepointFailedError,
+    SavepointInUseError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import JobStatus
@@ -494,5 +495,9 @@ class Reconciler:
         job_id, savepoint_id = current.get("jobId"), current.get("savepointId")
         if not job_id or not savepoint_id or job_id not in self.plane.jobs:
             return
-        with contextlib.suppress(SavepointNotFoundError):
+        try:
             await self.plane.delete_savepoint(str(job_id), str(savepoint_id))
+        except SavepointNotFoundError:
+            pass
+        except SavepointInUseError as e:  # a job still restores it: keep the finalizer, try again later
+            raise kopf.TemporaryError(e.message, delay=10) from None

@@ -64,3 +64,47 @@ def test_a_home_without_the_start_from_column_is_migrated(tmp_path: Path) -> Non
     store.save(record("job-2", START))
     assert {r.job_id: r.start_from for r in store.load_all()} == {"job-1": None, "job-2": START}
     store.close()
+
+
+def test_the_restart_strategys_state_reads_back(tmp_path: Path) -> None:
+    """Failure count, the due time of the pending restart and the restore point outlive the process."""
+    due = datetime(2026, 11, 29, 0, 0, 7, tzinfo=UTC)
+    restoring = {"directory": "job-1/savepoints/savepoint-2", "storage_uri": None}
+    written = record("job-1")
+    written.failures_since_restart, written.relaunch_at, written.restore_point = 2, due, restoring
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    store.save(written)
+    store.close()
+    reopened = SqliteJobStore(tmp_path / "jobs.db")
+    (read,) = reopened.load_all()
+    assert (read.failures_since_restart, read.relaunch_at, read.restore_point) == (2, due, restoring)
+    assert read == written
+    reopened.close()
+
+
+def test_a_home_without_the_restart_columns_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:  # the jobs table as the release with start_from created it
+        conn.execute(
+            "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,"
+            " config TEXT NOT NULL, submitted_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
+            " restarts INTEGER NOT NULL DEFAULT 0, message TEXT, attempt INTEGER NOT NULL DEFAULT 0,"
+            " worker_pids TEXT NOT NULL DEFAULT '[]', metrics_state TEXT NOT NULL DEFAULT '{}',"
+            " last_checkpoint_id INTEGER NOT NULL DEFAULT 0, start_from TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO jobs VALUES ('job-1', 'spend', 'running', '{}', '2026-11-29T00:00:00+00:00',"
+            " NULL, NULL, 4, NULL, 5, '[]', '{}', 3, NULL)"
+        )
+    store = SqliteJobStore(path)
+    (old,) = store.load_all()
+    assert (old.restarts, old.failures_since_restart, old.relaunch_at, old.restore_point) == (
+        4,
+        0,
+        None,
+        None,
+    )
+    old.failures_since_restart = 1
+    store.save(old)
+    assert [r.failures_since_restart for r in store.load_all()] == [1]
+    store.close()
