@@ -64,6 +64,7 @@ DETAILS_KEYS = {
 CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restart_strategy"} | {
     "on_error",
     "checkpoints_retained",
+    "max_state_mb",
 }
 SPEC_DETAILS_METRICS = {
     "events_processed",

@@ -169,7 +169,8 @@ def parse_pattern(text: str) -> Pattern:
     states = sum(e.max if e.max is not None else max(e.min, 1) for e in elements)
     if states > MAX_STATES:
         raise PatternError(
-            f"pattern expands to {states} automaton states, at most {MAX_STATES}: lower the quantifier bounds",
+            f"pattern expands to {states} automaton states, at most {MAX_STATES}: "
+            "lower the quantifier bounds",
             0,
             text[:200],
         )
