@@ -53,7 +53,7 @@ from heliosdb_streaming.runtime.checkpointing import (
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
 from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter
 from heliosdb_streaming.runtime.protocol import Channel
-from heliosdb_streaming.runtime.state.memory import MemoryStateStore
+from heliosdb_streaming.runtime.state.memory import MemoryStateStore, StateBudget
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 
 logger = logging.getLogger("heliosdb_streaming.worker")
@@ -133,6 +133,7 @@ class Worker:
         self._process = psutil.Process()
         self._process.cpu_percent(None)
         self._stores: list[StateStore] = []
+        self._budgets: dict[str, StateBudget] = {}
         self.storage = storage
         self.restore_from = restore_from
         # where ``restore_from`` lives: the job's own storage, or another job's (a job started from a
@@ -248,15 +249,19 @@ class Worker:
     def _store(self, task: Task, name: str) -> StateStore:
         """The store named ``name`` of a task: the restored one if there is one, else a new one."""
         store = task.stores.get(name)
-        if store is not None:
-            return store
-        if self.config.state_backend == StateBackendType.ROCKSDB:
-            path = self.job_dir / "state" / f"attempt-{self.attempt}" / task.split.split_id / name
-            store = RocksDBStateStore(path)
-        else:
-            store = MemoryStateStore()
-        task.stores[name] = store
-        self._stores.append(store)
+        if store is None:
+            if self.config.state_backend == StateBackendType.ROCKSDB:
+                path = self.job_dir / "state" / f"attempt-{self.attempt}" / task.split.split_id / name
+                store = RocksDBStateStore(path)
+            else:
+                store = MemoryStateStore()
+            task.stores[name] = store
+            self._stores.append(store)
+        if isinstance(store, MemoryStateStore):  # max_state_mb: per task, over all its stores
+            budget = self._budgets.setdefault(
+                task.split.split_id, StateBudget(task.split.split_id, self.config.max_state_mb)
+            )
+            store.limit(budget)
         return store
 
     async def _close(self) -> None:
