@@ -345,7 +345,7 @@ def check_work_per_record(transformations: list[Any]) -> None:
 
 def field_errors(error: ValidationError) -> list[FieldError]:
     """Pydantic errors as field paths a user can read: ``transformations[1].config.pattern``."""
-    out = []
+    out: list[FieldError] = []
     for item in error.errors(include_url=False):
         path = _format_loc(item["loc"])
         message = item["msg"]
