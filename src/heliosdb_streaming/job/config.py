@@ -295,7 +295,8 @@ class JobConfig(_Strict):
         changes = {k: v for k, v in overrides.model_dump(exclude_none=True).items()}
         if "checkpoint_interval_ms" in changes:
             changes["checkpoint_interval"] = timedelta(milliseconds=changes.pop("checkpoint_interval_ms"))
-        return JobConfig.model_validate({**dict(self), **changes})
+        # the pipeline is this job's, validated already: not compiled again (on the caller's loop)
+        return JobConfig.model_validate({**dict(self), **changes}, context={STORED: True})
 
 
 class JobConfigOverrides(_Strict):
