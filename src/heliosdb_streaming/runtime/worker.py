@@ -249,15 +249,20 @@ class Worker:
     def _store(self, task: Task, name: str) -> StateStore:
         """The store named ``name`` of a task: the restored one if there is one, else a new one."""
         store = task.stores.get(name)
-        if store is None:
-            if self.config.state_backend == StateBackendType.ROCKSDB:
-                path = self.job_dir / "state" / f"attempt-{self.attempt}" / task.split.split_id / name
-                store = RocksDBStateStore(path)
-            else:
-                store = MemoryStateStore()
-            task.stores[name] = store
-            self._stores.append(store)
-        if isinstance(store, MemoryStateStore):  # max_state_mb: per task, over all its stores
+        if store is not None:
+            return self._limited(task, store)
+        if self.config.state_backend == StateBackendType.ROCKSDB:
+            path = self.job_dir / "state" / f"attempt-{self.attempt}" / task.split.split_id / name
+            store = RocksDBStateStore(path)
+        else:
+            store = MemoryStateStore()
+        task.stores[name] = store
+        self._stores.append(store)
+        return self._limited(task, store)
+
+    def _limited(self, task: Task, store: StateStore) -> StateStore:
+        """A memory store counts against its task's ``max_state_mb`` (all stores of the task together)."""
+        if isinstance(store, MemoryStateStore):
             budget = self._budgets.setdefault(
                 task.split.split_id, StateBudget(task.split.split_id, self.config.max_state_mb)
             )
