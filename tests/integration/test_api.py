@@ -64,6 +64,7 @@ DETAILS_KEYS = {
 CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restart_strategy"} | {
     "on_error",
     "checkpoints_retained",
+    "max_state_mb",
 }
 SPEC_DETAILS_METRICS = {
     "events_processed",
@@ -265,6 +266,7 @@ async def test_submit_and_details_contract(api: Api) -> None:
         "restart_strategy": "none",
         "on_error": "skip",
         "checkpoints_retained": 3,
+        "max_state_mb": 1024,  # (addition) the state budget of a task
     }
     assert set(details["config"]) == CONFIG_KEYS
     for key in ("submitted_at", "started_at", "finished_at"):

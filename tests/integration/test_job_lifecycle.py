@@ -516,3 +516,37 @@ async def test_cancel_right_after_submit_starts_no_worker(jm: JobManager) -> Non
     await wait_until(released, timeout=30, what="the cancelled job's run to end")
     assert not live_workers(job_id)
     assert jm.control_plane.get(job_id).record.status == JobStatus.CANCELLED
+
+
+async def test_memory_state_beyond_max_state_mb_fails_the_task_clearly(jm: JobManager) -> None:
+    """A window over a million keys on the memory backend: the task fails with the reason once its
+    state passes max_state_mb, instead of growing until the machine runs out."""
+    body = datagen_job(
+        "state-hog",
+        count=None,
+        parallelism=1,
+        config={"max_state_mb": 1},
+        transformations=[
+            {"type": "key_by", "config": {"key": "card_id"}},
+            {
+                "type": "window",
+                "config": {
+                    "kind": "tumbling",
+                    "size": "1d",
+                    "time": "processing",
+                    "aggregates": {"n": "count(*)"},
+                },
+            },
+        ],
+    )
+    body["sources"][0]["config"].update(keys=1_000_000, partitions=1)
+    job_id = await jm.submit_job(body)
+    assert await wait_for_status(jm, job_id, {JobStatus.FAILED}, timeout=120) == JobStatus.FAILED
+
+    async def reason_logged() -> bool:
+        logs = await jm.get_job_logs(job_id, LogOptions(level=LogLevel.ERROR))
+        return any("exceeds max_state_mb=1" in e.message for e in logs)
+
+    await wait_until(reason_logged, what="the state limit error in the job's log")
+    logs = await jm.get_job_logs(job_id, LogOptions(level=LogLevel.ERROR))
+    assert any("state of task" in e.message and "rocksdb" in e.message for e in logs)

@@ -54,6 +54,8 @@ POSITIVE_CHECKS = [
 NEGATIVE_CHECKS = [*POSITIVE_CHECKS, negative_data_rejection]
 
 # A submit body that needs no external service and finishes fast: what the fuzzer may create.
+# Numbers are enums: JSON Schema counts 28.0 as an "integer", the job model does not (a number of a
+# job config is an int, never a float, a bool or a string), and the generator would send 28.0.
 SAFE_DATAGEN = {
     "type": "object",
     "additionalProperties": False,
@@ -65,11 +67,11 @@ SAFE_DATAGEN = {
             "additionalProperties": False,
             "required": ["count"],
             "properties": {
-                "count": {"type": "integer", "minimum": 0, "maximum": 300},
+                "count": {"enum": [0, 1, 50, 299, 300]},
                 "rate_per_sec": {"const": 0},
-                "partitions": {"type": "integer", "minimum": 1, "maximum": 2},
-                "keys": {"type": "integer", "minimum": 2, "maximum": 50},
-                "seed": {"type": "integer", "minimum": 0, "maximum": 1000},
+                "partitions": {"enum": [1, 2]},
+                "keys": {"enum": [2, 3, 50]},
+                "seed": {"enum": [0, 7, 1000]},
             },
         },
     },
@@ -78,12 +80,12 @@ SAFE_SETTINGS = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "parallelism": {"type": "integer", "minimum": 1, "maximum": 2},
-        "checkpoint_interval_ms": {"type": "integer", "minimum": 100, "maximum": 86_400_000},
+        "parallelism": {"enum": [1, 2]},
+        "checkpoint_interval_ms": {"enum": [100, 1000, 86_400_000]},
         "state_backend": {"$ref": f"{REF}StateBackendType"},
         "restart_strategy": {"const": "none"},
         "on_error": {"$ref": f"{REF}OnErrorPolicy"},
-        "checkpoints_retained": {"type": "integer", "minimum": 1, "maximum": 100},
+        "checkpoints_retained": {"enum": [1, 3, 100]},
     },
 }
 

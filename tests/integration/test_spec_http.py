@@ -364,6 +364,7 @@ async def test_1_submit_job_and_verify_status(api: Api, pipeline: Pipeline) -> N
         "restart_strategy": "fixed_delay",
         "on_error": "skip",
         "checkpoints_retained": 3,
+        "max_state_mb": 1024,  # (addition)
     }
     assert [(t["name"], t["status"]) for t in details["tasks"]] == [
         ("kafka-source", "running"),

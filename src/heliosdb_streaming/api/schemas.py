@@ -140,6 +140,7 @@ class JobSettingsBody(ApiBody):
     )
     on_error: str = Field(description="(addition) skip or fail a record that fails an expression or sink")
     checkpoints_retained: int = Field(description="(addition)")
+    max_state_mb: int = Field(description="(addition) memory state backend: the state a task may hold")
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> JobSettingsBody:

@@ -71,7 +71,7 @@ async def submit_job(request: web.Request) -> web.Response:
     body = await read_json(request, request.app[MAX_BODY_BYTES])
     if not isinstance(body, dict):
         raise InvalidJobConfigError([FieldError("(body)", "must be a JSON object (the job)")])
-    config = JobConfig.from_dict(body)
+    config = await asyncio.to_thread(JobConfig.from_dict, body)  # compiles expressions: off the loop
     from_savepoint = _query(request, "from_savepoint")
     if from_savepoint == "":
         raise InvalidParameterError("from_savepoint", "must be a savepoint location, got ''")

@@ -279,7 +279,7 @@ class ControlPlane:
             self._enqueue(entry)
 
     def _entry_for(self, record: JobRecord) -> JobEntry:
-        config = JobConfig.from_dict(record.config)
+        config = JobConfig.from_stored(record.config)  # not compiled again: fast, whatever the job holds
         metrics = JobMetricsAggregator.from_state(record.metrics_state)
         log = JobLog(self.job_dir(record.job_id) / "job.log")
         return JobEntry(record=record, config=config, metrics=metrics, log=log)

@@ -17,21 +17,38 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from heliosdb_streaming.job.connectors import (
     DISCRIMINATOR_TAGS,
+    MAX_EXPRESSION_COST_PER_JOB,
+    STORED,
     AnySink,
     AnySource,
     AnyTransformation,
+    StrictInt,
+    expression_costs,
+    is_stored,
 )
 from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
 
 MAX_PARALLELISM = 1024
-Parallelism = Annotated[int, Field(ge=1, le=MAX_PARALLELISM)]
-CheckpointIntervalMs = Annotated[int, Field(ge=100, le=86_400_000)]
+Parallelism = Annotated[StrictInt, Field(ge=1, le=MAX_PARALLELISM)]
+CheckpointIntervalMs = Annotated[StrictInt, Field(ge=100, le=86_400_000)]
+MaxStateMb = Annotated[
+    StrictInt,
+    Field(
+        ge=1,
+        le=1_048_576,
+        description="(addition) memory state backend: a task whose state grows past this many MB fails "
+        "with a clear error instead of exhausting the machine",
+    ),
+]
+DEFAULT_MAX_STATE_MB = 1024
+MAX_STEPS = 64  # sources, transformations, sinks: each list
 
 
 class StateBackendType(StrEnum):
@@ -58,11 +75,11 @@ class RestartStrategy(_Strict):
     """
 
     type: Literal["none", "fixed_delay", "exponential_backoff"] = "fixed_delay"
-    attempts: int = Field(default=3, ge=0, le=1_000_000)
-    delay_ms: int = Field(default=10_000, ge=0, le=86_400_000)
-    max_attempts: int = Field(default=10, ge=0, le=1_000_000)
-    initial_delay_ms: int = Field(default=1_000, ge=0, le=86_400_000)
-    max_delay_ms: int = Field(default=60_000, ge=0, le=86_400_000)
+    attempts: StrictInt = Field(default=3, ge=0, le=1_000_000)
+    delay_ms: StrictInt = Field(default=10_000, ge=0, le=86_400_000)
+    max_attempts: StrictInt = Field(default=10, ge=0, le=1_000_000)
+    initial_delay_ms: StrictInt = Field(default=1_000, ge=0, le=86_400_000)
+    max_delay_ms: StrictInt = Field(default=60_000, ge=0, le=86_400_000)
 
     @staticmethod
     def none() -> RestartStrategy:
@@ -151,8 +168,9 @@ class JobSettings(_Strict):
     state_backend: StateBackendType = StateBackendType.MEMORY
     restart_strategy: RestartStrategyWire = Field(default_factory=RestartStrategy)
     on_error: OnErrorPolicy = OnErrorPolicy.SKIP
-    checkpoints_retained: int = Field(default=3, ge=1, le=100)
+    checkpoints_retained: StrictInt = Field(default=3, ge=1, le=100)
     checkpoint_storage: CheckpointStorageUri | None = None
+    max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
 
 
 class JobSubmitRequest(_Strict):
@@ -160,9 +178,9 @@ class JobSubmitRequest(_Strict):
 
     name: str = Field(min_length=1, max_length=200)
     config: JobSettings = Field(default_factory=JobSettings)
-    sources: list[AnySource] = Field(min_length=1)
-    transformations: list[AnyTransformation] = Field(default_factory=list)
-    sinks: list[AnySink] = Field(min_length=1)
+    sources: list[AnySource] = Field(min_length=1, max_length=MAX_STEPS)
+    transformations: list[AnyTransformation] = Field(default_factory=list, max_length=MAX_STEPS)
+    sinks: list[AnySink] = Field(min_length=1, max_length=MAX_STEPS)
 
     @field_validator("name")
     @classmethod
@@ -175,6 +193,12 @@ class JobSubmitRequest(_Strict):
     def _one_source(self) -> Self:
         if len(self.sources) > 1 and len({s.type for s in self.sources}) > 1:
             raise ValueError("all sources of a job must be of one type")
+        return self
+
+    @model_validator(mode="after")
+    def _work_per_record(self, info: ValidationInfo) -> Self:
+        if not is_stored(info):
+            check_work_per_record(self.transformations)
         return self
 
 
@@ -190,15 +214,25 @@ class JobConfig(_Strict):
     state_backend: StateBackendType = StateBackendType.MEMORY
     restart_strategy: RestartStrategy = Field(default_factory=RestartStrategy)
     on_error: OnErrorPolicy = OnErrorPolicy.SKIP
-    checkpoints_retained: int = Field(default=3, ge=1, le=100)
+    checkpoints_retained: StrictInt = Field(default=3, ge=1, le=100)
     checkpoint_storage: CheckpointStorageUri | None = None
-    sources: list[AnySource] = Field(min_length=1)
-    transformations: list[AnyTransformation] = Field(default_factory=list)
-    sinks: list[AnySink] = Field(min_length=1)
+    max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
+    sources: list[AnySource] = Field(min_length=1, max_length=MAX_STEPS)
+    transformations: list[AnyTransformation] = Field(default_factory=list, max_length=MAX_STEPS)
+    sinks: list[AnySink] = Field(min_length=1, max_length=MAX_STEPS)
+
+    @model_validator(mode="after")
+    def _work_per_record(self, info: ValidationInfo) -> Self:
+        if not is_stored(info):
+            check_work_per_record(self.transformations)
+        return self
 
     @classmethod
     def from_dict(cls, body: Any) -> JobConfig:
-        """Validates a submit body; raises ``InvalidJobConfigError`` listing every problem."""
+        """Validates a submit body; raises ``InvalidJobConfigError`` listing every problem.
+
+        CPU-bound for large bodies (expressions are compiled): servers call it off their event loop.
+        """
         try:
             request = JobSubmitRequest.model_validate(body)
         except ValidationError as e:
@@ -206,21 +240,20 @@ class JobConfig(_Strict):
         return cls.from_request(request)
 
     @classmethod
+    def from_stored(cls, body: Any) -> JobConfig:
+        """A config the job store holds (``to_dict`` of one that passed ``from_dict``): its structure is
+        checked, but expressions and patterns are not compiled again and bounds added since are not
+        applied, so that a server starts quickly and shows every job it has (the worker of a job
+        that runs again validates it fully)."""
+        try:
+            request = JobSubmitRequest.model_validate(body, context={STORED: True})
+        except ValidationError as e:
+            raise InvalidJobConfigError(field_errors(e)) from None
+        return cls.model_validate(_fields_of(request), context={STORED: True})
+
+    @classmethod
     def from_request(cls, request: JobSubmitRequest) -> JobConfig:
-        s = request.config
-        return cls(
-            name=request.name,
-            parallelism=s.parallelism,
-            checkpoint_interval=timedelta(milliseconds=s.checkpoint_interval_ms),
-            state_backend=s.state_backend,
-            restart_strategy=s.restart_strategy,
-            on_error=s.on_error,
-            checkpoints_retained=s.checkpoints_retained,
-            checkpoint_storage=s.checkpoint_storage,
-            sources=list(request.sources),
-            transformations=list(request.transformations),
-            sinks=list(request.sinks),
-        )
+        return cls(**_fields_of(request))
 
     @classmethod
     def validated(cls, **fields: Any) -> JobConfig:
@@ -244,6 +277,7 @@ class JobConfig(_Strict):
             "on_error": self.on_error.value,
             "checkpoints_retained": self.checkpoints_retained,
             **({"checkpoint_storage": self.checkpoint_storage} if self.checkpoint_storage else {}),
+            "max_state_mb": self.max_state_mb,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,7 +295,8 @@ class JobConfig(_Strict):
         changes = {k: v for k, v in overrides.model_dump(exclude_none=True).items()}
         if "checkpoint_interval_ms" in changes:
             changes["checkpoint_interval"] = timedelta(milliseconds=changes.pop("checkpoint_interval_ms"))
-        return JobConfig.model_validate({**dict(self), **changes})
+        # the pipeline is this job's, validated already: not compiled again (on the caller's loop)
+        return JobConfig.model_validate({**dict(self), **changes}, context={STORED: True})
 
 
 class JobConfigOverrides(_Strict):
@@ -273,9 +308,45 @@ class JobConfigOverrides(_Strict):
     on_error: OnErrorPolicy | None = None
 
 
+def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
+    s = request.config
+    return {
+        "name": request.name,
+        "parallelism": s.parallelism,
+        "checkpoint_interval": timedelta(milliseconds=s.checkpoint_interval_ms),
+        "state_backend": s.state_backend,
+        "restart_strategy": s.restart_strategy,
+        "on_error": s.on_error,
+        "checkpoints_retained": s.checkpoints_retained,
+        "checkpoint_storage": s.checkpoint_storage,
+        "max_state_mb": s.max_state_mb,
+        "sources": list(request.sources),
+        "transformations": list(request.transformations),
+        "sinks": list(request.sinks),
+    }
+
+
+def check_work_per_record(transformations: list[Any]) -> None:
+    """Every expression of a job is evaluated at most once per record: bound their nodes together."""
+    total = 0
+    for i, step in enumerate(transformations):
+        for path, cost in expression_costs(step):
+            total += cost
+            if total > MAX_EXPRESSION_COST_PER_JOB:
+                raise InvalidJobConfigError(
+                    [
+                        FieldError(
+                            f"transformations[{i}].{path}",
+                            f"the job's expressions have more than {MAX_EXPRESSION_COST_PER_JOB} parts "
+                            "together (work per record)",
+                        )
+                    ]
+                )
+
+
 def field_errors(error: ValidationError) -> list[FieldError]:
     """Pydantic errors as field paths a user can read: ``transformations[1].config.pattern``."""
-    out = []
+    out: list[FieldError] = []
     for item in error.errors(include_url=False):
         path = _format_loc(item["loc"])
         message = item["msg"]
@@ -287,8 +358,17 @@ def field_errors(error: ValidationError) -> list[FieldError]:
             ctx = item.get("ctx", {})
             tag, allowed = ctx.get("tag"), ctx.get("expected_tags", "")
             message = f"unknown type {tag!r}; expected one of {allowed}"
+        previous = next((i for i, e in enumerate(out) if e.path == (path or "(body)")), None)
+        if previous is not None and item["loc"][-1] in _UNION_MEMBERS:  # one message per field
+            out[previous] = FieldError(
+                out[previous].path, f"{out[previous].message}, or {message[0].lower()}{message[1:]}"
+            )
+            continue
         out.append(FieldError(path or "(body)", message))
     return out
+
+
+_UNION_MEMBERS = frozenset({"str", "int"})
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -301,6 +381,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
             pass  # the discriminated union's tag is not part of the user's path
         elif "[" in elem and elem.startswith(("function-", "tagged-union")):
             pass
+        elif elem in _UNION_MEMBERS and isinstance(prev, str):
+            pass  # which member of ``str | int`` failed is not part of the user's path
         else:
             parts.append(("." if parts else "") + elem)
         prev = elem

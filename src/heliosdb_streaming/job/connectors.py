@@ -7,45 +7,96 @@ Semantic checks (expressions compile, patterns parse, durations parse) run here 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from heliosdb_streaming.runtime import expr
 from heliosdb_streaming.runtime.connectors.database import connection_string_problem, reserved_table_reason
-from heliosdb_streaming.runtime.durations import parse_duration_ms
+from heliosdb_streaming.runtime.durations import MAX_DURATION_MS, format_duration_ms, parse_duration_ms
 from heliosdb_streaming.runtime.transformations import cep as cep_logic
 from heliosdb_streaming.runtime.transformations import window as window_logic
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
+# A number of a job config is a JSON number, never a boolean or a string: strict in every mode.
+StrictInt = Annotated[int, Strict()]
 Duration = Annotated[
-    str | int,
-    Field(description="A duration: a number of milliseconds or a string like '500ms', '10s', '5m', '1h'."),
+    str | StrictInt,
+    Field(
+        description="A duration: a number of milliseconds or a string like '500ms', '10s', '5m', '1h' "
+        "(at most 366d)."
+    ),
 ]
+MAX_SLIDING_WINDOWS_PER_EVENT = 1_000
+MAX_EXPRESSION_COST_PER_JOB = 100_000
+# Validation context of a config the store already holds (it passed these checks at submit): the
+# expensive and the version-dependent checks (expressions, patterns, bounds) are skipped on reload.
+STORED = "stored"
+
+
+def is_stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(STORED))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _check_duration(value: str | int | None, *, allow_zero: bool = False) -> str | int | None:
+def _check_duration(
+    value: str | int | None, *, allow_zero: bool = False, info: ValidationInfo | None = None
+) -> str | int | None:
     if value is None:
         return None
     ms = parse_duration_ms(value)
     if ms == 0 and not allow_zero:
         raise ValueError("duration must be greater than zero")
+    if ms > MAX_DURATION_MS and not (info is not None and is_stored(info)):
+        raise ValueError(f"duration must be at most {format_duration_ms(MAX_DURATION_MS)}")
     return value
 
 
-def _check_expression(text: str) -> str:
+def _check_expression(text: str, info: ValidationInfo | None = None) -> str:
+    if info is not None and is_stored(info):
+        return text
     try:
         expr.validate_expression(text)
     except expr.ExpressionError as e:
         raise ValueError(f"invalid expression: {e}") from None
     return text
+
+
+def expression_costs(step: Any) -> list[tuple[str, int]]:
+    """``(path within the step, nodes)`` of every expression of a transformation (validated ones)."""
+    c = step.config
+    texts: list[tuple[str, str]] = []
+    if isinstance(c, FilterSettings):
+        texts = [("config.condition", c.condition)]
+    elif isinstance(c, KeyBySettings):
+        texts = [("config.key", c.key)]
+    elif isinstance(c, MapSettings):
+        texts = [(f"config.fields.{k}", v) for k, v in c.fields.items()]
+    elif isinstance(c, WindowSettings | CepSettings):
+        texts = [("config.key", c.key)] if c.key else []
+        if isinstance(c, CepSettings):
+            texts += [(f"config.define.{k}", v) for k, v in c.define.items()]
+    out = []
+    for path, text in texts:
+        with contextlib.suppress(expr.ExpressionError):  # reported by the field's own validator
+            out.append((path, expr.expression_cost(text)))
+    return out
 
 
 def _split_servers(v: Any) -> Any:
@@ -100,11 +151,22 @@ class KafkaSourceSettings(_Strict):
 
 class DatagenSourceSettings(_Strict):
     schema_: Literal["transactions"] = Field(default="transactions", alias="schema")
-    rate_per_sec: float = Field(default=0, ge=0, description="0 means as fast as possible")
-    count: int | None = Field(default=None, ge=0, description="Total records; unbounded when absent")
-    partitions: int = Field(default=1, ge=1, le=1024)
-    seed: int = 0
-    keys: int = Field(default=1000, ge=1, description="Number of distinct card_id values")
+    rate_per_sec: float = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        strict=True,
+        allow_inf_nan=False,
+        description="0 means as fast as possible",
+    )
+    count: StrictInt | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="Total records; unbounded when absent"
+    )
+    partitions: StrictInt = Field(default=1, ge=1, le=1024)
+    seed: StrictInt = Field(default=0, ge=-(2**63), le=2**63 - 1)
+    keys: StrictInt = Field(
+        default=1000, ge=1, le=100_000_000, description="Number of distinct card_id values"
+    )
 
     @model_validator(mode="after")
     def _every_partition_has_a_card(self) -> Self:
@@ -169,8 +231,8 @@ class FilterSettings(_Strict):
 
     @field_validator("condition")
     @classmethod
-    def _condition(cls, v: str) -> str:
-        return _check_expression(v)
+    def _condition(cls, v: str, info: ValidationInfo) -> str:
+        return _check_expression(v, info)
 
 
 class MapSettings(_Strict):
@@ -179,11 +241,13 @@ class MapSettings(_Strict):
 
     @field_validator("fields")
     @classmethod
-    def _fields_compile(cls, v: dict[str, str]) -> dict[str, str]:
+    def _fields_compile(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         problems = []
         for name, text in v.items():
             if not name:
                 problems.append("empty field name")
+                continue
+            if is_stored(info):
                 continue
             try:
                 expr.validate_expression(text)
@@ -205,8 +269,8 @@ class KeyBySettings(_Strict):
 
     @field_validator("key")
     @classmethod
-    def _key(cls, v: str) -> str:
-        return _check_expression(v)
+    def _key(cls, v: str, info: ValidationInfo) -> str:
+        return _check_expression(v, info)
 
 
 class WindowSettings(_Strict):
@@ -223,19 +287,19 @@ class WindowSettings(_Strict):
 
     @field_validator("size", "slide", "gap")
     @classmethod
-    def _positive(cls, v: str | int | None) -> str | int | None:
-        return _check_duration(v)
+    def _positive(cls, v: str | int | None, info: ValidationInfo) -> str | int | None:
+        return _check_duration(v, info=info)
 
     @field_validator("allowed_lateness", "max_out_of_orderness")
     @classmethod
-    def _non_negative(cls, v: str | int) -> str | int:
-        _check_duration(v, allow_zero=True)
+    def _non_negative(cls, v: str | int, info: ValidationInfo) -> str | int:
+        _check_duration(v, allow_zero=True, info=info)
         return v
 
     @field_validator("key")
     @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        return None if v is None else _check_expression(v)
+    def _key(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _check_expression(v, info)
 
     @field_validator("aggregates")
     @classmethod
@@ -251,7 +315,7 @@ class WindowSettings(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _shape(self) -> Self:
+    def _shape(self, info: ValidationInfo) -> Self:
         if self.kind in ("tumbling", "sliding") and self.size is None:
             raise ValueError(f"a {self.kind} window needs 'size'")
         if self.kind == "sliding":
@@ -259,6 +323,17 @@ class WindowSettings(_Strict):
                 raise ValueError("a sliding window needs 'slide'")
             if self.size is not None and parse_duration_ms(self.slide) > parse_duration_ms(self.size):
                 raise ValueError("'slide' must not be larger than 'size'")
+            if (
+                not is_stored(info)
+                and self.size is not None
+                and parse_duration_ms(self.size)
+                > (MAX_SLIDING_WINDOWS_PER_EVENT * parse_duration_ms(self.slide))
+            ):
+                raise ValueError(
+                    f"a sliding window of {self.size} every {self.slide} puts each event into more than "
+                    f"{MAX_SLIDING_WINDOWS_PER_EVENT} windows: make 'slide' at least 'size' / "
+                    f"{MAX_SLIDING_WINDOWS_PER_EVENT}"
+                )
         if self.kind == "session" and self.gap is None:
             raise ValueError("a session window needs 'gap'")
         return self
@@ -275,7 +350,9 @@ class CepSettings(_Strict):
 
     @field_validator("pattern")
     @classmethod
-    def _pattern(cls, v: str) -> str:
+    def _pattern(cls, v: str, info: ValidationInfo) -> str:
+        if is_stored(info):
+            return v
         try:
             cep_logic.parse_pattern(v)
         except cep_logic.PatternError as e:
@@ -284,9 +361,11 @@ class CepSettings(_Strict):
 
     @field_validator("define")
     @classmethod
-    def _define(cls, v: dict[str, str]) -> dict[str, str]:
+    def _define(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         problems = []
         for name, text in v.items():
+            if is_stored(info):
+                break
             try:
                 expr.validate_expression(text)
             except expr.ExpressionError as e:
@@ -297,16 +376,18 @@ class CepSettings(_Strict):
 
     @field_validator("window")
     @classmethod
-    def _window(cls, v: str | int | None) -> str | int | None:
-        return _check_duration(v)
+    def _window(cls, v: str | int | None, info: ValidationInfo) -> str | int | None:
+        return _check_duration(v, info=info)
 
     @field_validator("key")
     @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        return None if v is None else _check_expression(v)
+    def _key(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _check_expression(v, info)
 
     @model_validator(mode="after")
-    def _defined_variables_exist(self) -> Self:
+    def _defined_variables_exist(self, info: ValidationInfo) -> Self:
+        if is_stored(info):
+            return self
         try:
             variables = set(cep_logic.parse_pattern(self.pattern).variables)
         except cep_logic.PatternError:
@@ -383,7 +464,7 @@ class DatabaseSinkSettings(_Strict):
     )
     table: str = Field(description="Table name (optionally schema.table); created if missing")
     key: list[str] | None = Field(default=None, description="Upsert key columns")
-    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    batch_size: StrictInt = Field(default=1000, ge=1, le=100_000)
     delivery: Literal["exactly_once", "at_least_once"] = Field(
         default="exactly_once",
         description="exactly_once: rows are committed with each checkpoint (visible up to one checkpoint "

@@ -127,8 +127,8 @@ class JobManager:
         from, as Flink's ``--fromSavepoint``: source positions and the state of operators that still
         exist are restored (an upgrade with a changed pipeline); the rest starts empty.
         """
-        if not isinstance(config, JobConfig):
-            config = JobConfig.from_dict(config)
+        if not isinstance(config, JobConfig):  # compiling expressions is CPU work: off the loop
+            config = await asyncio.to_thread(JobConfig.from_dict, config)
         start = await locate_start(from_savepoint, "from_savepoint") if from_savepoint is not None else None
         plane = await self._control()
         return plane.submit(config, start_from=start).job_id

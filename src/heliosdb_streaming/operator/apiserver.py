@@ -247,12 +247,12 @@ class KubernetesJobService:
             logger.warning("details of %s without the operator's part: %s", job_id, e)
             body, message = None, f"{message + '; ' if message else ''}metrics unavailable: {e.message}"
         if body is None:  # the operator has not reconciled the resource yet
-            config = jobviews.config_of(obj)
+            config = await asyncio.to_thread(jobviews.config_of, obj)  # compiles expressions
             metrics = JobMetrics(restarts=jobviews.restarts_of(obj))
             tasks = jobviews.planned_tasks(config, phase)
             checkpoints: list[CheckpointInfo] = []
         else:
-            config = jobviews.config_of(obj, body["config"])
+            config = await asyncio.to_thread(jobviews.config_of, obj, body["config"])
             metrics = metrics_of_details(body)
             tasks = [t.model_copy(update={"status": phase}) for t in tasks_of(body)]
             checkpoints = checkpoints_of(body)

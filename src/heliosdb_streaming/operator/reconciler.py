@@ -100,7 +100,7 @@ class Reconciler:
         previous = dict(body.get("status") or {})
         try:
             desired = JobSpec.from_spec(spec)
-            wanted = mapping.job_config(name, spec)
+            wanted = await asyncio.to_thread(mapping.job_config, name, spec)  # CPU work: off the loop
         except InvalidJobConfigError as e:
             await self._reject(namespace, name, uid, meta.get("generation"), previous, e)
             raise kopf.PermanentError(str(e)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+MAX_DURATION_MS = 366 * 86_400_000  # a year (and a day): any window, gap, lateness or timeout of a job
 _UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -33,6 +34,8 @@ def parse_duration_ms(text: str | int | float) -> int:
         pos = m.end()
     if pos != len(s) or pos == 0:
         raise ValueError(f"invalid duration {text!r}: use a number with a unit ms, s, m, h or d (e.g. '5m')")
+    if total >= 2**63:  # also inf: '1e999' cannot be written, but 400 digits can
+        raise ValueError(f"duration {text!r} is too large")
     return int(total)
 
 

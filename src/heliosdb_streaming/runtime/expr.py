@@ -45,6 +45,7 @@ Semantics (decisions a user may trip over):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
@@ -63,6 +64,7 @@ __all__ = [
     "ExpressionError",
     "compile_condition",
     "compile_expression",
+    "expression_cost",
     "field_names",
     "validate_expression",
 ]
@@ -70,6 +72,14 @@ __all__ = [
 # Bounds that keep the recursive parser, compiler and the nested closures well inside Python's stack.
 _MAX_NESTING = 40
 _MAX_DEPTH = 200
+# Bounds on size and on work per record, checked while parsing so that an oversized text is refused
+# after reading at most this much of it. Each node (a path part counts as one) is evaluated at most
+# once per record, so MAX_NODES also bounds the work an expression does per record.
+MAX_EXPRESSION_CHARS = 65_536
+MAX_NODES = 20_000
+MAX_IN_ITEMS = 10_000
+MAX_ARGUMENTS = 100
+_MAX_SNIPPET = 120  # characters of the expression quoted in evaluation errors
 _MISSING: Any = object()
 
 
@@ -310,11 +320,29 @@ _CMP_OPS = frozenset({"==", "!=", "<", "<=", ">", ">="})
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, limits: bool = True) -> None:
         self.text = text
+        self.limits = limits
+        if limits and len(text) > MAX_EXPRESSION_CHARS:
+            raise ExpressionError(
+                f"expression is too long: {len(text)} characters, at most {MAX_EXPRESSION_CHARS}",
+                MAX_EXPRESSION_CHARS,
+            )
         self.tokens = _tokenize(text)
         self.i = 0
         self.nesting = 0
+        self.nodes = 0
+
+    def new(
+        self, kind: str, start: int, end: int, value: Any = None, children: tuple[_Node, ...] = ()
+    ) -> _Node:
+        """A tree node, counted against MAX_NODES (a path counts one per part)."""
+        self.count_part(start)
+        return _node(kind, start, end, value, children)
+
+    def check_items(self, count: int, limit: int, what: str, tok: _Token) -> None:
+        if self.limits and count > limit:
+            self.fail(tok, f"{what} has more than {limit} items")
 
     def peek(self, ahead: int = 0) -> _Token:
         return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
@@ -366,7 +394,7 @@ class _Parser:
             items.append(self.parse_and())
         if len(items) == 1:
             return items[0]
-        return _node("or", items[0].start, items[-1].end, None, tuple(items))
+        return self.new("or", items[0].start, items[-1].end, None, tuple(items))
 
     def parse_and(self) -> _Node:
         items = [self.parse_not()]
@@ -375,7 +403,7 @@ class _Parser:
             items.append(self.parse_not())
         if len(items) == 1:
             return items[0]
-        return _node("and", items[0].start, items[-1].end, None, tuple(items))
+        return self.new("and", items[0].start, items[-1].end, None, tuple(items))
 
     def parse_not(self) -> _Node:
         if self.at("kw", "not"):
@@ -383,7 +411,7 @@ class _Parser:
             self.enter(tok)
             operand = self.parse_not()
             self.nesting -= 1
-            return _node("not", tok.start, operand.end, None, (operand,))
+            return self.new("not", tok.start, operand.end, None, (operand,))
         return self.parse_comparison()
 
     def parse_comparison(self) -> _Node:
@@ -402,7 +430,7 @@ class _Parser:
         if tok.kind == "op" and tok.value in _CMP_OPS:
             self.take()
             right = self.parse_additive()
-            return _node("cmp", left.start, right.end, tok.value, (left, right))
+            return self.new("cmp", left.start, right.end, tok.value, (left, right))
         if tok.kind != "kw":
             return left
         if tok.value == "is":
@@ -416,7 +444,7 @@ class _Parser:
                     end_tok, "expected 'null' after 'is not'" if negated else "expected 'null' after 'is'"
                 )
             self.take()
-            return _node("isnull", left.start, end_tok.end, negated, (left,))
+            return self.new("isnull", left.start, end_tok.end, negated, (left,))
         negated = False
         if tok.value == "not":
             nxt = self.peek(1)
@@ -430,7 +458,7 @@ class _Parser:
         if tok.value == "like":
             self.take()
             pattern = self.parse_additive()
-            return _node("like", left.start, pattern.end, negated, (left, pattern))
+            return self.new("like", left.start, pattern.end, negated, (left, pattern))
         return left
 
     def _in_list(self, left: _Node, negated: bool) -> _Node:
@@ -444,18 +472,18 @@ class _Parser:
         if not self.at("op", closing):
             items.append(self.parse_or())
             while self.at("op", ","):
-                self.take()
+                self.check_items(len(items), MAX_IN_ITEMS, "an 'in' list", self.take())
                 items.append(self.parse_or())
         end = self.expect(closing, f"',' or {closing!r}")
         self.nesting -= 1
-        return _node("in", left.start, end.end, negated, tuple(items))
+        return self.new("in", left.start, end.end, negated, tuple(items))
 
     def parse_additive(self) -> _Node:
         left = self.parse_multiplicative()
         while self.peek().kind == "op" and self.peek().value in ("+", "-"):
             op = self.take().value
             right = self.parse_multiplicative()
-            left = _node("arith", left.start, right.end, op, (left, right))
+            left = self.new("arith", left.start, right.end, op, (left, right))
         return left
 
     def parse_multiplicative(self) -> _Node:
@@ -463,7 +491,7 @@ class _Parser:
         while self.peek().kind == "op" and self.peek().value in ("*", "/", "%"):
             op = self.take().value
             right = self.parse_unary()
-            left = _node("arith", left.start, right.end, op, (left, right))
+            left = self.new("arith", left.start, right.end, op, (left, right))
         return left
 
     def parse_unary(self) -> _Node:
@@ -472,11 +500,15 @@ class _Parser:
             self.enter(tok)
             operand = self.parse_unary()
             self.nesting -= 1
-            return _node("neg", tok.start, operand.end, None, (operand,))
+            return self.new("neg", tok.start, operand.end, None, (operand,))
         return self.parse_postfix()
 
     def parse_postfix(self) -> _Node:
+        """Field access and indexing. A path's parts are collected in one list and made a node once
+        at the end: extending a tuple per part made ``a.b.c...`` quadratic in its length."""
         node = self.parse_primary()
+        parts: list[str | int] | None = list(node.value) if node.kind == "path" else None
+        start, end = node.start, node.end
         while True:
             if self.at("op", "."):
                 self.take()
@@ -484,41 +516,60 @@ class _Parser:
                 if tok.kind not in ("name", "kw", "qname"):
                     self.fail(tok, "expected a field name after '.'")
                 part = tok.value if tok.kind == "qname" else self.text[tok.start : tok.end]
-                node = self._extend(node, _node("lit", tok.start, tok.end, part), tok.end)
+                if parts is not None:
+                    self.count_part(tok.start)
+                    parts.append(part)
+                    end = tok.end
+                else:
+                    node = self.new(
+                        "index", start, tok.end, None, (node, self.new("lit", tok.start, tok.end, part))
+                    )
             elif self.at("op", "["):
                 tok = self.take()
                 self.enter(tok)
                 key = self.parse_or()
-                end = self.expect("]", "']'")
+                close = self.expect("]", "']'")
                 self.nesting -= 1
-                node = self._extend(node, key, end.end)
+                k = key.value
+                if (
+                    parts is not None
+                    and key.kind == "lit"
+                    and (isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool)))
+                ):
+                    parts.append(k)  # the literal key was counted as a node already
+                    end = close.end
+                    continue
+                if parts is not None:
+                    node, parts = _node("path", start, end, tuple(parts)), None
+                node = self.new("index", start, close.end, None, (node, key))
             else:
+                if parts is not None:
+                    node = _node("path", start, end, tuple(parts))
                 return node
 
-    @staticmethod
-    def _extend(base: _Node, key: _Node, end: int) -> _Node:
-        if base.kind == "path" and key.kind == "lit":
-            k = key.value
-            if isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool)):
-                return _node("path", base.start, end, (*base.value, k))
-        return _node("index", base.start, end, None, (base, key))
+    def count_part(self, at: int) -> None:
+        self.nodes += 1
+        if self.limits and self.nodes > MAX_NODES:
+            raise ExpressionError(f"expression has more than {MAX_NODES} parts (work per record)", at)
 
     def parse_primary(self) -> _Node:
         tok = self.peek()
         if tok.kind in ("num", "str"):
             self.take()
-            return _node("lit", tok.start, tok.end, tok.value)
+            return self.new("lit", tok.start, tok.end, tok.value)
         if tok.kind == "kw" and tok.value in ("true", "false", "null"):
             self.take()
-            return _node("lit", tok.start, tok.end, {"true": True, "false": False, "null": None}[tok.value])
+            return self.new(
+                "lit", tok.start, tok.end, {"true": True, "false": False, "null": None}[tok.value]
+            )
         if tok.kind == "qname":
             self.take()
-            return _node("path", tok.start, tok.end, (tok.value,))
+            return self.new("path", tok.start, tok.end, (tok.value,))
         if tok.kind == "name":
             self.take()
             if self.at("op", "("):
                 return self._call(tok)
-            return _node("path", tok.start, tok.end, (tok.value,))
+            return self.new("path", tok.start, tok.end, (tok.value,))
         if tok.kind == "op" and tok.value == "(":
             self.take()
             self.enter(tok)
@@ -538,7 +589,7 @@ class _Parser:
         if not self.at("op", ")"):
             args.append(self.parse_or())
             while self.at("op", ","):
-                self.take()
+                self.check_items(len(args) + 1, MAX_ARGUMENTS, f"the argument list of {name}()", self.take())
                 args.append(self.parse_or())
         end = self.expect(")", "',' or ')'")
         self.nesting -= 1
@@ -547,7 +598,7 @@ class _Parser:
             want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
             noun = "argument" if lo == 1 and hi in (1, None) else "arguments"
             self.fail(name_tok, f"{name}() takes {want} {noun}, got {len(args)}")
-        return _node("call", name_tok.start, end.end, name, tuple(args))
+        return self.new("call", name_tok.start, end.end, name, tuple(args))
 
 
 # ------------------------------------------------------------------------------------------ compile
@@ -559,6 +610,7 @@ class _Compiled:
     const: bool = False
     value: Any = None
     boolean: bool = False  # fn always returns a bool
+    cost: int = 0  # nodes of the whole expression (set on the root only)
 
 
 def _constant(value: Any) -> _Compiled:
@@ -1050,7 +1102,11 @@ class _Compiler:
         self.text = text
 
     def src(self, node: _Node) -> str:
-        return self.text[node.start : node.end]
+        """The node's text for error messages, cut to a bounded length (nodes nest, so quoting each
+        one whole would copy a long expression once per level)."""
+        if node.end - node.start <= _MAX_SNIPPET:
+            return self.text[node.start : node.end]
+        return self.text[node.start : node.start + _MAX_SNIPPET - 3] + "..."
 
     def build(self, node: _Node) -> _Compiled:
         kind = node.kind
@@ -1247,16 +1303,24 @@ class _Compiler:
 # ------------------------------------------------------------------------------------------ public API
 
 
-def _parse(text: str) -> _Node:
+def _parse(text: str, *, limits: bool = True) -> _Node:
+    return _parse_counted(text, limits=limits)[0]
+
+
+def _parse_counted(text: str, *, limits: bool = True) -> tuple[_Node, int]:
+    """The tree and its node count. Linear in ``len(text)``; with ``limits`` it refuses texts over
+    the MAX_* bounds after reading at most that much of them."""
     if not isinstance(text, str):
         raise ExpressionError(f"expression must be a string, got {type(text).__name__}", 0)
-    return _Parser(text).parse()
+    parser = _Parser(text, limits=limits)
+    return parser.parse(), parser.nodes
 
 
 @lru_cache(maxsize=1024)
 def _compile_text(text: str) -> _Compiled:
     # closures are pure, so equal texts can share one compiled evaluator
-    return _Compiler(text).build(_parse(text))
+    tree, nodes = _parse_counted(text)
+    return dataclasses.replace(_Compiler(text).build(tree), cost=nodes)
 
 
 def _compiled(text: str) -> _Compiled:
@@ -1289,6 +1353,12 @@ def compile_condition(text: str) -> Callable[[dict[str, Any]], bool]:
 def validate_expression(text: str) -> None:
     """Raises :class:`ExpressionError` if ``text`` is not a valid expression (job checks at submit)."""
     _compiled(text)
+
+
+def expression_cost(text: str) -> int:
+    """The work ``text`` does per record, in nodes evaluated (a path counts one per part); validates
+    it like :func:`validate_expression`. Jobs bound the sum over their expressions."""
+    return _compiled(text).cost
 
 
 def field_names(text: str) -> set[str]:

@@ -64,7 +64,7 @@ from heliosdb_streaming.runtime.rotation import (
     RotatingFile,
     RotatingTextStream,
 )
-from heliosdb_streaming.runtime.state.memory import MemoryStateStore
+from heliosdb_streaming.runtime.state.memory import MemoryStateStore, StateBudget
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 
 logger = logging.getLogger("heliosdb_streaming.worker")
@@ -144,6 +144,7 @@ class Worker:
         self._process = psutil.Process()
         self._process.cpu_percent(None)
         self._stores: list[StateStore] = []
+        self._budgets: dict[str, StateBudget] = {}
         self.storage = storage
         self.restore_from = restore_from
         # where ``restore_from`` lives: the job's own storage, or another job's (a job started from a
@@ -263,7 +264,7 @@ class Worker:
         """The store named ``name`` of a task: the restored one if there is one, else a new one."""
         store = task.stores.get(name)
         if store is not None:
-            return store
+            return self._limited(task, store)
         if self.config.state_backend == StateBackendType.ROCKSDB:
             path = self.job_dir / "state" / f"attempt-{self.attempt}" / task.split.split_id / name
             store = RocksDBStateStore(path)
@@ -271,6 +272,15 @@ class Worker:
             store = MemoryStateStore()
         task.stores[name] = store
         self._stores.append(store)
+        return self._limited(task, store)
+
+    def _limited(self, task: Task, store: StateStore) -> StateStore:
+        """A memory store counts against its task's ``max_state_mb`` (all stores of the task together)."""
+        if isinstance(store, MemoryStateStore):
+            budget = self._budgets.setdefault(
+                task.split.split_id, StateBudget(task.split.split_id, self.config.max_state_mb)
+            )
+            store.limit(budget)
         return store
 
     async def _close(self) -> None:

@@ -236,3 +236,126 @@ def test_a_postgresql_url_must_percent_encode_its_password(connection_string: st
         assert "percent-encode" in errors["sinks[0].config.connection_string"]
         password = connection_string.split(":")[2].rsplit("@", 1)[0]
         assert password not in errors["sinks[0].config.connection_string"]
+
+
+# --------------------------------------------------------------------------- strict types and bounds
+
+
+def job(**config: Any) -> dict[str, Any]:
+    return {"name": "j", "config": config, "sources": [{"type": "datagen"}], "sinks": [{"type": "print"}]}
+
+
+@pytest.mark.parametrize("value", [True, "4", 2.0, False, None, [4]])
+def test_numbers_are_numbers(value: Any) -> None:
+    errors = paths_of(job(parallelism=value))
+    assert list(errors) == ["config.parallelism"]
+    errors = paths_of(
+        job(checkpoint_interval_ms=value, restart_strategy={"type": "fixed_delay", "attempts": value})
+    )
+    assert set(errors) == {"config.checkpoint_interval_ms", "config.restart_strategy.attempts"}
+
+
+def test_numbers_inside_steps_are_strict_too() -> None:
+    body = job()
+    body["sources"] = [{"type": "datagen", "config": {"count": "10", "keys": True, "rate_per_sec": "5"}}]
+    body["sinks"] = [
+        {
+            "type": "database",
+            "config": {"connection_string": "sqlite:///x.db", "table": "t", "batch_size": 1.0},
+        }
+    ]
+    body["transformations"] = [{"type": "window", "config": {"size": True, "aggregates": {"n": "count(*)"}}}]
+    assert set(paths_of(body)) == {
+        "sources[0].config.count",
+        "sources[0].config.keys",
+        "sources[0].config.rate_per_sec",
+        "sinks[0].config.batch_size",
+        "transformations[0].config.size",
+    }
+    body = job()
+    body["sources"] = [{"type": "datagen", "config": {"rate_per_sec": 5, "count": 10}}]  # an int is a float
+    assert JobConfig.from_dict(body).sources[0].config.rate_per_sec == 5
+
+
+def window_job(**cfg: Any) -> dict[str, Any]:
+    return {
+        "name": "w",
+        "sources": [{"type": "datagen"}],
+        "transformations": [{"type": "window", "config": {"aggregates": {"n": "count(*)"}, **cfg}}],
+        "sinks": [{"type": "print"}],
+    }
+
+
+def test_durations_are_bounded() -> None:
+    for size in (2**70, "99999999d", "9" * 400 + "d", "367d"):
+        errors = paths_of(window_job(size=size))
+        assert "transformations[0].config.size" in errors, size
+    assert "at most 366d" in paths_of(window_job(size=2**70))["transformations[0].config.size"]
+    errors = paths_of(window_job(size="1m", allowed_lateness="400d"))
+    assert "transformations[0].config.allowed_lateness" in errors
+    JobConfig.from_dict(window_job(size="366d"))
+
+
+def test_sliding_windows_per_event_are_bounded() -> None:
+    errors = paths_of(window_job(kind="sliding", size="1d", slide="1ms"))
+    assert "more than 1000 windows" in errors["transformations[0].config"]
+    JobConfig.from_dict(window_job(kind="sliding", size="1000s", slide="1s"))
+    assert "transformations[0].config" in paths_of(window_job(kind="sliding", size=1001, slide=1))
+
+
+def cep_job(pattern: str) -> dict[str, Any]:
+    return {
+        "name": "c",
+        "sources": [{"type": "datagen"}],
+        "transformations": [{"type": "cep", "config": {"pattern": pattern}}],
+        "sinks": [{"type": "print"}],
+    }
+
+
+def test_cep_pattern_size_is_bounded() -> None:
+    errors = paths_of(cep_job("A{1,10000} B{1,10000}"))
+    assert "above 100" in errors["transformations[0].config.pattern"]
+    errors = paths_of(cep_job(" ".join(["A{1,100}"] * 11)))
+    assert "1100 automaton states" in errors["transformations[0].config.pattern"]
+    errors = paths_of(cep_job(" ".join(["A"] * 51)))
+    assert "more than 50 elements" in errors["transformations[0].config.pattern"]
+    JobConfig.from_dict(cep_job(" ".join(["A{1,100}"] * 10)))
+
+
+def test_expression_limits_name_the_field() -> None:
+    body = job()
+    body["transformations"] = [{"type": "filter", "config": {"condition": "a" + ".c" * 450_000}}]
+    errors = paths_of(body)
+    assert "too long" in errors["transformations[0].config.condition"]
+
+
+def test_work_per_record_of_a_job_is_bounded() -> None:
+    big = "x in (" + ",".join(["a.b.c"] * 6_000) + ")"  # 18002 nodes: allowed alone
+    body = job()
+    body["transformations"] = [{"type": "filter", "config": {"condition": big}} for _ in range(6)]
+    errors = paths_of(body)
+    assert list(errors) == ["transformations[5].config.condition"]
+    assert "work per record" in errors["transformations[5].config.condition"]
+    body["transformations"] = body["transformations"][:5]
+    JobConfig.from_dict(body)
+
+
+def test_max_state_mb_setting() -> None:
+    assert JobConfig.from_dict(job()).max_state_mb == 1024
+    config = JobConfig.from_dict(job(max_state_mb=64))
+    assert config.max_state_mb == 64 and config.to_dict()["config"]["max_state_mb"] == 64
+    assert "config.max_state_mb" in paths_of(job(max_state_mb=0))
+    assert "config.max_state_mb" in paths_of(job(max_state_mb="64"))
+
+
+def test_stored_configs_load_without_compiling_expressions() -> None:
+    from heliosdb_streaming.runtime import expr
+
+    body = job()
+    body["transformations"] = [{"type": "filter", "config": {"condition": "a" + ".c" * 450_000}}]
+    before = expr._compile_text.cache_info().misses
+    config = JobConfig.from_stored(body)  # as an older version stored it: beyond today's limits
+    assert expr._compile_text.cache_info().misses == before
+    assert config.transformations[0].config.condition.startswith("a.c.c")
+    with pytest.raises(InvalidJobConfigError):
+        JobConfig.from_stored({"name": "j"})  # structure is still checked

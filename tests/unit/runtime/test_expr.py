@@ -993,3 +993,77 @@ def _tree_fields(node: Any) -> set[str]:
 @given(tree=expressions, style=styles)
 def test_field_names_matches_tree(tree: tuple[Any, ...], style: dict[str, bool]) -> None:
     assert field_names(render(tree, style)) == _tree_fields(tree)
+
+
+# ------------------------------------------------------------------------------------------ size limits
+
+
+def test_oversized_expressions_are_refused_early() -> None:
+    with pytest.raises(ExpressionError, match="too long: 900001 characters"):
+        validate_expression("a" + ".c" * 450_000)
+    with pytest.raises(ExpressionError, match="'in' list has more than 10000 items"):
+        validate_expression("x in (" + ",".join(["1"] * 10_001) + ")")
+    with pytest.raises(ExpressionError, match=r"argument list of concat\(\) has more than 100 items"):
+        validate_expression("concat(" + ",".join(["a"] * 101) + ")")
+    with pytest.raises(ExpressionError, match="more than 20000 parts"):
+        validate_expression("x in (" + ",".join(["a.b.c"] * 9_000) + ")")
+    # the largest allowed shapes still work
+    assert cond("x in (" + ",".join(str(i) for i in range(10_000)) + ")", {"x": 9_999}) is True
+    assert ev("concat(" + ",".join(["'a'"] * 100) + ")") == "a" * 100
+    assert ev("a" + ".b" * 1000, {"a": None}) is None
+
+
+def test_expression_cost_counts_nodes_per_record() -> None:
+    assert expr.expression_cost("a.b.c > 1 and x in (1, 2)") == 10
+    assert expr.expression_cost("x") == 1
+    with pytest.raises(ExpressionError):
+        expr.expression_cost("a +")
+
+
+def test_error_messages_quote_a_bounded_snippet() -> None:
+    text = "lower(" + " + ".join(["a"] * 100) + ")"
+    with pytest.raises(EvaluationError) as info:
+        ev(text, {"a": 1})
+    assert "..." in str(info.value) and len(str(info.value)) < 300
+
+
+_SHAPES = {
+    # a unit repeated n times inside a template: every way a text can grow without nesting deeper
+    "path": ("a", "{}", ".b"),
+    "index": ("a", "{}", "['k']"),
+    "or": ("x > 1", "{}", " or x > 1"),
+    "in": ("x in (0", "{})", ", 'v'"),
+    "concat": ("concat('a'", "{})", ", b.c"),
+    "string": ("'", "{}'", "ab\\n"),
+    "spaces": ("x", "{} > 1", "   "),
+}
+
+
+def _parse_seconds(text: str) -> float:
+    import gc
+    import time
+
+    best = float("inf")
+    gc.disable()
+    try:
+        for _ in range(5):  # the minimum is robust: a busy machine only ever adds time
+            t0 = time.perf_counter()
+            expr._parse(text, limits=False)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return best
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(sorted(_SHAPES)), prefix=st.sampled_from(["", "not ", "y < 0 or "]))
+def test_parse_time_is_linear_in_input_size(shape: str, prefix: str) -> None:
+    """Parsing 8x the text takes about 8x the time (a quadratic parser: ~64x). The sizes exceed the
+    limits on purpose, to measure the parser itself; the bound 24x tolerates noise."""
+    head, template, unit = _SHAPES[shape]
+
+    def text(n: int) -> str:
+        return prefix + head + template.format(unit * n)
+
+    small, large = _parse_seconds(text(4_000)), _parse_seconds(text(32_000))
+    assert large / small < 24, (shape, small, large)

@@ -54,7 +54,11 @@ from typing import Any, Literal
 from heliosdb_streaming.runtime.api import Batch, Record, StateStore
 from heliosdb_streaming.runtime.eventtime import MIN_WATERMARK, event_time_field_value
 
-MAX_REPEAT = 10_000
+# Bounds on the automaton: each event may advance every state of every live partial match, so the
+# pattern's size is work per event. A pattern expands to sum(max or min) states.
+MAX_REPEAT = 100
+MAX_ELEMENTS = 50
+MAX_STATES = 1_000
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BRACES = re.compile(r"\{\s*(\d+)\s*(?:(,)\s*(\d*)\s*)?\}")
@@ -120,6 +124,8 @@ def parse_pattern(text: str) -> Pattern:
             pos += 1
         if pos >= n:
             break
+        if len(elements) > MAX_ELEMENTS:  # refuse a huge pattern after reading a bounded part of it
+            raise PatternError(f"pattern has more than {MAX_ELEMENTS} elements", pos, text[:200])
         m = _IDENT.match(text, pos)
         if m is None:
             ch = text[pos]
@@ -158,6 +164,16 @@ def parse_pattern(text: str) -> Pattern:
         elements.append(PatternElement(name, lo, hi, quantifier))
     if not elements:
         raise PatternError("pattern is empty", 0, text)
+    if len(elements) > MAX_ELEMENTS:
+        raise PatternError(f"pattern has more than {MAX_ELEMENTS} elements", 0, text[:200])
+    states = sum(e.max if e.max is not None else max(e.min, 1) for e in elements)
+    if states > MAX_STATES:
+        raise PatternError(
+            f"pattern expands to {states} automaton states, at most {MAX_STATES}: "
+            "lower the quantifier bounds",
+            0,
+            text[:200],
+        )
     if all(e.min == 0 for e in elements):
         raise PatternError(
             "pattern can match an empty sequence: at least one variable needs a minimum of one "
