@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 import psutil
 
@@ -31,7 +32,13 @@ class SubprocessWorker:
 
 
 class SubprocessLauncher:
-    """Starts ``python -m heliosdb_streaming.runtime.worker``; stdout and stderr go to the job directory."""
+    """Starts ``python -m heliosdb_streaming.runtime.worker``; stdout and stderr go to the job directory.
+
+    ``cwd``: the workers' working directory (relative job paths resolve there); None: this process's.
+    """
+
+    def __init__(self, cwd: Path | None = None) -> None:
+        self.cwd = cwd
 
     async def launch(self, spec: WorkerSpec) -> SubprocessWorker:
         spec.job_dir.mkdir(parents=True, exist_ok=True)
@@ -48,6 +55,7 @@ class SubprocessLauncher:
                 stdout=stdout,
                 stderr=stderr,
                 env=env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         return SubprocessWorker(spec.index, process)
