@@ -4,10 +4,10 @@ A page the user visits can send requests to ``http://127.0.0.1:8081`` with the u
 but cannot read the answers (no CORS headers are ever sent) and cannot set most headers. Three checks
 close what is left:
 
-1. Job-changing requests (POST, PUT, PATCH, DELETE) carry JSON or nothing: a ``Content-Type`` other
-   than ``application/json``, or a body without one, is 415. A cross-site "simple request" may only
-   send ``text/plain``, form or multipart bodies; ``application/json`` needs a CORS preflight, which
-   this server never grants.
+1. Job-changing requests (POST, PUT, PATCH, DELETE) carry JSON or nothing: a body whose
+   ``Content-Type`` is not ``application/json`` (or that has none) is 415, and so is a ``text/plain``,
+   form or multipart type even without a body. Those are all a cross-site "simple request" may send;
+   ``application/json`` needs a CORS preflight, which this server never grants.
 2. ``Host`` must name this server (DNS rebinding: a hostile name that resolves to 127.0.0.1 makes the
    browser treat the API as the hostile site's own): the bind address, the address the connection
    arrived on, ``localhost``/``127.0.0.1``/``[::1]`` when it arrived on a loopback address, or a name
@@ -36,6 +36,8 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
 CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON = "application/json"
+# The bodies a page may send cross-site without a CORS preflight ("simple requests").
+BROWSER_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 class ForbiddenError(ApiError):
@@ -138,13 +140,15 @@ class RequestPolicy:
 
 
 def media_type_problem(method: str, content_type: str | None, has_body: bool) -> str | None:
-    """Why a job-changing request's body is refused (anything but JSON, or nothing); or None."""
+    """Why a job-changing request's body is refused, or None. A body must be JSON. Without a body the
+    type says nothing, except the ones a browser sends cross-site without a preflight (refused, as a
+    second wall behind the Origin check); aiohttp clients send ``application/octet-stream`` there."""
     if method not in CHANGING_METHODS:
         return None
     if content_type is None:
         return "a request body needs 'Content-Type: application/json'" if has_body else None
     mime = content_type.split(";", 1)[0].strip().lower()
-    if mime != JSON:
+    if mime != JSON and (has_body or mime in BROWSER_SIMPLE_TYPES):
         return f"Content-Type {mime or '(empty)'!r} is not accepted: send application/json"
     return None
 

@@ -24,7 +24,9 @@ def test_loopback_bind_allows_loopback_names_on_any_port(host: str) -> None:
     assert RequestPolicy.of("127.0.0.1").host_problem(host, LOOP) is None
 
 
-@pytest.mark.parametrize("host", ["evil.example:8081", "127.0.0.1.evil.example", "10.0.0.5:8081", "[::2]", ""])
+@pytest.mark.parametrize(
+    "host", ["evil.example:8081", "127.0.0.1.evil.example", "10.0.0.5:8081", "[::2]", ""]
+)
 def test_other_hosts_are_refused(host: str) -> None:
     why = RequestPolicy.of("127.0.0.1").host_problem(host, LOOP)
     assert why is not None and "--allowed-hosts" in why
@@ -99,6 +101,8 @@ def test_origins() -> None:
         ("POST", "application/x-www-form-urlencoded", True, True),
         ("POST", "multipart/form-data; boundary=x", True, True),
         ("DELETE", "text/plain", False, True),
+        ("POST", "application/octet-stream", False, False),  # what aiohttp sends on an empty POST
+        ("POST", "application/octet-stream", True, True),
         ("POST", None, True, True),  # a body must say it is JSON
         ("POST", "", True, True),
         ("GET", "text/plain", True, False),  # reads change nothing
