@@ -77,8 +77,9 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="a Host name clients use to reach this server, besides its bind address (repeatable; "
-        "'*' turns the Host check off); see docs/security.md",
+        help="a Host name clients use to reach this server, besides its bind address (repeatable, "
+        "added to $HELIOS_ALLOWED_HOSTS, comma-separated; '*' turns the Host check off); "
+        "see docs/security.md",
     )
     p.add_argument(
         "--allowed-origins",
@@ -86,15 +87,15 @@ def register(sub: Any) -> None:
         default=[],
         metavar="ORIGIN",
         help="a browser Origin (http(s)://host[:port]) allowed besides those of the allowed hosts "
-        "(repeatable; '*' allows any)",
+        "(repeatable, added to $HELIOS_ALLOWED_ORIGINS; '*' allows any)",
     )
     p.add_argument(
         "--allow-path",
         action="append",
         default=[],
         metavar="DIR",
-        help="embedded: a directory jobs may read and write besides the home (repeatable); "
-        "file sources, sinks and checkpoints elsewhere are refused",
+        help="embedded: a directory jobs may read and write besides the home (repeatable, added to "
+        "$HELIOS_ALLOW_PATHS, ':'-separated); file sources, sinks and checkpoints elsewhere are refused",
     )
     p.add_argument("--demo", action="store_true", help="also run an endless demo job (unless one is active)")
     p.set_defaults(func=cmd_server)
@@ -112,7 +113,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else None
     from heliosdb_streaming.api.guard import RequestPolicy
 
-    policy = RequestPolicy.of(args.host, args.allowed_hosts, args.allowed_origins)
+    policy = RequestPolicy.of(
+        args.host,
+        [*env_list("HELIOS_ALLOWED_HOSTS", ","), *args.allowed_hosts],
+        [*env_list("HELIOS_ALLOWED_ORIGINS", ","), *args.allowed_origins],
+    )
     if args.substrate == "kubernetes":
         if args.demo:
             print("error: --demo runs on the embedded substrate only", file=sys.stderr)
@@ -136,7 +141,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             demo=args.demo,
             api_token=token,
             policy=policy,
-            allow_paths=[Path(p) for p in args.allow_path],
+            allow_paths=[Path(p) for p in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path)],
         )
     )
 
@@ -243,6 +248,11 @@ async def _run(
             loop.remove_signal_handler(sig)
     print("helios server: stopped", flush=True)
     return 0
+
+
+def env_list(name: str, separator: str) -> list[str]:
+    """A list setting from the environment (how the chart passes them): ``a,b`` or ``/a:/b``."""
+    return [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
 
 
 def _url_host(host: str) -> str:
