@@ -162,6 +162,8 @@ class Api:
         self.statuses: list[int] = []
 
     async def call(self, method: str, path: str, **kw: Any) -> Reply:
+        if "data" in kw:  # raw bodies are JSON (or not) here; the server takes only application/json
+            kw["headers"] = {"Content-Type": "application/json", **kw.get("headers", {})}
         async with self.session.request(method, self.base + path, **kw) as response:
             text = await response.text()
             self.statuses.append(response.status)

@@ -119,6 +119,8 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                     "heliosdb-streaming:test",
                     "--max-parallelism",
                     str(MAX_PARALLELISM),
+                    "--allow-path",  # the tests' SQLite files and checkpoint dirs
+                    str(tmp),
                 )
                 env = operator_env(emulated.kubeconfig_of(OPERATOR), {"HELIOS_API_TOKEN": TOKEN})
                 log = tmp / "operator.log"

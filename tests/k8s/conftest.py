@@ -67,7 +67,9 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         log = cluster.tmp / f"operator-{len(started)}.log"
         scope = args if args is not None else ["--all-namespaces"]
         await install_operator_rbac(cluster.client, scope)
-        argv = operator_command(home, port, *scope, "--image", "heliosdb-streaming:test")
+        # the tests' SQLite files and checkpoint dirs are in the test's directory
+        allow = ["--allow-path", str(cluster.tmp)]
+        argv = operator_command(home, port, *scope, *allow, "--image", "heliosdb-streaming:test")
         with log.open("ab") as out:
             process = subprocess.Popen(
                 argv,

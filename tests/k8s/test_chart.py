@@ -43,9 +43,17 @@ NON_DEFAULT = {
         "controlPort": 7171,
         "extraArgs": ["--verbose"],
         "livenessProbe": {"tcpSocket": {"port": "control"}},
+        "allowPaths": ["/data/in", "/data/out"],
     },
     "workers": {"envSecret": "helios-worker-env", "serviceAccount": "helios-worker"},
-    "api": {"jobNamespace": "team-a", "replicas": 2, "service": {"type": "LoadBalancer", "port": 80}},
+    "api": {
+        "jobNamespace": "team-a",
+        "replicas": 2,
+        "service": {"type": "LoadBalancer", "port": 80},
+        "allowedHosts": ["helios.example.com"],
+        "allowedOrigins": ["https://console.example.com"],
+        "clusterDomain": "k8s.example",
+    },
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "podMonitor": {"enabled": True, "namespaces": ["team-a", "team-b"]},
@@ -123,6 +131,9 @@ BAD_VALUES = {
     "bad size": ({"operator": {"persistence": {"size": "lots"}}}, "/operator/persistence/size"),
     "bad interval": ({"metrics": {"serviceMonitor": {"interval": "30"}}}, "/metrics/serviceMonitor/interval"),
     "boolean as a string": ({"s3": {"secure": "false"}}, "/s3/secure"),
+    "relative allowed path": ({"operator": {"allowPaths": ["data"]}}, "/operator/allowPaths/0"),
+    "origin with a path": ({"api": {"allowedOrigins": ["https://x.example/app"]}}, "/api/allowedOrigins/0"),
+    "two hosts in one item": ({"api": {"allowedHosts": ["a.example,b.example"]}}, "/api/allowedHosts/0"),
 }
 
 
@@ -273,6 +284,7 @@ def test_default_operator(chart: helm.Chart) -> None:
     assert env["HELIOS_API_TOKEN"]["secretKeyRef"] == {"name": FULLNAME, "key": "api-token", "optional": True}
     assert env["HELIOS_IMAGE"] == c["image"]
     assert "HELIOS_WORKER_ENV_SECRET" not in env and "HELIOS_CHECKPOINT_STORAGE" not in env
+    assert "HELIOS_ALLOW_PATHS" not in env  # the home only
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {
         "name": FULLNAME,
         "key": "s3-access-key",
@@ -299,6 +311,15 @@ def test_default_api_server_and_services(chart: helm.Chart) -> None:
     assert env["HELIOS_API_TOKEN"]["secretKeyRef"]["name"] == FULLNAME
     assert env["HELIOS_JOB_NAMESPACE"] == NAMESPACE
     assert env["HELIOS_OPERATOR_URL"] == f"http://{FULLNAME}-operator.{NAMESPACE}.svc:8082"
+    # the Host names in-cluster clients use (the pod's address and localhost are allowed by the server)
+    service = f"{FULLNAME}-api"
+    assert env["HELIOS_ALLOWED_HOSTS"].split(",") == [
+        service,
+        f"{service}.{NAMESPACE}",
+        f"{service}.{NAMESPACE}.svc",
+        f"{service}.{NAMESPACE}.svc.cluster.local",
+    ]
+    assert "HELIOS_ALLOWED_ORIGINS" not in env
     # Each Service selects exactly the pods of one Deployment, on a port that Deployment names.
     deployments = find(docs, "Deployment")
     for service in find(docs, "Service"):
@@ -374,6 +395,10 @@ def test_non_default_values(chart: helm.Chart) -> None:
     api_env = env_of(one(docs, "Deployment", f"{FULLNAME}-api"))
     assert not any(k.startswith(("AWS_", "HELIOS_S3")) for k in api_env)  # the API needs no S3 access
     assert api_env["HELIOS_JOB_NAMESPACE"] == "team-a"
+    hosts = api_env["HELIOS_ALLOWED_HOSTS"].split(",")
+    assert hosts[-2:] == [f"{FULLNAME}-api.{NAMESPACE}.svc.k8s.example", "helios.example.com"]
+    assert api_env["HELIOS_ALLOWED_ORIGINS"] == "https://console.example.com"
+    assert env["HELIOS_ALLOW_PATHS"] == "/data/in:/data/out"
     for deployment in find(docs, "Deployment"):
         for e in container(deployment)["env"]:
             ref = e.get("valueFrom", {}).get("secretKeyRef")

@@ -366,6 +366,21 @@ async def test_invalid_spec_is_failed_with_the_field_path(
     assert "InvalidSpec" in [r for r, _ in await events_of(client, "broken")]
     assert not await worker_pods(client, "broken")
 
+    # local files outside the operator's home and --allow-path dirs (/etc here) are refused, each named
+    outside = {
+        **window_spec(Path("/etc/heliosdb-out.db"), parallelism=1, rate=0),
+        "checkpointStorage": "file:///etc",
+        "restoreFrom": "file:///etc/savepoints/x",
+    }
+    await create(cluster, "outside", outside)
+    status = await wait_phase(client, "outside", "failed", log=operator.output())
+    for field in ("spec.sinks[0].config.connection_string", "spec.checkpointStorage", "spec.restoreFrom"):
+        assert f"{field}: /etc" in status["message"], status["message"]
+    assert "outside the directories this server allows" in status["message"]
+    assert "InvalidSpec" in [r for r, _ in await events_of(client, "outside")]
+    assert not await worker_pods(client, "outside")
+    assert not Path("/etc/heliosdb-out.db").exists()
+
     # a new job from a location that holds no savepoint would start empty: it is refused instead
     nowhere = (cluster.tmp / "nowhere").as_uri()
     restored = {**window_spec(cluster.tmp / "out.db", parallelism=1, rate=0), "restoreFrom": nowhere}

@@ -58,6 +58,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-api" (include "heliosdb-streaming.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- /* The Host names of the API: its Service's DNS names, then api.allowedHosts (comma-separated). */}}
+{{- define "heliosdb-streaming.apiHosts" -}}
+{{- $svc := include "heliosdb-streaming.apiName" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.api.clusterDomain) -}}
+{{- join "," (concat $names .Values.api.allowedHosts) -}}
+{{- end }}
+
 {{- define "heliosdb-streaming.operatorServiceAccount" -}}
 {{- if .Values.operator.serviceAccount.create }}
 {{- default (include "heliosdb-streaming.operatorName" .) .Values.operator.serviceAccount.name }}

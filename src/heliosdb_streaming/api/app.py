@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 from heliosdb_streaming.api import views
 from heliosdb_streaming.api.auth import token_middleware
 from heliosdb_streaming.api.errors import error_middleware
+from heliosdb_streaming.api.guard import RequestPolicy, guard_middleware
 from heliosdb_streaming.api.service import EmbeddedJobService, JobService
 from heliosdb_streaming.api.views import JOB_SERVICE, MAX_BODY_BYTES
 from heliosdb_streaming.job.manager import JobManager
@@ -61,13 +62,16 @@ def create_app(
     max_body_bytes: int = 1 << 20,
     owns_manager: bool = False,
     read_only: bool = False,
+    request_policy: RequestPolicy | None = None,
 ) -> web.Application:
     """The REST API over ``job_manager``. ``api_token`` (non-empty) requires a bearer token on every
     route but ``/healthz``; request bodies over ``max_body_bytes`` are answered 413. ``read_only``
-    serves only the GET routes (the operator's internal read API: commands go through resources)."""
+    serves only the GET routes (the operator's internal read API: commands go through resources).
+    Job-changing requests carry JSON or no body (else 415); ``request_policy`` (``helios server``
+    passes one) refuses foreign ``Host`` and ``Origin`` headers with 403: see ``api.guard``."""
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
-    middlewares: list[Middleware] = [error_middleware]
+    middlewares: list[Middleware] = [error_middleware, guard_middleware(request_policy)]
     if api_token:
         middlewares.append(token_middleware(api_token))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)

@@ -53,10 +53,18 @@ _ERROR_DESCRIPTIONS = {
     401: "unauthorized: a token is configured and the bearer token is missing or wrong",
     404: "job_not_found, or savepoint_not_found",
     409: "illegal_state_transition: details give the job's current status",
+    403: "forbidden: the Host or Origin header names no host this server allows (a browser's "
+    "cross-site request or DNS rebinding; see docs/security.md)",
     413: "payload_too_large",
+    415: "unsupported_media_type: a body that is not Content-Type application/json",
     503: "savepoint_failed: a worker failed the savepoint or it timed out; the job keeps running and the "
     "savepoint may be tried again",
 }
+
+# Operations that change jobs: a body other than JSON is 415 (api.guard).
+_CHANGING_OPS = frozenset(
+    {"submitJob", "cancelJob", "pauseJob", "resumeJob", "createSavepoint", "deleteSavepoint", "restartJob"}
+)
 
 # OpenAPI links: how the ids an answer carries feed the next operations (clients and stateful tests).
 _JOB_LINKS = {
@@ -155,7 +163,8 @@ def build() -> dict[str, Any]:
             | ({"content": _json_content(refs[model])} if model is not None else {})
             | ({"links": links} if links else {}),
         }
-        for code in (*errors, 401):
+        changing = (415,) if op_id in _CHANGING_OPS else ()
+        for code in (*errors, *changing, 401, 403):
             responses[str(code)] = {
                 "description": _ERROR_DESCRIPTIONS[code],
                 "content": _json_content(error_ref),
@@ -376,6 +385,7 @@ def build() -> dict[str, Any]:
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
                     "401": {"description": _ERROR_DESCRIPTIONS[401], "content": _json_content(error_ref)},
+                    "403": {"description": _ERROR_DESCRIPTIONS[403], "content": _json_content(error_ref)},
                 },
             }
         },
@@ -385,7 +395,10 @@ def build() -> dict[str, Any]:
                 "summary": "Liveness: always open, even when a token is configured",
                 "tags": ["service"],
                 "security": [],
-                "responses": {"200": {"description": "ok", "content": _json_content(refs["HealthResponse"])}},
+                "responses": {
+                    "200": {"description": "ok", "content": _json_content(refs["HealthResponse"])},
+                    "403": {"description": _ERROR_DESCRIPTIONS[403], "content": _json_content(error_ref)},
+                },
             }
         },
         "/metrics": {
@@ -399,6 +412,7 @@ def build() -> dict[str, Any]:
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "401": {"description": _ERROR_DESCRIPTIONS[401], "content": _json_content(error_ref)},
+                    "403": {"description": _ERROR_DESCRIPTIONS[403], "content": _json_content(error_ref)},
                 },
             }
         },

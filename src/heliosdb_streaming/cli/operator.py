@@ -65,6 +65,15 @@ def register(sub: Any) -> None:
     p.add_argument("--max-parallelism", type=int, default=1024, help="worker slots in total (default 1024)")
     p.add_argument("--image", help="default worker image (default $HELIOS_IMAGE)")
     p.add_argument("--checkpoint-storage", help="default checkpoint storage URI ($HELIOS_CHECKPOINT_STORAGE)")
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory (absolute, as the worker pods see it) whose files StreamingJobs may read and "
+        "write, besides the home (repeatable, added to $HELIOS_ALLOW_PATHS, ':'-separated); file "
+        "sources, sinks and file:// checkpoints elsewhere are an InvalidSpec",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_operator)
 
@@ -76,6 +85,7 @@ def _home(arg: str | None) -> Path:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from heliosdb_streaming.cli.server import env_list
     from heliosdb_streaming.operator import app
 
     if args.max_parallelism < 1:
@@ -103,6 +113,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         max_parallelism=args.max_parallelism,
         image=args.image,
         checkpoint_storage=args.checkpoint_storage,
+        allow_paths=tuple(Path(d) for d in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path))
+        or None,
     )
     try:
         asyncio.run(app.run(options))

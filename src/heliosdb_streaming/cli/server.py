@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ import orjson
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from heliosdb_streaming.api.guard import RequestPolicy
     from heliosdb_streaming.job.manager import JobManager
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,31 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--home", help="home directory of jobs and logs (default $HELIOS_HOME or ~/.helios)")
     p.add_argument("--max-parallelism", type=int, default=16, help="worker slots of this server (default 16)")
+    p.add_argument(
+        "--allowed-hosts",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name clients use to reach this server, besides its bind address (repeatable, "
+        "added to $HELIOS_ALLOWED_HOSTS, comma-separated; '*' turns the Host check off); "
+        "see docs/security.md",
+    )
+    p.add_argument(
+        "--allowed-origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser Origin (http(s)://host[:port]) allowed besides those of the allowed hosts "
+        "(repeatable, added to $HELIOS_ALLOWED_ORIGINS; '*' allows any)",
+    )
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="embedded: a directory jobs may read and write besides the home (repeatable, added to "
+        "$HELIOS_ALLOW_PATHS, ':'-separated); file sources, sinks and checkpoints elsewhere are refused",
+    )
     p.add_argument("--demo", action="store_true", help="also run an endless demo job (unless one is active)")
     p.set_defaults(func=cmd_server)
 
@@ -85,6 +111,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = os.environ.get("HELIOS_API_TOKEN") or None
     home = Path(args.home) if args.home else None
+    from heliosdb_streaming.api.guard import RequestPolicy
+
+    policy = RequestPolicy.of(
+        args.host,
+        [*env_list("HELIOS_ALLOWED_HOSTS", ","), *args.allowed_hosts],
+        [*env_list("HELIOS_ALLOWED_ORIGINS", ","), *args.allowed_origins],
+    )
     if args.substrate == "kubernetes":
         if args.demo:
             print("error: --demo runs on the embedded substrate only", file=sys.stderr)
@@ -96,14 +129,31 @@ def cmd_server(args: argparse.Namespace) -> int:
             or "default"
         )
         operator_url = args.operator_url or os.environ.get("HELIOS_OPERATOR_URL") or DEFAULT_OPERATOR_URL
-        return asyncio.run(serve_kubernetes(args.host, args.port, namespace, operator_url, api_token=token))
+        return asyncio.run(
+            serve_kubernetes(args.host, args.port, namespace, operator_url, api_token=token, policy=policy)
+        )
     return asyncio.run(
-        serve(args.host, args.port, home, args.max_parallelism, demo=args.demo, api_token=token)
+        serve(
+            args.host,
+            args.port,
+            home,
+            args.max_parallelism,
+            demo=args.demo,
+            api_token=token,
+            policy=policy,
+            allow_paths=[Path(p) for p in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path)],
+        )
     )
 
 
 async def serve_kubernetes(
-    host: str, port: int, namespace: str, operator_url: str, *, api_token: str | None
+    host: str,
+    port: int,
+    namespace: str,
+    operator_url: str,
+    *,
+    api_token: str | None,
+    policy: RequestPolicy | None = None,
 ) -> int:
     """The API over the StreamingJobs of ``namespace``; the operator's read API at ``operator_url``."""
     import kopf
@@ -118,7 +168,7 @@ async def serve_kubernetes(
         print(f"error: no Kubernetes credentials: {e}", file=sys.stderr)
         return 1
     service = KubernetesJobService(connection, namespace, operator_url, api_token=api_token)
-    app = create_app(service, api_token=api_token, owns_manager=True)
+    app = create_app(service, api_token=api_token, owns_manager=True, request_policy=policy)
     where = f"namespace {namespace} on {connection.server}, operator {operator_url}"
     return await _run(app, host, port, where, api_token, _nothing)
 
@@ -128,14 +178,27 @@ async def _nothing() -> None:
 
 
 async def serve(
-    host: str, port: int, home: Path | None, max_parallelism: int, *, demo: bool, api_token: str | None
+    host: str,
+    port: int,
+    home: Path | None,
+    max_parallelism: int,
+    *,
+    demo: bool,
+    api_token: str | None,
+    policy: RequestPolicy | None = None,
+    allow_paths: Sequence[Path] = (),
 ) -> int:
+    """The embedded server: jobs may use local files under the home and ``allow_paths`` only."""
     from heliosdb_streaming.api.app import create_app
     from heliosdb_streaming.job.manager import JobManager
 
-    manager = JobManager(max_parallelism, home=home)
-    app = create_app(manager, api_token=api_token, owns_manager=True)
-    where = f"home {manager.home}, max parallelism {max_parallelism}"
+    manager = JobManager(max_parallelism, home=home, allowed_roots=list(allow_paths))
+    app = create_app(manager, api_token=api_token, owns_manager=True, request_policy=policy)
+    assert manager.allowed_roots is not None
+    where = (
+        f"home {manager.home}, max parallelism {max_parallelism}, "
+        f"files under {manager.allowed_roots.describe()}"
+    )
     return await _run(
         app, host, port, where, api_token, lambda: _submit_demo(manager) if demo else _nothing()
     )
@@ -185,6 +248,11 @@ async def _run(
             loop.remove_signal_handler(sig)
     print("helios server: stopped", flush=True)
     return 0
+
+
+def env_list(name: str, separator: str) -> list[str]:
+    """A list setting from the environment (how the chart passes them): ``a,b`` or ``/a:/b``."""
+    return [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
 
 
 def _url_host(host: str) -> str:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.errors import SavepointNotFoundError
+from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError, SavepointNotFoundError
 from heliosdb_streaming.job.types import (
     CheckpointInfo,
     JobDetails,
@@ -50,11 +52,26 @@ def default_home() -> Path:
 class JobManager:
     """Submits, runs, watches and cancels jobs. ``max_parallelism`` caps the worker slots in use."""
 
-    def __init__(self, max_parallelism: int = 16, *, home: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        max_parallelism: int = 16,
+        *,
+        home: str | Path | None = None,
+        allowed_roots: Sequence[str | Path] | None = None,
+    ) -> None:
+        """``allowed_roots``: None (the native API, ``helios run``) lets jobs use any local path; a
+        server for network clients passes its roots (the home is always one): then every file a job
+        names must resolve inside them (``control.paths``), relative paths are taken relative to the
+        home and workers run in the home."""
         if max_parallelism < 1:
             raise ValueError("max_parallelism must be at least 1")
         self.max_parallelism = max_parallelism
         self.home = Path(home) if home is not None else default_home()
+        self.allowed_roots = (
+            None
+            if allowed_roots is None
+            else paths.AllowedRoots.of([self.home, *allowed_roots], base=self.home)
+        )
         self._plane: ControlPlane | None = None
         self._starting: asyncio.Lock | None = None
         self._owns_plane = True
@@ -103,7 +120,7 @@ class JobManager:
                 plane = ControlPlane(
                     home=self.home,
                     store=SqliteJobStore(self.home / "jobs.db"),
-                    launcher=SubprocessLauncher(),
+                    launcher=SubprocessLauncher(cwd=self.home if self.allowed_roots is not None else None),
                     max_parallelism=self.max_parallelism,
                 )
                 await plane.start()
@@ -129,6 +146,7 @@ class JobManager:
         """
         if not isinstance(config, JobConfig):  # compiling expressions is CPU work: off the loop
             config = await asyncio.to_thread(JobConfig.from_dict, config)
+        await self._check_paths(config, from_savepoint)
         start = await locate_start(from_savepoint, "from_savepoint") if from_savepoint is not None else None
         plane = await self._control()
         return plane.submit(config, start_from=start).job_id
@@ -183,7 +201,28 @@ class JobManager:
         """
         options = options or RestartOptions()
         plane = await self._control()
+        await self._check_paths(plane.get(job_id).config, None)  # overrides name no paths
         await plane.restart(job_id, options.savepoint_id, options.config_overrides)
+
+    async def _check_paths(self, config: JobConfig, from_savepoint: str | None) -> None:
+        """InvalidJobConfigError naming each field whose local path is outside the allowed roots.
+
+        Also on restart: a job stored by an unrestricted manager over the same home (or before the
+        roots changed) does not run again through a restricted one with paths outside them."""
+        roots = self.allowed_roots
+        if roots is None:
+            return
+
+        def problems() -> list[FieldError]:
+            found = paths.job_path_errors(config, roots)
+            if from_savepoint is not None:
+                start = paths.location_error(from_savepoint, roots, "from_savepoint")
+                found += [start] if start is not None else []
+            return found
+
+        errors = await asyncio.to_thread(problems)  # realpath and glob touch the file system
+        if errors:
+            raise InvalidJobConfigError(errors)
 
     async def pause_job(self, job_id: str) -> None:
         plane = await self._control()

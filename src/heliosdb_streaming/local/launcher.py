@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import psutil
 
@@ -54,7 +55,22 @@ class SubprocessWorker:
 
 
 class SubprocessLauncher:
-    """Starts ``python -m heliosdb_streaming.runtime.worker``; stdout and stderr go to the job directory."""
+    """Starts ``python -m heliosdb_streaming.runtime.worker``; stdout and stderr go to the job directory.
+
+    ``cwd``: the workers' working directory (relative job paths resolve there); None: this process's.
+    """
+
+    def __init__(
+        self,
+        cwd: Path | None = None,
+        output_max_bytes: int = rotation.DEFAULT_MAX_BYTES,
+        output_backups: int = rotation.DEFAULT_BACKUPS,
+    ) -> None:
+        self.cwd = cwd
+        # each worker output file (worker-N.out, worker-N.stderr) is rotated past output_max_bytes,
+        # output_backups older files kept, as the job log
+        self.output_max_bytes = output_max_bytes
+        self.output_backups = output_backups
 
     async def launch(self, spec: WorkerSpec) -> SubprocessWorker:
         private.private_dir(spec.job_dir)
@@ -72,19 +88,10 @@ class SubprocessLauncher:
                 stdout=stdout,
                 stderr=stderr,
                 env=env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         return SubprocessWorker(spec.index, process)
-
-    def __init__(
-        self,
-        output_max_bytes: int = rotation.DEFAULT_MAX_BYTES,
-        output_backups: int = rotation.DEFAULT_BACKUPS,
-    ) -> None:
-        # each worker output file (worker-N.out, worker-N.stderr) is rotated past output_max_bytes,
-        # output_backups older files kept, as the job log
-        self.output_max_bytes = output_max_bytes
-        self.output_backups = output_backups
 
     def _bounded_output_args(self, stdout_path: str, stderr_path: str) -> list[str]:
         """The worker keeps its own stdout and stderr files bounded (it is their only writer)."""

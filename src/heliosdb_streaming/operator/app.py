@@ -17,6 +17,7 @@ from pathlib import Path
 
 import kopf
 
+from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.local import private
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
@@ -49,6 +50,7 @@ class OperatorOptions:
     read_host: str = "0.0.0.0"
     read_port: int | None = readapi.DEFAULT_READ_PORT  # the internal read API; None: not served
     api_token: str | None = None  # bearer token the read API requires (HELIOS_API_TOKEN)
+    allow_paths: tuple[Path, ...] = ()  # besides the home: where a spec's local files may be
 
     @classmethod
     def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
@@ -63,9 +65,20 @@ class OperatorOptions:
             "service_account": env.get("HELIOS_WORKER_SERVICE_ACCOUNT") or None,
             "worker_env": tuple((k, env[k]) for k in pods.S3_ENV if env.get(k)),
             "api_token": env.get("HELIOS_API_TOKEN") or None,
+            "allow_paths": tuple(Path(p) for p in env.get("HELIOS_ALLOW_PATHS", "").split(os.pathsep) if p),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def allowed_roots(options: OperatorOptions) -> paths.AllowedRoots:
+    """The home, ``--allow-path`` dirs and a ``file://`` default checkpoint storage. No base: a relative
+    path would resolve against a worker pod's working directory, which the operator cannot see."""
+    dirs = [options.home, *options.allow_paths]
+    default_storage = paths.local_location(options.checkpoint_storage or "s3://")
+    if default_storage is not None:
+        dirs.append(Path(default_storage))
+    return paths.AllowedRoots.of(dirs, base=None)
 
 
 async def run(
@@ -99,7 +112,7 @@ async def run(
             control_host=options.control_host,
             control_port=options.control_port,
         )
-        reconciler = Reconciler(client, plane, bindings, launcher)
+        reconciler = Reconciler(client, plane, bindings, launcher, allowed_roots(options))
         plane.status_listeners.append(reconciler.mark)
         writer: asyncio.Task[None] | None = None
         read_api = contextlib.AsyncExitStack()

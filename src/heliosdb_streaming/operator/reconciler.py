@@ -18,8 +18,10 @@ from typing import Any
 
 import kopf
 
+from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
+from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.job.errors import (
     FieldError,
     IllegalStateTransitionError,
@@ -80,9 +82,16 @@ def _ref(namespace: str, name: str, uid: str | None, kind: str) -> dict[str, Any
 
 class Reconciler:
     def __init__(
-        self, client: kube.KubeClient, plane: ControlPlane, bindings: Bindings, launcher: KubernetesLauncher
+        self,
+        client: kube.KubeClient,
+        plane: ControlPlane,
+        bindings: Bindings,
+        launcher: KubernetesLauncher,
+        allowed_roots: paths.AllowedRoots | None = None,
     ) -> None:
+        """``allowed_roots``: where the local files a spec names must resolve (None: anywhere)."""
         self.client = client
+        self.allowed_roots = allowed_roots
         self.plane = plane
         self.bindings = bindings
         self.launcher = launcher
@@ -101,6 +110,7 @@ class Reconciler:
         try:
             desired = JobSpec.from_spec(spec)
             wanted = await asyncio.to_thread(mapping.job_config, name, spec)  # CPU work: off the loop
+            await self._check_paths(spec, wanted)
         except InvalidJobConfigError as e:
             await self._reject(namespace, name, uid, meta.get("generation"), previous, e)
             raise kopf.PermanentError(str(e)) from None
@@ -125,6 +135,30 @@ class Reconciler:
         binding.observed_generation = meta.get("generation")
         self.bindings.save(binding)
         self.mark(binding.job_id)
+
+    async def _check_paths(self, spec: Mapping[str, Any], wanted: JobConfig) -> None:
+        """InvalidJobConfigError for every local path of the spec outside the allowed roots: on every
+        reconcile, so a changed spec that a restart would apply is checked too."""
+        roots = self.allowed_roots
+        if roots is None:
+            return
+
+        def problems() -> list[FieldError]:
+            found = paths.job_path_errors(wanted, roots, prefix="spec.")
+            if spec.get("checkpointStorage"):  # the spec's own field, not the REST body's
+                found = [
+                    FieldError("spec.checkpointStorage", e.message)
+                    if e.path == "spec.config.checkpoint_storage"
+                    else e
+                    for e in found
+                ]
+            _, location = mapping.savepoint_ref(spec.get("restoreFrom") or None)
+            start = paths.location_error(location, roots, "spec.restoreFrom") if location else None
+            return found + ([start] if start is not None else [])
+
+        errors = await asyncio.to_thread(problems)  # realpath and glob touch the file system
+        if errors:
+            raise InvalidJobConfigError(errors)
 
     async def _note_pending_changes(self, binding: Binding, entry: JobEntry, wanted: Any) -> None:
         """A spec change that is not a state or a restart waits for one: say so once, as an Event."""
