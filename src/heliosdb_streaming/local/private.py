@@ -7,7 +7,6 @@ directory are). Modes are given when a file is created, never set after it was r
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
@@ -20,18 +19,14 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
+from heliosdb_streaming.runtime.checkpoint.storage import make_private_dirs  # noqa: E402
+
+
 def private_dir(path: Path) -> Path:
     """Creates ``path`` and its missing parents with mode 0700, and takes group and other access away
     from an existing ``path`` this user owns. A shared directory (sticky, like ``/tmp``) or one of
     another user is left as it is, with a warning: the files in it are private all the same."""
-    missing = []
-    for directory in (path, *path.parents):
-        if directory.exists():
-            break
-        missing.append(directory)
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # made concurrently
-            directory.mkdir(mode=DIR_MODE)
+    make_private_dirs(path)
     tighten(path, DIR_MODE)
     return path
 

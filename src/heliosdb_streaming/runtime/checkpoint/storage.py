@@ -117,7 +117,7 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
-def _make_dirs(directory: Path) -> None:
+def make_private_dirs(directory: Path) -> None:
     """``directory`` and its missing parents, each made 0700 (``mkdir(parents=True)`` would give
     the parents the default mode)."""
     missing = []
@@ -158,7 +158,7 @@ class FileCheckpointStorage:
     def _write_atomic(self, target: Path, fill: Any) -> int:
         """Creates ``target`` from ``fill(fileobj) -> bytes written`` via temp file, fsync and rename."""
         for attempt in range(3):
-            _make_dirs(target.parent)
+            make_private_dirs(target.parent)
             tmp = target.parent / f"{_TMP_MARK}{target.name}.{uuid.uuid4().hex}"
             try:
                 f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE), "wb")
