@@ -175,6 +175,7 @@ _ESCAPES = {
     "/": "/",
 }
 _NUMBER_RE = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_SPACES_RE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,8 @@ def _tokenize(text: str) -> list[_Token]:
     while i < n:
         ch = text[i]
         if ch.isspace():
-            i += 1
+            spaces = _SPACES_RE.match(text, i)  # a run of blanks in one step, not a char at a time
+            i = spaces.end() if spaces else i + 1
         elif ch in "0123456789":
             m = _NUMBER_RE.match(text, i)
             assert m is not None
