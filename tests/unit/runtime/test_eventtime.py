@@ -54,15 +54,15 @@ def test_watermark_tracker() -> None:
     assert wm.watermark == MIN_WATERMARK
     assert wm.max_seen is None
     wm.observe(1000)
-    assert wm.watermark == 900
+    assert wm.watermark == 899
     wm.observe(500)  # never goes back
-    assert wm.watermark == 900
+    assert wm.watermark == 899
     wm.observe(1500)
-    assert wm.watermark == 1400
+    assert wm.watermark == 1399
     assert wm.max_seen == 1500
     assert WatermarkTracker().watermark == MIN_WATERMARK
     zero = WatermarkTracker()
     zero.observe(7)
-    assert zero.watermark == 7
+    assert zero.watermark == 6
     with pytest.raises(ValueError):
         WatermarkTracker(-1)

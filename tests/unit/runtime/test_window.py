@@ -142,10 +142,20 @@ def test_negative_timestamps_align_down() -> None:
 
 def test_out_of_orderness_delays_firing() -> None:
     w = make(max_out_of_orderness_ms=5)
-    assert feed(w, [ev(1), ev(12)]) == []  # watermark 7
-    assert w.watermark == 7
+    assert feed(w, [ev(1), ev(12)]) == []  # watermark 12 - 5 - 1 = 6
+    assert w.watermark == 6
     assert feed(w, [ev(4)]) == []  # not late: window [0,10) has not fired
-    assert feed(w, [ev(14)]) == [win("a", 0, 10, n=2, total=2)]  # watermark 9
+    assert feed(w, [ev(14)]) == []  # watermark 8
+    assert feed(w, [ev(15)]) == [win("a", 0, 10, n=2, total=2)]  # watermark 9 = end - 1
+
+
+def test_in_order_events_at_the_largest_time_are_not_late() -> None:
+    """The watermark trails the largest time by 1 ms (Flink's bounded out-of-orderness), so every
+    event at 9999 counts, whichever key comes first: the window fires on the first later time."""
+    w = make(size_ms=10_000)
+    assert feed(w, [ev(9999), ev(9999, k="b"), ev(9999)]) == []
+    assert feed(w, [ev(15_000)]) == [win("a", 0, 10_000, n=2, total=2), win("b", 0, 10_000, n=1, total=1)]
+    assert w.late_dropped == 0
 
 
 def test_late_event_dropped_and_counted() -> None:
@@ -160,18 +170,19 @@ def test_late_event_dropped_and_counted() -> None:
 
 def test_allowed_lateness_refires_then_drops() -> None:
     w = make(allowed_lateness_ms=10)
-    assert feed(w, [ev(1), ev(5, 2), ev(12)]) == [win("a", 0, 10, n=2, total=3)]
-    # late but within lateness (watermark 12 < 9 + 10): updates the window and fires again at once
+    assert feed(w, [ev(1), ev(5, 2), ev(12)]) == [win("a", 0, 10, n=2, total=3)]  # watermark 11
+    # late but within lateness (watermark 11 < 9 + 10): updates the window and fires again at once
     assert feed(w, [ev(3, 4)]) == [win("a", 0, 10, n=3, total=7)]
     assert w.late_dropped == 0
-    # watermark 18: [0,10) still kept; a late event for a window nobody saw yet fires immediately too
+    # watermark 17: [0,10) still kept; a late event for a window nobody saw yet fires immediately too
     assert feed(w, [ev(18), ev(2, 1, k="new")]) == [win("new", 0, 10, n=1, total=1)]
+    assert feed(w, [ev(19)]) == []  # watermark 18: [10,20) is not due yet
     # watermark 19 = 9 + 10: state of [0,10) is gone, [10,20) fires
-    assert feed(w, [ev(19)]) == [win("a", 10, 20, n=3, total=3)]
+    assert feed(w, [ev(20)]) == [win("a", 10, 20, n=3, total=3)]
     assert feed(w, [ev(4, 100), ev(4, 100, k="new")]) == []
     assert w.late_dropped == 2
     assert feed(w, [ev(11, 5)]) == [win("a", 10, 20, n=4, total=8)]
-    assert w.on_end() == []
+    assert w.on_end() == [win("a", 20, 30, n=1, total=1)]
 
 
 # ---------------------------------------------------------------------------------------- sliding
@@ -281,7 +292,8 @@ def test_processing_time_session() -> None:
     clock.now = 105
     feed(w, [ev(0, 2), ev(0, 1, k="b")])
     assert w.on_time(110) == []
-    assert w.on_time(114) == [win("a", 100, 115, n=2, total=3), win("b", 105, 115, n=1, total=1)]
+    assert w.on_time(114) == []  # an event at 115 would still extend both sessions
+    assert w.on_time(115) == [win("a", 100, 115, n=2, total=3), win("b", 105, 115, n=1, total=1)]
     clock.now = 200
     feed(w, [ev(0, 5)])
     assert w.on_end() == [win("a", 200, 210, n=1, total=5)]
@@ -513,7 +525,7 @@ def _reference(
                 fresh.add((key, s))
         if rejected and not accepted:
             dropped += 1
-        wm = max(wm, ts - ooo)
+        wm = max(wm, ts - ooo - 1)
     final: dict[tuple[str, int], Record] = {}
     emissions: Counter[tuple[str, int]] = Counter()
     for (key, s), vs in values.items():
@@ -626,3 +638,67 @@ def test_sessions_match_reference(events: list[tuple[str, int]], gap: int, cuts:
         expected += [win(key, s[0], s[-1] + gap, n=len(s), total=len(s)) for s in sessions]
     expected.sort(key=lambda r: (r["window_end"], r["window_start"], repr(r["key"])))
     assert w.on_end() == expected
+
+
+def _brute_force_windows(
+    events: list[tuple[str, int, int]], kind: str, size: int, slide: int, gap: int
+) -> list[Record]:
+    """Every window of every key with its count and sum, straight from the definition."""
+    groups: dict[tuple[str, int, int], list[int]] = defaultdict(list)
+    if kind == "session":
+        by_key: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for k, ts, v in events:
+            by_key[k].append((ts, v))
+        for k, items in by_key.items():
+            items.sort()
+            start, last, values = items[0][0], items[0][0], [items[0][1]]
+            for ts, v in items[1:]:
+                if ts - last > gap:  # touching sessions ([s, last+gap) and [last+gap, ...)) merge
+                    groups[(k, start, last + gap)] = values
+                    start, values = ts, []
+                last = ts
+                values.append(v)
+            groups[(k, start, last + gap)] = values
+    else:
+        for k, ts, v in events:
+            start = ts - ts % slide
+            while start > ts - size:
+                groups[(k, start, start + size)].append(v)
+                start -= slide
+    return sorted(
+        (win(k, s, e, n=len(vs), total=sum(vs)) for (k, s, e), vs in groups.items()),
+        key=lambda r: (r["key"], r["window_start"], r["window_end"]),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    times=st.lists(st.integers(min_value=0, max_value=200), max_size=60),
+    keys=st.lists(st.sampled_from(["a", "b", "c"]), min_size=60, max_size=60),
+    kind=st.sampled_from(["tumbling", "sliding", "session"]),
+    size=st.integers(min_value=1, max_value=25),
+    slide=st.integers(min_value=1, max_value=25),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=6),
+)
+def test_in_order_input_loses_nothing(
+    times: list[int], keys: list[str], kind: str, size: int, slide: int, cuts: list[int]
+) -> None:
+    """Input in time order (ties in any key order, cut into any batches) is never late: every
+    window equals the brute-force one and fires exactly once, whatever the window kind."""
+    events = [(keys[i], ts, i) for i, ts in enumerate(sorted(times))]
+    slide = min(slide, size)
+    params: dict[str, Any] = {"kind": kind}
+    if kind == "session":
+        params.update(size_ms=None, gap_ms=size)
+    else:
+        params.update(size_ms=size, slide_ms=slide if kind == "sliding" else None)
+    w = make(**params)
+    records = [ev(ts, v, k=k) for k, ts, v in events]
+    out: list[Record] = []
+    for lo, hi in itertools.pairwise([0, *sorted(set(cuts)), len(records)]):
+        out.extend(feed(w, records[lo:hi]))
+    out.extend(w.on_end())
+    assert w.late_dropped == 0
+    got = sorted(out, key=lambda r: (r["key"], r["window_start"], r["window_end"]))
+    expected = _brute_force_windows(events, kind, size, slide if kind == "sliding" else size, size)
+    assert got == expected

@@ -6,14 +6,18 @@ Semantics (Flink's, with a per-record watermark):
   epoch (``start = ts - ts % size``, resp. ``% slide``). Session windows start as
   ``[ts, ts + gap)`` per event and merge with every window of the key they intersect (touching
   counts: an event exactly ``gap`` after the last one extends the session).
-* Event time: the watermark is ``max event time seen by this task - max_out_of_orderness_ms`` and
-  advances record by record. A window fires when ``watermark >= end - 1`` and its state is kept
-  until ``watermark >= end - 1 + allowed_lateness_ms``. An event for a window that already fired
-  but is still kept updates it and re-fires the updated result at once. An event whose windows are
-  all past ``end - 1 + allowed_lateness_ms`` (judged against the watermark *before* the event) is
-  dropped and counted in :attr:`WindowTransformation.late_dropped`. ``on_time`` does nothing.
+* Event time: the watermark is ``max event time seen by this task - max_out_of_orderness_ms - 1``
+  (Flink's bounded out-of-orderness: more events at the largest time seen are not late) and
+  advances record by record. A window fires when ``watermark >= end - 1`` (a session, which an
+  event at ``end`` still extends, when ``watermark >= end``) and its state is kept until the
+  watermark is ``allowed_lateness_ms`` past that. So input in event-time order never loses an
+  event. An event for a window that already fired but is still kept updates it and re-fires the
+  updated result at once. An event whose windows are all past their lateness (judged against the
+  watermark *before* the event) is dropped and counted in
+  :attr:`WindowTransformation.late_dropped`. ``on_time`` does nothing.
 * Processing time: a record belongs to the window(s) of ``now_ms()`` read once per batch; windows
-  fire from ``on_time(now_ms)`` when ``now_ms >= end - 1``; nothing is ever late.
+  fire from ``on_time(now_ms)`` when ``now_ms >= end - 1`` (a session: ``>= end``); nothing is
+  ever late.
 * ``on_end`` fires every window that has not fired yet and clears all state (the final
   MAX_WATERMARK); event-time records arriving after it are late.
 * Output: one record per (key, window) firing, ``{"key", "window_start", "window_end", <aggregate
@@ -298,6 +302,10 @@ class WindowTransformation:
         # processing-time windows are never late: they are dropped as soon as they fire
         self._lateness = allowed_lateness_ms if self._event_time else 0
         self._ooo = max_out_of_orderness_ms
+        # A window [start, end) is complete once the watermark reaches end - tail: its last
+        # millisecond (tail 1), or for a session ``end`` itself, since an event at ``end`` still
+        # extends it (touching sessions merge) and in-order input must never split one (tail 0).
+        self._tail = 0 if kind == "session" else 1
         self._key_fn = key_fn
         self._aggs = _Aggregates(aggregates)
         self._now_ms: Callable[[], int] = now_ms or (lambda: int(_time.time() * 1000))
@@ -427,11 +435,11 @@ class WindowTransformation:
                     self.late_dropped += 1
                     continue
             if event_time:
-                t = ts - ooo
+                t = ts - ooo - 1  # Flink: in-order events at the max time are not late
                 if t > wm:
                     self._wm = t
-                    if (fire_heap and fire_heap[0][0] - 1 <= t) or (
-                        self._cleanup_heap and self._cleanup_heap[0][0] - 1 + lateness <= t
+                    if (fire_heap and fire_heap[0][0] - self._tail <= t) or (
+                        self._cleanup_heap and self._cleanup_heap[0][0] - self._tail + lateness <= t
                     ):
                         self._fire_due(t, out)
         self._flush()
@@ -471,7 +479,7 @@ class WindowTransformation:
                     overlapping.append(w)
                     lo = min(lo, w[0])
                     hi = max(hi, w[1])
-        if hi - 1 + self._lateness <= self._wm:
+        if hi + self._lateness <= self._wm:
             return False
         if len(overlapping) == 1 and overlapping[0][0] == lo and overlapping[0][1] == hi:
             entry = self._get(f"w|{lo}|{hi}|{kstr}")
@@ -486,31 +494,31 @@ class WindowTransformation:
                 self._delete(old_sk, kstr, w[0], w[1])
             self._hot[f"w|{lo}|{hi}|{kstr}"] = entry
             self._sessions.setdefault(kstr, []).append([lo, hi])
-            if hi - 1 > self._wm:
+            if hi > self._wm:
                 heapq.heappush(self._fire_heap, (hi, lo, kstr))
         self._aggs.apply(entry, values)
-        if hi - 1 <= self._wm:
+        if hi <= self._wm:
             self._emit_due(entry, kstr, out)
         return True
 
     def _fire_due(self, wm: int, out: Batch) -> None:
-        """Fires windows with ``end - 1 <= wm`` and drops fired ones past their allowed lateness."""
-        lateness = self._lateness
+        """Fires windows with ``end - tail <= wm`` and drops fired ones past their allowed lateness."""
+        lateness, tail = self._lateness, self._tail
         heap = self._fire_heap
-        while heap and heap[0][0] - 1 <= wm:
+        while heap and heap[0][0] - tail <= wm:
             end, start, kstr = heapq.heappop(heap)
             sk = f"w|{start}|{end}|{kstr}"
             entry = self._get(sk)
             if entry is None or entry[3]:
                 continue  # merged away, or already fired (duplicate timer)
             out.append(self._aggs.result(entry))
-            if end - 1 + lateness <= wm:
+            if end - tail + lateness <= wm:
                 self._delete(sk, kstr, start, end)
             else:
                 entry[3] = 1
                 heapq.heappush(self._cleanup_heap, (end, start, kstr))
         cleanup = self._cleanup_heap
-        while cleanup and cleanup[0][0] - 1 + lateness <= wm:
+        while cleanup and cleanup[0][0] - tail + lateness <= wm:
             end, start, kstr = heapq.heappop(cleanup)
             sk = f"w|{start}|{end}|{kstr}"
             entry = self._get(sk)
@@ -521,7 +529,7 @@ class WindowTransformation:
         if self._event_time:
             return []
         out: Batch = []
-        if self._fire_heap and self._fire_heap[0][0] - 1 <= now_ms:
+        if self._fire_heap and self._fire_heap[0][0] - self._tail <= now_ms:
             self._fire_due(now_ms, out)
             self._flush()
         return out
