@@ -1,7 +1,8 @@
 """Engine throughput and latency per worker: ``python -m benchmarks.engine [--events N] [--quix]``.
 
 Each pipeline runs the real worker code in this process (one worker, one partition) until N input
-events are processed, and prints events/s and p99 ingestion-to-sink latency. Kafka pipelines read a
+events are processed, and prints events/s and p99 ingestion-to-sink latency; the (f) rows pace
+datagen at a set rate to show the latency a moderate load sees. Kafka pipelines read a
 topic prefilled on a tansu broker started here; ``--quix`` runs (c) and (d) in Quix Streams on the
 same topic and prints our/their ratio.
 """
@@ -38,6 +39,9 @@ WINDOW = {
     "config": {"kind": "tumbling", "size": "1m", "key": "card_id", "aggregates": {"total": "sum(amount)"}},
 }
 DISCARD = {"type": "discard", "config": {}}
+MAP = {"type": "map", "config": {"fields": {"card_id": "card_id", "amount": "amount * 2"}}}
+LATENCY_RATES = (5_000, 50_000)
+"""Rates (events/s) of the latency rows: a moderate rate must not wait for the periodic flush."""
 
 
 def job(
@@ -118,7 +122,8 @@ async def run_ours(
     n: int, bootstrap: str, topic: str, tmp_path: Path
 ) -> list[tuple[str, str, float, float, int]]:
     rows: list[tuple[str, str, float, float, int]] = []
-    datagen = {"type": "datagen", "config": {"count": n, "partitions": 1, "seed": 1, "keys": 10_000}}
+    generator: dict[str, Any] = {"partitions": 1, "seed": 1, "keys": 10_000}
+    datagen = {"type": "datagen", "config": {**generator, "count": n}}
     for label, steps, backend in [
         ("(a) datagen -> filter -> discard", [FILTER], "memory"),
         ("(b) datagen -> filter -> CEP -> discard", [FILTER, CEP], "memory"),
@@ -127,6 +132,14 @@ async def run_ours(
             job(label, datagen, steps, DISCARD, backend), n, tmp_path / label[:3]
         )
         rows.append((label, backend, eps, p99, count))
+    for rate in LATENCY_RATES:  # latency at a set rate: ~4 s of events each
+        count = rate * 4
+        paced = {"type": "datagen", "config": {**generator, "count": count, "rate_per_sec": rate}}
+        label = f"(f) datagen {rate:,} ev/s -> filter -> map -> discard"
+        eps, p99, count = await run_worker(
+            job(label, paced, [FILTER, MAP], DISCARD, "memory"), count, tmp_path / f"f{rate}"
+        )
+        rows.append((label, "memory", eps, p99, count))
     kafka = {
         "type": "kafka",
         "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
@@ -165,14 +178,14 @@ def main() -> None:
             quix["(c)"] = quix_run(bootstrap, topic, n, False, str(tmp_path / "q1"))
             quix["(d)"] = quix_run(bootstrap, topic, n, True, str(tmp_path / "q2"))
     print()
-    print(f"{'pipeline':<44} {'state':<8} {'events/s':>12} {'p99 ms':>9} {'events':>10} {'vs Quix':>9}")
-    print("-" * 97)
+    print(f"{'pipeline':<52} {'state':<8} {'events/s':>12} {'p99 ms':>9} {'events':>10} {'vs Quix':>9}")
+    print("-" * 105)
     for label, backend, eps, p99, count in rows:
         ratio = quix.get(label[:3])
         versus = f"{eps / ratio:8.2f}x" if ratio else ""
-        print(f"{label:<44} {backend:<8} {eps:>12,.0f} {p99:>9.1f} {count:>10,} {versus:>9}")
+        print(f"{label:<52} {backend:<8} {eps:>12,.0f} {p99:>9.1f} {count:>10,} {versus:>9}")
     for key, eps in quix.items():
-        print(f"{'Quix Streams ' + key:<44} {'memory':<8} {eps:>12,.0f}")
+        print(f"{'Quix Streams ' + key:<52} {'memory':<8} {eps:>12,.0f}")
     print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline, one worker")
 
 

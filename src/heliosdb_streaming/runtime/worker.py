@@ -6,8 +6,10 @@ splits whose position in the sorted split list is ``I`` modulo ``P``, so the ass
 and a rescale moves whole tasks.
 
 Data path: source poll loops -> bounded queue (backpressure is measured where ``put`` blocks) ->
-one processing loop running each batch through its task's chain -> sinks. Sinks are flushed at least
-every ``FLUSH_INTERVAL_S``; latency is recorded when the batch's output is flushed.
+one processing loop running each batch through its task's chain -> sinks. Sinks are flushed as soon as
+the sources have nothing more to give right now (so a moderate rate is not held back), and at least
+every ``FLUSH_INTERVAL_S`` at full speed; source positions are committed at most every
+``FLUSH_INTERVAL_S``. Latency is recorded when the batch's output is flushed.
 
 Heartbeats (counters, CPU, memory, connector problems) come from a thread of their own, so a step
 that keeps the event loop busy for a long time does not make the worker look dead or idle.
@@ -139,7 +141,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self._pending_out: list[tuple[str, Batch]] = []
         self._pending_latency: list[tuple[float, int]] = []
-        self._last_flush = time.monotonic()
+        self._last_flush = self._last_commit = time.monotonic()
         self._errors_logged: deque[float] = deque()
         self._process = psutil.Process()
         self._process.cpu_percent(None)
@@ -354,6 +356,8 @@ class Worker:
                     self._on_time()
                 if now - self._last_flush >= FLUSH_INTERVAL_S:
                     await self._flush_sinks()
+                elif self.queue.empty() and (self._pending_out or self._pending_latency):
+                    await self._flush_sinks()  # nothing more to read right now: do not sit on events
                 elif self._pending_out:
                     await self._write_pending()
         finally:
@@ -568,7 +572,10 @@ class Worker:
         for ingest_ms, count in self._pending_latency:
             self.counters.latency.record(max(now_ms - ingest_ms, 0.0), count)
         self._pending_latency.clear()
-        self._last_flush = time.monotonic()
+        self._last_flush = now = time.monotonic()
+        if now - self._last_commit < FLUSH_INTERVAL_S:
+            return  # positions are only a restart hint here; no need to commit them more often
+        self._last_commit = now
         positions = {sid: t.position for sid, t in self.tasks.items() if t.position is not None}
         for reader in self.readers:
             mine = {sid: p for sid, p in positions.items() if self.tasks[sid].reader is reader}
