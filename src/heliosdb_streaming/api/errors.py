@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import orjson
 from aiohttp import web
 
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
     JobError,

@@ -42,8 +42,10 @@ from heliosdb_streaming.control.launcher import Launcher, WorkerHandle, WorkerSp
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord, JobStore, SnapshotRecord
-from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.local import private
+from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
@@ -53,9 +55,7 @@ from heliosdb_streaming.job.errors import (
     SavepointInUseError,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local import private
-from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpointing import SnapshotLocation, locate_snapshot
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets

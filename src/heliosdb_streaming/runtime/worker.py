@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 import psutil
 
-from heliosdb_streaming.job.config import JobConfig, OnErrorPolicy, StateBackendType
+from heliosdb_streaming.model.config import JobConfig, OnErrorPolicy, StateBackendType
 from heliosdb_streaming.runtime import graph
 from heliosdb_streaming.runtime.api import (
     Batch,

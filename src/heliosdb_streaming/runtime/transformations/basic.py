@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from heliosdb_streaming.model.expr import EvaluationError, compile_condition, compile_expression
 from heliosdb_streaming.runtime.api import Batch, Record
-from heliosdb_streaming.runtime.expr import EvaluationError, compile_condition, compile_expression
 
 __all__ = ["FilterTransformation", "KeyByTransformation", "MapTransformation", "compile_key"]
 
