@@ -42,8 +42,8 @@ from heliosdb_streaming.control.launcher import Launcher, WorkerHandle, WorkerSp
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord, JobStore, SnapshotRecord
-from heliosdb_streaming.local import private
-from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.embedded.logs import JobLog
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import (
     FieldError,
@@ -260,7 +260,7 @@ class ControlPlane:
 
     async def _recover(self, entry: JobEntry) -> None:
         """A job that was active when the previous control plane died runs again."""
-        from heliosdb_streaming.local.launcher import kill_stale_workers
+        from heliosdb_streaming.embedded.launcher import kill_stale_workers
 
         record = entry.record
         killed = kill_stale_workers(record.worker_pids, record.job_id)

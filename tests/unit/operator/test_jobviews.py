@@ -12,8 +12,8 @@ import pytest
 
 from heliosdb_streaming.api import schemas
 from heliosdb_streaming.control.controller import ControlPlane
-from heliosdb_streaming.local.launcher import SubprocessLauncher
-from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.embedded.launcher import SubprocessLauncher
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import InvalidJobConfigError
 from heliosdb_streaming.model.types import CheckpointInfo, JobStatus, SavepointInfo

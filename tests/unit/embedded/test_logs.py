@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from heliosdb_streaming.local.logs import JobLog, mask_secrets, read_logs
+from heliosdb_streaming.embedded.logs import JobLog, mask_secrets, read_logs
 from heliosdb_streaming.model.types import LogLevel, LogOptions
 
 
