@@ -37,7 +37,11 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.control import lifecycle
-from heliosdb_streaming.control.coordinator import CheckpointCoordinator, CheckpointFailedError, RunEndedError
+from heliosdb_streaming.control.checkpoint_coordinator import (
+    CheckpointCoordinator,
+    CheckpointFailedError,
+    RunEndedError,
+)
 from heliosdb_streaming.control.launcher import Launcher, WorkerHandle, WorkerSpec
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
@@ -57,7 +61,7 @@ from heliosdb_streaming.model.errors import (
 )
 from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
-from heliosdb_streaming.runtime.checkpointing import SnapshotLocation, locate_snapshot
+from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation, locate_snapshot
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 from heliosdb_streaming.runtime.protocol import Channel
 

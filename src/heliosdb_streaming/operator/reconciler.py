@@ -35,7 +35,7 @@ from heliosdb_streaming.operator import crds, kube, mapping, pods, status
 from heliosdb_streaming.operator.bindings import Binding, Bindings
 from heliosdb_streaming.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.operator.mapping import JobSpec, Step
-from heliosdb_streaming.runtime.checkpointing import SnapshotLocation
+from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.durations import parse_duration_ms
 from heliosdb_streaming.model.patterns import parse_pattern
 from heliosdb_streaming.model.transformations import parse_aggregate
-from heliosdb_streaming.runtime.api import Record, SinkWriter, SourceReader, StateStore, Transformation
+from heliosdb_streaming.runtime.contracts import Record, SinkWriter, SourceReader, StateStore, Transformation
 from heliosdb_streaming.runtime.transformations import basic
 from heliosdb_streaming.runtime.transformations.cep import CepTransformation
 from heliosdb_streaming.runtime.transformations.window import WindowTransformation

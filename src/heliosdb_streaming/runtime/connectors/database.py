@@ -32,8 +32,8 @@ import asyncpg
 import orjson
 
 from heliosdb_streaming.model.connectors import MARKER_TABLE, reserved_table_reason
-from heliosdb_streaming.runtime.api import Batch, Record
 from heliosdb_streaming.runtime.connectors.secrets import mask_connection_string, mask_in_text
+from heliosdb_streaming.runtime.contracts import Batch, Record
 
 __all__ = ["DatabaseSinkError", "DatabaseSinkWriter", "mask_connection_string", "quote_ident"]
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from heliosdb_streaming.model.expr import EvaluationError, compile_condition, compile_expression
-from heliosdb_streaming.runtime.api import Batch, Record
+from heliosdb_streaming.runtime.contracts import Batch, Record
 
 __all__ = ["FilterTransformation", "KeyByTransformation", "MapTransformation", "compile_key"]
 

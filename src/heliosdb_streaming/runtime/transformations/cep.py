@@ -52,7 +52,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from heliosdb_streaming.model.patterns import Pattern
-from heliosdb_streaming.runtime.api import Batch, Record, StateStore
+from heliosdb_streaming.runtime.contracts import Batch, Record, StateStore
 from heliosdb_streaming.runtime.eventtime import MIN_WATERMARK, event_time_field_value
 
 _MISSING: Any = object()

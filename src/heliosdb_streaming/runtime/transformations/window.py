@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from heliosdb_streaming.model.transformations import AGGREGATE_FUNCTIONS
-from heliosdb_streaming.runtime.api import Batch, Record, StateStore
+from heliosdb_streaming.runtime.contracts import Batch, Record, StateStore
 from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK, event_time_field_value
 
 _NUMERIC = (int, float)
