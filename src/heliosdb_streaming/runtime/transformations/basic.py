@@ -1,4 +1,4 @@
-"""Stateless steps: filter, map and key_by, all driven by the expression language of :mod:`..expr`.
+"""Stateless steps: filter, map and key_by, all driven by the expression language (``model/expr.py``).
 
 Expressions are compiled once, when the step is built. A batch runs as one list comprehension; only
 if some record makes an expression raise :class:`EvaluationError` is the batch redone record by
