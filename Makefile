@@ -33,9 +33,10 @@ test: install test-tools  ## the whole suite; starts its own Kafka-protocol brok
 e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, helm install (needs Docker, kind, kubectl)
 	$(BIN)/pytest tests/e2e -v -rs
 
-lint: install
+lint: install  ## ruff, and lint-imports: the layer contracts of pyproject.toml (ARCHITECTURE.md)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.services import prefill_topic
-from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.runtime.worker import Worker
 from heliosdb_streaming.testing.tansu import run_tansu
 

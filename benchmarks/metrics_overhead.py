@@ -29,10 +29,10 @@ from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.control.controller import JobEntry, Run
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord
+from heliosdb_streaming.embedded.logs import JobLog
 from heliosdb_streaming.job import JobManager
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.types import JobMetrics, JobStatus, JobSummary, ListJobsOptions, MetricsWindow
-from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.types import JobMetrics, JobStatus, JobSummary, ListJobsOptions, MetricsWindow
 from heliosdb_streaming.runtime.histogram import bucket_of
 
 

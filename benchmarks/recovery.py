@@ -29,8 +29,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.job import JobManager, JobStatus
-from heliosdb_streaming.local.launcher import worker_processes
 from heliosdb_streaming.testing.tansu import create_topic, run_tansu
 
 PARTITIONS = 2

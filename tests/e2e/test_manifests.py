@@ -22,7 +22,7 @@ import pytest
 import yaml
 from e2e_cluster import install_release
 
-from heliosdb_streaming.job.config import JobSubmitRequest
+from heliosdb_streaming.model.config import JobSubmitRequest
 from heliosdb_streaming.operator import crds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from heliosdb_streaming.control.store import JobRecord
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
 pytestmark = pytest.mark.timeout(240)

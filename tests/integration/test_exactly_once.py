@@ -19,8 +19,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.job import JobManager, JobStatus
-from heliosdb_streaming.local.launcher import worker_processes
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka, pytest.mark.postgres]
 

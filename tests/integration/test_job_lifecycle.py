@@ -19,6 +19,7 @@ import orjson
 import psutil
 import pytest
 
+from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.job import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
@@ -30,7 +31,6 @@ from heliosdb_streaming.job import (
     LogOptions,
     MetricsWindow,
 )
-from heliosdb_streaming.local.launcher import worker_processes
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 
 pytestmark = pytest.mark.timeout(180)

@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from heliosdb_streaming.runtime.api import SplitBatch
 from heliosdb_streaming.runtime.connectors.kafka import KafkaSinkWriter, KafkaSourceError, KafkaSourceReader
+from heliosdb_streaming.runtime.contracts import SplitBatch
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 

@@ -16,8 +16,8 @@ import pytest
 import test_api as rest  # the REST client and helpers of the API tests (found through sys.path)
 
 from heliosdb_streaming.api.app import create_app
+from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.job import JobManager
-from heliosdb_streaming.local.launcher import worker_processes
 
 pytestmark = pytest.mark.timeout(240)
 

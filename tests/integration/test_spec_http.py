@@ -35,7 +35,7 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from heliosdb_streaming.local.launcher import worker_processes
+from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.kafka, pytest.mark.postgres]

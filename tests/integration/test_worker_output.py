@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from heliosdb_streaming.control.controller import ControlPlane
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local.launcher import SubprocessLauncher
-from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.embedded.launcher import SubprocessLauncher
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.types import JobStatus
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,8 +18,8 @@ import yaml
 from crd_validation import crd_schema, structural_violations, validate
 from pydantic import BaseModel, ValidationError
 
-from heliosdb_streaming.job.config import JobSubmitRequest
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.config import JobSubmitRequest
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.operator import crds, structural
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,1 +1,1 @@
-"""HeliosDB Streaming."""
+"""The REST API: an aiohttp app over the ``JobService`` protocol, its errors, OpenAPI and ``/metrics``."""

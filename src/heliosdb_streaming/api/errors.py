@@ -1,6 +1,6 @@
 """Every error the API answers with, mapped to one HTTP status in one place.
 
-Bodies are always ``{"error": {"code", "message", "details"}}``. Domain errors (``job.errors``) keep
+Bodies are always ``{"error": {"code", "message", "details"}}``. Domain errors (``model.errors``) keep
 their own code; errors of the HTTP layer itself (bad JSON, bad query parameters, body too large, no
 token) are ``ApiError``s raised by the views and middlewares. Anything else is a bug: it is logged
 with its stack trace and answered with a generic 500, never with the trace.
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import orjson
 from aiohttp import web
 
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
     JobError,

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.types import JobStatus
 
 # whole seconds with a Z, naive datetimes taken as UTC: as schemas.format_timestamp writes them
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS | orjson.OPT_NAIVE_UTC

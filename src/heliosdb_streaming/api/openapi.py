@@ -19,8 +19,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from heliosdb_streaming import __version__
 from heliosdb_streaming.api import schemas
-from heliosdb_streaming.job.config import JobSubmitRequest, RestartStrategy
-from heliosdb_streaming.job.types import JobStatus, LogLevel
+from heliosdb_streaming.model.config import JobSubmitRequest, RestartStrategy
+from heliosdb_streaming.model.types import JobStatus, LogLevel
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 

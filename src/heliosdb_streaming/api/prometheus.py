@@ -22,7 +22,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from heliosdb_streaming.control.metrics import CHECKPOINT_BUCKETS_S, LATENCY_BUCKETS_S, CoarseHistogram
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.types import JobStatus
 
 if TYPE_CHECKING:
     from heliosdb_streaming.control.controller import ControlPlane, JobEntry

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from heliosdb_streaming.job.config import JobConfigOverrides
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.config import JobConfigOverrides
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,

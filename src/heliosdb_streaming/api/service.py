@@ -15,9 +15,10 @@ from typing import Protocol
 
 from heliosdb_streaming.api import prometheus
 from heliosdb_streaming.api.listing import JobListCache
-from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.embedded.logs import read_logs
 from heliosdb_streaming.job.manager import JobManager
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,
@@ -28,7 +29,6 @@ from heliosdb_streaming.job.types import (
     RestartOptions,
     SavepointInfo,
 )
-from heliosdb_streaming.local.logs import read_logs
 
 
 class JobService(Protocol):

@@ -23,9 +23,9 @@ from heliosdb_streaming.api.errors import (
     PayloadTooLargeError,
 )
 from heliosdb_streaming.api.service import JobService
-from heliosdb_streaming.job.config import JobConfig, field_errors
-from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.config import JobConfig, field_errors
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.model.types import (
     JobStatus,
     LogLevel,
     LogOptions,

@@ -267,7 +267,7 @@ def demo_job() -> dict[str, Any]:
 
 
 async def _submit_demo(manager: JobManager) -> None:
-    from heliosdb_streaming.job.types import ListJobsOptions
+    from heliosdb_streaming.model.types import ListJobsOptions
 
     body = demo_job()
     for summary in await manager.list_jobs(ListJobsOptions(limit=10_000)):

@@ -37,13 +37,19 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.control import lifecycle
-from heliosdb_streaming.control.coordinator import CheckpointCoordinator, CheckpointFailedError, RunEndedError
+from heliosdb_streaming.control.checkpoint_coordinator import (
+    CheckpointCoordinator,
+    CheckpointFailedError,
+    RunEndedError,
+)
 from heliosdb_streaming.control.launcher import Launcher, WorkerHandle, WorkerSpec
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord, JobStore, SnapshotRecord
-from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.embedded.logs import JobLog
+from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
@@ -53,11 +59,9 @@ from heliosdb_streaming.job.errors import (
     SavepointInUseError,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local import private
-from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
-from heliosdb_streaming.runtime.checkpointing import SnapshotLocation, locate_snapshot
+from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation, locate_snapshot
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 from heliosdb_streaming.runtime.protocol import Channel
 
@@ -260,7 +264,7 @@ class ControlPlane:
 
     async def _recover(self, entry: JobEntry) -> None:
         """A job that was active when the previous control plane died runs again."""
-        from heliosdb_streaming.local.launcher import kill_stale_workers
+        from heliosdb_streaming.embedded.launcher import kill_stale_workers
 
         record = entry.record
         killed = kill_stale_workers(record.worker_pids, record.job_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.types import JobStatus
 
 S = JobStatus
 

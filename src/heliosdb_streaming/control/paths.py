@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.connectors import DatabaseSink, FileSink, FileSource
-from heliosdb_streaming.job.errors import FieldError
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.connectors import DatabaseSink, FileSink, FileSource
+from heliosdb_streaming.model.errors import FieldError
 from heliosdb_streaming.runtime.connectors.files import match_files, sink_file_path
 
 SAMPLE_TASK = "0"  # stands for a task id in a sink path: ids are [A-Za-z0-9._-], never a separator

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.types import JobStatus
 
 
 @dataclass(slots=True)

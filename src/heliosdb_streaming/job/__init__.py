@@ -1,12 +1,12 @@
 """The native API: ``from heliosdb_streaming.job import JobManager, JobConfig, ...``.
 
-``JobManager`` is imported lazily: the control plane imports the model types from this package,
-and the manager imports the control plane.
+Re-exports only: the types live in :mod:`heliosdb_streaming.model`, ``JobManager`` (the embedded
+job manager) in :mod:`heliosdb_streaming.job.manager`. This is the public import path; the modules
+behind it may move.
 """
 
-from typing import TYPE_CHECKING, Any
-
-from heliosdb_streaming.job.config import (
+from heliosdb_streaming.job.manager import JobManager
+from heliosdb_streaming.model.config import (
     JobConfig,
     JobConfigOverrides,
     JobSettings,
@@ -15,8 +15,8 @@ from heliosdb_streaming.job.config import (
     RestartStrategy,
     StateBackendType,
 )
-from heliosdb_streaming.job.connectors import SinkConfig, SourceConfig, TransformationConfig
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.model.connectors import SinkConfig, SourceConfig
+from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
@@ -27,7 +27,8 @@ from heliosdb_streaming.job.errors import (
     SavepointInUseError,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.transformations import TransformationConfig
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,
@@ -80,14 +81,3 @@ __all__ = [
     "TaskInfo",
     "TransformationConfig",
 ]
-
-if TYPE_CHECKING:
-    from heliosdb_streaming.job.manager import JobManager
-
-
-def __getattr__(name: str) -> Any:
-    if name == "JobManager":
-        from heliosdb_streaming.job.manager import JobManager
-
-        return JobManager
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

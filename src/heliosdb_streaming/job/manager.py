@@ -21,9 +21,13 @@ from typing import Any
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError, SavepointNotFoundError
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.embedded.launcher import SubprocessLauncher
+from heliosdb_streaming.embedded.logs import read_logs
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError, SavepointNotFoundError
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,
@@ -38,10 +42,6 @@ from heliosdb_streaming.job.types import (
     TaskInfo,
     ThroughputPoint,
 )
-from heliosdb_streaming.local import private
-from heliosdb_streaming.local.launcher import SubprocessLauncher
-from heliosdb_streaming.local.logs import read_logs
-from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 from heliosdb_streaming.runtime.graph import operator_names
 
 

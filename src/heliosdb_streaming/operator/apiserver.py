@@ -23,14 +23,14 @@ import kopf
 
 from heliosdb_streaming.control import lifecycle
 from heliosdb_streaming.control.lifecycle import Event
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
     JobNotFoundError,
     SavepointFailedError,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,

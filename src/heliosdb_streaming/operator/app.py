@@ -19,8 +19,8 @@ import kopf
 
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane
-from heliosdb_streaming.local import private
-from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.operator import handlers, kube, pods, readapi
 from heliosdb_streaming.operator.bindings import Bindings
 from heliosdb_streaming.operator.launcher import KubernetesLauncher

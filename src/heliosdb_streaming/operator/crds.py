@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import yaml
 
-from heliosdb_streaming.job.config import JobSubmitRequest, RestartStrategy
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.config import JobSubmitRequest, RestartStrategy
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.operator import structural
 
 GROUP: Final = "streaming.heliosdb.io"

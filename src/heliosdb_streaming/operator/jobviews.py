@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.api import schemas
-from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
-from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobStatus,
     JobSummary,

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
-from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.model.types import JobStatus
 
 JOB_FIELDS = ("name", "config", "sources", "transformations", "sinks")
 # what a restart can change without a new job (the rest of the spec is fixed at submit)

@@ -36,10 +36,10 @@ from heliosdb_streaming.api import prometheus, schemas, views
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.api.errors import Handler, InvalidParameterError
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
-from heliosdb_streaming.job.errors import JobNotFoundError
+from heliosdb_streaming.embedded.logs import read_logs
 from heliosdb_streaming.job.manager import JobManager
-from heliosdb_streaming.job.types import LogLevel, LogOptions
-from heliosdb_streaming.local.logs import read_logs
+from heliosdb_streaming.model.errors import JobNotFoundError
+from heliosdb_streaming.model.types import LogLevel, LogOptions
 from heliosdb_streaming.operator.bindings import Bindings
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from heliosdb_streaming.api.errors import ServiceUnavailableError
-from heliosdb_streaming.job.types import (
+from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobMetrics,
     LogEntry,

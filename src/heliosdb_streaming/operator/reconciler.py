@@ -21,8 +21,8 @@ import kopf
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.errors import (
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
@@ -30,12 +30,12 @@ from heliosdb_streaming.job.errors import (
     SavepointInUseError,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.operator import crds, kube, mapping, pods, status
 from heliosdb_streaming.operator.bindings import Binding, Bindings
 from heliosdb_streaming.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.operator.mapping import JobSpec, Step
-from heliosdb_streaming.runtime.checkpointing import SnapshotLocation
+from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.types import JobStatus
 
 Status = dict[str, Any]
 

@@ -11,14 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from heliosdb_streaming.job import connectors as cfg
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.runtime import expr
-from heliosdb_streaming.runtime.api import Record, SinkWriter, SourceReader, StateStore, Transformation
-from heliosdb_streaming.runtime.durations import parse_duration_ms
+from heliosdb_streaming.model import connectors, expr, transformations
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.durations import parse_duration_ms
+from heliosdb_streaming.model.patterns import parse_pattern
+from heliosdb_streaming.model.transformations import parse_aggregate
+from heliosdb_streaming.runtime.contracts import Record, SinkWriter, SourceReader, StateStore, Transformation
 from heliosdb_streaming.runtime.transformations import basic
-from heliosdb_streaming.runtime.transformations.cep import CepTransformation, parse_pattern
-from heliosdb_streaming.runtime.transformations.window import WindowTransformation, parse_aggregate
+from heliosdb_streaming.runtime.transformations.cep import CepTransformation
+from heliosdb_streaming.runtime.transformations.window import WindowTransformation
 
 KeyFn = Callable[[Record], Any]
 StoreFactory = Callable[[str], StateStore]
@@ -54,7 +55,7 @@ def build_source_readers(config: JobConfig) -> list[SourceReader]:
 
 def _build_source(source: Any, index: int) -> SourceReader:
     s = source.config
-    if isinstance(source, cfg.KafkaSource):
+    if isinstance(source, connectors.KafkaSource):
         from heliosdb_streaming.runtime.connectors import kafka
 
         return kafka.KafkaSourceReader(
@@ -66,7 +67,7 @@ def _build_source(source: Any, index: int) -> SourceReader:
             event_time_field=s.event_time_field,
             source_index=index,
         )
-    if isinstance(source, cfg.DatagenSource):
+    if isinstance(source, connectors.DatagenSource):
         from heliosdb_streaming.runtime.connectors import datagen
 
         return datagen.DatagenSourceReader(
@@ -78,7 +79,7 @@ def _build_source(source: Any, index: int) -> SourceReader:
             keys=s.keys,
             source_index=index,
         )
-    if isinstance(source, cfg.FileSource):
+    if isinstance(source, connectors.FileSource):
         from heliosdb_streaming.runtime.connectors import files
 
         return files.FileSourceReader(path=s.path, format=s.format, source_index=index)
@@ -92,7 +93,7 @@ def build_sinks(config: JobConfig) -> list[SinkWriter]:
 def _build_sink(sink: Any) -> SinkWriter:
     """Imports each connector only when a job uses it (asyncpg, aiokafka are not free to import)."""
     s = sink.config
-    if isinstance(sink, cfg.DatabaseSink):
+    if isinstance(sink, connectors.DatabaseSink):
         from heliosdb_streaming.runtime.connectors import database
 
         return database.DatabaseSinkWriter(
@@ -102,21 +103,21 @@ def _build_sink(sink: Any) -> SinkWriter:
             batch_size=s.batch_size,
             exactly_once=s.delivery == "exactly_once",
         )
-    if isinstance(sink, cfg.KafkaSink):
+    if isinstance(sink, connectors.KafkaSink):
         from heliosdb_streaming.runtime.connectors import kafka
 
         return kafka.KafkaSinkWriter(
             bootstrap_servers=s.bootstrap_servers, topic=s.topic, key_field=s.key_field
         )
-    if isinstance(sink, cfg.FileSink):
+    if isinstance(sink, connectors.FileSink):
         from heliosdb_streaming.runtime.connectors import files
 
         return files.FileSinkWriter(path=s.path)
-    if isinstance(sink, cfg.PrintSink):
+    if isinstance(sink, connectors.PrintSink):
         from heliosdb_streaming.runtime.connectors import printer
 
         return printer.PrintSinkWriter(prefix=s.prefix)
-    if isinstance(sink, cfg.DiscardSink):
+    if isinstance(sink, connectors.DiscardSink):
         from heliosdb_streaming.runtime.connectors import discard
 
         return discard.DiscardSinkWriter()
@@ -134,7 +135,7 @@ def store_names(config: JobConfig) -> set[str]:
     return {
         _store_name(position, step.type)
         for position, step in enumerate(config.transformations)
-        if isinstance(step, cfg.WindowTransformation | cfg.CepTransformation)
+        if isinstance(step, transformations.WindowTransformation | transformations.CepTransformation)
     }
 
 
@@ -147,24 +148,24 @@ def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformati
     key_fn: KeyFn | None = None
     for position, step in enumerate(config.transformations):
         store_name = _store_name(position, step.type)
-        if isinstance(step, cfg.FilterTransformation):
+        if isinstance(step, transformations.FilterTransformation):
             chain.append(basic.FilterTransformation(step.config.condition))
-        elif isinstance(step, cfg.MapTransformation):
+        elif isinstance(step, transformations.MapTransformation):
             chain.append(basic.MapTransformation(dict(step.config.fields), list(step.config.drop)))
-        elif isinstance(step, cfg.KeyByTransformation):
+        elif isinstance(step, transformations.KeyByTransformation):
             key_by = basic.KeyByTransformation(step.config.key)
             key_fn = key_by.key_fn
             chain.append(key_by)
-        elif isinstance(step, cfg.WindowTransformation):
+        elif isinstance(step, transformations.WindowTransformation):
             chain.append(_window(step.config, store_for(store_name), key_fn))
-        elif isinstance(step, cfg.CepTransformation):
+        elif isinstance(step, transformations.CepTransformation):
             chain.append(_cep(step.config, store_for(store_name), key_fn))
         else:
             raise ValueError(f"unknown transformation type {step.type!r}")
     return chain
 
 
-def _window(c: cfg.WindowSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+def _window(c: transformations.WindowSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
     return WindowTransformation(
         store,
         kind=c.kind,
@@ -180,7 +181,7 @@ def _window(c: cfg.WindowSettings, store: StateStore, key_fn: KeyFn | None) -> T
     )
 
 
-def _cep(c: cfg.CepSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+def _cep(c: transformations.CepSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
     return CepTransformation(
         store,
         pattern=parse_pattern(c.pattern),

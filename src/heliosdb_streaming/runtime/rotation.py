@@ -1,6 +1,6 @@
 """Size-bounded files: ``path`` rotated to ``path.1`` .. ``path.N`` past a size, the oldest deleted.
 
-One mechanism for every file the engine appends to without end: the job log (``local.logs.JobLog``),
+One mechanism for every file the engine appends to without end: the job log (``embedded.logs.JobLog``),
 a worker's stdout (where the ``print`` sink writes) and its stderr. The newest lines are always in
 ``path``; at most ``(backups + 1) * max_bytes`` stay on disk (a single longer line excepted).
 """

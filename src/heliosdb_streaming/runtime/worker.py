@@ -37,9 +37,18 @@ from typing import Any
 import orjson
 import psutil
 
-from heliosdb_streaming.job.config import JobConfig, OnErrorPolicy, StateBackendType
+from heliosdb_streaming.model.config import JobConfig, OnErrorPolicy, StateBackendType
 from heliosdb_streaming.runtime import graph
-from heliosdb_streaming.runtime.api import (
+from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
+from heliosdb_streaming.runtime.checkpoint.tasks import (
+    Barrier,
+    OutputStaging,
+    RestoredTask,
+    read_manifest,
+    restore_task,
+    snapshot_task,
+)
+from heliosdb_streaming.runtime.contracts import (
     Batch,
     Record,
     SinkWriter,
@@ -47,15 +56,6 @@ from heliosdb_streaming.runtime.api import (
     Split,
     SplitBatch,
     StateStore,
-)
-from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
-from heliosdb_streaming.runtime.checkpointing import (
-    Barrier,
-    OutputStaging,
-    RestoredTask,
-    read_manifest,
-    restore_task,
-    snapshot_task,
 )
 from heliosdb_streaming.runtime.histogram import LatencyHistogram
 from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter, MaskingFormatter

@@ -21,9 +21,9 @@ from heliosdb_streaming.control.metrics import (
     JobMetricsAggregator,
 )
 from heliosdb_streaming.control.store import JobRecord
-from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.embedded.logs import JobLog
+from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.histogram import bucket_of
 
 NOW = 1_800_000_000.0

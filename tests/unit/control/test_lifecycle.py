@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 
 from heliosdb_streaming.control.lifecycle import TRANSITIONS, Event, allowed_events, next_status
-from heliosdb_streaming.job.types import JobStatus as S
+from heliosdb_streaming.model.types import JobStatus as S
 
 
 def test_happy_path() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from heliosdb_streaming.control.paths import AllowedRoots, job_path_errors, local_location, location_error
-from heliosdb_streaming.job.config import JobConfig
+from heliosdb_streaming.model.config import JobConfig
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from heliosdb_streaming.job.errors import InvalidJobConfigError
-from heliosdb_streaming.job.types import JobStatus
+from heliosdb_streaming.model.errors import InvalidJobConfigError
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.operator.mapping import (
     DesiredState,
     JobSpec,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
-from heliosdb_streaming.local.logs import JobLog, read_logs
+from heliosdb_streaming.embedded.logs import JobLog, read_logs
+from heliosdb_streaming.model.types import LogEntry, LogLevel, LogOptions
 from heliosdb_streaming.operator.podlogs import job_log, parse_pod_log
 
 

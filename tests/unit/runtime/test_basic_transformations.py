@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from heliosdb_streaming.runtime.api import Record, Transformation
-from heliosdb_streaming.runtime.expr import EvaluationError, ExpressionError
+from heliosdb_streaming.model.expr import EvaluationError, ExpressionError
+from heliosdb_streaming.runtime.contracts import Record, Transformation
 from heliosdb_streaming.runtime.transformations.basic import (
     FilterTransformation,
     KeyByTransformation,

@@ -10,14 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heliosdb_streaming.runtime.api import Record
+from heliosdb_streaming.model.patterns import Pattern, PatternError, parse_pattern
+from heliosdb_streaming.runtime.contracts import Record
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
-from heliosdb_streaming.runtime.transformations.cep import (
-    CepTransformation,
-    Pattern,
-    PatternError,
-    parse_pattern,
-)
+from heliosdb_streaming.runtime.transformations.cep import CepTransformation
 
 Errors = list[tuple[Record, Exception]]
 Pred = Callable[[Record], bool]

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from heliosdb_streaming.runtime.api import Batch, Split
 from heliosdb_streaming.runtime.connectors.datagen import BASE_TIME_MS, BLOCK, STEP_MS, DatagenSourceReader
+from heliosdb_streaming.runtime.contracts import Batch, Split
 
 
 def make(**kw: Any) -> DatagenSourceReader:

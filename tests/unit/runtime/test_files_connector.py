@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from heliosdb_streaming.runtime.api import Batch, Split
 from heliosdb_streaming.runtime.connectors import files
 from heliosdb_streaming.runtime.connectors.files import FileSinkWriter, FileSourceReader
 from heliosdb_streaming.runtime.connectors.printer import PrintSinkWriter
+from heliosdb_streaming.runtime.contracts import Batch, Split
 
 
 async def read_all(

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heliosdb_streaming.runtime.api import Record
+from heliosdb_streaming.model.transformations import parse_aggregate
+from heliosdb_streaming.runtime.contracts import Record
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
-from heliosdb_streaming.runtime.transformations.window import WindowTransformation, parse_aggregate
+from heliosdb_streaming.runtime.transformations.window import WindowTransformation
 
 Errors = list[tuple[Record, Exception]]
 

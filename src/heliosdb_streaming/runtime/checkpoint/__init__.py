@@ -1,6 +1,7 @@
-"""Checkpoint storage (``file://`` and ``s3://``) and snapshots of state stores.
+"""Checkpoints on the worker's side: storage (``file://`` and ``s3://``), state snapshots, task snapshots.
 
 ``storage`` holds the byte stores checkpoints are written to; ``snapshots`` turns state stores into
 bytes and files in a storage and back (incremental for RocksDB: immutable SST files are shared by
-checkpoints and uploaded once).
+checkpoints and uploaded once); ``tasks`` snapshots and restores whole tasks (source position, every
+state store, exactly-once sink staging). The control plane's side is ``control/checkpoint_coordinator.py``.
 """

@@ -1,1 +1,1 @@
-"""HeliosDB Streaming."""
+"""Sources and sinks (their settings are :mod:`heliosdb_streaming.model.connectors`)."""

@@ -31,8 +31,9 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from heliosdb_streaming.runtime.api import Batch, Record
+from heliosdb_streaming.model.connectors import MARKER_TABLE, reserved_table_reason
 from heliosdb_streaming.runtime.connectors.secrets import mask_connection_string, mask_in_text
+from heliosdb_streaming.runtime.contracts import Batch, Record
 
 __all__ = ["DatabaseSinkError", "DatabaseSinkWriter", "mask_connection_string", "quote_ident"]
 
@@ -40,11 +41,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MARKER_TABLE = "heliosdb_sink_markers"
 MARKER_KEY = ("job_id", "task_id", "checkpoint_id")
-# The unique indexes the engine creates on a sink's table end so (``_Backend.ensure_unique``); PostgreSQL
-# keeps indexes and tables in one namespace, so a table of that name would stand in for the index.
-ENGINE_INDEX_SUFFIX = "_helios_key"
 
 BIGINT = "BIGINT"
 DOUBLE = "DOUBLE PRECISION"
@@ -75,56 +72,6 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise ValueError("identifier contains a NUL character")
     return '"' + name.replace('"', '""') + '"'
-
-
-def reserved_table_reason(table: str) -> str | None:
-    """Why ``table`` names a relation the engine owns (None when it does not): a sink must never write
-    into the marker table, which guards every job's exactly-once writes on that database.
-
-    Compared as the databases may resolve it: any schema, any case (SQLite ignores case even in
-    quoted names), with or without double quotes.
-    """
-    name = _last_part(table).casefold()
-    if name == MARKER_TABLE:
-        return (
-            f"{MARKER_TABLE!r} is reserved: it is the engine's marker table, which records the "
-            "checkpoints every exactly-once sink on that database has committed"
-        )
-    if name.endswith(ENGINE_INDEX_SUFFIX):
-        return f"names ending in {ENGINE_INDEX_SUFFIX!r} are reserved for the engine's unique indexes"
-    return None
-
-
-def connection_string_problem(connection_string: str) -> str | None:
-    """Why a ``postgresql://`` URL cannot be read as meant (None when it can), never quoting it.
-
-    A ``/``, ``?`` or ``#`` in the user info ends the authority early, and asyncpg ends the user info
-    at its first ``@``: the driver then takes part of the password for a host, port or database and
-    quotes it in its errors, so such a URL is refused up front (libpq asks for percent-encoding too).
-    """
-    if not connection_string.startswith(("postgresql://", "postgres://")):
-        return None
-    rest = connection_string.split("://", 1)[1]
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, after = rest[:end], rest[end:]
-    path = after.split("?", 1)[0]
-    port = netloc.rsplit(":", 1)[1] if ":" in netloc and "@" not in netloc else ""
-    hosts_and_ports = all(p.isdigit() for p in re.split(r"[,:\]]", port) if p)  # h1:5432,h2:5433
-    _userinfo, at, hostspec = netloc.partition("@")
-    early_end = "@" in after and (not hostspec if at else ("@" in path or not hosts_and_ports))
-    if early_end or netloc.count("@") > 1:
-        return (
-            "the user name or password holds '@', '/', '?' or '#': percent-encode them in a URL "
-            "('@' -> %40, '/' -> %2F, '?' -> %3F, '#' -> %23)"
-        )
-    return None
-
-
-def _last_part(table: str) -> str:
-    """The unqualified name of ``name``, ``schema.name``, ``"schema"."name"`` (quotes removed)."""
-    parts = re.findall(r'\s*(?:"((?:[^"]|"")*)"|([^."]*))\s*(?:\.|$)', table.strip())
-    quoted, bare = parts[-2] if len(parts) > 1 and parts[-1] == ("", "") else parts[-1]
-    return str(quoted).replace('""', '"') if quoted else str(bare)
 
 
 def split_table(table: str) -> tuple[str | None, str]:

@@ -31,7 +31,7 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from heliosdb_streaming.runtime.api import Batch, Split, SplitBatch
+from heliosdb_streaming.runtime.contracts import Batch, Split, SplitBatch
 
 BLOCK = 4096
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

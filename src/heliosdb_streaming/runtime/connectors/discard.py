@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from heliosdb_streaming.runtime.api import Batch
+from heliosdb_streaming.runtime.contracts import Batch
 
 
 class DiscardSinkWriter:

@@ -31,7 +31,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from heliosdb_streaming.runtime.api import Batch, Record, Split, SplitBatch
+from heliosdb_streaming.runtime.contracts import Batch, Record, Split, SplitBatch
 
 CHUNK_BYTES = 1 << 20
 FileFormat = Literal["json", "csv"]

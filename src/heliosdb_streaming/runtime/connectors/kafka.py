@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import murmur2
 
-from heliosdb_streaming.runtime.api import Batch, Record, Split, SplitBatch
+from heliosdb_streaming.runtime.contracts import Batch, Record, Split, SplitBatch
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import TextIO
 
 import orjson
 
-from heliosdb_streaming.runtime.api import Batch
+from heliosdb_streaming.runtime.contracts import Batch
 
 
 class PrintSinkWriter:

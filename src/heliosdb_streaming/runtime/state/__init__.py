@@ -1,1 +1,1 @@
-"""HeliosDB Streaming."""
+"""Keyed state stores of transformations: in memory and RocksDB (the ``StateStore`` contract)."""

@@ -1,1 +1,1 @@
-"""HeliosDB Streaming."""
+"""Stream steps: filter, map, key_by, window, cep; their settings are in ``model/transformations.py``."""

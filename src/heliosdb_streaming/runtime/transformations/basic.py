@@ -1,4 +1,4 @@
-"""Stateless steps: filter, map and key_by, all driven by the expression language of :mod:`..expr`.
+"""Stateless steps: filter, map and key_by, all driven by the expression language (``model/expr.py``).
 
 Expressions are compiled once, when the step is built. A batch runs as one list comprehension; only
 if some record makes an expression raise :class:`EvaluationError` is the batch redone record by
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from heliosdb_streaming.runtime.api import Batch, Record
-from heliosdb_streaming.runtime.expr import EvaluationError, compile_condition, compile_expression
+from heliosdb_streaming.model.expr import EvaluationError, compile_condition, compile_expression
+from heliosdb_streaming.runtime.contracts import Batch, Record
 
 __all__ = ["FilterTransformation", "KeyByTransformation", "MapTransformation", "compile_key"]
 

@@ -33,58 +33,20 @@ per-key session index are derived and rebuilt by :meth:`WindowTransformation.res
 from __future__ import annotations
 
 import heapq
-import re
 import time as _time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from heliosdb_streaming.runtime.api import Batch, Record, StateStore
+from heliosdb_streaming.model.transformations import AGGREGATE_FUNCTIONS
+from heliosdb_streaming.runtime.contracts import Batch, Record, StateStore
 from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK, event_time_field_value
 
-AGGREGATE_FUNCTIONS = ("count", "sum", "avg", "min", "max")
-
-_AGG_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*(.*?)\s*\)\s*$", re.DOTALL)
-_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NUMERIC = (int, float)
 _MISSING: Any = object()
 _META = "meta"
 _PREFIX = "w|"
 # entry layout: [key, start, end, fired, *slots]
 _BASE = 4
-
-
-def parse_aggregate(text: str) -> tuple[str, str | None]:
-    """``"sum(amount)"`` -> ``("sum", "amount")``; ``"count(*)"`` -> ``("count", None)``.
-
-    Functions: count, sum, avg, min, max (case-insensitive). The field is a name or a dotted path
-    into nested objects (``payload.amount``); ``*`` only with count. Raises ``ValueError``.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"aggregate must be a string like 'sum(amount)', got {type(text).__name__}")
-    m = _AGG_RE.match(text)
-    if m is None:
-        raise ValueError(
-            f"invalid aggregate {text!r}: expected function(field), e.g. 'sum(amount)' or 'count(*)'"
-        )
-    func = m.group(1).lower()
-    arg = m.group(2)
-    if func not in AGGREGATE_FUNCTIONS:
-        raise ValueError(
-            f"unknown aggregate function {m.group(1)!r} in {text!r}: use count, sum, avg, min or max"
-        )
-    if arg == "*":
-        if func != "count":
-            raise ValueError(f"invalid aggregate {text!r}: '*' is only allowed in count(*)")
-        return ("count", None)
-    if not arg:
-        hint = "count(*) or count(field)" if func == "count" else f"{func}(field)"
-        raise ValueError(f"invalid aggregate {text!r}: missing field, use {hint}")
-    if not _FIELD_RE.match(arg):
-        raise ValueError(
-            f"invalid field {arg!r} in aggregate {text!r}: "
-            "use a field name or a dotted path like 'payload.amount'"
-        )
-    return (func, arg)
 
 
 def _field_getter(path: str) -> Callable[[Record], Any]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from heliosdb_streaming.job.types import LogLevel, LogOptions
-from heliosdb_streaming.local.logs import JobLog, mask_secrets, read_logs
+from heliosdb_streaming.embedded.logs import JobLog, mask_secrets, read_logs
+from heliosdb_streaming.model.types import LogLevel, LogOptions
 
 
 def test_levels_limit_tail(tmp_path: Path) -> None:

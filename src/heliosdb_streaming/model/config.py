@@ -22,18 +22,20 @@ from pydantic import (
     model_validator,
 )
 
-from heliosdb_streaming.job.connectors import (
+from heliosdb_streaming.model.connectors import (
     DISCRIMINATOR_TAGS,
-    MAX_EXPRESSION_COST_PER_JOB,
     STORED,
     AnySink,
     AnySource,
-    AnyTransformation,
     StrictInt,
-    expression_costs,
     is_stored,
 )
-from heliosdb_streaming.job.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.model.transformations import (
+    MAX_EXPRESSION_COST_PER_JOB,
+    AnyTransformation,
+    expression_costs,
+)
 
 MAX_PARALLELISM = 1024
 Parallelism = Annotated[StrictInt, Field(ge=1, le=MAX_PARALLELISM)]

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
-from heliosdb_streaming.local import private
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.model.types import LogEntry, LogLevel, LogOptions
 from heliosdb_streaming.runtime import rotation
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 

@@ -31,7 +31,7 @@ import orjson
 
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
-from heliosdb_streaming.runtime.checkpointing import MANIFEST, snapshot_directory
+from heliosdb_streaming.runtime.checkpoint.tasks import MANIFEST, snapshot_directory
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heliosdb_streaming.runtime import expr
-from heliosdb_streaming.runtime.expr import (
+from heliosdb_streaming.model import expr
+from heliosdb_streaming.model.expr import (
     EvaluationError,
     ExpressionError,
     compile_condition,

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from heliosdb_streaming.control.launcher import WORKER_MODULE, WorkerSpec
-from heliosdb_streaming.local import private
+from heliosdb_streaming.embedded import private
 from heliosdb_streaming.runtime import rotation
 
 # What a worker may inherit from the server's environment; everything else (HELIOS_API_TOKEN, the

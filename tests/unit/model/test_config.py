@@ -349,7 +349,7 @@ def test_max_state_mb_setting() -> None:
 
 
 def test_stored_configs_load_without_compiling_expressions() -> None:
-    from heliosdb_streaming.runtime import expr
+    from heliosdb_streaming.model import expr
 
     body = job()
     body["transformations"] = [{"type": "filter", "config": {"condition": "a" + ".c" * 450_000}}]

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local import private
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.model.types import JobStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

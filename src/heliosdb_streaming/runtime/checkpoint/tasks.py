@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from heliosdb_streaming.runtime.api import Record, StateStore
 from heliosdb_streaming.runtime.checkpoint import snapshots
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
+from heliosdb_streaming.runtime.contracts import Record, StateStore
 from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from heliosdb_streaming.control.store import JobRecord
-from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.local.sqlite_store import SqliteJobStore
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.model.types import JobStatus
 
 START = {
     "storage_uri": "s3://checkpoints/jobs",

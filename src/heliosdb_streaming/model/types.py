@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 
 
 class JobStatus(StrEnum):

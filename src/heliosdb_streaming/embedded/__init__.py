@@ -1,0 +1,1 @@
+"""The embedded substrate: the SQLite job store, the subprocess launcher and the job log files."""
