@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from heliosdb_streaming.operator.app import DEFAULT_CONTROL_PORT
-from heliosdb_streaming.operator.readapi import DEFAULT_READ_PORT
+from heliosdb_streaming.kubernetes.operator.app import DEFAULT_CONTROL_PORT
+from heliosdb_streaming.kubernetes.operator.readapi import DEFAULT_READ_PORT
 
 
 def register(sub: Any) -> None:
@@ -86,7 +86,7 @@ def _home(arg: str | None) -> Path:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     from heliosdb_streaming.cli.server import env_list
-    from heliosdb_streaming.operator import app
+    from heliosdb_streaming.kubernetes.operator import app
 
     if args.max_parallelism < 1:
         print("error: --max-parallelism must be at least 1", file=sys.stderr)

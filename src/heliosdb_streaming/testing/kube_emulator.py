@@ -46,7 +46,7 @@ import kopf
 import orjson
 from kmock._internal import dicts as kmock_dicts
 
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.testing import rbac
 
 logger = logging.getLogger(__name__)

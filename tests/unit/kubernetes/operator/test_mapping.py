@@ -8,7 +8,7 @@ import pytest
 
 from heliosdb_streaming.job.errors import InvalidJobConfigError
 from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.operator.mapping import (
+from heliosdb_streaming.kubernetes.operator.mapping import (
     DesiredState,
     JobSpec,
     Step,

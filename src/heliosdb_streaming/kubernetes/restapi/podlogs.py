@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.job.types import LogEntry, LogLevel, LogOptions
-from heliosdb_streaming.operator.jobviews import parse_time
+from heliosdb_streaming.kubernetes.restapi.jobviews import parse_time
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 _RANK = {level.value: level.rank for level in LogLevel}

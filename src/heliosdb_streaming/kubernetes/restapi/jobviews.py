@@ -28,7 +28,8 @@ from heliosdb_streaming.job.types import (
     SavepointInfo,
     TaskInfo,
 )
-from heliosdb_streaming.operator import crds, mapping
+from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes.operator import mapping
 from heliosdb_streaming.runtime.graph import operator_names
 
 Obj = Mapping[str, Any]

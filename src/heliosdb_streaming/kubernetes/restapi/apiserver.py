@@ -42,8 +42,10 @@ from heliosdb_streaming.job.types import (
     RestartOptions,
     SavepointInfo,
 )
-from heliosdb_streaming.operator import jobviews, kube, mapping, podlogs, pods
-from heliosdb_streaming.operator.readclient import (
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.operator import mapping, pods
+from heliosdb_streaming.kubernetes.restapi import jobviews, podlogs
+from heliosdb_streaming.kubernetes.restapi.readclient import (
     OperatorClient,
     OperatorUnavailableError,
     checkpoints_of,

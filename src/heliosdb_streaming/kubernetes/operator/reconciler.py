@@ -31,10 +31,11 @@ from heliosdb_streaming.job.errors import (
     SavepointNotFoundError,
 )
 from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.operator import crds, kube, mapping, pods, status
-from heliosdb_streaming.operator.bindings import Binding, Bindings
-from heliosdb_streaming.operator.launcher import KubernetesLauncher
-from heliosdb_streaming.operator.mapping import JobSpec, Step
+from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.kubernetes.operator import mapping, pods, status
+from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
+from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
+from heliosdb_streaming.kubernetes.operator.mapping import JobSpec, Step
 from heliosdb_streaming.runtime.checkpointing import SnapshotLocation
 
 logger = logging.getLogger(__name__)

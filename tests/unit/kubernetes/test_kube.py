@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from heliosdb_streaming.operator import kube
+from heliosdb_streaming.kubernetes import kube
 
 
 def test_paths() -> None:

@@ -19,12 +19,13 @@ import kopf
 
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.operator import handlers, pods, readapi
+from heliosdb_streaming.kubernetes.operator.bindings import Bindings
+from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
+from heliosdb_streaming.kubernetes.operator.reconciler import Reconciler
 from heliosdb_streaming.local import private
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
-from heliosdb_streaming.operator import handlers, kube, pods, readapi
-from heliosdb_streaming.operator.bindings import Bindings
-from heliosdb_streaming.operator.launcher import KubernetesLauncher
-from heliosdb_streaming.operator.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.job.types import JobStatus
-from heliosdb_streaming.operator import status
+from heliosdb_streaming.kubernetes.operator import status
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -24,7 +24,7 @@ import aiohttp
 import kopf
 import orjson
 
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 logger = logging.getLogger(__name__)
