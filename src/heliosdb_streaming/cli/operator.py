@@ -22,6 +22,8 @@ from typing import Any
 
 from heliosdb_streaming.kubernetes.operator.app import DEFAULT_CONTROL_PORT
 from heliosdb_streaming.kubernetes.operator.readapi import DEFAULT_READ_PORT
+from heliosdb_streaming.local import private
+from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 
 
 def register(sub: Any) -> None:
@@ -117,7 +119,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         or None,
     )
     try:
-        asyncio.run(app.run(options))
+        private.private_dir(options.home)  # jobs.db and job.json hold connection strings
+        asyncio.run(app.run(options, SqliteJobStore(options.home / "jobs.db")))
     except Exception as e:  # a login or startup failure: say it in one line
         logging.getLogger(__name__).error("operator stopped: %s: %s", type(e).__name__, e)
         return 1
