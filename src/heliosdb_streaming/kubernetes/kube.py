@@ -308,11 +308,8 @@ class KubeClient:
                     kind, obj = str(event.get("type", "")), event.get("raw_object") or {}
                     if matches(obj, labels):
                         yield kind, obj
-        except k8s.ApiException as e:  # an ERROR event (410 Gone: too old a version) or an error answer
-            if e.status < 400 or e.status == 410:
-                logger.info("watch %s ended by the server: %s", resource.plural, e.reason)
-                return
-            raise _error(e.status, e.body or str(e.reason or "").encode()) from None
+        except k8s.ApiException as e:  # an ERROR event in the stream, e.g. 410 Gone: too old a version
+            logger.info("watch %s ended by the server: %s %s", resource.plural, e.status, e.reason)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
             logger.info("watch %s interrupted: %s", resource.plural, e)
 
@@ -345,6 +342,12 @@ class KubeClient:
             _preload_content=_preload_content,
             _request_timeout=timeout,
         )
+        if response.status >= 300:  # an error answer, not a stream: the caller gets it as for any call
+            try:
+                payload = await response.read()
+            finally:
+                response.release()
+            raise _error(response.status, payload)
         return response
 
     async def pod_log(self, namespace: str, name: str, *, tail_lines: int | None = None) -> str:
