@@ -47,7 +47,7 @@ bench: install  ## engine throughput and latency table (add QUIX=1 for the Quix 
 	$(BIN)/python -m benchmarks.engine
 
 crds: install  ## regenerate crds/ and the chart's copy from the pydantic job models, and sync the chart
-	$(BIN)/python -m heliosdb_streaming.operator.crds crds helm/heliosdb-streaming/crds
+	$(BIN)/python -m heliosdb_streaming.kubernetes.crds crds helm/heliosdb-streaming/crds
 	$(MAKE) chart-sync
 
 chart-sync:  ## copy dashboards/*.json into the chart (Helm reads only files inside the chart)

@@ -35,7 +35,7 @@ from typing import Any
 import kopf
 import psutil
 
-from heliosdb_streaming.operator import crds, kube
+from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.testing.kube_emulator import start_cluster
 from heliosdb_streaming.testing.kubelet import FakeKubelet, ProcessKubelet
 from heliosdb_streaming.testing.ports import free_port

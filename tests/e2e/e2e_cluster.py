@@ -24,7 +24,8 @@ import asyncpg
 import e2e_support as support
 import helm_python as helm
 
-from heliosdb_streaming.operator import crds, pods
+from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes.operator import pods
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.testing.ports import free_port
 

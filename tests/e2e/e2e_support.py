@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.testing.expected import tumbling_window_per_card
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,8 @@ import pytest
 import yaml
 from e2e_cluster import KindEnv, eventually
 
-from heliosdb_streaming.operator import crds, pods
+from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes.operator import pods
 from heliosdb_streaming.testing.expected import datagen_tumbling_windows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))

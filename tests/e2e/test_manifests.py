@@ -22,8 +22,8 @@ import pytest
 import yaml
 from e2e_cluster import install_release
 
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.model.config import JobSubmitRequest
-from heliosdb_streaming.operator import crds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))
 from crd_validation import validate as crd_problems  # checks a resource against a CRD, as tests/k8s do

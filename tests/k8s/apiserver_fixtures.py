@@ -33,8 +33,8 @@ from chart_rbac import (
 )
 
 from heliosdb_streaming.api.app import create_app
-from heliosdb_streaming.operator import kube
-from heliosdb_streaming.operator.apiserver import KubernetesJobService
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.restapi.apiserver import KubernetesJobService
 from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
 from heliosdb_streaming.testing.ports import free_port

@@ -21,7 +21,7 @@ import yaml
 from crd_validation import admission
 from test_chart import CHART, FULLNAME, NAMESPACE, ROOT, render
 
-from heliosdb_streaming.operator import kube
+from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import ClusterEmulator
 

@@ -30,7 +30,7 @@ from chart_rbac import (
 )
 from k8s_helpers import Env, OperatorProcess, StartOperator
 
-from heliosdb_streaming.operator import kube
+from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.testing.kube_emulator import start_cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
 from heliosdb_streaming.testing.ports import free_port

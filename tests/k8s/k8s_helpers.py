@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from heliosdb_streaming.operator import crds, kube
+from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.testing.expected import datagen_tumbling_windows, tumbling_window_per_card
 from heliosdb_streaming.testing.kube_emulator import Cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet

@@ -44,7 +44,7 @@ from chart_rbac import API, install_api_rbac
 from k8s_helpers import eventually, expected_windows, table_rows, window_spec
 
 from heliosdb_streaming.job import JobManager
-from heliosdb_streaming.operator import crds, kube
+from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.testing.ports import free_port
 from heliosdb_streaming.testing.server import HeliosServerProcess
 

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "heliosdb-streaming"

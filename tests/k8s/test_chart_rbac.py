@@ -24,7 +24,7 @@ from chart_rbac import (
 )
 from k8s_helpers import savepoint, streaming_job, window_spec
 
-from heliosdb_streaming.operator import kube
+from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
 

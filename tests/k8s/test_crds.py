@@ -1,6 +1,6 @@
 """The StreamingJob and Savepoint CRDs: structural, in step with the pydantic models, as strict as the API.
 
-Tests ``operator/crds.py`` and ``operator/structural.py``. A resource is checked the way the API server
+Tests ``kubernetes/crds.py`` and ``kubernetes/structural.py``. A resource is checked the way the API server
 would check it (``crd_validation``); every job the CRD accepts or rejects here is also given to
 ``JobSubmitRequest``, so the CRD and the REST API agree on it.
 """
@@ -18,9 +18,9 @@ import yaml
 from crd_validation import crd_schema, structural_violations, validate
 from pydantic import BaseModel, ValidationError
 
+from heliosdb_streaming.kubernetes import crds, structural
 from heliosdb_streaming.model.config import JobSubmitRequest
 from heliosdb_streaming.model.types import JobStatus
-from heliosdb_streaming.operator import crds, structural
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIRS = (ROOT / "crds", ROOT / "helm" / "heliosdb-streaming" / "crds")

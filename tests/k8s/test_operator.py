@@ -32,7 +32,7 @@ from k8s_helpers import (
     worker_pods,
 )
 
-from heliosdb_streaming.operator import crds, kube
+from heliosdb_streaming.kubernetes import crds, kube
 
 pytestmark = pytest.mark.timeout(180)
 

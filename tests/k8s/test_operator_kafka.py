@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from k8s_helpers import NS, Env, StartOperator, eventually, job_status, patch_spec, savepoint, streaming_job
 from k8s_helpers import wait_phase as wait_phase_of
 
-from heliosdb_streaming.operator import kube
+from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.runtime.checkpoint.storage import storage_from_uri
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.kafka, pytest.mark.postgres]

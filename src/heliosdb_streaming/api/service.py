@@ -5,7 +5,7 @@ methods that the routes call plus four that a substrate answers its own way: the
 embedded one joins cached JSON fragments), logs (job log files here; on Kubernetes the operator's
 control-plane lines merged with the pod logs), the savepoint a plain restart would restore (reported
 in the restart response), and the Prometheus text.
-``EmbeddedJobService`` adapts a ``JobManager``; ``operator.apiserver`` has the Kubernetes one.
+``EmbeddedJobService`` adapts a ``JobManager``; ``kubernetes.restapi.apiserver`` has the Kubernetes one.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from heliosdb_streaming.operator.app import DEFAULT_CONTROL_PORT
-from heliosdb_streaming.operator.readapi import DEFAULT_READ_PORT
+from heliosdb_streaming.embedded import private
+from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.kubernetes.operator.app import DEFAULT_CONTROL_PORT
+from heliosdb_streaming.kubernetes.operator.readapi import DEFAULT_READ_PORT
 
 
 def register(sub: Any) -> None:
@@ -86,7 +88,7 @@ def _home(arg: str | None) -> Path:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     from heliosdb_streaming.cli.server import env_list
-    from heliosdb_streaming.operator import app
+    from heliosdb_streaming.kubernetes.operator import app
 
     if args.max_parallelism < 1:
         print("error: --max-parallelism must be at least 1", file=sys.stderr)
@@ -117,7 +119,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         or None,
     )
     try:
-        asyncio.run(app.run(options))
+        private.private_dir(options.home)  # jobs.db and job.json hold connection strings
+        asyncio.run(app.run(options, SqliteJobStore(options.home / "jobs.db")))
     except Exception as e:  # a login or startup failure: say it in one line
         logging.getLogger(__name__).error("operator stopped: %s: %s", type(e).__name__, e)
         return 1

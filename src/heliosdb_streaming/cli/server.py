@@ -6,8 +6,8 @@ Jobs keep their status in the home directory, and the jobs that were active run 
 start over the same home.
 
 ``--substrate kubernetes`` maps the same routes onto StreamingJob and Savepoint resources in one
-namespace (``operator.apiserver``); the operator runs the jobs and answers the reads only its control
-plane knows on its read API (``--operator-url``). Credentials: the in-cluster service account, else
+namespace (``kubernetes.restapi.apiserver``); the operator runs the jobs and answers the reads only its
+control plane knows on its read API (``--operator-url``). Credentials: the in-cluster service account, else
 the kubeconfig. Stopping it stops nothing but the listener.
 """
 
@@ -159,8 +159,8 @@ async def serve_kubernetes(
     import kopf
 
     from heliosdb_streaming.api.app import create_app
-    from heliosdb_streaming.operator import kube
-    from heliosdb_streaming.operator.apiserver import KubernetesJobService
+    from heliosdb_streaming.kubernetes import kube
+    from heliosdb_streaming.kubernetes.restapi.apiserver import KubernetesJobService
 
     try:
         connection = kube.load_connection_info()

@@ -333,7 +333,7 @@ class ControlPlane:
     ) -> JobRecord:
         """Records and queues a job. A caller-chosen ``job_id`` makes a retried submit idempotent.
 
-        With ``start_from`` (``checkpointing.locate_snapshot``) the job starts from another job's
+        With ``start_from`` (``checkpoint.tasks.locate_snapshot``) the job starts from another job's
         savepoint or retained checkpoint, as Flink's ``--fromSavepoint``: source positions and state
         whose operator and split still exist are restored, the rest starts empty. It stays the job's
         restore point until the job has a snapshot of its own.

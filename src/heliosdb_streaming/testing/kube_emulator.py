@@ -19,8 +19,25 @@ Two checks a real API server makes, off unless a test turns them on (kept small,
   custom resource is checked on the object it would store; unknown fields are pruned (or refused with
   ``?fieldValidation=Strict``) and an invalid object is 422 Invalid, as a CRD's structural schema does.
 
-Written against kmock 0.8 (pinned in pyproject): it overrides ``_handle``, ``_serve_list`` and
-``_serve_watch`` and applies patches with kmock's own ``patch_dict`` to see the object a patch makes.
+Written against kmock 0.8, pinned exactly (``kmock==0.8`` in pyproject) because these reach into
+kmock's private internals; each is small and is here for one reason:
+
+1. ``__call__`` (``KubernetesEmulator`` as kmock's aiohttp handler) answers authentication/RBAC,
+   ``/api/v1/namespaces`` (kmock cannot parse that path) and ``pods/{name}/log`` before kmock, and
+   then trims kmock's private ``_requests`` log: kmock matches each request against every request
+   served so far, so a long test would slow down quadratically.
+2. ``_handle`` (private) stamps ``uid``, ``resourceVersion``, ``generation``, ``creationTimestamp`` and
+   ``generateName`` names on the request's body, and prunes/validates custom resources against their
+   schema (``_admit``), before kmock stores the object: kmock stores the body as it is given.
+3. ``_serve_list`` (private) adds the list's ``metadata.resourceVersion``, which a watch resumes from.
+4. ``_serve_watch`` (private) sends only changes after the requested ``resourceVersion``, as a real
+   server does; kmock replays every object as ADDED, and a client that listed first would then see
+   stale versions after newer ones. It reads kmock's private ``_lock``, ``_buses`` and
+   ``objects`` the same way kmock's own watch does.
+5. ``kmock._internal.dicts.patch_dict`` computes the object a patch would make, so that the schema
+   check sees exactly what kmock will store.
+
+A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the five points above.
 """
 
 from __future__ import annotations
@@ -46,7 +63,7 @@ import kopf
 import orjson
 from kmock._internal import dicts as kmock_dicts
 
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.testing import rbac
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from heliosdb_streaming.operator import kube
+from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.runtime.protocol import Channel
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heliosdb_streaming.embedded import logs
-from heliosdb_streaming.operator.podlogs import parse_pod_log
+from heliosdb_streaming.kubernetes.restapi.podlogs import parse_pod_log
 from heliosdb_streaming.runtime.connectors import secrets
 from heliosdb_streaming.runtime.connectors.secrets import mask_connection_string, mask_in_text, mask_secrets
 from heliosdb_streaming.runtime.logformat import JsonLineFormatter, MaskingFormatter

@@ -21,6 +21,11 @@ import kopf
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
+from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.kubernetes.operator import mapping, pods, status
+from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
+from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
+from heliosdb_streaming.kubernetes.operator.mapping import JobSpec, Step
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.errors import (
     FieldError,
@@ -31,10 +36,6 @@ from heliosdb_streaming.model.errors import (
     SavepointNotFoundError,
 )
 from heliosdb_streaming.model.types import JobStatus
-from heliosdb_streaming.operator import crds, kube, mapping, pods, status
-from heliosdb_streaming.operator.bindings import Binding, Bindings
-from heliosdb_streaming.operator.launcher import KubernetesLauncher
-from heliosdb_streaming.operator.mapping import JobSpec, Step
 from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
 
 logger = logging.getLogger(__name__)

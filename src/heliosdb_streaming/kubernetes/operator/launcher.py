@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.control.launcher import WorkerSpec
-from heliosdb_streaming.operator import kube, pods
-from heliosdb_streaming.operator.pods import PodSettings, Target
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.operator import pods
+from heliosdb_streaming.kubernetes.operator.pods import PodSettings, Target
 
 logger = logging.getLogger(__name__)
 

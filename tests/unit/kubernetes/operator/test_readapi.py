@@ -27,11 +27,11 @@ from heliosdb_streaming.control.store import JobRecord
 from heliosdb_streaming.embedded.launcher import SubprocessLauncher
 from heliosdb_streaming.embedded.logs import JobLog
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
+from heliosdb_streaming.kubernetes.operator.readapi import create_read_app
+from heliosdb_streaming.kubernetes.restapi.readclient import OperatorClient, OperatorUnavailableError
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.types import JobStatus, LogLevel, LogOptions
-from heliosdb_streaming.operator.bindings import Binding, Bindings
-from heliosdb_streaming.operator.readapi import create_read_app
-from heliosdb_streaming.operator.readclient import OperatorClient, OperatorUnavailableError
 
 TOKEN = "read-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

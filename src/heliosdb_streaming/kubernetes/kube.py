@@ -1,8 +1,15 @@
-"""A small async Kubernetes API client over aiohttp: get, list, create, patch, delete and watch.
+"""The Kubernetes API client of the operator and the REST backend, over ``kubernetes_asyncio``.
 
-Why not a client library: the official ``kubernetes`` package pins python-dateutil against botocore,
-and the operator needs only a handful of calls. Credentials come from kopf's own login functions
-(kubeconfig or the pod's service account), so the operator and this client always agree on the server.
+The library does the HTTP (aiohttp, as kopf), TLS, authentication, (de)serialization and the watch
+protocol (``watch.Watch``: the event stream, resource versions, the server's ERROR events). This
+module keeps only what the callers need on top: objects as plain dicts (the generic ``call_api`` with
+response type ``object``, as the library's ``CustomObjectsApi`` does) addressed by a ``Resource``, one
+error type per status, and bounded retries of idempotent calls (the library makes one attempt).
+Why ``kubernetes_asyncio``: it is aiohttp like kopf and our servers, typed, and it pins no
+python-dateutil against botocore (the official ``kubernetes`` package does).
+
+Credentials come from kopf's own login functions (kubeconfig or the pod's service account), turned
+into the library's ``Configuration``, so the operator and this client always agree on the server.
 Label selectors are sent to the server and also applied here, so a server that ignores them (a test
 emulator) gives the same answers.
 """
@@ -13,7 +20,6 @@ import asyncio
 import base64
 import logging
 import os
-import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -23,8 +29,10 @@ from typing import Any
 import aiohttp
 import kopf
 import orjson
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import watch as k8s_watch
 
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 logger = logging.getLogger(__name__)
@@ -97,23 +105,30 @@ def matches(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in labels.items())
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if not info.server.startswith("https"):
-        return True
-    if info.insecure:
-        return False
-    context = ssl.create_default_context()
+def configuration(info: kopf.ConnectionInfo) -> k8s.Configuration:
+    """The library's connection settings for what kopf's login found (server, TLS, token or user)."""
+    config = k8s.Configuration(host=info.server.rstrip("/"))
+    config.connection_pool_maxsize = 64
+    config.verify_ssl = not info.insecure
     if info.ca_path:
-        context.load_verify_locations(cafile=os.fsdecode(info.ca_path))
+        config.ssl_ca_cert = os.fsdecode(info.ca_path)
     elif info.ca_data:
-        context.load_verify_locations(cadata=_b64_text(info.ca_data))
-    cert, key = info.certificate_path, info.private_key_path
+        config.ssl_ca_cert = _temp_file(info.ca_data)
     if info.certificate_data and info.private_key_data:
         # ssl loads client certificates from files only: write them to private temporary files
-        cert, key = _temp_file(info.certificate_data), _temp_file(info.private_key_data)
-    if cert:
-        context.load_cert_chain(os.fsdecode(cert), os.fsdecode(key) if key else None)
-    return context
+        config.cert_file = _temp_file(info.certificate_data)
+        config.key_file = _temp_file(info.private_key_data)
+    elif info.certificate_path:
+        config.cert_file = os.fsdecode(info.certificate_path)
+        config.key_file = os.fsdecode(info.private_key_path) if info.private_key_path else None
+    if info.token:
+        config.api_key = {"BearerToken": info.token}
+        config.api_key_prefix = {"BearerToken": info.scheme or "Bearer"}
+    elif info.username:
+        basic = base64.b64encode(f"{info.username}:{info.password or ''}".encode()).decode()
+        config.api_key = {"BearerToken": basic}  # the library's one header-auth slot: Authorization
+        config.api_key_prefix = {"BearerToken": "Basic"}
+    return config
 
 
 def _b64_text(data: str | bytes) -> str:
@@ -137,20 +152,18 @@ def load_connection_info() -> kopf.ConnectionInfo:
     return info
 
 
+AUTH = ["BearerToken"]  # the library's name for the Authorization header it fills from the configuration
+OBJECT = {200: "object", 201: "object", 202: "object"}  # answers stay plain dicts, as JSON gave them
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
 class KubeClient:
-    """One aiohttp session to one API server. Use ``async with KubeClient(info)`` or ``close()``."""
+    """One library API client to one server. Use ``async with KubeClient(info)`` or ``close()``."""
 
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self.server = info.server.rstrip("/")
         self.default_namespace = info.default_namespace or "default"
-        headers = {"Accept": "application/json"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64)
-        self._session = aiohttp.ClientSession(
-            headers=headers, auth=auth, connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
-        )
+        self._api = k8s.ApiClient(configuration(info))
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -159,7 +172,7 @@ class KubeClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._api.close()
 
     # ------------------------------------------------------------------------------ requests
 
@@ -173,24 +186,25 @@ class KubeClient:
         content_type: str = "application/json",
         retry: bool = True,
     ) -> Any:
+        """One call through the library, retried on connection errors and 429/5xx when ``retry``."""
         attempts = len(RETRY_DELAYS_S) + 1 if retry else 1
-        data = None if body is None else orjson.dumps(body)
         for attempt in range(attempts):
             try:
-                async with self._session.request(
+                return await self._api.call_api(
+                    path,
                     method,
-                    self.server + path,
-                    data=data,
-                    params=params,
-                    headers={"Content-Type": content_type} if data is not None else None,
-                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-                ) as response:
-                    payload = await response.read()
-                    if response.status < 300:
-                        return orjson.loads(payload) if payload else None
-                    error = _error(response.status, payload)
-                    if response.status not in (429, 500, 502, 503, 504) or attempt == attempts - 1:
-                        raise error
+                    query_params=list((params or {}).items()),
+                    header_params={"Accept": "application/json", "Content-Type": content_type},
+                    body=body,
+                    response_types_map=OBJECT,
+                    auth_settings=AUTH,
+                    _return_http_data_only=True,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )
+            except k8s.ApiException as e:
+                error = _error(e.status, e.body or b"")
+                if e.status not in RETRYABLE or attempt == attempts - 1:
+                    raise error from None
             except (aiohttp.ClientConnectionError, TimeoutError) as e:
                 if attempt == attempts - 1:
                     raise
@@ -255,17 +269,17 @@ class KubeClient:
 
         With ``uid`` the server deletes only that incarnation of the name (409 for a newer one).
         """
-        body: dict[str, Any] = {
-            "kind": "DeleteOptions",
-            "apiVersion": "v1",
-            "propagationPolicy": "Background",
-        }
-        if grace_period_s is not None:
-            body["gracePeriodSeconds"] = grace_period_s
-        if uid:
-            body["preconditions"] = {"uid": uid}
+        options = k8s.V1DeleteOptions(
+            api_version="v1",
+            kind="DeleteOptions",
+            propagation_policy="Background",
+            grace_period_seconds=grace_period_s,
+            preconditions=k8s.V1Preconditions(uid=uid) if uid else None,
+        )
         try:
-            await self._request("DELETE", resource.path(namespace, name), body=body)
+            await self._request(
+                "DELETE", resource.path(namespace, name), body=self._api.sanitize_for_serialization(options)
+            )
         except NotFoundError:
             return False
         return True
@@ -282,45 +296,83 @@ class KubeClient:
 
         The caller lists first and then watches, and repeats; a stream that breaks just ends.
         """
-        params = {"watch": "true", "timeoutSeconds": str(timeout_s), "allowWatchBookmarks": "false"}
-        if labels:
-            params["labelSelector"] = selector_text(labels)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=timeout_s + 15)
+        path = resource.path(namespace)
         try:
-            async with self._session.get(
-                self.server + resource.path(namespace), params=params, timeout=timeout
-            ) as response:
-                if response.status >= 300:
-                    raise _error(response.status, await response.read())
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = orjson.loads(line)
-                    kind, obj = str(event.get("type", "")), event.get("object") or {}
-                    if kind == "ERROR":
-                        logger.info("watch %s ended by the server: %s", resource.plural, obj.get("message"))
-                        return
+            async with k8s_watch.Watch(return_type="object") as stream:
+                async for event in stream.stream(
+                    self._open_watch,
+                    path,
+                    selector_text(labels) if labels else None,
+                    timeout_seconds=timeout_s,
+                ):
+                    kind, obj = str(event.get("type", "")), event.get("raw_object") or {}
                     if matches(obj, labels):
                         yield kind, obj
+        except k8s.ApiException as e:  # an ERROR event in the stream, e.g. 410 Gone: too old a version
+            logger.info("watch %s ended by the server: %s %s", resource.plural, e.status, e.reason)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
             logger.info("watch %s interrupted: %s", resource.plural, e)
+
+    async def _open_watch(
+        self,
+        path: str,
+        label_selector: str | None,
+        *,
+        timeout_seconds: int,
+        watch: bool,
+        _preload_content: bool,
+        resource_version: str | None = None,
+    ) -> aiohttp.ClientResponse:
+        """The list call ``watch.Watch`` streams from (it passes ``watch`` and the version to resume at)."""
+        params = [("watch", "true" if watch else "false"), ("timeoutSeconds", str(timeout_seconds))]
+        params.append(("allowWatchBookmarks", "false"))
+        if label_selector:
+            params.append(("labelSelector", label_selector))
+        if resource_version:
+            params.append(("resourceVersion", resource_version))
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=timeout_seconds + 15
+        )
+        response: aiohttp.ClientResponse = await self._api.call_api(
+            path,
+            "GET",
+            query_params=params,
+            header_params={"Accept": "application/json"},
+            auth_settings=AUTH,
+            _preload_content=_preload_content,
+            _request_timeout=timeout,
+        )
+        if response.status >= 300:  # an error answer, not a stream: the caller gets it as for any call
+            try:
+                payload = await response.read()
+            finally:
+                response.release()
+            raise _error(response.status, payload)
+        return response
 
     async def pod_log(self, namespace: str, name: str, *, tail_lines: int | None = None) -> str:
         """A pod's container log (``GET .../pods/{name}/log``), the last ``tail_lines`` lines if given.
 
         ``NotFoundError`` for an unknown pod; an ``ApiError`` (400) while its container has not started.
+        The text is read raw: the library would parse a log that happens to be JSON.
         """
-        params = {"tailLines": str(tail_lines)} if tail_lines is not None else None
-        async with self._session.get(
-            self.server + PODS.path(namespace, name, "log"),
-            params=params,
-            headers={"Accept": "text/plain, */*"},
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-        ) as response:
+        params = [("tailLines", str(tail_lines))] if tail_lines is not None else []
+        response: aiohttp.ClientResponse = await self._api.call_api(
+            PODS.path(namespace, name, "log"),
+            "GET",
+            query_params=params,
+            header_params={"Accept": "text/plain, */*"},
+            auth_settings=AUTH,
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )
+        try:
             payload = await response.read()
-            if response.status >= 300:
-                raise _error(response.status, payload)
-            return payload.decode(errors="replace")
+        finally:
+            response.release()
+        if response.status >= 300:
+            raise _error(response.status, payload)
+        return payload.decode(errors="replace")
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -359,7 +411,9 @@ class KubeClient:
             logger.warning("could not post event %s on %s/%s: %s", reason, namespace, meta.get("name"), e)
 
 
-def _error(status: int, payload: bytes) -> ApiError:
+def _error(status: int, payload: bytes | str) -> ApiError:
+    if isinstance(payload, str):
+        payload = payload.encode()
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heliosdb_streaming.control.launcher import WorkerSpec
-from heliosdb_streaming.operator import crds
+from heliosdb_streaming.kubernetes import crds
 
 APP = "heliosdb-streaming"
 LABEL_APP = "app.kubernetes.io/name"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
+from heliosdb_streaming.kubernetes.operator import status
 from heliosdb_streaming.model.types import JobStatus
-from heliosdb_streaming.operator import status
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -23,6 +23,16 @@ import kopf
 
 from heliosdb_streaming.control import lifecycle
 from heliosdb_streaming.control.lifecycle import Event
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.operator import mapping, pods
+from heliosdb_streaming.kubernetes.restapi import jobviews, podlogs
+from heliosdb_streaming.kubernetes.restapi.readclient import (
+    OperatorClient,
+    OperatorUnavailableError,
+    checkpoints_of,
+    metrics_of_details,
+    tasks_of,
+)
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
@@ -41,14 +51,6 @@ from heliosdb_streaming.model.types import (
     MetricsWindow,
     RestartOptions,
     SavepointInfo,
-)
-from heliosdb_streaming.operator import jobviews, kube, mapping, podlogs, pods
-from heliosdb_streaming.operator.readclient import (
-    OperatorClient,
-    OperatorUnavailableError,
-    checkpoints_of,
-    metrics_of_details,
-    tasks_of,
 )
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 
 from heliosdb_streaming.api import schemas
+from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes.operator import mapping
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
 from heliosdb_streaming.model.types import (
@@ -28,7 +30,6 @@ from heliosdb_streaming.model.types import (
     SavepointInfo,
     TaskInfo,
 )
-from heliosdb_streaming.operator import crds, mapping
 from heliosdb_streaming.runtime.graph import operator_names
 
 Obj = Mapping[str, Any]

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 
 from heliosdb_streaming.embedded.logs import JobLog, read_logs
+from heliosdb_streaming.kubernetes.restapi.podlogs import job_log, parse_pod_log
 from heliosdb_streaming.model.types import LogEntry, LogLevel, LogOptions
-from heliosdb_streaming.operator.podlogs import job_log, parse_pod_log
 
 
 def line(second: float, level: str, message: str, task_id: str | None = None, worker: int = 0) -> str:

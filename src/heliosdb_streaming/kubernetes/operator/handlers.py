@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 
-from heliosdb_streaming.operator import crds
-from heliosdb_streaming.operator.reconciler import COMPONENT, Reconciler
+from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes.operator.reconciler import COMPONENT, Reconciler
 
 WATCH_SERVER_TIMEOUT_S = 60
 BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s

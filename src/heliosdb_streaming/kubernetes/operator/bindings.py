@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from heliosdb_streaming.operator.pods import Target
+from heliosdb_streaming.kubernetes.operator.pods import Target
 
 logger = logging.getLogger(__name__)
 

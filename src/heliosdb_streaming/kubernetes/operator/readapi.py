@@ -2,7 +2,7 @@
 
 The operator hosts the control plane whose coordinators, metrics and savepoints are the truth about
 jobs; the StreamingJob status is only a projection of it. ``helios server --substrate kubernetes``
-reads details, metrics, checkpoints and savepoints from here (``operator.readclient``) and changes
+reads details, metrics, checkpoints and savepoints from here (``kubernetes.restapi.readclient``) and changes
 jobs only through the resources, so this app serves no command routes. It is the REST app itself
 (``create_app(read_only=True)``) over a ``JobManager`` that adopts the running plane, so both answer
 with the same bodies, and it takes the same bearer token (``HELIOS_API_TOKEN``) when one is set.
@@ -38,9 +38,9 @@ from heliosdb_streaming.api.errors import Handler, InvalidParameterError
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
 from heliosdb_streaming.embedded.logs import read_logs
 from heliosdb_streaming.job.manager import JobManager
+from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.model.errors import JobNotFoundError
 from heliosdb_streaming.model.types import LogLevel, LogOptions
-from heliosdb_streaming.operator.bindings import Bindings
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import base64
 from pathlib import Path
 
 from heliosdb_streaming.control.launcher import WorkerSpec
-from heliosdb_streaming.operator import pods
-from heliosdb_streaming.operator.pods import PodSettings, Target
+from heliosdb_streaming.kubernetes.operator import pods
+from heliosdb_streaming.kubernetes.operator.pods import PodSettings, Target
 
 TARGET = Target("team-a", "fraud", "uid-1", image=None, resources={"limits": {"memory": "1Gi"}})
 SPEC = WorkerSpec(

@@ -14,10 +14,10 @@ from heliosdb_streaming.api import schemas
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.embedded.launcher import SubprocessLauncher
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.kubernetes.restapi import jobviews
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import InvalidJobConfigError
 from heliosdb_streaming.model.types import CheckpointInfo, JobStatus, SavepointInfo
-from heliosdb_streaming.operator import jobviews
 
 UID = "123e4567-e89b-12d3-a456-426614174000"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

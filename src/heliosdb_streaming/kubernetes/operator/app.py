@@ -1,5 +1,8 @@
 """The operator's composition root: API client, bindings, pod launcher, control plane, kopf.
 
+The job store comes from the caller (``helios operator`` gives the SQLite store in the home), so that
+this substrate does not import the embedded one.
+
 Startup order matters: bindings are loaded and the pod watch runs before the control plane starts,
 because the control plane recovers the jobs that were active and relaunches their pods at once.
 On shutdown kopf stops first, then the control plane stops every run (the jobs keep their status and
@@ -19,12 +22,12 @@ import kopf
 
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane
-from heliosdb_streaming.embedded import private
-from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
-from heliosdb_streaming.operator import handlers, kube, pods, readapi
-from heliosdb_streaming.operator.bindings import Bindings
-from heliosdb_streaming.operator.launcher import KubernetesLauncher
-from heliosdb_streaming.operator.reconciler import Reconciler
+from heliosdb_streaming.control.store import JobStore
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.operator import handlers, pods, readapi
+from heliosdb_streaming.kubernetes.operator.bindings import Bindings
+from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
+from heliosdb_streaming.kubernetes.operator.reconciler import Reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +86,14 @@ def allowed_roots(options: OperatorOptions) -> paths.AllowedRoots:
 
 async def run(
     options: OperatorOptions,
+    store: JobStore,
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
-    """Runs the operator until ``stop_flag`` is set or SIGINT/SIGTERM arrives."""
-    private.private_dir(options.home)  # jobs.db and job.json hold connection strings
+    """Runs the operator over ``store`` until ``stop_flag`` is set or SIGINT/SIGTERM arrives.
+
+    ``options.home`` must exist and be private (0700): jobs.db and job.json hold connection strings."""
     connection = kube.load_connection_info()
     namespaces = list(options.namespaces)
     async with kube.KubeClient(connection) as client:
@@ -105,7 +110,7 @@ async def run(
         await launcher.start()
         plane = ControlPlane(
             home=options.home,
-            store=SqliteJobStore(options.home / "jobs.db"),
+            store=store,
             launcher=launcher,
             max_parallelism=options.max_parallelism,
             checkpoint_uri=options.checkpoint_storage,

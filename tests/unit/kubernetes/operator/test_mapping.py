@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 
-from heliosdb_streaming.model.errors import InvalidJobConfigError
-from heliosdb_streaming.model.types import JobStatus
-from heliosdb_streaming.operator.mapping import (
+from heliosdb_streaming.kubernetes.operator.mapping import (
     DesiredState,
     JobSpec,
     Step,
@@ -21,6 +19,8 @@ from heliosdb_streaming.operator.mapping import (
     savepoint_ref,
     unapplied_changes,
 )
+from heliosdb_streaming.model.errors import InvalidJobConfigError
+from heliosdb_streaming.model.types import JobStatus
 
 S = JobStatus
 

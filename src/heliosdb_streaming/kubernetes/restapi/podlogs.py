@@ -4,7 +4,7 @@ lines, filtered. Pure: no I/O.
 Workers in pods write one JSON object per line to stderr (``runtime.logformat``: ``timestamp``,
 ``level``, ``message``, ``task_id``, ``worker``), and the pod log API is where those lines live; the
 control plane's own lines (submitted, runs, restarts, checkpoints, savepoints) come from the
-operator's read API. ``job_log`` gives what ``local.logs.read_logs`` gives for the embedded
+operator's read API. ``job_log`` gives what ``embedded.logs.read_logs`` gives for the embedded
 substrate's log file, which holds both: entries at or above a level, in time order, the first
 ``limit`` or (``tail``) the last ``limit``.
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
+from heliosdb_streaming.kubernetes.restapi.jobviews import parse_time
 from heliosdb_streaming.model.types import LogEntry, LogLevel, LogOptions
-from heliosdb_streaming.operator.jobviews import parse_time
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 _RANK = {level.value: level.rank for level in LogLevel}

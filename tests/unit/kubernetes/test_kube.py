@@ -1,8 +1,14 @@
-"""The API client's pure parts: URL paths, label selectors, error mapping."""
+"""The API client's pure parts: URL paths, label selectors, error mapping, the library's configuration."""
 
 from __future__ import annotations
 
-from heliosdb_streaming.operator import kube
+import base64
+import os
+from pathlib import Path
+
+import kopf
+
+from heliosdb_streaming.kubernetes import kube
 
 
 def test_paths() -> None:
@@ -32,3 +38,19 @@ def test_errors_keep_status_and_reason() -> None:
     assert isinstance(kube._error(409, b"{}"), kube.ConflictError)
     other = kube._error(500, b"not json")
     assert type(other) is kube.ApiError and other.status == 500 and other.message == "not json"
+
+
+def test_configuration_follows_kopf_login() -> None:
+    token = kube.configuration(kopf.ConnectionInfo(server="https://k8s:6443/", token="t0k", insecure=True))
+    assert token.host == "https://k8s:6443" and not token.verify_ssl
+    assert token.api_key == {"BearerToken": "t0k"} and token.api_key_prefix == {"BearerToken": "Bearer"}
+
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    with_ca = kube.configuration(kopf.ConnectionInfo(server="https://k8s", ca_data=ca))
+    assert with_ca.verify_ssl and with_ca.ssl_ca_cert is not None
+    assert Path(with_ca.ssl_ca_cert).read_text() == "-----BEGIN CERTIFICATE-----\n"
+    os.unlink(with_ca.ssl_ca_cert)
+
+    basic = kube.configuration(kopf.ConnectionInfo(server="http://k8s", username="u", password="p"))
+    assert basic.api_key_prefix == {"BearerToken": "Basic"}
+    assert base64.b64decode(basic.api_key["BearerToken"]) == b"u:p"

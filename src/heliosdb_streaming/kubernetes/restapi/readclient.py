@@ -1,13 +1,13 @@
-"""The API server's client of the operator's read API (``operator.readapi``), answers as native types.
+"""The API server's client of the operator's read API (``kubernetes.operator.readapi``), as native types.
 
 The operator's control plane is the truth about a running job (tasks, checkpoints, savepoints,
-metrics); the API server asks it over HTTP and turns the REST bodies back into the ``job.types`` the
+metrics); the API server asks it over HTTP and turns the REST bodies back into the ``model.types`` the
 views render, so both substrates answer with the same shapes. ``None`` means "the operator does not
 know this job (yet)": a StreamingJob that was just created has no job in the control plane until the
 operator has reconciled it. An unreachable operator is ``OperatorUnavailableError``.
 
 A client serves the API server of one namespace and names it in every job request: the operator
-answers only for jobs of that namespace (``operator.readapi``), so a job id cannot reach another
+answers only for jobs of that namespace (``kubernetes.operator.readapi``), so a job id cannot reach another
 namespace's job. The ``/internal/v1`` routes give the operator's limits and, for the namespace, a
 job's control-plane log lines and the Prometheus exposition.
 """
