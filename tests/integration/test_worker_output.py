@@ -13,6 +13,7 @@ from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.job.types import JobStatus
 from heliosdb_streaming.local.launcher import SubprocessLauncher
+from heliosdb_streaming.local.logs import LocalJobFiles
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,6 +53,7 @@ async def test_print_sink_and_stderr_files_are_rotated_and_keep_the_newest_lines
         home=home,
         store=SqliteJobStore(tmp_path / "jobs.db"),
         launcher=SubprocessLauncher(output_max_bytes=MAX_BYTES, output_backups=BACKUPS),
+        files=LocalJobFiles(home),
         max_parallelism=2,
     )
     await plane.start()

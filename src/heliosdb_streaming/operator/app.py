@@ -20,6 +20,7 @@ import kopf
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.local import private
+from heliosdb_streaming.local.logs import LocalJobFiles
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 from heliosdb_streaming.operator import handlers, kube, pods, readapi
 from heliosdb_streaming.operator.bindings import Bindings
@@ -107,6 +108,7 @@ async def run(
             home=options.home,
             store=SqliteJobStore(options.home / "jobs.db"),
             launcher=launcher,
+            files=LocalJobFiles(options.home),  # job.json (read by the launcher) and the job logs
             max_parallelism=options.max_parallelism,
             checkpoint_uri=options.checkpoint_storage,
             control_host=options.control_host,

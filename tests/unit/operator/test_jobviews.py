@@ -16,6 +16,7 @@ from heliosdb_streaming.job.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.job.errors import InvalidJobConfigError
 from heliosdb_streaming.job.types import CheckpointInfo, JobStatus, SavepointInfo
 from heliosdb_streaming.local.launcher import SubprocessLauncher
+from heliosdb_streaming.local.logs import LocalJobFiles
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 from heliosdb_streaming.operator import jobviews
 
@@ -223,6 +224,7 @@ def test_parallelism_over_the_operators_limit_is_the_embedded_error(tmp_path: Pa
         home=tmp_path,
         store=SqliteJobStore(tmp_path / "jobs.db"),
         launcher=SubprocessLauncher(),
+        files=LocalJobFiles(tmp_path),
         max_parallelism=8,
     )
     try:

@@ -27,7 +27,7 @@ from heliosdb_streaming.control.store import JobRecord
 from heliosdb_streaming.job.config import JobConfig
 from heliosdb_streaming.job.types import JobStatus, LogLevel, LogOptions
 from heliosdb_streaming.local.launcher import SubprocessLauncher
-from heliosdb_streaming.local.logs import JobLog
+from heliosdb_streaming.local.logs import JobLog, LocalJobFiles
 from heliosdb_streaming.local.sqlite_store import SqliteJobStore
 from heliosdb_streaming.operator.bindings import Binding, Bindings
 from heliosdb_streaming.operator.readapi import create_read_app
@@ -84,6 +84,7 @@ async def read_api(tmp_path: Path) -> AsyncIterator[ReadApi]:
         home=tmp_path,
         store=SqliteJobStore(tmp_path / "jobs.db"),
         launcher=SubprocessLauncher(),
+        files=LocalJobFiles(tmp_path),
         max_parallelism=7,
     )
     bindings = Bindings(tmp_path)
