@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from heliosdb_streaming.control.channel import WorkerChannelServer, broadcast
-from heliosdb_streaming.control.entry import JobEntry, Run, describe_start, problems_message, utcnow
+from heliosdb_streaming.control.entry import JobEntry, Run, describe_start, utcnow
 from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.jobs import JobTable
 from heliosdb_streaming.control.launcher import Launcher, StaleWorkerReaper, no_stale_workers
@@ -61,10 +61,17 @@ from heliosdb_streaming.job.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
 from heliosdb_streaming.runtime.checkpointing import SnapshotLocation
 
-__all__ = ["ControlPlane", "JobEntry", "Run", "locate_start", "problems_message", "utcnow"]
+# JobEntry, Run and locate_start are imported from here by the substrates and the tests
+__all__ = ["ControlPlane", "JobEntry", "Run", "locate_start"]
 
 
 class ControlPlane:
+    """One control plane: the facade over its parts (see the module docstring) and the user's commands.
+
+    Commands that change a job take its ``JobEntry.lock``, check the ``lifecycle`` first and leave
+    the job's status to ``JobTable.set_status``; queries read ``jobs`` (``control.service``).
+    """
+
     def __init__(
         self,
         *,
