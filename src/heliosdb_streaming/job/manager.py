@@ -59,20 +59,6 @@ class JobManager(JobServiceCore):
             else paths.AllowedRoots.of([self.home, *allowed_roots], base=self.home),
         )
         self._starting: asyncio.Lock | None = None
-        self._owns_plane = True
-
-    @classmethod
-    def adopt(cls, plane: ControlPlane) -> JobManager:
-        """A manager over a control plane that someone else started and will close.
-
-        Queries and commands go to ``plane``; ``close()`` leaves it running, so several doors can
-        share the plane of the process that owns it (``JobServiceCore(plane)`` is the same without
-        the embedded wiring).
-        """
-        manager = cls(plane.max_parallelism, home=plane.home)
-        manager._plane = plane
-        manager._owns_plane = False
-        return manager
 
     async def __aenter__(self) -> JobManager:
         await self._control()
@@ -84,11 +70,8 @@ class JobManager(JobServiceCore):
         await self.close()
 
     async def close(self) -> None:
-        """Stops every worker this manager started; active jobs resume when a manager opens this home.
-
-        An adopted plane (``adopt``) is left to its owner.
-        """
-        if self._plane is not None and self._owns_plane:
+        """Stops every worker this manager started; active jobs resume when a manager opens this home."""
+        if self._plane is not None:
             await self._plane.close()
             self._plane = None
 
