@@ -315,7 +315,7 @@ async def test_resources_released_after_completion(jm: JobManager) -> None:
     assert plane.slots_in_use == 0
     assert plane.get(job_id).run is None
     assert plane.get(job_id).record.worker_pids == []
-    assert not plane._tokens
+    assert not plane.channel.tokens
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 

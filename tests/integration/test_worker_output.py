@@ -11,6 +11,7 @@ import pytest
 
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.embedded.launcher import SubprocessLauncher
+from heliosdb_streaming.embedded.logs import LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.types import JobStatus
@@ -52,6 +53,7 @@ async def test_print_sink_and_stderr_files_are_rotated_and_keep_the_newest_lines
         home=home,
         store=SqliteJobStore(tmp_path / "jobs.db"),
         launcher=SubprocessLauncher(output_max_bytes=MAX_BYTES, output_backups=BACKUPS),
+        files=LocalJobFiles(home),
         max_parallelism=2,
     )
     await plane.start()

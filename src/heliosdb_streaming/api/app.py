@@ -6,7 +6,8 @@
 
 With ``owns_manager=True`` the app starts the manager on startup and closes it on cleanup (jobs keep
 their status and resume on the next start); otherwise the caller owns it, and several apps may share one.
-A ``JobManager`` is served through ``EmbeddedJobService``; another substrate passes its ``JobService``.
+A ``JobManager`` (any ``control.service.JobServiceCore``) is served through ``CoreJobService``;
+another substrate passes its ``JobService``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from heliosdb_streaming.api import views
 from heliosdb_streaming.api.auth import token_middleware
 from heliosdb_streaming.api.errors import error_middleware
 from heliosdb_streaming.api.guard import RequestPolicy, guard_middleware
-from heliosdb_streaming.api.service import EmbeddedJobService, JobService
+from heliosdb_streaming.api.service import CoreJobService, JobService
 from heliosdb_streaming.api.views import JOB_SERVICE, MAX_BODY_BYTES
-from heliosdb_streaming.job.manager import JobManager
+from heliosdb_streaming.control.service import JobServiceCore
 
 __all__ = ["JOB_SERVICE", "MAX_BODY_BYTES", "create_app", "setup_routes"]
 
@@ -56,7 +57,7 @@ def setup_routes(app: web.Application, *, read_only: bool = False) -> None:
 
 
 def create_app(
-    job_manager: JobManager | JobService,
+    job_manager: JobServiceCore | JobService,
     *,
     api_token: str | None = None,
     max_body_bytes: int = 1 << 20,
@@ -75,7 +76,7 @@ def create_app(
     if api_token:
         middlewares.append(token_middleware(api_token))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
-    service = EmbeddedJobService(job_manager) if isinstance(job_manager, JobManager) else job_manager
+    service = CoreJobService(job_manager) if isinstance(job_manager, JobServiceCore) else job_manager
     app[JOB_SERVICE] = service
     app[MAX_BODY_BYTES] = max_body_bytes
     setup_routes(app, read_only=read_only)

@@ -26,7 +26,7 @@ from heliosdb_streaming.model.types import JobStatus
 
 if TYPE_CHECKING:
     from heliosdb_streaming.control.controller import ControlPlane, JobEntry
-    from heliosdb_streaming.job.manager import JobManager
+    from heliosdb_streaming.control.service import JobServiceCore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TERMINAL_SERIES_GRACE_S = 300.0
@@ -191,7 +191,7 @@ def render_plane(
     return render_entries(list(plane.jobs.values()), now=now, grace_s=grace_s)
 
 
-async def render_manager(jm: JobManager, *, grace_s: float = TERMINAL_SERIES_GRACE_S) -> bytes:
+async def render_manager(jm: JobServiceCore, *, grace_s: float = TERMINAL_SERIES_GRACE_S) -> bytes:
     """The exposition of every job of ``jm`` (started if it was not): what ``GET /metrics`` serves."""
     await jm.start()
     return render_plane(jm.control_plane, grace_s=grace_s)

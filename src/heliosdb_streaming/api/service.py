@@ -1,22 +1,20 @@
-"""What the REST API needs of a substrate, and the embedded implementation of it.
+"""What the REST API needs of a substrate, and the implementation over a control plane in this process.
 
-The API serves the same routes on every substrate. ``JobService`` is the native ``JobManager``'s
-methods that the routes call plus four that a substrate answers its own way: the list page (the
-embedded one joins cached JSON fragments), logs (job log files here; on Kubernetes the operator's
-control-plane lines merged with the pod logs), the savepoint a plain restart would restore (reported
-in the restart response), and the Prometheus text.
-``EmbeddedJobService`` adapts a ``JobManager``; ``kubernetes.restapi.apiserver`` has the Kubernetes one.
+The API serves the same routes on every substrate, and its routes talk to ``JobService`` only.
+``JobService`` is the native API's methods that the routes call plus four that a substrate answers
+its own way: the list page (over a control plane: cached JSON fragments), logs (the job's log here;
+on Kubernetes the operator's control-plane lines merged with the pod logs), the savepoint a plain
+restart would restore (reported in the restart response), and the Prometheus text.
+``CoreJobService`` adapts a ``control.service.JobServiceCore`` (an embedded ``JobManager``, or the
+operator's core over its own plane); ``operator.apiserver`` has the Kubernetes one.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
 from heliosdb_streaming.api import prometheus
-from heliosdb_streaming.api.listing import JobListCache
-from heliosdb_streaming.embedded.logs import read_logs
-from heliosdb_streaming.job.manager import JobManager
+from heliosdb_streaming.control.service import JobServiceCore
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.types import (
     CheckpointInfo,
@@ -79,12 +77,11 @@ class JobService(Protocol):
     async def prometheus_exposition(self) -> bytes: ...
 
 
-class EmbeddedJobService:
-    """The REST API over a ``JobManager`` in this process (the embedded substrate)."""
+class CoreJobService:
+    """The REST API over a ``JobServiceCore`` in this process (a ``JobManager``, or an operator's core)."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobServiceCore) -> None:
         self.manager = manager
-        self._list_cache = JobListCache()
 
     async def start(self) -> None:
         await self.manager.start()
@@ -96,8 +93,7 @@ class EmbeddedJobService:
         return await self.manager.submit_job(config, from_savepoint=from_savepoint)
 
     async def list_jobs_json(self, status: JobStatus | None, limit: int, offset: int) -> bytes:
-        await self.manager.start()  # no-op once started
-        return self._list_cache.render(self.manager.control_plane, status, limit, offset)
+        return await self.manager.list_jobs_json(status, limit, offset)
 
     async def get_job_status(self, job_id: str) -> JobStatus:
         return await self.manager.get_job_status(job_id)
@@ -109,10 +105,7 @@ class EmbeddedJobService:
         return await self.manager.get_job_metrics(job_id, window)
 
     async def get_job_logs(self, job_id: str, options: LogOptions) -> list[LogEntry]:
-        await self.manager.start()
-        path = self.manager.control_plane.get(job_id).log.path  # JobNotFoundError -> 404
-        # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
-        return await asyncio.to_thread(read_logs, path, options)
+        return await self.manager.get_job_logs(job_id, options)  # JobNotFoundError -> 404
 
     async def cancel_job(self, job_id: str) -> None:
         await self.manager.cancel_job(job_id)
@@ -145,9 +138,10 @@ class EmbeddedJobService:
         await self.manager.restart_job(job_id, options)
 
     async def restore_savepoint_id(self, job_id: str) -> str | None:
-        await self.manager.start()
-        point = self.manager.control_plane.get(job_id).restore_point()
-        return point.savepoint_id if point is not None else None
+        return await self.manager.restore_savepoint_id(job_id)
 
     async def prometheus_exposition(self) -> bytes:
         return await prometheus.render_manager(self.manager)
+
+
+EmbeddedJobService = CoreJobService  # the name it had when only the embedded JobManager was served

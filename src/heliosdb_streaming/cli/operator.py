@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from heliosdb_streaming.embedded import private
+from heliosdb_streaming.embedded.logs import LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.kubernetes.operator.app import DEFAULT_CONTROL_PORT
 from heliosdb_streaming.kubernetes.operator.readapi import DEFAULT_READ_PORT
@@ -120,7 +121,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
     )
     try:
         private.private_dir(options.home)  # jobs.db and job.json hold connection strings
-        asyncio.run(app.run(options, SqliteJobStore(options.home / "jobs.db")))
+        store, files = SqliteJobStore(options.home / "jobs.db"), LocalJobFiles(options.home)
+        asyncio.run(app.run(options, store, files))
     except Exception as e:  # a login or startup failure: say it in one line
         logging.getLogger(__name__).error("operator stopped: %s: %s", type(e).__name__, e)
         return 1

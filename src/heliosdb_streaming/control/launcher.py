@@ -1,4 +1,8 @@
-"""How the control plane starts workers: an interface with one implementation per substrate."""
+"""How the control plane starts workers: an interface with one implementation per substrate.
+
+``Launcher`` starts a worker from a ``WorkerSpec`` and hands back a ``WorkerHandle``;
+``StaleWorkerReaper`` stops the workers a previous control plane left running.
+"""
 
 from __future__ import annotations
 
@@ -54,3 +58,17 @@ class WorkerHandle(Protocol):
 
 class Launcher(Protocol):
     async def launch(self, spec: WorkerSpec) -> WorkerHandle: ...
+
+
+class StaleWorkerReaper(Protocol):
+    """Stops the workers a control plane that died left behind (``JobRecord.worker_pids`` of ``job_id``)
+    and returns how many it stopped. The embedded substrate kills local processes
+    (``embedded.launcher.kill_stale_workers``); where workers are not local processes (pods, which the
+    operator relaunches itself) the control plane takes ``no_stale_workers``."""
+
+    def __call__(self, pids: list[int], job_id: str) -> int: ...
+
+
+def no_stale_workers(pids: list[int], job_id: str) -> int:
+    """The reaper of a substrate whose workers a new control plane need not stop: none stopped."""
+    return 0

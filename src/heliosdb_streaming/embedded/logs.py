@@ -20,7 +20,8 @@ from heliosdb_streaming.model.types import LogEntry, LogLevel, LogOptions
 from heliosdb_streaming.runtime import rotation
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
-__all__ = ["JobLog", "mask_secrets", "read_logs"]  # mask_secrets: the one masking function, re-exported
+# mask_secrets: the one masking function, re-exported
+__all__ = ["JobLog", "LocalJobFiles", "mask_secrets", "read_logs"]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 3
@@ -65,12 +66,35 @@ class JobLog:
             f.write(line)
         self._size += len(line)
 
+    def read(self, options: LogOptions, *, workers: bool = True) -> list[LogEntry]:
+        """This log's entries (``read_logs``); blocking file I/O."""
+        return read_logs(self.path, options, workers=workers)
+
     def _rotate(self) -> None:
         rotation.rotate_files(self.path, self.backups)  # the one rotation, shared with worker output
         self._size = 0
 
     def close(self) -> None:
         """Nothing to release (kept so owners can close logs uniformly)."""
+
+
+class LocalJobFiles:
+    """The control plane's ``JobFiles`` on a local disk: ``HOME/jobs/<job_id>/`` holds ``job.json`` and
+    ``job.log``, both private to the server's user (``embedded.private``)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.home / "jobs" / job_id
+
+    def write_config(self, job_id: str, data: bytes) -> None:
+        job_dir = self.job_dir(job_id)
+        private.private_dir(job_dir)
+        private.write_private(job_dir / "job.json", data)
+
+    def open_log(self, job_id: str) -> JobLog:
+        return JobLog(self.job_dir(job_id) / "job.log")
 
 
 _LEVELS = {level.value: level.rank for level in LogLevel}

@@ -22,6 +22,7 @@ import kopf
 
 from heliosdb_streaming.control import paths
 from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import handlers, pods, readapi
@@ -87,11 +88,13 @@ def allowed_roots(options: OperatorOptions) -> paths.AllowedRoots:
 async def run(
     options: OperatorOptions,
     store: JobStore,
+    files: JobFiles,
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
-    """Runs the operator over ``store`` until ``stop_flag`` is set or SIGINT/SIGTERM arrives.
+    """Runs the operator over ``store`` and ``files`` (job.json, read by the launcher, and the job
+    logs) until ``stop_flag`` is set or SIGINT/SIGTERM arrives.
 
     ``options.home`` must exist and be private (0700): jobs.db and job.json hold connection strings."""
     connection = kube.load_connection_info()
@@ -112,6 +115,7 @@ async def run(
             home=options.home,
             store=store,
             launcher=launcher,
+            files=files,
             max_parallelism=options.max_parallelism,
             checkpoint_uri=options.checkpoint_storage,
             control_host=options.control_host,

@@ -4,7 +4,7 @@ The operator hosts the control plane whose coordinators, metrics and savepoints 
 jobs; the StreamingJob status is only a projection of it. ``helios server --substrate kubernetes``
 reads details, metrics, checkpoints and savepoints from here (``kubernetes.restapi.readclient``) and changes
 jobs only through the resources, so this app serves no command routes. It is the REST app itself
-(``create_app(read_only=True)``) over a ``JobManager`` that adopts the running plane, so both answer
+(``create_app(read_only=True)``) over a ``JobServiceCore`` of the running plane, so both answer
 with the same bodies, and it takes the same bearer token (``HELIOS_API_TOKEN``) when one is set.
 
 An API server serves one namespace and names it (``?namespace=NS``) in every job request: a job
@@ -24,7 +24,6 @@ Under ``/internal/v1`` it adds what only such an API server needs, all behind th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -36,8 +35,7 @@ from heliosdb_streaming.api import prometheus, schemas, views
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.api.errors import Handler, InvalidParameterError
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
-from heliosdb_streaming.embedded.logs import read_logs
-from heliosdb_streaming.job.manager import JobManager
+from heliosdb_streaming.control.service import JobServiceCore
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.model.errors import JobNotFoundError
 from heliosdb_streaming.model.types import LogLevel, LogOptions
@@ -49,6 +47,7 @@ SHUTDOWN_TIMEOUT_S = 2.0
 INTERNAL = "/internal/v1"
 
 PLANE = web.AppKey("read_plane", ControlPlane)
+CORE = web.AppKey("read_core", JobServiceCore)
 BINDINGS = web.AppKey("read_bindings", Bindings)
 
 
@@ -56,9 +55,11 @@ def create_read_app(plane: ControlPlane, bindings: Bindings, api_token: str | No
     """GET-only REST app over a started ``plane``; the plane stays owned (and closed) by the operator.
 
     ``bindings`` tell which namespace each job belongs to, for the ``/internal/v1`` routes."""
-    app = create_app(JobManager.adopt(plane), api_token=api_token, read_only=True)
+    core = JobServiceCore(plane)
+    app = create_app(core, api_token=api_token, read_only=True)
     app.middlewares.append(namespace_guard)  # inside the error and token middlewares
     app[PLANE] = plane
+    app[CORE] = core
     app[BINDINGS] = bindings
     app.add_routes(
         [
@@ -117,10 +118,8 @@ async def control_log(request: web.Request) -> web.Response:
         limit = tail_lines
     job_id = request.match_info["job_id"]
     _check_namespace(request, job_id, namespace)  # (the guard did, too): required here
-    path = request.app[PLANE].get(job_id).log.path
     options = LogOptions(level=level, limit=limit, tail=tail)
-    # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
-    entries = await asyncio.to_thread(read_logs, path, options, workers=False)
+    entries = await request.app[CORE].get_control_log(job_id, options)  # read off the event loop
     body = schemas.JobLogsResponse(
         job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
     )

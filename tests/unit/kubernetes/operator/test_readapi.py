@@ -25,7 +25,7 @@ from heliosdb_streaming.control.controller import ControlPlane, JobEntry, Run
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord
 from heliosdb_streaming.embedded.launcher import SubprocessLauncher
-from heliosdb_streaming.embedded.logs import JobLog
+from heliosdb_streaming.embedded.logs import JobLog, LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
 from heliosdb_streaming.kubernetes.operator.readapi import create_read_app
@@ -84,6 +84,7 @@ async def read_api(tmp_path: Path) -> AsyncIterator[ReadApi]:
         home=tmp_path,
         store=SqliteJobStore(tmp_path / "jobs.db"),
         launcher=SubprocessLauncher(),
+        files=LocalJobFiles(tmp_path),
         max_parallelism=7,
     )
     bindings = Bindings(tmp_path)

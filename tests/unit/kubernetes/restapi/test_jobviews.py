@@ -13,6 +13,7 @@ import pytest
 from heliosdb_streaming.api import schemas
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.embedded.launcher import SubprocessLauncher
+from heliosdb_streaming.embedded.logs import LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.kubernetes.restapi import jobviews
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
@@ -223,6 +224,7 @@ def test_parallelism_over_the_operators_limit_is_the_embedded_error(tmp_path: Pa
         home=tmp_path,
         store=SqliteJobStore(tmp_path / "jobs.db"),
         launcher=SubprocessLauncher(),
+        files=LocalJobFiles(tmp_path),
         max_parallelism=8,
     )
     try:

@@ -11,7 +11,8 @@ On top, whole pages are kept for up to a second: a page is rendered again when a
 any job changes status (the control plane's status listeners: every change of what the list shows,
 times and parallelism included, comes with one) or when the second changes (uptimes move).
 
-It reads the control plane's job entries directly, as ``JobManager.list_jobs`` does.
+It reads the control plane's job entries directly, as ``JobServiceCore.list_jobs`` does, and lives
+in the control plane beside it so that the REST API gets the page through ``JobService`` alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.control.entry import JobEntry
 from heliosdb_streaming.model.types import JobStatus
 
 # whole seconds with a Z, naive datetimes taken as UTC: as schemas.format_timestamp writes them
