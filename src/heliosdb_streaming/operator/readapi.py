@@ -122,7 +122,7 @@ async def control_log(request: web.Request) -> web.Response:
     # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
     entries = await asyncio.to_thread(read_logs, path, options, workers=False)
     body = schemas.JobLogsResponse(
-        job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
+        job_id=job_id, logs=[schemas.masked(e) for e in entries], total=len(entries), limit=limit
     )
     return web.Response(body=orjson.dumps(body.to_json()), content_type="application/json")
 
