@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from heliosdb_streaming import __version__
 from heliosdb_streaming.api import schemas
 from heliosdb_streaming.job.config import JobSubmitRequest, RestartStrategy
-from heliosdb_streaming.job.types import JobStatus, LogLevel, SavepointInfo
+from heliosdb_streaming.job.types import JobStatus, LogLevel, RestartOptions, SavepointInfo
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -46,7 +46,7 @@ _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     JobSubmitRequest,
     schemas.CreateSavepointRequest,
-    schemas.RestartJobRequest,
+    RestartOptions,
 )
 
 _ERROR_DESCRIPTIONS = {
@@ -103,7 +103,7 @@ def _links(*, savepoint: bool = False) -> dict[str, Any]:
     return links
 
 
-# The native types (job.types) the API serves as they are, under the component names of the bodies
+# The native types (job.types) the API serves (and reads) as they are, under the component names of the bodies
 # that used to copy them: the document (and clients generated from it) stays as it was.
 _COMPONENT_NAMES = {
     "JobSummary": "JobSummaryBody",
@@ -113,6 +113,7 @@ _COMPONENT_NAMES = {
     "LatencyStats": "LatencyBody",
     "ThroughputPoint": "ThroughputPointBody",
     "LogEntry": "LogEntryBody",
+    "RestartOptions": "RestartJobRequest",
 }
 
 

@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from heliosdb_streaming.job.config import JobConfigOverrides
 from heliosdb_streaming.job.types import (
     CheckpointInfo,
     DetailsMetrics,
@@ -174,21 +173,6 @@ class CreateSavepointRequest(RequestBody):
 
     description: str | None = Field(
         default=None, max_length=1000, examples=["Pre-upgrade savepoint"], description="Free text, kept"
-    )
-
-
-class RestartJobRequest(RequestBody):
-    """The optional body of ``POST /api/v1/jobs/{job_id}/restart``."""
-
-    savepoint_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="Restore this savepoint; without it the newest checkpoint or savepoint is restored",
-        examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"],
-    )
-    config_overrides: JobConfigOverrides | None = Field(
-        default=None, description="Settings the restarted job runs with instead of its own"
     )
 
 

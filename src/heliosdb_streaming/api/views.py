@@ -197,13 +197,10 @@ async def restart_job(request: web.Request) -> web.Response:
     jm = _manager(request)
     job_id = _job_id(request)
     await jm.get_job_status(job_id)  # 404 before 400
-    body = parse_body(
-        schemas.RestartJobRequest, await read_optional_object(request, request.app[MAX_BODY_BYTES])
-    )
-    restored = body.savepoint_id
+    options = parse_body(RestartOptions, await read_optional_object(request, request.app[MAX_BODY_BYTES]))
+    restored = options.savepoint_id
     if restored is None:  # restart_job restores the newest restore point: report it if a savepoint
         restored = await jm.restore_savepoint_id(job_id)
-    options = RestartOptions(savepoint_id=body.savepoint_id, config_overrides=body.config_overrides)
     await jm.restart_job(job_id, options)
     restarted_at = datetime.now(UTC)
     status = await _wait_until_started(jm, job_id, RESTART_WAIT_S)

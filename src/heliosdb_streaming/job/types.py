@@ -139,8 +139,21 @@ class LogEntry(Record):
 
 
 class RestartOptions(_Model):
-    savepoint_id: str | None = None
-    config_overrides: JobConfigOverrides | None = None
+    """The optional body of ``POST /api/v1/jobs/{job_id}/restart``."""
+
+    # (the docstring is the OpenAPI description; natively: JobManager.restart_job's options)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    savepoint_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Restore this savepoint; without it the newest checkpoint or savepoint is restored",
+        examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"],
+    )
+    config_overrides: JobConfigOverrides | None = Field(
+        default=None, description="Settings the restarted job runs with instead of its own"
+    )
 
 
 class LatencyStats(Record):
