@@ -103,8 +103,8 @@ def _links(*, savepoint: bool = False) -> dict[str, Any]:
     return links
 
 
-# The native types (job.types) the API serves (and reads) as they are, under the component names of the bodies
-# that used to copy them: the document (and clients generated from it) stays as it was.
+# The native types (job.types) the API serves (and reads) as they are, under the component names of
+# the REST models that used to copy them: the document (and clients generated from it) stays as it was.
 _COMPONENT_NAMES = {
     "JobSummary": "JobSummaryBody",
     "TaskInfo": "TaskBody",

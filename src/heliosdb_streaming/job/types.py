@@ -171,6 +171,8 @@ class ThroughputPoint(Record):
 class DetailsMetrics(Record):
     """The spec's 8 keys first, then additions."""
 
+    # (the docstring is the OpenAPI description: the ``metrics`` of a job's details, JobMetrics' core)
+
     events_processed: int = 0
     throughput_per_sec: float = 0.0
     latency_p50_ms: float = 0.0
