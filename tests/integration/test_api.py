@@ -345,7 +345,7 @@ async def test_list_contract_filters_and_paging(api: Api, jm: JobManager) -> Non
         limit, offset = int(params.get("limit", 100)), int(params.get("offset", 0))
         summaries = await jm.list_jobs(ListJobsOptions(status=status, limit=limit, offset=offset))
         reference = schemas.JobListResponse(
-            jobs=[schemas.JobSummaryBody.of(j) for j in summaries],
+            jobs=summaries,
             total=await jm.count_jobs(status),
             limit=limit,
             offset=offset,

@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of the REST API, generated from the pydantic models.
 
 The request body schema is ``JobSubmitRequest`` (the same model that validates submissions) and the
-response schemas are ``api.schemas``; nothing is written by hand but the list of operations below.
+response schemas are ``api.schemas`` and the native types they serve (``model.types``); nothing is
+written by hand but the list of operations below. The native types keep the component names the
+document has always given them (``_COMPONENT_NAMES``), so that generated clients do not change.
 ``docs/openapi.json`` is this module's output, kept in the repository:
 
     python -m heliosdb_streaming.api.openapi > docs/openapi.json
@@ -20,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from heliosdb_streaming import __version__
 from heliosdb_streaming.api import schemas
 from heliosdb_streaming.model.config import JobSubmitRequest, RestartStrategy
-from heliosdb_streaming.model.types import JobStatus, LogLevel
+from heliosdb_streaming.model.types import JobStatus, LogLevel, RestartOptions, SavepointInfo
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -31,7 +33,7 @@ _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     schemas.JobDetailsResponse,
     schemas.CancelJobResponse,
     schemas.JobStatusResponse,
-    schemas.SavepointResponse,
+    SavepointInfo,
     schemas.SavepointListResponse,
     schemas.SavepointDeletedResponse,
     schemas.CheckpointListResponse,
@@ -44,7 +46,7 @@ _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     JobSubmitRequest,
     schemas.CreateSavepointRequest,
-    schemas.RestartJobRequest,
+    RestartOptions,
 )
 
 _ERROR_DESCRIPTIONS = {
@@ -101,11 +103,46 @@ def _links(*, savepoint: bool = False) -> dict[str, Any]:
     return links
 
 
+# The native types (job.types) the API serves (and reads) as they are, under the component names of
+# the REST models that used to copy them: the document (and clients generated from it) stays as it was.
+_COMPONENT_NAMES = {
+    "JobSummary": "JobSummaryBody",
+    "TaskInfo": "TaskBody",
+    "CheckpointInfo": "CheckpointBody",
+    "SavepointInfo": "SavepointResponse",
+    "LatencyStats": "LatencyBody",
+    "ThroughputPoint": "ThroughputPointBody",
+    "LogEntry": "LogEntryBody",
+    "RestartOptions": "RestartJobRequest",
+}
+
+
+def _renamed(node: Any) -> Any:
+    """``node`` with every ``$ref`` to a native type's component pointing at its document name."""
+    if isinstance(node, dict):
+        return {k: _renamed(v) for k, v in node.items()} | (
+            {"$ref": REF_TEMPLATE.format(model=_component_name(node["$ref"].rsplit("/", 1)[1]))}
+            if isinstance(node.get("$ref"), str)
+            else {}
+        )
+    if isinstance(node, list):
+        return [_renamed(v) for v in node]
+    return node
+
+
+def _component_name(name: str) -> str:
+    return _COMPONENT_NAMES.get(name, name)
+
+
 def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in _REQUEST_MODELS]
     models += [(m, "serialization") for m in _RESPONSE_MODELS]
     refs, top = models_json_schema(models, ref_template=REF_TEMPLATE)
-    components: dict[str, Any] = top["$defs"]
+    components: dict[str, Any] = {}
+    for name, schema in top["$defs"].items():
+        components[_component_name(name)] = _renamed(
+            schema | ({"title": _component_name(name)} if schema.get("title") == name else {})
+        )
     # RestartStrategy also takes its bare name (a before-validator the generated schema cannot see).
     strategy = components[RestartStrategy.__name__]
     names = list(RestartStrategy.model_fields["type"].annotation.__args__)  # type: ignore[union-attr]
@@ -113,7 +150,7 @@ def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         "anyOf": [{"type": "string", "enum": names}, strategy],
         "description": "A strategy name (with its documented defaults) or an object with parameters",
     }
-    by_name = {model.__name__: ref for (model, _mode), ref in refs.items()}
+    by_name = {_component_name(model.__name__): _renamed(ref) for (model, _mode), ref in refs.items()}
     return by_name, components
 
 

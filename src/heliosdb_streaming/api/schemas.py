@@ -1,67 +1,48 @@
 """Response bodies of the REST API, as pydantic models that mirror the spec's JSON key for key.
 
-These models are the one source of truth for the response shapes: views build them from the native
-types (``heliosdb_streaming.job``) and ``openapi.py`` generates the document from them. Keys the spec
-does not show are marked "(addition)" in their description.
+One model per concept: where the wire shape is a native type's (a job summary, task, checkpoint,
+savepoint, log line, throughput point, latency), the body *is* that type of ``model.types`` (``Record``),
+served as it is; this module declares only the envelopes around them and the shapes the REST API does
+not share with the native API (the nested metrics body, a job's settings, errors). ``openapi.py``
+generates the document from these models. Keys the spec does not show are marked "(addition)" in their
+description.
 
 Timestamps are ISO-8601 UTC with a ``Z`` suffix: whole seconds for job times (``2025-10-29T10:00:00Z``)
-and milliseconds for log lines (``2025-10-29T10:00:05.123Z``), as the spec shows them.
+and milliseconds for log lines (``2025-10-29T10:00:05.123Z``), as the spec shows them
+(``model.types.Timestamp``).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
-from heliosdb_streaming.model.config import JobConfigOverrides
 from heliosdb_streaming.model.types import (
     CheckpointInfo,
+    DetailsMetrics,
     JobDetails,
     JobMetrics,
     JobStatus,
     JobSummary,
+    LatencyStats,
     LogEntry,
-    LogLevel,
+    Record,
     SavepointInfo,
     TaskInfo,
+    ThroughputPoint,
+    Timestamp,
 )
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 
-def format_timestamp(value: datetime, *, milliseconds: bool = False) -> str:
-    """``2025-10-29T10:00:00Z`` (or ``...:00.123Z``); a naive datetime is taken to be UTC already."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    text = value.astimezone(UTC).isoformat(timespec="milliseconds" if milliseconds else "seconds")
-    return text.replace("+00:00", "Z")
+class ApiBody(Record):
+    """Base of the response bodies that only the REST API has, configured as the native ``Record``s
+    the API serves: every key is always present (null when unknown), so the schema marks every field
+    required even where the model has a default (and shows the defaults, such as ``"deleted": true``)."""
 
-
-def _format_ms(value: datetime) -> str:
-    return format_timestamp(value, milliseconds=True)
-
-
-Timestamp = Annotated[
-    datetime,
-    PlainSerializer(format_timestamp, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-10-29T10:00:00Z"]}),
-]
-TimestampMs = Annotated[
-    datetime,
-    PlainSerializer(_format_ms, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-10-29T10:00:05.123Z"]}),
-]
-
-
-class ApiBody(BaseModel):
-    """Base of the response bodies: every key is always present (null when unknown), so the schema
-    marks every field required even where the model has a default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_serialization_defaults_required=True)
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+    model_config = ConfigDict(json_schema_extra=None)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -96,34 +77,8 @@ class SubmitJobResponse(ApiBody):
     message: str
 
 
-class JobSummaryBody(ApiBody):
-    """One job in a list. ``started_at``/``finished_at`` are always present, null until they happen."""
-
-    job_id: str
-    name: str
-    status: JobStatus
-    submitted_at: Timestamp
-    started_at: Timestamp | None
-    finished_at: Timestamp | None
-    uptime_seconds: int
-    parallelism: int
-
-    @classmethod
-    def of(cls, s: JobSummary) -> JobSummaryBody:
-        return cls(
-            job_id=s.job_id,
-            name=s.name,
-            status=s.status,
-            submitted_at=s.submitted_at,
-            started_at=s.started_at,
-            finished_at=s.finished_at,
-            uptime_seconds=s.uptime_seconds,
-            parallelism=s.parallelism,
-        )
-
-
 class JobListResponse(ApiBody):
-    jobs: list[JobSummaryBody]
+    jobs: list[JobSummary]
     total: int = Field(description="Number of jobs matching the status filter, before limit/offset")
     limit: int
     offset: int
@@ -149,75 +104,6 @@ class JobSettingsBody(ApiBody):
         return cls.model_validate({k: v for k, v in settings.items() if k != "checkpoint_storage"})
 
 
-class DetailsMetrics(ApiBody):
-    """The spec's 8 keys first, then additions."""
-
-    events_processed: int
-    throughput_per_sec: float
-    latency_p50_ms: float
-    latency_p99_ms: float
-    checkpoint_count: int
-    last_checkpoint_duration_ms: int
-    backpressure_events: int
-    restarts: int
-    events_out: int = Field(description="(addition) records written by the sinks")
-    latency_p95_ms: float = Field(description="(addition)")
-    latency_p999_ms: float = Field(description="(addition)")
-    checkpoint_failures: int = Field(description="(addition)")
-    errors: int = Field(description="(addition) records skipped or failed by an expression or a sink")
-    cpu_usage_percent: float = Field(description="(addition) CPU of the job's workers")
-    memory_used_mb: int = Field(description="(addition) resident memory of the job's workers")
-
-    @classmethod
-    def of(cls, m: JobMetrics) -> DetailsMetrics:
-        return cls(
-            events_processed=m.events_processed,
-            throughput_per_sec=m.throughput_per_sec,
-            latency_p50_ms=m.latency_p50_ms,
-            latency_p99_ms=m.latency_p99_ms,
-            checkpoint_count=m.checkpoint_count,
-            last_checkpoint_duration_ms=m.last_checkpoint_duration_ms,
-            backpressure_events=m.backpressure_events,
-            restarts=m.restarts,
-            events_out=m.events_out,
-            latency_p95_ms=m.latency_p95_ms,
-            latency_p999_ms=m.latency_p999_ms,
-            checkpoint_failures=m.checkpoint_failures,
-            errors=m.errors,
-            cpu_usage_percent=m.cpu_usage_percent,
-            memory_used_mb=m.memory_used_mb,
-        )
-
-
-class TaskBody(ApiBody):
-    task_id: str
-    name: str
-    status: JobStatus
-    parallelism: int
-
-    @classmethod
-    def of(cls, t: TaskInfo) -> TaskBody:
-        return cls(task_id=t.task_id, name=t.name, status=t.status, parallelism=t.parallelism)
-
-
-class CheckpointBody(ApiBody):
-    checkpoint_id: str
-    timestamp: Timestamp
-    duration_ms: int
-    size_bytes: int
-    status: str
-
-    @classmethod
-    def of(cls, c: CheckpointInfo) -> CheckpointBody:
-        return cls(
-            checkpoint_id=c.checkpoint_id,
-            timestamp=c.timestamp,
-            duration_ms=c.duration_ms,
-            size_bytes=c.size_bytes,
-            status=c.status,
-        )
-
-
 class JobDetailsResponse(ApiBody):
     job_id: str
     name: str
@@ -231,8 +117,8 @@ class JobDetailsResponse(ApiBody):
         description="(addition) why the job is in its status (e.g. a failure), or null"
     )
     metrics: DetailsMetrics
-    tasks: list[TaskBody]
-    checkpoints: list[CheckpointBody]
+    tasks: list[TaskInfo]
+    checkpoints: list[CheckpointInfo]
 
     @classmethod
     def of(cls, d: JobDetails) -> JobDetailsResponse:
@@ -246,9 +132,9 @@ class JobDetailsResponse(ApiBody):
             finished_at=d.finished_at,
             uptime_seconds=d.uptime_secs,
             message=mask_secrets(d.message) if d.message else d.message,
-            metrics=DetailsMetrics.of(d.metrics),
-            tasks=[TaskBody.of(t) for t in d.tasks],
-            checkpoints=[CheckpointBody.of(c) for c in d.checkpoints],
+            metrics=d.metrics,  # a JobMetrics: the field's type, DetailsMetrics, serializes its keys
+            tasks=d.tasks,
+            checkpoints=d.checkpoints,
         )
 
 
@@ -290,46 +176,11 @@ class CreateSavepointRequest(RequestBody):
     )
 
 
-class RestartJobRequest(RequestBody):
-    """The optional body of ``POST /api/v1/jobs/{job_id}/restart``."""
-
-    savepoint_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=200,
-        description="Restore this savepoint; without it the newest checkpoint or savepoint is restored",
-        examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"],
-    )
-    config_overrides: JobConfigOverrides | None = Field(
-        default=None, description="Settings the restarted job runs with instead of its own"
-    )
-
-
-class SavepointResponse(ApiBody):
-    savepoint_id: str = Field(examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"])
-    job_id: str
-    created_at: Timestamp
-    size_bytes: int
-    location: str = Field(description="Where the savepoint is stored: file:///... or s3://...")
-    description: str | None
-
-    @classmethod
-    def of(cls, s: SavepointInfo) -> SavepointResponse:
-        return cls(
-            savepoint_id=s.savepoint_id,
-            job_id=s.job_id,
-            created_at=s.created_at,
-            size_bytes=s.size_bytes,
-            location=s.location,
-            description=s.description,
-        )
-
-
 class SavepointListResponse(ApiBody):
     """(addition) The job's completed savepoints, oldest first."""
 
     job_id: str
-    savepoints: list[SavepointResponse]
+    savepoints: list[SavepointInfo]
 
 
 class SavepointDeletedResponse(ApiBody):
@@ -344,7 +195,7 @@ class CheckpointListResponse(ApiBody):
     progress."""
 
     job_id: str
-    checkpoints: list[CheckpointBody]
+    checkpoints: list[CheckpointInfo]
 
 
 class RestartJobResponse(ApiBody):
@@ -361,13 +212,6 @@ class RestartJobResponse(ApiBody):
 
 
 # ---------------------------------------------------------------------------------------- metrics
-
-
-class LatencyBody(ApiBody):
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    p999_ms: float
 
 
 class CheckpointMetricsBody(ApiBody):
@@ -395,16 +239,11 @@ class ErrorsBody(ApiBody):
 class MetricsBody(ApiBody):
     events_processed_total: int
     throughput_per_sec: float
-    latency: LatencyBody
+    latency: LatencyStats
     checkpoint: CheckpointMetricsBody
     backpressure: BackpressureBody
     resources: ResourcesBody
     errors: ErrorsBody
-
-
-class ThroughputPointBody(ApiBody):
-    timestamp: Timestamp
-    throughput_per_sec: float
 
 
 class JobMetricsResponse(ApiBody):
@@ -412,9 +251,7 @@ class JobMetricsResponse(ApiBody):
     timestamp: Timestamp
     window: str = Field(description="(addition) the window the rates and percentiles cover: 1m, 5m, 1h, 24h")
     metrics: MetricsBody
-    history: list[ThroughputPointBody] = Field(
-        description="Throughput per minute over the window, oldest first"
-    )
+    history: list[ThroughputPoint] = Field(description="Throughput per minute over the window, oldest first")
 
     @classmethod
     def of(cls, job_id: str, now: datetime, window: str, m: JobMetrics) -> JobMetricsResponse:
@@ -425,12 +262,7 @@ class JobMetricsResponse(ApiBody):
             metrics=MetricsBody(
                 events_processed_total=m.events_processed,
                 throughput_per_sec=m.throughput_per_sec,
-                latency=LatencyBody(
-                    p50_ms=m.latency_p50_ms,
-                    p95_ms=m.latency_p95_ms,
-                    p99_ms=m.latency_p99_ms,
-                    p999_ms=m.latency_p999_ms,
-                ),
+                latency=m.latency,
                 checkpoint=CheckpointMetricsBody(
                     count=m.checkpoint_count,
                     last_duration_ms=m.last_checkpoint_duration_ms,
@@ -446,30 +278,21 @@ class JobMetricsResponse(ApiBody):
                 ),
                 errors=ErrorsBody(count=m.errors, rate_per_min=m.errors_rate_per_min),
             ),
-            history=[
-                ThroughputPointBody(timestamp=p.timestamp, throughput_per_sec=p.throughput_per_sec)
-                for p in m.history
-            ],
+            history=m.history,
         )
 
 
 # ------------------------------------------------------------------------------------------- logs
 
 
-class LogEntryBody(ApiBody):
-    timestamp: TimestampMs
-    level: LogLevel
-    message: str
-    task_id: str | None
-
-    @classmethod
-    def of(cls, e: LogEntry) -> LogEntryBody:
-        return cls(timestamp=e.timestamp, level=e.level, message=mask_secrets(e.message), task_id=e.task_id)
+def masked(entry: LogEntry) -> LogEntry:
+    """The log line as the API shows it: connection strings and secrets in the message masked."""
+    return entry.model_copy(update={"message": mask_secrets(entry.message)})
 
 
 class JobLogsResponse(ApiBody):
     job_id: str
-    logs: list[LogEntryBody]
+    logs: list[LogEntry]
     total: int = Field(description="Number of log lines returned")
     limit: int
 

@@ -30,6 +30,7 @@ from heliosdb_streaming.model.types import (
     LogLevel,
     LogOptions,
     MetricsWindow,
+    Record,
     RestartOptions,
 )
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
@@ -50,7 +51,7 @@ E = TypeVar("E", bound=StrEnum)
 B = TypeVar("B", bound=BaseModel)
 
 
-def _json(body: schemas.ApiBody, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def _json(body: Record, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status, body=orjson.dumps(body.to_json()), content_type="application/json", headers=headers
     )
@@ -149,7 +150,7 @@ async def job_logs(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     entries = await _manager(request).get_job_logs(job_id, LogOptions(level=level, limit=limit, tail=tail))
     answer = schemas.JobLogsResponse(
-        job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
+        job_id=job_id, logs=[schemas.masked(e) for e in entries], total=len(entries), limit=limit
     )
     return _json(answer)
 
@@ -167,21 +168,17 @@ async def create_savepoint(request: web.Request) -> web.Response:
     savepoint_id = await jm.create_savepoint(job_id, body.description)
     info = await jm.get_savepoint(job_id, savepoint_id)
     location = f"/api/v1/jobs/{job_id}/savepoints/{savepoint_id}"
-    return _json(schemas.SavepointResponse.of(info), 201, {"Location": location})
+    return _json(info, 201, {"Location": location})
 
 
 async def list_savepoints(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     savepoints = await _manager(request).list_savepoints(job_id)
-    answer = schemas.SavepointListResponse(
-        job_id=job_id, savepoints=[schemas.SavepointResponse.of(s) for s in savepoints]
-    )
-    return _json(answer)
+    return _json(schemas.SavepointListResponse(job_id=job_id, savepoints=savepoints))
 
 
 async def get_savepoint(request: web.Request) -> web.Response:
-    info = await _manager(request).get_savepoint(_job_id(request), request.match_info["savepoint_id"])
-    return _json(schemas.SavepointResponse.of(info))
+    return _json(await _manager(request).get_savepoint(_job_id(request), request.match_info["savepoint_id"]))
 
 
 async def delete_savepoint(request: web.Request) -> web.Response:
@@ -193,23 +190,17 @@ async def delete_savepoint(request: web.Request) -> web.Response:
 async def list_checkpoints(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     checkpoints = await _manager(request).list_checkpoints(job_id)
-    answer = schemas.CheckpointListResponse(
-        job_id=job_id, checkpoints=[schemas.CheckpointBody.of(c) for c in checkpoints]
-    )
-    return _json(answer)
+    return _json(schemas.CheckpointListResponse(job_id=job_id, checkpoints=checkpoints))
 
 
 async def restart_job(request: web.Request) -> web.Response:
     jm = _manager(request)
     job_id = _job_id(request)
     await jm.get_job_status(job_id)  # 404 before 400
-    body = parse_body(
-        schemas.RestartJobRequest, await read_optional_object(request, request.app[MAX_BODY_BYTES])
-    )
-    restored = body.savepoint_id
+    options = parse_body(RestartOptions, await read_optional_object(request, request.app[MAX_BODY_BYTES]))
+    restored = options.savepoint_id
     if restored is None:  # restart_job restores the newest restore point: report it if a savepoint
         restored = await jm.restore_savepoint_id(job_id)
-    options = RestartOptions(savepoint_id=body.savepoint_id, config_overrides=body.config_overrides)
     await jm.restart_job(job_id, options)
     restarted_at = datetime.now(UTC)
     status = await _wait_until_started(jm, job_id, RESTART_WAIT_S)

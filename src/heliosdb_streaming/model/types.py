@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 
@@ -39,8 +39,56 @@ class LogLevel(StrEnum):
 _LEVEL_RANK = {LogLevel.DEBUG: 10, LogLevel.INFO: 20, LogLevel.WARN: 30, LogLevel.ERROR: 40}
 
 
+def format_timestamp(value: datetime, *, milliseconds: bool = False) -> str:
+    """``2025-10-29T10:00:00Z`` (or ``...:00.123Z``); a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds" if milliseconds else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _format_ms(value: datetime) -> str:
+    return format_timestamp(value, milliseconds=True)
+
+
+# A datetime that is written to JSON as the spec shows it: whole seconds for job times, milliseconds
+# for log lines, UTC with a Z. In Python (``model_dump()``) it stays a datetime.
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-10-29T10:00:00Z"]}),
+]
+TimestampMs = Annotated[
+    datetime,
+    PlainSerializer(_format_ms, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2025-10-29T10:00:05.123Z"]}),
+]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _without_defaults(schema: dict[str, Any]) -> None:
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
+
+
+class Record(BaseModel):
+    """Base of the result types: immutable, and the REST API serves them as they are
+    (``model_dump(mode="json")``), so every key is always present on the wire (null when unknown): the
+    OpenAPI schema marks every field required, and shows no defaults (they are for Python callers)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_without_defaults,
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of this value, as the REST API serves it."""
+        return self.model_dump(mode="json")
 
 
 class MetricsWindow(_Model):
@@ -83,50 +131,75 @@ class LogOptions(_Model):
     tail: bool = False
 
 
-class LogEntry(_Model):
-    timestamp: datetime
+class LogEntry(Record):
+    timestamp: TimestampMs
     level: LogLevel
     message: str
     task_id: str | None = None
 
 
 class RestartOptions(_Model):
-    savepoint_id: str | None = None
-    config_overrides: JobConfigOverrides | None = None
+    """The optional body of ``POST /api/v1/jobs/{job_id}/restart``."""
+
+    # (the docstring is the OpenAPI description; natively: JobManager.restart_job's options)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    savepoint_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Restore this savepoint; without it the newest checkpoint or savepoint is restored",
+        examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"],
+    )
+    config_overrides: JobConfigOverrides | None = Field(
+        default=None, description="Settings the restarted job runs with instead of its own"
+    )
 
 
-class LatencyStats(_Model):
+class LatencyStats(Record):
     p50_ms: float = 0.0
     p95_ms: float = 0.0
     p99_ms: float = 0.0
     p999_ms: float = 0.0
 
 
-class ThroughputPoint(_Model):
-    timestamp: datetime
+class ThroughputPoint(Record):
+    timestamp: Timestamp
     throughput_per_sec: float
 
 
-class JobMetrics(_Model):
-    """The spec's ``JobMetrics`` fields, plus what the REST metrics body nests (latency, errors, ...)."""
+class DetailsMetrics(Record):
+    """The spec's 8 keys first, then additions."""
+
+    # (the docstring is the OpenAPI description: the ``metrics`` of a job's details, JobMetrics' core)
 
     events_processed: int = 0
-    events_out: int = 0
     throughput_per_sec: float = 0.0
     latency_p50_ms: float = 0.0
-    latency_p95_ms: float = 0.0
     latency_p99_ms: float = 0.0
-    latency_p999_ms: float = 0.0
     checkpoint_count: int = 0
     last_checkpoint_duration_ms: int = 0
-    checkpoint_failures: int = 0
     backpressure_events: int = 0
-    backpressure_level: float = 0.0
     restarts: int = 0
-    cpu_usage_percent: float = 0.0
-    memory_used_mb: int = 0
+    events_out: int = Field(default=0, description="(addition) records written by the sinks")
+    latency_p95_ms: float = Field(default=0.0, description="(addition)")
+    latency_p999_ms: float = Field(default=0.0, description="(addition)")
+    checkpoint_failures: int = Field(default=0, description="(addition)")
+    errors: int = Field(
+        default=0, description="(addition) records skipped or failed by an expression or a sink"
+    )
+    cpu_usage_percent: float = Field(default=0.0, description="(addition) CPU of the job's workers")
+    memory_used_mb: int = Field(default=0, description="(addition) resident memory of the job's workers")
+
+
+class JobMetrics(DetailsMetrics):
+    """The spec's ``JobMetrics`` fields, plus what the REST metrics body nests (latency, errors, ...).
+
+    The fields of ``DetailsMetrics`` (the ``metrics`` of a job's details) come first; a field typed
+    ``DetailsMetrics`` serializes just those."""
+
+    backpressure_level: float = 0.0
     memory_total_mb: int = 0
-    errors: int = 0
     errors_rate_per_min: float = 0.0
     late_events_dropped: int = 0
     window_seconds: int = 300
@@ -142,49 +215,51 @@ class JobMetrics(_Model):
         )
 
 
-class TaskInfo(_Model):
+class TaskInfo(Record):
     task_id: str
     name: str
     status: JobStatus
     parallelism: int
 
 
-class CheckpointInfo(_Model):
+class CheckpointInfo(Record):
     checkpoint_id: str
-    timestamp: datetime
+    timestamp: Timestamp
     duration_ms: int
     size_bytes: int
     status: str
 
 
-class SavepointInfo(_Model):
-    savepoint_id: str
+class SavepointInfo(Record):
+    savepoint_id: str = Field(examples=["savepoint-123e4567-e89b-12d3-a456-426614174000"])
     job_id: str
-    created_at: datetime
+    created_at: Timestamp
     size_bytes: int
-    location: str
+    location: str = Field(description="Where the savepoint is stored: file:///... or s3://...")
     description: str | None = None
 
 
-class JobSummary(_Model):
+class JobSummary(Record):
+    """One job in a list. ``started_at``/``finished_at`` are always present, null until they happen."""
+
     job_id: str
     name: str
     status: JobStatus
-    submitted_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    submitted_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
     uptime_seconds: int = 0
     parallelism: int
 
 
-class JobDetails(_Model):
+class JobDetails(Record):
     job_id: str
     name: str
     status: JobStatus
     config: JobConfig
-    submitted_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    submitted_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
     uptime_secs: int = 0
     metrics: JobMetrics
     tasks: list[TaskInfo]

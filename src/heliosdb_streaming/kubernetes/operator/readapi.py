@@ -121,7 +121,7 @@ async def control_log(request: web.Request) -> web.Response:
     options = LogOptions(level=level, limit=limit, tail=tail)
     entries = await request.app[CORE].get_control_log(job_id, options)  # read off the event loop
     body = schemas.JobLogsResponse(
-        job_id=job_id, logs=[schemas.LogEntryBody.of(e) for e in entries], total=len(entries), limit=limit
+        job_id=job_id, logs=[schemas.masked(e) for e in entries], total=len(entries), limit=limit
     )
     return web.Response(body=orjson.dumps(body.to_json()), content_type="application/json")
 

@@ -189,7 +189,7 @@ def list_body(objs: Iterable[Obj], status: JobStatus | None, limit: int, offset:
     summaries.sort(key=lambda s: (s.submitted_at, s.job_id), reverse=True)
     matching = [s for s in summaries if status is None or s.status == status]
     body = schemas.JobListResponse(
-        jobs=[schemas.JobSummaryBody.of(s) for s in matching[offset : offset + limit]],
+        jobs=matching[offset : offset + limit],
         total=len(matching),
         limit=limit,
         offset=offset,

@@ -25,6 +25,7 @@ import orjson
 from heliosdb_streaming.api.errors import ServiceUnavailableError
 from heliosdb_streaming.model.types import (
     CheckpointInfo,
+    DetailsMetrics,
     JobMetrics,
     LogEntry,
     LogOptions,
@@ -59,25 +60,10 @@ def log_params(options: LogOptions) -> dict[str, str]:
 
 
 def metrics_of_details(body: dict[str, Any]) -> JobMetrics:
-    """``JobMetrics`` from the ``metrics`` object of a details body (``schemas.DetailsMetrics``)."""
+    """``JobMetrics`` from the ``metrics`` object of a details body: ``DetailsMetrics``' keys (others,
+    from a newer operator, are left out)."""
     m = body["metrics"]
-    return JobMetrics(
-        events_processed=m["events_processed"],
-        events_out=m["events_out"],
-        throughput_per_sec=m["throughput_per_sec"],
-        latency_p50_ms=m["latency_p50_ms"],
-        latency_p95_ms=m["latency_p95_ms"],
-        latency_p99_ms=m["latency_p99_ms"],
-        latency_p999_ms=m["latency_p999_ms"],
-        checkpoint_count=m["checkpoint_count"],
-        last_checkpoint_duration_ms=m["last_checkpoint_duration_ms"],
-        checkpoint_failures=m["checkpoint_failures"],
-        backpressure_events=m["backpressure_events"],
-        restarts=m["restarts"],
-        errors=m["errors"],
-        cpu_usage_percent=m["cpu_usage_percent"],
-        memory_used_mb=m["memory_used_mb"],
-    )
+    return JobMetrics.model_validate({key: m[key] for key in DetailsMetrics.model_fields})
 
 
 def metrics_of_body(body: dict[str, Any], restarts: int) -> JobMetrics:
