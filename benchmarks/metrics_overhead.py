@@ -5,7 +5,6 @@ each, 30 s of 1 s heartbeats with ~100 latency buckets, checkpoint durations), n
 and times, p50/p99 over ``--rounds``:
 
 * ``render_entries``: the exposition from the control plane's entries (what ``/metrics`` renders);
-* ``legacy JobMetrics path``: the former view (list_jobs + get_job_metrics(1m) + ``render``), to compare;
 * ``GET /metrics``: the whole HTTP request to the API app on a real socket (whatever view is wired).
 """
 
@@ -31,7 +30,7 @@ from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord
 from heliosdb_streaming.job import JobManager
 from heliosdb_streaming.job.config import JobConfig
-from heliosdb_streaming.job.types import JobMetrics, JobStatus, JobSummary, ListJobsOptions, MetricsWindow
+from heliosdb_streaming.job.types import JobStatus
 from heliosdb_streaming.local.logs import JobLog
 from heliosdb_streaming.runtime.histogram import bucket_of
 
@@ -133,14 +132,7 @@ async def main() -> None:
             async def render_entries() -> object:
                 return prometheus.render_entries(plane.jobs.values())
 
-            async def legacy() -> object:
-                jobs: list[tuple[JobSummary, JobMetrics]] = []
-                for summary in await jm.list_jobs(ListJobsOptions(limit=10_000)):
-                    jobs.append((summary, await jm.get_job_metrics(summary.job_id, MetricsWindow.minutes(1))))
-                return prometheus.render(jobs)
-
             print(f"render_entries          {percentiles(await timed(args.rounds, render_entries))}")
-            print(f"legacy JobMetrics path  {percentiles(await timed(args.rounds, legacy))}")
             server = TestServer(create_app(jm), host="127.0.0.1", port=0)
             await server.start_server()
             try:
