@@ -5,7 +5,9 @@ each, 30 s of 1 s heartbeats with ~100 latency buckets, checkpoint durations), n
 and times, p50/p99 over ``--rounds``:
 
 * ``render_entries``: the exposition from the control plane's entries (what ``/metrics`` renders);
-* ``GET /metrics``: the whole HTTP request to the API app on a real socket (whatever view is wired).
+* ``GET /metrics``: the whole HTTP request to the API app on a real socket (whatever view is wired);
+* the event loop's longest stall during those requests (a 1 ms ticker on the server's loop): how long
+  heartbeats and other requests wait behind a scrape.
 """
 
 from __future__ import annotations
@@ -106,6 +108,14 @@ async def timed(rounds: int, call: Callable[[], Awaitable[object]]) -> list[floa
     return out
 
 
+async def tick(stalls: list[float], period_s: float = 0.001) -> None:
+    """Appends how late each 1 ms sleep of the loop wakes up."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period_s)
+        stalls.append(time.perf_counter() - t0 - period_s)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
@@ -143,7 +153,13 @@ async def main() -> None:
                         async with session.get(url) as response:
                             return await response.read()
 
-                    print(f"GET /metrics (HTTP)     {percentiles(await timed(args.rounds, scrape))}")
+                    stalls: list[float] = []
+                    ticker = asyncio.create_task(tick(stalls))
+                    try:
+                        print(f"GET /metrics (HTTP)     {percentiles(await timed(args.rounds, scrape))}")
+                    finally:
+                        ticker.cancel()
+                    print(f"event loop stall        max {max(stalls) * 1000:7.2f} ms")
             finally:
                 await server.close()
             for entry in list(plane.jobs.values()):

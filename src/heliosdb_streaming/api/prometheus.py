@@ -3,8 +3,9 @@
 ``JobsCollector`` is a custom collector (``prometheus_client.registry.Collector``) over control-plane
 job entries: totals, the aggregators' cumulative histograms and live gauges, O(jobs). Each scrape
 registers one over the entries it exposes in a registry of its own (``render_entries``), so the
-embedded server (``render_manager``: every job) and the operator (one namespace's jobs) render with
-``generate_latest`` alike. See docs/observability.md for the metric list.
+embedded server (``render_manager``: every job) and the operator (``render_entries_async`` of one
+namespace's jobs) render with ``generate_latest`` alike; the request handlers format the text in a
+thread, off the event loop. See docs/observability.md for the metric list.
 
 * Every per-job series carries ``job_id`` and ``job_name`` labels; no other user data.
 * ``heliosdb_job_status`` is a state set: one series per job and status, 1 for the current one, 0 else.
@@ -18,6 +19,7 @@ embedded server (``render_manager``: every job) and the operator (one namespace'
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
@@ -37,7 +39,7 @@ from heliosdb_streaming.control.metrics import CHECKPOINT_BUCKETS_S, LATENCY_BUC
 from heliosdb_streaming.job.types import JobStatus
 
 if TYPE_CHECKING:
-    from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+    from heliosdb_streaming.control.controller import JobEntry
     from heliosdb_streaming.job.manager import JobManager
 
 # generate_latest writes the text format 0.0.4 (metric and label names are plain, so no escaping)
@@ -209,13 +211,28 @@ def render_entries(
     return generate_latest(registry)
 
 
-def render_plane(
-    plane: ControlPlane, *, now: float | None = None, grace_s: float = TERMINAL_SERIES_GRACE_S
+class _Collected(Collector):
+    """Families collected already: what ``generate_latest`` formats in a thread of its own."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+async def render_entries_async(
+    entries: Iterable[JobEntry], *, grace_s: float = TERMINAL_SERIES_GRACE_S
 ) -> bytes:
-    return render_entries(list(plane.jobs.values()), now=now, grace_s=grace_s)
+    """``render_entries`` for a request handler: the families are collected here, on the event loop
+    that updates the entries; ``generate_latest`` (most of a scrape's CPU) formats them in a thread,
+    so the loop goes on serving heartbeats and requests meanwhile."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(list(JobsCollector(entries, grace_s=grace_s).collect())))
+    return await asyncio.to_thread(generate_latest, registry)
 
 
 async def render_manager(jm: JobManager, *, grace_s: float = TERMINAL_SERIES_GRACE_S) -> bytes:
     """The exposition of every job of ``jm`` (started if it was not): what ``GET /metrics`` serves."""
     await jm.start()
-    return render_plane(jm.control_plane, grace_s=grace_s)
+    return await render_entries_async(list(jm.control_plane.jobs.values()), grace_s=grace_s)

@@ -213,6 +213,15 @@ def test_collector_in_a_registry(tmp_path: Path) -> None:
         registry.register(prometheus.JobsCollector([], now=NOW))
 
 
+async def test_render_entries_async_formats_the_same_text(tmp_path: Path) -> None:
+    """What the request handlers serve: collected on the loop, formatted in a thread."""
+    clock = Clock(NOW)
+    entries = [make_entry(tmp_path, f"job-{s.value}", s.value, s, clock) for s in JobStatus if not s.terminal]
+    for e in entries:
+        e.metrics.on_heartbeat(1, 0, beat(50, latency={bucket_of(2.0): 50}))
+    assert await prometheus.render_entries_async(entries) == prometheus.render_entries(entries, now=NOW)
+
+
 def test_status_is_a_state_set(tmp_path: Path) -> None:
     entries = [make_entry(tmp_path, f"job-{s.value}", s.value, s, finished_at=NOW) for s in JobStatus]
     _, series = parse(prometheus.render_entries(entries, now=NOW).decode())
