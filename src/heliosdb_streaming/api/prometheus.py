@@ -120,9 +120,9 @@ class JobsCollector(Collector):
 
     A terminal job is left out once ``grace_s`` seconds have passed since its ``finished_at``;
     ``heliosdb_job_count`` counts the active ones among ``entries``. ``now`` (default: the time of
-    each ``collect``) is for tests. The samples are appended with label dicts cached per job
-    (``labels``, shared by the collectors of one substrate): building them per sample through
-    ``add_metric`` cost more than all the rest of ``collect``."""
+    each ``collect``) is for tests. The samples are appended as ``add_metric`` would, but with label
+    dicts cached per job id and name (``labels``; by default one cache for the process, pruned of the
+    jobs a scrape no longer exports): building them per sample cost more than the rest of ``collect``."""
 
     def __init__(
         self,
