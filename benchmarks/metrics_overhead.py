@@ -5,7 +5,9 @@ each, 30 s of 1 s heartbeats with ~100 latency buckets, checkpoint durations), n
 and times, p50/p99 over ``--rounds``:
 
 * ``render_entries``: the exposition from the control plane's entries (what ``/metrics`` renders);
-* ``legacy JobMetrics path``: the former view (list_jobs + get_job_metrics(1m) + ``render``), to compare;
+* ``render_entries_async``: the same, collected on the loop and formatted in a thread (what the
+  request handlers call), and the event loop's longest stall during each scrape of either (a 1 ms
+  ticker on the loop): how long heartbeats and other requests wait behind a scrape;
 * ``GET /metrics``: the whole HTTP request to the API app on a real socket (whatever view is wired).
 """
 
@@ -32,7 +34,7 @@ from heliosdb_streaming.control.store import JobRecord
 from heliosdb_streaming.embedded.logs import JobLog
 from heliosdb_streaming.job import JobManager
 from heliosdb_streaming.model.config import JobConfig
-from heliosdb_streaming.model.types import JobMetrics, JobStatus, JobSummary, ListJobsOptions, MetricsWindow
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.histogram import bucket_of
 
 
@@ -107,6 +109,14 @@ async def timed(rounds: int, call: Callable[[], Awaitable[object]]) -> list[floa
     return out
 
 
+async def tick(stalls: list[float], period_s: float = 0.001) -> None:
+    """Appends how late each 1 ms sleep of the loop wakes up."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period_s)
+        stalls.append(time.perf_counter() - t0 - period_s)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
@@ -133,14 +143,28 @@ async def main() -> None:
             async def render_entries() -> object:
                 return prometheus.render_entries(plane.jobs.values())
 
-            async def legacy() -> object:
-                jobs: list[tuple[JobSummary, JobMetrics]] = []
-                for summary in await jm.list_jobs(ListJobsOptions(limit=10_000)):
-                    jobs.append((summary, await jm.get_job_metrics(summary.job_id, MetricsWindow.minutes(1))))
-                return prometheus.render(jobs)
+            async def render_entries_async() -> object:
+                return await prometheus.render_entries_async(plane.jobs.values())
 
             print(f"render_entries          {percentiles(await timed(args.rounds, render_entries))}")
-            print(f"legacy JobMetrics path  {percentiles(await timed(args.rounds, legacy))}")
+            print(f"render_entries_async    {percentiles(await timed(args.rounds, render_entries_async))}")
+            stalls: list[float] = []  # how late each tick of a 1 ms ticker woke up
+            ticker = asyncio.create_task(tick(stalls))
+            try:
+                for name, call in (
+                    ("render_entries", render_entries),
+                    ("render_entries_async", render_entries_async),
+                ):
+                    longest = []
+                    for _ in range(args.rounds):
+                        await asyncio.sleep(0.002)
+                        first = len(stalls)
+                        await call()
+                        await asyncio.sleep(0.002)  # the ticker wakes up (late, if the call held the loop)
+                        longest.append(max(stalls[first:], default=0.0))
+                    print(f"loop stall, {name:21} {percentiles(longest)}   (longest per scrape)")
+            finally:
+                ticker.cancel()
             server = TestServer(create_app(jm), host="127.0.0.1", port=0)
             await server.start_server()
             try:

@@ -1,12 +1,16 @@
-"""Prometheus text exposition (format 0.0.4) of the spec's ``heliosdb_job_*`` metrics. No I/O.
+"""The spec's ``heliosdb_job_*`` metrics as a ``prometheus_client`` collector. No I/O.
 
-``render_manager(jm)`` (or ``render_entries(plane.jobs.values())``) reads the control plane's job
-entries directly: totals, the aggregators' cumulative histograms and live gauges, O(jobs) with label
-strings formatted once per job and cached. See docs/observability.md for the metric list.
+``JobsCollector`` is a custom collector (``prometheus_client.registry.Collector``) over control-plane
+job entries: totals, the aggregators' cumulative histograms and live gauges, O(jobs). Each scrape
+registers one over the entries it exposes in a registry of its own (``render_entries``), so the
+embedded server (``render_manager``: every job) and the operator (``render_entries_async`` of one
+namespace's jobs) render with ``generate_latest`` alike; the request handlers format the text in a
+thread, off the event loop. See docs/observability.md for the metric list.
 
-* Every per-job series carries ``job_id`` and ``job_name`` (escaped) labels; no other user data.
+* Every per-job series carries ``job_id`` and ``job_name`` labels; no other user data.
 * ``heliosdb_job_status`` is a state set: one series per job and status, 1 for the current one, 0 else.
 * Counters are the aggregators' lifetime totals: they never go backwards across worker restarts.
+  Their names keep the spec's ``_total`` (``CounterMetricFamily`` strips and re-appends it).
 * ``heliosdb_job_latency_seconds`` maps the fine log buckets onto fixed buckets (1 ms .. 10 s); its
   ``_count`` is exact and its ``_sum`` is approximated from the fine buckets' midpoints.
 * A finished, failed or cancelled job's series disappear ``grace_s`` (default
@@ -15,183 +19,220 @@ strings formatted once per job and cached. See docs/observability.md for the met
 
 from __future__ import annotations
 
-import math
+import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from itertools import accumulate
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from heliosdb_streaming.control.metrics import CHECKPOINT_BUCKETS_S, LATENCY_BUCKETS_S, CoarseHistogram
 from heliosdb_streaming.model.types import JobStatus
 
 if TYPE_CHECKING:
-    from heliosdb_streaming.control.controller import ControlPlane, JobEntry
+    from heliosdb_streaming.control.entry import JobEntry
     from heliosdb_streaming.control.service import JobServiceCore
 
+# generate_latest writes the text format 0.0.4 (metric and label names are plain, so no escaping)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TERMINAL_SERIES_GRACE_S = 300.0
-_STATUSES = tuple(JobStatus)
 _ACTIVE = frozenset(s for s in JobStatus if not s.terminal)
+_JOB = ("job_id", "job_name")
 
-# name, type, help; the order of the families in the exposition.
-_FAMILIES: tuple[tuple[str, str, str], ...] = (
-    ("heliosdb_job_count", "gauge", "Number of active jobs (submitted, running or paused)."),
-    ("heliosdb_job_status", "gauge", "Job status: 1 for the job's current status, 0 for the others."),
-    ("heliosdb_job_events_processed_total", "counter", "Total events processed (read by sources)."),
-    ("heliosdb_job_throughput", "gauge", "Current throughput (events/sec)."),
-    ("heliosdb_job_latency_seconds", "histogram", "Processing latency, source ingest to sink."),
-    ("heliosdb_job_checkpoint_duration_seconds", "histogram", "Duration of completed checkpoints."),
-    ("heliosdb_job_checkpoint_failures_total", "counter", "Checkpoint failures."),
-    ("heliosdb_job_backpressure_events_total", "counter", "Backpressure events."),
-    ("heliosdb_job_restarts_total", "counter", "Job restarts (automatic and requested)."),
-    ("heliosdb_job_errors_total", "counter", "Job errors (records that failed)."),
-    ("heliosdb_job_cpu_usage_percent", "gauge", "CPU usage of the job's workers (100 = one core)."),
-    ("heliosdb_job_memory_used_bytes", "gauge", "Resident memory of the job's workers."),
-)
-(
-    _F_COUNT,
-    _F_STATUS,
-    _F_EVENTS,
-    _F_THROUGHPUT,
-    _F_LATENCY,
-    _F_CHECKPOINT,
-    _F_CHECKPOINT_FAILURES,
-    _F_BACKPRESSURE,
-    _F_RESTARTS,
-    _F_ERRORS,
-    _F_CPU,
-    _F_MEMORY,
-) = range(len(_FAMILIES))
-_HEADERS = tuple(f"# HELP {name} {help_}\n# TYPE {name} {kind}" for name, kind, help_ in _FAMILIES)
-_SIMPLE = (
-    _F_EVENTS,
-    _F_THROUGHPUT,
-    _F_CHECKPOINT_FAILURES,
-    _F_BACKPRESSURE,
-    _F_RESTARTS,
-    _F_ERRORS,
-    _F_CPU,
-    _F_MEMORY,
-)
+COUNT = "heliosdb_job_count"
+STATUS = "heliosdb_job_status"
+EVENTS = "heliosdb_job_events_processed_total"
+THROUGHPUT = "heliosdb_job_throughput"
+LATENCY = "heliosdb_job_latency_seconds"
+CHECKPOINT = "heliosdb_job_checkpoint_duration_seconds"
+CHECKPOINT_FAILURES = "heliosdb_job_checkpoint_failures_total"
+BACKPRESSURE = "heliosdb_job_backpressure_events_total"
+RESTARTS = "heliosdb_job_restarts_total"
+ERRORS = "heliosdb_job_errors_total"
+CPU = "heliosdb_job_cpu_usage_percent"
+MEMORY = "heliosdb_job_memory_used_bytes"
+
+HELP = {
+    COUNT: "Number of active jobs (submitted, running or paused).",
+    STATUS: "Job status: 1 for the job's current status, 0 for the others.",
+    EVENTS: "Total events processed (read by sources).",
+    THROUGHPUT: "Current throughput (events/sec).",
+    LATENCY: "Processing latency, source ingest to sink.",
+    CHECKPOINT: "Duration of completed checkpoints.",
+    CHECKPOINT_FAILURES: "Checkpoint failures.",
+    BACKPRESSURE: "Backpressure events.",
+    RESTARTS: "Job restarts (automatic and requested).",
+    ERRORS: "Job errors (records that failed).",
+    CPU: "CPU usage of the job's workers (100 = one core).",
+    MEMORY: "Resident memory of the job's workers.",
+}
+_LATENCY_LE = (*(f"{b:g}" for b in LATENCY_BUCKETS_S), "+Inf")
+_CHECKPOINT_LE = (*(f"{b:g}" for b in CHECKPOINT_BUCKETS_S), "+Inf")
 
 
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _families() -> dict[str, Metric]:
+    """The families, empty, in the order of the exposition."""
+    return {
+        COUNT: GaugeMetricFamily(COUNT, HELP[COUNT]),
+        STATUS: GaugeMetricFamily(STATUS, HELP[STATUS], labels=(*_JOB, "status")),
+        EVENTS: CounterMetricFamily(EVENTS, HELP[EVENTS], labels=_JOB),
+        THROUGHPUT: GaugeMetricFamily(THROUGHPUT, HELP[THROUGHPUT], labels=_JOB),
+        LATENCY: HistogramMetricFamily(LATENCY, HELP[LATENCY], labels=_JOB),
+        CHECKPOINT: HistogramMetricFamily(CHECKPOINT, HELP[CHECKPOINT], labels=_JOB),
+        CHECKPOINT_FAILURES: CounterMetricFamily(CHECKPOINT_FAILURES, HELP[CHECKPOINT_FAILURES], labels=_JOB),
+        BACKPRESSURE: CounterMetricFamily(BACKPRESSURE, HELP[BACKPRESSURE], labels=_JOB),
+        RESTARTS: CounterMetricFamily(RESTARTS, HELP[RESTARTS], labels=_JOB),
+        ERRORS: CounterMetricFamily(ERRORS, HELP[ERRORS], labels=_JOB),
+        CPU: GaugeMetricFamily(CPU, HELP[CPU], labels=_JOB),
+        MEMORY: GaugeMetricFamily(MEMORY, HELP[MEMORY], labels=_JOB),
+    }
 
 
-def format_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+# The families with one series per job. Their sample names are the spec's: a counter's family name
+# lacks ``_total`` (``CounterMetricFamily`` strips it), its samples and HELP/TYPE lines carry it.
+_SIMPLE = (EVENTS, THROUGHPUT, CHECKPOINT_FAILURES, BACKPRESSURE, RESTARTS, ERRORS, CPU, MEMORY)
 
 
-def _le(bound: float) -> str:
-    return f"{bound:g}"
+class _JobLabels:
+    """One job's label sets, built once per job id and name and shared by its samples."""
 
-
-class _JobLines:
-    """Everything of one job's series but the values, formatted once (per job id and name)."""
-
-    __slots__ = ("checkpoint", "latency", "name", "simple", "status")
+    __slots__ = ("checkpoint", "job", "latency", "name", "status")
 
     def __init__(self, job_id: str, name: str) -> None:
-        base = f'job_id="{escape_label(job_id)}",job_name="{escape_label(name)}"'
         self.name = name
-        self.status = {
-            s: f'heliosdb_job_status{{{base},status="{s.value}"}} ' for s in _STATUSES
-        }  # value appended
-        self.simple = {f: f"{_FAMILIES[f][0]}{{{base}}} " for f in _SIMPLE}
-        self.latency = _histogram_prefixes("heliosdb_job_latency_seconds", base, LATENCY_BUCKETS_S)
-        self.checkpoint = _histogram_prefixes(
-            "heliosdb_job_checkpoint_duration_seconds", base, CHECKPOINT_BUCKETS_S
-        )
+        self.job = {"job_id": job_id, "job_name": name}
+        self.status = [(s, {**self.job, "status": s.value}) for s in JobStatus]
+        self.latency = [{**self.job, "le": le} for le in _LATENCY_LE]
+        self.checkpoint = [{**self.job, "le": le} for le in _CHECKPOINT_LE]
 
 
-def _histogram_prefixes(name: str, base: str, bounds: Sequence[float]) -> tuple[str, ...]:
-    buckets = [f'{name}_bucket{{{base},le="{_le(b)}"}} ' for b in bounds]
-    buckets.append(f'{name}_bucket{{{base},le="+Inf"}} ')
-    return (*buckets, f"{name}_sum{{{base}}} ", f"{name}_count{{{base}}} ")
+class JobsCollector(Collector):
+    """The ``heliosdb_job_*`` families of control-plane job entries (``ControlPlane.jobs.values()``).
+
+    A terminal job is left out once ``grace_s`` seconds have passed since its ``finished_at``;
+    ``heliosdb_job_count`` counts the active ones among ``entries``. ``now`` (default: the time of
+    each ``collect``) is for tests. The samples are appended as ``add_metric`` would, but with label
+    dicts cached per job id and name (``labels``; by default one cache for the process, pruned of the
+    jobs a scrape no longer exports): building them per sample cost more than the rest of ``collect``."""
+
+    def __init__(
+        self,
+        entries: Iterable[JobEntry],
+        *,
+        now: float | None = None,
+        grace_s: float = TERMINAL_SERIES_GRACE_S,
+        labels: dict[str, _JobLabels] | None = None,
+    ) -> None:
+        self.entries = entries
+        self.now = now
+        self.grace_s = grace_s
+        self.labels = _LABELS if labels is None else labels
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_families().values())
+
+    def _labels_of(self, job_id: str, name: str) -> _JobLabels:
+        labels = self.labels.get(job_id)
+        if labels is None or labels.name != name:
+            labels = self.labels[job_id] = _JobLabels(job_id, name)
+        return labels
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time() if self.now is None else self.now
+        f = _families()
+        status_f, latency_f, checkpoint_f = f[STATUS].samples, f[LATENCY].samples, f[CHECKPOINT].samples
+        simple = [(f[name].samples, name) for name in _SIMPLE]  # counters: the spec's ``_total`` name
+        active = 0
+        seen: set[str] = set()
+        for entry in sorted(self.entries, key=lambda e: e.record.job_id):
+            record = entry.record
+            status = record.status
+            if status in _ACTIVE:
+                active += 1
+            elif record.finished_at is not None and now - record.finished_at.timestamp() > self.grace_s:
+                continue
+            seen.add(record.job_id)
+            labels = self._labels_of(record.job_id, record.name)
+            job = labels.job
+            status_f.extend([Sample(STATUS, ls, 1 if s == status else 0) for s, ls in labels.status])
+            _histogram(latency_f, LATENCY, labels.latency, job, entry.metrics.latency_coarse)
+            _histogram(checkpoint_f, CHECKPOINT, labels.checkpoint, job, entry.metrics.checkpoint_histogram)
+            m = entry.metrics
+            running = entry.run is not None
+            cpu, rss = m.resources() if running else (0.0, 0)
+            totals = m.totals
+            values = (
+                totals["events_in"],
+                m.current_throughput() if running else 0.0,
+                m.checkpoint_failures,
+                totals["backpressure_events"],
+                record.restarts,
+                totals["errors"],
+                cpu,
+                rss,
+            )
+            for (samples, sample_name), value in zip(simple, values, strict=True):
+                samples.append(Sample(sample_name, job, value))
+        f[COUNT].samples.append(Sample(COUNT, {}, active))
+        if len(self.labels) > 2 * len(seen) + 64:  # forget the labels of jobs no longer exported
+            for job_id in [j for j in self.labels if j not in seen]:
+                self.labels.pop(job_id, None)
+        yield from f.values()
 
 
-_CACHE: dict[str, _JobLines] = {}
+def _histogram(
+    samples: list[Sample], name: str, buckets: list[dict[str, str]], job: dict[str, str], h: CoarseHistogram
+) -> None:
+    """What ``HistogramMetricFamily.add_metric`` appends: cumulative buckets, the last (+Inf) the count."""
+    cumulative = list(accumulate(h.counts))
+    samples.extend([Sample(f"{name}_bucket", ls, c) for ls, c in zip(buckets, cumulative, strict=True)])
+    samples.append(Sample(f"{name}_count", job, cumulative[-1]))
+    samples.append(Sample(f"{name}_sum", job, h.sum))
 
 
-def _lines_for(job_id: str, name: str) -> _JobLines:
-    lines = _CACHE.get(job_id)
-    if lines is None or lines.name != name:
-        lines = _CACHE[job_id] = _JobLines(job_id, name)
-    return lines
-
-
-def _histogram(out: list[str], prefixes: tuple[str, ...], h: CoarseHistogram) -> None:
-    cumulative = list(accumulate(h.counts))  # the last one (+Inf) is the count
-    out.extend([p + str(c) for p, c in zip(prefixes, cumulative, strict=False)])
-    out.append(prefixes[-2] + repr(float(h.sum)))
-    out.append(prefixes[-1] + str(cumulative[-1]))
+_LABELS: dict[str, _JobLabels] = {}
 
 
 def render_entries(
     entries: Iterable[JobEntry], *, now: float | None = None, grace_s: float = TERMINAL_SERIES_GRACE_S
 ) -> bytes:
-    """The exposition of the control plane's job entries (``ControlPlane.jobs.values()``).
-
-    A terminal job is left out once ``grace_s`` seconds have passed since its ``finished_at``.
-    """
-    now = time.time() if now is None else now
-    out: list[list[str]] = [[] for _ in _FAMILIES]
-    active = 0
-    seen: set[str] = set()
-    for entry in sorted(entries, key=lambda e: e.record.job_id):
-        record = entry.record
-        status = record.status
-        if status in _ACTIVE:
-            active += 1
-        elif record.finished_at is not None and now - record.finished_at.timestamp() > grace_s:
-            continue
-        seen.add(record.job_id)
-        lines = _lines_for(record.job_id, record.name)
-        for s, prefix in lines.status.items():
-            out[_F_STATUS].append(prefix + ("1" if s == status else "0"))
-        m = entry.metrics
-        running = entry.run is not None
-        cpu, rss = m.resources() if running else (0.0, 0)
-        totals = m.totals
-        simple = lines.simple
-        out[_F_EVENTS].append(simple[_F_EVENTS] + str(totals["events_in"]))
-        out[_F_THROUGHPUT].append(
-            simple[_F_THROUGHPUT] + (repr(float(m.current_throughput())) if running else "0.0")
-        )
-        _histogram(out[_F_LATENCY], lines.latency, m.latency_coarse)
-        _histogram(out[_F_CHECKPOINT], lines.checkpoint, m.checkpoint_histogram)
-        out[_F_CHECKPOINT_FAILURES].append(simple[_F_CHECKPOINT_FAILURES] + str(m.checkpoint_failures))
-        out[_F_BACKPRESSURE].append(simple[_F_BACKPRESSURE] + str(totals["backpressure_events"]))
-        out[_F_RESTARTS].append(simple[_F_RESTARTS] + str(record.restarts))
-        out[_F_ERRORS].append(simple[_F_ERRORS] + str(totals["errors"]))
-        out[_F_CPU].append(simple[_F_CPU] + repr(float(cpu)))
-        out[_F_MEMORY].append(simple[_F_MEMORY] + str(rss))
-    out[_F_COUNT].append(f"heliosdb_job_count {active}")
-    if len(_CACHE) > 2 * len(seen) + 64:  # forget label strings of jobs no longer exported
-        for job_id in [j for j in _CACHE if j not in seen]:
-            del _CACHE[job_id]
-    parts: list[str] = []
-    for header, lines_ in zip(_HEADERS, out, strict=True):
-        parts.append(header)
-        parts.extend(lines_)
-    parts.append("")
-    return "\n".join(parts).encode()
+    """The exposition of ``entries``: a registry of this scrape's own with a ``JobsCollector``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JobsCollector(entries, now=now, grace_s=grace_s))
+    return generate_latest(registry)
 
 
-def render_plane(
-    plane: ControlPlane, *, now: float | None = None, grace_s: float = TERMINAL_SERIES_GRACE_S
+class _Collected(Collector):
+    """Families collected already: what ``generate_latest`` formats in a thread of its own."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+async def render_entries_async(
+    entries: Iterable[JobEntry], *, grace_s: float = TERMINAL_SERIES_GRACE_S
 ) -> bytes:
-    return render_entries(list(plane.jobs.values()), now=now, grace_s=grace_s)
+    """``render_entries`` for a request handler: the families are collected here, on the event loop
+    that updates the entries; ``generate_latest`` (most of a scrape's CPU) formats them in a thread,
+    so the loop goes on serving heartbeats and requests meanwhile."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(list(JobsCollector(entries, grace_s=grace_s).collect())))
+    return await asyncio.to_thread(generate_latest, registry)
 
 
 async def render_manager(jm: JobServiceCore, *, grace_s: float = TERMINAL_SERIES_GRACE_S) -> bytes:
     """The exposition of every job of ``jm`` (started if it was not): what ``GET /metrics`` serves."""
     await jm.start()
-    return render_plane(jm.control_plane, grace_s=grace_s)
+    return await render_entries_async(list(jm.control_plane.jobs.values()), grace_s=grace_s)

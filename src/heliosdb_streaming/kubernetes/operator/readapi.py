@@ -129,7 +129,7 @@ async def control_log(request: web.Request) -> web.Response:
 async def namespace_metrics(request: web.Request) -> web.Response:
     """The exposition of one namespace's jobs: ``heliosdb_job_count`` counts only theirs, too."""
     entries = _in_namespace(request, _namespace(request))
-    body = prometheus.render_entries(entries)
+    body = await prometheus.render_entries_async(entries)
     return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 

@@ -183,8 +183,9 @@ async def test_metrics_of_one_namespace(read_api: ReadApi) -> None:
         texts[namespace] = await response.text()
     job_ids = {ns: set(re.findall(r'job_id="([^"]+)"', text)) for ns, text in texts.items()}
     assert job_ids == {"team-a": {JOB_A}, "team-b": {JOB_B}, "nobody": set()}
-    counts = {ns: re.findall(r"^heliosdb_job_count (\d+)$", text, re.M) for ns, text in texts.items()}
-    assert counts == {"team-a": ["0"], "team-b": ["1"], "nobody": ["0"]}  # the namespace's active jobs
+    count = re.compile(r"^heliosdb_job_count (\S+)$", re.M)
+    counts = {ns: [float(v) for v in count.findall(text)] for ns, text in texts.items()}
+    assert counts == {"team-a": [0], "team-b": [1], "nobody": [0]}  # the namespace's active jobs
     headers = {ns: [line for line in text.splitlines() if line.startswith("#")] for ns, text in texts.items()}
     assert headers["team-a"] == headers["nobody"]  # every family keeps its HELP and TYPE
     response = await read_api.get("/internal/v1/metrics")
