@@ -1,0 +1,30 @@
+"""Waiting for an observable condition with a deadline, instead of sleeping for a guessed time.
+
+A test that sleeps "long enough" for something to happen is slow where the machine is fast and flaky
+where it is busy; a test that polls for the thing itself (a status, a row count, a metric, a log line)
+continues as soon as it happened and says what it waited for when it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T]], *, what: str, timeout: float = 30.0, interval: float = 0.1
+) -> T:
+    """Calls ``check`` every ``interval`` seconds until it returns a truthy value, and returns that
+    value; raises ``AssertionError`` naming ``what`` and the last value after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,30 @@
+"""``wait_until``: returns the first truthy value as soon as it appears, fails naming what it waited for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from heliosdb_streaming.testing.waits import wait_until
+
+
+async def test_returns_the_first_truthy_value_without_waiting_longer() -> None:
+    calls: list[int] = []
+
+    async def third_call() -> list[int] | None:
+        calls.append(len(calls))
+        return calls if len(calls) == 3 else None
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await wait_until(third_call, what="the third call", interval=0.01) == [0, 1, 2]
+    assert loop.time() - started < 1
+
+
+async def test_times_out_naming_what_and_the_last_value() -> None:
+    async def never() -> int:
+        return 0
+
+    with pytest.raises(AssertionError, match=r"timed out after 0.05s waiting for rows \(last: 0\)"):
+        await wait_until(never, what="rows", timeout=0.05, interval=0.01)
