@@ -15,16 +15,16 @@ T = TypeVar("T")
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[T]], *, what: str, timeout: float = 30.0, interval: float = 0.1
+    check: Callable[[], Awaitable[T]], *, what: str, within: float = 30.0, interval: float = 0.1
 ) -> T:
     """Calls ``check`` every ``interval`` seconds until it returns a truthy value, and returns that
-    value; raises ``AssertionError`` naming ``what`` and the last value after ``timeout`` seconds."""
+    value; raises ``AssertionError`` naming ``what`` and the last value after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         value = await check()
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+            raise AssertionError(f"timed out after {within:g}s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)

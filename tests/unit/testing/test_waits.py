@@ -27,4 +27,4 @@ async def test_times_out_naming_what_and_the_last_value() -> None:
         return 0
 
     with pytest.raises(AssertionError, match=r"timed out after 0.05s waiting for rows \(last: 0\)"):
-        await wait_until(never, what="rows", timeout=0.05, interval=0.01)
+        await wait_until(never, what="rows", within=0.05, interval=0.01)
