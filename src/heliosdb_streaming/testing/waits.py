@@ -28,3 +28,29 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within:g}s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+async def wait_until_steady(
+    read: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    steady_for: float,
+    within: float = 30.0,
+    interval: float = 0.1,
+) -> T:
+    """Reads a value every ``interval`` seconds until it has not changed for ``steady_for`` seconds,
+    and returns it; for a count that stops moving once a change (a pause, a stop) took effect, where
+    ``steady_for`` is longer than the period at which the count is reported. Raises
+    ``AssertionError`` naming ``what`` if the value still changes after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    value = await read()
+    since = loop.time()
+    while loop.time() - since < steady_for:
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} still changed after {within:g}s (last: {value!r})")
+        await asyncio.sleep(interval)
+        current = await read()
+        if current != value:
+            value, since = current, loop.time()
+    return value
