@@ -30,7 +30,7 @@ test-tools:  ## install the tools the tests run (as root, with apt-get), or stop
 test: install test-tools  ## the whole suite (about 14 min on 2 cores); starts its own Kafka-protocol broker, uses local PostgreSQL
 	$(BIN)/pytest -q
 
-test-fast: install  ## the unit tests without services, promtool or the slow ones (about 35 s here)
+test-fast: install  ## the unit tests without services, promtool or the slow ones (15 s here, 35 s on busy cores)
 	$(BIN)/pytest -q tests/unit -m "not slow and not promtool"
 
 e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, helm install (needs Docker, kind, kubectl)
