@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install test-tools demo test e2e-kind lint typecheck check bench clean crds chart-sync
+.PHONY: install test-tools demo test test-fast e2e-kind lint typecheck check bench clean crds chart-sync
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ test-tools:  ## install the tools the tests run (as root, with apt-get), or stop
 	    exit 1; \
 	  fi; }
 
-test: install test-tools  ## the whole suite; starts its own Kafka-protocol broker, uses local PostgreSQL
+test: install test-tools  ## the whole suite (about 14 min on 2 cores); starts its own Kafka-protocol broker, uses local PostgreSQL
 	$(BIN)/pytest -q
+
+test-fast: install  ## the unit tests without services, promtool or the slow ones (15 s here, 35 s on busy cores)
+	$(BIN)/pytest -q tests/unit -m "not slow and not promtool"
 
 e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, helm install (needs Docker, kind, kubectl)
 	$(BIN)/pytest tests/e2e -v -rs

@@ -29,6 +29,7 @@ from openapi_spec_validator import validate as validate_openapi
 from heliosdb_streaming.api import openapi, schemas
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.job import JobManager, JobStatus, ListJobsOptions, SavepointFailedError
+from heliosdb_streaming.testing.waits import wait_until_steady
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -401,9 +402,15 @@ async def test_pause_and_resume(api: Api) -> None:
         await api.call("POST", f"/api/v1/jobs/{job_id}/pause"), 409, "illegal_state_transition"
     )
     assert details == [{"path": "status", "message": "paused"}]
-    await asyncio.sleep(1.5)  # heartbeats in flight settle
-    settled = await events()
-    await asyncio.sleep(1.5)
+
+    async def worker_paused() -> bool:  # the worker logs "paused" when the pause reached it
+        logs = await api.ok("GET", f"/api/v1/jobs/{job_id}/logs", params={"limit": "1000"})
+        return any(e["message"] == "paused" for e in logs["logs"])
+
+    await api.wait_until(worker_paused, "the worker's 'paused' log line")
+    # then the records it had read land: the count stops moving for longer than a heartbeat (1 s)
+    settled = await wait_until_steady(events, what="the processed count", steady_for=1.5)
+    await asyncio.sleep(1.5)  # the window the assertion is about, not a synchronisation
     assert await events() == settled, "a paused job kept consuming"
 
     resumed = await api.ok("POST", f"/api/v1/jobs/{job_id}/resume")

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.job import JobManager, JobStatus
+from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.kafka, pytest.mark.postgres]
 
@@ -229,7 +230,15 @@ async def test_exactly_once_through_worker_and_control_plane_kills(
             progress = (len(got_windows), len(want_windows), len(got_matches), len(want_matches))
             assert asyncio.get_running_loop().time() < deadline, progress
             await asyncio.sleep(0.5)
-        await asyncio.sleep(2.0)  # anything duplicated late would land now
+        # two checkpoints of every job later (the sinks commit with each; the first may have been in
+        # flight), anything written twice would be there
+        seen_at = {j: (await jm.get_job_metrics(j)).checkpoint_count for j in job_ids}
+
+        async def two_more_checkpoints() -> bool:
+            counts = {j: (await jm.get_job_metrics(j)).checkpoint_count for j in job_ids}
+            return all(counts[j] >= seen_at[j] + 2 for j in job_ids)
+
+        await wait_until(two_more_checkpoints, what="two more checkpoints of every job", within=30)
         got_windows = sorted((k, s, e, n, round(t, 4)) for k, s, e, n, t in await table(pg_dsn, window_query))
         got_matches = sorted(await table(pg_dsn, match_query))
         assert got_windows == want_windows

@@ -32,6 +32,7 @@ from heliosdb_streaming.job import (
     MetricsWindow,
 )
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+from heliosdb_streaming.testing.waits import wait_until_steady
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -188,10 +189,20 @@ async def test_pause_and_resume(jm: JobManager) -> None:
     await wait_until(flowing, what="first events")
     await jm.pause_job(job_id)
     assert await jm.get_job_status(job_id) == JobStatus.PAUSED
-    await asyncio.sleep(1.5)  # let in-flight batches and the last heartbeat land
-    before = (await jm.get_job_metrics(job_id)).events_processed
-    await asyncio.sleep(2.5)
-    assert (await jm.get_job_metrics(job_id)).events_processed == before
+
+    async def workers_paused() -> bool:  # each worker logs "paused" when the pause reached it
+        logs = await jm.get_job_logs(job_id, LogOptions(limit=1000))
+        return sum(e.message == "paused" for e in logs) == 2
+
+    await wait_until(workers_paused, what="both workers' 'paused' log lines")
+
+    async def processed() -> int:
+        return (await jm.get_job_metrics(job_id)).events_processed
+
+    # then the records they had read land: the count stops moving for longer than a heartbeat (1 s)
+    before = await wait_until_steady(processed, what="the processed count", steady_for=1.5)
+    await asyncio.sleep(2.5)  # the window the assertion is about, not a synchronisation
+    assert await processed() == before
     with pytest.raises(IllegalStateTransitionError):
         await jm.pause_job(job_id)
     await jm.resume_job(job_id)

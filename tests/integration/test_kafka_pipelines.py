@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from heliosdb_streaming.job import JobManager, JobStatus, MetricsWindow
+from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.kafka, pytest.mark.postgres]
 
@@ -184,7 +185,16 @@ async def test_filter_and_cep_results_are_exact(
             ).message
         assert asyncio.get_running_loop().time() < deadline, counts
         await asyncio.sleep(0.3)
-    await asyncio.sleep(1.5)
+    # two checkpoints later (the sinks commit with each; the first may have been in flight): still
+    # exactly the expected rows, nothing written twice
+    ids = (filter_id, past_id, next_id)
+    seen_at = {job_id: (await jm.get_job_metrics(job_id)).checkpoint_count for job_id in ids}
+
+    async def two_more_checkpoints() -> bool:
+        counts = {job_id: (await jm.get_job_metrics(job_id)).checkpoint_count for job_id in ids}
+        return all(counts[job_id] >= seen_at[job_id] + 2 for job_id in ids)
+
+    await wait_until(two_more_checkpoints, what="two more checkpoints of each job", within=30)
     assert sorted(await fetch(pg_dsn, queries["big"][0])) == want_filter
     assert sorted(await fetch(pg_dsn, queries["past"][0])) == want_past
     assert sorted(await fetch(pg_dsn, queries["next"][0])) == want_next

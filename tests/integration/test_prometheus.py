@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestServer
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.job import JobManager
 from heliosdb_streaming.testing.ports import free_port
+from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -246,7 +247,17 @@ async def test_values_move(stack: Stack) -> None:
     events, errors = "heliosdb_job_events_processed_total", "heliosdb_job_errors_total"
     before = {n: await s.values(n) for n in (events, errors)}
     hist_before = {n: await s.values(f"{n}_count") for n in HISTOGRAMS}
-    await asyncio.sleep(2.5)  # two more scrapes
+
+    async def moved_on() -> bool:  # a few more scrapes later
+        after = {n: await s.values(n) for n in before}
+        hist_after = {n: await s.values(f"{n}_count") for n in HISTOGRAMS}
+        return after[errors].get(s.erroring, 0) > before[errors][s.erroring] and all(
+            after[events].get(j, 0) > before[events][j]
+            and all(hist_after[n].get(j, 0) > hist_before[n][j] for n in HISTOGRAMS)
+            for j in ids
+        )
+
+    await wait_until(moved_on, what="every job's counters and histogram counts to grow", interval=0.5)
     after = {n: await s.values(n) for n in before}
     hist_after = {n: await s.values(f"{n}_count") for n in HISTOGRAMS}
     for job_id in ids:

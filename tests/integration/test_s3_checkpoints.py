@@ -4,14 +4,20 @@ savepoints live and die on S3."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import uuid
 from pathlib import Path
 
 import pytest
-from test_savepoints import expected_windows, table_rows, wait_for_checkpoint, wait_for_status, window_job
+from test_savepoints import (
+    expected_windows,
+    table_rows,
+    wait_for_checkpoint,
+    wait_for_progress,
+    wait_for_status,
+    window_job,
+)
 
 from heliosdb_streaming.job import JobManager, JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import storage_from_uri
@@ -42,7 +48,8 @@ async def test_rocksdb_job_checkpoints_and_recovers_on_s3(
         assert f"{job_id}/savepoints/{savepoint_id}/_manifest.json" in saved
         assert any(p.endswith(".sst") for p in saved)  # rocksdb files went to S3 too
 
-        await asyncio.sleep(0.5)
+        # records processed after the savepoint: the kill loses work the restore from S3 must replay
+        await wait_for_progress(jm, job_id, "records processed after the savepoint")
         os.kill(jm.control_plane.get(job_id).record.worker_pids[0], signal.SIGKILL)
         assert await wait_for_status(jm, job_id, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
         assert (await jm.get_job_details(job_id)).restarts == 1

@@ -27,6 +27,7 @@ from heliosdb_streaming.job import (
     SavepointNotFoundError,
 )
 from heliosdb_streaming.testing.expected import datagen_tumbling_windows, tumbling_window_per_card
+from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -96,6 +97,17 @@ async def wait_for_checkpoint(jm: JobManager, job_id: str, timeout: float = 30) 
         await asyncio.sleep(0.05)
 
 
+async def wait_for_progress(jm: JobManager, job_id: str, what: str, within: float = 30) -> None:
+    """Waits until the job's workers report more records processed than now (heartbeats carry the
+    counts, so this is also proof that the current run is up and reading)."""
+    mark = (await jm.get_job_metrics(job_id)).events_processed
+
+    async def more() -> bool:
+        return (await jm.get_job_metrics(job_id)).events_processed > mark
+
+    await wait_until(more, what=what, within=within, interval=0.05)
+
+
 def worker_pids(jm: JobManager, job_id: str) -> list[int]:
     return list(jm.control_plane.get(job_id).record.worker_pids)
 
@@ -150,7 +162,7 @@ async def test_stop_with_savepoint_and_rescale_gives_exact_result(
     )
     await wait_for_status(jm, job_id, {JobStatus.RUNNING})
     assert (await jm.get_job_details(job_id)).config.parallelism == 2
-    await asyncio.sleep(1.0)
+    await wait_for_progress(jm, job_id, "records processed by the run at parallelism 2")
     second = await jm.cancel_job_with_savepoint(job_id)
 
     await jm.restart_job(
@@ -220,7 +232,7 @@ async def test_the_start_point_survives_a_control_plane_restart(tmp_path: Path) 
         body = window_job(db, parallelism=2, rate=4000, checkpoint_interval_ms=600_000)  # none of its own
         new = await jm.submit_job(body, from_savepoint=location)
         await wait_for_status(jm, new, {JobStatus.RUNNING})
-        await asyncio.sleep(0.5)
+        await wait_for_progress(jm, new, "records processed by the job started from the savepoint")
     async with JobManager(8, home=home) as jm:
         assert await wait_for_status(jm, new, {JobStatus.FINISHED, JobStatus.FAILED}) == JobStatus.FINISHED
         assert table_rows(db) == await expected_windows()
@@ -249,7 +261,8 @@ async def test_worker_killed_restarts_from_checkpoint_exactly_once(jm: JobManage
     await wait_for_status(jm, job_id, {JobStatus.RUNNING})
     for round_ in range(2):
         await wait_for_checkpoint(jm, job_id)
-        await asyncio.sleep(0.7)
+        # records processed after that checkpoint: the kill loses work the restore must replay
+        await wait_for_progress(jm, job_id, "records processed after a checkpoint")
         pids = worker_pids(jm, job_id)
         os.kill(pids[round_ % len(pids)], signal.SIGKILL)
 
@@ -275,19 +288,25 @@ async def test_restart_strategy_exhausted_fails_the_job(jm: JobManager, tmp_path
     body = window_job(tmp_path / "out.db", parallelism=1, rate=2000)
     body["config"]["restart_strategy"] = {"type": "fixed_delay", "attempts": 1, "delay_ms": 100}
     job_id = await jm.submit_job(body)
+    killed: list[int] = []
     for expected_restarts in (1, None):
         await wait_for_status(jm, job_id, {JobStatus.RUNNING})
-        deadline = asyncio.get_running_loop().time() + 20
-        while not worker_pids(jm, job_id) or not jm.control_plane.get(job_id).run:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
+
+        async def new_run_launched() -> bool:  # not the run (and worker) killed in the round before
+            pids = worker_pids(jm, job_id)
+            return bool(pids) and not set(pids) & set(killed) and jm.control_plane.get(job_id).run is not None
+
+        await wait_until(new_run_launched, what="a run with a new worker", within=20, interval=0.05)
+        await wait_for_progress(jm, job_id, "records processed by the new worker")
         [pid] = worker_pids(jm, job_id)
+        killed.append(pid)
         os.kill(pid, signal.SIGKILL)
         if expected_restarts is not None:
-            while (await jm.get_job_details(job_id)).restarts != expected_restarts:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
+
+            async def restarted(expected: int = expected_restarts) -> bool:
+                return (await jm.get_job_details(job_id)).restarts == expected
+
+            await wait_until(restarted, what=f"restart {expected_restarts}", within=20, interval=0.05)
     assert await wait_for_status(jm, job_id, {JobStatus.FAILED}) == JobStatus.FAILED
     details = await jm.get_job_details(job_id)
     assert details.message is not None and "exhausted after 1 restart" in details.message

@@ -318,7 +318,16 @@ class Pipeline:
             assert time.monotonic() < deadline, f"{len(rows)} of {len(want)} rows after {within}s"
             await asyncio.sleep(0.2)
         assert rows == want
-        await asyncio.sleep(1.5)  # a checkpoint later: still exactly these rows
+        # two checkpoints later (the sink commits with each; the first may have been in flight when the
+        # rows were read): still exactly these rows
+        seen_at = (await api.details(job_id))["metrics"]["checkpoint_count"]
+
+        async def two_more_checkpoints() -> bool:
+            details = await api.details(job_id)
+            assert details["status"] == "running", details["message"]
+            return bool(details["metrics"]["checkpoint_count"] >= seen_at + 2)
+
+        await wait_for(two_more_checkpoints, "two more checkpoints", within=30)
         assert await self.rows() == want
 
 

@@ -333,6 +333,7 @@ def test_counters_never_go_backwards_across_restarts(tmp_path: Path) -> None:
     scrape()
 
 
+@pytest.mark.promtool
 def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is not on PATH: install it (apt-get install -y prometheus)"

@@ -1055,6 +1055,7 @@ def _parse_seconds(text: str) -> float:
     return best
 
 
+@pytest.mark.slow  # ~30 s: 12 examples, each parsing 4k- and 32k-unit texts 5 times
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=st.sampled_from(sorted(_SHAPES)), prefix=st.sampled_from(["", "not ", "y < 0 or "]))
 def test_parse_time_is_linear_in_input_size(shape: str, prefix: str) -> None:

@@ -170,6 +170,7 @@ async def test_control_log_is_the_control_planes_own_lines_of_that_namespace(rea
     assert response.status == 404
 
 
+@pytest.mark.promtool
 async def test_metrics_of_one_namespace(read_api: ReadApi) -> None:
     read_api.plane.jobs[JOB_A].record.status = JobStatus.FINISHED  # inactive, within the grace period
     read_api.plane.jobs[JOB_A].record.finished_at = datetime.now(UTC)
