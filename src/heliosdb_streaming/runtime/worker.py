@@ -350,6 +350,8 @@ class Worker:
                     await asyncio.sleep(0.01)
                 if batch is not None:
                     self._process_batch(batch)
+                    while not self.queue.empty():  # and what else is here (at most QUEUE_BATCHES):
+                        self._process_batch(self.queue.get_nowait())  # then "nothing more" is true
                 now = time.monotonic()
                 if now - last_timer >= TIMER_INTERVAL_S and not drained:
                     last_timer = now
