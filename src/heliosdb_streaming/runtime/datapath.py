@@ -1,0 +1,244 @@
+"""The worker's data path: sources -> bounded queue -> each task's chain -> sinks.
+
+It exists apart from the worker's lifecycle and checkpoints because it is the hot path, and its
+timing rules are easy to break when mixed with the rest: one poll loop per source puts batches on a
+bounded queue (backpressure is measured where ``put`` blocks); the processing loop runs each batch
+through its task's chain; output is written to the sinks (or staged for exactly-once sinks) and the
+sinks are flushed as soon as the queue is empty (so a moderate rate is not held back), and at least
+every ``FLUSH_INTERVAL_S`` at full speed; source positions are committed at most every
+``FLUSH_INTERVAL_S``. Latency is recorded when the batch's output is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+
+from heliosdb_streaming.model.config import JobConfig, OnErrorPolicy
+from heliosdb_streaming.runtime.checkpoint.participant import is_transactional
+from heliosdb_streaming.runtime.checkpoint.tasks import OutputStaging
+from heliosdb_streaming.runtime.contracts import Batch, Record, SinkWriter, SourceReader, SplitBatch
+from heliosdb_streaming.runtime.task import Counters, Task, TaskFailure, run_chain
+
+logger = logging.getLogger("heliosdb_streaming.worker")  # one logger for all parts of a worker
+
+POLL_MAX_RECORDS = 4096
+QUEUE_BATCHES = 4
+FLUSH_INTERVAL_S = 0.05
+TIMER_INTERVAL_S = 0.2
+ERROR_LOG_LIMIT_PER_MIN = 20
+
+
+class DataPath:
+    """The tasks, sources and sinks of one worker and the records flowing between them."""
+
+    def __init__(
+        self, config: JobConfig, *, metrics: bool, exactly_once: bool, staging: OutputStaging
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.exactly_once = exactly_once
+        self.staging = staging
+        self.counters = Counters()
+        self.tasks: dict[str, Task] = {}
+        self.readers: list[SourceReader] = []
+        self.sinks: list[SinkWriter] = []
+        self.queue: asyncio.Queue[SplitBatch] = asyncio.Queue(QUEUE_BATCHES)
+        self.running = asyncio.Event()
+        self.running.set()
+        self.stopping = asyncio.Event()
+        self._pending_out: list[tuple[str, Batch]] = []
+        self._pending_latency: list[tuple[float, int]] = []
+        self._last_flush = self._last_commit = time.monotonic()
+        self._errors_logged: deque[float] = deque()
+
+    def stop(self) -> None:
+        """Stops reading; a paused worker is woken so that it can stop."""
+        self.stopping.set()
+        self.running.set()
+
+    async def close(self) -> None:
+        for reader in self.readers:
+            with contextlib.suppress(Exception):
+                await reader.close()
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+
+    def has_tasks(self, reader: SourceReader) -> bool:
+        return any(t.reader is reader for t in self.tasks.values())
+
+    def all_finished(self) -> bool:
+        return all(t.finished for t in self.tasks.values())
+
+    # ------------------------------------------------------------------------------ sources
+
+    def start_pollers(self) -> list[asyncio.Task[None]]:
+        """One poll loop per source that has tasks here."""
+        return [asyncio.create_task(self._poll_loop(r)) for r in self.readers if self.has_tasks(r)]
+
+    async def _poll_loop(self, reader: SourceReader) -> None:
+        while not self.stopping.is_set():
+            await self.running.wait()
+            batches = await reader.poll(POLL_MAX_RECORDS, 0.1)
+            self._drain_decode_errors(reader)
+            for b in batches:
+                if self.queue.full():
+                    blocked_from = time.monotonic()
+                    self.counters.backpressure_events += 1
+                    await self.queue.put(b)
+                    self.counters.backpressure_ms += (time.monotonic() - blocked_from) * 1000
+                else:
+                    self.queue.put_nowait(b)
+            if self._reader_done(reader, batches):
+                return
+
+    def _reader_done(self, reader: SourceReader, batches: list[SplitBatch]) -> bool:
+        finished = {b.split_id for b in batches if b.finished}
+        return all(
+            t.finished or t.split.split_id in finished for t in self.tasks.values() if t.reader is reader
+        )
+
+    def _drain_decode_errors(self, reader: SourceReader) -> None:
+        errors = getattr(reader, "decode_errors", None)
+        if not errors:
+            return
+        for split_id, offset, message in errors:
+            self.counters.errors += 1
+            self._log_record_error(f"undecodable record at {split_id} offset {offset}: {message}", split_id)
+            if self.config.on_error == OnErrorPolicy.FAIL:
+                raise TaskFailure(f"undecodable record at {split_id} offset {offset}: {message}")
+        errors.clear()
+
+    # ------------------------------------------------------------------------------ processing
+
+    def process_batch(self, batch: SplitBatch) -> None:
+        task = self.tasks[batch.split_id]
+        records = batch.records
+        n = len(records)
+        task.events_in += n
+        self.counters.events_in += n
+        errors: list[tuple[Record, Exception]] = []
+        out = run_chain(task.chain, records, errors, 0)
+        self._handle_errors(errors, task, batch.position)
+        task.position = batch.position
+        if batch.finished:
+            task.finished = True
+        if out:
+            self._pending_out.append((batch.split_id, out))
+        if self.metrics:
+            self._pending_latency.append((batch.ingest_ms, n))
+
+    def on_time(self) -> None:
+        """Lets every step emit what processing time releases (timers, idle windows)."""
+        now_ms = int(time.time() * 1000)
+        for task in self.tasks.values():
+            for i, step in enumerate(task.chain):
+                emitted = step.on_time(now_ms)
+                if emitted:
+                    errors: list[tuple[Record, Exception]] = []
+                    out = run_chain(task.chain, emitted, errors, i + 1)
+                    self._handle_errors(errors, task, task.position)
+                    if out:
+                        self._pending_out.append((task.split.split_id, out))
+        self._collect_late_drops()
+
+    def end_of_input(self) -> None:
+        """Lets every step emit what it still holds, now that every split is exhausted."""
+        for task in self.tasks.values():
+            for i, step in enumerate(task.chain):
+                emitted = step.on_end()
+                if emitted:
+                    errors: list[tuple[Record, Exception]] = []
+                    out = run_chain(task.chain, emitted, errors, i + 1)
+                    self._handle_errors(errors, task, task.position)
+                    if out:
+                        self._pending_out.append((task.split.split_id, out))
+        self._collect_late_drops()
+
+    def _collect_late_drops(self) -> None:
+        total = 0
+        for task in self.tasks.values():
+            for step in task.chain:
+                total += getattr(step, "late_dropped", 0)
+        self.counters.late_dropped = total
+
+    def _handle_errors(self, errors: list[tuple[Record, Exception]], task: Task, position: Any) -> None:
+        if not errors:
+            return
+        self.counters.errors += len(errors)
+        first_record, first_error = errors[0]
+        message = (
+            f"{len(errors)} record(s) failed in split {task.split.split_id} near position {position}: "
+            f"{type(first_error).__name__}: {first_error}; first record: {_preview(first_record)}"
+        )
+        if self.config.on_error == OnErrorPolicy.FAIL:
+            raise TaskFailure(message)
+        self._log_record_error(message, task.split.split_id)
+
+    def _log_record_error(self, message: str, split_id: str) -> None:
+        """Logs record errors, at most ERROR_LOG_LIMIT_PER_MIN a minute (all are counted)."""
+        now = time.monotonic()
+        while self._errors_logged and now - self._errors_logged[0] > 60:
+            self._errors_logged.popleft()
+        if len(self._errors_logged) < ERROR_LOG_LIMIT_PER_MIN:
+            self._errors_logged.append(now)
+            logger.warning(message, extra={"task_id": split_id})
+
+    # ------------------------------------------------------------------------------ sinks
+
+    async def flush_due(self, now: float) -> None:
+        """After each turn of the processing loop: flushes every FLUSH_INTERVAL_S at full speed, at
+        once when the queue is empty (do not sit on events), else only writes what is pending."""
+        if now - self._last_flush >= FLUSH_INTERVAL_S:
+            await self.flush_sinks()
+        elif self.queue.empty() and (self._pending_out or self._pending_latency):
+            await self.flush_sinks()  # nothing more to read right now: do not sit on events
+        elif self._pending_out:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        pending, self._pending_out = self._pending_out, []
+        for split_id, out in pending:
+            self.tasks[split_id].events_out += len(out)
+            self.counters.events_out += len(out)
+            staged = False
+            for sink in self.sinks:
+                if self.exactly_once and is_transactional(sink):
+                    staged = True
+                else:
+                    await sink.write(split_id, out)
+            if staged:
+                self.staging.add(split_id, out)
+
+    async def flush_sinks(self) -> None:
+        """Writes and flushes everything processed so far, records its latency and, at most every
+        FLUSH_INTERVAL_S, commits the source positions."""
+        if self._pending_out:
+            await self._write_pending()
+        for sink in self.sinks:
+            await sink.flush()
+        now_ms = time.time() * 1000
+        for ingest_ms, count in self._pending_latency:
+            self.counters.latency.record(max(now_ms - ingest_ms, 0.0), count)
+        self._pending_latency.clear()
+        self._last_flush = now = time.monotonic()
+        if now - self._last_commit < FLUSH_INTERVAL_S:
+            return  # positions are only a restart hint here; no need to commit them more often
+        self._last_commit = now
+        positions = {sid: t.position for sid, t in self.tasks.items() if t.position is not None}
+        for reader in self.readers:
+            mine = {sid: p for sid, p in positions.items() if self.tasks[sid].reader is reader}
+            if mine:
+                await reader.commit(mine)
+
+
+def _preview(record: Record) -> str:
+    text = orjson.dumps(record, default=str).decode()
+    return text if len(text) <= 300 else text[:300] + "..."

@@ -1,0 +1,109 @@
+"""A worker's tasks: one split each, with its chain of transformations, its state stores and counters.
+
+The worker's other parts (the data path, the checkpoint participant, heartbeats) all look at the same
+tasks; this module holds what they share, so none of them has to import another to know what a task
+is. ``TaskStores`` owns every state store the worker opened: which backend a new store gets, the
+per-task memory budget (``max_state_mb``) and closing them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heliosdb_streaming.model.config import JobConfig, StateBackendType
+from heliosdb_streaming.runtime.contracts import Batch, Record, SourceReader, Split, StateStore
+from heliosdb_streaming.runtime.histogram import LatencyHistogram
+from heliosdb_streaming.runtime.state.memory import MemoryStateStore, StateBudget
+from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
+
+
+class TaskFailure(Exception):
+    """A task hit a record error under ``on_error: fail``, or a sink could not write."""
+
+
+@dataclass(slots=True)
+class Task:
+    """One split with its chain of transformations and its position in the source."""
+
+    split: Split
+    reader: SourceReader
+    chain: list[Any]
+    stores: dict[str, StateStore] = field(default_factory=dict)
+    position: Any = None
+    finished: bool = False
+    events_in: int = 0
+    events_out: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    """The worker's cumulative counters, sent in every heartbeat."""
+
+    events_in: int = 0
+    events_out: int = 0
+    errors: int = 0
+    late_dropped: int = 0
+    backpressure_events: int = 0
+    backpressure_ms: float = 0.0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+def run_chain(chain: list[Any], records: Batch, errors: list[tuple[Record, Exception]], start: int) -> Batch:
+    """Runs ``records`` through the steps of ``chain`` from ``start`` on; failed records go to ``errors``."""
+    for step in chain[start:]:
+        if not records:
+            break
+        records = step.process(records, errors)
+    return records
+
+
+class TaskStores:
+    """Every state store of a worker's tasks, restored or new, so they are limited and closed alike."""
+
+    def __init__(self, config: JobConfig, job_dir: Path, attempt: int) -> None:
+        self._config = config
+        self._job_dir = job_dir
+        self._attempt = attempt
+        self._stores: list[StateStore] = []
+        self._budgets: dict[str, StateBudget] = {}
+
+    def state_dir(self, split_id: str) -> Path:
+        """Where this attempt keeps the on-disk state of one split (RocksDB, restored snapshots)."""
+        return self._job_dir / "state" / f"attempt-{self._attempt}" / split_id
+
+    def adopt(self, stores: Iterable[StateStore]) -> None:
+        """Takes restored stores in, so they are closed with the others."""
+        self._stores.extend(stores)
+
+    def store(self, task: Task, name: str) -> StateStore:
+        """The store named ``name`` of a task: the restored one if there is one, else a new one."""
+        store = task.stores.get(name)
+        if store is not None:
+            return self._limited(task, store)
+        if self._config.state_backend == StateBackendType.ROCKSDB:
+            store = RocksDBStateStore(self.state_dir(task.split.split_id) / name)
+        else:
+            store = MemoryStateStore()
+        task.stores[name] = store
+        self._stores.append(store)
+        return self._limited(task, store)
+
+    def _limited(self, task: Task, store: StateStore) -> StateStore:
+        """A memory store counts against its task's ``max_state_mb`` (all stores of the task together)."""
+        if isinstance(store, MemoryStateStore):
+            budget = self._budgets.setdefault(
+                task.split.split_id, StateBudget(task.split.split_id, self._config.max_state_mb)
+            )
+            store.limit(budget)
+        return store
+
+    def close(self) -> None:
+        for store in self._stores:
+            close = getattr(store, "close", None)
+            if close:
+                with contextlib.suppress(Exception):
+                    close()
