@@ -49,12 +49,30 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     RestartOptions,
 )
 
+# The 409 codes an operation can answer besides plain illegal_state_transition (model.errors), so that
+# its 409 response names each of them and when it comes.
+_ILLEGAL_STATE = "illegal_state_transition: details give the job's current status"
+_JOB_RESTARTING = (
+    "job_restarting: the job is between two runs (restart delay, a restart in progress) and no run was "
+    "ready within 30 s, or its run ended before the savepoint could start; try again later"
+)
+_CONFLICTS = {
+    "cancelJob": (_ILLEGAL_STATE, f"with savepoint=true, {_JOB_RESTARTING}"),
+    "createSavepoint": (_ILLEGAL_STATE, _JOB_RESTARTING),
+    "deleteSavepoint": (
+        "savepoint_in_use: a job restores from this savepoint and has no completed checkpoint or savepoint "
+        "of its own yet; details name those jobs (path job_id)",
+        "illegal_state_transition (Kubernetes substrate): the savepoint was taken on cancel and has no "
+        "Savepoint resource to delete",
+    ),
+}
+
 _ERROR_DESCRIPTIONS = {
     400: "Bad request: invalid_json, invalid_job_config or invalid_request (details name each field "
     "path), invalid_parameter",
     401: "unauthorized: a token is configured and the bearer token is missing or wrong",
     404: "job_not_found, or savepoint_not_found",
-    409: "illegal_state_transition: details give the job's current status",
+    409: _ILLEGAL_STATE,  # and, where an operation answers more: _CONFLICTS
     403: "forbidden: the Host or Origin header names no host this server allows (a browser's "
     "cross-site request or DNS rebinding; see docs/security.md)",
     413: "payload_too_large",
@@ -202,10 +220,10 @@ def build() -> dict[str, Any]:
         }
         changing = (415,) if op_id in _CHANGING_OPS else ()
         for code in (*errors, *changing, 401, 403):
-            responses[str(code)] = {
-                "description": _ERROR_DESCRIPTIONS[code],
-                "content": _json_content(error_ref),
-            }
+            text = _ERROR_DESCRIPTIONS[code]
+            if code == 409 and op_id in _CONFLICTS:
+                text = "; or ".join(_CONFLICTS[op_id])
+            responses[str(code)] = {"description": text, "content": _json_content(error_ref)}
         operation: dict[str, Any] = {
             "operationId": op_id,
             "summary": summary,
@@ -316,7 +334,7 @@ def build() -> dict[str, Any]:
                 200,
                 "SavepointDeletedResponse",
                 params=(_JOB_ID, _SAVEPOINT_ID),
-                errors=(404,),
+                errors=(404, 409),
             ),
         },
         "/api/v1/jobs/{job_id}/checkpoints": {

@@ -57,7 +57,8 @@ class ErrorInfo(ApiBody):
     code: str = Field(
         description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
         "invalid_request, unauthorized, job_not_found, savepoint_not_found, not_found, method_not_allowed, "
-        "illegal_state_transition, payload_too_large, savepoint_failed, service_unavailable, internal_error"
+        "illegal_state_transition, job_restarting, savepoint_in_use, payload_too_large, savepoint_failed, "
+        "service_unavailable, internal_error"
     )
     message: str
     details: list[ErrorDetail] = Field(default_factory=list)

@@ -6,7 +6,7 @@ its own way: the list page (over a control plane: cached JSON fragments), logs (
 on Kubernetes the operator's control-plane lines merged with the pod logs), the savepoint a plain
 restart would restore (reported in the restart response), and the Prometheus text.
 ``CoreJobService`` adapts a ``control.service.JobServiceCore`` (an embedded ``JobManager``, or the
-operator's core over its own plane); ``operator.apiserver`` has the Kubernetes one.
+operator's core over its own plane); ``kubernetes.restapi.apiserver`` has the Kubernetes one.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import handlers, pods, readapi
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
-from heliosdb_streaming.kubernetes.operator.reconciler import Reconciler
+from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
+from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
+from heliosdb_streaming.kubernetes.operator.statuswriter import StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +123,12 @@ async def run(
             control_host=options.control_host,
             control_port=options.control_port,
         )
-        reconciler = Reconciler(client, plane, bindings, launcher, allowed_roots(options))
-        plane.status_listeners.append(reconciler.mark)
+        status_writer = StatusWriter(client, plane, bindings)
+        savepoint_controller = SavepointController(client, plane, bindings)
+        jobs_reconciler = StreamingJobReconciler(
+            client, plane, bindings, launcher, status_writer, savepoint_controller, allowed_roots(options)
+        )
+        plane.status_listeners.append(status_writer.mark)
         writer: asyncio.Task[None] | None = None
         read_api = contextlib.AsyncExitStack()
         try:
@@ -137,9 +143,9 @@ async def run(
                 await read_api.enter_async_context(
                     readapi.serve(plane, bindings, options.read_host, options.read_port, options.api_token)
                 )
-            writer = asyncio.create_task(reconciler.write_status_forever())
+            writer = asyncio.create_task(status_writer.write_status_forever())
             await kopf.operator(
-                registry=handlers.build_registry(reconciler, connection),
+                registry=handlers.build_registry(jobs_reconciler, savepoint_controller, connection),
                 settings=handlers.settings(namespaces),
                 clusterwide=not namespaces,
                 namespaces=namespaces,

@@ -1,6 +1,7 @@
 """kopf's side: the settings and the handlers, registered into a registry of their own.
 
-Handlers stay thin: each passes the resource to the ``Reconciler``. The registry is built per operator
+Handlers stay thin: each passes the resource to the ``StreamingJobReconciler`` or the
+``SavepointController``. The registry is built per operator
 (not kopf's global one), so a test or a benchmark can run an operator without import-time side effects.
 
 Handler progress is kept in annotations only (``streaming.heliosdb.io/<handler>``), not in
@@ -15,7 +16,9 @@ from typing import Any
 import kopf
 
 from heliosdb_streaming.kubernetes import crds
-from heliosdb_streaming.kubernetes.operator.reconciler import COMPONENT, Reconciler
+from heliosdb_streaming.kubernetes.operator.events import COMPONENT
+from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
+from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 
 WATCH_SERVER_TIMEOUT_S = 60
 BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s
@@ -42,7 +45,11 @@ def settings(namespaces: list[str]) -> kopf.OperatorSettings:
     return s
 
 
-def build_registry(reconciler: Reconciler, connection: kopf.ConnectionInfo) -> kopf.OperatorRegistry:
+def build_registry(
+    jobs_reconciler: StreamingJobReconciler,
+    savepoint_controller: SavepointController,
+    connection: kopf.ConnectionInfo,
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     jobs = (crds.GROUP, crds.VERSION, crds.STREAMING_JOB_PLURAL)
     savepoints = (crds.GROUP, crds.VERSION, crds.SAVEPOINT_PLURAL)
@@ -55,19 +62,19 @@ def build_registry(reconciler: Reconciler, connection: kopf.ConnectionInfo) -> k
     @kopf.on.create(*jobs, id="create", registry=registry, backoff=BACKOFF_S)
     @kopf.on.update(*jobs, id="update", field="spec", registry=registry, backoff=BACKOFF_S)
     async def reconcile_job(body: kopf.Body, **_: Any) -> None:
-        await reconciler.reconcile_job(body)
+        await jobs_reconciler.reconcile_job(body)
 
     @kopf.on.delete(*jobs, id="delete", registry=registry, backoff=BACKOFF_S)
     async def finalize_job(body: kopf.Body, **_: Any) -> None:
-        await reconciler.finalize_job(body)
+        await jobs_reconciler.finalize_job(body)
 
     @kopf.on.resume(*savepoints, id="resume", registry=registry, backoff=BACKOFF_S)
     @kopf.on.create(*savepoints, id="create", registry=registry, backoff=BACKOFF_S)
     async def take_savepoint(body: kopf.Body, retry: int, **_: Any) -> None:
-        await reconciler.take_savepoint(body, retry)
+        await savepoint_controller.take_savepoint(body, retry)
 
     @kopf.on.delete(*savepoints, id="delete", registry=registry, backoff=BACKOFF_S)
     async def delete_savepoint(body: kopf.Body, **_: Any) -> None:
-        await reconciler.delete_savepoint(body)
+        await savepoint_controller.delete_savepoint(body)
 
     return registry

@@ -1,0 +1,163 @@
+"""What the operator does for a Savepoint resource, as the Flink operator's snapshot controller.
+
+A Savepoint goes pending -> in_progress -> completed | failed: observe the job ``spec.jobRef`` names
+(not there yet, or still starting: retried with ``kopf.TemporaryError``, bounded by
+``SAVEPOINT_MAX_WAITS``), take the savepoint through the control plane, write the outcome to the
+status with an Event. Terminal states are left alone. The finalizer deletes the savepoint's files and
+stays while a job still restores from them. A savepoint the operator takes itself (on cancel) is
+recorded as a Savepoint resource too (``record``), so it can be listed, named and deleted like any
+other. Kept apart from the StreamingJob reconciler: it has its own resource, states and finalizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.control.store import SnapshotRecord
+from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.kubernetes.operator import events, mapping, pods, status
+from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
+from heliosdb_streaming.model.errors import (
+    IllegalStateTransitionError,
+    SavepointFailedError,
+    SavepointInUseError,
+    SavepointNotFoundError,
+)
+from heliosdb_streaming.model.types import JobStatus
+
+logger = logging.getLogger(__name__)
+
+# on a Savepoint the operator created for a savepoint it took itself (on cancel): which one it records,
+# with the job's id (``pods.ANNOTATION_JOB_ID``)
+ANNOTATION_SAVEPOINT_ID = f"{crds.GROUP}/savepoint-id"
+WAIT_RETRY_S = 1.0
+SAVEPOINT_MAX_WAITS = 120  # retries (of WAIT_RETRY_S) for a job that is still starting
+
+
+def completed(job_id: str, snapshot: SnapshotRecord) -> dict[str, Any]:
+    """The status of a Savepoint whose savepoint is ``snapshot``."""
+    return {
+        "state": "completed",
+        "jobId": job_id,
+        "savepointId": snapshot.savepoint_id,
+        "location": snapshot.location,
+        "sizeBytes": snapshot.size_bytes,
+        "createdAt": status.iso(snapshot.timestamp),
+        "message": "",
+    }
+
+
+class SavepointController:
+    def __init__(self, client: kube.KubeClient, plane: ControlPlane, bindings: Bindings) -> None:
+        self.client = client
+        self.plane = plane
+        self.bindings = bindings
+
+    async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
+        """pending -> in_progress -> completed | failed, for the job ``spec.jobRef`` names."""
+        meta = body.get("metadata") or {}
+        namespace, name, uid = str(meta["namespace"]), str(meta["name"]), meta.get("uid")
+        current = dict(body.get("status") or {})
+        if current.get("state") in ("completed", "failed"):
+            return
+        annotations = meta.get("annotations") or {}
+        if ANNOTATION_SAVEPOINT_ID in annotations:  # a record of a savepoint already taken
+            await self._complete_recorded(namespace, name, annotations)
+            return
+        spec = dict(body.get("spec") or {})
+        job_ref = str(spec.get("jobRef") or "")
+        ref = events.involved(namespace, name, uid, crds.SAVEPOINT_KIND)
+        if not current.get("state"):
+            await self._savepoint_status(namespace, name, {"state": "pending"})
+        binding = self.bindings.for_object(namespace, job_ref)
+        entry = self.plane.jobs.get(binding.job_id) if binding else None
+        if binding is None or entry is None:
+            if await self.client.get_or_none(kube.STREAMINGJOBS, namespace, job_ref) is None:
+                await self._savepoint_failed(ref, namespace, name, f"StreamingJob {job_ref!r} not found")
+                return
+            return self._wait_or_fail(retry, f"StreamingJob {job_ref} has no job yet")
+        if entry.record.status.terminal:
+            message = f"StreamingJob {job_ref} is {entry.record.status.value}"
+            await self._savepoint_failed(ref, namespace, name, message)
+            return
+        run = entry.run
+        if entry.record.status == JobStatus.SUBMITTED or run is None or not run.connected.is_set():
+            return self._wait_or_fail(retry, f"StreamingJob {job_ref} is starting")
+        await self._savepoint_status(namespace, name, {"state": "in_progress", "jobId": binding.job_id})
+        try:
+            snapshot = await self.plane.savepoint(binding.job_id, spec.get("description"))
+        except (SavepointFailedError, IllegalStateTransitionError) as e:
+            await self._savepoint_failed(ref, namespace, name, str(e))
+            return
+        await self._savepoint_status(namespace, name, completed(binding.job_id, snapshot))
+        message = f"{snapshot.savepoint_id} of {job_ref} at {snapshot.location}"
+        await events.post(self.client, ref, "Normal", "SavepointCompleted", message)
+
+    async def delete_savepoint(self, body: Mapping[str, Any]) -> None:
+        """The finalizer: the savepoint's files go with the resource."""
+        current = dict(body.get("status") or {})
+        job_id, savepoint_id = current.get("jobId"), current.get("savepointId")
+        if not job_id or not savepoint_id or job_id not in self.plane.jobs:
+            return
+        try:
+            await self.plane.delete_savepoint(str(job_id), str(savepoint_id))
+        except SavepointNotFoundError:
+            pass
+        except SavepointInUseError as e:  # a job still restores it: keep the finalizer, try again later
+            raise kopf.TemporaryError(e.message, delay=10) from None
+
+    async def record(self, binding: Binding, snapshot: SnapshotRecord, description: str) -> None:
+        """A savepoint the operator took on its own (on cancel) becomes a Savepoint resource too, so it
+        can be listed, named in ``restoreFrom`` and deleted (with its files) like any other. Named after
+        the savepoint, so a retried cancel records it once."""
+        resource = {
+            "apiVersion": crds.API_VERSION,
+            "kind": crds.SAVEPOINT_KIND,
+            "metadata": {
+                "name": mapping.recorded_savepoint_name(binding.name, str(snapshot.savepoint_id)),
+                "namespace": binding.namespace,
+                "annotations": {
+                    pods.ANNOTATION_JOB_ID: binding.job_id,
+                    ANNOTATION_SAVEPOINT_ID: str(snapshot.savepoint_id),
+                },
+            },
+            "spec": {"jobRef": binding.name, "description": description},
+        }
+        try:
+            created = await self.client.create(kube.SAVEPOINTS, binding.namespace, resource)
+        except kube.ConflictError:
+            return
+        except kube.ApiError as e:  # the savepoint exists (job status, REST); only its resource is missing
+            logger.warning("could not record savepoint %s as a resource: %s", snapshot.savepoint_id, e)
+            return
+        name = str((created.get("metadata") or {}).get("name"))
+        await self._savepoint_status(binding.namespace, name, completed(binding.job_id, snapshot))
+
+    async def _complete_recorded(self, namespace: str, name: str, annotations: Mapping[str, Any]) -> None:
+        """The status of a recorded savepoint, from the control plane (the same the recorder wrote)."""
+        job_id = annotations.get(pods.ANNOTATION_JOB_ID)
+        savepoint_id = annotations.get(ANNOTATION_SAVEPOINT_ID)
+        entry = self.plane.jobs.get(str(job_id))
+        snapshot = entry.savepoint(str(savepoint_id)) if entry is not None else None
+        if snapshot is None:
+            patch = {"state": "failed", "message": f"no savepoint {savepoint_id} of job {job_id}"}
+            await self._savepoint_status(namespace, name, patch)
+            return
+        await self._savepoint_status(namespace, name, completed(str(job_id), snapshot))
+
+    def _wait_or_fail(self, retry: int, why: str) -> None:
+        if retry < SAVEPOINT_MAX_WAITS:
+            raise kopf.TemporaryError(why, delay=WAIT_RETRY_S)
+        raise kopf.PermanentError(f"{why} for too long")
+
+    async def _savepoint_failed(self, ref: dict[str, Any], namespace: str, name: str, message: str) -> None:
+        await self._savepoint_status(namespace, name, {"state": "failed", "message": message})
+        await events.post(self.client, ref, "Warning", "SavepointFailed", message)
+
+    async def _savepoint_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self.client.patch(kube.SAVEPOINTS, namespace, name, {"status": patch}, subresource="status")
