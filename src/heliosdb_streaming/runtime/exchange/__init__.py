@@ -1,0 +1,1 @@
+"""Records crossing stages: key groups, routing, per-origin order and watermarks, the transports."""
