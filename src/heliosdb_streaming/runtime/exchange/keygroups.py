@@ -9,6 +9,7 @@ restoring at any parallelism up to ``max_parallelism`` gives the same groups the
 
 from __future__ import annotations
 
+import json
 import zlib
 from typing import Any
 
@@ -24,8 +25,8 @@ def key_bytes(key: Any) -> bytes:
         return b"s" + key.encode("utf-8", "surrogatepass")
     try:
         return b"j" + orjson.dumps(key, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        return b"r" + repr(key).encode()
+    except TypeError:  # beyond orjson (an int over 64 bits): the standard library, keys still sorted
+        return b"p" + json.dumps(key, sort_keys=True, default=repr).encode()
 
 
 def key_group(key: Any, max_parallelism: int) -> int:
