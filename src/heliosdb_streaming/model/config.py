@@ -18,17 +18,22 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from heliosdb_streaming.model.connectors import (
+    BOOTSTRAP_SERVERS_SCHEMA,
     DISCRIMINATOR_TAGS,
     STORED,
     AnySink,
     AnySource,
+    KafkaSource,
     StrictInt,
+    check_servers,
     is_stored,
+    split_servers,
 )
 from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
 from heliosdb_streaming.model.transformations import (
@@ -50,6 +55,26 @@ MaxStateMb = Annotated[
     ),
 ]
 DEFAULT_MAX_STATE_MB = 1024
+DEFAULT_MAX_PARALLELISM = 128
+MaxParallelism = Annotated[
+    StrictInt,
+    Field(
+        ge=1,
+        le=32_768,
+        description="(addition) key groups of every keyed stage: hash(key) mod max_parallelism picks a "
+        "key's group, a task owns a range of groups, and the number is fixed for the job's life (it is "
+        "the highest parallelism a keyed stage can be rescaled to), as Flink's maxParallelism",
+    ),
+]
+IdleTimeoutMs = Annotated[
+    StrictInt,
+    Field(
+        ge=100,
+        le=86_400_000,
+        description="(addition) an origin (a source split, or an upstream task) that has had no records "
+        "for this long is left out of the downstream watermark (Flink's idleness)",
+    ),
+]
 MAX_STEPS = 64  # sources, transformations, sinks: each list
 
 
@@ -162,6 +187,24 @@ CheckpointStorageUri = Annotated[
 ]
 
 
+class RepartitionSettings(_Strict):
+    """Where records cross stages between worker processes: Kafka internal topics on these brokers."""
+
+    bootstrap_servers: Annotated[list[str], WithJsonSchema(BOOTSTRAP_SERVERS_SCHEMA)] = Field(
+        min_length=1, description="host:port list or a comma string"
+    )
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return split_servers(v)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _ports(cls, v: list[str]) -> list[str]:
+        return check_servers(v)
+
+
 class JobSettings(_Strict):
     """The ``config`` object of the submit body."""
 
@@ -173,6 +216,13 @@ class JobSettings(_Strict):
     checkpoints_retained: StrictInt = Field(default=3, ge=1, le=100)
     checkpoint_storage: CheckpointStorageUri | None = None
     max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
+    max_parallelism: MaxParallelism = DEFAULT_MAX_PARALLELISM
+    idle_timeout_ms: IdleTimeoutMs = 30_000
+    repartition: RepartitionSettings | None = Field(
+        default=None,
+        description="(addition) brokers of the internal topics that carry records between stages; "
+        "default: the brokers of the job's Kafka source",
+    )
 
 
 class JobSubmitRequest(_Strict):
@@ -219,6 +269,9 @@ class JobConfig(_Strict):
     checkpoints_retained: StrictInt = Field(default=3, ge=1, le=100)
     checkpoint_storage: CheckpointStorageUri | None = None
     max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
+    max_parallelism: MaxParallelism = DEFAULT_MAX_PARALLELISM
+    idle_timeout: timedelta = timedelta(seconds=30)
+    repartition: RepartitionSettings | None = None
     sources: list[AnySource] = Field(min_length=1, max_length=MAX_STEPS)
     transformations: list[AnyTransformation] = Field(default_factory=list, max_length=MAX_STEPS)
     sinks: list[AnySink] = Field(min_length=1, max_length=MAX_STEPS)
@@ -269,6 +322,19 @@ class JobConfig(_Strict):
     def checkpoint_interval_ms(self) -> int:
         return _ms(self.checkpoint_interval)
 
+    @property
+    def idle_timeout_ms(self) -> int:
+        return _ms(self.idle_timeout)
+
+    def repartition_servers(self) -> list[str] | None:
+        """The brokers of the internal topics: ``repartition``'s, else the job's Kafka source's."""
+        if self.repartition is not None:
+            return list(self.repartition.bootstrap_servers)
+        for source in self.sources:
+            if isinstance(source, KafkaSource):
+                return list(source.config.bootstrap_servers)
+        return None
+
     def settings_dict(self) -> dict[str, Any]:
         """The ``config`` object as the spec shows it in details."""
         return {
@@ -280,6 +346,9 @@ class JobConfig(_Strict):
             "checkpoints_retained": self.checkpoints_retained,
             **({"checkpoint_storage": self.checkpoint_storage} if self.checkpoint_storage else {}),
             "max_state_mb": self.max_state_mb,
+            "max_parallelism": self.max_parallelism,
+            "idle_timeout_ms": self.idle_timeout_ms,
+            **({"repartition": self.repartition.model_dump(mode="json")} if self.repartition else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,6 +391,9 @@ def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
         "checkpoints_retained": s.checkpoints_retained,
         "checkpoint_storage": s.checkpoint_storage,
         "max_state_mb": s.max_state_mb,
+        "max_parallelism": s.max_parallelism,
+        "idle_timeout": timedelta(milliseconds=s.idle_timeout_ms),
+        "repartition": s.repartition,
         "sources": list(request.sources),
         "transformations": list(request.transformations),
         "sinks": list(request.sinks),

@@ -43,14 +43,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _split_servers(v: Any) -> Any:
+def split_servers(v: Any) -> Any:
     """Accepts bootstrap servers as a list or as the comma string Kafka users are used to."""
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]
     return v
 
 
-def _check_servers(v: list[str]) -> list[str]:
+def check_servers(v: list[str]) -> list[str]:
     for server in v:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
@@ -81,16 +81,22 @@ class KafkaSourceSettings(_Strict):
     start_from: Literal["earliest", "latest", "group"] = "group"
     format: Literal["json", "raw"] = "json"
     event_time_field: str | None = None
+    partitioned_by: str | None = Field(
+        default=None,
+        description="(addition) a field whose value is the message key under Kafka's default "
+        "partitioner, so every value lives in one partition: a keyed step on it needs no repartition. "
+        "A promise of the producer, not checked",
+    )
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return _split_servers(v)
+        return split_servers(v)
 
     @field_validator("bootstrap_servers")
     @classmethod
     def _ports(cls, v: list[str]) -> list[str]:
-        return _check_servers(v)
+        return check_servers(v)
 
 
 class DatagenSourceSettings(_Strict):
@@ -125,6 +131,11 @@ class DatagenSourceSettings(_Strict):
 class FileSourceSettings(_Strict):
     path: str = Field(min_length=1, description="A file, a directory or a glob; one split per file")
     format: Literal["json", "csv"] = "json"
+    partitioned_by: str | None = Field(
+        default=None,
+        description="(addition) a field every value of which lives in one file: a keyed step on it "
+        "needs no repartition. A promise of the writer of the files, not checked",
+    )
 
 
 class SourceConfig(_Strict):
@@ -274,12 +285,12 @@ class KafkaSinkSettings(_Strict):
     @field_validator("bootstrap_servers", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
-        return _split_servers(v)
+        return split_servers(v)
 
     @field_validator("bootstrap_servers")
     @classmethod
     def _ports(cls, v: list[str]) -> list[str]:
-        return _check_servers(v)
+        return check_servers(v)
 
 
 class FileSinkSettings(_Strict):
