@@ -66,6 +66,9 @@ CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restar
     "on_error",
     "checkpoints_retained",
     "max_state_mb",
+    "max_parallelism",
+    "idle_timeout_ms",
+    "repartition",
 }
 SPEC_DETAILS_METRICS = {
     "events_processed",
@@ -270,6 +273,9 @@ async def test_submit_and_details_contract(api: Api) -> None:
         "on_error": "skip",
         "checkpoints_retained": 3,
         "max_state_mb": 1024,  # (addition) the state budget of a task
+        "max_parallelism": 128,  # (addition) key groups of keyed stages, fixed for the job's life
+        "idle_timeout_ms": 30000,  # (addition) when a silent origin stops holding watermarks back
+        "repartition": None,  # (addition) brokers of cross-process repartitioning, if not the source's
     }
     assert set(details["config"]) == CONFIG_KEYS
     for key in ("submitted_at", "started_at", "finished_at"):

@@ -97,6 +97,15 @@ class JobSettingsBody(ApiBody):
     on_error: str = Field(description="(addition) skip or fail a record that fails an expression or sink")
     checkpoints_retained: int = Field(description="(addition)")
     max_state_mb: int = Field(description="(addition) memory state backend: the state a task may hold")
+    max_parallelism: int = Field(
+        description="(addition) key groups of every keyed stage, fixed for the job's life"
+    )
+    idle_timeout_ms: int = Field(
+        description="(addition) an origin silent this long stops holding back the watermark"
+    )
+    repartition: dict[str, Any] | None = Field(
+        default=None, description="(addition) brokers of the internal repartition topics, when set"
+    )
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> JobSettingsBody:

@@ -65,6 +65,7 @@ def create_read_app(plane: ControlPlane, bindings: Bindings, api_token: str | No
         [
             web.get(f"{INTERNAL}/info", info, allow_head=False),
             web.get(f"{INTERNAL}/jobs/{{job_id}}/control-log", control_log, allow_head=False),
+            web.get(f"{INTERNAL}/jobs/{{job_id}}/restore-point", restore_point, allow_head=False),
             web.get(f"{INTERNAL}/metrics", namespace_metrics, allow_head=False),
         ]
     )
@@ -124,6 +125,15 @@ async def control_log(request: web.Request) -> web.Response:
         job_id=job_id, logs=[schemas.masked(e) for e in entries], total=len(entries), limit=limit
     )
     return web.Response(body=orjson.dumps(body.to_json()), content_type="application/json")
+
+
+async def restore_point(request: web.Request) -> web.Response:
+    """The savepoint a restart without one would restore (null: a checkpoint or nothing), decided by
+    the control plane exactly as the embedded server decides it, not guessed from timestamps."""
+    job_id = request.match_info["job_id"]
+    _check_namespace(request, job_id, _namespace(request))
+    savepoint_id = await request.app[CORE].restore_savepoint_id(job_id)
+    return web.Response(body=orjson.dumps({"savepoint_id": savepoint_id}), content_type="application/json")
 
 
 async def namespace_metrics(request: web.Request) -> web.Response:

@@ -203,6 +203,9 @@ class KubernetesJobService:
 
     async def restore_savepoint_id(self, job_id: str) -> str | None:
         await self.clients.find(job_id)
+        known, savepoint_id = await self.operator.restore_point(job_id)
+        if known:  # the control plane knows which snapshot the last run restored and took since
+            return savepoint_id
         checkpoints = await self.operator.checkpoints(job_id) or []
         savepoints = await self.operator.savepoints(job_id) or []
         return jobviews.restore_savepoint(checkpoints, savepoints)

@@ -164,6 +164,15 @@ class OperatorClient:
         body = await self._job_json(job_id, f"/savepoints/{quote(savepoint_id, safe='')}")
         return SavepointInfo.model_validate(body) if body is not None else None
 
+    async def restore_point(self, job_id: str) -> tuple[bool, str | None]:
+        """(known, savepoint id): whether the operator has the job, and the savepoint a restart
+        without one would restore there (None: a checkpoint or nothing)."""
+        body = await self._job_json(job_id, "/restore-point", None, "/internal/v1")
+        if body is None:
+            return False, None
+        savepoint_id = body.get("savepoint_id")
+        return True, str(savepoint_id) if savepoint_id is not None else None
+
     async def control_log(self, job_id: str, options: LogOptions) -> list[LogEntry] | None:
         """The control plane's own log entries of the job (level, limit and tail applied by the
         operator), without its workers' lines; None when the operator has no such job."""
