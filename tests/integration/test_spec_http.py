@@ -374,6 +374,9 @@ async def test_1_submit_job_and_verify_status(api: Api, pipeline: Pipeline) -> N
         "on_error": "skip",
         "checkpoints_retained": 3,
         "max_state_mb": 1024,  # (addition)
+        "max_parallelism": 128,  # (addition)
+        "idle_timeout_ms": 30000,  # (addition)
+        "repartition": None,  # (addition)
     }
     assert [(t["name"], t["status"]) for t in details["tasks"]] == [
         ("kafka-source", "running"),
