@@ -9,7 +9,10 @@ readers parse them back and filter by level, tail and limit as they do the job l
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from datetime import UTC, datetime
+from types import TracebackType
 
 import orjson
 
@@ -42,3 +45,29 @@ class MaskingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return mask_secrets(super().format(record))
+
+
+def log_uncaught_exceptions(logger: logging.Logger) -> None:
+    """Uncaught exceptions (of the main thread and of other threads) go through ``logger``, whose
+    handlers mask secrets, instead of Python's default hooks, which print the traceback raw to stderr
+    (the worker's stderr file, or the pod log): a driver's error quoting a connection string would
+    otherwise be there in clear."""
+
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, error, tb)
+            return
+        logger.critical("uncaught exception", exc_info=(kind, error, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        logger.critical(
+            "uncaught exception in thread %s",
+            name,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+    sys.excepthook = hook
+    threading.excepthook = thread_hook

@@ -6,8 +6,10 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
+import pytest
 
 from heliosdb_streaming.runtime.logformat import JsonLineFormatter
 
@@ -50,3 +52,30 @@ def test_a_worker_in_a_pod_logs_json_lines_to_stderr() -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     lines = [orjson.loads(x) for x in result.stderr.splitlines()]
     assert [(x["level"], x["message"], x["worker"]) for x in lines] == [("info", "hello from a pod", 1)]
+
+
+@pytest.mark.parametrize("log_format", ["json", "plain"])
+def test_an_uncaught_exception_reaches_stderr_masked(tmp_path: Path, log_format: str) -> None:
+    """Python's default hooks print a traceback raw: a driver's error quoting its connection string
+    would be in the worker's stderr file (or the pod log) in clear, in the main thread or another."""
+    stderr_file = tmp_path / "worker-0.stderr"
+    script = (
+        "import threading\n"
+        "from heliosdb_streaming.runtime.worker import bound_output, configure_logging\n"
+        f"bound_output(None, {str(stderr_file)!r}, 1 << 20, 2)\n"
+        "configure_logging(0)\n"
+        "def fail():\n"
+        "    raise ConnectionError('cannot reach postgresql://bob:pa/ss%40w0rd@db/x')\n"
+        "t = threading.Thread(target=fail, name='sink-flush')\n"
+        "t.start(); t.join()\n"
+        "fail()\n"
+    )
+    env = {**os.environ, "HELIOS_LOG_FORMAT": log_format}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    written = stderr_file.read_text()
+    assert "pa/ss" not in written and "w0rd" not in written, written
+    assert written.count("postgresql://bob:***@db/x") == 2, written
+    assert "sink-flush" in written and "ConnectionError" in written
