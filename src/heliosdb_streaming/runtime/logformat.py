@@ -47,6 +47,32 @@ class MaskingFormatter(logging.Formatter):
         return mask_secrets(super().format(record))
 
 
+class MaskingFilter(logging.Filter):
+    """Masks a record in place, before any handler sees it: on a logger whose records reach handlers
+    we do not format ourselves (kopf posts its ``kopf.objects`` warnings as Kubernetes Events, with the
+    exception's text and traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_secrets(record.getMessage())
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        return True
+
+
+def masked_stderr_handler(fmt: str) -> logging.Handler:
+    """The stderr handler of ``helios server`` and ``helios operator``: their own log lines (a
+    sink's or a control request's error quoting a connection string) are masked as a worker's are."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MaskingFormatter(fmt))
+    return handler
+
+
+MASKING_FILTER = MaskingFilter()  # one instance: ``addFilter`` of it again is a no-op
+
+
 def log_uncaught_exceptions(logger: logging.Logger) -> None:
     """Uncaught exceptions (of the main thread and of other threads) go through ``logger``, whose
     handlers mask secrets, instead of Python's default hooks, which print the traceback raw to stderr
