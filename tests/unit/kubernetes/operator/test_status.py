@@ -86,9 +86,9 @@ def test_invalid_spec_status() -> None:
 
 def test_status_messages_never_carry_a_password() -> None:
     """``kubectl get`` and ``describe`` show them: masked whatever wrote the record or the spec error."""
-    leaky = "Running with problems: worker 0 cannot reach postgresql://bob:pa/ss@db/x (password=s3cr/et user=bob)"
+    leaky = "Running with problems: worker 0 lost postgresql://bob:pa/ss@db/x (password=s3cr/et user=bob)"
     s = status.project(record(message=leaky), status.Observed(parallelism=1), {}, T0)
-    masked = "Running with problems: worker 0 cannot reach postgresql://bob:***@db/x (password=*** user=bob)"
+    masked = "Running with problems: worker 0 lost postgresql://bob:***@db/x (password=*** user=bob)"
     assert s["message"] == masked
     assert all(c["message"] == masked for c in s["conditions"] if c["message"])
     invalid = status.invalid("invalid spec: no savepoint at s3://AK:wJa/lr@bucket/x", 1, {}, T0)
