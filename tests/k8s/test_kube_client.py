@@ -117,3 +117,18 @@ async def test_pod_log_is_the_text_served(emulated: Cluster) -> None:
         assert waiting.value.status == 400
         with pytest.raises(kube.NotFoundError):
             await client.pod_log(NS, "missing")
+
+
+async def test_an_event_never_carries_a_password(emulated: Cluster) -> None:
+    """Events are readable by anyone who may list them in the namespace: the message is masked by the
+    one masking function, every form of password (URL user info with '/', '@', '%'; a DSN's
+    password=...)."""
+    async with kube.KubeClient(emulated.connection()) as client:
+        job = await client.create(kube.PODS, NS, pod("evented"))
+        message = (
+            "cannot write to postgresql://bob:pa/ss@w%40rd@db/x (dsn host=db password='s3cr/et' user=bob)"
+        )
+        await client.post_event(job, type_="Warning", reason="Failed", message=message, component="test")
+        [event] = await client.list(kube.EVENTS, NS)
+    assert event["message"] == "cannot write to postgresql://bob:***@db/x (dsn host=db password=*** user=bob)"
+    assert event["involvedObject"]["name"] == "evented" and event["reason"] == "Failed"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import web
@@ -27,6 +28,41 @@ from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    """What one ``error.code`` means to a client, and the one status it always comes with."""
+
+    status: int
+    meaning: str
+
+
+# Every code the server (and the operator's read API, which shares this middleware) can answer with:
+# the one table clients, the OpenAPI document and docs/errors.md are checked against (a test walks
+# every error class in src). A new error class needs its row here.
+ERROR_CODES: Mapping[str, ErrorCode] = {
+    "bad_request": ErrorCode(400, "a request the HTTP layer could not read (malformed headers or body)"),
+    "invalid_json": ErrorCode(400, "the body is not JSON, or not a JSON object"),
+    "invalid_job_config": ErrorCode(400, "the job is invalid; details name every field path at fault"),
+    "invalid_request": ErrorCode(400, "a body other than a job does not fit its schema"),
+    "invalid_parameter": ErrorCode(400, "a query parameter is invalid; details name it"),
+    "job_error": ErrorCode(400, "a job error of no more specific kind (none is raised today)"),
+    "unauthorized": ErrorCode(401, "a token is configured and the bearer token is missing or wrong"),
+    "forbidden": ErrorCode(403, "the Host or Origin header names no host this server allows"),
+    "job_not_found": ErrorCode(404, "no job with this id (in this namespace)"),
+    "savepoint_not_found": ErrorCode(404, "the job has no savepoint with this id"),
+    "not_found": ErrorCode(404, "no such endpoint"),
+    "method_not_allowed": ErrorCode(405, "the endpoint exists but not with this method (see Allow)"),
+    "illegal_state_transition": ErrorCode(409, "the action is not allowed in the job's current status"),
+    "job_restarting": ErrorCode(409, "the job is between two runs and no run was ready for the savepoint"),
+    "savepoint_in_use": ErrorCode(409, "a job restores from this savepoint; details name those jobs"),
+    "payload_too_large": ErrorCode(413, "the body is over 1 MiB"),
+    "unsupported_media_type": ErrorCode(415, "a body that is not Content-Type application/json"),
+    "internal_error": ErrorCode(500, "a bug; the server log has the stack trace"),
+    "savepoint_failed": ErrorCode(503, "a worker failed the savepoint or it timed out; the job runs on"),
+    "service_unavailable": ErrorCode(503, "a service the substrate needs (the operator's read API) is down"),
+}
 
 # Domain error type -> HTTP status; the most specific class wins (checked in this order).
 DOMAIN_STATUS: tuple[tuple[type[JobError], int], ...] = (
@@ -97,10 +133,6 @@ class UnauthorizedError(ApiError):
     code = "unauthorized"
 
 
-class NotImplementedApiError(ApiError):
-    code = "not_implemented"
-
-
 class ServiceUnavailableError(ApiError):
     """A service the substrate depends on does not answer (on Kubernetes: the operator's read API)."""
 
@@ -149,7 +181,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _http_exception_response(request: web.Request, e: web.HTTPException) -> web.Response:
-    code = HTTP_CODES.get(e.status, f"http_{e.status}")
+    # any other status aiohttp raises is answered as the table says (one code, one status)
+    code = HTTP_CODES.get(e.status, "bad_request" if e.status < 500 else "internal_error")
+    status = ERROR_CODES[code].status
     if e.status == 404:
         message = f"no such endpoint: {request.method} {request.path}"
     elif e.status == 405:
@@ -157,4 +191,4 @@ def _http_exception_response(request: web.Request, e: web.HTTPException) -> web.
     else:
         message = e.reason
     headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
-    return error_response(e.status, code, message, headers=headers or None)
+    return error_response(status, code, message, headers=headers or None)

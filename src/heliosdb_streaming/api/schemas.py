@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from heliosdb_streaming.api.errors import ERROR_CODES
 from heliosdb_streaming.model.types import (
     CheckpointInfo,
     DetailsMetrics,
@@ -55,10 +56,8 @@ class ErrorDetail(ApiBody):
 
 class ErrorInfo(ApiBody):
     code: str = Field(
-        description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
-        "invalid_request, unauthorized, job_not_found, savepoint_not_found, not_found, method_not_allowed, "
-        "illegal_state_transition, job_restarting, savepoint_in_use, payload_too_large, savepoint_failed, "
-        "service_unavailable, internal_error"
+        description="Stable machine-readable code (each always with the same HTTP status; docs/errors.md): "
+        + ", ".join(ERROR_CODES)
     )
     message: str
     details: list[ErrorDetail] = Field(default_factory=list)

@@ -25,6 +25,7 @@ from heliosdb_streaming.embedded.logs import LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.kubernetes.operator.app import DEFAULT_CONTROL_PORT
 from heliosdb_streaming.kubernetes.operator.readapi import DEFAULT_READ_PORT
+from heliosdb_streaming.runtime import logformat
 
 
 def register(sub: Any) -> None:
@@ -102,7 +103,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logformat.masked_stderr_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")],
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     options = app.OperatorOptions.from_env(

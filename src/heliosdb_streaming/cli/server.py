@@ -108,7 +108,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print("error: --port must be from 0 to 65535", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from heliosdb_streaming.runtime.logformat import masked_stderr_handler
+
+    handler = masked_stderr_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     token = os.environ.get("HELIOS_API_TOKEN") or None
     home = Path(args.home) if args.home else None
     from heliosdb_streaming.api.guard import RequestPolicy

@@ -22,6 +22,7 @@ from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
 from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 from heliosdb_streaming.runtime.protocol import Channel
 
 
@@ -151,6 +152,7 @@ def describe_start(start: dict[str, Any]) -> str:
 
 
 def problems_message(problems: dict[int, tuple[str, ...]]) -> str | None:
-    """The job message for what workers report retrying (None: nothing)."""
+    """The job message for what workers report retrying (None: nothing); masked, as a worker's
+    problem may quote the connection string it cannot reach (the message is stored and shown)."""
     parts = [f"worker {i} {p}" for i, found in sorted(problems.items()) for p in found]
-    return "Running with problems: " + "; ".join(parts) if parts else None
+    return mask_secrets("Running with problems: " + "; ".join(parts)) if parts else None

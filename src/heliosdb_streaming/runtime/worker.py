@@ -40,7 +40,12 @@ from heliosdb_streaming.runtime.checkpoint.tasks import OutputStaging, RestoredT
 from heliosdb_streaming.runtime.contracts import SinkWriter, SourceReader, SplitBatch, StateStore
 from heliosdb_streaming.runtime.control_link import ControlLink
 from heliosdb_streaming.runtime.datapath import TIMER_INTERVAL_S, DataPath
-from heliosdb_streaming.runtime.logformat import LEVELS, JsonLineFormatter, MaskingFormatter
+from heliosdb_streaming.runtime.logformat import (
+    LEVELS,
+    JsonLineFormatter,
+    MaskingFormatter,
+    log_uncaught_exceptions,
+)
 from heliosdb_streaming.runtime.protocol import Channel, WorkerChannel
 from heliosdb_streaming.runtime.rotation import (
     DEFAULT_BACKUPS,
@@ -390,6 +395,7 @@ def configure_logging(worker_index: int) -> None:
         handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("heliosdb_streaming").setLevel(logging.INFO)
+    log_uncaught_exceptions(logging.getLogger("heliosdb_streaming.runtime.worker"))
 
 
 def main(argv: list[str] | None = None) -> None:

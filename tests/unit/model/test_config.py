@@ -296,6 +296,55 @@ def test_durations_are_bounded() -> None:
     JobConfig.from_dict(window_job(size="366d"))
 
 
+def numeric_leaves(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every integer or number schema in ``node`` with its JSON path."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("type") in ("integer", "number"):
+            found.append((path, node))
+        for key, value in node.items():
+            found += numeric_leaves(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += numeric_leaves(value, f"{path}[{i}]")
+    return found
+
+
+DURATION_FIELDS = ("size", "slide", "gap", "allowed_lateness", "max_out_of_orderness", "window")
+
+
+def test_every_number_of_a_job_has_an_upper_bound() -> None:
+    """A size or count without a maximum is a way to exhaust a worker (issue 15); durations, which may
+    be written as text, are bounded by their parser instead (next test)."""
+    unbounded = [
+        path
+        for path, schema in numeric_leaves(JobConfig.model_json_schema())
+        if "maximum" not in schema and "exclusiveMaximum" not in schema
+    ]
+    assert unbounded and all(
+        p.split("/properties/")[-1].split("/")[0] in DURATION_FIELDS for p in unbounded
+    ), unbounded
+
+
+@pytest.mark.parametrize("value", [2**70, "9999999d"])
+def test_every_duration_of_a_step_is_bounded(value: Any) -> None:
+    for field in DURATION_FIELDS[:-1]:
+        if field == "gap":
+            config: dict[str, Any] = {"kind": "session", "gap": value}
+        else:
+            config = {"kind": "sliding" if field == "slide" else "tumbling", "size": "1m", field: value}
+        errors = paths_of(window_job(**config))
+        assert f"transformations[0].config.{field}" in errors, (field, errors)
+    errors = paths_of(cep_job_with_window(value))
+    assert "transformations[0].config.window" in errors
+
+
+def cep_job_with_window(window: Any) -> dict[str, Any]:
+    body = cep_job("A B")
+    body["transformations"][0]["config"].update({"define": {"A": "x > 1", "B": "x > 2"}, "window": window})
+    return body
+
+
 def test_sliding_windows_per_event_are_bounded() -> None:
     errors = paths_of(window_job(kind="sliding", size="1d", slide="1ms"))
     assert "more than 1000 windows" in errors["transformations[0].config"]

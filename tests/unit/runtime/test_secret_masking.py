@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import string
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import orjson
@@ -124,3 +125,14 @@ def test_one_masking_function_everywhere() -> None:
     assert orjson.loads(json_line)["message"] == "cannot write to postgresql://bob:***@db/x"
     raw = f"Traceback (most recent call last):\nConnectionError: {url}\n"
     assert all("pa/ss" not in e.message for e in parse_pod_log(raw))
+
+
+def test_no_second_masking_function() -> None:
+    """Two maskings disagreed (issue 15): only ``secrets`` may write the mask; everything else calls it."""
+    src = Path(secrets.__file__).parents[2]
+    writers = [
+        str(path.relative_to(src))
+        for path in src.rglob("*.py")
+        if '"***"' in path.read_text() or "'***'" in path.read_text()
+    ]
+    assert writers == ["runtime/connectors/secrets.py"], writers

@@ -31,6 +31,7 @@ from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 from heliosdb_streaming.kubernetes.operator.statuswriter import StatusWriter
+from heliosdb_streaming.runtime import logformat
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ async def run(
                     readapi.serve(plane, bindings, options.read_host, options.read_port, options.api_token)
                 )
             writer = asyncio.create_task(status_writer.write_status_forever())
+            # kopf posts its warnings about an object (a handler's error and traceback) as Events
+            logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
             await kopf.operator(
                 registry=handlers.build_registry(jobs_reconciler, savepoint_controller, connection),
                 settings=handlers.settings(namespaces),

@@ -14,6 +14,7 @@ from typing import Any
 
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.model.types import JobStatus
+from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 Status = dict[str, Any]
 
@@ -75,6 +76,7 @@ def conditions(phase: JobStatus, message: str | None, previous: Any, now: dateti
 
 def project(record: JobRecord, observed: Observed, previous: Mapping[str, Any], now: datetime) -> Status:
     """The status of a StreamingJob whose job is ``record``."""
+    message = mask_secrets(record.message or "")  # kubectl shows it: masked whatever wrote the record
     status: Status = {
         "phase": record.status.value,
         "jobId": record.job_id,
@@ -86,8 +88,8 @@ def project(record: JobRecord, observed: Observed, previous: Mapping[str, Any], 
         "lastSavepoint": last_savepoint(observed.snapshots),
         "parallelism": observed.parallelism,
         "observedRestartNonce": observed.observed_nonce,
-        "message": record.message or "",
-        "conditions": conditions(record.status, record.message, previous.get("conditions"), now),
+        "message": message,
+        "conditions": conditions(record.status, message, previous.get("conditions"), now),
     }
     if observed.observed_generation is not None:
         status["observedGeneration"] = observed.observed_generation
@@ -96,6 +98,7 @@ def project(record: JobRecord, observed: Observed, previous: Mapping[str, Any], 
 
 def invalid(message: str, generation: int | None, previous: Mapping[str, Any], now: datetime) -> Status:
     """The status of a StreamingJob whose spec is not a valid job: failed, nothing submitted."""
+    message = mask_secrets(message)
     status: Status = {
         "phase": JobStatus.FAILED.value,
         "message": message,

@@ -82,3 +82,14 @@ def test_diff_and_events() -> None:
 def test_invalid_spec_status() -> None:
     s = status.invalid("invalid spec: spec.sources: field required", 4, {}, T0)
     assert s["phase"] == "failed" and s["observedGeneration"] == 4 and "jobId" not in s
+
+
+def test_status_messages_never_carry_a_password() -> None:
+    """``kubectl get`` and ``describe`` show them: masked whatever wrote the record or the spec error."""
+    leaky = "Running with problems: worker 0 lost postgresql://bob:pa/ss@db/x (password=s3cr/et user=bob)"
+    s = status.project(record(message=leaky), status.Observed(parallelism=1), {}, T0)
+    masked = "Running with problems: worker 0 lost postgresql://bob:***@db/x (password=*** user=bob)"
+    assert s["message"] == masked
+    assert all(c["message"] == masked for c in s["conditions"] if c["message"])
+    invalid = status.invalid("invalid spec: no savepoint at s3://AK:wJa/lr@bucket/x", 1, {}, T0)
+    assert invalid["message"] == "invalid spec: no savepoint at s3://AK:***@bucket/x"
