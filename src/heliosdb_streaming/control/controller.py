@@ -369,6 +369,7 @@ class ControlPlane:
                 entry.restoring = None
             entry.record.restarts += 1
             entry.record.failures_since_restart = 0
+            entry.record.failure_times = []
             entry.record.started_at = None
             start = entry.record.start_from
             origin = (

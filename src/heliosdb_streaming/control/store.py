@@ -27,6 +27,8 @@ class JobRecord:
     metrics_state: dict[str, Any] = field(default_factory=dict)
     last_checkpoint_id: int = 0  # ids only grow, across runs, so sink markers never repeat
     failures_since_restart: int = 0  # the restart strategy's budget; a user restart resets it
+    # failure_rate: when the recent failures happened (``control.restart_policy``); reset with it
+    failure_times: list[datetime] = field(default_factory=list)
     # another job's snapshot this job starts from until it has one of its own (``SnapshotLocation``)
     start_from: dict[str, Any] | None = None
     relaunch_at: datetime | None = None  # when the pending automatic restart is due (its backoff)

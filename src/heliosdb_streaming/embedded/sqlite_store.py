@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_from TEXT,
     failures_since_restart INTEGER NOT NULL DEFAULT 0,
     relaunch_at TEXT,
-    restore_point TEXT
+    restore_point TEXT,
+    failure_times TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     job_id TEXT NOT NULL,
@@ -52,7 +53,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 _JOB_COLUMNS = (
     "job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
     " attempt, worker_pids, metrics_state, last_checkpoint_id, start_from,"
-    " failures_since_restart, relaunch_at, restore_point"
+    " failures_since_restart, relaunch_at, restore_point, failure_times"
 )
 _JOB_PLACEHOLDERS = ",".join("?" for _ in _JOB_COLUMNS.split(","))
 # added since the first release: (name, definition) for ALTER TABLE on an older home
@@ -61,6 +62,7 @@ _ADDED_JOB_COLUMNS = (
     ("failures_since_restart", "INTEGER NOT NULL DEFAULT 0"),
     ("relaunch_at", "TEXT"),
     ("restore_point", "TEXT"),
+    ("failure_times", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
 
@@ -107,6 +109,7 @@ class SqliteJobStore:
                 failures_since_restart=r[14],
                 relaunch_at=datetime.fromisoformat(r[15]) if r[15] else None,
                 restore_point=orjson.loads(r[16]) if r[16] else None,
+                failure_times=[datetime.fromisoformat(t) for t in orjson.loads(r[17])],
             )
             for r in rows
         ]
@@ -133,6 +136,7 @@ class SqliteJobStore:
                     record.failures_since_restart,
                     record.relaunch_at.isoformat() if record.relaunch_at else None,
                     orjson.dumps(record.restore_point).decode() if record.restore_point else None,
+                    orjson.dumps([t.isoformat() for t in record.failure_times]).decode(),
                 ),
             )
 

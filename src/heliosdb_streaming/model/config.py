@@ -76,6 +76,7 @@ IdleTimeoutMs = Annotated[
     ),
 ]
 MAX_STEPS = 64  # sources, transformations, sinks: each list
+MAX_FAILURES_PER_INTERVAL = 1000  # failure_rate: the failure times are kept with the job
 
 
 class StateBackendType(StrEnum):
@@ -98,15 +99,19 @@ class RestartStrategy(_Strict):
     """How a failed job restarts. On the wire: a name (``"fixed_delay"``) or an object with parameters.
 
     Defaults for the bare names: fixed_delay = 3 attempts, 10 s apart; exponential_backoff = 10
-    attempts from 1 s doubling up to 60 s.
+    attempts from 1 s doubling up to 60 s; failure_rate = at most 1 failure per 60 s, restarts 10 s
+    apart (Flink's failure-rate strategy: the job fails when more than ``max_failures_per_interval``
+    failures fall within the sliding ``failure_rate_interval_ms``; ``control.restart_policy``).
     """
 
-    type: Literal["none", "fixed_delay", "exponential_backoff"] = "fixed_delay"
+    type: Literal["none", "fixed_delay", "exponential_backoff", "failure_rate"] = "fixed_delay"
     attempts: StrictInt = Field(default=3, ge=0, le=1_000_000)
     delay_ms: StrictInt = Field(default=10_000, ge=0, le=86_400_000)
     max_attempts: StrictInt = Field(default=10, ge=0, le=1_000_000)
     initial_delay_ms: StrictInt = Field(default=1_000, ge=0, le=86_400_000)
     max_delay_ms: StrictInt = Field(default=60_000, ge=0, le=86_400_000)
+    max_failures_per_interval: StrictInt = Field(default=1, ge=1, le=MAX_FAILURES_PER_INTERVAL)
+    failure_rate_interval_ms: StrictInt = Field(default=60_000, ge=1, le=86_400_000)
 
     @staticmethod
     def none() -> RestartStrategy:
@@ -115,6 +120,17 @@ class RestartStrategy(_Strict):
     @staticmethod
     def fixed_delay(attempts: int, delay: timedelta) -> RestartStrategy:
         return RestartStrategy(type="fixed_delay", attempts=attempts, delay_ms=_ms(delay))
+
+    @staticmethod
+    def failure_rate(
+        max_failures_per_interval: int, failure_rate_interval: timedelta, delay: timedelta
+    ) -> RestartStrategy:
+        return RestartStrategy(
+            type="failure_rate",
+            max_failures_per_interval=max_failures_per_interval,
+            failure_rate_interval_ms=_ms(failure_rate_interval),
+            delay_ms=_ms(delay),
+        )
 
     @staticmethod
     def exponential_backoff(
@@ -148,15 +164,22 @@ class RestartStrategy(_Strict):
             "none": (),
             "fixed_delay": ("attempts", "delay_ms"),
             "exponential_backoff": ("max_attempts", "initial_delay_ms", "max_delay_ms"),
+            "failure_rate": ("max_failures_per_interval", "failure_rate_interval_ms", "delay_ms"),
         }[self.type]
         return {"type": self.type, **{k: getattr(self, k) for k in keys}}
 
     def max_restarts(self) -> int:
-        return {"none": 0, "fixed_delay": self.attempts, "exponential_backoff": self.max_attempts}[self.type]
+        """Restarts in a row the strategy allows (failure_rate: within one interval)."""
+        return {
+            "none": 0,
+            "fixed_delay": self.attempts,
+            "exponential_backoff": self.max_attempts,
+            "failure_rate": self.max_failures_per_interval,
+        }[self.type]
 
     def delay_for(self, restart_number: int) -> float:
         """Seconds to wait before restart number ``restart_number`` (1-based)."""
-        if self.type == "fixed_delay":
+        if self.type in ("fixed_delay", "failure_rate"):
             return self.delay_ms / 1000
         if self.type == "exponential_backoff":
             factor: int = 1 << min(max(restart_number - 1, 0), 40)
@@ -170,7 +193,10 @@ def _ms(td: timedelta) -> int:
 
 RestartStrategyWire = Annotated[
     RestartStrategy,
-    Field(description="'none' | 'fixed_delay' | 'exponential_backoff', or an object with parameters"),
+    Field(
+        description="'none' | 'fixed_delay' | 'exponential_backoff' | 'failure_rate', or an object with "
+        "parameters"
+    ),
 ]
 
 

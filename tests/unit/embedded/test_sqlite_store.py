@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from heliosdb_streaming.control.store import JobRecord
@@ -72,12 +72,14 @@ def test_the_restart_strategys_state_reads_back(tmp_path: Path) -> None:
     restoring = {"directory": "job-1/savepoints/savepoint-2", "storage_uri": None}
     written = record("job-1")
     written.failures_since_restart, written.relaunch_at, written.restore_point = 2, due, restoring
+    written.failure_times = [due - timedelta(seconds=3), due - timedelta(milliseconds=1500)]
     store = SqliteJobStore(tmp_path / "jobs.db")
     store.save(written)
     store.close()
     reopened = SqliteJobStore(tmp_path / "jobs.db")
     (read,) = reopened.load_all()
     assert (read.failures_since_restart, read.relaunch_at, read.restore_point) == (2, due, restoring)
+    assert read.failure_times == written.failure_times  # failure_rate's window, after a restart
     assert read == written
     reopened.close()
 
@@ -104,6 +106,7 @@ def test_a_home_without_the_restart_columns_is_migrated(tmp_path: Path) -> None:
         None,
         None,
     )
+    assert old.failure_times == []
     old.failures_since_restart = 1
     store.save(old)
     assert [r.failures_since_restart for r in store.load_all()] == [1]
