@@ -103,6 +103,10 @@ class JobSettingsBody(ApiBody):
     idle_timeout_ms: int = Field(
         description="(addition) an origin silent this long stops holding back the watermark"
     )
+    savepoint_interval_ms: int = Field(
+        default=0, description="(addition) how often a savepoint described 'periodic' is taken; 0: never"
+    )
+    savepoints_retained: int = Field(default=3, description="(addition) periodic savepoints kept")
     repartition: dict[str, Any] | None = Field(
         default=None, description="(addition) brokers of the internal repartition topics, when set"
     )

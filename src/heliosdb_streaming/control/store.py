@@ -53,6 +53,7 @@ class SnapshotRecord:
     savepoint_id: str | None = None
     description: str | None = None
     shared_files: list[str] = field(default_factory=list)
+    periodic: bool = False  # a savepoint of ``savepoint_interval_ms``: retention may delete it
 
 
 class JobStore(Protocol):

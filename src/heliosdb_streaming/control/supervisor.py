@@ -178,6 +178,8 @@ class RunSupervisor:
                 interval = entry.config.checkpoint_interval_ms / 1000
                 assert run.coordinator is not None
                 run.checkpointer = self.tasks.spawn(run.coordinator.periodic(interval, lambda: run.paused))
+                if entry.config.savepoint_interval_ms:
+                    run.savepointer = self.tasks.spawn(self.snapshots.periodic_savepoints(entry, run))
         await asyncio.gather(*watchers)
         connect_wait.cancel()
         # a worker's last messages ('finished', its final heartbeat) may still be unread when it exits
@@ -185,8 +187,9 @@ class RunSupervisor:
         if pending_reads:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pending_reads), 5)
-        if run.checkpointer is not None:
-            run.checkpointer.cancel()
+        for timer in (run.checkpointer, run.savepointer):
+            if timer is not None:
+                timer.cancel()
         if run.coordinator is not None:
             run.coordinator.close("the run ended")
         self.channel.refuse(run)

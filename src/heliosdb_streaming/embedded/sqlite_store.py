@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     savepoint_id TEXT,
     description TEXT,
     shared_files TEXT NOT NULL DEFAULT '[]',
+    periodic INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, checkpoint_id)
 );
 """
@@ -64,6 +65,7 @@ _ADDED_JOB_COLUMNS = (
     ("restore_point", "TEXT"),
     ("failure_times", "TEXT NOT NULL DEFAULT '[]'"),
 )
+_ADDED_SNAPSHOT_COLUMNS = (("periodic", "INTEGER NOT NULL DEFAULT 0"),)
 
 
 class SqliteJobStore:
@@ -83,10 +85,11 @@ class SqliteJobStore:
 
     def _migrate(self) -> None:
         """Columns added since the first release, added to a home an older version created."""
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        for name, definition in _ADDED_JOB_COLUMNS:
-            if name not in columns:
-                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+        for table, added in (("jobs", _ADDED_JOB_COLUMNS), ("snapshots", _ADDED_SNAPSHOT_COLUMNS)):
+            columns = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            for name, definition in added:
+                if name not in columns:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def load_all(self) -> list[JobRecord]:
         rows = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY submitted_at, job_id").fetchall()
@@ -143,7 +146,8 @@ class SqliteJobStore:
     def load_snapshots(self) -> list[SnapshotRecord]:
         rows = self._conn.execute(
             "SELECT job_id, checkpoint_id, kind, status, timestamp, duration_ms, size_bytes, directory,"
-            " location, savepoint_id, description, shared_files FROM snapshots ORDER BY job_id, checkpoint_id"
+            " location, savepoint_id, description, shared_files, periodic FROM snapshots"
+            " ORDER BY job_id, checkpoint_id"
         ).fetchall()
         return [
             SnapshotRecord(
@@ -159,6 +163,7 @@ class SqliteJobStore:
                 savepoint_id=r[9],
                 description=r[10],
                 shared_files=orjson.loads(r[11]),
+                periodic=bool(r[12]),
             )
             for r in rows
         ]
@@ -166,7 +171,9 @@ class SqliteJobStore:
     def save_snapshot(self, snapshot: SnapshotRecord) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO snapshots (job_id, checkpoint_id, kind, status, timestamp,"
+                " duration_ms, size_bytes, directory, location, savepoint_id, description, shared_files,"
+                " periodic) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     snapshot.job_id,
                     snapshot.checkpoint_id,
@@ -180,6 +187,7 @@ class SqliteJobStore:
                     snapshot.savepoint_id,
                     snapshot.description,
                     orjson.dumps(snapshot.shared_files).decode(),
+                    int(snapshot.periodic),
                 ),
             )
 

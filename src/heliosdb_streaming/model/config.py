@@ -76,6 +76,36 @@ IdleTimeoutMs = Annotated[
     ),
 ]
 MAX_STEPS = 64  # sources, transformations, sinks: each list
+MIN_SAVEPOINT_INTERVAL_MS = 1_000
+MAX_SAVEPOINT_INTERVAL_MS = 7 * 86_400_000
+
+
+def _savepoint_interval(v: int) -> int:
+    if 0 < v < MIN_SAVEPOINT_INTERVAL_MS:
+        raise ValueError(f"must be 0 (off) or at least {MIN_SAVEPOINT_INTERVAL_MS}")
+    return v
+
+
+SavepointIntervalMs = Annotated[
+    StrictInt,
+    Field(
+        ge=0,
+        le=MAX_SAVEPOINT_INTERVAL_MS,
+        description="(addition) take a savepoint described 'periodic' this often while the job runs "
+        f"(0 = off, else {MIN_SAVEPOINT_INTERVAL_MS} ms to 7 days), as the Flink operator's periodic "
+        "savepoints",
+    ),
+    AfterValidator(_savepoint_interval),
+]
+SavepointsRetained = Annotated[
+    StrictInt,
+    Field(
+        ge=1,
+        le=100,
+        description="(addition) periodic savepoints kept; older ones are deleted (savepoints a person "
+        "created never are)",
+    ),
+]
 MAX_FAILURES_PER_INTERVAL = 1000  # failure_rate: the failure times are kept with the job
 
 
@@ -244,6 +274,8 @@ class JobSettings(_Strict):
     max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
     max_parallelism: MaxParallelism = DEFAULT_MAX_PARALLELISM
     idle_timeout_ms: IdleTimeoutMs = 30_000
+    savepoint_interval_ms: SavepointIntervalMs = 0
+    savepoints_retained: SavepointsRetained = 3
     repartition: RepartitionSettings | None = Field(
         default=None,
         description="(addition) brokers of the internal topics that carry records between stages; "
@@ -297,6 +329,8 @@ class JobConfig(_Strict):
     max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
     max_parallelism: MaxParallelism = DEFAULT_MAX_PARALLELISM
     idle_timeout: timedelta = timedelta(seconds=30)
+    savepoint_interval: timedelta = timedelta(0)  # zero: no periodic savepoints
+    savepoints_retained: SavepointsRetained = 3
     repartition: RepartitionSettings | None = None
     sources: list[AnySource] = Field(min_length=1, max_length=MAX_STEPS)
     transformations: list[AnyTransformation] = Field(default_factory=list, max_length=MAX_STEPS)
@@ -352,6 +386,10 @@ class JobConfig(_Strict):
     def idle_timeout_ms(self) -> int:
         return _ms(self.idle_timeout)
 
+    @property
+    def savepoint_interval_ms(self) -> int:
+        return _ms(self.savepoint_interval)
+
     def repartition_servers(self) -> list[str] | None:
         """The brokers of the internal topics: ``repartition``'s, else the job's Kafka source's."""
         if self.repartition is not None:
@@ -374,6 +412,8 @@ class JobConfig(_Strict):
             "max_state_mb": self.max_state_mb,
             "max_parallelism": self.max_parallelism,
             "idle_timeout_ms": self.idle_timeout_ms,
+            "savepoint_interval_ms": self.savepoint_interval_ms,
+            "savepoints_retained": self.savepoints_retained,
             **({"repartition": self.repartition.model_dump(mode="json")} if self.repartition else {}),
         }
 
@@ -419,6 +459,8 @@ def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
         "max_state_mb": s.max_state_mb,
         "max_parallelism": s.max_parallelism,
         "idle_timeout": timedelta(milliseconds=s.idle_timeout_ms),
+        "savepoint_interval": timedelta(milliseconds=s.savepoint_interval_ms),
+        "savepoints_retained": s.savepoints_retained,
         "repartition": s.repartition,
         "sources": list(request.sources),
         "transformations": list(request.transformations),
