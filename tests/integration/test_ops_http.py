@@ -1,11 +1,16 @@
 """Operations as the Flink Kubernetes operator offers them, over real HTTP against ``helios server``
-subprocesses with real workers: periodic savepoints and their retention."""
+subprocesses with real workers: periodic savepoints and their retention, purging jobs (REST and
+``helios jobs purge``) and the server's job retention."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -13,19 +18,20 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 
-from heliosdb_streaming.testing.server import HeliosServerProcess
+from heliosdb_streaming.testing.server import HELIOS, HeliosServerProcess
 from heliosdb_streaming.testing.waits import wait_until, wait_until_steady
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def endless_job(name: str, **config: Any) -> dict[str, Any]:
+def datagen_job(name: str, *, count: int | None = None, **config: Any) -> dict[str, Any]:
+    source: dict[str, Any] = {"partitions": 2, "seed": 5, "keys": 50, "rate_per_sec": 500}
+    if count is not None:
+        source |= {"count": count, "rate_per_sec": 0}
     return {
         "name": name,
         "config": {"parallelism": 1, "checkpoint_interval_ms": 1000, "restart_strategy": "none", **config},
-        "sources": [
-            {"type": "datagen", "config": {"partitions": 2, "seed": 5, "keys": 50, "rate_per_sec": 500}}
-        ],
+        "sources": [{"type": "datagen", "config": source}],
         "transformations": [{"type": "filter", "config": {"condition": "amount > 100"}}],
         "sinks": [{"type": "discard", "config": {}}],
     }
@@ -89,7 +95,7 @@ def periodic_ids(messages: list[str], verb: str) -> list[str]:
 
 
 async def test_periodic_savepoints_appear_and_only_the_newest_are_kept(api: Api) -> None:
-    job_id = await api.submit(endless_job("periodic", savepoint_interval_ms=1000, savepoints_retained=2))
+    job_id = await api.submit(datagen_job("periodic", savepoint_interval_ms=1000, savepoints_retained=2))
     await api.wait_status(job_id, {"running"})
     details = await api.ok("GET", f"/api/v1/jobs/{job_id}")
     assert (details["config"]["savepoint_interval_ms"], details["config"]["savepoints_retained"]) == (1000, 2)
@@ -130,9 +136,120 @@ async def test_periodic_savepoints_appear_and_only_the_newest_are_kept(api: Api)
 async def test_savepoint_interval_is_bounded(api: Api) -> None:
     for value in (500, 7 * 86_400_000 + 1, -1):
         status, body = await api.call(
-            "POST", "/api/v1/jobs", json=endless_job("bad", savepoint_interval_ms=value)
+            "POST", "/api/v1/jobs", json=datagen_job("bad", savepoint_interval_ms=value)
         )
         assert status == 400 and body["error"]["code"] == "invalid_job_config", body
         assert [d["path"] for d in body["error"]["details"]] == ["config.savepoint_interval_ms"], body
-    status, body = await api.call("POST", "/api/v1/jobs", json=endless_job("bad", savepoints_retained=0))
+    status, body = await api.call("POST", "/api/v1/jobs", json=datagen_job("bad", savepoints_retained=0))
     assert status == 400 and [d["path"] for d in body["error"]["details"]] == ["config.savepoints_retained"]
+
+
+def job_files(home: Path, job_id: str) -> list[Path]:
+    """What the server keeps of a job on disk: its directory (job.json, logs) and its checkpoints."""
+    return [p for p in (home / "jobs" / job_id, home / "checkpoints" / job_id) if p.exists()]
+
+
+def assert_error(reply: tuple[int, Any], status: int, code: str) -> list[dict[str, str]]:
+    assert reply[0] == status and reply[1]["error"]["code"] == code, reply
+    return list(reply[1]["error"]["details"])
+
+
+async def assert_gone(api: Api, job_id: str, home: Path) -> None:
+    assert_error(await api.call("GET", f"/api/v1/jobs/{job_id}"), 404, "job_not_found")
+    assert_error(await api.call("GET", f"/api/v1/jobs/{job_id}/logs"), 404, "job_not_found")
+    listed = await api.ok("GET", "/api/v1/jobs", params={"limit": "1000"})
+    assert job_id not in {j["job_id"] for j in listed["jobs"]}
+    assert job_files(home, job_id) == []
+
+
+async def test_purge_removes_a_terminal_job_and_refuses_live_or_savepoint_holding_ones(
+    api: Api, server: HeliosServerProcess
+) -> None:
+    job_id = await api.submit(datagen_job("purge-me"))
+    await api.wait_status(job_id, {"running"})
+    details = assert_error(
+        await api.call("DELETE", f"/api/v1/jobs/{job_id}?purge=true"), 409, "job_not_terminal"
+    )
+    assert details == [{"path": "status", "message": "running"}]
+    status, body = await api.call("DELETE", f"/api/v1/jobs/{job_id}?purge=true&savepoint=true")
+    assert_error((status, body), 400, "invalid_parameter")
+    savepoint = await api.ok("POST", f"/api/v1/jobs/{job_id}/savepoints", json={"description": "keep"})
+
+    async def checkpointed() -> bool:
+        return bool((await api.ok("GET", f"/api/v1/jobs/{job_id}/checkpoints"))["checkpoints"])
+
+    await wait_until(checkpointed, what="a checkpoint")
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+    assert len(job_files(server.home, job_id)) == 2  # the directory with its log, and checkpoints
+
+    refused = await api.call("DELETE", f"/api/v1/jobs/{job_id}?purge=true")
+    details = assert_error(refused, 409, "job_has_savepoints")
+    assert details == [{"path": "savepoint_id", "message": savepoint["savepoint_id"]}]
+    assert await api.status(job_id) == "cancelled"  # a refused purge changes nothing
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}/savepoints/{savepoint['savepoint_id']}")
+
+    purged = await api.ok("DELETE", f"/api/v1/jobs/{job_id}", params={"purge": "true"})
+    assert purged["job_id"] == job_id and purged["status"] == "cancelled" and purged["purged"] is True
+    assert set(purged) == {"job_id", "status", "cancelled_at", "purged"}
+    await assert_gone(api, job_id, server.home)
+    assert_error(await api.call("DELETE", f"/api/v1/jobs/{job_id}?purge=true"), 404, "job_not_found")
+
+
+def helios(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HELIOS_API_TOKEN", "HELIOS_URL")}
+    return subprocess.run(
+        [str(HELIOS), *args], env=env | {"HELIOS_URL": url}, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_helios_jobs_purge(api: Api, server: HeliosServerProcess) -> None:
+    job_id = await api.submit(datagen_job("purge-cli", count=2000))
+    await api.wait_status(job_id, {"finished"})
+    assert job_files(server.home, job_id)
+    done = helios("jobs", "purge", job_id, url=server.url)
+    assert done.returncode == 0 and done.stdout.strip() == f"{job_id}  purged (was finished)", done
+    await assert_gone(api, job_id, server.home)
+    again = helios("jobs", "purge", job_id, url=server.url)
+    assert again.returncode == 1 and "job_not_found" in again.stderr, again
+    live = await api.submit(datagen_job("purge-cli-live"))
+    refused = helios("jobs", "purge", live, url=server.url)
+    assert refused.returncode == 1 and "job_not_terminal" in refused.stderr, refused
+    await api.ok("DELETE", f"/api/v1/jobs/{live}")
+
+
+async def test_job_retention_expires_terminal_jobs_but_keeps_savepoint_holders(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    server = HeliosServerProcess(home, "--job-retention", "3s")
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, server.url)
+            finished = await api.submit(datagen_job("expires", count=2000))
+            holder = await api.submit(datagen_job("holds-a-savepoint"))
+            live = await api.submit(datagen_job("keeps-running"))
+            await api.wait_status(holder, {"running"})
+            savepoint = await api.ok("POST", f"/api/v1/jobs/{holder}/savepoints")
+            await api.ok("DELETE", f"/api/v1/jobs/{holder}")
+            await api.wait_status(finished, {"finished"})
+
+            async def expired() -> bool:
+                status, _ = await api.call("GET", f"/api/v1/jobs/{finished}")
+                return status == 404
+
+            await wait_until(expired, what="the finished job to expire", within=30)
+            await assert_gone(api, finished, home)
+            # past the retention since it was cancelled, and a few sweeps later: kept for its savepoint
+            ended = datetime.fromisoformat((await api.ok("GET", f"/api/v1/jobs/{holder}"))["finished_at"])
+            await asyncio.sleep(max((ended + timedelta(seconds=4) - datetime.now(UTC)).total_seconds(), 0))
+            assert await api.status(holder) == "cancelled"
+            assert await api.status(live) == "running"
+            await api.ok("DELETE", f"/api/v1/jobs/{holder}/savepoints/{savepoint['savepoint_id']}")
+
+            async def holder_expired() -> bool:
+                status, _ = await api.call("GET", f"/api/v1/jobs/{holder}")
+                return status == 404
+
+            await wait_until(holder_expired, what="the job without savepoints to expire", within=30)
+            await assert_gone(api, holder, home)
+            assert await api.status(live) == "running"
+    finally:
+        assert server.stop() == 0, server.log_tail()

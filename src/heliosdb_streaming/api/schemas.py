@@ -57,7 +57,8 @@ class ErrorInfo(ApiBody):
     code: str = Field(
         description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
         "invalid_request, unauthorized, job_not_found, savepoint_not_found, not_found, method_not_allowed, "
-        "illegal_state_transition, job_restarting, savepoint_in_use, payload_too_large, savepoint_failed, "
+        "illegal_state_transition, job_restarting, savepoint_in_use, job_not_terminal, job_has_savepoints, "
+        "payload_too_large, savepoint_failed, "
         "service_unavailable, internal_error"
     )
     message: str
@@ -153,14 +154,18 @@ class JobDetailsResponse(ApiBody):
 
 
 class CancelJobResponse(ApiBody):
-    """``savepoint_id`` appears only when the cancel took a savepoint (``?savepoint=true``)."""
+    """``savepoint_id`` appears only when the cancel took a savepoint (``?savepoint=true``); ``purged``
+    only with ``?purge=true``: the terminal job is gone, and its status and time are its last ones."""
 
     model_config = ConfigDict(json_schema_serialization_defaults_required=False)
 
     job_id: str
     status: JobStatus
-    cancelled_at: Timestamp
+    cancelled_at: Timestamp = Field(description="When the job stopped (ended, with purge=true)")
     savepoint_id: str | None = None
+    purged: bool | None = Field(
+        default=None, description="(addition) true: the job, its logs, checkpoints and files are removed"
+    )
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

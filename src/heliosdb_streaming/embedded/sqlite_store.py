@@ -197,5 +197,12 @@ class SqliteJobStore:
                 "DELETE FROM snapshots WHERE job_id = ? AND checkpoint_id = ?", (job_id, checkpoint_id)
             )
 
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.execute("DELETE FROM snapshots WHERE job_id = ?", (job_id,))
+            self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self._conn.execute("COMMIT")
+
     def close(self) -> None:
         self._conn.close()
