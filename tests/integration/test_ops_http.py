@@ -253,3 +253,33 @@ async def test_job_retention_expires_terminal_jobs_but_keeps_savepoint_holders(t
             assert await api.status(live) == "running"
     finally:
         assert server.stop() == 0, server.log_tail()
+
+
+async def test_purge_keeps_a_job_whose_checkpoint_another_job_restores(
+    api: Api, server: HeliosServerProcess
+) -> None:
+    """A job started from another's retained checkpoint needs it until it has one of its own."""
+    first = await api.submit(datagen_job("origin"))
+    await api.wait_status(first, {"running"})
+
+    async def a_checkpoint() -> list[Path]:
+        return sorted((server.home / "checkpoints" / first).glob("chk-*/_manifest.json"))
+
+    manifest = (await wait_until(a_checkpoint, what="a checkpoint of the first job"))[-1]
+    await api.ok("DELETE", f"/api/v1/jobs/{first}")
+    # no checkpoint of its own for an hour: it restores the first job's until then
+    second_body = datagen_job("successor", checkpoint_interval_ms=3_600_000)
+    location = manifest.parent.as_uri()
+    second = str(
+        (await api.ok("POST", "/api/v1/jobs", params={"from_savepoint": location}, json=second_body))[
+            "job_id"
+        ]
+    )
+    await api.wait_status(second, {"running"})
+    refused = await api.call("DELETE", f"/api/v1/jobs/{first}?purge=true")
+    assert_error(refused, 409, "illegal_state_transition")
+    assert second in refused[1]["error"]["message"], refused
+    assert manifest.is_file()
+    await api.ok("DELETE", f"/api/v1/jobs/{second}")
+    await api.ok("DELETE", f"/api/v1/jobs/{first}?purge=true")
+    await assert_gone(api, first, server.home)

@@ -58,6 +58,7 @@ from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
+    JobNotFoundError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.model.types import JobStatus
@@ -344,6 +345,8 @@ class ControlPlane:
         """
         entry = self.table.get(job_id)
         async with entry.lock:
+            if self.jobs.get(job_id) is not entry:  # purged while this restart waited for the lock
+                raise JobNotFoundError(job_id)
             self.table.check(entry, Event.RESTART, "restart")
             point = entry.restore_point()
             if savepoint_id is not None:
