@@ -68,6 +68,8 @@ CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restar
     "max_state_mb",
     "max_parallelism",
     "idle_timeout_ms",
+    "savepoint_interval_ms",
+    "savepoints_retained",
     "repartition",
 }
 SPEC_DETAILS_METRICS = {
@@ -275,6 +277,8 @@ async def test_submit_and_details_contract(api: Api) -> None:
         "max_state_mb": 1024,  # (addition) the state budget of a task
         "max_parallelism": 128,  # (addition) key groups of keyed stages, fixed for the job's life
         "idle_timeout_ms": 30000,  # (addition) when a silent origin stops holding watermarks back
+        "savepoint_interval_ms": 0,  # (addition) periodic savepoints: off
+        "savepoints_retained": 3,  # (addition) periodic savepoints kept
         "repartition": None,  # (addition) brokers of cross-process repartitioning, if not the source's
     }
     assert set(details["config"]) == CONFIG_KEYS

@@ -430,6 +430,42 @@ async def test_restart_from_the_latest_snapshot_reports_the_savepoint(api: rest.
     no_server_errors(api)
 
 
+async def test_purge_deletes_the_streaming_job_and_the_operator_purges_its_job(
+    api: rest.Api, k8s_api: K8sApi
+) -> None:
+    """As embedded: 409 while live or holding savepoints; then the StreamingJob goes and the operator's
+    finalizer removes the job's checkpoints, logs and record from its control plane."""
+    home = k8s_api.substrate.tmp / "operator-home"
+    job_id = (await api.ok("POST", "/api/v1/jobs", 201, json=rest.checkpointed_job("purged")))["job_id"]
+    await api.wait_status(job_id, {"running"})
+    await rest.wait_checkpoint(api, job_id)
+    purge = f"/api/v1/jobs/{job_id}?purge=true"
+    assert rest.assert_error(await api.call("DELETE", purge), 409, "job_not_terminal") == [
+        {"path": "status", "message": "running"}
+    ]
+    savepoint_id = (await api.ok("POST", f"/api/v1/jobs/{job_id}/savepoints", 201))["savepoint_id"]
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}")
+    assert rest.assert_error(await api.call("DELETE", purge), 409, "job_has_savepoints") == [
+        {"path": "savepoint_id", "message": savepoint_id}
+    ]
+    await api.ok("DELETE", f"/api/v1/jobs/{job_id}/savepoints/{savepoint_id}")
+    owned = [home / "jobs" / job_id, home / "checkpoints" / job_id]
+    assert all(p.exists() for p in owned), owned
+
+    purged = await api.ok("DELETE", purge)
+    assert (purged["job_id"], purged["status"], purged["purged"]) == (job_id, "cancelled", True)
+    rest.assert_error(await api.call("GET", f"/api/v1/jobs/{job_id}"), 404, "job_not_found")
+    assert not [o for o in await resources(k8s_api) if f"job-{o['metadata']['uid']}" == job_id]
+
+    async def files_gone() -> bool:
+        return not any(p.exists() for p in owned)
+
+    await eventually(
+        files_gone, 30, "the operator to purge the job", on_fail=k8s_api.substrate.operator_output()
+    )
+    no_server_errors(api)
+
+
 async def test_operator_unreachable_is_503_for_what_only_it_knows(substrate: KubeSubstrate) -> None:
     namespace = "apitest-no-operator"
     async with k8s_api_server(substrate, namespace) as k8s:

@@ -299,7 +299,8 @@ async def test_delete_stops_the_job_and_removes_what_it_owns(
     client = cluster.client
     operator = await start_operator()
     await create(cluster, "doomed", window_spec(cluster.tmp / "out.db", parallelism=2, rate=500))
-    await wait_phase(client, "doomed", "running", log=operator.output())
+    job_id = (await wait_phase(client, "doomed", "running", log=operator.output()))["jobId"]
+    assert (operator.home / "jobs" / job_id).is_dir()
     assert (await client.get(kube.STREAMINGJOBS, NS, "doomed"))["metadata"]["finalizers"] == [
         f"{crds.GROUP}/finalizer"
     ]
@@ -314,6 +315,11 @@ async def test_delete_stops_the_job_and_removes_what_it_owns(
         )
 
     await eventually(all_gone, 30, "the job and what it owns to go", on_fail=operator.output()[-3000:])
+
+    async def purged() -> bool:  # no savepoint to keep it: the control plane purges the job
+        return not (operator.home / "jobs" / job_id).exists()
+
+    await eventually(purged, 30, "the operator to purge the job", on_fail=operator.output()[-3000:])
     assert cluster.gc.collected == 4  # 2 pods, the Secret and the Service, by their owner references
     assert not cluster.kubelet.running or all(
         p.process.returncode is not None for p in cluster.kubelet.running.values()

@@ -57,6 +57,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = {
     "illegal_state_transition": ErrorCode(409, "the action is not allowed in the job's current status"),
     "job_restarting": ErrorCode(409, "the job is between two runs and no run was ready for the savepoint"),
     "savepoint_in_use": ErrorCode(409, "a job restores from this savepoint; details name those jobs"),
+    "job_not_terminal": ErrorCode(409, "a purge of a job that is not finished, failed or cancelled"),
+    "job_has_savepoints": ErrorCode(409, "a purge of a job that still has savepoints; details name them"),
     "payload_too_large": ErrorCode(413, "the body is over 1 MiB"),
     "unsupported_media_type": ErrorCode(415, "a body that is not Content-Type application/json"),
     "internal_error": ErrorCode(500, "a bug; the server log has the stack trace"),

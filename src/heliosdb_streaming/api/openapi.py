@@ -57,7 +57,13 @@ _JOB_RESTARTING = (
     "ready within 30 s, or its run ended before the savepoint could start; try again later"
 )
 _CONFLICTS = {
-    "cancelJob": (_ILLEGAL_STATE, f"with savepoint=true, {_JOB_RESTARTING}"),
+    "cancelJob": (
+        _ILLEGAL_STATE,
+        f"with savepoint=true, {_JOB_RESTARTING}",
+        "with purge=true, job_not_terminal: the job is submitted, running or paused (cancel it first)",
+        "with purge=true, job_has_savepoints: the job still has savepoints (details name them, path "
+        "savepoint_id); delete them first",
+    ),
     "createSavepoint": (_ILLEGAL_STATE, _JOB_RESTARTING),
     "deleteSavepoint": (
         "savepoint_in_use: a job restores from this savepoint and has no completed checkpoint or savepoint "
@@ -293,6 +299,13 @@ def build() -> dict[str, Any]:
                         "query",
                         {"type": "boolean", "default": False},
                         "Stop with a savepoint: take a savepoint, then stop; the answer has its savepoint_id",
+                    ),
+                    _param(
+                        "purge",
+                        "query",
+                        {"type": "boolean", "default": False},
+                        "(addition) Remove a finished, failed or cancelled job with its logs, checkpoints "
+                        "and files; the answer has purged: true",
                     ),
                 ),
                 errors=(400, 404, 409, 503),

@@ -102,6 +102,10 @@ class JobSettingsBody(ApiBody):
     idle_timeout_ms: int = Field(
         description="(addition) an origin silent this long stops holding back the watermark"
     )
+    savepoint_interval_ms: int = Field(
+        default=0, description="(addition) how often a savepoint described 'periodic' is taken; 0: never"
+    )
+    savepoints_retained: int = Field(default=3, description="(addition) periodic savepoints kept")
     repartition: dict[str, Any] | None = Field(
         default=None, description="(addition) brokers of the internal repartition topics, when set"
     )
@@ -148,14 +152,18 @@ class JobDetailsResponse(ApiBody):
 
 
 class CancelJobResponse(ApiBody):
-    """``savepoint_id`` appears only when the cancel took a savepoint (``?savepoint=true``)."""
+    """``savepoint_id`` appears only when the cancel took a savepoint (``?savepoint=true``); ``purged``
+    only with ``?purge=true``: the terminal job is gone, and its status and time are its last ones."""
 
     model_config = ConfigDict(json_schema_serialization_defaults_required=False)
 
     job_id: str
     status: JobStatus
-    cancelled_at: Timestamp
+    cancelled_at: Timestamp = Field(description="When the job stopped (ended, with purge=true)")
     savepoint_id: str | None = None
+    purged: bool | None = Field(
+        default=None, description="(addition) true: the job, its logs, checkpoints and files are removed"
+    )
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -54,6 +54,8 @@ class JobService(Protocol):
 
     async def cancel_job_with_savepoint(self, job_id: str) -> str: ...
 
+    async def purge_job(self, job_id: str) -> None: ...
+
     async def pause_job(self, job_id: str) -> None: ...
 
     async def resume_job(self, job_id: str) -> None: ...
@@ -109,6 +111,9 @@ class CoreJobService:
 
     async def cancel_job(self, job_id: str) -> None:
         await self.manager.cancel_job(job_id)
+
+    async def purge_job(self, job_id: str) -> None:
+        await self.manager.purge_job(job_id)
 
     async def cancel_job_with_savepoint(self, job_id: str) -> str:
         return await self.manager.cancel_job_with_savepoint(job_id)

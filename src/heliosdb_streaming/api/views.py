@@ -103,8 +103,13 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     with_savepoint = bool_param(request, "savepoint", False)
+    purge = bool_param(request, "purge", False)
     jm = _manager(request)
     job_id = _job_id(request)
+    if purge:
+        if with_savepoint:
+            raise InvalidParameterError("purge", "a purge takes no savepoint: not with savepoint=true")
+        return await _purge_job(jm, job_id)
     savepoint_id = None
     if with_savepoint:
         savepoint_id = await jm.cancel_job_with_savepoint(job_id)
@@ -116,6 +121,19 @@ async def cancel_job(request: web.Request) -> web.Response:
         status=details.status,
         cancelled_at=details.finished_at or datetime.now(UTC),
         savepoint_id=savepoint_id,
+    )
+    return _json(answer)
+
+
+async def _purge_job(jm: JobService, job_id: str) -> web.Response:
+    """Removes a terminal job; the answer names the status and end time it had."""
+    details = await jm.get_job_details(job_id)
+    await jm.purge_job(job_id)  # re-checks that the job is terminal and holds no savepoint
+    answer = schemas.CancelJobResponse(
+        job_id=job_id,
+        status=details.status,
+        cancelled_at=details.finished_at or datetime.now(UTC),
+        purged=True,
     )
     return _json(answer)
 

@@ -94,6 +94,9 @@ def register(sub: Any) -> None:
     p = add("cancel", "cancel a job")
     p.add_argument("job_id")
     p.add_argument("--savepoint", action="store_true", help="take a savepoint first")
+    add(
+        "purge", "remove a finished, failed or cancelled job with its logs, checkpoints and files"
+    ).add_argument("job_id")
     p = add("metrics", "show a job's metrics")
     p.add_argument("job_id")
     p.add_argument("--window", choices=WINDOWS, default="5m")
@@ -328,6 +331,15 @@ async def cancel(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def purge(client: ApiClient, args: argparse.Namespace) -> int:
+    data = await client.call("DELETE", _job_path(args.job_id), params={"purge": "true"})
+    if args.output == "json":
+        _emit_json(data)
+    else:
+        print(f"{data['job_id']}  purged (was {data['status']})")
+    return EXIT_OK
+
+
 async def metrics(client: ApiClient, args: argparse.Namespace) -> int:
     data = await client.call("GET", _job_path(args.job_id, "/metrics"), params={"window": args.window})
     if args.output == "json":
@@ -525,6 +537,7 @@ COMMANDS = {
     "list": list_jobs,
     "get": get_job,
     "cancel": cancel,
+    "purge": purge,
     "metrics": metrics,
     "logs": logs,
     "pause": pause,

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ DEFAULT_OPERATOR_URL = "http://127.0.0.1:8082"
 SUBSTRATES = ("embedded", "kubernetes")
 DEMO_JOB = "examples/demo_job.json"
 SHUTDOWN_TIMEOUT_S = 5.0
+DEFAULT_JOB_RETENTION = "7d"
 
 
 def register(sub: Any) -> None:
@@ -97,8 +99,24 @@ def register(sub: Any) -> None:
         help="embedded: a directory jobs may read and write besides the home (repeatable, added to "
         "$HELIOS_ALLOW_PATHS, ':'-separated); file sources, sinks and checkpoints elsewhere are refused",
     )
+    p.add_argument(
+        "--job-retention",
+        default=DEFAULT_JOB_RETENTION,
+        metavar="DURATION",
+        help=f"embedded: finished, failed and cancelled jobs are purged (record, logs, checkpoints, files) "
+        f"this long after they ended, unless they hold savepoints (e.g. 7d, 12h, 30m; 0 keeps them; "
+        f"default {DEFAULT_JOB_RETENTION})",
+    )
     p.add_argument("--demo", action="store_true", help="also run an endless demo job (unless one is active)")
     p.set_defaults(func=cmd_server)
+
+
+def parse_retention(text: str) -> timedelta | None:
+    """``--job-retention``: a duration (``7d``, ``12h``; a bare number is milliseconds), 0 = forever."""
+    from heliosdb_streaming.model.durations import parse_duration_ms
+
+    ms = parse_duration_ms(text)
+    return timedelta(milliseconds=ms) if ms else None
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -107,6 +125,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         return 2
     if not 0 <= args.port <= 65535:
         print("error: --port must be from 0 to 65535", file=sys.stderr)
+        return 2
+    try:
+        job_retention = parse_retention(args.job_retention)
+    except ValueError as e:
+        print(f"error: --job-retention: {e}", file=sys.stderr)
         return 2
     from heliosdb_streaming.runtime.logformat import masked_stderr_handler
 
@@ -145,6 +168,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             api_token=token,
             policy=policy,
             allow_paths=[Path(p) for p in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path)],
+            job_retention=job_retention,
         )
     )
 
@@ -190,17 +214,22 @@ async def serve(
     api_token: str | None,
     policy: RequestPolicy | None = None,
     allow_paths: Sequence[Path] = (),
+    job_retention: timedelta | None = None,
 ) -> int:
-    """The embedded server: jobs may use local files under the home and ``allow_paths`` only."""
+    """The embedded server: jobs may use local files under the home and ``allow_paths`` only; terminal
+    jobs are purged ``job_retention`` after they ended (None: kept)."""
     from heliosdb_streaming.api.app import create_app
     from heliosdb_streaming.job.manager import JobManager
 
-    manager = JobManager(max_parallelism, home=home, allowed_roots=list(allow_paths))
+    manager = JobManager(
+        max_parallelism, home=home, allowed_roots=list(allow_paths), job_retention=job_retention
+    )
     app = create_app(manager, api_token=api_token, owns_manager=True, request_policy=policy)
     assert manager.allowed_roots is not None
+    kept = f"job retention {job_retention}" if job_retention else "job retention off"
     where = (
         f"home {manager.home}, max parallelism {max_parallelism}, "
-        f"files under {manager.allowed_roots.describe()}"
+        f"files under {manager.allowed_roots.describe()}, {kept}"
     )
     return await _run(
         app, host, port, where, api_token, lambda: _submit_demo(manager) if demo else _nothing()

@@ -111,6 +111,7 @@ class CheckpointCoordinator:
         description: str | None = None,
         final: bool = False,
         stop_after: bool = False,
+        periodic: bool = False,
     ) -> SnapshotRecord:
         """Runs one checkpoint or savepoint to completion; raises CheckpointFailedError.
 
@@ -136,6 +137,7 @@ class CheckpointCoordinator:
                 location=self.storage.uri(directory),
                 savepoint_id=savepoint_id,
                 description=description,
+                periodic=periodic,
             )
             pending = PendingCheckpoint(
                 record=record, final=final, stop_after=stop_after, started=time.monotonic()

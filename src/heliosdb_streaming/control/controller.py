@@ -13,7 +13,8 @@ cancel, pause, resume, restart, savepoints). The parts, one responsibility each:
 * ``scheduler.Scheduler``: the queue and the worker slots;
 * ``supervisor.RunSupervisor``: a run from launch to its end, and the restart strategy;
 * ``channel.WorkerChannelServer``: the workers' connections and their messages;
-* ``snapshots.SnapshotService``: checkpoint bookkeeping and savepoints.
+* ``snapshots.SnapshotService``: checkpoint bookkeeping and savepoints;
+* ``retention.JobRetention``: purging terminal jobs, and their expiry after the job retention.
 
 A run is one attempt of a job: ``parallelism`` workers started together, each connecting back over
 the control channel with a per-run token. A run ends when every worker has exited; how it ended
@@ -37,6 +38,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from heliosdb_streaming.control.channel import WorkerChannelServer, broadcast
@@ -45,6 +47,7 @@ from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.jobs import JobTable
 from heliosdb_streaming.control.launcher import Launcher, StaleWorkerReaper, no_stale_workers
 from heliosdb_streaming.control.lifecycle import Event
+from heliosdb_streaming.control.retention import JobRetention
 from heliosdb_streaming.control.scheduler import Scheduler
 from heliosdb_streaming.control.snapshots import SnapshotService, locate_start
 from heliosdb_streaming.control.store import JobRecord, JobStore, SnapshotRecord
@@ -55,6 +58,7 @@ from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
+    JobNotFoundError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.model.types import JobStatus
@@ -109,7 +113,9 @@ class ControlPlane:
             reap_stale_workers=reap_stale_workers,
             tasks=self.tasks,
         )
+        self.retention = JobRetention(self.table, self.snapshots)
         self._persister: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self._closed = False
 
     def _launch(self, entry: JobEntry, run: Run) -> None:
@@ -174,12 +180,15 @@ class ControlPlane:
 
     # -------------------------------------------------------------------------------- startup
 
-    async def start(self) -> None:
+    async def start(self, job_retention: timedelta | None = None) -> None:
+        """``job_retention``: terminal jobs are purged that long after they ended (None: kept)."""
         await self.channel.start()
         for entry in self.table.load():
             if not entry.record.status.terminal:
                 self.supervisor.recover(entry)
         self._persister = asyncio.create_task(self.table.persist_metrics_forever())
+        if job_retention is not None:
+            self._expiry = asyncio.create_task(self.retention.expire_forever(job_retention))
         self.scheduler.schedule()
 
     async def close(self) -> None:
@@ -191,8 +200,9 @@ class ControlPlane:
         await asyncio.gather(
             *(self.supervisor.stop_run(run, "shutdown") for run in runs), return_exceptions=True
         )
-        if self._persister:
-            self._persister.cancel()
+        for timer in (self._persister, self._expiry):
+            if timer is not None:
+                timer.cancel()
         await self.tasks.cancel_all()
         self.table.save_all()
         await self.channel.close()
@@ -305,6 +315,10 @@ class ControlPlane:
         """Deletes a savepoint no job needs (``SnapshotService.delete_savepoint``)."""
         await self.snapshots.delete_savepoint(job_id, savepoint_id)
 
+    async def purge(self, job_id: str) -> None:
+        """Removes a terminal job with its logs, checkpoints and files (``JobRetention.purge``)."""
+        await self.retention.purge(job_id)
+
     async def cancel_with_savepoint(self, job_id: str) -> SnapshotRecord:
         """Stop-with-savepoint: the savepoint is the last thing the job does, so nothing runs past it."""
         entry = self.table.get(job_id)
@@ -331,6 +345,8 @@ class ControlPlane:
         """
         entry = self.table.get(job_id)
         async with entry.lock:
+            if self.jobs.get(job_id) is not entry:  # purged while this restart waited for the lock
+                raise JobNotFoundError(job_id)
             self.table.check(entry, Event.RESTART, "restart")
             point = entry.restore_point()
             if savepoint_id is not None:
@@ -369,6 +385,7 @@ class ControlPlane:
                 entry.restoring = None
             entry.record.restarts += 1
             entry.record.failures_since_restart = 0
+            entry.record.failure_times = []
             entry.record.started_at = None
             start = entry.record.start_from
             origin = (

@@ -45,6 +45,7 @@ class Run:
     supervisor: asyncio.Task[None] | None = None
     coordinator: CheckpointCoordinator | None = None
     checkpointer: asyncio.Task[None] | None = None
+    savepointer: asyncio.Task[None] | None = None  # periodic savepoints (``savepoint_interval_ms``)
     problems: dict[int, tuple[str, ...]] = field(default_factory=dict)  # by worker, from heartbeats
     problem_message: str | None = None  # the job message shown for them, and the one it replaced
     message_before_problems: str | None = None

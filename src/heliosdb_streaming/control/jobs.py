@@ -34,6 +34,7 @@ class JobTable:
         self.files = files
         self.jobs: dict[str, JobEntry] = {}
         self.status_listeners: list[Callable[[str, JobStatus], None]] = []
+        self.removed = 0  # jobs purged so far: caches of the job list (``listing``) look at it
 
     def get(self, job_id: str) -> JobEntry:
         entry = self.jobs.get(job_id)
@@ -69,6 +70,16 @@ class JobTable:
         )
         self.jobs[record.job_id] = entry
         return entry
+
+    def remove(self, entry: JobEntry) -> None:
+        """Forgets a purged job: its record and snapshot records go from the store too."""
+        job_id = entry.record.job_id
+        self.store.delete_job(job_id)
+        if self.jobs.get(job_id) is entry:
+            del self.jobs[job_id]
+            self.removed += 1
+        entry.log.close()
+        entry.changed()
 
     def check(self, entry: JobEntry, event: Event, action: str) -> None:
         if lifecycle.next_status(entry.record.status, event) is None:

@@ -7,9 +7,9 @@ change again. This cache keeps one serialized fragment per job, keyed by everyth
 byte for byte what ``schemas.JobListResponse`` gives (the API tests compare them), with keys in the
 same order and timestamps in the same form (``2025-10-29T10:00:00Z``).
 
-On top, whole pages are kept for up to a second: a page is rendered again when a job is added, when
-any job changes status (the control plane's status listeners: every change of what the list shows,
-times and parallelism included, comes with one) or when the second changes (uptimes move).
+On top, whole pages are kept for up to a second: a page is rendered again when a job is added or
+purged, when any job changes status (the control plane's status listeners: every change of what the
+list shows, times and parallelism included, comes with one) or when the second changes (uptimes move).
 
 It reads the control plane's job entries directly, as ``JobServiceCore.list_jobs`` does, and lives
 in the control plane beside it so that the REST API gets the page through ``JobService`` alone.
@@ -46,6 +46,7 @@ class JobListCache:
     def __init__(self) -> None:
         self._plane: ControlPlane | None = None
         self._order: list[JobEntry] = []
+        self._shape: tuple[int, int] = (0, 0)
         self._fragments: dict[str, tuple[tuple[Any, ...], bytes]] = {}
         self._version = 0
         self._listening: ControlPlane | None = None
@@ -55,12 +56,15 @@ class JobListCache:
         self._version += 1
 
     def _newest_first(self, plane: ControlPlane) -> list[JobEntry]:
-        # jobs are only ever added, and a job's submitted_at never changes: re-sort when one is added
-        if plane is not self._plane or len(self._order) != len(plane.jobs):
-            self._plane = plane
+        # a job's submitted_at never changes: re-sort when one is added or purged
+        shape = (len(plane.jobs), plane.table.removed)
+        if plane is not self._plane or shape != self._shape:
+            self._plane, self._shape = plane, shape
             self._order = sorted(
                 plane.jobs.values(), key=lambda e: (e.record.submitted_at, e.record.job_id), reverse=True
             )
+            for gone in set(self._fragments) - set(plane.jobs):
+                del self._fragments[gone]
         return self._order
 
     def _fragment(self, plane: ControlPlane, entry: JobEntry) -> bytes:
@@ -94,7 +98,7 @@ class JobListCache:
             self._listening = plane
             self._pages.clear()
         query = (status, limit, offset)
-        state = (id(plane), len(plane.jobs), self._version, int(time.time()))
+        state = (id(plane), len(plane.jobs), plane.table.removed, self._version, int(time.time()))
         cached = self._pages.get(query)
         if cached is not None and cached[0] == state:
             return cached[1]

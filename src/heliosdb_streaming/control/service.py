@@ -93,6 +93,13 @@ class JobServiceCore:
         plane = await self._control()
         await plane.cancel(job_id)
 
+    async def purge_job(self, job_id: str) -> None:
+        """Removes a finished, failed or cancelled job with its logs, checkpoints and files.
+
+        ``JobNotTerminalError`` while it is live, ``JobHasSavepointsError`` while it has savepoints."""
+        plane = await self._control()
+        await plane.purge(job_id)
+
     async def cancel_job_with_savepoint(self, job_id: str) -> str:
         """Takes a savepoint and stops the job right after it; returns the savepoint id."""
         plane = await self._control()

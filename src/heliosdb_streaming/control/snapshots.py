@@ -5,13 +5,15 @@ snapshot). This service wires it to the job: checkpoint ids that only grow (in t
 job's checkpoint storage, completed snapshots recorded (store, entry, metrics, log) and old ones
 forgotten, failures counted. It also answers the savepoint commands: take one (waiting, bounded, for
 the next run when the job is between runs), delete one no job still needs (invariant 3 of
-``control.controller``), and checks that a snapshot a new job starts from still exists.
+``control.controller``), and checks that a snapshot a new job starts from still exists; and it takes
+the periodic savepoints of ``savepoint_interval_ms`` and trims them to ``savepoints_retained``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 from heliosdb_streaming.control.channel import broadcast
@@ -20,7 +22,7 @@ from heliosdb_streaming.control.checkpoint_coordinator import (
     CheckpointFailedError,
     RunEndedError,
 )
-from heliosdb_streaming.control.entry import JobEntry, Run
+from heliosdb_streaming.control.entry import JobEntry, Run, utcnow
 from heliosdb_streaming.control.jobs import JobTable
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.model.errors import (
@@ -36,6 +38,7 @@ from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation, locate_snapshot
 
+PERIODIC = "periodic"  # the description of the savepoints ``savepoint_interval_ms`` takes
 RESTART_WAIT_S = 30.0  # how long a savepoint asked for between two runs waits for the next one
 
 
@@ -102,7 +105,7 @@ class SnapshotService:
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
         metrics.record_checkpoint_duration(snapshot.duration_ms)
         what = (
-            f"Savepoint {snapshot.savepoint_id}"
+            f"{'Periodic savepoint' if snapshot.periodic else 'Savepoint'} {snapshot.savepoint_id}"
             if snapshot.savepoint_id
             else f"Checkpoint {snapshot.checkpoint_id}"
         )
@@ -206,6 +209,10 @@ class SnapshotService:
         users = self._restorers(snapshot)
         if users:
             raise SavepointInUseError(job_id, savepoint_id, users)
+        await self._delete(entry, snapshot)
+        entry.log.write("info", f"Savepoint {savepoint_id} deleted")
+
+    async def _delete(self, entry: JobEntry, snapshot: SnapshotRecord) -> None:
         snapshot.status = "deleting"  # no restart picks it from now on
         try:
             await self.storage_for(entry).delete_prefix(snapshot.directory)
@@ -213,7 +220,54 @@ class SnapshotService:
             snapshot.status = "completed"
             raise
         self._forget_snapshot(entry, snapshot)
-        entry.log.write("info", f"Savepoint {savepoint_id} deleted")
+
+    # ------------------------------------------------------------------------ periodic savepoints
+
+    async def periodic_savepoints(self, entry: JobEntry, run: Run) -> None:
+        """While ``run`` lasts, a savepoint described ``periodic`` ``savepoint_interval_ms`` after the
+        later of the run's start and the job's newest periodic savepoint, then retention. None while
+        the job is paused. A failure is logged and counted as any savepoint's; the next is tried an
+        interval after it."""
+        interval = timedelta(milliseconds=entry.config.savepoint_interval_ms)
+        coordinator = run.coordinator
+        assert coordinator is not None
+        started = utcnow()
+        while True:
+            previous = [s.timestamp for s in entry.snapshots if s.periodic and s.status == "completed"]
+            due = max([started, *previous]) + interval
+            await asyncio.sleep(max((due - utcnow()).total_seconds(), 0.0))
+            if len(coordinator.drained) == run.parallelism or not run.ready():
+                return  # a bounded job's final checkpoint, or the run is ending
+            started = utcnow()  # a failed one is tried again an interval later, not at once
+            if run.paused:
+                continue  # nothing changes while paused: the next one is due an interval after resume
+            try:
+                await coordinator.trigger("savepoint", description=PERIODIC, periodic=True)
+            except RunEndedError:
+                return
+            except CheckpointFailedError:
+                continue  # logged and counted by ``_checkpoint_failed``
+            await self.retain_periodic(entry)
+
+    async def retain_periodic(self, entry: JobEntry) -> None:
+        """Deletes the job's periodic savepoints beyond the newest ``savepoints_retained``, except one a
+        job still restores; savepoints a person asked for are never deleted here."""
+        periodic = sorted(
+            (s for s in entry.snapshots if s.periodic and s.status == "completed"),
+            key=lambda s: s.checkpoint_id,
+        )
+        keep = entry.config.savepoints_retained
+        for snapshot in periodic[:-keep] if len(periodic) > keep else []:
+            if self._restorers(snapshot):
+                continue
+            try:
+                await self._delete(entry, snapshot)
+            except Exception as e:  # storage trouble: kept, tried again after the next one
+                entry.log.write("warn", f"Periodic savepoint {snapshot.savepoint_id} not deleted: {e}")
+                continue
+            entry.log.write(
+                "info", f"Savepoint {snapshot.savepoint_id} deleted (periodic savepoints retained: {keep})"
+            )
 
     def check_start_exists(self, start: SnapshotLocation) -> None:
         """A savepoint of a job of this control plane that was deleted since ``locate_start`` read it."""

@@ -27,6 +27,8 @@ class JobRecord:
     metrics_state: dict[str, Any] = field(default_factory=dict)
     last_checkpoint_id: int = 0  # ids only grow, across runs, so sink markers never repeat
     failures_since_restart: int = 0  # the restart strategy's budget; a user restart resets it
+    # failure_rate: when the recent failures happened (``control.restart_policy``); reset with it
+    failure_times: list[datetime] = field(default_factory=list)
     # another job's snapshot this job starts from until it has one of its own (``SnapshotLocation``)
     start_from: dict[str, Any] | None = None
     relaunch_at: datetime | None = None  # when the pending automatic restart is due (its backoff)
@@ -51,6 +53,7 @@ class SnapshotRecord:
     savepoint_id: str | None = None
     description: str | None = None
     shared_files: list[str] = field(default_factory=list)
+    periodic: bool = False  # a savepoint of ``savepoint_interval_ms``: retention may delete it
 
 
 class JobStore(Protocol):
@@ -65,5 +68,9 @@ class JobStore(Protocol):
     def save_snapshot(self, snapshot: SnapshotRecord) -> None: ...
 
     def delete_snapshot(self, job_id: str, checkpoint_id: int) -> None: ...
+
+    def delete_job(self, job_id: str) -> None:
+        """Forgets the job and every snapshot record of it (a purge)."""
+        ...
 
     def close(self) -> None: ...

@@ -17,6 +17,7 @@ import contextlib
 from datetime import timedelta
 from typing import Any
 
+from heliosdb_streaming.control import restart_policy
 from heliosdb_streaming.control.channel import WorkerChannelServer, broadcast
 from heliosdb_streaming.control.entry import JobEntry, Run, utcnow
 from heliosdb_streaming.control.jobs import JobTable
@@ -177,6 +178,8 @@ class RunSupervisor:
                 interval = entry.config.checkpoint_interval_ms / 1000
                 assert run.coordinator is not None
                 run.checkpointer = self.tasks.spawn(run.coordinator.periodic(interval, lambda: run.paused))
+                if entry.config.savepoint_interval_ms:
+                    run.savepointer = self.tasks.spawn(self.snapshots.periodic_savepoints(entry, run))
         await asyncio.gather(*watchers)
         connect_wait.cancel()
         # a worker's last messages ('finished', its final heartbeat) may still be unread when it exits
@@ -184,8 +187,9 @@ class RunSupervisor:
         if pending_reads:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pending_reads), 5)
-        if run.checkpointer is not None:
-            run.checkpointer.cancel()
+        for timer in (run.checkpointer, run.savepointer):
+            if timer is not None:
+                timer.cancel()
         if run.coordinator is not None:
             run.coordinator.close("the run ended")
         self.channel.refuse(run)
@@ -224,30 +228,25 @@ class RunSupervisor:
             self.scheduler.schedule()
             return
         reason = "; ".join(f"worker {i}: {why}" for i, why in sorted(failures.items())) or "workers stopped"
-        strategy = entry.config.restart_strategy
         if record.status in (JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.SUBMITTED):
-            if record.failures_since_restart < strategy.max_restarts():
+            now = utcnow()
+            decision = restart_policy.decide(
+                entry.config.restart_strategy, record.failures_since_restart, record.failure_times, now
+            )
+            record.failure_times = list(decision.failure_times)
+            if decision.restart:
                 record.restarts += 1
-                record.failures_since_restart += 1
-                delay = strategy.delay_for(record.failures_since_restart)
-                record.relaunch_at = utcnow() + timedelta(seconds=delay)  # saved with the status
+                record.failures_since_restart = decision.failures_since_restart
+                delay = decision.delay_s
+                record.relaunch_at = now + timedelta(seconds=delay)  # saved with the status
                 entry.restore_latest()
                 self.table.set_status(
-                    entry,
-                    Event.RECOVER,
-                    f"Job failed ({reason}); restart {record.failures_since_restart} of "
-                    f"{strategy.max_restarts()} in {delay:g}s ({strategy.type})",
-                    level="warn",
+                    entry, Event.RECOVER, f"Job failed ({reason}); {decision.why}", level="warn"
                 )
                 self._cancel_relaunch_task(entry)
                 entry.relaunch = self.tasks.spawn(self._delayed_relaunch(entry, delay))
                 return
-            exhausted = (
-                f"restart strategy {strategy.type} exhausted after {record.failures_since_restart} restart(s)"
-                if strategy.max_restarts()
-                else "restart strategy is none"
-            )
-            self.table.set_status(entry, Event.FAIL, f"Job failed: {reason}; {exhausted}", level="error")
+            self.table.set_status(entry, Event.FAIL, f"Job failed: {reason}; {decision.why}", level="error")
         self.scheduler.schedule()
 
     async def _delayed_relaunch(self, entry: JobEntry, delay: float) -> None:

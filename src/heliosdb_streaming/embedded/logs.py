@@ -8,6 +8,7 @@ lines, so the operator serves only the control plane's own lines (``read_logs(wo
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +96,9 @@ class LocalJobFiles:
 
     def open_log(self, job_id: str) -> JobLog:
         return JobLog(self.job_dir(job_id) / "job.log")
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
 
 _LEVELS = {level.value: level.rank for level in LogLevel}

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_from TEXT,
     failures_since_restart INTEGER NOT NULL DEFAULT 0,
     relaunch_at TEXT,
-    restore_point TEXT
+    restore_point TEXT,
+    failure_times TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     job_id TEXT NOT NULL,
@@ -46,13 +47,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
     savepoint_id TEXT,
     description TEXT,
     shared_files TEXT NOT NULL DEFAULT '[]',
+    periodic INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, checkpoint_id)
 );
 """
 _JOB_COLUMNS = (
     "job_id, name, status, config, submitted_at, started_at, finished_at, restarts, message,"
     " attempt, worker_pids, metrics_state, last_checkpoint_id, start_from,"
-    " failures_since_restart, relaunch_at, restore_point"
+    " failures_since_restart, relaunch_at, restore_point, failure_times"
 )
 _JOB_PLACEHOLDERS = ",".join("?" for _ in _JOB_COLUMNS.split(","))
 # added since the first release: (name, definition) for ALTER TABLE on an older home
@@ -61,7 +63,9 @@ _ADDED_JOB_COLUMNS = (
     ("failures_since_restart", "INTEGER NOT NULL DEFAULT 0"),
     ("relaunch_at", "TEXT"),
     ("restore_point", "TEXT"),
+    ("failure_times", "TEXT NOT NULL DEFAULT '[]'"),
 )
+_ADDED_SNAPSHOT_COLUMNS = (("periodic", "INTEGER NOT NULL DEFAULT 0"),)
 
 
 class SqliteJobStore:
@@ -81,10 +85,11 @@ class SqliteJobStore:
 
     def _migrate(self) -> None:
         """Columns added since the first release, added to a home an older version created."""
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        for name, definition in _ADDED_JOB_COLUMNS:
-            if name not in columns:
-                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+        for table, added in (("jobs", _ADDED_JOB_COLUMNS), ("snapshots", _ADDED_SNAPSHOT_COLUMNS)):
+            columns = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            for name, definition in added:
+                if name not in columns:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def load_all(self) -> list[JobRecord]:
         rows = self._conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY submitted_at, job_id").fetchall()
@@ -107,6 +112,7 @@ class SqliteJobStore:
                 failures_since_restart=r[14],
                 relaunch_at=datetime.fromisoformat(r[15]) if r[15] else None,
                 restore_point=orjson.loads(r[16]) if r[16] else None,
+                failure_times=[datetime.fromisoformat(t) for t in orjson.loads(r[17])],
             )
             for r in rows
         ]
@@ -133,13 +139,15 @@ class SqliteJobStore:
                     record.failures_since_restart,
                     record.relaunch_at.isoformat() if record.relaunch_at else None,
                     orjson.dumps(record.restore_point).decode() if record.restore_point else None,
+                    orjson.dumps([t.isoformat() for t in record.failure_times]).decode(),
                 ),
             )
 
     def load_snapshots(self) -> list[SnapshotRecord]:
         rows = self._conn.execute(
             "SELECT job_id, checkpoint_id, kind, status, timestamp, duration_ms, size_bytes, directory,"
-            " location, savepoint_id, description, shared_files FROM snapshots ORDER BY job_id, checkpoint_id"
+            " location, savepoint_id, description, shared_files, periodic FROM snapshots"
+            " ORDER BY job_id, checkpoint_id"
         ).fetchall()
         return [
             SnapshotRecord(
@@ -155,6 +163,7 @@ class SqliteJobStore:
                 savepoint_id=r[9],
                 description=r[10],
                 shared_files=orjson.loads(r[11]),
+                periodic=bool(r[12]),
             )
             for r in rows
         ]
@@ -162,7 +171,9 @@ class SqliteJobStore:
     def save_snapshot(self, snapshot: SnapshotRecord) -> None:
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO snapshots (job_id, checkpoint_id, kind, status, timestamp,"
+                " duration_ms, size_bytes, directory, location, savepoint_id, description, shared_files,"
+                " periodic) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     snapshot.job_id,
                     snapshot.checkpoint_id,
@@ -176,6 +187,7 @@ class SqliteJobStore:
                     snapshot.savepoint_id,
                     snapshot.description,
                     orjson.dumps(snapshot.shared_files).decode(),
+                    int(snapshot.periodic),
                 ),
             )
 
@@ -184,6 +196,13 @@ class SqliteJobStore:
             self._conn.execute(
                 "DELETE FROM snapshots WHERE job_id = ? AND checkpoint_id = ?", (job_id, checkpoint_id)
             )
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.execute("DELETE FROM snapshots WHERE job_id = ?", (job_id,))
+            self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self._conn.execute("COMMIT")
 
     def close(self) -> None:
         self._conn.close()

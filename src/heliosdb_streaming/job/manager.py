@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -43,15 +44,18 @@ class JobManager(JobServiceCore):
         *,
         home: str | Path | None = None,
         allowed_roots: Sequence[str | Path] | None = None,
+        job_retention: timedelta | None = None,
     ) -> None:
         """``allowed_roots``: None (the native API, ``helios run``) lets jobs use any local path; a
         server for network clients passes its roots (the home is always one): then every file a job
         names must resolve inside them (``control.paths``), relative paths are taken relative to the
-        home and workers run in the home."""
+        home and workers run in the home. ``job_retention``: finished, failed and cancelled jobs are
+        purged that long after they ended, unless they hold savepoints (None: kept until purged)."""
         if max_parallelism < 1:
             raise ValueError("max_parallelism must be at least 1")
         self.max_parallelism = max_parallelism
         self.home = Path(home) if home is not None else default_home()
+        self.job_retention = job_retention
         super().__init__(
             None,
             allowed_roots=None
@@ -91,6 +95,6 @@ class JobManager(JobServiceCore):
                     max_parallelism=self.max_parallelism,
                     reap_stale_workers=kill_stale_workers,
                 )
-                await plane.start()
+                await plane.start(self.job_retention)
                 self._plane = plane
         return self._plane

@@ -76,6 +76,37 @@ IdleTimeoutMs = Annotated[
     ),
 ]
 MAX_STEPS = 64  # sources, transformations, sinks: each list
+MIN_SAVEPOINT_INTERVAL_MS = 1_000
+MAX_SAVEPOINT_INTERVAL_MS = 7 * 86_400_000
+
+
+def _savepoint_interval(v: int) -> int:
+    if 0 < v < MIN_SAVEPOINT_INTERVAL_MS:
+        raise ValueError(f"must be 0 (off) or at least {MIN_SAVEPOINT_INTERVAL_MS}")
+    return v
+
+
+SavepointIntervalMs = Annotated[
+    StrictInt,
+    Field(
+        ge=0,
+        le=MAX_SAVEPOINT_INTERVAL_MS,
+        description="(addition) take a savepoint described 'periodic' this often while the job runs "
+        f"(0 = off, else {MIN_SAVEPOINT_INTERVAL_MS} ms to 7 days), as the Flink operator's periodic "
+        "savepoints",
+    ),
+    AfterValidator(_savepoint_interval),
+]
+SavepointsRetained = Annotated[
+    StrictInt,
+    Field(
+        ge=1,
+        le=100,
+        description="(addition) periodic savepoints kept; older ones are deleted (savepoints a person "
+        "created never are)",
+    ),
+]
+MAX_FAILURES_PER_INTERVAL = 1000  # failure_rate: the failure times are kept with the job
 
 
 class StateBackendType(StrEnum):
@@ -98,15 +129,19 @@ class RestartStrategy(_Strict):
     """How a failed job restarts. On the wire: a name (``"fixed_delay"``) or an object with parameters.
 
     Defaults for the bare names: fixed_delay = 3 attempts, 10 s apart; exponential_backoff = 10
-    attempts from 1 s doubling up to 60 s.
+    attempts from 1 s doubling up to 60 s; failure_rate = at most 1 failure per 60 s, restarts 10 s
+    apart (Flink's failure-rate strategy: the job fails when more than ``max_failures_per_interval``
+    failures fall within the sliding ``failure_rate_interval_ms``; ``control.restart_policy``).
     """
 
-    type: Literal["none", "fixed_delay", "exponential_backoff"] = "fixed_delay"
+    type: Literal["none", "fixed_delay", "exponential_backoff", "failure_rate"] = "fixed_delay"
     attempts: StrictInt = Field(default=3, ge=0, le=1_000_000)
     delay_ms: StrictInt = Field(default=10_000, ge=0, le=86_400_000)
     max_attempts: StrictInt = Field(default=10, ge=0, le=1_000_000)
     initial_delay_ms: StrictInt = Field(default=1_000, ge=0, le=86_400_000)
     max_delay_ms: StrictInt = Field(default=60_000, ge=0, le=86_400_000)
+    max_failures_per_interval: StrictInt = Field(default=1, ge=1, le=MAX_FAILURES_PER_INTERVAL)
+    failure_rate_interval_ms: StrictInt = Field(default=60_000, ge=1, le=86_400_000)
 
     @staticmethod
     def none() -> RestartStrategy:
@@ -115,6 +150,17 @@ class RestartStrategy(_Strict):
     @staticmethod
     def fixed_delay(attempts: int, delay: timedelta) -> RestartStrategy:
         return RestartStrategy(type="fixed_delay", attempts=attempts, delay_ms=_ms(delay))
+
+    @staticmethod
+    def failure_rate(
+        max_failures_per_interval: int, failure_rate_interval: timedelta, delay: timedelta
+    ) -> RestartStrategy:
+        return RestartStrategy(
+            type="failure_rate",
+            max_failures_per_interval=max_failures_per_interval,
+            failure_rate_interval_ms=_ms(failure_rate_interval),
+            delay_ms=_ms(delay),
+        )
 
     @staticmethod
     def exponential_backoff(
@@ -148,15 +194,22 @@ class RestartStrategy(_Strict):
             "none": (),
             "fixed_delay": ("attempts", "delay_ms"),
             "exponential_backoff": ("max_attempts", "initial_delay_ms", "max_delay_ms"),
+            "failure_rate": ("max_failures_per_interval", "failure_rate_interval_ms", "delay_ms"),
         }[self.type]
         return {"type": self.type, **{k: getattr(self, k) for k in keys}}
 
     def max_restarts(self) -> int:
-        return {"none": 0, "fixed_delay": self.attempts, "exponential_backoff": self.max_attempts}[self.type]
+        """Restarts in a row the strategy allows (failure_rate: within one interval)."""
+        return {
+            "none": 0,
+            "fixed_delay": self.attempts,
+            "exponential_backoff": self.max_attempts,
+            "failure_rate": self.max_failures_per_interval,
+        }[self.type]
 
     def delay_for(self, restart_number: int) -> float:
         """Seconds to wait before restart number ``restart_number`` (1-based)."""
-        if self.type == "fixed_delay":
+        if self.type in ("fixed_delay", "failure_rate"):
             return self.delay_ms / 1000
         if self.type == "exponential_backoff":
             factor: int = 1 << min(max(restart_number - 1, 0), 40)
@@ -170,7 +223,10 @@ def _ms(td: timedelta) -> int:
 
 RestartStrategyWire = Annotated[
     RestartStrategy,
-    Field(description="'none' | 'fixed_delay' | 'exponential_backoff', or an object with parameters"),
+    Field(
+        description="'none' | 'fixed_delay' | 'exponential_backoff' | 'failure_rate', or an object with "
+        "parameters"
+    ),
 ]
 
 
@@ -218,6 +274,8 @@ class JobSettings(_Strict):
     max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
     max_parallelism: MaxParallelism = DEFAULT_MAX_PARALLELISM
     idle_timeout_ms: IdleTimeoutMs = 30_000
+    savepoint_interval_ms: SavepointIntervalMs = 0
+    savepoints_retained: SavepointsRetained = 3
     repartition: RepartitionSettings | None = Field(
         default=None,
         description="(addition) brokers of the internal topics that carry records between stages; "
@@ -271,6 +329,8 @@ class JobConfig(_Strict):
     max_state_mb: MaxStateMb = DEFAULT_MAX_STATE_MB
     max_parallelism: MaxParallelism = DEFAULT_MAX_PARALLELISM
     idle_timeout: timedelta = timedelta(seconds=30)
+    savepoint_interval: timedelta = timedelta(0)  # zero: no periodic savepoints
+    savepoints_retained: SavepointsRetained = 3
     repartition: RepartitionSettings | None = None
     sources: list[AnySource] = Field(min_length=1, max_length=MAX_STEPS)
     transformations: list[AnyTransformation] = Field(default_factory=list, max_length=MAX_STEPS)
@@ -326,6 +386,10 @@ class JobConfig(_Strict):
     def idle_timeout_ms(self) -> int:
         return _ms(self.idle_timeout)
 
+    @property
+    def savepoint_interval_ms(self) -> int:
+        return _ms(self.savepoint_interval)
+
     def repartition_servers(self) -> list[str] | None:
         """The brokers of the internal topics: ``repartition``'s, else the job's Kafka source's."""
         if self.repartition is not None:
@@ -348,6 +412,8 @@ class JobConfig(_Strict):
             "max_state_mb": self.max_state_mb,
             "max_parallelism": self.max_parallelism,
             "idle_timeout_ms": self.idle_timeout_ms,
+            "savepoint_interval_ms": self.savepoint_interval_ms,
+            "savepoints_retained": self.savepoints_retained,
             **({"repartition": self.repartition.model_dump(mode="json")} if self.repartition else {}),
         }
 
@@ -393,6 +459,8 @@ def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
         "max_state_mb": s.max_state_mb,
         "max_parallelism": s.max_parallelism,
         "idle_timeout": timedelta(milliseconds=s.idle_timeout_ms),
+        "savepoint_interval": timedelta(milliseconds=s.savepoint_interval_ms),
+        "savepoints_retained": s.savepoints_retained,
         "repartition": s.repartition,
         "sources": list(request.sources),
         "transformations": list(request.transformations),

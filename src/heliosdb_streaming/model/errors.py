@@ -120,3 +120,31 @@ class SavepointInUseError(IllegalStateTransitionError):
 
     def details(self) -> list[dict[str, str]]:
         return [{"path": "job_id", "message": user} for user in self.users]
+
+
+class JobNotTerminalError(IllegalStateTransitionError):
+    """Only a finished, failed or cancelled job can be purged: a live one is cancelled first (409)."""
+
+    code = "job_not_terminal"
+
+    def __init__(self, job_id: str, current: str) -> None:
+        super().__init__(job_id, current, "purge")
+        self.message = f"cannot purge job {job_id!r}: it is {current}; cancel it first"
+        self.args = (self.message,)
+
+
+class JobHasSavepointsError(IllegalStateTransitionError):
+    """A purge would delete savepoints a person kept: they are deleted one by one first (409)."""
+
+    code = "job_has_savepoints"
+
+    def __init__(self, job_id: str, savepoint_ids: list[str]) -> None:
+        super().__init__(job_id, "holding savepoints", "purge")
+        self.savepoint_ids = savepoint_ids
+        self.message = (
+            f"cannot purge job {job_id!r}: it still has {len(savepoint_ids)} savepoint(s); delete them first"
+        )
+        self.args = (self.message,)
+
+    def details(self) -> list[dict[str, str]]:
+        return [{"path": "savepoint_id", "message": s} for s in self.savepoint_ids]

@@ -36,6 +36,9 @@ class MemoryStore:
 
     def delete_snapshot(self, job_id: str, checkpoint_id: int) -> None: ...
 
+    def delete_job(self, job_id: str) -> None:
+        self.saved.pop(job_id, None)
+
     def close(self) -> None: ...
 
 
@@ -70,6 +73,9 @@ class MemoryFiles:
 
     def open_log(self, job_id: str) -> MemoryLog:
         return self.logs.setdefault(job_id, MemoryLog())
+
+    def remove(self, job_id: str) -> None:
+        self.logs.pop(job_id, None)
 
 
 def config(parallelism: int) -> JobConfig:

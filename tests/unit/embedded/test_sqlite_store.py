@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from heliosdb_streaming.control.store import JobRecord
+from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.model.types import JobStatus
 
@@ -72,12 +72,14 @@ def test_the_restart_strategys_state_reads_back(tmp_path: Path) -> None:
     restoring = {"directory": "job-1/savepoints/savepoint-2", "storage_uri": None}
     written = record("job-1")
     written.failures_since_restart, written.relaunch_at, written.restore_point = 2, due, restoring
+    written.failure_times = [due - timedelta(seconds=3), due - timedelta(milliseconds=1500)]
     store = SqliteJobStore(tmp_path / "jobs.db")
     store.save(written)
     store.close()
     reopened = SqliteJobStore(tmp_path / "jobs.db")
     (read,) = reopened.load_all()
     assert (read.failures_since_restart, read.relaunch_at, read.restore_point) == (2, due, restoring)
+    assert read.failure_times == written.failure_times  # failure_rate's window, after a restart
     assert read == written
     reopened.close()
 
@@ -104,7 +106,54 @@ def test_a_home_without_the_restart_columns_is_migrated(tmp_path: Path) -> None:
         None,
         None,
     )
+    assert old.failure_times == []
     old.failures_since_restart = 1
     store.save(old)
     assert [r.failures_since_restart for r in store.load_all()] == [1]
+    store.close()
+
+
+def savepoint(checkpoint_id: int, *, periodic: bool) -> SnapshotRecord:
+    return SnapshotRecord(
+        job_id="job-1",
+        checkpoint_id=checkpoint_id,
+        kind="savepoint",
+        status="completed",
+        timestamp=datetime(2026, 12, 6, tzinfo=UTC),
+        directory=f"job-1/savepoints/savepoint-{checkpoint_id}",
+        savepoint_id=f"savepoint-{checkpoint_id}",
+        description="periodic",
+        periodic=periodic,
+    )
+
+
+def test_which_savepoints_are_periodic_reads_back(tmp_path: Path) -> None:
+    """Retention after a restart must still tell periodic savepoints from a person's."""
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    store.save_snapshot(savepoint(1, periodic=False))
+    store.save_snapshot(savepoint(2, periodic=True))
+    store.close()
+    reopened = SqliteJobStore(tmp_path / "jobs.db")
+    assert reopened.load_snapshots() == [savepoint(1, periodic=False), savepoint(2, periodic=True)]
+    reopened.close()
+
+
+def test_a_home_without_the_periodic_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:  # the snapshots table before periodic savepoints
+        conn.execute(
+            "CREATE TABLE snapshots (job_id TEXT NOT NULL, checkpoint_id INTEGER NOT NULL,"
+            " kind TEXT NOT NULL, status TEXT NOT NULL, timestamp TEXT NOT NULL,"
+            " duration_ms INTEGER NOT NULL, size_bytes INTEGER"
+            " NOT NULL, directory TEXT NOT NULL, location TEXT NOT NULL, savepoint_id TEXT, description TEXT,"
+            " shared_files TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (job_id, checkpoint_id))"
+        )
+        conn.execute(
+            "INSERT INTO snapshots VALUES ('job-1', 1, 'savepoint', 'completed', '2026-12-06T00:00:00+00:00',"
+            " 0, 0, 'job-1/savepoints/savepoint-1', '', 'savepoint-1', 'periodic', '[]')"
+        )
+    store = SqliteJobStore(path)
+    assert store.load_snapshots() == [savepoint(1, periodic=False)]  # a person's: never trimmed
+    store.save_snapshot(savepoint(2, periodic=True))
+    assert [s.periodic for s in store.load_snapshots()] == [False, True]
     store.close()

@@ -35,6 +35,7 @@ from heliosdb_streaming.model.errors import (
     FieldError,
     IllegalStateTransitionError,
     InvalidJobConfigError,
+    JobError,
     SavepointFailedError,
 )
 from heliosdb_streaming.model.types import JobStatus
@@ -330,7 +331,14 @@ class StreamingJobReconciler:
         self.bindings.remove(binding.job_id)
         self.writer.forget(binding.job_id)
         self.launcher.forget(namespace, name)
-        logger.info("%s/%s deleted; job %s stopped", namespace, name, binding.job_id)
+        if entry is None:
+            return
+        try:  # nothing refers to the job any more: its checkpoints, logs and record go, unless it
+            # holds savepoints (they outlive the StreamingJob) or another job restores its state
+            await self.plane.purge(binding.job_id)
+            logger.info("%s/%s deleted; job %s stopped and purged", namespace, name, binding.job_id)
+        except JobError as e:
+            logger.info("%s/%s deleted; job %s stopped and kept: %s", namespace, name, binding.job_id, e)
 
     async def _job_event(self, binding: Binding, type_: str, reason: str, message: str) -> None:
         await events.job_event(self.client, binding, type_, reason, message)

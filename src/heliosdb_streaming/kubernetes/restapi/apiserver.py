@@ -107,6 +107,9 @@ class KubernetesJobService:
     async def cancel_job_with_savepoint(self, job_id: str) -> str:
         return await self.commands.cancel_job_with_savepoint(job_id)
 
+    async def purge_job(self, job_id: str) -> None:
+        await self.commands.purge_job(job_id)
+
     async def restart_job(self, job_id: str, options: RestartOptions | None = None) -> None:
         await self.commands.restart_job(job_id, options)
 

@@ -25,7 +25,9 @@ from heliosdb_streaming.kubernetes.restapi.clients import NamespaceClients, Obj,
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
+    JobHasSavepointsError,
     JobNotFoundError,
+    JobNotTerminalError,
     SavepointFailedError,
     SavepointNotFoundError,
 )
@@ -199,6 +201,25 @@ class JobCommands:
         reason = str(status.get("message") or f"not completed within {self.savepoint_wait_s:g}s")
         raise SavepointFailedError(job_id, reason)
 
+    async def purge_job(self, job_id: str) -> None:
+        """Deletes the StreamingJob of a terminal job that has no savepoints (the embedded checks); the
+        operator's finalizer then purges the job from its control plane (checkpoints, logs, record)."""
+        obj = await self.clients.find(job_id)
+        phase = jobviews.phase_of(obj)
+        if not phase.terminal:
+            raise JobNotTerminalError(job_id, phase.value)
+        savepoints = await self.clients.operator.savepoints(job_id) or []
+        if savepoints:
+            raise JobHasSavepointsError(job_id, sorted(s.savepoint_id for s in savepoints))
+        name = name_of(obj)
+        await self.kube.delete(kube.STREAMINGJOBS, self.namespace, name, uid=_uid(obj))
+        deadline = asyncio.get_running_loop().time() + self.command_wait_s
+        while await self.kube.get_or_none(kube.STREAMINGJOBS, self.namespace, name) is not None:
+            if asyncio.get_running_loop().time() >= deadline:
+                logger.warning("StreamingJob %s is still being deleted after %gs", name, self.command_wait_s)
+                return
+            await asyncio.sleep(POLL_S)
+
     async def delete_savepoint(self, job_id: str, savepoint_id: str) -> None:
         """Deletes the Savepoint resource (its finalizer deletes the files) and waits until it is gone."""
         obj = await self.clients.find(job_id)
@@ -273,6 +294,11 @@ def _check(obj: Mapping[str, Any], job_id: str, event: Event, action: str) -> No
     phase = jobviews.phase_of(obj)
     if lifecycle.next_status(phase, event) is None:
         raise IllegalStateTransitionError(job_id, phase.value, action)
+
+
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    uid = (obj.get("metadata") or {}).get("uid")
+    return str(uid) if uid else None
 
 
 def _last_savepoint_id(obj: Mapping[str, Any]) -> str | None:
