@@ -24,6 +24,7 @@ from heliosdb_streaming.model.types import (
     DetailsMetrics,
     JobDetails,
     JobMetrics,
+    JobPlanInfo,
     JobStatus,
     JobSummary,
     LatencyStats,
@@ -129,6 +130,7 @@ class JobDetailsResponse(ApiBody):
     metrics: DetailsMetrics
     tasks: list[TaskInfo]
     checkpoints: list[CheckpointInfo]
+    plan: JobPlanInfo = Field(description="(addition) the job's stages, and why each boundary exists")
 
     @classmethod
     def of(cls, d: JobDetails) -> JobDetailsResponse:
@@ -145,6 +147,7 @@ class JobDetailsResponse(ApiBody):
             metrics=d.metrics,  # a JobMetrics: the field's type, DetailsMetrics, serializes its keys
             tasks=d.tasks,
             checkpoints=d.checkpoints,
+            plan=d.plan,
         )
 
 
