@@ -61,7 +61,7 @@ DETAILS_KEYS = {
     "metrics",
     "tasks",
     "checkpoints",
-} | {"finished_at", "message"}
+} | {"finished_at", "message", "plan"}
 CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restart_strategy"} | {
     "on_error",
     "checkpoints_retained",
@@ -291,6 +291,20 @@ async def test_submit_and_details_contract(api: Api) -> None:
     assert [t["name"] for t in details["tasks"]] == ["datagen-source", "filter", "discard-sink"]
     assert all(set(t) == TASK_KEYS for t in details["tasks"])
     assert all(set(c) == CHECKPOINT_KEYS for c in details["checkpoints"])
+    # (addition) the plan: one stage, its input the source's two splits (datagen declares card_id)
+    assert details["plan"] == {
+        "stages": [
+            {
+                "index": 0,
+                "input": "splits",
+                "key": None,
+                "steps": [{"index": 0, "type": "filter"}],
+                "tasks": 1,
+            }
+        ],
+        "boundaries": [],
+        "declared_key": "card_id",
+    }
 
 
 async def test_spec_example_body_is_accepted_and_cancellable(api: Api) -> None:
@@ -800,6 +814,80 @@ async def test_bad_bodies_are_400_with_field_paths(api: Api, jm: JobManager) -> 
     )
     assert details[0]["path"] == "config.parallelism"
     assert await jm.count_jobs() == 0  # nothing half-created
+
+
+def merchant_job(name: str, *, parallelism: int) -> dict[str, Any]:
+    """Counts per merchant over datagen, whose partitions hold whole cards: a repartition by merchant."""
+    body = datagen_job(name, count=2000, parallelism=parallelism, partitions=4)
+    body["transformations"] += [
+        {"type": "key_by", "config": {"key": "merchant"}},
+        {"type": "window", "config": {"size": "1h", "aggregates": {"n": "count(*)"}}},
+    ]
+    return body
+
+
+async def test_a_plan_that_cannot_run_is_400_at_submit_and_restart(api: Api) -> None:
+    """At parallelism 2 the key_by's records would cross worker processes through Kafka, and the job
+    has no brokers: refused with the step's path and what to set; at parallelism 1 it runs, its
+    details show the plan, and a restart override to parallelism 2 is refused the same way."""
+    url = "/api/v1/jobs"
+    details = assert_error(
+        await api.call("POST", url, json=merchant_job("wide", parallelism=2)), 400, "invalid_job_config"
+    )
+    assert [d["path"] for d in details] == ["transformations[1]"]
+    assert details[0]["message"].startswith("this key_by step needs its records regrouped (key_by merchant")
+    assert "config.repartition.bootstrap_servers" in details[0]["message"]
+    assert (await api.ok("GET", url))["jobs"] == []  # nothing created
+
+    job_id = (await api.ok("POST", url, 201, json=merchant_job("narrow", parallelism=1)))["job_id"]
+    job = await api.wait_status(job_id, {"finished", "failed"}, within=90)
+    assert job["status"] == "finished", job["message"]
+    conforms(job, "JobDetailsResponse")
+    assert job["plan"] == {
+        "stages": [
+            {
+                "index": 0,
+                "input": "splits",
+                "key": None,
+                "steps": [{"index": 0, "type": "filter"}],
+                "tasks": 1,
+            },
+            {
+                "index": 1,
+                "input": "key_groups",
+                "key": "merchant",
+                "steps": [{"index": 1, "type": "key_by"}, {"index": 2, "type": "window"}],
+                "tasks": 1,
+            },
+        ],
+        "boundaries": [
+            {
+                "stage": 1,
+                "step": 1,
+                "key": "merchant",
+                "reason": "key_by merchant: its input is grouped by card_id, not by merchant",
+            }
+        ],
+        "declared_key": "card_id",
+    }
+
+    restart = f"{url}/{job_id}/restart"
+    details = assert_error(
+        await api.call("POST", restart, json={"config_overrides": {"parallelism": 2}}),
+        400,
+        "invalid_job_config",
+    )
+    assert [d["path"] for d in details] == ["config_overrides.parallelism"]
+    assert details[0]["message"].startswith(
+        "transformations[1]: this key_by step needs its records regrouped"
+    )
+    assert "config.repartition.bootstrap_servers" in details[0]["message"]
+    after = await api.ok("GET", f"{url}/{job_id}")  # nothing restarted
+    assert (after["status"], after["metrics"]["restarts"], after["config"]["parallelism"]) == (
+        "finished",
+        0,
+        1,
+    )
 
 
 @pytest.mark.parametrize(

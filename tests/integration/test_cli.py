@@ -313,3 +313,54 @@ def test_sigterm_stops_cleanly_and_jobs_resume_on_restart(tmp_path: Path) -> Non
         assert as_json("jobs", "list", url=second.url, token=token)["total"] == 1
     finally:
         assert second.stop(signal.SIGINT) == 0, second.log_tail()
+
+
+def merchant_body(name: str, *, parallelism: int) -> dict[str, Any]:
+    """Counts per merchant over datagen, whose partitions hold whole cards: a repartition by merchant."""
+    body = job_body(name, count=500)
+    body["config"]["parallelism"] = parallelism
+    body["sources"][0]["config"]["partitions"] = 4
+    body["transformations"] += [
+        {"type": "key_by", "config": {"key": "merchant"}},
+        {"type": "window", "config": {"size": "1h", "aggregates": {"n": "count(*)"}}},
+    ]
+    return body
+
+
+def test_validate_run_and_get_show_or_refuse_the_plan(server: HeliosServerProcess, tmp_path: Path) -> None:
+    url = server.url
+    narrow, wide = tmp_path / "narrow.json", tmp_path / "wide.json"
+    narrow.write_text(json.dumps(merchant_body("cli-plan", parallelism=1)))
+    wide.write_text(json.dumps(merchant_body("cli-plan-wide", parallelism=2)))
+
+    assert ok("validate", str(narrow), url=url).splitlines() == [
+        "ok",
+        "stage 0: one task per source split: [0] filter",
+        "  -> repartition before step [1]: key_by merchant: its input is grouped by card_id, not by merchant",
+        "stage 1: key groups by merchant: [1] key_by, [2] window",
+    ]
+    refused = helios("validate", str(wide), url=url)
+    assert refused.returncode == 2, refused.stdout
+    assert refused.stdout.startswith("transformations[1]: this key_by step needs its records regrouped")
+    assert "config.repartition.bootstrap_servers" in refused.stdout
+    # helios run refuses it before it starts anything, from the file or from --parallelism
+    run = helios("run", str(wide), "--home", str(tmp_path / "home"), url=url)
+    assert run.returncode == 2 and "transformations[1]: this key_by step" in run.stderr, run.stderr
+    run = helios("run", str(narrow), "--parallelism", "2", "--home", str(tmp_path / "home"), url=url)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.startswith("--parallelism: transformations[1]: this key_by step needs"), run.stderr
+    assert not (tmp_path / "home" / "jobs").exists()
+
+    job_id = as_json("jobs", "submit", str(narrow), url=url)["job_id"]
+    wait_status(url, job_id, {"finished"})
+    details = ok("jobs", "get", job_id, url=url)
+    lines = details.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("STAGE"))
+    assert [re.split(r"\s{2,}", line) for line in lines[header : header + 3]] == [
+        ["STAGE", "INPUT", "TASKS", "STEPS"],
+        ["0", "source splits", "1", "[0] filter"],
+        ["1", "key groups by merchant", "1", "[1] key_by, [2] window"],
+    ], details
+    assert lines[header + 3] == (
+        "stage 1 starts at step [1]: key_by merchant: its input is grouped by card_id, not by merchant"
+    )

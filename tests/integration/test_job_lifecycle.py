@@ -23,6 +23,8 @@ from heliosdb_streaming.embedded.launcher import worker_processes
 from heliosdb_streaming.job import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
+    JobConfig,
+    JobConfigOverrides,
     JobManager,
     JobNotFoundError,
     JobStatus,
@@ -30,6 +32,7 @@ from heliosdb_streaming.job import (
     LogLevel,
     LogOptions,
     MetricsWindow,
+    RestartOptions,
 )
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 from heliosdb_streaming.testing.waits import wait_until_steady
@@ -135,6 +138,40 @@ async def test_invalid_job_creates_nothing(jm: JobManager) -> None:
         await jm.submit_job(body)
     assert [e.path for e in info.value.errors] == ["transformations[0].config.condition"]
     assert await jm.list_jobs() == []
+
+
+async def test_a_plan_that_cannot_run_is_refused_by_the_native_api(jm: JobManager) -> None:
+    """Per merchant over datagen (whole cards per partition) at parallelism 2 needs brokers it has
+    not: refused as a dict, as a JobConfig built without validation, and as a restart override."""
+    steps = [
+        {"type": "key_by", "config": {"key": "merchant"}},
+        {"type": "window", "config": {"size": "1h", "aggregates": {"n": "count(*)"}}},
+    ]
+    body = datagen_job("per merchant", count=500, parallelism=2, transformations=steps)
+    with pytest.raises(InvalidJobConfigError) as info:
+        await jm.submit_job(body)
+    assert [e.path for e in info.value.errors] == ["transformations[0]"]
+    assert "config.repartition.bootstrap_servers" in info.value.errors[0].message
+    narrow = JobConfig.from_dict({**body, "config": {"parallelism": 1, "restart_strategy": "none"}})
+    with pytest.raises(InvalidJobConfigError):
+        await jm.submit_job(narrow.model_copy(update={"parallelism": 2}))
+    assert await jm.list_jobs() == []
+
+    job_id = await jm.submit_job(narrow)
+    await wait_for_status(jm, job_id, {JobStatus.FINISHED})
+    plan = (await jm.get_job_details(job_id)).plan
+    assert [(s.index, s.input, s.key, s.tasks) for s in plan.stages] == [
+        (0, "splits", None, 1),
+        (1, "key_groups", "merchant", 1),
+    ]
+    assert [(b.step, b.reason) for b in plan.boundaries] == [
+        (0, "key_by merchant: its input is grouped by card_id, not by merchant")
+    ]
+    wider = RestartOptions(config_overrides=JobConfigOverrides(parallelism=2))
+    with pytest.raises(InvalidJobConfigError) as info:
+        await jm.restart_job(job_id, wider)
+    assert [e.path for e in info.value.errors] == ["config_overrides.parallelism"]
+    assert await jm.get_job_status(job_id) == JobStatus.FINISHED
 
 
 # 2. Cancel job

@@ -106,6 +106,7 @@ def _parameters(scenario: Callable[..., Awaitable[None]]) -> list[Any]:
         rest.test_spec_example_body_is_accepted_and_cancellable,
         rest.test_logs_contract_level_limit_tail,
         rest.test_cancel_with_savepoint_and_restart_contract,  # 9 > --max-parallelism 8: 400
+        rest.test_a_plan_that_cannot_run_is_400_at_submit_and_restart,  # the plan in details too
         rest.test_prometheus_metrics,  # only this namespace's jobs, though others' are in the operator
         rest.test_prometheus_metrics_pass_promtool,
     ],

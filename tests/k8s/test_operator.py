@@ -395,4 +395,18 @@ async def test_invalid_spec_is_failed_with_the_field_path(
     why = f"no completed savepoint or checkpoint at {nowhere} (no _manifest.json)"
     assert status["message"] == f"invalid spec: spec.restoreFrom: {why}"
     assert not await worker_pods(client, "restored")
+
+    # a plan that cannot run (valid to the CRD): at parallelism 2 the key_by's records would cross
+    # worker pods through Kafka, and the job has no brokers for them
+    wide = window_spec(cluster.tmp / "wide.db", parallelism=2, rate=0)
+    wide["transformations"] = [
+        {"type": "key_by", "config": {"key": "merchant"}},
+        {"type": "window", "config": {"size": "1s", "aggregates": {"n": "count(*)"}}},
+    ]
+    await create(cluster, "wide", wide)
+    status = await wait_phase(client, "wide", "failed", log=operator.output())
+    assert "spec.transformations[0]: this key_by step needs its records regrouped" in status["message"]
+    assert "set config.repartition.bootstrap_servers" in status["message"]
+    assert "InvalidSpec" in [r for r, _ in await events_of(client, "wide")]
+    assert not await worker_pods(client, "wide")
     await operator.stop()

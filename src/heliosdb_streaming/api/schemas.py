@@ -25,6 +25,7 @@ from heliosdb_streaming.model.types import (
     DetailsMetrics,
     JobDetails,
     JobMetrics,
+    JobPlanInfo,
     JobStatus,
     JobSummary,
     LatencyStats,
@@ -132,6 +133,7 @@ class JobDetailsResponse(ApiBody):
     metrics: DetailsMetrics
     tasks: list[TaskInfo]
     checkpoints: list[CheckpointInfo]
+    plan: JobPlanInfo = Field(description="(addition) the job's stages, and why each boundary exists")
 
     @classmethod
     def of(cls, d: JobDetails) -> JobDetailsResponse:
@@ -148,6 +150,7 @@ class JobDetailsResponse(ApiBody):
             metrics=d.metrics,  # a JobMetrics: the field's type, DetailsMetrics, serializes its keys
             tasks=d.tasks,
             checkpoints=d.checkpoints,
+            plan=d.plan,
         )
 
 

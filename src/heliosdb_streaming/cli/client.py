@@ -310,6 +310,9 @@ async def get_job(client: ApiClient, args: argparse.Namespace) -> int:
     print()
     tasks = [[t["task_id"], t["name"], t["status"], str(t["parallelism"])] for t in data["tasks"]]
     print(table(["TASK ID", "NAME", "STATUS", "PARALLELISM"], tasks))
+    if data.get("plan"):  # a server older than the plan has none
+        print()
+        print(plan_text(data["plan"]))
     if data["checkpoints"]:
         print()
         rows = [
@@ -560,6 +563,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]
     ]
+    return "\n".join(lines)
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The stages of a job and why each boundary exists (``plan`` of the job's details)."""
+    inputs = {"splits": "source splits", "global": "one global task"}
+    rows = [
+        [
+            str(stage["index"]),
+            inputs.get(stage["input"]) or f"key groups by {stage['key']}",
+            str(stage["tasks"]),
+            ", ".join(f"[{step['index']}] {step['type']}" for step in stage["steps"]) or "-",
+        ]
+        for stage in plan["stages"]
+    ]
+    lines = [table(["STAGE", "INPUT", "TASKS", "STEPS"], rows)]
+    lines += [f"stage {b['stage']} starts at step [{b['step']}]: {b['reason']}" for b in plan["boundaries"]]
     return "\n".join(lines)
 
 

@@ -37,15 +37,19 @@ def _fail(message: str) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from heliosdb_streaming.job import InvalidJobConfigError, JobConfig
+    from heliosdb_streaming.model.plan import plan_job
 
     body = _load_job_file(args.file)
     try:
-        JobConfig.from_dict(body)
+        config = JobConfig.from_dict(body)
     except InvalidJobConfigError as e:
         for error in e.errors:
             print(f"{error.path}: {error.message}")
         return EXIT_USAGE
     print("ok")
+    plan = plan_job(list(config.sources), list(config.transformations))
+    for line in plan.describe([t.type for t in config.transformations]):
+        print(line)
     return EXIT_OK
 
 
@@ -61,6 +65,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.parallelism:
         config = config.model_copy(update={"parallelism": args.parallelism})
+        try:
+            config.check_plan("--parallelism")
+        except InvalidJobConfigError as e:
+            for error in e.errors:
+                print(f"{error.path}: {error.message}", file=sys.stderr)
+            return EXIT_USAGE
     return asyncio.run(_run(config, args))
 
 

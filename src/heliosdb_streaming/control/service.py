@@ -27,6 +27,7 @@ from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,
+    JobPlanInfo,
     JobStatus,
     JobSummary,
     ListJobsOptions,
@@ -84,6 +85,7 @@ class JobServiceCore:
         """
         if not isinstance(config, JobConfig):  # compiling expressions is CPU work: off the loop
             config = await asyncio.to_thread(JobConfig.from_dict, config)
+        config.check_plan()  # again: a config built with model_copy skipped its validators
         await self._check_paths(config, from_savepoint)
         start = await locate_start(from_savepoint, "from_savepoint") if from_savepoint is not None else None
         plane = await self._control()
@@ -214,6 +216,7 @@ class JobServiceCore:
             checkpoints=_checkpoint_infos(entry)[-10:],
             message=record.message,
             restarts=record.restarts,
+            plan=JobPlanInfo.of(entry.config, self._source_tasks(entry)),
         )
 
     async def get_job_metrics(self, job_id: str, window: MetricsWindow | None = None) -> JobMetrics:
@@ -295,10 +298,15 @@ class JobServiceCore:
             ],
         )
 
+    @staticmethod
+    def _source_tasks(entry: JobEntry) -> int:
+        """The first stage's tasks: one per split, at most the parallelism (all of it until known)."""
+        n_splits = len(entry.metrics.task_progress)
+        return min(entry.config.parallelism, n_splits) if n_splits else entry.config.parallelism
+
     def _tasks(self, entry: JobEntry) -> list[TaskInfo]:
         config = entry.config
-        n_splits = len(entry.metrics.task_progress)
-        source_parallelism = min(config.parallelism, n_splits) if n_splits else config.parallelism
+        source_parallelism = self._source_tasks(entry)
         n_sources = len(config.sources)
         infos = []
         for i, op in enumerate(operator_names(config)):

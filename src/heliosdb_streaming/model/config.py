@@ -36,6 +36,7 @@ from heliosdb_streaming.model.connectors import (
     split_servers,
 )
 from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
+from heliosdb_streaming.model.plan import check_plan
 from heliosdb_streaming.model.transformations import (
     MAX_EXPRESSION_COST_PER_JOB,
     AnyTransformation,
@@ -311,6 +312,15 @@ class JobSubmitRequest(_Strict):
             check_work_per_record(self.transformations)
         return self
 
+    @model_validator(mode="after")
+    def _plan_runs(self, info: ValidationInfo) -> Self:
+        if not is_stored(info):
+            s = self.config
+            raise_plan_errors(
+                self.sources, self.transformations, s.parallelism, s.max_parallelism, s.repartition
+            )
+        return self
+
 
 class JobConfig(_Strict):
     """A job, as the native API takes it (the spec's ``JobConfig`` struct).
@@ -341,6 +351,26 @@ class JobConfig(_Strict):
         if not is_stored(info):
             check_work_per_record(self.transformations)
         return self
+
+    @model_validator(mode="after")
+    def _plan_runs(self, info: ValidationInfo) -> Self:
+        if not is_stored(info):
+            self.check_plan()
+        return self
+
+    def check_plan(self, path: str | None = None) -> None:
+        """Raises ``InvalidJobConfigError`` when the job's plan cannot run at its parallelism (see
+        ``plan.check_plan``). ``path``: report every problem there (a restart's override), naming the
+        field the plan's rule is about in the message. Cheap: every door calls it, even on a config
+        built without validation (``model_copy``)."""
+        raise_plan_errors(
+            self.sources,
+            self.transformations,
+            self.parallelism,
+            self.max_parallelism,
+            self.repartition,
+            path=path,
+        )
 
     @classmethod
     def from_dict(cls, body: Any) -> JobConfig:
@@ -392,12 +422,7 @@ class JobConfig(_Strict):
 
     def repartition_servers(self) -> list[str] | None:
         """The brokers of the internal topics: ``repartition``'s, else the job's Kafka source's."""
-        if self.repartition is not None:
-            return list(self.repartition.bootstrap_servers)
-        for source in self.sources:
-            if isinstance(source, KafkaSource):
-                return list(source.config.bootstrap_servers)
-        return None
+        return repartition_servers(self.repartition, self.sources)
 
     def settings_dict(self) -> dict[str, Any]:
         """The ``config`` object as the spec shows it in details."""
@@ -433,7 +458,10 @@ class JobConfig(_Strict):
         if "checkpoint_interval_ms" in changes:
             changes["checkpoint_interval"] = timedelta(milliseconds=changes.pop("checkpoint_interval_ms"))
         # the pipeline is this job's, validated already: not compiled again (on the caller's loop)
-        return JobConfig.model_validate({**dict(self), **changes}, context={STORED: True})
+        config = JobConfig.model_validate({**dict(self), **changes}, context={STORED: True})
+        if overrides.parallelism is not None:  # the plan may not run at the new parallelism
+            config.check_plan("config_overrides.parallelism")
+        return config
 
 
 class JobConfigOverrides(_Strict):
@@ -466,6 +494,39 @@ def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
         "transformations": list(request.transformations),
         "sinks": list(request.sinks),
     }
+
+
+def repartition_servers(repartition: RepartitionSettings | None, sources: list[Any]) -> list[str] | None:
+    """The brokers of a job's internal topics: ``repartition``'s, else its Kafka source's."""
+    if repartition is not None:
+        return list(repartition.bootstrap_servers)
+    for source in sources:
+        if isinstance(source, KafkaSource):
+            return list(source.config.bootstrap_servers)
+    return None
+
+
+def raise_plan_errors(
+    sources: list[Any],
+    transformations: list[Any],
+    parallelism: int,
+    max_parallelism: int,
+    repartition: RepartitionSettings | None,
+    *,
+    path: str | None = None,
+) -> None:
+    """Raises ``InvalidJobConfigError`` with what makes the job's plan impossible, if anything."""
+    errors = check_plan(
+        sources,
+        transformations,
+        parallelism=parallelism,
+        max_parallelism=max_parallelism,
+        repartition_servers=repartition_servers(repartition, sources),
+    )
+    if errors and path is not None:
+        errors = [FieldError(path, f"{e.path}: {e.message}") for e in errors]
+    if errors:
+        raise InvalidJobConfigError(errors)
 
 
 def check_work_per_record(transformations: list[Any]) -> None:

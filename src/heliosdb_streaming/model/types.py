@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
+from heliosdb_streaming.model.plan import plan_job
 
 
 class JobStatus(StrEnum):
@@ -222,6 +223,71 @@ class TaskInfo(Record):
     parallelism: int
 
 
+class PlanStep(Record):
+    index: int = Field(description="Position of the step in the job's transformations")
+    type: str
+
+
+class PlanStage(Record):
+    """A run of steps whose tasks see the same grouping of records."""
+
+    index: int
+    input: Literal["splits", "key_groups", "global"] = Field(
+        description="splits: one task per source split (stage 0); key_groups: records routed by key, "
+        "hash(key) mod max_parallelism; global: one task sees every event"
+    )
+    key: str | None = Field(description="The key expression the stage's input is routed by, or null")
+    steps: list[PlanStep]
+    tasks: int = Field(description="How many tasks run the stage at the job's parallelism")
+
+
+class PlanBoundary(Record):
+    """Where records cross into a stage, regrouped, and why."""
+
+    stage: int = Field(description="The stage that starts here")
+    step: int = Field(description="Position in the transformations of the first step of that stage")
+    key: str | None = Field(description="The key records are routed by; null: a global step")
+    reason: str
+
+
+class JobPlanInfo(Record):
+    """(addition) The job's plan: its stages, and why each boundary between them exists."""
+
+    stages: list[PlanStage]
+    boundaries: list[PlanBoundary]
+    declared_key: str | None = Field(
+        description="The partitioning the sources declare (partitioned_by; datagen: card_id), or null"
+    )
+
+    @classmethod
+    def of(cls, config: JobConfig, source_tasks: int | None = None) -> JobPlanInfo:
+        """The plan of ``config``; ``source_tasks``: the first stage's tasks when the splits are known
+        (a running job), else the job's parallelism."""
+        plan = plan_job(list(config.sources), list(config.transformations))
+        types = [t.type for t in config.transformations]
+        tasks = {
+            "splits": source_tasks if source_tasks is not None else config.parallelism,
+            "key_groups": min(config.parallelism, config.max_parallelism),
+            "global": 1,
+        }
+        return cls(
+            stages=[
+                PlanStage(
+                    index=s.index,
+                    input=s.input,
+                    key=s.key,
+                    steps=[PlanStep(index=i, type=types[i]) for i in s.steps],
+                    tasks=tasks[s.input],
+                )
+                for s in plan.stages
+            ],
+            boundaries=[
+                PlanBoundary(stage=b.stage, step=b.step, key=b.key, reason=b.reason) for b in plan.boundaries
+            ],
+            declared_key=plan.declared_key,
+        )
+
+
 class CheckpointInfo(Record):
     checkpoint_id: str
     timestamp: Timestamp
@@ -266,6 +332,7 @@ class JobDetails(Record):
     checkpoints: list[CheckpointInfo]
     message: str | None = None
     restarts: int = 0
+    plan: JobPlanInfo
 
     @property
     def uptime_seconds(self) -> int:

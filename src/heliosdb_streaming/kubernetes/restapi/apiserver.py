@@ -35,6 +35,7 @@ from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,
+    JobPlanInfo,
     JobStatus,
     LogEntry,
     LogLevel,
@@ -162,6 +163,7 @@ class KubernetesJobService:
             checkpoints=checkpoints,
             message=message,
             restarts=jobviews.restarts_of(obj),
+            plan=JobPlanInfo.of(config, jobviews.source_tasks(config, tasks)),
         )
 
     async def get_job_metrics(self, job_id: str, window: MetricsWindow) -> JobMetrics:

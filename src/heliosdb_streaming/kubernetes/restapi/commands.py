@@ -162,6 +162,8 @@ class JobCommands:
             jobviews.check_restart_parallelism(
                 jobviews.restart_parallelism(spec, options.config_overrides), limit
             )
+        if options.config_overrides is not None:  # compiles expressions: off the loop
+            await asyncio.to_thread(jobviews.check_restart_plan, obj, options.config_overrides)
         patch = jobviews.restart_patch(spec, restore_from, options.config_overrides)
         await self._patch_spec(job_id, obj, patch)
         nonce = patch["restartNonce"]

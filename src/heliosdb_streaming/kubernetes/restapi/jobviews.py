@@ -223,6 +223,11 @@ def planned_tasks(config: JobConfig, status: JobStatus) -> list[TaskInfo]:
     ]
 
 
+def source_tasks(config: JobConfig, tasks: Sequence[TaskInfo]) -> int | None:
+    """The first stage's tasks as the operator reports them (its source tasks' parallelism)."""
+    return tasks[0].parallelism if config.sources and tasks else None
+
+
 def restore_savepoint(
     checkpoints: Sequence[CheckpointInfo], savepoints: Sequence[SavepointInfo]
 ) -> str | None:
@@ -295,6 +300,15 @@ def check_restart_parallelism(parallelism: int, max_parallelism: int) -> None:
         raise InvalidJobConfigError(
             [FieldError("config_overrides.parallelism", f"exceeds max_parallelism {max_parallelism}")]
         )
+
+
+def check_restart_plan(obj: Obj, overrides: JobConfigOverrides) -> None:
+    """Rejects a restart whose overrides make the job's plan impossible, as ``ControlPlane.restart``
+    does (``JobConfig.with_overrides``: 400 at ``config_overrides.parallelism``). A spec that is not a
+    valid job has nothing to check here: the operator has marked it invalid already."""
+    config = config_of(obj)
+    if config.sources:
+        config.with_overrides(overrides)
 
 
 def restart_patch(
