@@ -40,6 +40,7 @@ from heliosdb_streaming.model.transformations import (
     MAX_EXPRESSION_COST_PER_JOB,
     AnyTransformation,
     expression_costs,
+    process_key_errors,
 )
 
 MAX_PARALLELISM = 1024
@@ -251,6 +252,7 @@ class JobSubmitRequest(_Strict):
     def _work_per_record(self, info: ValidationInfo) -> Self:
         if not is_stored(info):
             check_work_per_record(self.transformations)
+            check_process_keys(self.transformations)
         return self
 
 
@@ -280,6 +282,7 @@ class JobConfig(_Strict):
     def _work_per_record(self, info: ValidationInfo) -> Self:
         if not is_stored(info):
             check_work_per_record(self.transformations)
+            check_process_keys(self.transformations)
         return self
 
     @classmethod
@@ -398,6 +401,13 @@ def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
         "transformations": list(request.transformations),
         "sinks": list(request.sinks),
     }
+
+
+def check_process_keys(transformations: list[Any]) -> None:
+    """A process step's state and timers are per key: refuse one that has no key to use."""
+    problems = process_key_errors(transformations)
+    if problems:
+        raise InvalidJobConfigError([FieldError(f"transformations[{i}].config.key", m) for i, m in problems])
 
 
 def check_work_per_record(transformations: list[Any]) -> None:

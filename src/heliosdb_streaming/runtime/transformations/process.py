@@ -124,7 +124,10 @@ class ProcessTransformation:
         self._wm = MIN_WATERMARK
         self._timer_errors: list[tuple[Record, Exception]] = []
         self.restore()
-        function.open(self._ctx)
+        try:
+            function.open(self._ctx)
+        except Exception as e:
+            raise self._user_error("open", e) from e
 
     @property
     def watermark(self) -> int:
