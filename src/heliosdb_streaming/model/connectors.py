@@ -374,7 +374,20 @@ AnySink = Annotated[
 ]
 
 DISCRIMINATOR_TAGS = frozenset(
-    {"kafka", "datagen", "file", "filter", "map", "key_by", "window", "cep", "database", "print", "discard"}
+    {
+        "kafka",
+        "datagen",
+        "file",
+        "filter",
+        "map",
+        "key_by",
+        "window",
+        "cep",
+        "python",
+        "database",
+        "print",
+        "discard",
+    }
 )
 
 

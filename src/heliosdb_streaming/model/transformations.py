@@ -1,4 +1,5 @@
-"""Typed configs of every transformation type (filter, map, key_by, window, cep): a step's ``config`` keys.
+"""Typed configs of every transformation type (filter, map, key_by, window, cep, python): a step's
+``config`` keys.
 
 Each step of a job is ``{"type": ..., "config": {...}}``; the ``type`` picks one of the models below
 (a pydantic discriminated union), so unknown types and unknown keys are rejected with their path.
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from heliosdb_streaming.model import expr, patterns
+from heliosdb_streaming.model import expr, patterns, usercode
 from heliosdb_streaming.model.connectors import StrictInt, _Strict, is_stored
 from heliosdb_streaming.model.durations import MAX_DURATION_MS, format_duration_ms, parse_duration_ms
 
@@ -284,6 +285,26 @@ class CepSettings(_Strict):
         return self
 
 
+PythonKind = Literal["map", "filter", "flat_map"]
+
+
+class PythonSettings(_Strict):
+    """A user function applied to each record: ``map`` returns the new record (None drops it), ``filter``
+    keeps the record when the result is truthy, ``flat_map`` returns an iterable of records."""
+
+    function: str = Field(
+        min_length=1,
+        description="The function, 'package.module:name', imported by the workers from their environment",
+        examples=["acme.fraud.scoring:score"],
+    )
+    kind: PythonKind = Field(default="map", description="map (None drops), filter (truthy keeps), flat_map")
+
+    @field_validator("function")
+    @classmethod
+    def _reference(cls, v: str, info: ValidationInfo) -> str:
+        return v if is_stored(info) else str(usercode.parse_reference(v))
+
+
 class TransformationConfig(_Strict):
     """One step of a job. Build with ``TransformationConfig.filter("amount > 10")`` and friends."""
 
@@ -309,6 +330,12 @@ class TransformationConfig(_Strict):
     @staticmethod
     def cep(pattern: str, **kw: Any) -> Any:
         return CepTransformation(config=CepSettings.model_validate({"pattern": pattern, **kw}))
+
+    @staticmethod
+    def python(fn: Any, kind: PythonKind = "map") -> Any:
+        """A python step running ``fn``: a module-level function (stored as its ``module:qualname``) or
+        that reference as a string. UserCodeError for lambdas, closures and ``__main__`` functions."""
+        return PythonTransformation(config=PythonSettings(function=usercode.reference_of(fn), kind=kind))
 
 
 class FilterTransformation(TransformationConfig):
@@ -336,7 +363,17 @@ class CepTransformation(TransformationConfig):
     config: CepSettings
 
 
+class PythonTransformation(TransformationConfig):
+    type: Literal["python"] = "python"
+    config: PythonSettings
+
+
 AnyTransformation = Annotated[
-    FilterTransformation | MapTransformation | KeyByTransformation | WindowTransformation | CepTransformation,
+    FilterTransformation
+    | MapTransformation
+    | KeyByTransformation
+    | WindowTransformation
+    | CepTransformation
+    | PythonTransformation,
     Field(discriminator="type"),
 ]

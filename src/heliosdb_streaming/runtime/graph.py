@@ -19,6 +19,7 @@ from heliosdb_streaming.model.transformations import parse_aggregate
 from heliosdb_streaming.runtime.contracts import Record, SinkWriter, SourceReader, StateStore, Transformation
 from heliosdb_streaming.runtime.transformations import basic
 from heliosdb_streaming.runtime.transformations.cep import CepTransformation
+from heliosdb_streaming.runtime.transformations.python import PythonTransformation
 from heliosdb_streaming.runtime.transformations.window import WindowTransformation
 
 KeyFn = Callable[[Record], Any]
@@ -160,6 +161,8 @@ def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformati
             chain.append(_window(step.config, store_for(store_name), key_fn))
         elif isinstance(step, transformations.CepTransformation):
             chain.append(_cep(step.config, store_for(store_name), key_fn))
+        elif isinstance(step, transformations.PythonTransformation):
+            chain.append(PythonTransformation(step.config.function, step.config.kind))
         else:
             raise ValueError(f"unknown transformation type {step.type!r}")
     return chain
