@@ -55,7 +55,8 @@ class ErrorDetail(ApiBody):
 
 class ErrorInfo(ApiBody):
     code: str = Field(
-        description="Stable machine-readable code: invalid_json, invalid_job_config, invalid_parameter, "
+        description="Stable machine-readable code: invalid_json, invalid_job_config, python_not_allowed, "
+        "invalid_parameter, "
         "invalid_request, unauthorized, job_not_found, savepoint_not_found, not_found, method_not_allowed, "
         "illegal_state_transition, job_restarting, savepoint_in_use, payload_too_large, savepoint_failed, "
         "service_unavailable, internal_error"

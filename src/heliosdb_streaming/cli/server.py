@@ -97,6 +97,16 @@ def register(sub: Any) -> None:
         help="embedded: a directory jobs may read and write besides the home (repeatable, added to "
         "$HELIOS_ALLOW_PATHS, ':'-separated); file sources, sinks and checkpoints elsewhere are refused",
     )
+    p.add_argument(
+        "--python-modules",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="embedded: modules whose functions python steps may run: a package name (itself and its "
+        "submodules) or an fnmatch pattern (repeatable or comma-separated, added to "
+        "$HELIOS_PYTHON_MODULES); default none: a job naming any other module is refused with 400 "
+        "python_not_allowed. See docs/python-functions.md",
+    )
     p.add_argument("--demo", action="store_true", help="also run an endless demo job (unless one is active)")
     p.set_defaults(func=cmd_server)
 
@@ -142,6 +152,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             api_token=token,
             policy=policy,
             allow_paths=[Path(p) for p in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path)],
+            python_modules=python_modules(args.python_modules),
         )
     )
 
@@ -187,17 +198,22 @@ async def serve(
     api_token: str | None,
     policy: RequestPolicy | None = None,
     allow_paths: Sequence[Path] = (),
+    python_modules: Sequence[str] = (),
 ) -> int:
-    """The embedded server: jobs may use local files under the home and ``allow_paths`` only."""
+    """The embedded server: jobs may use local files under the home and ``allow_paths`` only, and run
+    user code of ``python_modules`` only."""
     from heliosdb_streaming.api.app import create_app
     from heliosdb_streaming.job.manager import JobManager
 
-    manager = JobManager(max_parallelism, home=home, allowed_roots=list(allow_paths))
+    manager = JobManager(
+        max_parallelism, home=home, allowed_roots=list(allow_paths), python_modules=list(python_modules)
+    )
     app = create_app(manager, api_token=api_token, owns_manager=True, request_policy=policy)
     assert manager.allowed_roots is not None
     where = (
         f"home {manager.home}, max parallelism {max_parallelism}, "
-        f"files under {manager.allowed_roots.describe()}"
+        f"files under {manager.allowed_roots.describe()}, "
+        f"python modules {', '.join(python_modules) or 'none'}"
     )
     return await _run(
         app, host, port, where, api_token, lambda: _submit_demo(manager) if demo else _nothing()
@@ -253,6 +269,17 @@ async def _run(
 def env_list(name: str, separator: str) -> list[str]:
     """A list setting from the environment (how the chart passes them): ``a,b`` or ``/a:/b``."""
     return [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
+
+
+def python_modules(flags: Sequence[str]) -> list[str]:
+    """The allowed user-code modules: ``$HELIOS_PYTHON_MODULES`` then each ``--python-modules`` flag,
+    each comma-separated."""
+    return [
+        m.strip()
+        for item in (*env_list("HELIOS_PYTHON_MODULES", ","), *flags)
+        for m in item.split(",")
+        if m.strip()
+    ]
 
 
 def _url_host(host: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from heliosdb_streaming.control import paths
+from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.service import JobServiceCore
 from heliosdb_streaming.embedded import private
@@ -43,11 +43,13 @@ class JobManager(JobServiceCore):
         *,
         home: str | Path | None = None,
         allowed_roots: Sequence[str | Path] | None = None,
+        python_modules: Sequence[str] | None = None,
     ) -> None:
         """``allowed_roots``: None (the native API, ``helios run``) lets jobs use any local path; a
         server for network clients passes its roots (the home is always one): then every file a job
         names must resolve inside them (``control.paths``), relative paths are taken relative to the
-        home and workers run in the home."""
+        home and workers run in the home. ``python_modules``: None runs any importable user code; a
+        server passes the modules its administrator allowed (``--python-modules``; empty: none)."""
         if max_parallelism < 1:
             raise ValueError("max_parallelism must be at least 1")
         self.max_parallelism = max_parallelism
@@ -57,6 +59,9 @@ class JobManager(JobServiceCore):
             allowed_roots=None
             if allowed_roots is None
             else paths.AllowedRoots.of([self.home, *allowed_roots], base=self.home),
+            user_code=usercode.UserCodePolicy()
+            if python_modules is None
+            else usercode.UserCodePolicy.server(python_modules),
         )
         self._starting: asyncio.Lock | None = None
 

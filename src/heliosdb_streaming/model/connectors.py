@@ -383,6 +383,7 @@ DISCRIMINATOR_TAGS = frozenset(
         "key_by",
         "window",
         "cep",
+        "python",
         "process",
         "database",
         "print",

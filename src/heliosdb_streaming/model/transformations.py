@@ -1,5 +1,5 @@
-"""Typed configs of every transformation type (filter, map, key_by, window, cep, process): a step's
-``config`` keys.
+"""Typed configs of every transformation type (filter, map, key_by, window, cep, python, process): a
+step's ``config`` keys.
 
 Each step of a job is ``{"type": ..., "config": {...}}``; the ``type`` picks one of the models below
 (a pydantic discriminated union), so unknown types and unknown keys are rejected with their path.
@@ -285,6 +285,26 @@ class CepSettings(_Strict):
         return self
 
 
+PythonKind = Literal["map", "filter", "flat_map"]
+
+
+class PythonSettings(_Strict):
+    """A user function applied to each record: ``map`` returns the new record (None drops it), ``filter``
+    keeps the record when the result is truthy, ``flat_map`` returns an iterable of records."""
+
+    function: str = Field(
+        min_length=1,
+        description="The function, 'package.module:name', imported by the workers from their environment",
+        examples=["acme.fraud.scoring:score"],
+    )
+    kind: PythonKind = Field(default="map", description="map (None drops), filter (truthy keeps), flat_map")
+
+    @field_validator("function")
+    @classmethod
+    def _reference(cls, v: str, info: ValidationInfo) -> str:
+        return v if is_stored(info) else str(usercode.parse_reference(v))
+
+
 class ProcessSettings(_Strict):
     """A keyed process function: a ``KeyedProcessFunction`` subclass run per task, with per-key state
     and timers. Its key is ``key``, else the key of the ``key_by`` before it (one of them is needed)."""
@@ -362,8 +382,14 @@ class TransformationConfig(_Strict):
         return CepTransformation(config=CepSettings.model_validate({"pattern": pattern, **kw}))
 
     @staticmethod
+    def python(fn: Any, kind: PythonKind = "map") -> Any:
+        """A python step running ``fn``: a module-level function (stored as its ``module:qualname``) or
+        that reference as a string. UserCodeError for lambdas, closures and ``__main__`` functions."""
+        return PythonTransformation(config=PythonSettings(function=usercode.reference_of(fn), kind=kind))
+
+    @staticmethod
     def process(function: Any, key: str | None = None, **kw: Any) -> Any:
-        """A process step running ``cls``: a ``KeyedProcessFunction`` subclass defined at module level
+        """A process step running ``function``: a ``KeyedProcessFunction`` subclass defined at module level
         (stored as its ``module:qualname``) or that reference as a string. UserCodeError for classes
         defined in a function or in ``__main__``; ``key`` defaults to the key_by key."""
         settings = {"function": usercode.reference_of(function), "key": key, **kw}
@@ -395,6 +421,11 @@ class CepTransformation(TransformationConfig):
     config: CepSettings
 
 
+class PythonTransformation(TransformationConfig):
+    type: Literal["python"] = "python"
+    config: PythonSettings
+
+
 class ProcessTransformation(TransformationConfig):
     type: Literal["process"] = "process"
     config: ProcessSettings
@@ -406,6 +437,7 @@ AnyTransformation = Annotated[
     | KeyByTransformation
     | WindowTransformation
     | CepTransformation
+    | PythonTransformation
     | ProcessTransformation,
     Field(discriminator="type"),
 ]

@@ -22,6 +22,7 @@ from heliosdb_streaming.runtime.contracts import Record, SinkWriter, SourceReade
 from heliosdb_streaming.runtime.transformations import basic
 from heliosdb_streaming.runtime.transformations.cep import CepTransformation
 from heliosdb_streaming.runtime.transformations.process import ProcessTransformation
+from heliosdb_streaming.runtime.transformations.python import PythonTransformation
 from heliosdb_streaming.runtime.transformations.window import WindowTransformation
 
 KeyFn = Callable[[Record], Any]
@@ -169,6 +170,8 @@ def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformati
             chain.append(_window(step.config, store_for(store_name), key_fn))
         elif isinstance(step, transformations.CepTransformation):
             chain.append(_cep(step.config, store_for(store_name), key_fn))
+        elif isinstance(step, transformations.PythonTransformation):
+            chain.append(PythonTransformation(step.config.function, step.config.kind))
         elif isinstance(step, transformations.ProcessTransformation):
             chain.append(_process(step.config, store_for(store_name), key_fn))
         else:

@@ -179,9 +179,9 @@ def test_user_errors_are_errors_of_their_record_with_the_function_named() -> Non
     out = step.process(records, errors)
     assert out == [{"ok": 1}, {"ok": 2}, {"ok": 5}]
     messages = [str(e) for _, e in errors]
-    assert messages[0] == "tests:Totals.process raised ValueError: bad amount"
-    assert messages[1] == "tests:Totals.process raised KeyError: 'late'"
-    assert messages[2].startswith("tests:Totals.process returned str 'text', not a dict record")
+    assert messages[0] == "function tests:Totals.process raised ValueError: bad amount"
+    assert messages[1] == "function tests:Totals.process raised KeyError: 'late'"
+    assert messages[2] == "function tests:Totals.process returned str 'text', not a dict record"
     assert "returned a dict" in messages[3]
     assert "field 'timestamp'" in messages[4]
     assert [r["kind"] for r, _ in errors] == ["raise", "raise_late", "not_dict", "dict", "fine"]
@@ -190,7 +190,7 @@ def test_user_errors_are_errors_of_their_record_with_the_function_named() -> Non
     assert step.on_end() == []
     ((record, error),) = step.take_errors()
     assert record == {"key": "b", "timer": 7, "time_domain": "event"}
-    assert str(error) == "tests:Totals.on_timer raised RuntimeError: timer 7"
+    assert str(error) == "function tests:Totals.on_timer raised RuntimeError: timer 7"
     assert step.take_errors() == []
 
 
@@ -225,5 +225,7 @@ def test_function_must_not_read_state_in_open() -> None:
         def open(self, ctx: RuntimeContext) -> None:
             ctx.value_state("x").value()
 
-    with pytest.raises(RuntimeError, match="only available in process"):
+    with pytest.raises(
+        UserFunctionError, match=r"tests:Totals\.open raised RuntimeError: keyed state is only"
+    ):
         make(fn=Reads())

@@ -105,3 +105,10 @@ def reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             close_due(watermark)
     close_due(2**63 - 1)
     return sorted(out, key=lambda r: (r["kind"], repr(r["card_id"]), r.get("at", r.get("ended"))))
+
+
+class NotAProcessFunction:
+    """A class that forgot to subclass KeyedProcessFunction (refused at submit)."""
+
+    def process(self, event: dict[str, Any], ctx: Any) -> None:
+        return None

@@ -34,12 +34,9 @@ from heliosdb_streaming.runtime.contracts import Batch, Record, StateStore
 from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK, event_time_field_value
 from heliosdb_streaming.runtime.state.keyed import KeyedStateRegistry, KeyScope, key_string
 from heliosdb_streaming.runtime.state.timers import EVENT, PROCESSING, TimerQueue
+from heliosdb_streaming.runtime.transformations.python import UserFunctionError
 
 _META = "meta"
-
-
-class UserFunctionError(Exception):
-    """An exception raised by user code (or a bad output item), naming the function and the call."""
 
 
 class _Timers(TimerService):
@@ -252,21 +249,21 @@ class ProcessTransformation:
             return
         if type(result) is dict:
             raise UserFunctionError(
-                f"{self.function_name}.{method} returned a dict: return a list of records or yield them"
+                f"{self.function_name}.{method}", "returned a dict: return a list of records or yield them"
             )
         items = list(result)  # runs a generator to its end before anything is emitted
-        good = [i for i in items if type(i) is dict]
+        good = [i for i in items if isinstance(i, dict)]
         if len(good) < len(items):
             where: Record = record if record is not None else {"key": key, "timer": ts}
             for item in items:
-                if type(item) is not dict:
-                    message = f"{self.function_name}.{method} returned {type(item).__name__} {item!r:.80}"
-                    errors.append((where, UserFunctionError(message + ", not a dict record")))
+                if not isinstance(item, dict):
+                    message = f"returned {type(item).__name__} {item!r:.80}, not a dict record"
+                    errors.append((where, UserFunctionError(f"{self.function_name}.{method}", message)))
         out.extend(good)
 
     def _user_error(self, method: str, e: Exception) -> UserFunctionError:
         if isinstance(e, UserFunctionError):
             return e
-        error = UserFunctionError(f"{self.function_name}.{method} raised {type(e).__name__}: {e}")
+        error = UserFunctionError(f"{self.function_name}.{method}", f"raised {type(e).__name__}: {e}")
         error.__cause__ = e
         return error
