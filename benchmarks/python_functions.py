@@ -35,7 +35,7 @@ PY_FILTER = {"type": "python", "config": {"function": f"{HERE}:large", "kind": "
 EXPR_FILTER = {"type": "filter", "config": {"condition": "amount > 100"}}
 PY_FLAT_MAP = {"type": "python", "config": {"function": f"{HERE}:twice", "kind": "flat_map"}}
 MICRO_BATCH = 500
-REPEATS = 5
+REPEATS = 7
 
 
 def double(record: dict[str, Any]) -> dict[str, Any]:

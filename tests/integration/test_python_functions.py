@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -70,7 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Hel
         str(data),
         "--python-modules",
         "helios_userpkg",
-        env={"PYTHONPATH": str(USERPKG)},
+        # relative to the server's working directory, not to its home where its workers run
+        env={"PYTHONPATH": os.path.relpath(USERPKG)},
     )
     try:
         yield process
