@@ -30,10 +30,17 @@ WORKER_ENV = frozenset(
 WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "AWS_", "MINIO_", "PG")
 
 
-def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+def worker_environment(environ: Mapping[str, str], cwd: str | None = None) -> dict[str, str]:
     """The part of ``environ`` a worker gets: an allow-list, so a secret of the server's (its API token)
-    never reaches job code."""
-    return {k: v for k, v in environ.items() if k in WORKER_ENV or k.startswith(WORKER_ENV_PREFIXES)}
+    never reaches job code. ``PYTHONPATH`` entries are made absolute against ``cwd`` (this process's
+    directory), since a server's workers run in its home: they import user code from where it does."""
+    env = {k: v for k, v in environ.items() if k in WORKER_ENV or k.startswith(WORKER_ENV_PREFIXES)}
+    if env.get("PYTHONPATH"):
+        base = cwd if cwd is not None else os.getcwd()
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.join(base, entry) for entry in env["PYTHONPATH"].split(os.pathsep)
+        )  # an absolute entry stays as it is; an empty one (the directory) becomes ``base``
+    return env
 
 
 class SubprocessWorker:
