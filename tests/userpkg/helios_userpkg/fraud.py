@@ -1,8 +1,9 @@
-"""A fraud-style keyed process function as a user writes one (a ``process`` step's class).
+"""Fraud-style keyed process functions as a user writes them (the classes ``process`` steps name).
 
 Per card: a running total and count (value state), payments per merchant (map state), the last
 amounts (list state); an ``alert`` once the total passes ``LIMIT`` (once per session); and a
-``session`` summary from an event-time timer once the card has been quiet for ``GAP_MS``.
+``session`` summary from an event-time timer once the card has been quiet for ``gap_ms``.
+:func:`reference` computes the same output without the engine, for tests to compare with.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ RECENT = 3
 
 
 class CardSessions(KeyedProcessFunction):
+    gap_ms = GAP_MS
+
     def open(self, ctx: RuntimeContext) -> None:
         self.total = ctx.value_state("total", default=0)
         self.count = ctx.value_state("count", default=0)
@@ -38,73 +41,66 @@ class CardSessions(KeyedProcessFunction):
         if previous is not None:
             ctx.timer_service.delete_event_time_timer(previous)
         assert ctx.timestamp is not None, "events carry a timestamp"
-        self.quiet_at.update(ctx.timestamp + GAP_MS)
-        ctx.timer_service.register_event_time_timer(ctx.timestamp + GAP_MS)
+        self.quiet_at.update(ctx.timestamp + self.gap_ms)
+        ctx.timer_service.register_event_time_timer(ctx.timestamp + self.gap_ms)
         if total > LIMIT and not self.alerted.value():
             self.alerted.update(True)
-            yield {"kind": "alert", "card_id": ctx.key, "total": total, "at": ctx.timestamp, "recent": recent}
+            yield self.alert(ctx.key, total, ctx.timestamp, recent, dict(self.merchants.items()))
 
     def on_timer(self, timestamp: int, ctx: Context) -> Iterator[dict[str, Any]]:
-        yield {
-            "kind": "session",
-            "card_id": ctx.key,
-            "total": self.total.value(),
-            "count": self.count.value(),
-            "merchants": dict(sorted(self.merchants.items())),
-            "ended": timestamp,
-        }
+        yield self.session(
+            ctx.key, self.total.value(), self.count.value(), dict(self.merchants.items()), timestamp
+        )
         for state in (self.total, self.count, self.alerted, self.quiet_at, self.merchants, self.recent):
             state.clear()
 
+    @staticmethod
+    def alert(
+        card: Any, total: float, at: int, recent: list[float], merchants: dict[str, int]
+    ) -> dict[str, Any]:
+        return {"kind": "alert", "card_id": card, "total": total, "at": at, "recent": recent}
 
-def reference(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What ``CardSessions`` emits for ``events`` of one task in order (with no out-of-orderness),
-    computed independently: sessions split where the next event is ``GAP_MS`` or more after the
-    watermark passed the quiet time. Sorted by (kind, card, time) so outputs compare as multisets."""
-    out: list[dict[str, Any]] = []
-    open_: dict[Any, dict[str, Any]] = {}
-    watermark = -(2**63)
+    @staticmethod
+    def session(card: Any, total: float, count: int, merchants: dict[str, int], ended: int) -> dict[str, Any]:
+        return {
+            "kind": "session",
+            "card_id": card,
+            "total": total,
+            "count": count,
+            "merchants": dict(sorted(merchants.items())),
+            "ended": ended,
+        }
 
-    def close_due(wm: int) -> None:
-        for card in sorted(open_, key=lambda c: (open_[c]["quiet_at"], repr(c))):
-            s = open_[card]
-            if s["quiet_at"] <= wm:
-                out.append(
-                    {
-                        "kind": "session",
-                        "card_id": card,
-                        "total": s["total"],
-                        "count": s["count"],
-                        "merchants": dict(sorted(s["merchants"].items())),
-                        "ended": s["quiet_at"],
-                    }
-                )
-                del open_[card]
 
-    for e in events:
-        card = e["card_id"]
-        s = open_.setdefault(card, {"total": 0, "count": 0, "merchants": {}, "alerted": False, "recent": []})
-        s["total"] = round(s["total"] + e["amount"], 2)
-        s["count"] += 1
-        s["merchants"][e["merchant"]] = s["merchants"].get(e["merchant"], 0) + 1
-        s["recent"] = [*s["recent"], e["amount"]][-RECENT:]
-        s["quiet_at"] = e["timestamp"] + GAP_MS
-        if s["total"] > LIMIT and not s["alerted"]:
-            s["alerted"] = True
-            out.append(
-                {
-                    "kind": "alert",
-                    "card_id": card,
-                    "total": s["total"],
-                    "at": e["timestamp"],
-                    "recent": s["recent"],
-                }
-            )
-        if e["timestamp"] - 1 > watermark:
-            watermark = e["timestamp"] - 1
-            close_due(watermark)
-    close_due(2**63 - 1)
-    return sorted(out, key=lambda r: (r["kind"], repr(r["card_id"]), r.get("at", r.get("ended"))))
+class QuickSessions(CardSessions):
+    """Sessions of datagen's cards (an event every few tens of ms each): flat rows of one shape, for a
+    database table: ``kind, card_id, total, count, merchants`` (distinct merchants), ``at``."""
+
+    gap_ms = 250
+
+    @staticmethod
+    def alert(
+        card: Any, total: float, at: int, recent: list[float], merchants: dict[str, int]
+    ) -> dict[str, Any]:
+        return {
+            "kind": "alert",
+            "card_id": card,
+            "total": total,
+            "count": 0,
+            "merchants": len(merchants),
+            "at": at,
+        }
+
+    @staticmethod
+    def session(card: Any, total: float, count: int, merchants: dict[str, int], ended: int) -> dict[str, Any]:
+        return {
+            "kind": "session",
+            "card_id": card,
+            "total": total,
+            "count": count,
+            "merchants": len(merchants),
+            "at": ended,
+        }
 
 
 class NotAProcessFunction:
@@ -112,3 +108,37 @@ class NotAProcessFunction:
 
     def process(self, event: dict[str, Any], ctx: Any) -> None:
         return None
+
+
+def reference(events: list[dict[str, Any]], cls: type[CardSessions] = CardSessions) -> list[dict[str, Any]]:
+    """What ``cls`` emits for the events of one split in order (no out-of-orderness), computed
+    independently: a card's session ends once the watermark (latest time - 1) passes its last event
+    plus the gap, checked after each event, and every session still open ends at the end of input.
+    Sorted by (kind, card, time) so outputs compare as multisets."""
+    out: list[dict[str, Any]] = []
+    sessions: dict[Any, dict[str, Any]] = {}
+    watermark = -(2**63)
+
+    def end_due(wm: int) -> None:
+        for card in [c for c, s in sessions.items() if s["quiet_at"] <= wm]:
+            s = sessions.pop(card)
+            out.append(cls.session(card, s["total"], s["count"], s["merchants"], s["quiet_at"]))
+
+    for e in events:
+        card = e["card_id"]
+        s = sessions.setdefault(
+            card, {"total": 0, "count": 0, "merchants": {}, "alerted": False, "recent": []}
+        )
+        s["total"] = round(s["total"] + e["amount"], 2)
+        s["count"] += 1
+        s["merchants"][e["merchant"]] = s["merchants"].get(e["merchant"], 0) + 1
+        s["recent"] = [*s["recent"], e["amount"]][-RECENT:]
+        s["quiet_at"] = e["timestamp"] + cls.gap_ms
+        if s["total"] > LIMIT and not s["alerted"]:
+            s["alerted"] = True
+            out.append(cls.alert(card, s["total"], e["timestamp"], s["recent"], dict(s["merchants"])))
+        if e["timestamp"] - 1 > watermark:
+            watermark = e["timestamp"] - 1
+            end_due(watermark)
+    end_due(2**63 - 1)
+    return sorted(out, key=lambda r: (r["kind"], repr(r["card_id"]), r.get("at", r.get("ended"))))
