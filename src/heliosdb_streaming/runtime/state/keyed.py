@@ -82,28 +82,42 @@ class KeyScope:
 
 
 class StoreValueState(ValueState):
-    __slots__ = ("_default", "_prefix", "_scope", "_store")
+    """The hot path of most functions (a count, a total): store methods bound once, no copy of
+    scalars, and the "no key yet" check only when the key is missing (``None + str`` raises)."""
+
+    __slots__ = ("_default", "_delete", "_get", "_prefix", "_put", "_scalar_default", "_scope")
 
     def __init__(self, store: StateStore, scope: KeyScope, name: str, default: Any) -> None:
-        self._store = store
+        self._get = store.get
+        self._put = store.put
+        self._delete = store.delete
         self._scope = scope
         self._prefix = f"v|{name}|"
         self._default = copy_value(default)
+        self._scalar_default = isinstance(self._default, _SCALARS)
+
+    def _entry(self) -> str:
+        try:
+            return self._prefix + self._scope.kstr  # type: ignore[operator]
+        except TypeError:
+            return self._prefix + self._scope.current()  # raises the "not in open()" error
 
     def value(self) -> JsonValue:
-        v = self._store.get(self._prefix + self._scope.current())
+        v = self._get(self._entry())
         if v is None:
-            return self._default if isinstance(self._default, _SCALARS) else copy_value(self._default)
-        return v if isinstance(v, _SCALARS) else copy_value(v)
+            return self._default if self._scalar_default else copy_value(self._default)
+        t = type(v)
+        return v if t is int or t is float or t is str or t is bool else copy_value(v)
 
     def update(self, value: JsonValue) -> None:
         if value is None:
-            self.clear()
+            self._delete(self._entry())
             return
-        self._store.put(self._prefix + self._scope.current(), copy_value(value))
+        t = type(value)
+        self._put(self._entry(), value if t is int or t is str or t is bool else copy_value(value))
 
     def clear(self) -> None:
-        self._store.delete(self._prefix + self._scope.current())
+        self._delete(self._entry())
 
 
 class StoreListState(ListState):

@@ -34,13 +34,13 @@ def _check_time(timestamp: Any) -> int:
 class TimerQueue:
     """The timers of one time domain."""
 
-    __slots__ = ("_heap", "_live", "_prefix", "_store", "domain")
+    __slots__ = ("_live", "_prefix", "_store", "domain", "heap")
 
     def __init__(self, store: StateStore, domain: str) -> None:
         self._store = store
         self.domain = domain
         self._prefix = f"t|{domain}|"
-        self._heap: list[tuple[int, str]] = []
+        self.heap: list[tuple[int, str]] = []
         self._live: dict[tuple[int, str], Any] = {}
 
     def restore(self) -> None:
@@ -50,8 +50,8 @@ class TimerQueue:
         for sk, entry in self._store.items(self._prefix):
             ts, kstr = sk[n:].split("|", 1)
             self._live[(int(ts), kstr)] = entry[0]
-        self._heap = list(self._live)
-        heapq.heapify(self._heap)
+        self.heap = list(self._live)
+        heapq.heapify(self.heap)
 
     def register(self, timestamp: Any, key: Any, kstr: str) -> None:
         ts = _check_time(timestamp)
@@ -59,7 +59,7 @@ class TimerQueue:
         if item in self._live:
             return
         self._live[item] = key
-        heapq.heappush(self._heap, item)
+        heapq.heappush(self.heap, item)
         self._store.put(f"{self._prefix}{ts}|{kstr}", [key])
 
     def delete(self, timestamp: Any, kstr: str) -> None:
@@ -71,7 +71,7 @@ class TimerQueue:
 
     def next_time(self) -> int | None:
         """The time of the earliest pending timer, or ``None``."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0] not in self._live:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
@@ -81,7 +81,7 @@ class TimerQueue:
 
         One at a time, so that timers registered while one fires are seen by the next call.
         """
-        heap = self._heap
+        heap = self.heap
         live = self._live
         while heap and heap[0][0] <= until:
             item = heapq.heappop(heap)

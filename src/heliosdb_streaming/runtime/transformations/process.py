@@ -37,6 +37,7 @@ from heliosdb_streaming.runtime.state.timers import EVENT, PROCESSING, TimerQueu
 from heliosdb_streaming.runtime.transformations.python import UserFunctionError
 
 _META = "meta"
+_KEY_CACHE = 65_536  # canonical key strings remembered for str/int keys (cleared when full)
 
 
 class _Timers(TimerService):
@@ -119,6 +120,7 @@ class ProcessTransformation:
         self._timers = _Timers(store, self._scope, self)
         self._ctx = _Context(KeyedStateRegistry(store, self._scope), self._timers)
         self._wm = MIN_WATERMARK
+        self._kstrs: dict[Any, str] = {}
         self._timer_errors: list[tuple[Record, Exception]] = []
         self.restore()
         try:
@@ -146,14 +148,17 @@ class ProcessTransformation:
 
     def process(self, records: Batch, errors: list[tuple[Record, Exception]]) -> Batch:
         out: Batch = []
+        append = out.append
         fn = self._fn.process
         ctx = self._ctx
         scope = self._scope
         key_fn = self._key_fn
+        kstrs = self._kstrs
         time_field = self.time_field
         ooo = self._ooo
         events = self._timers.events
-        wm_before = self._wm
+        heap = events.heap
+        wm = wm_before = self._wm
         for record in records:
             try:
                 key = key_fn(record)
@@ -163,24 +168,45 @@ class ProcessTransformation:
             except Exception as e:
                 errors.append((record, e))
                 continue
-            scope.set(key, key_string(key))
-            ctx.key = key
+            kt = type(key)
+            if kt is str or kt is int:
+                kstr = kstrs.get(key)
+                if kstr is None:
+                    if len(kstrs) >= _KEY_CACHE:
+                        kstrs.clear()
+                    kstr = kstrs[key] = key_string(key)
+            else:
+                kstr = key_string(key)
+            scope.key = ctx.key = key
+            scope.kstr = kstr
             ctx.timestamp = ts
-            ctx.watermark = self._wm
+            ctx.watermark = wm
             ctx.time_domain = None
             try:
-                self._emit(fn(record, ctx), out, record, errors, "process")
+                result = fn(record, ctx)
+                if result is not None:
+                    if type(result) is list:
+                        for item in result:
+                            if type(item) is not dict:
+                                self._emit(result, out, record, errors, "process")
+                                break
+                        else:
+                            if len(result) == 1:
+                                append(result[0])
+                            else:
+                                out.extend(result)
+                    else:
+                        self._emit(result, out, record, errors, "process")
             except Exception as e:
                 errors.append((record, self._user_error("process", e)))
             if ts is not None:
                 t = ts - ooo - 1
-                if t > self._wm:
-                    self._wm = t
-                    next_time = events.next_time()
-                    if next_time is not None and next_time <= t:
+                if t > wm:
+                    self._wm = wm = t
+                    if heap and heap[0][0] <= t:
                         self._fire(events, t, TimeDomain.EVENT_TIME, out, errors)
-        if self._wm != wm_before:
-            self._store.put(_META, [self._wm])
+        if wm != wm_before:
+            self._store.put(_META, [wm])
         return out
 
     def on_time(self, now_ms: int) -> Batch:
