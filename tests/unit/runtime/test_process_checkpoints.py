@@ -18,7 +18,7 @@ from heliosdb_streaming.runtime.checkpoint.storage import FileCheckpointStorage
 from heliosdb_streaming.runtime.checkpoint.tasks import Barrier, restore_task, snapshot_task
 from heliosdb_streaming.runtime.contracts import Record, Split
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
-from heliosdb_streaming.runtime.task import Task, TaskStores, run_chain
+from heliosdb_streaming.runtime.task import Task, TaskStores, before_snapshot, run_chain
 from heliosdb_streaming.runtime.transformations.process import ProcessTransformation
 
 USERPKG = Path(__file__).resolve().parents[2] / "userpkg"
@@ -98,6 +98,7 @@ async def run_job(backend: str, tmp_path: Path, batches: list[list[Record]], cut
         for i, batch in enumerate(batches):
             if i == cut:
                 barrier = Barrier(1, "job/chk-1", "job/shared")
+                before_snapshot(run.task.chain)  # as the worker's checkpoint participant does
                 path, _, _ = await snapshot_task(storage, barrier, SPLIT.split_id, i, run.task.stores, [])
                 run.stores.close()  # the first attempt is gone; the next one starts from the snapshot
                 restored = await restore_task(storage, path, job_dir / "restored")

@@ -17,9 +17,10 @@ Semantics (Flink's ``KeyedProcessFunction`` with a per-record watermark, as the 
   is not a dict is an error too; the call's other items pass.
 
 State: the function's state (:mod:`runtime.state.keyed`), its timers (:mod:`runtime.state.timers`)
-and ``meta`` = ``[watermark]`` all live in the step's store, written as they change, so a checkpoint
-of the store between two batches captures the step exactly; :meth:`restore` rebuilds the in-memory
-timer heaps from it.
+and ``meta`` = ``[watermark]`` all live in the step's store, so a checkpoint of the store between two
+batches captures the step exactly; :meth:`restore` rebuilds the in-memory timer heaps from it. A
+RocksDB store is used through a write-back cache (:mod:`runtime.state.cached`): the checkpoint
+participant calls :meth:`ProcessTransformation.before_snapshot` before it snapshots the stores.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from heliosdb_streaming.functions import Context, KeyedProcessFunction, TimeDoma
 from heliosdb_streaming.functions.state import ListState, MapState, ValueState
 from heliosdb_streaming.runtime.contracts import Batch, Record, StateStore
 from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK, event_time_field_value
+from heliosdb_streaming.runtime.state.cached import WriteBackCache
 from heliosdb_streaming.runtime.state.keyed import KeyedStateRegistry, KeyScope, key_string
+from heliosdb_streaming.runtime.state.memory import MemoryStateStore
 from heliosdb_streaming.runtime.state.timers import EVENT, PROCESSING, TimerQueue
 from heliosdb_streaming.runtime.transformations.python import UserFunctionError
 
@@ -115,6 +118,10 @@ class ProcessTransformation:
         self._fn = function
         self._key_fn = key_fn
         self._ooo = max_out_of_orderness_ms
+        # RocksDB (any store but the in-memory one) behind a write-back cache, written back before
+        # each snapshot (before_snapshot) and at the end of input
+        self._cache = None if isinstance(store, MemoryStateStore) else WriteBackCache(store)
+        store = self._cache or store
         self._store = store
         self._scope = KeyScope()
         self._timers = _Timers(store, self._scope, self)
@@ -222,7 +229,13 @@ class ProcessTransformation:
         self._wm = MAX_WATERMARK
         self._fire(self._timers.events, MAX_WATERMARK, TimeDomain.EVENT_TIME, out, self._timer_errors)
         self._store.put(_META, [self._wm])
+        self.before_snapshot()
         return out
+
+    def before_snapshot(self) -> None:
+        """Writes buffered state to the store: called before a checkpoint snapshots the task's stores."""
+        if self._cache is not None:
+            self._cache.write_back()
 
     def take_errors(self) -> list[tuple[Record, Exception]]:
         """Errors of timers fired by ``on_time``/``on_end`` (those calls have no error list)."""
