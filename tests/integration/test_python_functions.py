@@ -182,7 +182,17 @@ async def test_modules_not_allowed_and_code_that_does_not_import_are_400(
         }
     ]
     # an allowed module, but no such function / not a function: the server imports it to check
-    for function, why in ((f"{REF}:nope", "has no attribute 'nope'"), (f"{REF}:Scorer", "is a class")):
+    # an allowed module's name for code of another module (``from json import loads as reexported``)
+    status, reply = await call(
+        session, "POST", jobs, json=job("re", source, data / "r", python_step(f"{REF}:reexported"))
+    )
+    assert status == 400 and reply["error"]["code"] == "python_not_allowed", reply
+    assert "is loads of module 'json', which is not allowed" in reply["error"]["details"][0]["message"]
+    for function, why in (
+        (f"{REF}:nope", "has no attribute 'nope'"),
+        (f"{REF}:Scorer", "is a class"),
+        (f"{REF}:json.loads", "'json' is a module"),
+    ):
         status, reply = await call(
             session, "POST", jobs, json=job("typo", source, data / "t", python_step(function))
         )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from json import loads as reexported  # code of another module, under a name of this one
 from typing import Any
+
+__all__ = ["json", "reexported"]  # what a reference must not reach through this module
 
 NOT_A_FUNCTION = 42
 
