@@ -53,6 +53,9 @@ def parse_reference(text: str) -> CodeReference:
             "colon, then the function's or class's name in it)"
         )
     module, qualname = m.group(1), m.group(2)
+    dunder = next((p for p in qualname.split(".") if p.startswith("__") and p.endswith("__")), None)
+    if dunder is not None:  # __globals__, __class__, __call__...: a way out of the module named
+        raise UserCodeError(f"invalid function reference {text!r}: {dunder!r} is a special attribute")
     if module in _MAIN_MODULES:
         raise UserCodeError(f"{text!r} is in the __main__ script, which workers do not run: {MOVE_HINT}")
     return CodeReference(module, qualname)

@@ -47,6 +47,12 @@ def test_malformed_references_are_refused(text: str) -> None:
         parse_reference(text)
 
 
+@pytest.mark.parametrize("text", ["acme:f.__globals__", "acme:Cls.__call__", "acme:__builtins__"])
+def test_special_attributes_are_refused(text: str) -> None:
+    with pytest.raises(UserCodeError, match="is a special attribute"):
+        parse_reference(text)
+
+
 def test_main_module_reference_is_refused() -> None:
     with pytest.raises(UserCodeError, match=r"__main__ script.*move it to a module"):
         parse_reference("__main__:score")
