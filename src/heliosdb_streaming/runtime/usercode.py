@@ -109,7 +109,6 @@ def load_function(reference: str | CodeReference, allowed: Sequence[str] | None 
     """A callable that is not a class (a function, or a module-level callable object), defined in a
     module of ``allowed`` (None: any)."""
     obj = resolve(reference)
-    check_defined_in(reference, obj, allowed)
     if inspect.isclass(obj):
         raise UserCodeLoadError(
             f"{reference} is a class; a python step needs a function that takes one record "
@@ -117,17 +116,18 @@ def load_function(reference: str | CodeReference, allowed: Sequence[str] | None 
         )
     if not callable(obj):
         raise UserCodeLoadError(f"{reference} is a {type(obj).__name__}, not a function")
+    check_defined_in(reference, obj, allowed)
     return obj  # type: ignore[no-any-return]
 
 
 def load_class(reference: str | CodeReference, base: type, allowed: Sequence[str] | None = None) -> type:
     """A class that subclasses ``base``, defined in a module of ``allowed`` (None: any)."""
     obj = resolve(reference)
-    check_defined_in(reference, obj, allowed)
     if not inspect.isclass(obj):
         raise UserCodeLoadError(
             f"{reference} is a {type(obj).__name__}, not a class (subclass {base.__name__})"
         )
+    check_defined_in(reference, obj, allowed)
     if not issubclass(obj, base):
         raise UserCodeLoadError(f"{reference} does not subclass {base.__module__}.{base.__qualname__}")
     return obj

@@ -99,6 +99,8 @@ def test_under_an_allow_list_the_code_must_be_defined_in_an_allowed_module() -> 
     assert defining_module(load_function("helios_userpkg.records:scorer")) == "helios_userpkg.records"
     with pytest.raises(UserCodeNotAllowedError, match="allowed: none"):
         load_class("helios_userpkg.records:Scorer", object, [])
+    with pytest.raises(UserCodeLoadError, match="is a int, not a function"):  # the kind is said first
+        load_function("helios_userpkg.records:NOT_A_FUNCTION", ["helios_userpkg"])
 
 
 def test_worker_allow_list_from_the_environment() -> None:
