@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from heliosdb_streaming.job import (
     JobStatus,
     TransformationConfig,
 )
-from heliosdb_streaming.testing.server import HeliosServerProcess
+from heliosdb_streaming.testing.server import HELIOS, HeliosServerProcess
 from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -181,7 +182,17 @@ async def test_modules_not_allowed_and_code_that_does_not_import_are_400(
         }
     ]
     # an allowed module, but no such function / not a function: the server imports it to check
-    for function, why in ((f"{REF}:nope", "has no attribute 'nope'"), (f"{REF}:Scorer", "is a class")):
+    # an allowed module's name for code of another module (``from json import loads as reexported``)
+    status, reply = await call(
+        session, "POST", jobs, json=job("re", source, data / "r", python_step(f"{REF}:reexported"))
+    )
+    assert status == 400 and reply["error"]["code"] == "python_not_allowed", reply
+    assert "is loads of module 'json', which is not allowed" in reply["error"]["details"][0]["message"]
+    for function, why in (
+        (f"{REF}:nope", "has no attribute 'nope'"),
+        (f"{REF}:Scorer", "is a class"),
+        (f"{REF}:json.loads", "'json' is a module"),
+    ):
         status, reply = await call(
             session, "POST", jobs, json=job("typo", source, data / "t", python_step(function))
         )
@@ -240,3 +251,26 @@ async def test_native_api_runs_a_function_object_and_refuses_what_does_not_impor
     assert written(tmp_path / "out") == [
         {"order": o["id"], "item": item} for o in ORDERS for item in o.get("items", [])
     ]
+
+
+def test_helios_run_imports_functions_of_its_working_directory(tmp_path: Path, data: Path) -> None:
+    """``helios run`` in a project directory: its module is found by the submit check and by the
+    workers (``python -m`` in that directory), with no PYTHONPATH; a typo is exit code 2 with the field."""
+    (tmp_path / "helios_cwd_fns.py").write_text("def tag(r):\n    return {**r, 'tagged': True}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HELIOS_HOME")}
+
+    def helios_run(function: str, name: str) -> subprocess.CompletedProcess[str]:
+        body = job(name, data / "orders.jsonl", tmp_path / name, python_step(function))
+        (tmp_path / f"{name}.json").write_text(json.dumps(body))
+        command = [str(HELIOS), "run", f"{name}.json", "--home", str(tmp_path / "home")]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    done = helios_run("helios_cwd_fns:tag", "tagged")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert written(tmp_path / "tagged") == [{**o, "tagged": True} for o in ORDERS]
+    typo = helios_run("helios_cwd_fns:tga", "typo")
+    assert typo.returncode == 2, typo.stdout + typo.stderr
+    assert typo.stderr.strip() == (
+        "transformations[0].config.function: cannot resolve helios_cwd_fns:tga: module 'helios_cwd_fns' "
+        "has no attribute 'tga'"
+    )

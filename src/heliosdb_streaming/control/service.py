@@ -188,7 +188,9 @@ class JobServiceCore:
         if refused:
             raise PythonNotAllowedError(refused)
         if imports and policy.import_check:
-            errors = await asyncio.to_thread(usercode.import_errors, config)
+            refused, errors = await asyncio.to_thread(usercode.import_errors, config, policy)
+            if refused:
+                raise PythonNotAllowedError(refused)
             if errors:
                 raise InvalidJobConfigError(errors)
 

@@ -20,7 +20,15 @@ from heliosdb_streaming.functions import KeyedProcessFunction
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.errors import FieldError
 from heliosdb_streaming.model.usercode import UserCodeError, check_allowed
-from heliosdb_streaming.runtime.usercode import UserCodeLoadError, load_class, load_function, resolve
+from heliosdb_streaming.runtime.usercode import (
+    ALLOW_LIST_ENV,
+    UserCodeLoadError,
+    UserCodeNotAllowedError,
+    check_defined_in,
+    load_class,
+    load_function,
+    resolve,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,11 @@ class UserCodePolicy:
     def server(cls, patterns: Sequence[str], *, import_check: bool = True) -> UserCodePolicy:
         """A network server's policy: only ``patterns`` (none by default: no user code at all)."""
         return cls(tuple(p.strip() for p in patterns if p.strip()), import_check)
+
+
+def worker_env(policy: UserCodePolicy) -> dict[str, str]:
+    """What tells a worker the allow-list, so that it checks what it imports too (none: any module)."""
+    return {} if policy.patterns is None else {ALLOW_LIST_ENV: ",".join(policy.patterns)}
 
 
 def function_fields(config: JobConfig) -> list[tuple[str, str, str]]:
@@ -58,19 +71,25 @@ def not_allowed_errors(config: JobConfig, policy: UserCodePolicy, *, prefix: str
     return errors
 
 
-def import_errors(config: JobConfig, *, prefix: str = "") -> list[FieldError]:
-    """Each field whose reference does not import here, or is not a function where one is needed.
+def import_errors(
+    config: JobConfig, policy: UserCodePolicy, *, prefix: str = ""
+) -> tuple[list[FieldError], list[FieldError]]:
+    """``(not allowed, invalid)``: each field whose reference resolves to code defined outside the
+    allowed modules, and each that does not import here or is not a function where one is needed.
 
     Runs user modules' top-level code: call it off the event loop, and only for allowed modules."""
+    refused: list[FieldError] = []
     errors: list[FieldError] = []
     for field, reference, step_type in function_fields(config):
         try:
             if step_type == "python":
-                load_function(reference)
+                load_function(reference, policy.patterns)
             elif step_type == "process":
-                load_class(reference, KeyedProcessFunction)
+                load_class(reference, KeyedProcessFunction, policy.patterns)
             else:  # another step type checks the kind of its own object when it is built
-                resolve(reference)
+                check_defined_in(reference, resolve(reference), policy.patterns)
+        except UserCodeNotAllowedError as e:
+            refused.append(FieldError(prefix + field, str(e)))
         except UserCodeLoadError as e:
             errors.append(FieldError(prefix + field, str(e)))
-    return errors
+    return refused, errors

@@ -91,7 +91,10 @@ class JobManager(JobServiceCore):
                 plane = ControlPlane(
                     home=self.home,
                     store=SqliteJobStore(self.home / "jobs.db"),
-                    launcher=SubprocessLauncher(cwd=self.home if self.allowed_roots is not None else None),
+                    launcher=SubprocessLauncher(
+                        cwd=self.home if self.allowed_roots is not None else None,
+                        env=usercode.worker_env(self.user_code),
+                    ),
                     files=LocalJobFiles(self.home),
                     max_parallelism=self.max_parallelism,
                     reap_stale_workers=kill_stale_workers,

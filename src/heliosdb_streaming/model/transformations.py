@@ -296,6 +296,7 @@ class PythonSettings(_Strict):
         min_length=1,
         description="The function, 'package.module:name', imported by the workers from their environment",
         examples=["acme.fraud.scoring:score"],
+        json_schema_extra={"pattern": usercode.REFERENCE_PATTERN},
     )
     kind: PythonKind = Field(default="map", description="map (None drops), filter (truthy keeps), flat_map")
 

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_REFERENCE_RE = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)$")
+_DOTTED = rf"{_IDENT}(?:\.{_IDENT})*"
+REFERENCE_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
+"""A reference as a JSON Schema pattern (the OpenAPI document, the CRDs)."""
+_REFERENCE_RE = re.compile(rf"({_DOTTED}):({_DOTTED})")
 _MAIN_MODULES = frozenset({"__main__", "__mp_main__"})
 MOVE_HINT = "move it to a module the workers can import (a package on PYTHONPATH or installed)"
 PYTHON_MODULES_FLAG = "--python-modules"
@@ -43,13 +46,16 @@ def parse_reference(text: str) -> CodeReference:
         raise UserCodeError(
             f"a function reference is a string 'package.module:name', got {type(text).__name__}"
         )
-    m = _REFERENCE_RE.match(text.strip())
+    m = _REFERENCE_RE.fullmatch(text)
     if m is None:
         raise UserCodeError(
             f"invalid function reference {text!r}: expected 'package.module:name' (a module path, a "
             "colon, then the function's or class's name in it)"
         )
     module, qualname = m.group(1), m.group(2)
+    dunder = next((p for p in qualname.split(".") if p.startswith("__") and p.endswith("__")), None)
+    if dunder is not None:  # __globals__, __class__, __call__...: a way out of the module named
+        raise UserCodeError(f"invalid function reference {text!r}: {dunder!r} is a special attribute")
     if module in _MAIN_MODULES:
         raise UserCodeError(f"{text!r} is in the __main__ script, which workers do not run: {MOVE_HINT}")
     return CodeReference(module, qualname)

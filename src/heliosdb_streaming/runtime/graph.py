@@ -210,7 +210,7 @@ def _cep(c: transformations.CepSettings, store: StateStore, key_fn: KeyFn | None
 
 
 def _process(c: transformations.ProcessSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
-    cls = usercode.load_class(c.function, KeyedProcessFunction)
+    cls = usercode.load_class(c.function, KeyedProcessFunction, usercode.worker_allow_list())
     key = basic.compile_key(c.key) if c.key else key_fn
     if key is None:  # refused at submit; a stored config is not checked again
         raise ValueError(f"process step {c.function} has no key: set its 'key' or put a key_by before it")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from heliosdb_streaming.cli.server import python_modules
-from heliosdb_streaming.control.usercode import UserCodePolicy, import_errors, not_allowed_errors
+from heliosdb_streaming.control.usercode import UserCodePolicy, import_errors, not_allowed_errors, worker_env
 from heliosdb_streaming.model.config import JobConfig
 
 USERPKG = Path(__file__).resolve().parents[2] / "userpkg"
@@ -45,19 +45,33 @@ def test_server_policy_allows_only_its_modules() -> None:
     ]
 
 
-def test_import_check_reports_missing_code_and_wrong_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_check_reports_missing_code_wrong_kinds_and_foreign_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.syspath_prepend(str(USERPKG))
     config = job(
         ("helios_userpkg.records:add_fee", "map"),
         ("helios_userpkg.records:nope", "map"),
         ("helios_userpkg.records:Scorer", "map"),
         ("helios_nowhere:f", "filter"),
+        ("helios_userpkg.records:reexported", "map"),
     )
-    found = {e.path: e.message for e in import_errors(config)}
+    refused, errors = import_errors(config, UserCodePolicy.server(["helios_userpkg", "helios_nowhere"]))
+    found = {e.path: e.message for e in errors}
     assert sorted(found) == [f"transformations[{i}].config.function" for i in (2, 3, 4)]
     assert "has no attribute 'nope'" in found["transformations[2].config.function"]
     assert "is a class" in found["transformations[3].config.function"]
     assert "no module named 'helios_nowhere'" in found["transformations[4].config.function"]
+    assert [e.path for e in refused] == ["transformations[5].config.function"]
+    assert "is loads of module 'json', which is not allowed" in refused[0].message
+    refused, errors = import_errors(config, UserCodePolicy())  # the native API: json's code is fine
+    assert refused == [] and len(errors) == 3
+
+
+def test_workers_are_told_the_allow_list() -> None:
+    assert worker_env(UserCodePolicy()) == {}
+    assert worker_env(UserCodePolicy.server([])) == {"HELIOS_PYTHON_MODULES": ""}
+    assert worker_env(UserCodePolicy.server(["acme", "b.*"])) == {"HELIOS_PYTHON_MODULES": "acme,b.*"}
 
 
 def test_python_modules_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

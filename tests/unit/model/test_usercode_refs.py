@@ -31,7 +31,7 @@ def module_level(record: dict[str, Any]) -> dict[str, Any]:
     [
         ("pkg:fn", "pkg", "fn"),
         ("a.b.c:Klass.method", "a.b.c", "Klass.method"),
-        ("  _m1:_f2 ", "_m1", "_f2"),
+        ("_m1:_f2", "_m1", "_f2"),
     ],
 )
 def test_parse_reference(text: str, module: str, qualname: str) -> None:
@@ -40,10 +40,16 @@ def test_parse_reference(text: str, module: str, qualname: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["pkg", "pkg:", ":fn", "pkg.:fn", "pkg:fn:x", "1pkg:fn", "pkg:fn()", "a b:c", ""]
+    "text", ["pkg", "pkg:", ":fn", "pkg.:fn", "pkg:fn:x", "1pkg:fn", "pkg:fn()", "a b:c", "", " a:b", "a:b\n"]
 )
 def test_malformed_references_are_refused(text: str) -> None:
     with pytest.raises(UserCodeError, match=r"expected 'package\.module:name'"):
+        parse_reference(text)
+
+
+@pytest.mark.parametrize("text", ["acme:f.__globals__", "acme:Cls.__call__", "acme:__builtins__"])
+def test_special_attributes_are_refused(text: str) -> None:
+    with pytest.raises(UserCodeError, match="is a special attribute"):
         parse_reference(text)
 
 

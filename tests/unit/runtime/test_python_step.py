@@ -103,3 +103,13 @@ def test_import_failure_is_raised_when_the_step_is_built() -> None:
         PythonTransformation("helios_nowhere:fn", "map")
     with pytest.raises(ValueError, match="unknown python step kind"):
         PythonTransformation(f"{REF}:add_fee", "reduce")
+
+
+def test_a_worker_given_an_allow_list_checks_what_it_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HELIOS_PYTHON_MODULES", "helios_userpkg")
+    assert PythonTransformation(f"{REF}:add_fee").kind == "map"
+    with pytest.raises(UserCodeLoadError, match="is loads of module 'json', which is not allowed"):
+        PythonTransformation(f"{REF}:reexported")
+    monkeypatch.setenv("HELIOS_PYTHON_MODULES", "")
+    with pytest.raises(UserCodeLoadError, match=r"allowed: none"):
+        PythonTransformation(f"{REF}:add_fee")

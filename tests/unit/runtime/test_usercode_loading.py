@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from heliosdb_streaming.runtime.usercode import UserCodeLoadError, load_class, load_function, resolve
+from heliosdb_streaming.runtime.usercode import (
+    UserCodeLoadError,
+    UserCodeNotAllowedError,
+    defining_module,
+    load_class,
+    load_function,
+    resolve,
+    worker_allow_list,
+)
 
 USERPKG = Path(__file__).resolve().parents[2] / "userpkg"
 
@@ -66,3 +74,36 @@ def test_wrong_kinds() -> None:
 def test_bad_reference_shape() -> None:
     with pytest.raises(UserCodeLoadError, match="invalid function reference"):
         resolve("not a reference")
+
+
+def test_a_qualname_does_not_walk_through_a_module() -> None:
+    with pytest.raises(UserCodeLoadError) as info:
+        resolve("helios_userpkg.records:json.loads")
+    assert str(info.value) == (
+        "cannot resolve helios_userpkg.records:json.loads: 'json' is a module; name it before the colon: "
+        "'json:loads'"
+    )
+
+
+def test_under_an_allow_list_the_code_must_be_defined_in_an_allowed_module() -> None:
+    """``from json import loads as reexported`` in an allowed module does not allow json's code."""
+    assert load_function("helios_userpkg.records:reexported", None)("[1]") == [1]  # the native API
+    with pytest.raises(UserCodeNotAllowedError) as info:
+        load_function("helios_userpkg.records:reexported", ["helios_userpkg"])
+    assert str(info.value) == (
+        "helios_userpkg.records:reexported is loads of module 'json', which is not allowed on this server "
+        "(allowed: helios_userpkg): name a function defined in an allowed module, or allow 'json' with "
+        "--python-modules"
+    )
+    assert load_function("helios_userpkg.records:scorer", ["helios_userpkg.*"])({}) == {"score": 0}
+    assert defining_module(load_function("helios_userpkg.records:scorer")) == "helios_userpkg.records"
+    with pytest.raises(UserCodeNotAllowedError, match="allowed: none"):
+        load_class("helios_userpkg.records:Scorer", object, [])
+    with pytest.raises(UserCodeLoadError, match="is a int, not a function"):  # the kind is said first
+        load_function("helios_userpkg.records:NOT_A_FUNCTION", ["helios_userpkg"])
+
+
+def test_worker_allow_list_from_the_environment() -> None:
+    assert worker_allow_list({}) is None
+    assert worker_allow_list({"HELIOS_PYTHON_MODULES": ""}) == ()
+    assert worker_allow_list({"HELIOS_PYTHON_MODULES": "acme, b.*"}) == ("acme", "b.*")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from json import loads as reexported  # code of another module, under a name of this one
 from typing import Any
+
+__all__ = ["json", "reexported"]  # what a reference must not reach through this module
 
 NOT_A_FUNCTION = 42
 
@@ -12,6 +17,12 @@ def add_fee(record: dict[str, Any]) -> dict[str, Any] | None:
     """map: a 1% fee on the amount; records without an amount are dropped (None)."""
     if "amount" not in record:
         return None
+    return {**record, "fee": round(record["amount"] * 0.01, 2)}
+
+
+def slow_fee(record: dict[str, Any]) -> dict[str, Any]:
+    """map with a cost (0.3 ms a record), so that a bounded job runs long enough to be killed mid-run."""
+    time.sleep(0.0003)
     return {**record, "fee": round(record["amount"] * 0.01, 2)}
 
 

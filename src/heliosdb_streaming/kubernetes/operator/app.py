@@ -114,6 +114,7 @@ async def run(
             env=options.worker_env,
             env_secret=options.env_secret,
             service_account=options.service_account,
+            python_modules=options.python_modules,
         )
         launcher = KubernetesLauncher(client, pod_settings, bindings.target, namespaces or None)
         await launcher.start()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from heliosdb_streaming.runtime.contracts import Batch, Record
-from heliosdb_streaming.runtime.usercode import load_function
+from heliosdb_streaming.runtime.usercode import load_function, worker_allow_list
 
 __all__ = ["PythonTransformation", "UserFunctionError"]
 
@@ -43,7 +43,9 @@ class PythonTransformation:
         self.name = f"python-{kind}"
         self.function = function
         self.kind = kind
-        self._fn: Callable[[Record], Any] = fn if fn is not None else load_function(function)
+        self._fn: Callable[[Record], Any] = (
+            fn if fn is not None else load_function(function, worker_allow_list())
+        )
         self._run = {"map": self._map, "filter": self._filter, "flat_map": self._flat_map}[kind]
 
     def process(self, records: Batch, errors: list[tuple[Record, Exception]]) -> Batch:
