@@ -20,6 +20,7 @@ from heliosdb_streaming.runtime.contracts import Record, Split
 from heliosdb_streaming.runtime.state.rocksdb import RocksDBStateStore
 from heliosdb_streaming.runtime.task import Task, TaskStores, before_snapshot, run_chain
 from heliosdb_streaming.runtime.transformations.process import ProcessTransformation
+from heliosdb_streaming.runtime.usercode import UserCodeNotAllowedError
 
 USERPKG = Path(__file__).resolve().parents[2] / "userpkg"
 SPLIT = Split("file-0", 0)
@@ -144,3 +145,13 @@ async def test_the_graph_imports_and_keys_the_process_step(tmp_path: Path) -> No
     out = run.feed([{"card_id": "x", "amount": 1500, "merchant": "m", "timestamp": 10}])
     assert out == [{"kind": "alert", "card_id": "x", "total": 1500, "at": 10, "recent": [1500]}]
     run.stores.close()
+
+
+def test_workers_given_an_allow_list_refuse_a_class_outside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELIOS_PYTHON_MODULES", "acme")
+    with pytest.raises(UserCodeNotAllowedError, match="not allowed on this server"):
+        Run(job("memory"), tmp_path, 0)
+    monkeypatch.setenv("HELIOS_PYTHON_MODULES", "helios_userpkg")
+    assert isinstance(Run(job("memory"), tmp_path, 1).task.chain[2], ProcessTransformation)
