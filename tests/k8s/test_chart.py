@@ -44,6 +44,7 @@ NON_DEFAULT = {
         "extraArgs": ["--verbose"],
         "livenessProbe": {"tcpSocket": {"port": "control"}},
         "allowPaths": ["/data/in", "/data/out"],
+        "pythonModules": ["acme", "fraud.*"],
     },
     "workers": {"envSecret": "helios-worker-env", "serviceAccount": "helios-worker"},
     "api": {
@@ -132,6 +133,7 @@ BAD_VALUES = {
     "bad interval": ({"metrics": {"serviceMonitor": {"interval": "30"}}}, "/metrics/serviceMonitor/interval"),
     "boolean as a string": ({"s3": {"secure": "false"}}, "/s3/secure"),
     "relative allowed path": ({"operator": {"allowPaths": ["data"]}}, "/operator/allowPaths/0"),
+    "python module with a space": ({"operator": {"pythonModules": ["acme x"]}}, "/operator/pythonModules/0"),
     "origin with a path": ({"api": {"allowedOrigins": ["https://x.example/app"]}}, "/api/allowedOrigins/0"),
     "two hosts in one item": ({"api": {"allowedHosts": ["a.example,b.example"]}}, "/api/allowedHosts/0"),
 }
@@ -285,6 +287,7 @@ def test_default_operator(chart: helm.Chart) -> None:
     assert env["HELIOS_IMAGE"] == c["image"]
     assert "HELIOS_WORKER_ENV_SECRET" not in env and "HELIOS_CHECKPOINT_STORAGE" not in env
     assert "HELIOS_ALLOW_PATHS" not in env  # the home only
+    assert "HELIOS_PYTHON_MODULES" not in env  # no user code
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {
         "name": FULLNAME,
         "key": "s3-access-key",
@@ -399,6 +402,7 @@ def test_non_default_values(chart: helm.Chart) -> None:
     assert hosts[-2:] == [f"{FULLNAME}-api.{NAMESPACE}.svc.k8s.example", "helios.example.com"]
     assert api_env["HELIOS_ALLOWED_ORIGINS"] == "https://console.example.com"
     assert env["HELIOS_ALLOW_PATHS"] == "/data/in:/data/out"
+    assert env["HELIOS_PYTHON_MODULES"] == "acme,fraud.*"
     for deployment in find(docs, "Deployment"):
         for e in container(deployment)["env"]:
             ref = e.get("valueFrom", {}).get("secretKeyRef")

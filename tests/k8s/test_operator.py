@@ -387,6 +387,18 @@ async def test_invalid_spec_is_failed_with_the_field_path(
     assert not await worker_pods(client, "outside")
     assert not Path("/etc/heliosdb-out.db").exists()
 
+    # a python step of a module the operator does not allow (--python-modules: none by default)
+    python = window_spec(cluster.tmp / "out.db", parallelism=1, rate=0)
+    python["transformations"] = [{"type": "python", "config": {"function": "os:system"}}]
+    await create(cluster, "python", python)
+    status = await wait_phase(client, "python", "failed", log=operator.output())
+    assert (
+        "spec.transformations[0].config.function: module 'os' is not allowed on this server (allowed: "
+        "none); its administrator can allow it with --python-modules os"
+    ) in status["message"], status["message"]
+    assert "InvalidSpec" in [r for r, _ in await events_of(client, "python")]
+    assert not await worker_pods(client, "python")
+
     # a new job from a location that holds no savepoint would start empty: it is refused instead
     nowhere = (cluster.tmp / "nowhere").as_uri()
     restored = {**window_spec(cluster.tmp / "out.db", parallelism=1, rate=0), "restoreFrom": nowhere}

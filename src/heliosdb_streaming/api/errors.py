@@ -45,6 +45,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = {
     "bad_request": ErrorCode(400, "a request the HTTP layer could not read (malformed headers or body)"),
     "invalid_json": ErrorCode(400, "the body is not JSON, or not a JSON object"),
     "invalid_job_config": ErrorCode(400, "the job is invalid; details name every field path at fault"),
+    "python_not_allowed": ErrorCode(400, "a step names user code of a module the server does not allow"),
     "invalid_request": ErrorCode(400, "a body other than a job does not fit its schema"),
     "invalid_parameter": ErrorCode(400, "a query parameter is invalid; details name it"),
     "job_error": ErrorCode(400, "a job error of no more specific kind (none is raised today)"),

@@ -75,7 +75,8 @@ _CONFLICTS = {
 
 _ERROR_DESCRIPTIONS = {
     400: "Bad request: invalid_json, invalid_job_config or invalid_request (details name each field "
-    "path), invalid_parameter",
+    "path), python_not_allowed (a python step names a module this server does not allow: "
+    "--python-modules; details name each field), invalid_parameter",
     401: "unauthorized: a token is configured and the bearer token is missing or wrong",
     404: "job_not_found, or savepoint_not_found",
     409: _ILLEGAL_STATE,  # and, where an operation answers more: _CONFLICTS

@@ -71,7 +71,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             for error in e.errors:
                 print(f"{error.path}: {error.message}", file=sys.stderr)
             return EXIT_USAGE
-    return asyncio.run(_run(config, args))
+    # the workers run ``python -m`` in this directory, which puts it on their sys.path: so that the
+    # submit-time import check of python steps sees the modules they will see, this process looks there too
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return asyncio.run(_run(config, args))
+    except InvalidJobConfigError as e:  # what only submit can tell (a python step that does not import)
+        for error in e.errors:
+            print(f"{error.path}: {error.message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 async def _run(config: Any, args: argparse.Namespace) -> int:

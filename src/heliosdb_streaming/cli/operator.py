@@ -78,6 +78,15 @@ def register(sub: Any) -> None:
         "write, besides the home (repeatable, added to $HELIOS_ALLOW_PATHS, ':'-separated); file "
         "sources, sinks and file:// checkpoints elsewhere are an InvalidSpec",
     )
+    p.add_argument(
+        "--python-modules",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="modules whose functions python steps may run: a package name (itself and its submodules) or "
+        "an fnmatch pattern (repeatable or comma-separated, added to $HELIOS_PYTHON_MODULES); default "
+        "none: a StreamingJob naming any other module is an InvalidSpec (python_not_allowed)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_operator)
 
@@ -89,7 +98,7 @@ def _home(arg: str | None) -> Path:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from heliosdb_streaming.cli.server import env_list
+    from heliosdb_streaming.cli.server import env_list, python_modules
     from heliosdb_streaming.kubernetes.operator import app
 
     if args.max_parallelism < 1:
@@ -119,6 +128,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         checkpoint_storage=args.checkpoint_storage,
         allow_paths=tuple(Path(d) for d in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path))
         or None,
+        python_modules=python_modules(args.python_modules) or None,
     )
     try:
         private.private_dir(options.home)  # jobs.db and job.json hold connection strings

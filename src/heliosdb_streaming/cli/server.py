@@ -107,6 +107,16 @@ def register(sub: Any) -> None:
         f"this long after they ended, unless they hold savepoints (e.g. 7d, 12h, 30m; 0 keeps them; "
         f"default {DEFAULT_JOB_RETENTION})",
     )
+    p.add_argument(
+        "--python-modules",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="embedded: modules whose functions python steps may run: a package name (itself and its "
+        "submodules) or an fnmatch pattern (repeatable or comma-separated, added to "
+        "$HELIOS_PYTHON_MODULES); default none: a job naming any other module is refused with 400 "
+        "python_not_allowed. See docs/python-functions.md",
+    )
     p.add_argument("--demo", action="store_true", help="also run an endless demo job (unless one is active)")
     p.set_defaults(func=cmd_server)
 
@@ -169,6 +179,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             policy=policy,
             allow_paths=[Path(p) for p in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path)],
             job_retention=job_retention,
+            python_modules=python_modules(args.python_modules),
         )
     )
 
@@ -215,21 +226,28 @@ async def serve(
     policy: RequestPolicy | None = None,
     allow_paths: Sequence[Path] = (),
     job_retention: timedelta | None = None,
+    python_modules: Sequence[str] = (),
 ) -> int:
-    """The embedded server: jobs may use local files under the home and ``allow_paths`` only; terminal
-    jobs are purged ``job_retention`` after they ended (None: kept)."""
+    """The embedded server: jobs may use local files under the home and ``allow_paths`` only, and run
+    user code of ``python_modules`` only; terminal jobs are purged ``job_retention`` after they ended
+    (None: kept)."""
     from heliosdb_streaming.api.app import create_app
     from heliosdb_streaming.job.manager import JobManager
 
     manager = JobManager(
-        max_parallelism, home=home, allowed_roots=list(allow_paths), job_retention=job_retention
+        max_parallelism,
+        home=home,
+        allowed_roots=list(allow_paths),
+        job_retention=job_retention,
+        python_modules=list(python_modules),
     )
     app = create_app(manager, api_token=api_token, owns_manager=True, request_policy=policy)
     assert manager.allowed_roots is not None
     kept = f"job retention {job_retention}" if job_retention else "job retention off"
     where = (
         f"home {manager.home}, max parallelism {max_parallelism}, "
-        f"files under {manager.allowed_roots.describe()}, {kept}"
+        f"files under {manager.allowed_roots.describe()}, "
+        f"python modules {', '.join(python_modules) or 'none'}, {kept}"
     )
     return await _run(
         app, host, port, where, api_token, lambda: _submit_demo(manager) if demo else _nothing()
@@ -285,6 +303,17 @@ async def _run(
 def env_list(name: str, separator: str) -> list[str]:
     """A list setting from the environment (how the chart passes them): ``a,b`` or ``/a:/b``."""
     return [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
+
+
+def python_modules(flags: Sequence[str]) -> list[str]:
+    """The allowed user-code modules: ``$HELIOS_PYTHON_MODULES`` then each ``--python-modules`` flag,
+    each comma-separated."""
+    return [
+        m.strip()
+        for item in (*env_list("HELIOS_PYTHON_MODULES", ","), *flags)
+        for m in item.split(",")
+        if m.strip()
+    ]
 
 
 def _url_host(host: str) -> str:

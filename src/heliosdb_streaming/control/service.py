@@ -15,14 +15,19 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from heliosdb_streaming.control import paths
+from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.entry import JobEntry
 from heliosdb_streaming.control.listing import JobListCache
 from heliosdb_streaming.control.snapshots import locate_start
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.model.config import JobConfig
-from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError, SavepointNotFoundError
+from heliosdb_streaming.model.errors import (
+    FieldError,
+    InvalidJobConfigError,
+    PythonNotAllowedError,
+    SavepointNotFoundError,
+)
 from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
@@ -47,13 +52,20 @@ class JobServiceCore:
 
     ``allowed_roots``: None lets jobs use any local path (the native API, ``helios run``); else every
     file a job names must resolve inside them (``control.paths``), checked on submit and restart.
+    ``user_code``: which modules python steps may name (``control.usercode``); default any, imported
+    at submit to check them.
     """
 
     def __init__(
-        self, plane: ControlPlane | None = None, *, allowed_roots: paths.AllowedRoots | None = None
+        self,
+        plane: ControlPlane | None = None,
+        *,
+        allowed_roots: paths.AllowedRoots | None = None,
+        user_code: usercode.UserCodePolicy | None = None,
     ) -> None:
         self._plane = plane
         self.allowed_roots = allowed_roots
+        self.user_code = user_code or usercode.UserCodePolicy()
         self._list_cache = JobListCache()
 
     async def _control(self) -> ControlPlane:
@@ -87,6 +99,7 @@ class JobServiceCore:
             config = await asyncio.to_thread(JobConfig.from_dict, config)
         config.check_plan()  # again: a config built with model_copy skipped its validators
         await self._check_paths(config, from_savepoint)
+        await self._check_user_code(config, imports=True)
         start = await locate_start(from_savepoint, "from_savepoint") if from_savepoint is not None else None
         plane = await self._control()
         return plane.submit(config, start_from=start).job_id
@@ -149,6 +162,7 @@ class JobServiceCore:
         options = options or RestartOptions()
         plane = await self._control()
         await self._check_paths(plane.get(job_id).config, None)  # overrides name no paths
+        await self._check_user_code(plane.get(job_id).config, imports=False)
         await plane.restart(job_id, options.savepoint_id, options.config_overrides)
 
     async def _check_paths(self, config: JobConfig, from_savepoint: str | None) -> None:
@@ -170,6 +184,24 @@ class JobServiceCore:
         errors = await asyncio.to_thread(problems)  # realpath and glob touch the file system
         if errors:
             raise InvalidJobConfigError(errors)
+
+    async def _check_user_code(self, config: JobConfig, *, imports: bool) -> None:
+        """PythonNotAllowedError naming each field whose module this service does not allow; then, with
+        ``imports`` and where the policy says so, InvalidJobConfigError for references that do not import.
+
+        The allow-list also applies on restart, for the same reason as the paths."""
+        policy = self.user_code
+        if not usercode.function_fields(config):
+            return
+        refused = usercode.not_allowed_errors(config, policy)
+        if refused:
+            raise PythonNotAllowedError(refused)
+        if imports and policy.import_check:
+            refused, errors = await asyncio.to_thread(usercode.import_errors, config, policy)
+            if refused:
+                raise PythonNotAllowedError(refused)
+            if errors:
+                raise InvalidJobConfigError(errors)
 
     async def pause_job(self, job_id: str) -> None:
         plane = await self._control()

@@ -30,10 +30,17 @@ WORKER_ENV = frozenset(
 WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "AWS_", "MINIO_", "PG")
 
 
-def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+def worker_environment(environ: Mapping[str, str], cwd: str | None = None) -> dict[str, str]:
     """The part of ``environ`` a worker gets: an allow-list, so a secret of the server's (its API token)
-    never reaches job code."""
-    return {k: v for k, v in environ.items() if k in WORKER_ENV or k.startswith(WORKER_ENV_PREFIXES)}
+    never reaches job code. ``PYTHONPATH`` entries are made absolute against ``cwd`` (this process's
+    directory), since a server's workers run in its home: they import user code from where it does."""
+    env = {k: v for k, v in environ.items() if k in WORKER_ENV or k.startswith(WORKER_ENV_PREFIXES)}
+    if env.get("PYTHONPATH"):
+        base = cwd if cwd is not None else os.getcwd()
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.join(base, entry) for entry in env["PYTHONPATH"].split(os.pathsep)
+        )  # an absolute entry stays as it is; an empty one (the directory) becomes ``base``
+    return env
 
 
 class SubprocessWorker:
@@ -58,15 +65,18 @@ class SubprocessLauncher:
     """Starts ``python -m heliosdb_streaming.runtime.worker``; stdout and stderr go to the job directory.
 
     ``cwd``: the workers' working directory (relative job paths resolve there); None: this process's.
+    ``env``: set in every worker besides what it inherits (a server's ``HELIOS_PYTHON_MODULES``).
     """
 
     def __init__(
         self,
         cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
         output_max_bytes: int = rotation.DEFAULT_MAX_BYTES,
         output_backups: int = rotation.DEFAULT_BACKUPS,
     ) -> None:
         self.cwd = cwd
+        self.env = dict(env or {})
         # each worker output file (worker-N.out, worker-N.stderr) is rotated past output_max_bytes,
         # output_backups older files kept, as the job log
         self.output_max_bytes = output_max_bytes
@@ -76,7 +86,8 @@ class SubprocessLauncher:
         private.private_dir(spec.job_dir)
         stderr_path = spec.job_dir / f"worker-{spec.index}.stderr"
         stdout_path = spec.job_dir / f"worker-{spec.index}.out"  # where the print sink's lines go
-        env = worker_environment(os.environ) | {"HELIOS_WORKER_TOKEN": spec.token, "PYTHONUNBUFFERED": "1"}
+        env = worker_environment(os.environ) | self.env
+        env |= {"HELIOS_WORKER_TOKEN": spec.token, "PYTHONUNBUFFERED": "1"}
         with private.open_private(stderr_path) as stderr, private.open_private(stdout_path) as stdout:
             command = spec.command(
                 sys.executable, job_dir=str(spec.job_dir), control_address=spec.control_address

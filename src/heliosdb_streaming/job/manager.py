@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
-from heliosdb_streaming.control import paths
+from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.service import JobServiceCore
 from heliosdb_streaming.embedded import private
@@ -45,12 +45,15 @@ class JobManager(JobServiceCore):
         home: str | Path | None = None,
         allowed_roots: Sequence[str | Path] | None = None,
         job_retention: timedelta | None = None,
+        python_modules: Sequence[str] | None = None,
     ) -> None:
         """``allowed_roots``: None (the native API, ``helios run``) lets jobs use any local path; a
         server for network clients passes its roots (the home is always one): then every file a job
         names must resolve inside them (``control.paths``), relative paths are taken relative to the
         home and workers run in the home. ``job_retention``: finished, failed and cancelled jobs are
-        purged that long after they ended, unless they hold savepoints (None: kept until purged)."""
+        purged that long after they ended, unless they hold savepoints (None: kept until purged).
+        ``python_modules``: None runs any importable user code; a server passes the modules its
+        administrator allowed (``--python-modules``; empty: none)."""
         if max_parallelism < 1:
             raise ValueError("max_parallelism must be at least 1")
         self.max_parallelism = max_parallelism
@@ -61,6 +64,9 @@ class JobManager(JobServiceCore):
             allowed_roots=None
             if allowed_roots is None
             else paths.AllowedRoots.of([self.home, *allowed_roots], base=self.home),
+            user_code=usercode.UserCodePolicy()
+            if python_modules is None
+            else usercode.UserCodePolicy.server(python_modules),
         )
         self._starting: asyncio.Lock | None = None
 
@@ -90,7 +96,10 @@ class JobManager(JobServiceCore):
                 plane = ControlPlane(
                     home=self.home,
                     store=SqliteJobStore(self.home / "jobs.db"),
-                    launcher=SubprocessLauncher(cwd=self.home if self.allowed_roots is not None else None),
+                    launcher=SubprocessLauncher(
+                        cwd=self.home if self.allowed_roots is not None else None,
+                        env=usercode.worker_env(self.user_code),
+                    ),
                     files=LocalJobFiles(self.home),
                     max_parallelism=self.max_parallelism,
                     reap_stale_workers=kill_stale_workers,

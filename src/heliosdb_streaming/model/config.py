@@ -41,6 +41,7 @@ from heliosdb_streaming.model.transformations import (
     MAX_EXPRESSION_COST_PER_JOB,
     AnyTransformation,
     expression_costs,
+    process_key_errors,
 )
 
 MAX_PARALLELISM = 1024
@@ -310,6 +311,7 @@ class JobSubmitRequest(_Strict):
     def _work_per_record(self, info: ValidationInfo) -> Self:
         if not is_stored(info):
             check_work_per_record(self.transformations)
+            check_process_keys(self.transformations)
         return self
 
     @model_validator(mode="after")
@@ -350,6 +352,7 @@ class JobConfig(_Strict):
     def _work_per_record(self, info: ValidationInfo) -> Self:
         if not is_stored(info):
             check_work_per_record(self.transformations)
+            check_process_keys(self.transformations)
         return self
 
     @model_validator(mode="after")
@@ -527,6 +530,13 @@ def raise_plan_errors(
         errors = [FieldError(path, f"{e.path}: {e.message}") for e in errors]
     if errors:
         raise InvalidJobConfigError(errors)
+
+
+def check_process_keys(transformations: list[Any]) -> None:
+    """A process step's state and timers are per key: refuse one that has no key to use."""
+    problems = process_key_errors(transformations)
+    if problems:
+        raise InvalidJobConfigError([FieldError(f"transformations[{i}].config.key", m) for i, m in problems])
 
 
 def check_work_per_record(transformations: list[Any]) -> None:

@@ -374,7 +374,21 @@ AnySink = Annotated[
 ]
 
 DISCRIMINATOR_TAGS = frozenset(
-    {"kafka", "datagen", "file", "filter", "map", "key_by", "window", "cep", "database", "print", "discard"}
+    {
+        "kafka",
+        "datagen",
+        "file",
+        "filter",
+        "map",
+        "key_by",
+        "window",
+        "cep",
+        "python",
+        "process",
+        "database",
+        "print",
+        "discard",
+    }
 )
 
 

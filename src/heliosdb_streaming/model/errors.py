@@ -148,3 +148,12 @@ class JobHasSavepointsError(IllegalStateTransitionError):
 
     def details(self) -> list[dict[str, str]]:
         return [{"path": "savepoint_id", "message": s} for s in self.savepoint_ids]
+
+
+class PythonNotAllowedError(InvalidJobConfigError):
+    """A job names user code of a module this server does not allow (``--python-modules``): HTTP 400.
+
+    A network server runs code only from modules its administrator allowed; the details name each
+    field (``transformations[i].config.function``) and the message names the module and the flag."""
+
+    code = "python_not_allowed"

@@ -1,4 +1,5 @@
-"""Typed configs of every transformation type (filter, map, key_by, window, cep): a step's ``config`` keys.
+"""Typed configs of every transformation type (filter, map, key_by, window, cep, python, process): a
+step's ``config`` keys.
 
 Each step of a job is ``{"type": ..., "config": {...}}``; the ``type`` picks one of the models below
 (a pydantic discriminated union), so unknown types and unknown keys are rejected with their path.
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from heliosdb_streaming.model import expr, patterns
+from heliosdb_streaming.model import expr, patterns, usercode
 from heliosdb_streaming.model.connectors import StrictInt, _Strict, is_stored
 from heliosdb_streaming.model.durations import MAX_DURATION_MS, format_duration_ms, parse_duration_ms
 
@@ -67,7 +68,7 @@ def expression_costs(step: Any) -> list[tuple[str, int]]:
         texts = [("config.key", c.key)]
     elif isinstance(c, MapSettings):
         texts = [(f"config.fields.{k}", v) for k, v in c.fields.items()]
-    elif isinstance(c, WindowSettings | CepSettings):
+    elif isinstance(c, WindowSettings | CepSettings | ProcessSettings):
         texts = [("config.key", c.key)] if c.key else []
         if isinstance(c, CepSettings):
             texts += [(f"config.define.{k}", v) for k, v in c.define.items()]
@@ -284,6 +285,77 @@ class CepSettings(_Strict):
         return self
 
 
+PythonKind = Literal["map", "filter", "flat_map"]
+
+
+class PythonSettings(_Strict):
+    """A user function applied to each record: ``map`` returns the new record (None drops it), ``filter``
+    keeps the record when the result is truthy, ``flat_map`` returns an iterable of records."""
+
+    function: str = Field(
+        min_length=1,
+        description="The function, 'package.module:name', imported by the workers from their environment",
+        examples=["acme.fraud.scoring:score"],
+        json_schema_extra={"pattern": usercode.REFERENCE_PATTERN},
+    )
+    kind: PythonKind = Field(default="map", description="map (None drops), filter (truthy keeps), flat_map")
+
+    @field_validator("function")
+    @classmethod
+    def _reference(cls, v: str, info: ValidationInfo) -> str:
+        return v if is_stored(info) else str(usercode.parse_reference(v))
+
+
+class ProcessSettings(_Strict):
+    """A keyed process function: a ``KeyedProcessFunction`` subclass run per task, with per-key state
+    and timers. Its key is ``key``, else the key of the ``key_by`` before it (one of them is needed)."""
+
+    function: str = Field(
+        min_length=1,
+        description="The KeyedProcessFunction subclass, 'package.module:Class', imported by the workers",
+        examples=["acme.fraud.rules:LargeSpend"],
+    )
+    key: str | None = Field(default=None, description="Key expression; defaults to the key_by key")
+    time_field: str = Field(
+        default="timestamp",
+        description="The field holding an event's time (ctx.timestamp); events without it do not move "
+        "the watermark",
+    )
+    max_out_of_orderness: Duration = Field(
+        default=0, description="How far behind the latest event time the watermark stays"
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _reference(cls, v: str, info: ValidationInfo) -> str:
+        return v if is_stored(info) else str(usercode.parse_reference(v))
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _check_expression(v, info)
+
+    @field_validator("max_out_of_orderness")
+    @classmethod
+    def _non_negative(cls, v: str | int, info: ValidationInfo) -> str | int:
+        _check_duration(v, allow_zero=True, info=info)
+        return v
+
+
+def process_key_errors(transformations: list[Any]) -> list[tuple[int, str]]:
+    """``(index, message)`` of every process step that has no key: neither its own nor a key_by's."""
+    problems: list[tuple[int, str]] = []
+    keyed = False
+    for i, step in enumerate(transformations):
+        if isinstance(step.config, KeyBySettings):
+            keyed = True
+        elif isinstance(step.config, ProcessSettings) and step.config.key is None and not keyed:
+            problems.append(
+                (i, "a process step needs a key: set 'key' (e.g. \"card_id\") or put a key_by step before it")
+            )
+    return problems
+
+
 class TransformationConfig(_Strict):
     """One step of a job. Build with ``TransformationConfig.filter("amount > 10")`` and friends."""
 
@@ -309,6 +381,20 @@ class TransformationConfig(_Strict):
     @staticmethod
     def cep(pattern: str, **kw: Any) -> Any:
         return CepTransformation(config=CepSettings.model_validate({"pattern": pattern, **kw}))
+
+    @staticmethod
+    def python(fn: Any, kind: PythonKind = "map") -> Any:
+        """A python step running ``fn``: a module-level function (stored as its ``module:qualname``) or
+        that reference as a string. UserCodeError for lambdas, closures and ``__main__`` functions."""
+        return PythonTransformation(config=PythonSettings(function=usercode.reference_of(fn), kind=kind))
+
+    @staticmethod
+    def process(function: Any, key: str | None = None, **kw: Any) -> Any:
+        """A process step running ``function``: a ``KeyedProcessFunction`` subclass defined at module level
+        (stored as its ``module:qualname``) or that reference as a string. UserCodeError for classes
+        defined in a function or in ``__main__``; ``key`` defaults to the key_by key."""
+        settings = {"function": usercode.reference_of(function), "key": key, **kw}
+        return ProcessTransformation(config=ProcessSettings.model_validate(settings))
 
 
 class FilterTransformation(TransformationConfig):
@@ -336,7 +422,23 @@ class CepTransformation(TransformationConfig):
     config: CepSettings
 
 
+class PythonTransformation(TransformationConfig):
+    type: Literal["python"] = "python"
+    config: PythonSettings
+
+
+class ProcessTransformation(TransformationConfig):
+    type: Literal["process"] = "process"
+    config: ProcessSettings
+
+
 AnyTransformation = Annotated[
-    FilterTransformation | MapTransformation | KeyByTransformation | WindowTransformation | CepTransformation,
+    FilterTransformation
+    | MapTransformation
+    | KeyByTransformation
+    | WindowTransformation
+    | CepTransformation
+    | PythonTransformation
+    | ProcessTransformation,
     Field(discriminator="type"),
 ]

@@ -100,6 +100,10 @@ class Transformation(Protocol):
     (windows, CEP expiry) emit on processing time; ``on_end`` flushes at the end of bounded input
     (the equivalent of Flink's final MAX_WATERMARK). Errors for single records are reported through
     the ``errors`` list passed in as (record, exception) pairs; the step skips those records.
+
+    Optional methods, looked up with ``getattr`` (process steps have them): ``take_errors()`` returns
+    the errors of what ``on_time``/``on_end`` ran; ``before_snapshot()`` writes buffered state to the
+    step's store before a checkpoint snapshots it; ``close()`` releases user code when the task ends.
     """
 
     name: str

@@ -64,6 +64,20 @@ class DataPath:
         self.running.set()
 
     async def close(self) -> None:
+        for task in self.tasks.values():
+            for step in task.chain:
+                close = getattr(step, "close", None)  # user code's close (process functions)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception as e:
+                        logger.warning(
+                            "closing step %s raised %s: %s",
+                            step.name,
+                            type(e).__name__,
+                            e,
+                            extra={"task_id": task.split.split_id},
+                        )
         for reader in self.readers:
             with contextlib.suppress(Exception):
                 await reader.close()
@@ -140,27 +154,25 @@ class DataPath:
         now_ms = int(time.time() * 1000)
         for task in self.tasks.values():
             for i, step in enumerate(task.chain):
-                emitted = step.on_time(now_ms)
-                if emitted:
-                    errors: list[tuple[Record, Exception]] = []
-                    out = run_chain(task.chain, emitted, errors, i + 1)
-                    self._handle_errors(errors, task, task.position)
-                    if out:
-                        self._pending_out.append((task.split.split_id, out))
+                self._run_emitted(task, i, step.on_time(now_ms), step)
         self._collect_late_drops()
 
     def end_of_input(self) -> None:
         """Lets every step emit what it still holds, now that every split is exhausted."""
         for task in self.tasks.values():
             for i, step in enumerate(task.chain):
-                emitted = step.on_end()
-                if emitted:
-                    errors: list[tuple[Record, Exception]] = []
-                    out = run_chain(task.chain, emitted, errors, i + 1)
-                    self._handle_errors(errors, task, task.position)
-                    if out:
-                        self._pending_out.append((task.split.split_id, out))
+                self._run_emitted(task, i, step.on_end(), step)
         self._collect_late_drops()
+
+    def _run_emitted(self, task: Task, i: int, emitted: Batch, step: Any) -> None:
+        """Runs what step ``i`` emitted on its own through the rest of the chain. Steps that run user
+        code on timers (process) report the errors of those calls through ``take_errors``."""
+        take_errors = getattr(step, "take_errors", None)
+        errors: list[tuple[Record, Exception]] = take_errors() if take_errors is not None else []
+        out = run_chain(task.chain, emitted, errors, i + 1) if emitted else []
+        self._handle_errors(errors, task, task.position)
+        if out:
+            self._pending_out.append((task.split.split_id, out))
 
     def _collect_late_drops(self) -> None:
         total = 0

@@ -11,14 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from heliosdb_streaming.functions import KeyedProcessFunction
 from heliosdb_streaming.model import connectors, expr, transformations
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.durations import parse_duration_ms
 from heliosdb_streaming.model.patterns import parse_pattern
 from heliosdb_streaming.model.transformations import parse_aggregate
+from heliosdb_streaming.runtime import usercode
 from heliosdb_streaming.runtime.contracts import Record, SinkWriter, SourceReader, StateStore, Transformation
 from heliosdb_streaming.runtime.transformations import basic
 from heliosdb_streaming.runtime.transformations.cep import CepTransformation
+from heliosdb_streaming.runtime.transformations.process import ProcessTransformation
+from heliosdb_streaming.runtime.transformations.python import PythonTransformation
 from heliosdb_streaming.runtime.transformations.window import WindowTransformation
 
 KeyFn = Callable[[Record], Any]
@@ -131,18 +135,24 @@ def _store_name(position: int, step_type: str) -> str:
 
 
 def store_names(config: JobConfig) -> set[str]:
-    """The state stores a task of this job keeps: one per window or CEP step."""
+    """The state stores a task of this job keeps: one per window, CEP or process step."""
     return {
         _store_name(position, step.type)
         for position, step in enumerate(config.transformations)
-        if isinstance(step, transformations.WindowTransformation | transformations.CepTransformation)
+        if isinstance(
+            step,
+            transformations.WindowTransformation
+            | transformations.CepTransformation
+            | transformations.ProcessTransformation,
+        )
     }
 
 
 def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformation]:
     """The transformations of one task, each keyed step with its own store.
 
-    A ``key_by`` sets the key of the keyed steps after it; a window or CEP step's own ``key`` wins.
+    A ``key_by`` sets the key of the keyed steps after it; a window, CEP or process step's own ``key``
+    wins. A process step's class is imported here, in the worker (``runtime/usercode.py``).
     """
     chain: list[Transformation] = []
     key_fn: KeyFn | None = None
@@ -160,6 +170,10 @@ def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformati
             chain.append(_window(step.config, store_for(store_name), key_fn))
         elif isinstance(step, transformations.CepTransformation):
             chain.append(_cep(step.config, store_for(store_name), key_fn))
+        elif isinstance(step, transformations.PythonTransformation):
+            chain.append(PythonTransformation(step.config.function, step.config.kind))
+        elif isinstance(step, transformations.ProcessTransformation):
+            chain.append(_process(step.config, store_for(store_name), key_fn))
         else:
             raise ValueError(f"unknown transformation type {step.type!r}")
     return chain
@@ -192,6 +206,27 @@ def _cep(c: transformations.CepSettings, store: StateStore, key_fn: KeyFn | None
         time_field=c.time_field,
         contiguity=c.contiguity,
         after_match=c.after_match,
+    )
+
+
+def _process(c: transformations.ProcessSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+    cls = usercode.load_class(c.function, KeyedProcessFunction, usercode.worker_allow_list())
+    key = basic.compile_key(c.key) if c.key else key_fn
+    if key is None:  # refused at submit; a stored config is not checked again
+        raise ValueError(f"process step {c.function} has no key: set its 'key' or put a key_by before it")
+    try:
+        function = cls()
+    except Exception as e:
+        raise usercode.UserCodeLoadError(
+            f"cannot create {c.function}: {cls.__qualname__}() raised {type(e).__name__}: {e}"
+        ) from e
+    return ProcessTransformation(
+        store,
+        function,
+        key_fn=key,
+        function_name=c.function,
+        time_field=c.time_field,
+        max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
     )
 
 

@@ -61,6 +61,15 @@ def run_chain(chain: list[Any], records: Batch, errors: list[tuple[Record, Excep
     return records
 
 
+def before_snapshot(chain: list[Any]) -> None:
+    """Lets every step write what it buffers to its stores (``before_snapshot``, optional): a task's
+    snapshot then holds all of its state."""
+    for step in chain:
+        hook = getattr(step, "before_snapshot", None)
+        if hook is not None:
+            hook()
+
+
 class TaskStores:
     """Every state store of a worker's tasks, restored or new, so they are limited and closed alike."""
 

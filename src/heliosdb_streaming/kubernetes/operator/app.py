@@ -20,7 +20,7 @@ from pathlib import Path
 
 import kopf
 
-from heliosdb_streaming.control import paths
+from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.store import JobStore
@@ -58,6 +58,7 @@ class OperatorOptions:
     read_port: int | None = readapi.DEFAULT_READ_PORT  # the internal read API; None: not served
     api_token: str | None = None  # bearer token the read API requires (HELIOS_API_TOKEN)
     allow_paths: tuple[Path, ...] = ()  # besides the home: where a spec's local files may be
+    python_modules: tuple[str, ...] = ()  # the modules python steps may name (none by default)
 
     @classmethod
     def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
@@ -73,6 +74,9 @@ class OperatorOptions:
             "worker_env": tuple((k, env[k]) for k in pods.S3_ENV if env.get(k)),
             "api_token": env.get("HELIOS_API_TOKEN") or None,
             "allow_paths": tuple(Path(p) for p in env.get("HELIOS_ALLOW_PATHS", "").split(os.pathsep) if p),
+            "python_modules": tuple(
+                m.strip() for m in env.get("HELIOS_PYTHON_MODULES", "").split(",") if m.strip()
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -111,6 +115,7 @@ async def run(
             env=options.worker_env,
             env_secret=options.env_secret,
             service_account=options.service_account,
+            python_modules=options.python_modules,
         )
         launcher = KubernetesLauncher(client, pod_settings, bindings.target, namespaces or None)
         await launcher.start()
@@ -127,7 +132,14 @@ async def run(
         status_writer = StatusWriter(client, plane, bindings)
         savepoint_controller = SavepointController(client, plane, bindings)
         jobs_reconciler = StreamingJobReconciler(
-            client, plane, bindings, launcher, status_writer, savepoint_controller, allowed_roots(options)
+            client,
+            plane,
+            bindings,
+            launcher,
+            status_writer,
+            savepoint_controller,
+            allowed_roots(options),
+            usercode.UserCodePolicy.server(options.python_modules, import_check=False),
         )
         plane.status_listeners.append(status_writer.mark)
         writer: asyncio.Task[None] | None = None

@@ -65,6 +65,7 @@ class PodSettings:
     env: tuple[tuple[str, str], ...] = ()
     env_secret: str | None = None
     service_account: str | None = None
+    python_modules: tuple[str, ...] = ()  # the allow-list workers check what they import against
 
 
 def label_value(text: str) -> str:
@@ -126,6 +127,8 @@ def worker_pod(target: Target, spec: WorkerSpec, settings: PodSettings) -> dict[
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HELIOS_LOG_FORMAT", "value": "json"},  # the pod log is the job log (the API reads it)
     ]
+    if settings.python_modules:
+        env.append({"name": "HELIOS_PYTHON_MODULES", "value": ",".join(settings.python_modules)})
     if not settings.env_secret:
         env += [{"name": k, "value": v} for k, v in settings.env]
     container: dict[str, Any] = {

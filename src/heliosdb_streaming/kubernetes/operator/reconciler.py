@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from heliosdb_streaming.control import paths
+from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
 from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.kubernetes.operator import events, mapping, pods, status
@@ -36,6 +36,7 @@ from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
     JobError,
+    PythonNotAllowedError,
     SavepointFailedError,
 )
 from heliosdb_streaming.model.types import JobStatus
@@ -67,10 +68,14 @@ class StreamingJobReconciler:
         writer: StatusWriter,
         savepoints: SavepointController,
         allowed_roots: paths.AllowedRoots | None = None,
+        user_code: usercode.UserCodePolicy | None = None,
     ) -> None:
-        """``allowed_roots``: where the local files a spec names must resolve (None: anywhere)."""
+        """``allowed_roots``: where the local files a spec names must resolve (None: anywhere).
+        ``user_code``: the modules python steps may name (None: any); never imported here, the job's
+        image holds them."""
         self.client = client
         self.allowed_roots = allowed_roots
+        self.user_code = user_code
         self.plane = plane
         self.bindings = bindings
         self.launcher = launcher
@@ -87,6 +92,7 @@ class StreamingJobReconciler:
             desired = JobSpec.from_spec(spec)
             wanted = await asyncio.to_thread(mapping.job_config, name, spec)  # CPU work: off the loop
             await self._check_paths(spec, wanted)
+            self._check_user_code(wanted)
         except InvalidJobConfigError as e:
             await self._reject(namespace, name, uid, meta.get("generation"), previous, e)
             raise kopf.PermanentError(str(e)) from None
@@ -135,6 +141,15 @@ class StreamingJobReconciler:
         errors = await asyncio.to_thread(problems)  # realpath and glob touch the file system
         if errors:
             raise InvalidJobConfigError(errors)
+
+    def _check_user_code(self, wanted: JobConfig) -> None:
+        """PythonNotAllowedError for every python step of a module the operator does not allow: on
+        every reconcile, as the paths."""
+        if self.user_code is None:
+            return
+        refused = usercode.not_allowed_errors(wanted, self.user_code, prefix="spec.")
+        if refused:
+            raise PythonNotAllowedError(refused)
 
     async def _note_pending_changes(self, binding: Binding, entry: JobEntry, wanted: Any) -> None:
         """A spec change that is not a state or a restart waits for one: say so once, as an Event."""

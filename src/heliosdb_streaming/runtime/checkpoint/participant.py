@@ -28,7 +28,7 @@ from heliosdb_streaming.runtime.checkpoint.tasks import (
     snapshot_task,
 )
 from heliosdb_streaming.runtime.contracts import Record, SinkWriter
-from heliosdb_streaming.runtime.task import Task
+from heliosdb_streaming.runtime.task import Task, before_snapshot
 
 logger = logging.getLogger("heliosdb_streaming.worker")  # one logger for all parts of a worker
 
@@ -134,7 +134,9 @@ class CheckpointParticipant:
 
         1. everything processed so far goes to the sinks: at-least-once sinks are flushed, the
            exactly-once sinks' rows are sealed into the segment of this checkpoint;
-        2. each task writes position + stores + its uncommitted segments to checkpoint storage;
+        2. each task's steps write what they buffer to their stores (``before_snapshot``: the
+           write-back caches of process steps), then the task writes position + stores + its
+           uncommitted segments to checkpoint storage;
         3. the ack lists the task snapshots; the coordinator writes the manifest when all acked.
         """
         assert self.storage is not None
@@ -146,6 +148,7 @@ class CheckpointParticipant:
             shared: set[str] = set()
             total = 0
             for split_id, task in self._tasks.items():
+                before_snapshot(task.chain)
                 path, size, needs = await snapshot_task(
                     self.storage,
                     barrier,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rocksdict import Checkpoint, Options, Rdict
+from rocksdict import Checkpoint, Options, Rdict, WriteBatch
 
 
 class RocksDBStateStore:
@@ -41,6 +41,16 @@ class RocksDBStateStore:
             if not key.startswith(prefix):
                 break
             yield key, orjson.loads(raw_value)
+
+    def write_batch(self, puts: dict[str, Any], deletes: set[str]) -> None:
+        """Puts and deletes many entries in one RocksDB write batch (atomic, and far cheaper than one
+        write each): how a write-back cache over this store hands over its changes."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in puts.items():
+            batch.put(key.encode(), orjson.dumps(value))
+        for key in deletes:
+            batch.delete(key.encode())
+        self._db.write(batch)
 
     def flush(self) -> None:
         """Writes the memtable to SST files (blocking; safe to run in a worker thread)."""

@@ -59,6 +59,7 @@ def test_worker_pod() -> None:
     }
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HELIOS_WORKER_TOKEN"] == "tok" and env["AWS_REGION"] == "eu"
+    assert "HELIOS_PYTHON_MODULES" not in env
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["job"]["secret"]["secretName"] == "fraud-job" and volumes["work"]["emptyDir"] == {}
 
@@ -101,3 +102,11 @@ def test_pod_exit_code() -> None:
     assert pods.pod_exit_code(pod("Failed", {"terminated": {"exitCode": 137}})) == 137
     assert pods.pod_exit_code(pod("Failed")) == 1
     assert pods.pod_exit_code(pod("Pending", {"waiting": {"reason": "ImagePullBackOff"}})) == 1
+
+
+def test_workers_are_told_the_operators_python_modules() -> None:
+    """Workers check what python steps import against the operator's --python-modules, also with a Secret."""
+    settings = PodSettings(image="i", env_secret="helios-s3", python_modules=("acme", "fraud.*"))
+    container = pods.worker_pod(TARGET, SPEC, settings)["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HELIOS_PYTHON_MODULES"] == "acme,fraud.*"

@@ -1,0 +1,3 @@
+"""A module whose import fails: its own top-level code raises."""
+
+raise RuntimeError("broken on purpose")
