@@ -27,7 +27,7 @@ records = st.lists(st.dictionaries(st.text(max_size=6), json_values, max_size=4)
     batch=records,
 )
 def test_a_delivery_round_trips(
-    attempt: int, origin: str, position: int, watermark: int, batch: list
+    attempt: int, origin: str, position: int, watermark: int, batch: list[dict[str, object]]
 ) -> None:
     message = wire.decode(wire.encode_delivery(attempt, origin, position, watermark, batch))
     assert message == wire.Message(
