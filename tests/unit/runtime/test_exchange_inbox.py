@@ -73,10 +73,27 @@ def test_a_gap_reads_the_partition_again_from_after_the_last_applied_message() -
 
 
 def test_a_gap_that_never_fills_fails_the_task() -> None:
-    inbox = Inbox([0], ["a"], attempt=1, max_gaps=3)
+    inbox = Inbox([0], ["a"], attempt=1, start_offsets={0: 5}, max_gaps=3)
     with pytest.raises(ExchangeGapError, match="position 1 still missing"):
         for _ in range(4):
-            inbox.offer(0, 5, d("a", 2))
+            inbox.offer(0, 5, d("a", 2))  # position 1 is nowhere from offset 5 on
+            assert inbox.seeks() == {0: 0}
+            inbox.offer(0, 0, d("a", 2))
+
+
+def test_a_fetch_that_skips_offsets_is_read_again_and_a_hole_that_stays_fails_the_task() -> None:
+    inbox = Inbox([0], ["a"], attempt=1, max_gaps=2)
+    inbox.offer(0, 0, d("a", 1))
+    inbox.offer(0, 2, d("a", 3))  # offset 1 skipped in the middle of a fetch
+    assert inbox.seeks() == {0: 1}
+    inbox.offer(0, 1, d("a", 2))
+    inbox.offer(0, 2, d("a", 3))
+    inbox.check_position(0, 5)  # offsets 3 and 4 skipped at the end of a fetch
+    assert inbox.seeks() == {0: 3}
+    assert [x.position for x in inbox.take() if isinstance(x, Delivery)] == [1, 2, 3]
+    with pytest.raises(ExchangeGapError, match="offset 3 still not fetched"):
+        for _ in range(3):
+            inbox.check_position(0, 5)
             inbox.seeks()
 
 

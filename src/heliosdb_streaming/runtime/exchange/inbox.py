@@ -123,6 +123,10 @@ class Inbox:
         """Takes one fetched message of ``partition`` (raises ``WireFormatError`` on a corrupt one)."""
         if partition in self._seeks:
             return  # fetched before the seek the caller is about to make: it comes again
+        expected = self._expect.get(partition)
+        if expected is not None and offset > expected:
+            self._skipped(partition, expected, offset)  # the fetch skipped messages before this one
+            return
         if offset >= self._read.get(partition, 0):
             self._read[partition] = offset + 1
         self._expect[partition] = offset + 1
@@ -190,25 +194,29 @@ class Inbox:
 
     def check_position(self, partition: int, position: int) -> None:
         """The reader's position in ``partition`` after a fetch: past what was offered means the
-        fetch skipped messages, so the partition is read again from the first one not offered.
-        Offsets of an internal topic are contiguous (no transactions, no compaction): the same
-        offset still missing after ``max_gaps`` readings fails the task."""
+        fetch skipped messages at its end, so the partition is read again from the first one not
+        offered."""
         expected = self._expect.get(partition)
-        if expected is None or position <= expected or partition in self._seeks:
-            return
+        if expected is not None and position > expected and partition not in self._seeks:
+            self._skipped(partition, expected, position)
+
+    def _skipped(self, partition: int, expected: int, seen: int) -> None:
+        """Offsets ``expected..seen-1`` were not fetched. Offsets of an internal topic are contiguous
+        (no transactions, no compaction): the same offset still missing after ``max_gaps`` readings
+        fails the task."""
         at, times = self._skips.get(partition, (expected, 0))
         times = times + 1 if at == expected else 1
         if times > self.max_gaps:
             raise ExchangeGapError(
                 f"partition {partition}: offset {expected} still not fetched after reading the partition "
-                f"again {self.max_gaps} times (the reader is at {position})"
+                f"again {self.max_gaps} times (next seen: {seen})"
             )
         self._skips[partition] = (expected, times)
         log.info(
             "partition %d: the fetch skipped offsets %d..%d; reading them again",
             partition,
             expected,
-            position - 1,
+            seen - 1,
         )
         self._seek(partition, expected)
 
