@@ -294,6 +294,12 @@ class PartitionReader:
         data = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
         return [Fetched(tp.partition, m.offset, m.value) for tp, messages in data.items() for m in messages]
 
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise ExchangeTransportError("not open")
+        return self._consumer
+
     async def seek(self, partition: int, offset: int | None) -> None:
         """Reads ``partition`` again from ``offset`` (None: its beginning)."""
         consumer = self._consumer
