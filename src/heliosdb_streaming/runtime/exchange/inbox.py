@@ -93,6 +93,8 @@ class Inbox:
         self.max_gaps = max_gaps
         self._origins: list[str] = []
         self._channels: dict[tuple[int, str], _Channel] = {}
+        # per origin: its least mark over the task's partitions, and how many channels are at it
+        self._low: dict[str, tuple[int, int]] = {}
         for origin in origins:
             self._add_origin(origin)
         self._read: dict[int, int] = {
@@ -105,7 +107,6 @@ class Inbox:
         self._out: list[Delivery | Aligned] = []
         self._seeks: dict[int, int] = {}
         self._gaps: dict[int, int] = {}
-        self._origin_marks: dict[str, int] = {}
         self._aligning = 0
         self._aligned = False
         self.completed = 0
@@ -116,6 +117,7 @@ class Inbox:
         self._origins.append(origin)
         for p in self.partitions:
             self._channels[(p, origin)] = _Channel()
+        self._low[origin] = (MIN_WATERMARK, len(self.partitions))
 
     # -------------------------------------------------------------------------------- feeding
 
@@ -155,24 +157,31 @@ class Inbox:
         if message.is_barrier:
             self._on_barrier(partition, message.origin, channel, message.checkpoint_id)
         else:
-            channel.mark = max(channel.mark, message.watermark)
+            if message.watermark > channel.mark:
+                self._raise_mark(message.origin, channel, message.watermark)
             records = message.records if message.records is not None else []
             self._out.append(
-                Delivery(message.origin, partition, records, self._origin_mark(message.origin), position)
+                Delivery(message.origin, partition, records, self._low[message.origin][0], position)
             )
             if channel.mark == MAX_WATERMARK and self._aligning:
                 self._check_aligned()
 
-    def _origin_mark(self, origin: str) -> int:
-        """The origin's watermark for this task: the least over its partitions (each is read on its
-        own, so a mark seen on one partition says nothing about records still due on another)."""
-        channels = self._channels
-        mark = min(channels[(p, origin)].mark for p in self.partitions)
-        previous = self._origin_marks.get(origin, MIN_WATERMARK)
-        if mark < previous:
-            return previous
-        self._origin_marks[origin] = mark
-        return mark
+    def _raise_mark(self, origin: str, channel: _Channel, mark: int) -> None:
+        """Raises a channel's mark and the origin's watermark for this task, which is the least over
+        its partitions (each is read on its own, so a mark seen on one partition says nothing about
+        records still due on another). Incremental: the minimum is recomputed only when the last
+        channel at it moves."""
+        low, at_low = self._low[origin]
+        was = channel.mark
+        channel.mark = mark
+        if was != low:
+            return
+        if at_low > 1:
+            self._low[origin] = (low, at_low - 1)
+            return
+        marks = [self._channels[(p, origin)].mark for p in self.partitions]
+        low = min(marks)
+        self._low[origin] = (low, marks.count(low))
 
     def _on_gap(self, partition: int, origin: str, channel: _Channel, position: int) -> None:
         gaps = self._gaps.get(partition, 0) + 1
