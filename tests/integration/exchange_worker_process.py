@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK
+from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from heliosdb_streaming.runtime.exchange.kafka_exchange import KafkaExchange, TaskInput
 from heliosdb_streaming.runtime.exchange.keygroups import key_group, owned_groups
 
@@ -53,6 +53,7 @@ class Worker:
         self.state: dict[str, list[int]] = {}
         self.marks: dict[str, int] = {}
         self.applied = 0
+        self.late = 0  # records at or below the task's watermark (min over origins) when they came
 
     def snapshot_path(self) -> Path:
         return self.dir / f"snapshot-{self.index}.json"
@@ -73,7 +74,7 @@ class Worker:
             sent = saved["source_position"]
             offsets = {int(p): int(o) for p, o in saved["exchange"]["offsets"].items()}
             task_input = TaskInput(BOUNDARY, self.groups, self.origins, offsets, saved["exchange"]["attempt"])
-        await exchange.open([BOUNDARY], [task_input])
+        await exchange.open({BOUNDARY: self.k}, [task_input])
         try:
             if self.c["mode"] == "checkpoint_then_hang":
                 await self.checkpoint_then_hang(exchange)
@@ -89,12 +90,17 @@ class Worker:
     def apply(self, exchange: KafkaExchange) -> None:
         for delivery in exchange.receive(BOUNDARY, self.groups):
             assert delivery.group in self.groups
+            watermark = min(self.marks.get(o, MIN_WATERMARK) for o in self.origins)
             for r in delivery.records:
+                if r["ts"] <= watermark:
+                    self.late += 1
                 entry = self.state.setdefault(r["key"], [0, 0])
                 entry[0] += 1
                 entry[1] += r["v"]
                 self.applied += 1
-            self.marks[delivery.origin] = delivery.watermark
+            self.marks[delivery.origin] = max(
+                delivery.watermark, self.marks.get(delivery.origin, MIN_WATERMARK)
+            )
 
     async def checkpoint_then_hang(self, exchange: KafkaExchange) -> None:
         half = len(self.events) // 2
@@ -142,7 +148,8 @@ class Worker:
             assert time.monotonic() < deadline, f"origins not finished within 90 s: {self.marks}"
             self.apply(exchange)
             await exchange.wait(BOUNDARY, self.groups, 0.2)
-        (self.dir / f"result-{self.index}.json").write_bytes(orjson.dumps(self.state))
+        result = {"state": self.state, "late": self.late}
+        (self.dir / f"result-{self.index}.json").write_bytes(orjson.dumps(result))
         print("done", flush=True)
 
 

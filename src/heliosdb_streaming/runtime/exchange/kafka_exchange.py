@@ -28,14 +28,14 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
 from heliosdb_streaming.runtime.contracts import Batch
 from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from heliosdb_streaming.runtime.exchange import topics, wire
-from heliosdb_streaming.runtime.exchange.base import Delivery
+from heliosdb_streaming.runtime.exchange.base import Delivery, Exchange
 from heliosdb_streaming.runtime.exchange.inbox import Aligned, Inbox
 from heliosdb_streaming.runtime.exchange.kafka_transport import OrderedProducer, PartitionReader
 
@@ -94,12 +94,16 @@ class KafkaExchange:
         self._marks: dict[tuple[int, str], int] = {}  # the origin's latest watermark
         self._broadcast: dict[tuple[int, str], tuple[int, float]] = {}  # last broadcast: mark, when
         self._receivers: dict[tuple[int, range], _Receiver] = {}
+        self._fanout: dict[int, range] = {}
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    async def open(self, outputs: Sequence[int], inputs: Sequence[TaskInput]) -> None:
-        """Creates the topics of the boundaries this worker writes to (``outputs``) and reads from,
-        starts a producer per output boundary and a reader per task input."""
+    async def open(self, outputs: Mapping[int, int], inputs: Sequence[TaskInput]) -> None:
+        """Creates the topics of the boundaries this worker writes to and reads from, starts a
+        producer per output boundary and a reader per task input. ``outputs`` maps each boundary the
+        worker writes to to its stage's number of key groups (``max_parallelism``; 1 for a global
+        stage), the key groups watermarks and barriers are broadcast to."""
+        self._fanout = {b: range(min(int(n), self.max_parallelism)) for b, n in outputs.items()}
         for boundary in sorted({*outputs, *(i.boundary for i in inputs)}):
             await topics.ensure_topic(self.bootstrap_servers, self.topic(boundary), self.max_parallelism)
         for boundary in outputs:
@@ -182,7 +186,7 @@ class KafkaExchange:
         self, boundary: int, origin: str, mark: int, skip: Mapping[int, Batch], now: float
     ) -> None:
         producer = self._producers[boundary]
-        for group in range(self.max_parallelism):
+        for group in self._fanout[boundary]:
             if skip.get(group):
                 continue  # its records carried the mark
             position = self._next_position(boundary, origin, group)
@@ -199,7 +203,7 @@ class KafkaExchange:
         """Writes the barrier of ``checkpoint_id`` to every key group, after everything sent before."""
         producer = self._producers[boundary]
         self._flush_marks(boundary, origin)
-        for group in range(self.max_parallelism):
+        for group in self._fanout[boundary]:
             position = self._next_position(boundary, origin, group)
             producer.write(group, wire.encode_barrier(self.attempt, origin, position, checkpoint_id))
 
@@ -294,3 +298,9 @@ class KafkaExchange:
             log.error("reading %s failed: %s: %s", reader.topic, type(e).__name__, e)
             receiver.failure = e
             receiver.wakeup.set()
+
+
+if TYPE_CHECKING:
+
+    def _is_an_exchange(exchange: KafkaExchange) -> Exchange:
+        return exchange  # mypy checks that KafkaExchange implements the protocol
