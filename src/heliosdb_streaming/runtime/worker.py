@@ -188,13 +188,12 @@ class Worker:
         restored: dict[str, RestoredTask] = {}
         self.readers.extend(graph.build_source_readers(self.config))
         parallelism = self.config.parallelism
+        discovered = [await reader.discover_splits() for reader in self.readers]
+        every_split = [s.split_id for splits in discovered for s in splits]
         plan = plan_job(self.config.sources, self.config.transformations)
-        staged = plan.needs_exchange and (self.exchange is not None or parallelism == 1)
+        staged = plan.needs_exchange and self._routes(every_split)
         stage0 = plan.stages[0].steps if staged else None
-        every_split: list[str] = []
-        for reader in self.readers:
-            splits = await reader.discover_splits()
-            every_split.extend(s.split_id for s in splits)
+        for reader, splits in zip(self.readers, discovered, strict=True):
             assigned = [s for k, s in enumerate(splits) if k % parallelism == self.index]
             positions: dict[str, Any] = {}
             for split in assigned:
@@ -242,6 +241,14 @@ class Worker:
         for sink in self.sinks:
             await sink.open()
         await self.checkpoints.commit_restored(restored)
+
+    def _routes(self, every_split: list[str]) -> bool:
+        """Whether this worker applies the plan's boundaries: through the exchange it was given, or
+        in process when it runs every task (parallelism 1) and there is more than one split (one
+        split read by one task already is the one-task answer: no exchange, no overhead)."""
+        if self.exchange is not None:
+            return True
+        return self.config.parallelism == 1 and len(every_split) > 1
 
     async def _open_stages(
         self, plan: JobPlan, every_split: list[str], restored: dict[str, RestoredTask]

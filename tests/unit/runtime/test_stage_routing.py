@@ -287,3 +287,47 @@ def _group(merchant: str) -> int:
     from heliosdb_streaming.runtime.exchange.keygroups import key_group
 
     return key_group(merchant, 128)
+
+
+def test_one_split_needs_no_exchange(tmp_path: Path) -> None:
+    """One task reading the only split already sees every key: the plan's boundary is not applied."""
+    events = write_files(tmp_path / "in", 500)
+    single = tmp_path / "single.json"
+    single.write_bytes(
+        b"".join(orjson.dumps(e) + b"\n" for e in sorted(events, key=lambda e: e["timestamp"]))
+    )
+    worker = run(job(single, tmp_path / "out", KEYED_WINDOW), tmp_path / "job")
+    assert worker.data.stages is None
+    assert window_rows(rows(tmp_path / "out")) == window_oracle(events, "merchant")
+
+
+def test_two_boundaries_flush_stage_by_stage(tmp_path: Path) -> None:
+    """Per-merchant hourly counts (stage 1), then per merchant a count of those rows per 3 h by their
+    window start (stage 2: the window's output is new records, regrouped): at the end of input
+    stage 1's windows fire first and reach stage 2 before it flushes."""
+    events = write_files(tmp_path / "in", 2000)
+    steps = [
+        *KEYED_WINDOW,
+        {
+            "type": "window",
+            "config": {
+                "kind": "tumbling",
+                "size": "3h",
+                "time_field": "window_start",
+                "key": "key",  # the merchant, as the window before it emits it
+                "aggregates": {"rows": "count(*)", "n": "sum(n)"},
+            },
+        },
+    ]
+    worker = run(job(tmp_path / "in", tmp_path / "out", steps), tmp_path / "job")
+    assert sorted(worker.data.stage_tasks) == ["s1-kg0-127", "s2-kg0-127"]
+    hourly = window_oracle(events, "merchant")
+    expected: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for (merchant, start), (n, _) in hourly.items():
+        cell = expected[(merchant, start - start % (3 * HOUR))]
+        cell[0] += 1
+        cell[1] += n
+    found = [((r["key"], r["window_start"]), [r["rows"], r["n"]]) for r in rows(tmp_path / "out")]
+    assert len(found) == len(expected)
+    assert dict(found) == dict(expected)
+    assert worker.counters.late_dropped == 0
