@@ -254,6 +254,8 @@ class DataPath:
         FLUSH_INTERVAL_S, commits the source positions."""
         if self._pending_out:
             await self._write_pending()
+        if self.stages is not None:
+            await self.stages.exchange.flush()  # what crossed a boundary is visible downstream
         for sink in self.sinks:
             await sink.flush()
         now_ms = time.time() * 1000

@@ -124,7 +124,7 @@ def _build_sink(sink: Any) -> SinkWriter:
     raise ValueError(f"unknown sink type {sink.type!r}")
 
 
-def _store_name(position: int, step_type: str) -> str:
+def store_name(position: int, step_type: str) -> str:
     """A step's state store: named by its position and type, which is how a snapshot's state finds
     its step again after a restore (also into a changed pipeline)."""
     return f"{position}-{step_type}"
@@ -133,7 +133,7 @@ def _store_name(position: int, step_type: str) -> str:
 def store_names(config: JobConfig) -> set[str]:
     """The state stores a task of this job keeps: one per window or CEP step."""
     return {
-        _store_name(position, step.type)
+        store_name(position, step.type)
         for position, step in enumerate(config.transformations)
         if isinstance(step, transformations.WindowTransformation | transformations.CepTransformation)
     }
@@ -164,17 +164,17 @@ def build_chain(
             built = key_by
         if steps is not None and position not in steps:
             continue
-        store_name = _store_name(position, step.type)
+        name = store_name(position, step.type)
         if isinstance(step, transformations.FilterTransformation):
             built = basic.FilterTransformation(step.config.condition)
         elif isinstance(step, transformations.MapTransformation):
             built = basic.MapTransformation(dict(step.config.fields), list(step.config.drop))
         elif isinstance(step, transformations.WindowTransformation):
             timed = external and step.config.time == "event"
-            built = _window(step.config, store_for(store_name), key_fn, timed)
+            built = _window(step.config, store_for(name), key_fn, timed)
             external = external and not timed
         elif isinstance(step, transformations.CepTransformation):
-            built = _cep(step.config, store_for(store_name), key_fn, external)
+            built = _cep(step.config, store_for(name), key_fn, external)
             external = False
         elif built is None:
             raise ValueError(f"unknown transformation type {step.type!r}")

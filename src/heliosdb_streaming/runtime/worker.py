@@ -226,6 +226,16 @@ class Worker:
                 extra={"task_id": "task-1"},
             )
         if staged:
+            steps = self.config.transformations
+            later = {graph.store_name(i, steps[i].type) for stage in plan.stages[1:] for i in stage.steps}
+            per_split = sorted({n for t in restored.values() for n in t.stores} & later)
+            if per_split:  # a snapshot of this job from before it regrouped by key
+                logger.warning(
+                    "the snapshot holds per-split state of step(s) %s, which now run in key-group "
+                    "tasks after a repartition; that state is not restored",
+                    ", ".join(per_split),
+                    extra={"task_id": None},
+                )
             await self._open_stages(plan, every_split, restored)
         dropped = {name for task in restored.values() for name in task.stores} - graph.store_names(
             self.config
