@@ -3,8 +3,9 @@ internal topic per boundary (``topics.py``), partition = key group, messages in 
 written by an ``OrderedProducer`` and read into one :class:`~.inbox.Inbox` per downstream task
 (``inbox.py`` says why the result is exactly once).
 
-Sending side (every origin): ``send`` numbers each delivery on its channel (origin, key group) and
-queues it; the origin's watermark rides with its records, and is broadcast to the key groups that
+Sending side (every origin): ``send`` buffers records per channel (origin, key group) for at most
+``linger_s`` (or ``coalesce_records``), then writes them as one numbered delivery; the origin's
+watermark rides with its records, and is broadcast to the key groups that
 got none at most every ``watermark_interval_s`` (and at ``flush``, and at once when the origin
 finishes: ``MAX_WATERMARK``). ``send_barrier`` writes checkpoint N's barrier to every key group
 after everything the origin sent before it.
@@ -82,6 +83,8 @@ class KafkaExchange:
         attempt: int,
         watermark_interval_s: float = 0.2,
         max_queued_bytes: int = 32 * 1024 * 1024,
+        linger_s: float = 0.005,
+        coalesce_records: int = 500,
     ) -> None:
         self.bootstrap_servers = list(bootstrap_servers)
         self.job_id = job_id
@@ -89,6 +92,12 @@ class KafkaExchange:
         self.attempt = attempt
         self.watermark_interval_s = watermark_interval_s
         self.max_queued_bytes = max_queued_bytes
+        self.linger_s = linger_s
+        self.coalesce_records = coalesce_records
+        # records sent but not yet written, per origin and key group: small deliveries of several
+        # sends become one message (fewer, larger messages: the broker's cost is per message)
+        self._pending: dict[tuple[int, str], dict[int, Batch]] = {}
+        self._linger: asyncio.TimerHandle | None = None
         self._producers: dict[int, OrderedProducer] = {}
         self._positions: dict[tuple[int, str, int], int] = {}
         self._marks: dict[tuple[int, str], int] = {}  # the origin's latest watermark
@@ -145,6 +154,9 @@ class KafkaExchange:
         return topics.topic_name(self.job_id, boundary)
 
     async def close(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         receivers, self._receivers = self._receivers, {}
         for receiver in receivers.values():
             if receiver.task is not None:
@@ -161,34 +173,62 @@ class KafkaExchange:
     # -------------------------------------------------------------------------------- sending
 
     def send(self, boundary: int, origin: str, groups: Mapping[int, Batch], watermark: int) -> None:
-        producer = self._producers[boundary]
-        attempt = self.attempt
         key = (boundary, origin)
         mark = max(watermark, self._marks.get(key, MIN_WATERMARK))
         self._marks[key] = mark
+        pending = self._pending.setdefault(key, {})
         for group, records in groups.items():
             if not records:
                 continue
-            for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
-                chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
-                last = start + MAX_RECORDS_PER_MESSAGE >= len(records)
-                position = self._next_position(boundary, origin, group)
-                producer.write(
-                    group,
-                    wire.encode_delivery(attempt, origin, position, mark if last else MIN_WATERMARK, chunk),
-                )
+            buffered = pending.get(group)
+            if buffered is None:
+                buffered = pending[group] = []
+            buffered.extend(records)
+            if len(buffered) >= self.coalesce_records:
+                self._encode(boundary, origin, group, pending.pop(group))
         last_mark, when = self._broadcast.get(key, (MIN_WATERMARK, 0.0))
         now = time.monotonic()
         if mark > last_mark and (mark == MAX_WATERMARK or now - when >= self.watermark_interval_s):
-            self._broadcast_mark(boundary, origin, mark, skip=groups, now=now)
+            self._broadcast_mark(boundary, origin, mark, now=now)
+        elif pending and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self.linger_s, self._encode_all)
 
-    def _broadcast_mark(
-        self, boundary: int, origin: str, mark: int, skip: Mapping[int, Batch], now: float
-    ) -> None:
+    def _encode(self, boundary: int, origin: str, group: int, records: Batch) -> None:
+        """Writes buffered records of one channel as deliveries; the last carries the origin's mark
+        (which is after every record sent so far, so after these)."""
+        producer = self._producers[boundary]
+        mark = self._marks[(boundary, origin)]
+        for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
+            chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
+            last = start + MAX_RECORDS_PER_MESSAGE >= len(records)
+            position = self._next_position(boundary, origin, group)
+            producer.write(
+                group,
+                wire.encode_delivery(self.attempt, origin, position, mark if last else MIN_WATERMARK, chunk),
+            )
+
+    def _encode_origin(self, boundary: int, origin: str) -> set[int]:
+        """Writes every buffered record of the origin; returns the key groups written to."""
+        pending = self._pending.pop((boundary, origin), None)
+        if not pending:
+            return set()
+        for group, records in pending.items():
+            self._encode(boundary, origin, group, records)
+        return set(pending)
+
+    def _encode_all(self) -> None:
+        self._linger = None
+        for boundary, origin in list(self._pending):
+            self._encode_origin(boundary, origin)
+
+    def _broadcast_mark(self, boundary: int, origin: str, mark: int, now: float) -> None:
+        """Sends the origin's mark to every key group of the stage: buffered records first (they
+        carry it), a mark-only delivery to the others."""
+        written = self._encode_origin(boundary, origin)
         producer = self._producers[boundary]
         for group in self._fanout[boundary]:
-            if skip.get(group):
-                continue  # its records carried the mark
+            if group in written:
+                continue
             position = self._next_position(boundary, origin, group)
             producer.write(group, wire.encode_delivery(self.attempt, origin, position, mark, []))
         self._broadcast[(boundary, origin)] = (mark, now)
@@ -203,6 +243,7 @@ class KafkaExchange:
         """Writes the barrier of ``checkpoint_id`` to every key group, after everything sent before."""
         producer = self._producers[boundary]
         self._flush_marks(boundary, origin)
+        self._encode_origin(boundary, origin)
         for group in self._fanout[boundary]:
             position = self._next_position(boundary, origin, group)
             producer.write(group, wire.encode_barrier(self.attempt, origin, position, checkpoint_id))
@@ -210,11 +251,12 @@ class KafkaExchange:
     def _flush_marks(self, boundary: int, origin: str) -> None:
         mark = self._marks.get((boundary, origin), MIN_WATERMARK)
         if mark > self._broadcast.get((boundary, origin), (MIN_WATERMARK, 0.0))[0]:
-            self._broadcast_mark(boundary, origin, mark, skip={}, now=time.monotonic())
+            self._broadcast_mark(boundary, origin, mark, now=time.monotonic())
 
     async def flush(self) -> None:
         for boundary, origin in list(self._marks):
             self._flush_marks(boundary, origin)
+        self._encode_all()
         for producer in self._producers.values():
             await producer.flush()
 
