@@ -144,10 +144,12 @@ class Worker:
         exchange.send(BOUNDARY, self.origin, {}, MAX_WATERMARK)
         await exchange.flush()
         deadline = time.monotonic() + 90
-        while not all(self.marks.get(o) == MAX_WATERMARK for o in self.origins):
+        while not exchange.finished(BOUNDARY, self.groups):
             assert time.monotonic() < deadline, f"origins not finished within 90 s: {self.marks}"
             self.apply(exchange)
             await exchange.wait(BOUNDARY, self.groups, 0.2)
+        self.apply(exchange)
+        assert all(self.marks.get(o) == MAX_WATERMARK for o in self.origins), self.marks
         result = {"state": self.state, "late": self.late}
         (self.dir / f"result-{self.index}.json").write_bytes(orjson.dumps(result))
         print("done", flush=True)

@@ -104,6 +104,10 @@ def test_the_origin_watermark_is_the_least_over_the_task_partitions() -> None:
     inbox.offer(0, 1, d("a", 2, watermark=900))
     inbox.offer(1, 1, d("a", 2, watermark=MAX_WATERMARK, records=[]))
     assert [x.watermark for x in inbox.take() if isinstance(x, Delivery)] == [MIN_WATERMARK, 200, 200, 900]
+    assert not inbox.finished
+    inbox.offer(0, 2, d("a", 3, watermark=MAX_WATERMARK, records=[]))
+    assert inbox.take()[-1].watermark == MAX_WATERMARK  # type: ignore[union-attr]
+    assert inbox.finished
 
 
 def test_alignment_holds_back_what_follows_a_barrier_and_reads_it_again_after_the_snapshot() -> None:

@@ -295,5 +295,11 @@ class Inbox:
         return dict(self._read)
 
     @property
+    def finished(self) -> bool:
+        """Every origin sent its end-of-input mark (MAX_WATERMARK) on every partition of the task:
+        nothing more will come (unlike idleness, which only stops an origin holding time back)."""
+        return all(low == MAX_WATERMARK for low, _count in self._low.values())
+
+    @property
     def origins(self) -> list[str]:
         return list(self._origins)

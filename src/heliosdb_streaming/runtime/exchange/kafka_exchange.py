@@ -288,6 +288,11 @@ class KafkaExchange:
         receiver = self._receivers[(boundary, groups)]
         return receiver.aligned if not receiver.ready else None
 
+    def finished(self, boundary: int, groups: range) -> bool:
+        """Every origin of the task reached its end of input and everything it sent was received."""
+        receiver = self._receivers[(boundary, groups)]
+        return receiver.inbox.finished and not receiver.ready
+
     def snapshot(self, boundary: int, groups: range) -> dict[str, Any]:
         """What the task's checkpoint keeps of its input: how far each partition was read, and the
         attempt (a restore must run in a later one)."""
