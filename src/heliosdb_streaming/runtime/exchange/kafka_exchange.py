@@ -15,6 +15,19 @@ feeds its inbox and carries out the inbox's seeks; ``receive`` returns what is r
 task's barriers are aligned, ``aligned`` says so and ``receive`` returns nothing more until the task
 snapshotted (with ``snapshot``) and called ``release``.
 
+A worker's checkpoint N with this exchange, in order (the in-process exchange needs none of it):
+
+1. snapshot the split tasks (stage 0), then ``send_barrier(1, split_id, N)`` for each, and ``flush``;
+2. for each later stage in order, for each of the worker's tasks in it: keep calling ``receive``
+   and processing (that output belongs to N) until ``aligned`` is N; snapshot the task with
+   ``snapshot(...)`` in its position; ``release``; then, if a stage follows, ``send_barrier`` from
+   this task to it;
+3. seal the sinks' output for N and acknowledge. Every worker sends its barriers before it waits
+   for any alignment, so workers never wait on each other in a cycle.
+
+End of input: ``send(..., MAX_WATERMARK)`` from each finished origin, then keep receiving until
+``finished`` before a task's final flush. Backpressure: await ``wait_for_room`` after ``send``.
+
 Attempts: a worker process runs one attempt of the job; every task of the job restarts together
 from one checkpoint in a new attempt (whose number must be larger). ``snapshot`` keeps how far each
 partition was read; a task restored in a later attempt resumes from there and ignores what the
