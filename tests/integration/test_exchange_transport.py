@@ -46,7 +46,12 @@ class FlakyProducer(OrderedProducer):
 
 
 async def read_all(
-    bootstrap: str, topic: str, partitions: list[int], want: int, offsets: dict[int, int] | None = None
+    bootstrap: str,
+    topic: str,
+    partitions: list[int],
+    want: int,
+    offsets: dict[int, int] | None = None,
+    reset: set[int] | None = None,
 ) -> list[Fetched]:
     reader = PartitionReader([bootstrap], topic, partitions)
     await reader.open(offsets or {})
@@ -59,6 +64,8 @@ async def read_all(
         got.extend(await reader.poll(0.5))  # nothing more may come
     finally:
         await reader.close()
+    if reset is not None:
+        reset.update(reader.reset)
     return got
 
 
@@ -140,7 +147,9 @@ async def test_the_reader_resumes_from_offsets_and_restarts_a_recreated_topic(ka
             producer.write(0, wire.encode_barrier(2, "o", i + 1, i))
         await producer.flush()
         # offsets saved before the topic was created anew: partition 0 has 10 messages now
-        again = await read_all(kafka_bootstrap, name, [0, 1], 10, offsets={0: 30, 1: 40})
+        reset: set[int] = set()
+        again = await read_all(kafka_bootstrap, name, [0, 1], 10, offsets={0: 30, 1: 40}, reset=reset)
+        assert reset == {0, 1}
         assert [f.offset for f in again] == list(range(10))
         assert {wire.decode(f.value).attempt for f in again} == {2}
     finally:

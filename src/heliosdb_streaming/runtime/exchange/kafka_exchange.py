@@ -156,7 +156,7 @@ class KafkaExchange:
             partitions,
             spec.origins,
             self.attempt,
-            start_offsets={p: int(o) for p, o in spec.offsets.items()},
+            start_offsets={p: int(o) for p, o in spec.offsets.items() if p not in reader.reset},
             beginnings={tp.partition: int(o) for tp, o in beginnings.items()},
         )
         receiver = _Receiver(reader, inbox)

@@ -223,6 +223,7 @@ class PartitionReader:
         self.client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
         self._early: list[Fetched] = []
+        self.reset: set[int] = set()  # partitions whose restored offset was past their end
 
     async def open(self, offsets: Mapping[int, int], probe_timeout_s: float = 5.0) -> None:
         """Assigns the partitions and seeks: a restored offset past a partition's end (the topic was
@@ -275,6 +276,7 @@ class PartitionReader:
                         pending[tp],
                     )
                     await consumer.seek_to_beginning(tp)
+                    self.reset.add(tp.partition)
                 del pending[tp]
         if pending:
             log.warning(
