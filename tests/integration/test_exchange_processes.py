@@ -1,7 +1,8 @@
 """Two worker processes exchanging records by key through a job's internal topic on a real broker
 (runtime/exchange/kafka_exchange.py): the per-key count and sum equal what one task computes over
 every event, and stay equal when both processes are SIGKILLed after a checkpoint, with records of
-the killed attempt after the checkpoint left in the topic, and restarted from it in a new attempt.
+the killed attempt after the checkpoint left in the topic, and restarted from it in a new attempt
+(also when the topic was deleted in between, so the restored offsets point past its end).
 Events in order per origin are never behind the downstream task's watermark (the minimum over its
 origins, each origin's the least over the task's partitions)."""
 
@@ -100,8 +101,9 @@ async def test_two_processes_give_the_per_key_result_of_one_task(
         await topics.delete_job_topics([kafka_bootstrap], job_id)
 
 
+@pytest.mark.parametrize("recreated", [False, True], ids=["same-topic", "topic-created-anew"])
 async def test_sigkill_after_a_checkpoint_and_restore_in_a_new_attempt_gives_the_same_result(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, recreated: bool
 ) -> None:
     job_id = f"x{uuid.uuid4().hex[:8]}"
     first = [
@@ -117,6 +119,8 @@ async def test_sigkill_after_a_checkpoint_and_restore_in_a_new_attempt_gives_the
             w.kill()
             w.wait()
     assert all((tmp_path / f"snapshot-{i}.json").exists() for i in range(PARALLELISM))
+    if recreated:  # the snapshot's offsets now point past the end of a fresh, empty topic
+        assert await topics.delete_job_topics([kafka_bootstrap], job_id) == [topics.topic_name(job_id, 1)]
 
     second = [start(tmp_path, kafka_bootstrap, job_id, i, 2, "run") for i in range(PARALLELISM)]
     try:
