@@ -24,6 +24,7 @@ from heliosdb_streaming.model.config import JobConfig, OnErrorPolicy
 from heliosdb_streaming.runtime.checkpoint.participant import is_transactional
 from heliosdb_streaming.runtime.checkpoint.tasks import OutputStaging
 from heliosdb_streaming.runtime.contracts import Batch, Record, SinkWriter, SourceReader, SplitBatch
+from heliosdb_streaming.runtime.stages import StageRunner, StageTask
 from heliosdb_streaming.runtime.task import Counters, Task, TaskFailure, run_chain
 
 logger = logging.getLogger("heliosdb_streaming.worker")  # one logger for all parts of a worker
@@ -47,6 +48,11 @@ class DataPath:
         self.staging = staging
         self.counters = Counters()
         self.tasks: dict[str, Task] = {}
+        # a job whose plan has boundaries: the later stages (None: no exchange, today's path)
+        self.stages: StageRunner | None = None
+        self.stage_tasks: dict[str, StageTask] = {}
+        # stage 0 keeps nothing to flush at the end: a finished split finishes its origin at once
+        self.stage0_stateless = True
         self.readers: list[SourceReader] = []
         self.sinks: list[SinkWriter] = []
         self.queue: asyncio.Queue[SplitBatch] = asyncio.Queue(QUEUE_BATCHES)
@@ -140,28 +146,47 @@ class DataPath:
         self.counters.events_in += n
         errors: list[tuple[Record, Exception]] = []
         out = run_chain(task.chain, records, errors, 0)
-        self._handle_errors(errors, task, batch.position)
+        self._handle_errors(errors, task.split.split_id, batch.position)
         task.position = batch.position
         if batch.finished:
             task.finished = True
-        if out:
+        if self.stages is not None:
+            finished = batch.finished and self.stage0_stateless
+            self.stages.push(0, batch.split_id, out, finished=finished)
+            self.stages.pump()
+            self._pending_out.extend(self.stages.take_output())
+        elif out:
             self._pending_out.append((batch.split_id, out))
         if self.metrics:
             self._pending_latency.append((batch.ingest_ms, n))
 
-    def on_time(self) -> None:
-        """Lets every step emit what processing time releases (timers, idle windows)."""
-        now_ms = int(time.time() * 1000)
+    def _emit(self, task: Task, out: Batch) -> None:
+        """Output of a split task outside ``process_batch`` (timers, end of input)."""
+        if self.stages is not None:
+            self.stages.push(0, task.split.split_id, out)
+        elif out:
+            self._pending_out.append((task.split.split_id, out))
+
+    def on_time(self, now_ms: int | None = None) -> None:
+        """Lets every step emit what processing time releases (timers, idle windows, idle origins)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         for task in self.tasks.values():
             for i, step in enumerate(task.chain):
                 self._run_emitted(task, i, step.on_time(now_ms), step)
+        if self.stages is not None:
+            self.stages.on_time(now_ms)
+            self._pending_out.extend(self.stages.take_output())
         self._collect_late_drops()
 
     def end_of_input(self) -> None:
-        """Lets every step emit what it still holds, now that every split is exhausted."""
+        """Lets every step emit what it still holds, now that every split is exhausted (stage by
+        stage: stage 0's output is routed on before stage 1 flushes, and so on)."""
         for task in self.tasks.values():
             for i, step in enumerate(task.chain):
                 self._run_emitted(task, i, step.on_end(), step)
+        if self.stages is not None:
+            self.stages.end_of_input(list(self.tasks))
+            self._pending_out.extend(self.stages.take_output())
         self._collect_late_drops()
 
     def _run_emitted(self, task: Task, i: int, emitted: Batch, step: Any) -> None:
@@ -170,29 +195,36 @@ class DataPath:
         take_errors = getattr(step, "take_errors", None)
         errors: list[tuple[Record, Exception]] = take_errors() if take_errors is not None else []
         out = run_chain(task.chain, emitted, errors, i + 1) if emitted else []
-        self._handle_errors(errors, task, task.position)
+        self._handle_errors(errors, task.split.split_id, task.position)
         if out:
-            self._pending_out.append((task.split.split_id, out))
+            self._emit(task, out)
 
     def _collect_late_drops(self) -> None:
         total = 0
         for task in self.tasks.values():
             for step in task.chain:
                 total += getattr(step, "late_dropped", 0)
+        if self.stages is not None:
+            total += self.stages.late_dropped()
         self.counters.late_dropped = total
 
-    def _handle_errors(self, errors: list[tuple[Record, Exception]], task: Task, position: Any) -> None:
+    def _handle_errors(self, errors: list[tuple[Record, Exception]], task_id: str, position: Any) -> None:
         if not errors:
             return
         self.counters.errors += len(errors)
         first_record, first_error = errors[0]
+        where = f"split {task_id}" if task_id in self.tasks else f"task {task_id}"
         message = (
-            f"{len(errors)} record(s) failed in split {task.split.split_id} near position {position}: "
+            f"{len(errors)} record(s) failed in {where} near position {position}: "
             f"{type(first_error).__name__}: {first_error}; first record: {_preview(first_record)}"
         )
         if self.config.on_error == OnErrorPolicy.FAIL:
             raise TaskFailure(message)
-        self._log_record_error(message, task.split.split_id)
+        self._log_record_error(message, task_id)
+
+    def handle_errors(self, errors: list[tuple[Record, Exception]], task_id: str, position: Any) -> None:
+        """The error policy for record errors of any task (the stage runner reports through it)."""
+        self._handle_errors(errors, task_id, position)
 
     def _log_record_error(self, message: str, split_id: str) -> None:
         """Logs record errors, at most ERROR_LOG_LIMIT_PER_MIN a minute (all are counted)."""
@@ -218,7 +250,9 @@ class DataPath:
     async def _write_pending(self) -> None:
         pending, self._pending_out = self._pending_out, []
         for split_id, out in pending:
-            self.tasks[split_id].events_out += len(out)
+            task: Task | StageTask | None = self.tasks.get(split_id) or self.stage_tasks.get(split_id)
+            if task is not None:
+                task.events_out += len(out)
             self.counters.events_out += len(out)
             staged = False
             for sink in self.sinks:
@@ -234,6 +268,8 @@ class DataPath:
         FLUSH_INTERVAL_S, commits the source positions."""
         if self._pending_out:
             await self._write_pending()
+        if self.stages is not None:
+            await self.stages.exchange.flush()  # what crossed a boundary is visible downstream
         for sink in self.sinks:
             await sink.flush()
         now_ms = time.time() * 1000

@@ -7,7 +7,7 @@ state lives with the split that produces its keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +128,7 @@ def _build_sink(sink: Any) -> SinkWriter:
     raise ValueError(f"unknown sink type {sink.type!r}")
 
 
-def _store_name(position: int, step_type: str) -> str:
+def store_name(position: int, step_type: str) -> str:
     """A step's state store: named by its position and type, which is how a snapshot's state finds
     its step again after a restore (also into a changed pipeline)."""
     return f"{position}-{step_type}"
@@ -137,7 +137,7 @@ def _store_name(position: int, step_type: str) -> str:
 def store_names(config: JobConfig) -> set[str]:
     """The state stores a task of this job keeps: one per window, CEP or process step."""
     return {
-        _store_name(position, step.type)
+        store_name(position, step.type)
         for position, step in enumerate(config.transformations)
         if isinstance(
             step,
@@ -148,38 +148,70 @@ def store_names(config: JobConfig) -> set[str]:
     }
 
 
-def build_chain(config: JobConfig, store_for: StoreFactory) -> list[Transformation]:
+def build_chain(
+    config: JobConfig,
+    store_for: StoreFactory,
+    steps: Collection[int] | None = None,
+    *,
+    external_watermark: bool = False,
+) -> list[Transformation]:
     """The transformations of one task, each keyed step with its own store.
 
     A ``key_by`` sets the key of the keyed steps after it; a window, CEP or process step's own ``key``
     wins. A process step's class is imported here, in the worker (``runtime/usercode.py``).
+    ``steps`` (positions) limits the chain to one stage's steps (a ``key_by`` of an earlier stage
+    still keys them). ``external_watermark``: the stage's first event-time step takes its watermark
+    from the exchange (``advance_watermark``) instead of deriving it from its own input.
     """
     chain: list[Transformation] = []
     key_fn: KeyFn | None = None
+    external = external_watermark
     for position, step in enumerate(config.transformations):
-        store_name = _store_name(position, step.type)
-        if isinstance(step, transformations.FilterTransformation):
-            chain.append(basic.FilterTransformation(step.config.condition))
-        elif isinstance(step, transformations.MapTransformation):
-            chain.append(basic.MapTransformation(dict(step.config.fields), list(step.config.drop)))
-        elif isinstance(step, transformations.KeyByTransformation):
+        built: Transformation | None = None
+        if isinstance(step, transformations.KeyByTransformation):
             key_by = basic.KeyByTransformation(step.config.key)
             key_fn = key_by.key_fn
-            chain.append(key_by)
+            built = key_by
+        if steps is not None and position not in steps:
+            continue
+        name = store_name(position, step.type)
+        if isinstance(step, transformations.FilterTransformation):
+            built = basic.FilterTransformation(step.config.condition)
+        elif isinstance(step, transformations.MapTransformation):
+            built = basic.MapTransformation(dict(step.config.fields), list(step.config.drop))
         elif isinstance(step, transformations.WindowTransformation):
-            chain.append(_window(step.config, store_for(store_name), key_fn))
+            timed = external and step.config.time == "event"
+            built = _window(step.config, store_for(name), key_fn, timed)
+            external = external and not timed
         elif isinstance(step, transformations.CepTransformation):
-            chain.append(_cep(step.config, store_for(store_name), key_fn))
+            built = _cep(step.config, store_for(name), key_fn, external)
+            external = False
         elif isinstance(step, transformations.PythonTransformation):
-            chain.append(PythonTransformation(step.config.function, step.config.kind))
+            built = PythonTransformation(step.config.function, step.config.kind)
         elif isinstance(step, transformations.ProcessTransformation):
-            chain.append(_process(step.config, store_for(store_name), key_fn))
-        else:
+            built = _process(step.config, store_for(name), key_fn)
+        elif built is None:
             raise ValueError(f"unknown transformation type {step.type!r}")
+        chain.append(built)
     return chain
 
 
-def _window(c: transformations.WindowSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+def first_event_time_step(config: JobConfig, steps: Collection[int]) -> tuple[int, str, int] | None:
+    """The stage's first event-time step as (position, time field, lag): the exchange observes that
+    field on the records it routes, and an origin's watermark is its largest value minus the lag
+    (a window: ``max_out_of_orderness`` + 1 ms, as Flink's; CEP: 1 ms)."""
+    for position in sorted(steps):
+        step = config.transformations[position]
+        if isinstance(step, transformations.WindowTransformation) and step.config.time == "event":
+            return position, step.config.time_field, parse_duration_ms(step.config.max_out_of_orderness) + 1
+        if isinstance(step, transformations.CepTransformation):
+            return position, step.config.time_field, 1
+    return None
+
+
+def _window(
+    c: transformations.WindowSettings, store: StateStore, key_fn: KeyFn | None, external: bool = False
+) -> Transformation:
     return WindowTransformation(
         store,
         kind=c.kind,
@@ -192,10 +224,13 @@ def _window(c: transformations.WindowSettings, store: StateStore, key_fn: KeyFn 
         max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
         key_fn=basic.compile_key(c.key) if c.key else key_fn,
         aggregates={name: parse_aggregate(text) for name, text in c.aggregates.items()},
+        external_watermark=external,
     )
 
 
-def _cep(c: transformations.CepSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+def _cep(
+    c: transformations.CepSettings, store: StateStore, key_fn: KeyFn | None, external: bool = False
+) -> Transformation:
     return CepTransformation(
         store,
         pattern=parse_pattern(c.pattern),
@@ -206,6 +241,7 @@ def _cep(c: transformations.CepSettings, store: StateStore, key_fn: KeyFn | None
         time_field=c.time_field,
         contiguity=c.contiguity,
         after_match=c.after_match,
+        external_watermark=external,
     )
 
 

@@ -90,23 +90,25 @@ class TaskStores:
 
     def store(self, task: Task, name: str) -> StateStore:
         """The store named ``name`` of a task: the restored one if there is one, else a new one."""
-        store = task.stores.get(name)
+        return self.open_store(task.split.split_id, task.stores, name)
+
+    def open_store(self, task_id: str, stores: dict[str, StateStore], name: str) -> StateStore:
+        """The store ``name`` in ``stores`` (a task's, split or stage task), opened if missing."""
+        store = stores.get(name)
         if store is not None:
-            return self._limited(task, store)
+            return self._limited(task_id, store)
         if self._config.state_backend == StateBackendType.ROCKSDB:
-            store = RocksDBStateStore(self.state_dir(task.split.split_id) / name)
+            store = RocksDBStateStore(self.state_dir(task_id) / name)
         else:
             store = MemoryStateStore()
-        task.stores[name] = store
+        stores[name] = store
         self._stores.append(store)
-        return self._limited(task, store)
+        return self._limited(task_id, store)
 
-    def _limited(self, task: Task, store: StateStore) -> StateStore:
+    def _limited(self, task_id: str, store: StateStore) -> StateStore:
         """A memory store counts against its task's ``max_state_mb`` (all stores of the task together)."""
         if isinstance(store, MemoryStateStore):
-            budget = self._budgets.setdefault(
-                task.split.split_id, StateBudget(task.split.split_id, self._config.max_state_mb)
-            )
+            budget = self._budgets.setdefault(task_id, StateBudget(task_id, self._config.max_state_mb))
             store.limit(budget)
         return store
 

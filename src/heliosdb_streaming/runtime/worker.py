@@ -32,7 +32,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from heliosdb_streaming.model import transformations
 from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.plan import JobPlan, plan_job
 from heliosdb_streaming.runtime import graph
 from heliosdb_streaming.runtime.checkpoint.participant import CheckpointParticipant
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
@@ -40,6 +42,8 @@ from heliosdb_streaming.runtime.checkpoint.tasks import OutputStaging, RestoredT
 from heliosdb_streaming.runtime.contracts import SinkWriter, SourceReader, SplitBatch, StateStore
 from heliosdb_streaming.runtime.control_link import ControlLink
 from heliosdb_streaming.runtime.datapath import TIMER_INTERVAL_S, DataPath
+from heliosdb_streaming.runtime.exchange.base import Exchange
+from heliosdb_streaming.runtime.exchange.local import LocalExchange
 from heliosdb_streaming.runtime.logformat import (
     LEVELS,
     JsonLineFormatter,
@@ -53,9 +57,12 @@ from heliosdb_streaming.runtime.rotation import (
     RotatingFile,
     RotatingTextStream,
 )
+from heliosdb_streaming.runtime.stages import StageRunner
 from heliosdb_streaming.runtime.task import Counters, Task, TaskStores
 
 logger = logging.getLogger("heliosdb_streaming.worker")
+
+WINDOW_OR_CEP = (transformations.WindowTransformation, transformations.CepTransformation)
 
 
 class Worker:
@@ -76,8 +83,12 @@ class Worker:
         restore_from: str | None = None,
         restore_storage: CheckpointStorage | None = None,
         metrics: bool = True,
+        exchange: Exchange | None = None,
     ) -> None:
         self.config = config
+        # how records cross stage boundaries: given (across worker processes), or in process when one
+        # worker runs every task (parallelism 1); without either, a plan's boundaries are not applied
+        self.exchange = exchange
         # off only to measure what metrics cost (benchmarks.metrics_cost): no latency, no heartbeats
         self.metrics = metrics
         self.job_id = job_id
@@ -103,6 +114,7 @@ class Worker:
             restore_storage=self.restore_storage,
             tasks=self.data.tasks,
             sinks=self.data.sinks,
+            stage_tasks=self.data.stage_tasks,
             staging=self.staging,
             flush=self.data.flush_sinks,
             stop=self.data.stop,
@@ -181,8 +193,12 @@ class Worker:
         restored: dict[str, RestoredTask] = {}
         self.readers.extend(graph.build_source_readers(self.config))
         parallelism = self.config.parallelism
-        for reader in self.readers:
-            splits = await reader.discover_splits()
+        discovered = [await reader.discover_splits() for reader in self.readers]
+        every_split = [s.split_id for splits in discovered for s in splits]
+        plan = plan_job(self.config.sources, self.config.transformations)
+        staged = plan.needs_exchange and self._routes(every_split)
+        stage0 = plan.stages[0].steps if staged else None
+        for reader, splits in zip(self.readers, discovered, strict=True):
             assigned = [s for k, s in enumerate(splits) if k % parallelism == self.index]
             positions: dict[str, Any] = {}
             for split in assigned:
@@ -198,7 +214,9 @@ class Worker:
                         positions[split.split_id] = task_state.position
                 task = Task(split=split, reader=reader, chain=[], stores=stores)
                 task.position = positions.get(split.split_id)
-                task.chain = graph.build_chain(self.config, functools.partial(self.stores.store, task))
+                task.chain = graph.build_chain(
+                    self.config, functools.partial(self.stores.store, task), stage0
+                )
                 self.tasks[split.split_id] = task
             await reader.open(assigned, positions)
             logger.info(
@@ -212,6 +230,18 @@ class Worker:
                 else "",
                 extra={"task_id": "task-1"},
             )
+        if staged:
+            steps = self.config.transformations
+            later = {graph.store_name(i, steps[i].type) for stage in plan.stages[1:] for i in stage.steps}
+            per_split = sorted({n for t in restored.values() for n in t.stores} & later)
+            if per_split:  # a snapshot of this job from before it regrouped by key
+                logger.warning(
+                    "the snapshot holds per-split state of step(s) %s, which now run in key-group "
+                    "tasks after a repartition; that state is not restored",
+                    ", ".join(per_split),
+                    extra={"task_id": None},
+                )
+            await self._open_stages(plan, every_split, restored)
         dropped = {name for task in restored.values() for name in task.stores} - graph.store_names(
             self.config
         )
@@ -226,6 +256,48 @@ class Worker:
         for sink in self.sinks:
             await sink.open()
         await self.checkpoints.commit_restored(restored)
+
+    def _routes(self, every_split: list[str]) -> bool:
+        """Whether this worker applies the plan's boundaries: through the exchange it was given, or
+        in process when it runs every task (parallelism 1) and there is more than one split (one
+        split read by one task already is the one-task answer: no exchange, no overhead)."""
+        if self.exchange is not None:
+            return True
+        return self.config.parallelism == 1 and len(every_split) > 1
+
+    async def _open_stages(
+        self, plan: JobPlan, every_split: list[str], restored: dict[str, RestoredTask]
+    ) -> None:
+        """The later stages' key-group tasks of this worker, restored from the snapshot if any."""
+        runner = StageRunner(
+            self.config,
+            plan,
+            self.exchange or LocalExchange(),
+            index=self.index,
+            split_ids=every_split,
+            open_store=self.stores.open_store,
+            on_errors=self.data.handle_errors,
+        )
+        now = time.monotonic()
+        for task_id, task in runner.by_id.items():
+            task_state = await self.checkpoints.restore_task(task_id, self.stores.state_dir(task_id))
+            if task_state is not None:
+                restored[task_id] = task_state
+                task.stores.update(task_state.stores)
+                self.stores.adopt(task_state.stores.values())
+                task.restore(task_state.position or {}, now)
+        runner.advance()  # restored chains take the restored watermark before any record
+        self.data.stages = runner
+        self.data.stage_tasks.update(runner.by_id)
+        self.data.stage0_stateless = not any(
+            isinstance(self.config.transformations[i], WINDOW_OR_CEP) for i in plan.stages[0].steps
+        )
+        logger.info(
+            "plan: %d stages; %s",
+            len(plan.stages),
+            "; ".join(plan.describe([t.type for t in self.config.transformations])),
+            extra={"task_id": None},
+        )
 
     async def _close(self) -> None:
         await self.data.close()

@@ -28,6 +28,7 @@ from heliosdb_streaming.runtime.checkpoint.tasks import (
     snapshot_task,
 )
 from heliosdb_streaming.runtime.contracts import Record, SinkWriter
+from heliosdb_streaming.runtime.stages import StageTask
 from heliosdb_streaming.runtime.task import Task, before_snapshot
 
 logger = logging.getLogger("heliosdb_streaming.worker")  # one logger for all parts of a worker
@@ -54,6 +55,7 @@ class CheckpointParticipant:
         restore_storage: CheckpointStorage | None,
         tasks: dict[str, Task],
         sinks: list[SinkWriter],
+        stage_tasks: dict[str, StageTask] | None = None,
         staging: OutputStaging,
         flush: Callable[[], Awaitable[None]],
         stop: Callable[[], None],
@@ -65,6 +67,7 @@ class CheckpointParticipant:
         self.restore_storage = restore_storage
         self.staging = staging
         self._tasks = tasks
+        self._stage_tasks: dict[str, StageTask] = {} if stage_tasks is None else stage_tasks
         self._sinks = sinks
         self._flush = flush
         self._stop = stop
@@ -136,7 +139,8 @@ class CheckpointParticipant:
            exactly-once sinks' rows are sealed into the segment of this checkpoint;
         2. each task's steps write what they buffer to their stores (``before_snapshot``: the
            write-back caches of process steps), then the task writes position + stores + its
-           uncommitted segments to checkpoint storage;
+           uncommitted segments to checkpoint storage (the later stages' key-group tasks too: in
+           process, routing is synchronous, so nothing is in flight between stages at a batch boundary);
         3. the ack lists the task snapshots; the coordinator writes the manifest when all acked.
         """
         assert self.storage is not None
@@ -147,8 +151,14 @@ class CheckpointParticipant:
             tasks: dict[str, dict[str, Any]] = {}
             shared: set[str] = set()
             total = 0
-            for split_id, task in self._tasks.items():
-                before_snapshot(task.chain)
+            every: list[tuple[str, Task | StageTask]] = [
+                *self._tasks.items(),
+                *self._stage_tasks.items(),
+            ]
+            for split_id, task in every:
+                chains = task.chains.values() if isinstance(task, StageTask) else [task.chain]
+                for chain in chains:
+                    before_snapshot(chain)
                 path, size, needs = await snapshot_task(
                     self.storage,
                     barrier,

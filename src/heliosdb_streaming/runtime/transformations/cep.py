@@ -40,7 +40,12 @@ is ``[first_index, first_time, runs, best]``: the automaton states of its live p
 (``strict``: state ids; ``relaxed``: ``[state id, matched indexes]``) and its longest complete
 match so far. Runs with the same state are merged, so the entry is bounded by the pattern size
 times the number of events within the window. Keys with nothing pending have no entry.
-``meta`` holds the watermark. Entries are cached per call (copied on load) and written back at
+``meta`` holds the watermark. In a later stage of a job (``external_watermark``: the input
+interleaves several upstream tasks) events are buffered, one entry ``b|<seq>`` -> ``[time, seq,
+event]`` each, until the watermark (the minimum over the upstream tasks, given by
+:meth:`CepTransformation.advance_watermark`) passes them, then matched in event-time order (ties in
+arrival order), as Flink's CEP does; an event at or below the watermark on arrival is late, dropped
+and counted. Entries are cached per call (copied on load) and written back at
 the end of each call; the expiry heap is derived and rebuilt by :meth:`CepTransformation.restore`.
 """
 
@@ -59,6 +64,7 @@ _MISSING: Any = object()
 _ABSENT: Any = object()
 _META = "meta"
 _PREFIX = "k|"
+_BUFFER = "b|"
 _StepResult = tuple[list[Any], bool] | None
 
 
@@ -132,6 +138,7 @@ class CepTransformation:
         contiguity: Literal["strict", "relaxed"] = "strict",
         after_match: Literal["skip_past_last_row", "skip_to_next_row"] = "skip_past_last_row",
         name: str = "cep",
+        external_watermark: bool = False,
     ) -> None:
         if contiguity not in ("strict", "relaxed"):
             raise ValueError(f"unknown contiguity {contiguity!r}: use strict or relaxed")
@@ -151,7 +158,10 @@ class CepTransformation:
         self.window_ms = window_ms
         self.contiguity = contiguity
         self.after_match = after_match
-        self.late_dropped = 0  # CEP drops nothing; present for the runner's metrics
+        self.late_dropped = 0  # only in external-watermark mode: events behind the watermark
+        self.external_watermark = external_watermark
+        self._buffer: list[tuple[int, int, Record]] = []  # (time, seq, event): a heap
+        self._seq = 0
         self._nfa = _Automaton(pattern, define)
         self._key_fn = key_fn
         self._strict = contiguity == "strict"
@@ -161,6 +171,7 @@ class CepTransformation:
         self._expiry: list[tuple[int, str]] = []
         self._wm = MIN_WATERMARK
         self._stored_wm = MIN_WATERMARK
+        self._stored_late = 0
         self.restore()
 
     # ------------------------------------------------------------------------------ state
@@ -170,7 +181,13 @@ class CepTransformation:
         self._hot.clear()
         meta = self._store.get(_META)
         self._wm = self._stored_wm = MIN_WATERMARK if meta is None else int(meta[0])
+        self.late_dropped = self._stored_late = 0
         self._expiry = []
+        self._buffer = [(int(t), int(q), r) for _, (t, q, r) in self._store.items(_BUFFER)]
+        heapq.heapify(self._buffer)
+        self._seq = max((q for _, q, _ in self._buffer), default=-1) + 1
+        if meta is not None and len(meta) > 1:
+            self.late_dropped = int(meta[1])
         if self.window_ms is not None:
             for sk, state in self._store.items(_PREFIX):
                 kstr = sk[len(_PREFIX) :]
@@ -199,9 +216,10 @@ class CepTransformation:
             elif state is not _ABSENT:
                 store.put(_PREFIX + kstr, state)
         self._hot.clear()
-        if self._wm != self._stored_wm:
+        if self._wm != self._stored_wm or self.late_dropped != self._stored_late:
             self._stored_wm = self._wm
-            store.put(_META, [self._wm])
+            self._stored_late = self.late_dropped
+            store.put(_META, [self._wm, self.late_dropped])
 
     # ------------------------------------------------------------------------------ data path
 
@@ -210,6 +228,59 @@ class CepTransformation:
         return self._wm
 
     def process(self, records: Batch, errors: list[tuple[Record, Exception]]) -> Batch:
+        if self.external_watermark:
+            self._hold(records, errors)
+            return []
+        return self._match_batch(records, errors)
+
+    def _hold(self, records: Batch, errors: list[tuple[Record, Exception]]) -> None:
+        """External-watermark mode: buffers events until the watermark passes them (validated now)."""
+        key_fn = self._key_fn
+        store = self._store
+        for record in records:
+            try:
+                ts = record.get(self.time_field)
+                if type(ts) is not int:
+                    ts = self._parse_time(ts)
+                if key_fn is not None:
+                    key_fn(record)
+            except Exception as e:
+                errors.append((record, e))
+                continue
+            if ts <= self._wm:
+                self.late_dropped += 1
+                continue
+            seq = self._seq
+            self._seq += 1
+            heapq.heappush(self._buffer, (ts, seq, record))
+            store.put(f"{_BUFFER}{seq:016d}", [ts, seq, record])
+        self._flush()
+
+    def advance_watermark(self, watermark: int, errors: list[tuple[Record, Exception]]) -> Batch:
+        """External-watermark mode: matches the buffered events the watermark passed, in event-time
+        order, then ends the partial matches whose window it passed."""
+        if watermark <= self._wm:
+            return []
+        buffer = self._buffer
+        expiry = self._expiry
+        if (not buffer or buffer[0][0] > watermark) and (
+            self.window_ms is None or not expiry or expiry[0][0] >= watermark
+        ):
+            self._wm = watermark  # nothing due: no write (the stage sets it again after a restore)
+            return []
+        due: Batch = []
+        while buffer and buffer[0][0] <= watermark:
+            _, seq, record = heapq.heappop(buffer)
+            self._store.delete(f"{_BUFFER}{seq:016d}")
+            due.append(record)
+        out = self._match_batch(due, errors) if due else []
+        self._wm = watermark
+        if self.window_ms is not None:
+            self._expire(watermark, out)
+        self._flush()
+        return out
+
+    def _match_batch(self, records: Batch, errors: list[tuple[Record, Exception]]) -> Batch:
         out: Batch = []
         time_field = self.time_field
         key_fn = self._key_fn
@@ -476,6 +547,12 @@ class CepTransformation:
     def on_end(self) -> Batch:
         """Reports every complete match still pending and discards incomplete partial matches."""
         out: Batch = []
+        if self._buffer:  # external-watermark mode: what was held back is matched first
+            due = [record for _, _, record in sorted(self._buffer)]
+            for _, seq, _ in self._buffer:
+                self._store.delete(f"{_BUFFER}{seq:016d}")
+            self._buffer = []
+            out = self._match_batch(due, [])
         kstrs = {k[len(_PREFIX) :] for k, _ in self._store.items(_PREFIX)}
         kstrs.update(k for k, v in self._hot.items() if v is not _ABSENT and v is not None)
         for kstr in sorted(kstrs):

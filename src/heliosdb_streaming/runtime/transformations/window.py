@@ -11,7 +11,9 @@ Semantics (Flink's, with a per-record watermark):
   advances record by record. A window fires when ``watermark >= end - 1`` (a session, which an
   event at ``end`` still extends, when ``watermark >= end``) and its state is kept until the
   watermark is ``allowed_lateness_ms`` past that. So input in event-time order never loses an
-  event. An event for a window that already fired but is still kept updates it and re-fires the
+  event. In a later stage of a job (``external_watermark``) the watermark is not derived from the
+  events: it is the minimum over the upstream tasks, set by :meth:`WindowTransformation.advance_watermark`.
+  An event for a window that already fired but is still kept updates it and re-fires the
   updated result at once. An event whose windows are all past their lateness (judged against the
   watermark *before* the event) is dropped and counted in
   :attr:`WindowTransformation.late_dropped`. ``on_time`` does nothing.
@@ -239,6 +241,7 @@ class WindowTransformation:
         aggregates: dict[str, tuple[str, str | None]],
         name: str = "window",
         now_ms: Callable[[], int] | None = None,
+        external_watermark: bool = False,
     ) -> None:
         if kind not in ("tumbling", "sliding", "session"):
             raise ValueError(f"unknown window kind {kind!r}: use tumbling, sliding or session")
@@ -257,6 +260,9 @@ class WindowTransformation:
         self.time = time
         self.time_field = time_field
         self.late_dropped = 0
+        # in a stage fed by an exchange, event time is the minimum over the upstream tasks
+        # (advance_watermark), not what this step sees: its input interleaves several origins
+        self.external_watermark = external_watermark and time == "event"
         self._size = size_ms or 0
         self._slide = slide_ms or 0
         self._gap = gap_ms or 0
@@ -342,6 +348,7 @@ class WindowTransformation:
     def process(self, records: Batch, errors: list[tuple[Record, Exception]]) -> Batch:
         out: Batch = []
         event_time = self._event_time
+        advance = event_time and not self.external_watermark
         time_field = self.time_field
         key_fn = self._key_fn
         extract = self._aggs.extract
@@ -396,7 +403,7 @@ class WindowTransformation:
                 if not self._add_session(key, kstr, ts, values, out):
                     self.late_dropped += 1
                     continue
-            if event_time:
+            if advance:
                 t = ts - ooo - 1  # Flink: in-order events at the max time are not late
                 if t > wm:
                     self._wm = t
@@ -486,6 +493,24 @@ class WindowTransformation:
             entry = self._get(sk)
             if entry is not None and entry[3]:
                 self._delete(sk, kstr, start, end)
+
+    def advance_watermark(self, watermark: int, errors: list[tuple[Record, Exception]]) -> Batch:
+        """External-watermark mode: event time is now ``watermark``; fires what it makes due.
+
+        Called for every key group of a stage at each rise, so it only writes when something is due
+        (the stored watermark may lag; the stage sets it again after a restore)."""
+        if not self._event_time or watermark <= self._wm:
+            return []
+        self._wm = watermark
+        tail = self._tail
+        if (self._fire_heap and self._fire_heap[0][0] - tail <= watermark) or (
+            self._cleanup_heap and self._cleanup_heap[0][0] - tail + self._lateness <= watermark
+        ):
+            out: Batch = []
+            self._fire_due(watermark, out)
+            self._flush()
+            return out
+        return []
 
     def on_time(self, now_ms: int) -> Batch:
         if self._event_time:
