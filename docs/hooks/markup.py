@@ -1,0 +1,9 @@
+"""Markdown helpers shared by the generators of the reference pages."""
+
+from __future__ import annotations
+
+
+def cell(text: object) -> str:
+    """``text`` on one line, safe in a table cell: ``|``, ``<`` (HTML) and ``*`` (emphasis) escaped."""
+    flat = " ".join(str(text or "").split())
+    return flat.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("*", "\\*")
