@@ -50,7 +50,7 @@ bench: install  ## engine throughput and latency table (add QUIX=1 for the Quix 
 	$(BIN)/python -m benchmarks.engine
 
 docs: install  ## the documentation site into site/ (mkdocs build --strict: a broken link or a missing page fails)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 crds: install  ## regenerate crds/ and the chart's copy from the pydantic job models, and sync the chart
 	$(BIN)/python -m heliosdb_streaming.kubernetes.crds crds helm/heliosdb-streaming/crds

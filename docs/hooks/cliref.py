@@ -35,7 +35,8 @@ def _argument(action: argparse.Action) -> str:
         notes.append("required")
     if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
         notes.append("repeatable" if action.option_strings else "one or more")
-    if action.default not in (None, False, argparse.SUPPRESS, []) and action.nargs != 0:
+    unset = action.default is None or action.default is False or action.default in (argparse.SUPPRESS, [])
+    if not unset and action.nargs != 0:
         notes.append(f"default `{action.default}`")
     help_text = (action.help or "").replace("%(default)s", str(action.default)) if action.help else ""
     return f"| {names} | {_cell(help_text)} | {_cell('; '.join(notes))} |"

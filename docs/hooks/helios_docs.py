@@ -8,6 +8,8 @@ A page asks for a part with an HTML comment on its own line, replaced at build t
 - ``<!-- helios:error-codes -->``: every error code and its HTTP status (``errorcodes``); the page
   that holds it must also have a ``### `code` `` section per code, else the build warns (and
   ``mkdocs build --strict`` fails)
+- ``<!-- helios:lifecycle -->``: the job state machine's table (``control.lifecycle.TRANSITIONS``)
+- ``<!-- helios:benchmarks -->``: every ``benchmarks/*.py`` that has a command line, with its docstring
 - ``<!-- helios:readme SECTION -->``: the README's ``## SECTION``, so the quick start is not copied
 - ``<!-- helios:include PATH -->``: a Markdown file of the repository (its headings one level down)
 - ``<!-- helios:include-code PATH LANG -->``: a file of the repository as a code block
@@ -17,6 +19,7 @@ Nothing is fetched from the network: every part comes from the repository and th
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 import sys
@@ -61,6 +64,30 @@ def include_code(root: Path, argument: str) -> str:
     return f"```{language or 'text'} title=\"{path}\"\n{text.rstrip()}\n```\n"
 
 
+def benchmarks(root: Path) -> str:
+    """One section per benchmark module with a ``main`` (the ones ``python -m`` runs): its docstring,
+    which says what it measures and how to run it."""
+    out = []
+    for path in sorted((root / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if not any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "main" for n in tree.body):
+            continue
+        doc = ast.get_docstring(tree) or ""
+        summary, _, rest = doc.partition("\n\n")
+        out += [f"### `benchmarks.{path.stem}` {{#{path.stem.replace('_', '-')}}}", "", summary, "", rest, ""]
+    return "\n".join(out) + "\n"
+
+
+def lifecycle_table() -> str:
+    """The job state machine, one row per (status, event), as ``control.lifecycle`` decides it."""
+    from heliosdb_streaming.control import lifecycle
+
+    rows = ["| status | event | new status |", "|---|---|---|"]
+    for (status, event), new in lifecycle.TRANSITIONS.items():
+        rows.append(f"| `{status.value}` | {event.value} | `{new.value}` |")
+    return "\n".join(rows) + "\n"
+
+
 def error_code_table() -> str:
     rows = ["| code | HTTP status | what to do |", "|---|---|---|"]
     for code, status in errorcodes.error_codes().items():
@@ -80,6 +107,8 @@ def _generators(config: Any) -> dict[str, Callable[[str], str]]:
         "rest-reference": lambda _: restref.render(docs / "openapi.json"),
         "cli-reference": lambda _: cliref.render(),
         "error-codes": lambda _: error_code_table(),
+        "lifecycle": lambda _: lifecycle_table(),
+        "benchmarks": lambda _: benchmarks(docs.parent),
         "readme": lambda title: readme_section(docs.parent, title),
         "include": lambda path: include(docs.parent, path),
         "include-code": lambda argument: include_code(docs.parent, argument),
