@@ -91,7 +91,7 @@ def lifecycle_table() -> str:
 def error_code_table() -> str:
     rows = ["| code | HTTP status | what to do |", "|---|---|---|"]
     for code, status in errorcodes.error_codes().items():
-        rows.append(f"| `{code}` | {status or 'varies'} | [{code}](#{code.replace('_', '-')}) |")
+        rows.append(f"| `{code}` | {status or 'varies'} | [{code}](#{code}) |")
     return "\n".join(rows) + "\n"
 
 
