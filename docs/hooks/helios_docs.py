@@ -45,7 +45,9 @@ def readme_section(root: Path, title: str) -> str:
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
     if match is None:
         raise ValueError(f"README.md has no section '## {title}'")
-    return match.group(1).strip() + "\n"
+    # The README links into docs/ from the root; the including page is at the root of docs/.
+    body = match.group(1).strip().replace("](docs/", "](").replace("](ARCHITECTURE.md)", "](architecture.md)")
+    return body + "\n"
 
 
 def include(root: Path, path: str) -> str:
