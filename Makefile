@@ -37,8 +37,8 @@ e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, hel
 	$(BIN)/pytest tests/e2e -v -rs
 
 lint: install  ## ruff, and lint-imports: the layer contracts of pyproject.toml (ARCHITECTURE.md)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/hooks
 	$(BIN)/lint-imports
 
 typecheck: install

@@ -3,9 +3,9 @@ every command, argument, default and choice on the page is the one the command a
 
 from __future__ import annotations
 
-import markup
-
 import argparse
+
+import markup
 
 from heliosdb_streaming.cli import main
 
@@ -53,7 +53,8 @@ def _command(path: str, help_text: str, parser: argparse.ArgumentParser, level: 
     rows = [
         _argument(a)
         for a in parser._actions
-        if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction) and a.help != argparse.SUPPRESS
+        if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
+        and a.help != argparse.SUPPRESS
     ]
     if rows:
         out += ["| argument | meaning | notes |", "|---|---|---|", *rows, ""]

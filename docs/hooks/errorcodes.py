@@ -21,7 +21,8 @@ ERROR_MODULES = (
 
 
 def _subclasses(cls: type) -> list[type]:
-    out = [cls]
+    out: list[type] = [cls]
+    sub: type
     for sub in cls.__subclasses__():
         out += _subclasses(sub)
     return out

@@ -29,10 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import cliref  # noqa: E402
-import errorcodes  # noqa: E402
-import jobref  # noqa: E402
-import restref  # noqa: E402
+import cliref
+import errorcodes
+import jobref
+import restref
 
 log = logging.getLogger("mkdocs.hooks.helios_docs")
 
@@ -63,7 +63,7 @@ def include(root: Path, path: str) -> str:
 def include_code(root: Path, argument: str) -> str:
     path, _, language = argument.partition(" ")
     text = (root / path).read_text(encoding="utf-8")
-    return f"```{language or 'text'} title=\"{path}\"\n{text.rstrip()}\n```\n"
+    return f'```{language or "text"} title="{path}"\n{text.rstrip()}\n```\n'
 
 
 def benchmarks(root: Path) -> str:
@@ -72,7 +72,9 @@ def benchmarks(root: Path) -> str:
     out = []
     for path in sorted((root / "benchmarks").glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        if not any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "main" for n in tree.body):
+        if not any(
+            isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "main" for n in tree.body
+        ):
             continue
         doc = ast.get_docstring(tree) or ""
         summary, _, rest = doc.partition("\n\n")

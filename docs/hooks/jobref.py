@@ -4,11 +4,10 @@ so the page cannot drift from what the server accepts."""
 
 from __future__ import annotations
 
-import markup
-
 import typing
 from typing import Any
 
+import markup
 import orjson
 from pydantic import BaseModel
 
@@ -65,8 +64,11 @@ _BOUNDS = (
 
 
 def _bounds(schema: dict[str, Any]) -> list[str]:
-    found = [text.format(f"{schema[key]:,}" if isinstance(schema[key], int) else schema[key])
-             for key, text in _BOUNDS if key in schema]
+    found = [
+        text.format(f"{schema[key]:,}" if isinstance(schema[key], int) else schema[key])
+        for key, text in _BOUNDS
+        if key in schema
+    ]
     for alternative in schema.get("anyOf", []):
         found += _bounds(alternative)
     return found
@@ -141,7 +143,8 @@ def render() -> str:
         options_table(config.JobSettings),
         "### `restart_strategy` as an object {#restart-strategy}",
         "",
-        "A name (`none`, `fixed_delay`, `exponential_backoff`) takes the defaults below; an object sets them:",
+        "A name (`none`, `fixed_delay`, `exponential_backoff`) takes the defaults below; "
+        "an object sets them:",
         "",
         options_table(config.RestartStrategy),
         "### `repartition` {#repartition}",

@@ -3,11 +3,10 @@ route with its parameters, bodies and responses (every error status and code), t
 
 from __future__ import annotations
 
-import markup
-
 from pathlib import Path
 from typing import Any
 
+import markup
 import orjson
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -75,7 +74,9 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
         out += [f"Request body ({required}): {_body(body.get('content', {}))}.", ""]
     out += ["| status | meaning | body |", "|---|---|---|"]
     for status, response in sorted(op.get("responses", {}).items()):
-        out.append(f"| {status} | {_cell(response.get('description'))} | {_body(response.get('content', {}))} |")
+        out.append(
+            f"| {status} | {_cell(response.get('description'))} | {_body(response.get('content', {}))} |"
+        )
     return [*out, ""]
 
 
