@@ -10,6 +10,7 @@ A page asks for a part with an HTML comment on its own line, replaced at build t
   ``mkdocs build --strict`` fails)
 - ``<!-- helios:lifecycle -->``: the job state machine's table (``control.lifecycle.TRANSITIONS``)
 - ``<!-- helios:benchmarks -->``: every ``benchmarks/*.py`` that has a command line, with its docstring
+- ``<!-- helios:dashboards -->``: every panel of ``dashboards/*.json`` with its PromQL
 - ``<!-- helios:readme SECTION -->``: the README's ``## SECTION``, so the quick start is not copied
 - ``<!-- helios:include PATH -->``: a Markdown file of the repository (its headings one level down)
 - ``<!-- helios:include-code PATH LANG -->``: a file of the repository as a code block
@@ -27,11 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import cliref
 import errorcodes
 import jobref
+import markup
 import restref
 
 log = logging.getLogger("mkdocs.hooks.helios_docs")
@@ -82,6 +86,24 @@ def benchmarks(root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def dashboards(root: Path) -> str:
+    """Each Grafana dashboard of ``dashboards/``: its title, then every panel with its queries."""
+    out = []
+    for path in sorted((root / "dashboards").glob("*.json")):
+        board = orjson.loads(path.read_bytes())
+        out += [f"#### {board['title']} (`{path.name}`)", "", board.get("description", ""), ""]
+        out += ["| panel | type | queries |", "|---|---|---|"]
+        for panel in board.get("panels", []):
+            if panel.get("type") == "row":
+                continue
+            queries = "<br>".join(
+                markup.code_cell(t["expr"]) for t in panel.get("targets", []) if t.get("expr")
+            )
+            out.append(f"| {markup.cell(panel.get('title'))} | {panel.get('type')} | {queries} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 def lifecycle_table() -> str:
     """The job state machine, one row per (status, event), as ``control.lifecycle`` decides it."""
     from heliosdb_streaming.control import lifecycle
@@ -113,6 +135,7 @@ def _generators(config: Any) -> dict[str, Callable[[str], str]]:
         "error-codes": lambda _: error_code_table(),
         "lifecycle": lambda _: lifecycle_table(),
         "benchmarks": lambda _: benchmarks(docs.parent),
+        "dashboards": lambda _: dashboards(docs.parent),
         "readme": lambda title: readme_section(docs.parent, title),
         "include": lambda path: include(docs.parent, path),
         "include-code": lambda argument: include_code(docs.parent, argument),

@@ -7,3 +7,9 @@ def cell(text: object) -> str:
     """``text`` on one line, safe in a table cell: ``|``, ``<`` (HTML) and ``*`` (emphasis) escaped."""
     flat = " ".join(str(text or "").split())
     return flat.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("*", "\\*")
+
+
+def code_cell(text: object) -> str:
+    """``text`` on one line as a code span in a table cell (a code span shows escapes literally, and
+    Python-Markdown's tables do not split cells at a pipe inside backticks)."""
+    return "`" + " ".join(str(text or "").split()) + "`"

@@ -256,3 +256,17 @@ def test_the_expression_examples_compile() -> None:
     record = {"amount": 12000.5, "country": "FR", "merchant": "Amazon EU", "payload": {"user": {}}}
     for example in examples:
         compile_expression(example)(record)
+
+
+def test_the_observability_page_lists_every_dashboard_panel() -> None:
+    page = _hook_module("helios_docs").dashboards(REPO)
+    panels = 0
+    for path in (REPO / "dashboards").glob("*.json"):
+        board = yaml.safe_load(path.read_text())
+        assert board["title"] in page
+        for panel in board["panels"]:
+            if panel.get("type") != "row":
+                assert f"| {panel['title']} | {panel['type']} |" in page
+                panels += 1
+    assert panels > 20
+    assert "<!-- helios:dashboards -->" in (DOCS / "observability.md").read_text()
