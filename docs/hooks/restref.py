@@ -62,7 +62,9 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
         out += ["| parameter | in | type | required | meaning |", "|---|---|---|---|---|"]
         for p in params:
             schema = p.get("schema", {})
-            default = f" (default `{orjson.dumps(schema['default']).decode()}`)" if "default" in schema else ""
+            default = ""
+            if "default" in schema:
+                default = f" (default `{orjson.dumps(schema['default']).decode()}`)"
             out.append(
                 f"| `{p['name']}` | {p['in']} | {_type(schema)} | {'yes' if p.get('required') else 'no'} | "
                 f"{_cell(p.get('description'))}{default} |"
