@@ -197,7 +197,7 @@ def test_the_job_reference_lists_every_connector_step_and_option() -> None:
     page = _hook_module("jobref").render()
     unions = (connectors.AnySource, transformations.AnyTransformation, connectors.AnySink)
     items = [item for union in unions for item in _hook_module("jobref")._members(union)]
-    assert len(items) == 13
+    assert len(items) >= 13  # 3 sources, 5 steps, 5 sinks when this was written
     for item in items:
         settings = item.model_fields["config"].annotation
         assert isinstance(settings, type) and issubclass(settings, BaseModel)
