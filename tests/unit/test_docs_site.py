@@ -126,6 +126,9 @@ def test_the_site_builds_strict(tmp_path: Path) -> None:
     python_api = (site / "reference" / "python" / "index.html").read_text()
     assert "cancel_job_with_savepoint" in python_api and "JobConfigOverrides" in python_api
     assert "job_restarting" in (site / "troubleshooting" / "index.html").read_text()
+    for page in site.rglob("*.html"):  # offline: every script, stylesheet and font is served by the site
+        remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//[^"]+"', page.read_text())
+        assert not remote, (page, remote)
 
 
 @needs_mkdocs
