@@ -3,12 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install test-tools demo test test-fast e2e-kind lint typecheck check bench clean crds chart-sync
+.PHONY: install test-tools demo test docs test-fast e2e-kind lint typecheck check bench clean crds chart-sync
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,docs]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -37,8 +37,8 @@ e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, hel
 	$(BIN)/pytest tests/e2e -v -rs
 
 lint: install  ## ruff, and lint-imports: the layer contracts of pyproject.toml (ARCHITECTURE.md)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/hooks
 	$(BIN)/lint-imports
 
 typecheck: install
@@ -49,6 +49,9 @@ check: lint typecheck test
 bench: install  ## engine throughput and latency table (add QUIX=1 for the Quix Streams comparison)
 	$(BIN)/python -m benchmarks.engine
 
+docs: install  ## the documentation site into site/ (mkdocs build --strict: a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 crds: install  ## regenerate crds/ and the chart's copy from the pydantic job models, and sync the chart
 	$(BIN)/python -m heliosdb_streaming.kubernetes.crds crds helm/heliosdb-streaming/crds
 	$(MAKE) chart-sync
@@ -58,4 +61,4 @@ chart-sync:  ## copy dashboards/*.json into the chart (Helm reads only files ins
 	cp dashboards/*.json helm/heliosdb-streaming/dashboards/
 
 clean:
-	rm -rf .helios helios-demo.db helios-demo-windows* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf site .helios helios-demo.db helios-demo-windows* .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,7 @@ class JobServiceCore:
         return self.control_plane
 
     async def start(self) -> None:
+        """Starts the control plane now instead of on first use (``async with`` calls it)."""
         await self._control()
 
     async def close(self) -> None:
@@ -105,6 +106,8 @@ class JobServiceCore:
         return plane.submit(config, start_from=start).job_id
 
     async def cancel_job(self, job_id: str) -> None:
+        """Stops every worker of the job; it ends ``cancelled``. Raises JobNotFoundError, or
+        IllegalStateTransitionError when the job has already ended."""
         plane = await self._control()
         await plane.cancel(job_id)
 
@@ -130,6 +133,7 @@ class JobServiceCore:
         return snapshot.savepoint_id
 
     async def list_savepoints(self, job_id: str) -> list[SavepointInfo]:
+        """The job's completed savepoints, oldest first."""
         plane = await self._control()
         entry = plane.get(job_id)
         return [
@@ -139,6 +143,8 @@ class JobServiceCore:
         ]
 
     async def get_savepoint(self, job_id: str, savepoint_id: str) -> SavepointInfo:
+        """One savepoint; its ``location`` is what ``submit_job(from_savepoint=...)`` takes. Raises
+        SavepointNotFoundError."""
         plane = await self._control()
         snapshot = plane.get(job_id).savepoint(savepoint_id)
         if snapshot is None:
@@ -146,10 +152,13 @@ class JobServiceCore:
         return _savepoint_info(snapshot)
 
     async def delete_savepoint(self, job_id: str, savepoint_id: str) -> None:
+        """Deletes the savepoint and its files. Raises SavepointInUseError while a job still restores
+        from it (until that job has a completed checkpoint of its own)."""
         plane = await self._control()
         await plane.delete_savepoint(job_id, savepoint_id)
 
     async def list_checkpoints(self, job_id: str) -> list[CheckpointInfo]:
+        """The job's checkpoints, oldest first, failed and in-progress ones included."""
         plane = await self._control()
         return _checkpoint_infos(plane.get(job_id))
 
@@ -204,20 +213,26 @@ class JobServiceCore:
                 raise InvalidJobConfigError(errors)
 
     async def pause_job(self, job_id: str) -> None:
+        """Stops the sources of a running job and keeps all state. Raises IllegalStateTransitionError
+        unless the job is running."""
         plane = await self._control()
         await plane.pause(job_id)
 
     async def resume_job(self, job_id: str) -> None:
+        """Lets a paused job's sources go on where they stopped. Raises IllegalStateTransitionError
+        unless the job is paused."""
         plane = await self._control()
         await plane.resume(job_id)
 
     # ------------------------------------------------------------------------------ queries
 
     async def get_job_status(self, job_id: str) -> JobStatus:
+        """The job's status. Raises JobNotFoundError."""
         plane = await self._control()
         return plane.get(job_id).record.status
 
     async def list_jobs(self, options: ListJobsOptions | None = None) -> list[JobSummary]:
+        """Jobs newest first, filtered by ``options.status``, one page (``limit``, ``offset``)."""
         options = options or ListJobsOptions()
         plane = await self._control()
         entries = [
@@ -227,10 +242,13 @@ class JobServiceCore:
         return [self._summary(plane, e) for e in entries[options.offset : options.offset + options.limit]]
 
     async def count_jobs(self, status: JobStatus | None = None) -> int:
+        """How many jobs there are (in ``status``, when given): the total of a paged list."""
         plane = await self._control()
         return sum(1 for e in plane.jobs.values() if status is None or e.record.status == status)
 
     async def get_job_details(self, job_id: str) -> JobDetails:
+        """Status and message, config, times, metrics of the last 5 minutes, tasks, the 10 newest
+        checkpoints and the restart count."""
         plane = await self._control()
         entry = plane.get(job_id)
         record = entry.record
@@ -252,10 +270,12 @@ class JobServiceCore:
         )
 
     async def get_job_metrics(self, job_id: str, window: MetricsWindow | None = None) -> JobMetrics:
+        """Totals over the job's life; throughput and latency over ``window`` (default 5 minutes)."""
         plane = await self._control()
         return self._metrics(plane.get(job_id), window or MetricsWindow.minutes(5))
 
     async def get_job_logs(self, job_id: str, options: LogOptions | None = None) -> list[LogEntry]:
+        """The job's log lines (control plane and workers), filtered by ``options`` (level, limit, tail)."""
         plane = await self._control()
         log = plane.get(job_id).log  # JobNotFoundError for an unknown job
         # reading (and parsing) the log files is blocking file I/O: keep it off the event loop
