@@ -377,6 +377,8 @@ async def test_1_submit_job_and_verify_status(api: Api, pipeline: Pipeline) -> N
         "max_parallelism": 128,  # (addition)
         "idle_timeout_ms": 30000,  # (addition)
         "repartition": None,  # (addition)
+        "savepoint_interval_ms": 0,  # (addition)
+        "savepoints_retained": 3,  # (addition)
     }
     assert [(t["name"], t["status"]) for t in details["tasks"]] == [
         ("kafka-source", "running"),
