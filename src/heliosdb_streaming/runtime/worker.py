@@ -198,6 +198,17 @@ class Worker:
         plan = plan_job(self.config.sources, self.config.transformations)
         staged = plan.needs_exchange and self._routes(every_split)
         stage0 = plan.stages[0].steps if staged else None
+        if plan.needs_exchange and not staged and len(every_split) > 1 and self.index == 0:
+            # the cross-process exchange (Kafka internal topics) is built but not yet wired in: say so
+            # rather than let a keyed result that depends on the input's partitioning pass unnoticed
+            logger.warning(
+                "the plan regroups records by key (%s), but at parallelism %d this run keeps each keyed "
+                "step in the task of the split it reads: its results are right only if every key lives "
+                "in one split (declare partitioned_by on the source), or run at parallelism 1",
+                plan.boundaries[0].reason,
+                parallelism,
+                extra={"task_id": None},
+            )
         for reader, splits in zip(self.readers, discovered, strict=True):
             assigned = [s for k, s in enumerate(splits) if k % parallelism == self.index]
             positions: dict[str, Any] = {}

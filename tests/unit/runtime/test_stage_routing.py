@@ -331,3 +331,22 @@ def test_two_boundaries_flush_stage_by_stage(tmp_path: Path) -> None:
     assert len(found) == len(expected)
     assert dict(found) == dict(expected)
     assert worker.counters.late_dropped == 0
+
+
+def test_a_run_that_cannot_regroup_across_processes_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Parallelism 2 with brokers configured but no exchange wired: worker 0 warns that keyed results
+    are per split (right only when each key lives in one split) instead of staying silent."""
+    write_files(tmp_path / "in", per_file=50)
+    config = job(
+        tmp_path / "in",
+        tmp_path / "out",
+        KEYED_WINDOW,
+        parallelism=2,
+        repartition={"bootstrap_servers": ["127.0.0.1:9"]},
+    )
+    with caplog.at_level("WARNING", logger="heliosdb_streaming.worker"):
+        run(config, tmp_path / "job")
+    warned = [r.getMessage() for r in caplog.records if "keeps each keyed step" in r.getMessage()]
+    assert len(warned) == 1 and "key_by merchant" in warned[0] and "partitioned_by" in warned[0]
