@@ -103,6 +103,14 @@ class QuickSessions(CardSessions):
         }
 
 
+class LongSessions(QuickSessions):
+    """``QuickSessions`` with a long gap (2000 s of event time), for input whose splits are read
+    concurrently and regrouped by card: a card's session never ends early because another split's
+    events move the watermark ahead of it (a split may lag the others by up to the gap)."""
+
+    gap_ms = 2_000_000
+
+
 class NotAProcessFunction:
     """A class that forgot to subclass KeyedProcessFunction (refused at submit)."""
 

@@ -26,6 +26,12 @@ def slow_fee(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "fee": round(record["amount"] * 0.01, 2)}
 
 
+def slower_fee(record: dict[str, Any]) -> dict[str, Any]:
+    """``slow_fee`` at 1 ms a record, so that a savepoint of a bounded job is surely taken mid-run."""
+    time.sleep(0.001)
+    return {**record, "fee": round(record["amount"] * 0.01, 2)}
+
+
 def is_large(record: dict[str, Any]) -> bool:
     """filter: amounts of 100 and more."""
     return bool(record.get("amount", 0) >= 100)
