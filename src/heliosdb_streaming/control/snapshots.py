@@ -193,6 +193,10 @@ class SnapshotService:
         except CheckpointFailedError as e:
             if stop_after:
                 run.stop_requested = None
+            if run.coordinator.ended is not None:  # the run's workers are gone: a 409, not a retryable 503
+                raise JobRestartingError(
+                    job_id, action, f"the run ended before the savepoint completed ({e})"
+                ) from None
             raise SavepointFailedError(job_id, str(e)) from None
 
     def _restorers(self, snapshot: SnapshotRecord) -> list[str]:
