@@ -250,12 +250,17 @@ class CheckpointCoordinator:
         for snapshot in expired:
             await self.storage.delete_prefix(snapshot.directory)
             self._forget(snapshot)
-        oldest_kept = completed[-self._retained :][0].checkpoint_id if completed else 0
+        kept = completed[-self._retained :]
+        oldest_kept = kept[0].checkpoint_id if kept else 0
+        newest_kept = kept[-1].checkpoint_id if kept else 0
         if self._cleaned_below is None:  # a new run: look back a little for what a crash left behind
             self._cleaned_below = max(oldest_kept - 50, 1)
-        savepoint_ids = {s.checkpoint_id for s in self._snapshots() if s.kind == "savepoint"}
-        for checkpoint_id in range(self._cleaned_below, oldest_kept):
-            if checkpoint_id not in savepoint_ids:  # failed, timed out, or cut short by a crash
+        # Failed ones between two kept checkpoints go too (a worker killed mid-checkpoint leaves one
+        # there); nothing newer than the newest completed one is touched: it may be in flight.
+        spared = {s.checkpoint_id for s in self._snapshots() if s.kind == "savepoint"}
+        spared.update(s.checkpoint_id for s in kept)
+        for checkpoint_id in range(self._cleaned_below, newest_kept):
+            if checkpoint_id not in spared:  # failed, timed out, or cut short by a crash
                 await self.storage.delete_prefix(f"{self.job_id}/chk-{checkpoint_id}")
         self._cleaned_below = max(self._cleaned_below, oldest_kept)
         if expired:
