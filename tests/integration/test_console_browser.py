@@ -3,7 +3,8 @@
 
 The tests run in order on one server and one page: the job list, the job page and its charts, a
 savepoint made in the page, a submit with a bad field, and last a cancel. Each page's screenshot is
-saved under ``artifacts/console/`` (git-ignored; ``HELIOS_ARTIFACTS`` moves it).
+saved under ``artifacts/console/`` (git-ignored; ``HELIOS_ARTIFACTS`` moves it); ``jobs.png`` and
+``job-top.png`` are the ones in docs/images/.
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ def page(browser: Browser, server: HeliosServerProcess) -> Iterator[Page]:
     assert errors == [], f"script errors in the console: {errors}"
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def demo_id(server: HeliosServerProcess) -> str:
@@ -151,6 +153,7 @@ def test_jobs_page_asks_the_token_once_and_lists_the_demo_job(
     row = page.locator(f"tr[data-job-id='{demo_id(server)}']")
     expect(row.locator("a")).to_have_text(DEMO)
     assert page.evaluate("sessionStorage.getItem('helios.token')") == TOKEN
+    expect(page.locator("#forget-token")).to_be_visible()
     expect(row.locator(".status")).to_have_text("running")
     expect(row.locator(".status")).to_have_css("background-color", "rgb(22, 163, 74)")  # running: green
     expect(row.locator("td").nth(2)).to_have_text("2")  # the demo's parallelism
@@ -223,6 +226,64 @@ def test_savepoint_created_in_the_page_appears_in_the_api(page: Page, server: He
         (shown, "made in the console")
     ]
     screenshot(page, "job")
+    screenshot(page, "job-top", full_page=False)  # docs/images/console-job.png
+
+
+def test_pause_and_resume_from_the_page(page: Page, server: HeliosServerProcess) -> None:
+    job = demo_id(server)
+    badge = page.locator(".toolbar .status")
+    page.click("[data-action=pause]")
+    expect(badge).to_have_text("paused", timeout=30_000)
+    expect(badge).to_have_css("background-color", "rgb(217, 119, 6)")  # paused: amber
+    assert call(f"{server.url}/api/v1/jobs/{job}")[1]["status"] == "paused"
+    expect(page.locator("[data-action=pause]")).to_be_disabled()
+    page.click("[data-action=resume]")
+    expect(badge).to_have_text("running", timeout=30_000)
+    assert call(f"{server.url}/api/v1/jobs/{job}")[1]["status"] == "running"
+
+
+def test_restore_a_savepoint_with_a_parallelism_override(page: Page, server: HeliosServerProcess) -> None:
+    job = demo_id(server)
+    row = page.locator("#savepoints tr[data-savepoint-id]").first
+    savepoint = row.get_attribute("data-savepoint-id")
+    row.locator("input[type=number]").fill("1")
+    row.locator("button.restore").click()
+    expect(page.locator("#flash")).to_have_text("Restored", timeout=40_000)
+    details = call(f"{server.url}/api/v1/jobs/{job}")[1]
+    assert (details["status"], details["config"]["parallelism"]) == ("running", 1)
+    expect(page.locator("#job-facts")).to_contain_text("Parallelism1")
+    logs = call(f"{server.url}/api/v1/jobs/{job}/logs?tail=1000")[1]["logs"]
+    assert any(savepoint in line["message"] for line in logs), "the restart did not restore the savepoint"
+
+
+def test_logs_tail_and_level(page: Page, server: HeliosServerProcess) -> None:
+    job = demo_id(server)
+    page.fill("#log-tail", "3")
+    page.dispatch_event("#log-tail", "change")
+    expect(page.locator("#logs .log")).to_have_count(3)
+    newest = call(f"{server.url}/api/v1/jobs/{job}/logs?tail=3")[1]["logs"][-1]["message"]
+    expect(page.locator("#logs .log").last).to_contain_text(newest)
+    page.fill("#log-tail", "200")
+    page.dispatch_event("#log-tail", "change")
+    expect(page.locator("#logs .log")).not_to_have_count(3)
+
+
+def test_delete_a_savepoint_from_the_page(page: Page, server: HeliosServerProcess) -> None:
+    """The job restores from the savepoint until its first checkpoint: until then the page shows the
+    API's 409 savepoint_in_use, and a later click deletes it."""
+    job = demo_id(server)
+    flash = page.locator("#flash")
+    deadline = time.monotonic() + 60
+    while True:
+        page.evaluate("document.getElementById('flash').textContent = ''")
+        page.locator("#savepoints button.delete").first.click()
+        expect(flash).to_have_text(re.compile("Savepoint deleted|savepoint_in_use"))
+        if flash.text_content() == "Savepoint deleted":
+            break
+        assert time.monotonic() < deadline, "the savepoint stayed in use"
+        time.sleep(2)
+    expect(page.locator("#savepoints")).to_have_text("No savepoints.")
+    assert call(f"{server.url}/api/v1/jobs/{job}/savepoints")[1]["savepoints"] == []
 
 
 def test_submit_with_a_bad_field_shows_the_error_at_its_path(page: Page, server: HeliosServerProcess) -> None:
@@ -259,3 +320,16 @@ def test_cancel_from_the_page_cancels(page: Page, server: HeliosServerProcess) -
     assert call(f"{server.url}/api/v1/jobs/{job}")[1]["status"] == "cancelled"
     expect(page.locator("[data-action=restart]")).to_be_enabled()
     expect(page.locator("[data-action=pause]")).to_be_disabled()
+
+
+def test_restart_then_cancel_with_savepoint_from_the_page(page: Page, server: HeliosServerProcess) -> None:
+    job = demo_id(server)
+    badge = page.locator(".toolbar .status")
+    page.click("[data-action=restart]")
+    expect(badge).to_have_text("running", timeout=40_000)
+    page.click("[data-action=cancel-savepoint]")
+    expect(badge).to_have_text("cancelled", timeout=60_000)
+    assert call(f"{server.url}/api/v1/jobs/{job}")[1]["status"] == "cancelled"
+    savepoints = call(f"{server.url}/api/v1/jobs/{job}/savepoints")[1]["savepoints"]
+    assert len(savepoints) == 1
+    expect(page.locator("#savepoints tr[data-savepoint-id]")).to_have_count(1)

@@ -28,7 +28,10 @@ function askToken(problem) {
     dialog.addEventListener("close", () => {
       asking = null;
       const token = input.value.trim();
-      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      if (token) {
+        sessionStorage.setItem(TOKEN_KEY, token);
+        document.getElementById("forget-token").hidden = false;
+      }
       resolve(Boolean(token));
     }, { once: true });
   });

@@ -47,8 +47,8 @@ export class LineChart {
     ctx.lineWidth = 1;
     ctx.textBaseline = "middle";
     ctx.textAlign = "right";
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4;
+    for (let i = 0; i <= 5; i++) {
+      const v = (max * i) / 5; // fifths of 1, 2, 2.5, 5 or 10 are round numbers
       ctx.beginPath();
       ctx.moveTo(PAD.left, Math.round(y(v)) + 0.5);
       ctx.lineTo(width - PAD.right, Math.round(y(v)) + 0.5);

@@ -25,7 +25,7 @@ export function render(root, [jobId]) {
   const title = h("h1", {}, jobId);
   const badge = h("span");
   const message = h("p.message", { id: "job-message" });
-  const facts = h("dl.facts");
+  const facts = h("dl.facts", { id: "job-facts" });
   const actions = h("div.actions", {},
     button("pause", "Pause", () => act("POST", `${path}/pause`, undefined, "Paused")),
     button("resume", "Resume", () => act("POST", `${path}/resume`, undefined, "Resumed")),
