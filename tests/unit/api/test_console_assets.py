@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from typing import cast
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.api.console import is_console_path, setup_console
 from heliosdb_streaming.api.errors import error_middleware
+from heliosdb_streaming.api.service import JobService
 
 CONSOLE = resources.files("heliosdb_streaming.api").joinpath("console_assets")
 
@@ -63,3 +66,25 @@ async def test_only_packaged_files_are_served() -> None:
         for path in refused:
             async with session.get(server.make_url(path)) as answer:
                 assert answer.status == 404, path
+
+
+@pytest.mark.parametrize(("read_only", "page_status"), [(False, 200), (True, 401)])
+async def test_the_console_is_open_on_the_api_and_absent_from_the_read_only_api(
+    read_only: bool, page_status: int
+) -> None:
+    """``helios server`` serves the console without the token; the operator's read API (read_only) has
+    none, so ``/`` is an unknown path there and the token is asked first. The API needs it in both."""
+    service = cast(JobService, object())  # no route here reaches the service
+    app = create_app(service, api_token="secret", read_only=read_only)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/")) as answer:
+            assert answer.status == page_status
+        async with session.get(server.make_url("/console/app.js")) as answer:
+            assert answer.status == page_status
+        async with session.get(server.make_url("/api/v1/jobs")) as answer:
+            assert answer.status == 401
+        async with session.get(server.make_url("/metrics")) as answer:
+            assert answer.status == 401
+        headers = {"Authorization": "Bearer secret"}
+        async with session.get(server.make_url("/"), headers=headers) as answer:
+            assert answer.status == (200 if not read_only else 404)
