@@ -309,6 +309,37 @@ def test_submit_with_a_bad_field_shows_the_error_at_its_path(page: Page, server:
     screenshot(page, "submit")
     assert [j["name"] for j in call(f"{server.url}/api/v1/jobs")[1]["jobs"]] == [DEMO]  # nothing submitted
 
+    good = {**bad, "config": {"parallelism": 1}}
+    good["sources"] = [
+        {"type": "datagen", "config": {"schema": "transactions", "count": 100, "partitions": 1}}
+    ]
+    page.fill("#job-editor", json.dumps(good))
+    page.click("#submit-job")
+    expect(page).to_have_url(re.compile(re.escape(server.url) + r"/jobs/job-[0-9a-f-]+$"))
+    expect(page.locator("h1")).to_have_text("bad_job")
+    expect(page.locator(".toolbar .status")).to_have_text("finished", timeout=60_000)
+    submitted = page.url.rsplit("/", 1)[1]
+    assert call(f"{server.url}/api/v1/jobs/{submitted}")[1]["status"] == "finished"
+
+
+def test_jobs_pages_are_the_apis(page: Page, server: HeliosServerProcess) -> None:
+    """Two jobs, one per page: each page shows what the API's limit=1&offset=N answers."""
+    expected = [call(f"{server.url}/api/v1/jobs?limit=1&offset={n}")[1]["jobs"][0]["name"] for n in (0, 1)]
+    assert sorted(expected) == sorted([DEMO, "bad_job"])
+    page.goto(server.url + "/?limit=1")
+    rows = page.locator("tbody tr[data-job-id] a")
+    expect(page.locator(".pager span")).to_have_text("page 1 of 2 · 2 jobs")
+    expect(rows).to_have_text([expected[0]])
+    page.click("#next-page")
+    expect(page).to_have_url(server.url + "/?page=1&limit=1")
+    expect(rows).to_have_text([expected[1]])
+    page.select_option("#status-filter", "finished")
+    expect(rows).to_have_text(["bad_job"])
+    expect(page.locator(".pager span")).to_have_text("page 1 of 1 · 1 job")
+    page.select_option("#status-filter", "")
+    page.select_option("#page-size", "20")
+    expect(rows).to_have_count(2)
+
 
 def test_cancel_from_the_page_cancels(page: Page, server: HeliosServerProcess) -> None:
     job = demo_id(server)

@@ -57,6 +57,7 @@ export function render(root, [jobId]) {
   const savepointRows = h("tbody", { id: "savepoints" });
   const description = h("input", { id: "savepoint-description", placeholder: "description (optional)", maxlength: 1000,
     "aria-label": "Savepoint description" });
+  const createButton = h("button", { type: "submit", id: "create-savepoint" }, "Create savepoint");
   const logLevel = h("select", { id: "log-level", "aria-label": "Log level" },
     h("option", { value: "" }, "all levels"), LOG_LEVELS.map((l) => h("option", { value: l }, l)));
   const logTail = h("input", { id: "log-tail", type: "number", min: 1, max: 100000, value: 200, "aria-label": "Tail lines" });
@@ -76,7 +77,7 @@ export function render(root, [jobId]) {
     h("table", {}, h("thead", {}, tr("th", ["Checkpoint", "Time", "Duration", "Size", "Status"])), checkpointRows),
     section("Savepoints"),
     h("form.row", { id: "savepoint-form", onsubmit: createSavepoint }, description,
-      h("button", { type: "submit", id: "create-savepoint" }, "Create savepoint")),
+      createButton),
     h("table", {}, h("thead", {}, tr("th", ["Savepoint", "Created", "Size", "Description", "Restore", ""])), savepointRows),
     section("Logs", h("span.row", {}, logLevel, h("label", {}, "tail ", logTail), h("label", {}, logFollow, " follow"),
       h("button", { type: "button", id: "log-refresh", onclick: refreshLogs }, "Refresh"))),
@@ -115,7 +116,8 @@ export function render(root, [jobId]) {
     enable("resume", d.status === "paused");
     enable("cancel", !terminal);
     enable("cancel-savepoint", d.status === "running");
-    enable("restart", d.status !== "submitted");
+    enable("restart", ["running", "failed", "cancelled", "finished"].includes(d.status)); // the lifecycle's
+    createButton.disabled = terminal || d.status === "submitted";
     plan.replaceChildren(renderPlan(d.plan));
     tasks.replaceChildren(...d.tasks.map((t) => tr("td", [t.task_id, t.name, statusBadge(t.status), t.parallelism])));
   }
@@ -237,7 +239,8 @@ export function render(root, [jobId]) {
   }
 
   // ---- polling
-  const poll = (fn, ms) => { fn(); timers.push(setInterval(fn, ms)); };
+  // a hidden tab does not poll (it catches up on the next tick once shown)
+  const poll = (fn, ms) => { fn(); timers.push(setInterval(() => document.hidden || fn(), ms)); };
   poll(refreshDetails, POLL_MS);
   poll(refreshMetrics, POLL_MS);
   poll(async () => { await refreshCheckpoints(); drawCharts(); }, SLOW_POLL_MS);
