@@ -90,6 +90,7 @@ def page(browser: Browser, server: HeliosServerProcess) -> Iterator[Page]:
     tab.on("pageerror", lambda e: errors.append(str(e)))
     tab.on("dialog", lambda dialog: dialog.accept())  # the confirm() of cancel
     tab.set_default_timeout(20_000)
+    expect.set_options(timeout=15_000)  # the suite shares two cores with the server and its workers
     yield tab
     context.close()
     assert errors == [], f"script errors in the console: {errors}"
