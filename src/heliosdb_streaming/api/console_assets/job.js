@@ -18,7 +18,7 @@ export function render(root, [jobId]) {
   const path = `/jobs/${encodeURIComponent(jobId)}`;
   let windowName = sessionStorage.getItem("helios.window") || "5m";
   const samples = { throughput: [], p99: [], backpressure: [] }; // this page's own samples, newest last
-  let history = [], checkpoints = [], status = null;
+  let history = [], checkpoints = [];
   const timers = [];
 
   // ---- layout
@@ -101,7 +101,6 @@ export function render(root, [jobId]) {
       message.className = "message error";
       return;
     }
-    status = d.status;
     title.textContent = d.name;
     document.title = `${d.name} · HeliosDB Streaming`;
     badge.replaceChildren(statusBadge(d.status));
