@@ -16,14 +16,16 @@ install: $(BIN)/.installed
 demo: install  ## datagen -> filter -> key_by -> CEP -> SQLite, with live progress and a summary
 	$(BIN)/helios run examples/embedded_fraud.json --home .helios
 
-# promtool and prometheus (Debian's `prometheus`) check the /metrics exposition and a real scrape.
+# promtool and prometheus (Debian's `prometheus`) check the /metrics exposition and a real scrape;
+# Debian's `chromium` (/usr/bin/chromium) runs the web console's browser tests (Playwright drives it:
+# no browser download).
 test-tools:  ## install the tools the tests run (as root, with apt-get), or stop with the command to run
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && [ -x /usr/bin/chromium ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's prometheus (promtool) for the tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	    echo "installing Debian's prometheus (promtool) and chromium for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null; \
 	  else \
-	    echo "the tests need promtool and prometheus: run  sudo apt-get install -y prometheus  first" >&2; \
+	    echo "the tests need promtool, prometheus and chromium: run  sudo apt-get install -y prometheus chromium  first" >&2; \
 	    exit 1; \
 	  fi; }
 
@@ -31,7 +33,7 @@ test: install test-tools  ## the whole suite (about 14 min on 2 cores); starts i
 	$(BIN)/pytest -q
 
 test-fast: install  ## the unit tests without services, promtool or the slow ones (15 s here, 35 s on busy cores)
-	$(BIN)/pytest -q tests/unit -m "not slow and not promtool"
+	$(BIN)/pytest -q tests/unit -m "not slow and not promtool and not browser"
 
 e2e-kind: install  ## tests/k8s's scenarios on kind: image build, kind load, helm install (needs Docker, kind, kubectl)
 	$(BIN)/pytest tests/e2e -v -rs

@@ -509,6 +509,12 @@ async def test_helios_server_substrate_kubernetes(substrate: KubeSubstrate) -> N
                 assert response.status == 200
             async with anonymous.get(f"{server.url}/api/v1/jobs") as response:
                 assert response.status == 401
+            # the web console: its pages need no token (the page asks for it), as on the embedded one
+            async with anonymous.get(f"{server.url}/jobs/any") as response:
+                assert response.status == 200 and response.content_type == "text/html"
+                assert '<script type="module" src="/console/app.js">' in await response.text()
+            async with anonymous.get(f"{server.url}/console/api.js") as response:
+                assert response.status == 200 and "Authorization" in await response.text()
         async with rest_client(server.url) as api:
             assert (await api.ok("GET", "/api/v1/jobs"))["total"] == 0
             job_id = (

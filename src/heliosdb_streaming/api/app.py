@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 
 from heliosdb_streaming.api import views
 from heliosdb_streaming.api.auth import token_middleware
+from heliosdb_streaming.api.console import setup_console
 from heliosdb_streaming.api.errors import error_middleware
 from heliosdb_streaming.api.guard import RequestPolicy, guard_middleware
 from heliosdb_streaming.api.service import CoreJobService, JobService
@@ -64,22 +65,27 @@ def create_app(
     owns_manager: bool = False,
     read_only: bool = False,
     request_policy: RequestPolicy | None = None,
+    console: bool | None = None,
 ) -> web.Application:
     """The REST API over ``job_manager``. ``api_token`` (non-empty) requires a bearer token on every
     route but ``/healthz``; request bodies over ``max_body_bytes`` are answered 413. ``read_only``
     serves only the GET routes (the operator's internal read API: commands go through resources).
     Job-changing requests carry JSON or no body (else 415); ``request_policy`` (``helios server``
-    passes one) refuses foreign ``Host`` and ``Origin`` headers with 403: see ``api.guard``."""
+    passes one) refuses foreign ``Host`` and ``Origin`` headers with 403: see ``api.guard``. ``console``
+    (default: unless ``read_only``) serves the web console at ``/`` (``api.console``)."""
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     middlewares: list[Middleware] = [error_middleware, guard_middleware(request_policy)]
+    with_console = not read_only if console is None else console
     if api_token:
-        middlewares.append(token_middleware(api_token))
+        middlewares.append(token_middleware(api_token, open_console=with_console))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     service = CoreJobService(job_manager) if isinstance(job_manager, JobServiceCore) else job_manager
     app[JOB_SERVICE] = service
     app[MAX_BODY_BYTES] = max_body_bytes
     setup_routes(app, read_only=read_only)
+    if with_console:
+        setup_console(app)
     if owns_manager:
         app.cleanup_ctx.append(_manager_lifecycle)
     return app
