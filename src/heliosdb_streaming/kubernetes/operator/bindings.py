@@ -32,11 +32,16 @@ class Binding:
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0
-    observed_generation: int | None = None
+    observed_generation: int | None = None  # the generation whose spec is applied
+    generation: int | None = None  # the newest generation reconciled (applied or not)
+    spec_pending: str | None = None  # why the newest generation is not applied yet
+    pod_template: dict[str, Any] = field(default_factory=dict)
 
     @property
     def target(self) -> Target:
-        return Target(self.namespace, self.name, self.uid, self.image, dict(self.resources))
+        return Target(
+            self.namespace, self.name, self.uid, self.image, dict(self.resources), dict(self.pod_template)
+        )
 
 
 class Bindings:
