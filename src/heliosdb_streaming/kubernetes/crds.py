@@ -139,8 +139,7 @@ def _quantities(node: Any) -> None:
     for key in ("requests", "limits"):
         values = (node.get("properties") or {}).get(key, {}).get("additionalProperties")
         if isinstance(values, dict) and values.get(structural.INT_OR_STRING):
-            values["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-            values["pattern"] = podtemplate.QUANTITY_PATTERN
+            values["pattern"] = podtemplate.QUANTITY_PATTERN  # checks strings; an integer is one
     for value in node.values():
         _quantities(value)
 

@@ -191,7 +191,7 @@ def worker_pod(target: Target, spec: WorkerSpec, settings: PodSettings) -> dict[
     }
     metadata = _metadata(target, name, labels)
     metadata["annotations"] = {**(tmeta.get("annotations") or {}), ANNOTATION_JOB_ID: spec.job_id}
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "HELIOS_WORKER_TOKEN", "value": spec.token},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HELIOS_LOG_FORMAT", "value": "json"},  # the pod log is the job log (the API reads it)
