@@ -288,10 +288,15 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
     await eventually(running_twice, 10, "a second Running event", on_fail=operator.output()[-3000:])
 
     # a new parallelism alone waits for a restart (and says so); the restart scales down to 1 pod
-    await patch_spec(client, "endless", {"config": {**spec["config"], "parallelism": 1}})
+    template = {"metadata": {"labels": {"team": "streaming"}}}
+    await patch_spec(
+        client, "endless", {"config": {**spec["config"], "parallelism": 1}, "podTemplate": template}
+    )
 
     async def pending() -> bool:
-        return "SpecPending" in [r for r, _ in await events_of(client, "endless")]
+        messages = [m for r, m in await events_of(client, "endless") if r == "SpecPending"]
+        assert all("config.parallelism, podTemplate will apply" in m for m in messages), messages
+        return bool(messages)
 
     await eventually(pending, 20, "a SpecPending event", on_fail=operator.output()[-3000:])
     status = await job_status(client, "endless")
@@ -319,6 +324,8 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
         return status.get("observedGeneration") == generation and spec_applied == "True"
 
     await eventually(applied_now, 20, "the new spec applied", on_fail=operator.output()[-3000:])
+    (pod,) = await worker_pods(client, "endless")
+    assert pod["metadata"]["labels"]["team"] == "streaming"  # the podTemplate, from the restart on
     await operator.stop()
 
 

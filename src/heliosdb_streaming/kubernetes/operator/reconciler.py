@@ -117,7 +117,7 @@ class StreamingJobReconciler:
             except IllegalStateTransitionError as e:
                 logger.info("%s/%s: %s; planning again", namespace, name, e)
         # observedGeneration means "applied" (API conventions): not while a change waits for a restart
-        waiting = self._unapplied(self.plane.get(binding.job_id), wanted)
+        waiting = self._unapplied(self.plane.get(binding.job_id), wanted) + binding.pod_changes()
         if waiting:
             binding.spec_pending = f"{', '.join(waiting)} not applied: " + (
                 "create a new StreamingJob for that"
@@ -179,7 +179,7 @@ class StreamingJobReconciler:
         settings = [
             f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]
-        settings += mapping.pipeline_changes(entry.config, wanted)
+        settings += mapping.pipeline_changes(entry.config, wanted) + binding.pod_changes()
         fixed = mapping.unapplied_changes(entry.config, wanted)
         if settings:
             message = f"{', '.join(settings)} will apply at the next restart (spec.restartNonce)"
@@ -228,8 +228,12 @@ class StreamingJobReconciler:
         binding = self.bindings.get(job_id) or Binding(
             job_id=job_id, namespace=namespace, name=name, uid=uid, applied_nonce=desired.restart_nonce
         )
+        if binding.applied_pod is None:  # a new job (or one bound before this was kept): as it starts
+            binding.applied_pod = binding.pod_settings
         binding.image, binding.resources = desired.image, dict(desired.resources)
         binding.pod_template = dict(desired.pod_template)
+        if job_id not in self.plane.jobs:
+            binding.applied_pod = binding.pod_settings
         self.bindings.save(binding)  # before submit: the launcher needs it for the first pods
         self.writer.track(job_id, previous)
         if job_id not in self.plane.jobs:
@@ -287,6 +291,7 @@ class StreamingJobReconciler:
             if upgrade:
                 await self._job_event(binding, "Normal", "Upgraded", f"new {', '.join(upgrade)} from now on")
             binding.applied_nonce = desired.restart_nonce
+            binding.applied_pod = binding.pod_settings  # the new run's pods have them
             self.bindings.save(binding)
         self.writer.mark(job_id)
 
