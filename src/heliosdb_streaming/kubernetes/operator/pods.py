@@ -342,7 +342,10 @@ def disruption(pod: Mapping[str, Any]) -> str | None:
     """The reason of the pod's ``DisruptionTarget`` condition (eviction, node drain, preemption,
     taint), which Kubernetes sets on a pod it is about to delete for a reason not of its own. None
     when there is none: the pod ended on its own."""
-    for cond in (pod.get("status") or {}).get("conditions") or []:
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             return str(cond.get("reason") or "DisruptionTarget")
+    if status.get("reason") == "Evicted":  # the kubelet's node-pressure eviction (before the condition)
+        return "Evicted"
     return None

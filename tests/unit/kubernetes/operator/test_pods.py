@@ -286,6 +286,8 @@ def test_pending_reason_and_disruption() -> None:
     }
     assert pods.disruption(evicted) == "EvictionByEvictionAPI"
     assert pods.disruption(unschedulable) is None
+    assert pods.disruption({"status": {"phase": "Failed", "reason": "Evicted"}}) == "Evicted"
+    assert pods.disruption({"status": {"phase": "Failed", "reason": "Error"}}) is None
 
 
 def test_workers_are_told_the_operators_python_modules() -> None:
