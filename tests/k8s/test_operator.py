@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from urllib.parse import urlparse
 
+import aiohttp
 import pytest
 from k8s_helpers import (
     NS,
@@ -64,6 +65,9 @@ async def test_create_runs_workers_and_cancel_with_savepoint_then_restart_rescal
     operator = await start_operator()
     await create(cluster, "spend", {**window_spec(db, parallelism=2, rate=5000), "savepointOnCancel": True})
     status = await wait_phase(client, "spend", "running", log=operator.output())
+    health_url = f"http://127.0.0.1:{operator.read_port}/healthz"  # what the chart's probes ask, no token
+    async with aiohttp.ClientSession() as http, http.get(health_url) as health:
+        assert health.status == 200 and (await health.json())["status"] == "ok"
     assert status["jobId"].startswith("job-") and status["parallelism"] == 2
     assert status["startedAt"] and status["submittedAt"]
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
