@@ -69,7 +69,11 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         await install_operator_rbac(cluster.client, scope)
         # the tests' SQLite files and checkpoint dirs are in the test's directory
         allow = ["--allow-path", str(cluster.tmp)]
-        argv = operator_command(home, port, *scope, *allow, "--image", "heliosdb-streaming:test")
+        # its read API on a free loopback port: 8082 on all interfaces collides with any other operator
+        # on the machine (another test run), which fails this one's start
+        read_port = free_port()
+        read = ["--read-host", "127.0.0.1", "--read-port", str(read_port)]
+        argv = operator_command(home, port, *scope, *allow, *read, "--image", "heliosdb-streaming:test")
         with log.open("ab") as out:
             process = subprocess.Popen(
                 argv,
@@ -78,7 +82,7 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        operator = OperatorProcess(process, log, home, port, argv)
+        operator = OperatorProcess(process, log, home, port, argv, read_port)
         started.append(operator)
         return operator
 

@@ -98,7 +98,9 @@ class StreamingJobReconciler:
             raise kopf.PermanentError(str(e)) from None
         binding = await self._bind(namespace, name, uid, desired, previous, wanted)
         entry = self.plane.get(binding.job_id)
-        changed = binding.observed_generation not in (None, meta.get("generation"))
+        generation = meta.get("generation")
+        changed = binding.generation not in (None, generation)
+        binding.generation = generation
         if changed and desired.restart_nonce == binding.applied_nonce:
             await self._note_pending_changes(binding, entry, wanted)
         for _ in range(MAX_STEPS):
@@ -106,17 +108,38 @@ class StreamingJobReconciler:
             if step == Step.NONE:
                 break
             if step == Step.WAIT:
+                binding.spec_pending = f"waiting for the job to leave {entry.record.status.value}"
+                self.bindings.save(binding)
                 self.writer.mark(binding.job_id)
-                raise kopf.TemporaryError(
-                    f"job is {entry.record.status.value}; will apply spec", delay=WAIT_RETRY_S
-                )
+                raise events.waiting(f"job is {entry.record.status.value}; will apply spec", WAIT_RETRY_S)
             try:
                 await self._act(step, binding, entry, desired, wanted)
             except IllegalStateTransitionError as e:
                 logger.info("%s/%s: %s; planning again", namespace, name, e)
-        binding.observed_generation = meta.get("generation")
+        # observedGeneration means "applied" (API conventions): not while a change waits for a restart
+        waiting = self._unapplied(self.plane.get(binding.job_id), wanted) + binding.pod_changes()
+        if waiting:
+            binding.spec_pending = f"{', '.join(waiting)} not applied: " + (
+                "create a new StreamingJob for that"
+                if set(waiting) & set(mapping.unapplied_changes(entry.config, wanted))
+                else "change spec.restartNonce to restart with it"
+            )
+        else:
+            binding.observed_generation, binding.spec_pending = generation, None
         self.bindings.save(binding)
         self.writer.mark(binding.job_id)
+
+    @staticmethod
+    def _unapplied(entry: JobEntry, wanted: JobConfig) -> list[str]:
+        """The spec's job fields the running job does not have (a restart or a new job applies them)."""
+        settings = [
+            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
+        ]
+        return (
+            settings
+            + mapping.pipeline_changes(entry.config, wanted)
+            + mapping.unapplied_changes(entry.config, wanted)
+        )
 
     async def _check_paths(self, spec: Mapping[str, Any], wanted: JobConfig) -> None:
         """InvalidJobConfigError for every local path of the spec outside the allowed roots: on every
@@ -156,7 +179,7 @@ class StreamingJobReconciler:
         settings = [
             f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]
-        settings += mapping.pipeline_changes(entry.config, wanted)
+        settings += mapping.pipeline_changes(entry.config, wanted) + binding.pod_changes()
         fixed = mapping.unapplied_changes(entry.config, wanted)
         if settings:
             message = f"{', '.join(settings)} will apply at the next restart (spec.restartNonce)"
@@ -205,7 +228,12 @@ class StreamingJobReconciler:
         binding = self.bindings.get(job_id) or Binding(
             job_id=job_id, namespace=namespace, name=name, uid=uid, applied_nonce=desired.restart_nonce
         )
+        if binding.applied_pod is None:  # a new job (or one bound before this was kept): as it starts
+            binding.applied_pod = binding.pod_settings
         binding.image, binding.resources = desired.image, dict(desired.resources)
+        binding.pod_template = dict(desired.pod_template)
+        if job_id not in self.plane.jobs:
+            binding.applied_pod = binding.pod_settings
         self.bindings.save(binding)  # before submit: the launcher needs it for the first pods
         self.writer.track(job_id, previous)
         if job_id not in self.plane.jobs:
@@ -263,6 +291,7 @@ class StreamingJobReconciler:
             if upgrade:
                 await self._job_event(binding, "Normal", "Upgraded", f"new {', '.join(upgrade)} from now on")
             binding.applied_nonce = desired.restart_nonce
+            binding.applied_pod = binding.pod_settings  # the new run's pods have them
             self.bindings.save(binding)
         self.writer.mark(job_id)
 
