@@ -15,18 +15,18 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from benchmarks.engine import DISCARD, job, run_worker
-from benchmarks.services import prefill_topic
+from benchmarks.quix import Seen, counted, quix_events_per_second, versus
+from benchmarks.services import prefilled_broker
+from benchmarks.table import print_table
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 from heliosdb_streaming.runtime.transformations.basic import MapTransformation
 from heliosdb_streaming.runtime.transformations.python import PythonTransformation
-from heliosdb_streaming.testing.tansu import run_tansu
 
 HERE = "benchmarks.python_functions"
 EXPR_MAP = {"type": "map", "config": {"fields": {"amount2": "amount * 2"}}}
@@ -117,35 +117,9 @@ async def step_costs(n: int) -> list[tuple[str, float]]:
     return [(label, seconds / len(records) * 1e9) for label, seconds in best.items()]
 
 
-def quix_map(bootstrap: str, topic: str, events: int, state_dir: str) -> float:
-    """Quix Streams on the same topic: ``sdf.apply(double)``; returns events/s."""
-    from quixstreams import Application
-
-    app = Application(
-        broker_address=bootstrap,
-        consumer_group=f"quix-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        use_changelog_topics=False,
-        state_dir=state_dir,
-    )
-    seen = 0
-    started = 0.0
-
-    def count(value: Any) -> Any:
-        nonlocal seen, started
-        if seen == 0:
-            started = time.perf_counter()
-        seen += 1
-        if seen >= events:
-            app.stop()
-        return value
-
-    source = app.topic(topic, value_deserializer="json")
-    source.broker_config.extra_config.setdefault("retention.ms", str(7 * 86_400_000))  # tansu omits it
-    sdf = app.dataframe(source)
-    sdf = sdf.apply(double).apply(count)
-    app.run()
-    return seen / (time.perf_counter() - started)
+def quix_map(sdf: Any, seen: Seen) -> Any:
+    """Quix Streams' side of (d): ``sdf.apply(double)`` with the same function."""
+    return sdf.apply(double).apply(counted(seen))
 
 
 def main() -> None:
@@ -155,27 +129,25 @@ def main() -> None:
     args = parser.parse_args()
     n = args.events
     quix: float | None = None
-    with tempfile.TemporaryDirectory() as tmp, run_tansu() as bootstrap:
-        tmp_path = Path(tmp)
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        asyncio.run(prefill_topic(bootstrap, topic, n))
+    with prefilled_broker(n) as (bootstrap, topic, tmp_path):
         rows = asyncio.run(run_pipelines(n, bootstrap, topic, tmp_path))
         costs = asyncio.run(step_costs(min(n, 200_000)))
         if args.quix:  # Quix installs signal handlers, so it runs in the main thread, after our loop
-            quix = quix_map(bootstrap, topic, n, str(tmp_path / "quix"))
-    print()
-    print(f"{'pipeline (one worker, memory state)':<52} {'events/s':>12} {'events':>10} {'vs Quix':>9}")
-    print("-" * 86)
-    for label, eps, count in rows:
-        versus = f"{eps / quix:8.2f}x" if quix and label.startswith("(d) kafka -> python map") else ""
-        print(f"{label:<52} {eps:>12,.0f} {count:>10,} {versus:>9}")
-    if quix:
-        print(f"{'Quix Streams: kafka -> sdf.apply(double)':<52} {quix:>12,.0f}")
-    print()
-    print(f"{'the step alone, batches of ' + str(MICRO_BATCH):<52} {'ns/event':>12}")
-    print("-" * 65)
-    for label, ns in costs:
-        print(f"{label:<52} {ns:>12,.0f}")
+            quix = quix_events_per_second(bootstrap, topic, n, str(tmp_path / "quix"), quix_map)
+    print_table(
+        [
+            ("pipeline (one worker, memory state)", "<52"),
+            ("events/s", ">12,.0f"),
+            ("events", ">10,"),
+            ("vs Quix", ">9"),
+        ],
+        [
+            (label, eps, count, versus(eps, quix) if label.startswith("(d) kafka -> python map") else "")
+            for label, eps, count in rows
+        ]
+        + ([("Quix Streams: kafka -> sdf.apply(double)", quix)] if quix else []),
+    )
+    print_table([(f"the step alone, batches of {MICRO_BATCH}", "<52"), ("ns/event", ">12,.0f")], costs)
     bare, step = costs[0][1], costs[1][1]
     print(f"\ncost of the step around a user function call: {step - bare:,.0f} ns/event")
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import orjson
 
 from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
-from heliosdb_streaming.testing.tansu import create_topic
+from heliosdb_streaming.testing.tansu import create_topic, run_tansu
 
-__all__ = ["prefill_topic"]
+__all__ = ["prefill_topic", "prefilled_broker"]
 
 
 async def prefill_topic(bootstrap: str, topic: str, events: int, partitions: int = 1) -> None:
@@ -35,3 +42,13 @@ async def prefill_topic(bootstrap: str, topic: str, events: int, partitions: int
     finally:
         await producer.stop()
         await reader.close()
+
+
+@contextlib.contextmanager
+def prefilled_broker(events: int, partitions: int = 1) -> Iterator[tuple[str, str, Path]]:
+    """A tansu broker with a topic of ``events`` transactions and a scratch directory, for one
+    benchmark run: yields ``(bootstrap, topic, tmp_path)``; all of it is gone on exit."""
+    with tempfile.TemporaryDirectory() as tmp, run_tansu() as bootstrap:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        asyncio.run(prefill_topic(bootstrap, topic, events, partitions))
+        yield bootstrap, topic, Path(tmp)
