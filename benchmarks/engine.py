@@ -16,7 +16,6 @@ parallelism 1 against theirs through the broker, the way each runs one worker.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quix import Seen, counted, quix_events_per_second, versus
+from benchmarks.quix import Seen, counted, quix_arguments, quix_events_per_second, versus
 from benchmarks.services import prefill_topic, prefilled_broker
 from benchmarks.table import print_table
 from heliosdb_streaming.model.config import JobConfig
@@ -115,6 +114,29 @@ async def run_worker(config: JobConfig, events: int, job_dir: Path) -> tuple[flo
     return run.events_per_s, run.p99_ms, run.events
 
 
+def datagen_source(count: int, **settings: Any) -> dict[str, Any]:
+    """The datagen source of the pipelines: one partition, seed 1, 10,000 cards, ``count`` events."""
+    return {
+        "type": "datagen",
+        "config": {"partitions": 1, "seed": 1, "keys": 10_000, "count": count, **settings},
+    }
+
+
+def kafka_source(bootstrap: str, topic: str, **settings: Any) -> dict[str, Any]:
+    """The Kafka source of the pipelines: ``topic`` read from its earliest offset."""
+    config = {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest", **settings}
+    return {"type": "kafka", "config": config}
+
+
+async def best_of_two(config: JobConfig, events: int, tmp_path: Path) -> tuple[float, int]:
+    """(events/s, events) of the better of two runs: the first run of a process also warms it up."""
+    best = (0.0, 0)
+    for _ in range(2):
+        run = await measure_worker(config, events, tmp_path / uuid.uuid4().hex)
+        best = max(best, (run.events_per_s, run.events))
+    return best
+
+
 async def run_ours(
     n: int, bootstrap: str, topic: str, keyed_topic: str, tmp_path: Path
 ) -> list[tuple[str, str, float, float, float, int]]:
@@ -133,21 +155,15 @@ async def run_ours(
         )
         rows.append((label, backend, run.events_per_s, run.p50_ms, run.p99_ms, run.events))
 
-    generator: dict[str, Any] = {"partitions": 1, "seed": 1, "keys": 10_000}
-    datagen = {"type": "datagen", "config": {**generator, "count": n}}
+    datagen = datagen_source(n)
     await measure("(a) datagen -> filter -> discard", datagen, [FILTER], DISCARD, "memory", n)
     await measure("(b) datagen -> filter -> CEP -> discard", datagen, [FILTER, CEP], DISCARD, "memory", n)
     for rate in LATENCY_RATES:  # latency at a set rate: ~4 s of events each
         count = rate * 4
-        paced = {"type": "datagen", "config": {**generator, "count": count, "rate_per_sec": rate}}
+        paced = datagen_source(count, rate_per_sec=rate)
         label = f"(f) datagen {rate:,} ev/s -> filter -> map -> discard"
         await measure(label, paced, [FILTER, MAP], DISCARD, "memory", count)
-    kafka_config: dict[str, Any] = {
-        "bootstrap_servers": [bootstrap],
-        "topic": topic,
-        "start_from": "earliest",
-    }
-    kafka = {"type": "kafka", "config": kafka_config}
+    kafka = kafka_source(bootstrap, topic)
     dsn = os.environ.get("HELIOS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
     pg_sink = {
         "type": "database",
@@ -157,10 +173,7 @@ async def run_ours(
     await measure("(d) kafka -> tumbling sum/key -> discard", kafka, [WINDOW], DISCARD, "memory", n)
     await measure("(d) kafka -> tumbling sum/key -> discard", kafka, [WINDOW], DISCARD, "rocksdb", n)
     await measure("(e) kafka -> filter -> PostgreSQL", kafka, [FILTER], pg_sink, "memory", n)
-    keyed = {
-        "type": "kafka",
-        "config": {**kafka_config, "topic": keyed_topic, "partitioned_by": "card_id"},
-    }
+    keyed = kafka_source(bootstrap, keyed_topic, partitioned_by="card_id")
     label = f"(g) kafka x{REPARTITIONED_PARTITIONS} by card -> key_by merchant -> tumbling/merchant"
     await measure(label, keyed, [KEY_BY_MERCHANT, MERCHANT_WINDOW], DISCARD, "memory", n)
     return rows
@@ -195,10 +208,7 @@ def quix_pipelines(bootstrap: str, topic: str, keyed_topic: str, n: int, tmp_pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--quix", action="store_true", default=bool(os.environ.get("QUIX")))
-    args = parser.parse_args()
+    args = quix_arguments(__doc__, events=1_000_000)
     n = args.events
     quix: dict[str, float] = {}
     with prefilled_broker(n) as (bootstrap, topic, tmp_path):

@@ -11,20 +11,16 @@ in-memory batches: what a user function call costs inside the step, next to a ba
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine import DISCARD, job, run_worker
-from benchmarks.quix import Seen, counted, quix_events_per_second, versus
-from benchmarks.services import prefilled_broker
+from benchmarks.engine import DISCARD, best_of_two, datagen_source, job, kafka_source
+from benchmarks.quix import Seen, counted, quix_arguments, quix_events_per_second, versus
+from benchmarks.services import best_ns_per_event, datagen_batches, prefilled_broker
 from benchmarks.table import print_table
-from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 from heliosdb_streaming.runtime.transformations.basic import MapTransformation
 from heliosdb_streaming.runtime.transformations.python import PythonTransformation
 
@@ -54,11 +50,7 @@ def twice(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def run_pipelines(n: int, bootstrap: str, topic: str, tmp_path: Path) -> list[tuple[str, float, int]]:
-    datagen = {"type": "datagen", "config": {"partitions": 1, "seed": 1, "keys": 10_000, "count": n}}
-    kafka = {
-        "type": "kafka",
-        "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
-    }
+    datagen, kafka = datagen_source(n), kafka_source(bootstrap, topic)
     rows: list[tuple[str, float, int]] = []
     for label, source, steps in [
         ("(a) datagen -> expression map -> discard", datagen, [EXPR_MAP]),
@@ -69,30 +61,14 @@ async def run_pipelines(n: int, bootstrap: str, topic: str, tmp_path: Path) -> l
         ("(d) kafka -> expression map -> discard", kafka, [EXPR_MAP]),
         ("(d) kafka -> python map -> discard", kafka, [PY_MAP]),
     ]:
-        best = (0.0, 0)
-        for _ in range(2):  # the best of two: the first run of a process also warms it up
-            eps, _, count = await run_worker(
-                job(label, source, steps, DISCARD, "memory"), n, tmp_path / uuid.uuid4().hex
-            )
-            best = max(best, (eps, count))
-        eps, count = best
-        rows.append((label, eps, count))
+        config = job(label, source, steps, DISCARD, "memory")
+        rows.append((label, *await best_of_two(config, n, tmp_path)))
     return rows
 
 
 async def step_costs(n: int) -> list[tuple[str, float]]:
     """ns per event of the step alone over in-memory batches of datagen records, and of a bare loop."""
-    reader = DatagenSourceReader(
-        schema="transactions", rate_per_sec=0, count=n, partitions=1, seed=1, keys=10_000, source_index=0
-    )
-    splits = await reader.discover_splits()
-    await reader.open(splits, {})
-    records: list[dict[str, Any]] = []
-    while len(records) < n:
-        for batch in await reader.poll(10_000, 0.1):
-            records.extend(batch.records)
-    await reader.close()
-    batches = [records[i : i + MICRO_BATCH] for i in range(0, len(records), MICRO_BATCH)]
+    batches = await datagen_batches(n, MICRO_BATCH)
 
     errors: list[Any] = []
     py_map = PythonTransformation(f"{HERE}:double", "map")
@@ -107,14 +83,7 @@ async def step_costs(n: int) -> list[tuple[str, float]]:
         ("python map step (double)", lambda b: py_map.process(b, errors)),
         ("expression map step (amount2 = amount * 2)", lambda b: expr_map.process(b, errors)),
     ]
-    best = dict.fromkeys((label for label, _ in runs), float("inf"))
-    for _ in range(REPEATS):  # interleaved, the best of a few: the machine is shared, noise only adds
-        for label, run in runs:
-            started = time.perf_counter()
-            for b in batches:
-                run(b)
-            best[label] = min(best[label], time.perf_counter() - started)
-    return [(label, seconds / len(records) * 1e9) for label, seconds in best.items()]
+    return best_ns_per_event(runs, batches, REPEATS)
 
 
 def quix_map(sdf: Any, seen: Seen) -> Any:
@@ -123,10 +92,7 @@ def quix_map(sdf: Any, seen: Seen) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--quix", action="store_true", default=bool(os.environ.get("QUIX")))
-    args = parser.parse_args()
+    args = quix_arguments(__doc__, events=300_000)
     n = args.events
     quix: float | None = None
     with prefilled_broker(n) as (bootstrap, topic, tmp_path):

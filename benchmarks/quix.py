@@ -8,6 +8,8 @@ only thing that differs between them is the pipeline itself (``pipeline(sdf, see
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -65,3 +67,12 @@ def counted(seen: Seen) -> Callable[[Any], Any]:
 def versus(ours: float, theirs: float | None) -> str:
     """The our/their ratio cell of a table ("" when Quix did not run)."""
     return f"{ours / theirs:.2f}x" if theirs else ""
+
+
+def quix_arguments(doc: str | None, events: int) -> argparse.Namespace:
+    """The command line of a benchmark with a Quix comparison: ``--events N`` and ``--quix`` (or
+    ``QUIX=1`` in the environment, as ``make bench QUIX=1`` passes it)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--events", type=int, default=events)
+    parser.add_argument("--quix", action="store_true", default=bool(os.environ.get("QUIX")))
+    return parser.parse_args()
