@@ -4,7 +4,10 @@ Each pipeline runs the real worker code in this process (one worker, one partiti
 events are processed, and prints events/s and p50/p99 ingestion-to-sink latency; the (f) rows pace
 datagen at 5,000 and 50,000 ev/s to show the latency a moderate load sees (a batch goes downstream as
 soon as the source has nothing more ready). Kafka pipelines read a topic prefilled on a tansu broker
-started here. (g) is the repartitioned pipeline: a topic of 4 partitions keyed by card (declared
+started here; the (h) rows produce to a topic at 5,000 and 50,000 ev/s while the job reads it and
+measure latency from each record's produce time (so the time it waits at the broker counts; the
+producer shares this process, so the events/s column shows the rate it reached). (g) is the
+repartitioned pipeline: a topic of 4 partitions keyed by card (declared
 ``partitioned_by: card_id``), ``key_by merchant``, a 1-minute tumbling count and sum per merchant; at
 parallelism 1 the regrouped records are routed in process, no broker in between.
 
@@ -17,19 +20,27 @@ parallelism 1 against theirs through the broker, the way each runs one worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from benchmarks.quix import Seen, counted, quix_arguments, quix_events_per_second, versus
-from benchmarks.services import prefill_topic, prefilled_broker
+from benchmarks.services import datagen_batches, prefill_topic, prefilled_broker
 from benchmarks.table import print_table
 from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.runtime.connectors.kafka import KafkaSourceReader
+from heliosdb_streaming.runtime.contracts import SplitBatch
 from heliosdb_streaming.runtime.worker import Worker
+from heliosdb_streaming.testing.tansu import create_topic
 
 FILTER = {"type": "filter", "config": {"condition": "amount > 100"}}
 CEP = {
@@ -137,6 +148,47 @@ async def best_of_two(config: JobConfig, events: int, tmp_path: Path) -> tuple[f
     return best
 
 
+PRODUCED = "produced_ms"
+"""Where the (h) rows' Kafka source puts each record's Kafka timestamp (the producer's send time)."""
+
+
+@contextlib.contextmanager
+def latency_from_produce_time() -> Iterator[None]:
+    """Within it, a Kafka batch counts as ingested when its first record was produced, not when the
+    source read it: the (h) rows' latency is produce-to-sink, so it includes the time a record
+    waits at the broker before a fetch hands it on."""
+    poll = KafkaSourceReader.poll
+
+    async def produced(self: KafkaSourceReader, max_records: int, timeout_s: float) -> list[SplitBatch]:
+        batches = await poll(self, max_records, timeout_s)
+        return [dataclasses.replace(b, ingest_ms=b.records[0][PRODUCED]) if b.records else b for b in batches]
+
+    KafkaSourceReader.poll = produced  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        KafkaSourceReader.poll = poll  # type: ignore[method-assign]
+
+
+async def produce_at(bootstrap: str, topic: str, rate: int, records: list[dict[str, Any]]) -> None:
+    """Produces ``records`` to ``topic`` at ``rate`` a second, each as soon as it is due."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        started, sent = time.monotonic(), 0
+        while sent < len(records):
+            due = min(len(records), int((time.monotonic() - started) * rate) + 1)
+            for record in records[sent:due]:
+                await producer.send(topic, orjson.dumps(record), key=record["card_id"].encode())
+            sent = due
+            await asyncio.sleep(0.001)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def run_ours(
     n: int, bootstrap: str, topic: str, keyed_topic: str, tmp_path: Path
 ) -> list[tuple[str, str, float, float, float, int]]:
@@ -176,6 +228,17 @@ async def run_ours(
     keyed = kafka_source(bootstrap, keyed_topic, partitioned_by="card_id")
     label = f"(g) kafka x{REPARTITIONED_PARTITIONS} by card -> key_by merchant -> tumbling/merchant"
     await measure(label, keyed, [KEY_BY_MERCHANT, MERCHANT_WINDOW], DISCARD, "memory", n)
+    for rate in LATENCY_RATES:  # a topic produced to at a set rate while the job reads it: ~4 s each
+        count = rate * 4
+        live = f"{topic}-live{rate}"
+        await create_topic(bootstrap, live, 1)
+        records = [r for batch in await datagen_batches(count, 10_000) for r in batch]
+        label = f"(h) kafka live {rate:,} ev/s -> filter -> map -> discard"
+        source = kafka_source(bootstrap, live, event_time_field=PRODUCED)
+        with latency_from_produce_time():
+            producer = asyncio.create_task(produce_at(bootstrap, live, rate, records))
+            await measure(label, source, [FILTER, MAP], DISCARD, "memory", count)
+            await producer
     return rows
 
 
