@@ -79,11 +79,19 @@ class StageTask:
     watermark: int = MIN_WATERMARK
     events_in: int = 0
     events_out: int = 0
+    # across worker processes: how far the task read its internal-topic partitions, set when its
+    # barriers are aligned (``KafkaExchange.snapshot``), so a restore resumes reading there
+    input_position: dict[str, Any] | None = None
+    ended: bool = False  # end of input: every origin finished and the task flushed
 
     @property
     def position(self) -> dict[str, Any]:
-        """What a checkpoint keeps besides the stores: origin watermarks and the groups with state."""
-        return {"watermarks": self.marks.snapshot(), "groups": sorted(self.chains)}
+        """What a checkpoint keeps besides the stores: origin watermarks and the groups with state
+        (and, across processes, the read offsets of its input)."""
+        position: dict[str, Any] = {"watermarks": self.marks.snapshot(), "groups": sorted(self.chains)}
+        if self.input_position is not None:
+            position["exchange"] = self.input_position
+        return position
 
     def restore(self, position: dict[str, Any], now: float) -> None:
         self.marks.restore(position.get("watermarks", {}), now)
@@ -293,6 +301,24 @@ class StageRunner:
                 self._report(errors, task)
                 self.push(stage, task.task_id, out, finished=True)
             self.pump()
+
+    def finish_step(self, finished: Callable[[int, range], bool]) -> bool:
+        """End of input across worker processes, one step at a time (the worker keeps handling
+        barriers in between): each task whose origins have all finished (``finished(stage, groups)``:
+        every origin sent its end-of-input mark and it was received) flushes what it holds and
+        finishes its own output in turn. True once every task of this worker has ended."""
+        self.pump()
+        for stage in range(1, self.last + 1):
+            for task in self.tasks[stage]:
+                if task.ended or not finished(stage, task.groups):
+                    continue
+                errors: list[tuple[Record, Exception]] = []
+                out = task.on_end(errors)
+                self._report(errors, task)
+                self.push(stage, task.task_id, out, finished=True)
+                task.ended = True
+                self.pump()
+        return all(task.ended for task in self.by_id.values())
 
     def late_dropped(self) -> int:
         return sum(task.late_dropped() for task in self.by_id.values())
