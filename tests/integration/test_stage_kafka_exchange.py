@@ -38,8 +38,9 @@ from heliosdb_streaming.testing.waits import wait_until
 pytestmark = [pytest.mark.timeout(300), pytest.mark.postgres, pytest.mark.kafka]
 
 
+@pytest.mark.parametrize("kills", [0, 3])
 async def test_files_at_parallelism_3_through_kafka_equal_the_oracle_and_purge_drops_the_topic(
-    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str
+    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, kills: int
 ) -> None:
     events = write_files(tmp_path / "in", seed=3, per_file=15_000)
     table = f"{pg_schema}.hourly"
@@ -55,9 +56,10 @@ async def test_files_at_parallelism_3_through_kafka_equal_the_oracle_and_purge_d
     async with JobManager(4, home=tmp_path / "home") as jm:
         job_id = await jm.submit_job(body)
         started = time.monotonic()
-        await drive_with_kills(jm, job_id, kills=0, seed=job_id, timeout_s=120)
+        killed = await drive_with_kills(jm, job_id, kills=kills, seed=job_id, timeout_s=120)
         elapsed = time.monotonic() - started
-        print(f"\n{len(events)} events at parallelism 3 through Kafka: {len(events) / elapsed:,.0f} ev/s")
+        print(f"\n{len(events)} events at parallelism 3 through Kafka, {killed} kills: {elapsed:.1f}s")
+        assert killed == kills and (await jm.get_job_details(job_id)).restarts >= kills
         assert await topics.job_topics([kafka_bootstrap], job_id) == [f"helios-{job_id}-1"]
         assert await hourly_rows(pg_dsn, table) == hourly_oracle(events)
         await jm.purge_job(job_id)

@@ -20,6 +20,7 @@ after the last stage), ``pump`` lets each stage's tasks take what arrived, in st
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,48 @@ StoreOpener = Callable[[str, dict[str, StateStore], str], StateStore]
 
 def stage_task_id(stage: int, groups: range) -> str:
     return f"s{stage}-kg{groups.start}-{groups.stop - 1}"
+
+
+_TASK_ID = re.compile(r"s(\d+)-kg(\d+)-(\d+)")
+
+
+def parse_stage_task_id(task_id: str) -> tuple[int, range] | None:
+    """The stage and key groups of a key-group task id (None for a split task's id)."""
+    match = _TASK_ID.fullmatch(task_id)
+    if match is None:
+        return None
+    stage, first, last = (int(g) for g in match.groups())
+    return stage, range(first, last + 1)
+
+
+def merge_positions(parts: list[tuple[dict[str, Any], range]], groups: range) -> dict[str, Any]:
+    """The position of a key-group task restored from the snapshots of other tasks (a rescale):
+    ``parts`` are their positions with the groups each gives this task. Event time is the least of
+    theirs (per origin too), so nothing fires early; the read offsets are each partition's own (a
+    partition is a key group, owned by exactly one task of the snapshot)."""
+    marks: dict[str, int] = {}
+    watermark: int | None = None
+    chains: set[int] = set()
+    offsets: dict[str, int] = {}
+    attempts: list[int] = []
+    for position, given in parts:
+        saved = position.get("watermarks", {})
+        for origin, mark in dict(saved.get("marks", {})).items():
+            marks[origin] = min(int(mark), marks.get(origin, int(mark)))
+        mark = int(saved.get("watermark", MIN_WATERMARK))
+        watermark = mark if watermark is None else min(watermark, mark)
+        chains |= {int(g) for g in position.get("groups", []) if int(g) in given}
+        exchange = position.get("exchange")
+        if exchange:
+            attempts.append(int(exchange["attempt"]))
+            offsets.update({p: int(o) for p, o in exchange.get("offsets", {}).items() if int(p) in given})
+    merged: dict[str, Any] = {
+        "watermarks": {"marks": marks, "watermark": MIN_WATERMARK if watermark is None else watermark},
+        "groups": sorted(g for g in chains if g in groups),
+    }
+    if attempts:
+        merged["exchange"] = {"attempt": max(attempts), "offsets": offsets}
+    return merged
 
 
 def stage_groups(stage: Stage, index: int, parallelism: int, max_parallelism: int) -> range:

@@ -59,7 +59,14 @@ from heliosdb_streaming.runtime.rotation import (
     RotatingFile,
     RotatingTextStream,
 )
-from heliosdb_streaming.runtime.stages import StageRunner, stage_task_id
+from heliosdb_streaming.runtime.stages import (
+    StageRunner,
+    StageTask,
+    merge_positions,
+    parse_stage_task_id,
+    stage_task_id,
+)
+from heliosdb_streaming.runtime.state.keygrouped import group_prefix
 from heliosdb_streaming.runtime.task import Counters, Task, TaskStores
 
 logger = logging.getLogger("heliosdb_streaming.worker")
@@ -315,6 +322,8 @@ class Worker:
                 task.stores.update(task_state.stores)
                 self.stores.adopt(task_state.stores.values())
                 task.restore(task_state.position or {}, now)
+            else:
+                await self._restore_rescaled(task, restored, now)
         if self.remote is not None:
             await self._open_remote(plan, every_split, list(self.tasks), restored)
         runner.advance()  # restored chains take the restored watermark before any record
@@ -328,6 +337,46 @@ class Worker:
             len(plan.stages),
             "; ".join(plan.describe([t.type for t in self.config.transformations])),
             extra={"task_id": None},
+        )
+
+    async def _restore_rescaled(self, task: StageTask, restored: dict[str, RestoredTask], now: float) -> None:
+        """Restores a key-group task from the snapshot's tasks of the same stage whose key groups
+        overlap its own (the snapshot was taken at another parallelism): each key group's entries
+        (keys prefixed by group, ``state/keygrouped.py``) move whole into this task's stores. Their
+        staged output is committed under their own ids (a sink's marker makes that happen once)."""
+        sources = []
+        for old_id in self.checkpoints.snapshot_task_ids():
+            parsed = parse_stage_task_id(old_id)
+            if parsed is not None and parsed[0] == task.stage.index:
+                given = range(max(parsed[1].start, task.groups.start), min(parsed[1].stop, task.groups.stop))
+                if len(given):
+                    sources.append((old_id, given))
+        if not sources:
+            return
+        parts: list[tuple[dict[str, Any], range]] = []
+        for old_id, given in sources:
+            scratch = self.stores.state_dir(f"{task.task_id}.from.{old_id}")
+            old = await self.checkpoints.restore_task(old_id, scratch)
+            if old is None:
+                continue
+            restored.setdefault(old_id, RestoredTask(old.position, {}, old.pending_output))
+            for name, store in old.stores.items():
+                target = self.stores.open_store(task.task_id, task.stores, name)
+                for group in given:
+                    for key, value in store.items(group_prefix(group)):
+                        target.put(key, value)
+                close = getattr(store, "close", None)
+                if close is not None:
+                    close()
+            parts.append((old.position or {}, given))
+        position = merge_positions(parts, task.groups)
+        restored[task.task_id] = RestoredTask(position, {}, [])
+        task.restore(position, now)
+        logger.info(
+            "task %s restored from %s (snapshot taken at another parallelism)",
+            task.task_id,
+            ", ".join(old_id for old_id, _given in sources),
+            extra={"task_id": task.task_id},
         )
 
     def _remote_stages(self) -> tuple[StageRunner, KafkaExchange] | None:

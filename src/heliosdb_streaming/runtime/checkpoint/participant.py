@@ -107,6 +107,10 @@ class CheckpointParticipant:
             return await restore_task(self.restore_storage, snapshot_path, state_dir)
         return None
 
+    def snapshot_task_ids(self) -> list[str]:
+        """The ids of the tasks in the restored snapshot (none without one)."""
+        return sorted((self.manifest or {}).get("tasks", {}))
+
     async def commit_restored(self, restored: dict[str, RestoredTask]) -> None:
         """Commits the output staged before the restored checkpoint completed (the sinks are open).
 
