@@ -31,7 +31,7 @@ from stage_chaos import (
     write_files,
 )
 
-from heliosdb_streaming.job import JobManager, JobStatus
+from heliosdb_streaming.job import JobConfigOverrides, JobManager, JobStatus, RestartOptions
 from heliosdb_streaming.runtime.exchange import topics
 from heliosdb_streaming.testing.waits import wait_until
 
@@ -125,3 +125,42 @@ async def test_kafka_by_card_at_parallelism_2_rocksdb_is_exact_through_worker_ki
             return await jm.get_job_status(job_id) == JobStatus.CANCELLED
 
         await wait_until(cancelled, what="the job cancelled", within=30)
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+async def test_savepoint_restarted_at_another_parallelism_equals_the_oracle(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, before: int, after: int
+) -> None:
+    """A savepoint taken mid-run (key-group state in process at 1, across processes at 2), restarted
+    at the other parallelism: key groups move whole to their new tasks, and the table is the same."""
+    events = write_files(tmp_path / "in", seed=before, per_file=25_000)
+    table = f"{pg_schema}.hourly"
+    source = {"type": "file", "config": {"path": str(tmp_path / "in")}}
+    body = merchant_job(
+        f"merchants-{before}-to-{after}",
+        source,
+        pg_dsn,
+        table,
+        parallelism=before,
+        state_backend="rocksdb",
+        repartition={"bootstrap_servers": [kafka_bootstrap]},
+    )
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job(body)
+
+        async def running() -> bool:
+            return (await jm.get_job_metrics(job_id)).events_processed > 10_000
+
+        await wait_until(running, what="records processed", within=60, interval=0.05)
+        savepoint = await jm.cancel_job_with_savepoint(job_id)
+        at_savepoint = await hourly_rows(pg_dsn, table)
+        await jm.restart_job(
+            job_id,
+            RestartOptions(savepoint_id=savepoint, config_overrides=JobConfigOverrides(parallelism=after)),
+        )
+        await drive_with_kills(jm, job_id, kills=0, seed=job_id, timeout_s=120)
+        logs = [e.message for e in await jm.get_job_logs(job_id)]
+    assert any("snapshot taken at another parallelism" in m for m in logs)
+    want = hourly_oracle(events)
+    assert len(at_savepoint) < len(want)  # the savepoint was taken mid-run
+    assert await hourly_rows(pg_dsn, table) == want
