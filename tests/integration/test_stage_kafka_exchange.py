@@ -164,3 +164,32 @@ async def test_savepoint_restarted_at_another_parallelism_equals_the_oracle(
     want = hourly_oracle(events)
     assert len(at_savepoint) < len(want)  # the savepoint was taken mid-run
     assert await hourly_rows(pg_dsn, table) == want
+
+
+async def test_a_global_window_over_four_files_at_parallelism_2_is_one_task_through_kafka(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str
+) -> None:
+    """An unkeyed window over several splits is a global step: its stage has one task (on worker 0),
+    fed by the splits of both workers through partition 0 of the internal topic. One row per hour."""
+    events = write_files(tmp_path / "in", seed=5, per_file=5_000)
+    table = f"{pg_schema}.hourly_all"
+    source = {"type": "file", "config": {"path": str(tmp_path / "in")}}
+    body = merchant_job(
+        "global-hourly",
+        source,
+        pg_dsn,
+        table,
+        parallelism=2,
+        repartition={"bootstrap_servers": [kafka_bootstrap]},
+    )
+    body["transformations"] = [body["transformations"][1]]  # the window alone: no key
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job(body)
+        await drive_with_kills(jm, job_id, kills=1, seed=job_id, timeout_s=120)
+        plan = (await jm.get_job_details(job_id)).plan
+    assert plan is not None and plan.stages[1].input == "global"
+    hours = sorted(
+        (start, sum(n for _m, s, n, _t in hourly_oracle(events) if s == start))
+        for start in {s for _m, s, _n, _t in hourly_oracle(events)}
+    )
+    assert [(s, n) for _k, s, n, _t in await hourly_rows(pg_dsn, table)] == hours
