@@ -228,6 +228,12 @@ class DataPath:
         if self.remote is not None:
             await self.remote.wait_for_room()
 
+    def publish_exchange(self) -> None:
+        """Sends what waits to cross to other workers and the origins' watermarks, without waiting
+        for the broker's acknowledgement (checkpoints wait for it)."""
+        if self.remote is not None:
+            self.remote.publish()
+
     async def flush_exchange(self) -> None:
         """Makes what crossed to other workers durable and broadcasts the origins' watermarks."""
         if self.remote is not None:

@@ -133,6 +133,7 @@ class Worker:
             send=self.link.send,
             remote=self._remote_stages,
             pump=self.data.pump_and_write,
+            stopping=self.data.stopping.is_set,
         )
         self.stores = TaskStores(config, job_dir, attempt)
 
@@ -481,7 +482,7 @@ class Worker:
                 if now - last_timer >= TIMER_INTERVAL_S and not drained:
                     last_timer = now
                     data.on_time()
-                    await data.flush_exchange()  # watermarks of quiet origins move on
+                    data.publish_exchange()  # watermarks of quiet origins move on
                 await data.flush_due(now)
         finally:
             for p in pollers:

@@ -67,6 +67,7 @@ class CheckpointParticipant:
         send: Callable[[dict[str, Any]], Awaitable[None]],
         remote: Callable[[], tuple[StageRunner, KafkaExchange] | None] | None = None,
         pump: Callable[[], Awaitable[None]] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.job_id = job_id
         self.storage = storage
@@ -83,6 +84,7 @@ class CheckpointParticipant:
         # later stages take what arrived and write their output (to sinks or staging)
         self._remote = remote
         self._pump = pump
+        self._stopping = stopping
         self._barriers: deque[Barrier] = deque()
         self._completed: deque[tuple[int, bool, bool]] = deque()
         self.final_committed = False
@@ -294,6 +296,10 @@ class CheckpointParticipant:
             if aligned is not None:
                 raise RuntimeError(
                     f"task {task.task_id} aligned at checkpoint {aligned}, not {checkpoint_id}"
+                )
+            if self._stopping is not None and self._stopping():
+                raise RuntimeError(
+                    f"task {task.task_id}: the worker stops; checkpoint {checkpoint_id} abandoned"
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(
