@@ -15,6 +15,10 @@ duplicated. The internal topic goes with the job's purge.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,3 +197,61 @@ async def test_a_global_window_over_four_files_at_parallelism_2_is_one_task_thro
         for start in {s for _m, s, _n, _t in hourly_oracle(events)}
     )
     assert [(s, n) for _k, s, n, _t in await hourly_rows(pg_dsn, table)] == hours
+
+
+async def test_kafka_by_card_through_a_control_plane_sigkill_is_exact(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, kafka_topic
+) -> None:
+    """The control plane dies with the job running (its workers end with it); a new one on the same
+    home runs the job again from its last checkpoint in a larger attempt (saved before the workers
+    of each run start), so what the dead run wrote to the internal topic is never counted."""
+    topic = await kafka_topic(partitions=4)
+    splits = transactions(4, 15_000, seed=13)
+    events = [e for split in splits for e in split]
+    end = max(e["timestamp"] for e in events) + 2 * HOUR
+    for p, split in enumerate(splits):
+        split.append({"tx": f"end-{p}", "card_id": p, "merchant": "zz", "amount": 0, "timestamp": end})
+    await produce_by_card(kafka_bootstrap, topic, splits)
+    table = f"{pg_schema}.hourly"
+    source = {
+        "type": "kafka",
+        "config": {"bootstrap_servers": [kafka_bootstrap], "topic": topic, "start_from": "earliest"},
+    }
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(orjson.dumps(merchant_job("merchants-cp", source, pg_dsn, table, parallelism=2)))
+    home = tmp_path / "home"
+    control = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "control_plane_process.py"), str(home), str(job_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert control.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(control.stdout.readline), 60)
+        (job_id,) = orjson.loads(line)
+
+        async def checkpointed() -> bool:  # the job's first checkpoint is on disk
+            return any(job_id in str(p) for p in home.rglob("_manifest.json"))
+
+        await wait_until(checkpointed, what="a checkpoint", within=60, interval=0.05)
+        partial = await hourly_rows(pg_dsn, table)
+        control.send_signal(signal.SIGKILL)
+        control.wait(10)
+    finally:
+        if control.poll() is None:
+            control.kill()
+            control.wait()
+    expected = hourly_oracle(events)
+    assert len(partial) < len(expected)  # killed mid-run
+
+    async def complete() -> bool:
+        return await hourly_rows(pg_dsn, table) == expected
+
+    async with JobManager(4, home=home) as jm:
+        await drive_with_kills(jm, job_id, kills=1, seed=job_id, until=complete, timeout_s=120)
+        logs = [e.message for e in await jm.get_job_logs(job_id)]
+        await jm.cancel_job(job_id)
+    assert any("control plane restarted" in m for m in logs)
+    runs = [int(m.split()[1].rstrip(":")) for m in logs if m.startswith("Run ") and ": started" in m]
+    assert len(runs) >= 2 and runs == sorted(set(runs)), runs  # every run a larger attempt
+    assert await hourly_rows(pg_dsn, table) == expected
