@@ -14,7 +14,11 @@ on their own:
 - ``datapath``: sources -> bounded queue -> chains -> sinks, with the flush and commit timing;
 - ``checkpoint/participant``: barriers, task snapshots, acks, exactly-once staging and commits;
 - ``control_link``: the control channel's commands, heartbeats (from a thread of their own) and the
-  outcome.
+  outcome;
+- ``stages`` and ``exchange/``: a plan with stage boundaries runs its later stages in key-group tasks,
+  fed in process at parallelism 1 and, at a higher parallelism, through the job's internal Kafka
+  topics (``exchange/kafka_exchange.py``, whose docstring gives the checkpoint order the
+  participant follows); this worker runs its share of every stage (``exchange/worker_plan.py``).
 """
 
 from __future__ import annotations
@@ -96,8 +100,9 @@ class Worker:
         exchange: Exchange | None = None,
     ) -> None:
         self.config = config
-        # how records cross stage boundaries: given (across worker processes), or in process when one
-        # worker runs every task (parallelism 1); without either, a plan's boundaries are not applied
+        # how records cross stage boundaries: given (a test or benchmark), in process when one worker
+        # runs every task (parallelism 1), else opened at start through the job's internal Kafka
+        # topics (``remote``); a plan with one split only needs none (one task sees every event)
         self.exchange = exchange
         # the exchange across worker processes this worker opened (internal Kafka topics), if any
         self.remote: KafkaExchange | None = None
