@@ -10,18 +10,23 @@ is in every split, so every window needs events read by several workers:
   what they wrote after the checkpoint must never be counted).
 
 The table must equal the brute-force oracle: one row per merchant and hour, none lost, none
-duplicated. The internal topic goes with the job's purge.
+duplicated. The internal topic goes with the job's purge. Beside them: the same through a SIGKILL of
+the control plane; a savepoint restarted at another parallelism (1 -> 2, 2 -> 1); a global window and
+a global CEP over four files at parallelism 2 (one task sees every event, in event-time order).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -258,3 +263,62 @@ async def test_kafka_by_card_through_a_control_plane_sigkill_is_exact(
     runs = [int(m.split()[1].rstrip(":")) for m in logs if m.startswith("Run ") and ": started" in m]
     assert len(runs) >= 2 and runs == sorted(set(runs)), runs  # every run a larger attempt
     assert await hourly_rows(pg_dsn, table) == expected
+
+
+def cep_oracle(events: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """``A B+ C`` (disjoint conditions on amount) over every event in event-time order is the regex
+    ab+c over their letters (leftmost, greedy, skip past last row)."""
+    seq = sorted(events, key=lambda e: int(e["timestamp"]))
+    letters = "".join("a" if e["amount"] < 100 else "b" if e["amount"] < 800 else "c" for e in seq)
+    out = []
+    for m in re.finditer("ab+c", letters):
+        first, last = int(seq[m.start()]["timestamp"]), int(seq[m.end() - 1]["timestamp"])
+        assert last - first <= HOUR  # the window never cuts a match of this input
+        out.append((first, last, m.end() - m.start()))
+    return out
+
+
+async def test_a_global_cep_over_four_files_at_parallelism_2_equals_the_time_ordered_reference(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str
+) -> None:
+    """An unkeyed CEP over several splits sees every event in event-time order in its one task: the
+    records of both workers' files cross through the internal topic, are buffered until the minimum
+    over the four origins' watermarks passes them, then matched in time order."""
+    events = write_files(tmp_path / "in", seed=17, per_file=5_000)
+    want = cep_oracle(events)
+    assert len(want) > 100
+    table = f"{pg_schema}.matches"
+    body = {
+        "name": "global-cep",
+        "config": {
+            "parallelism": 2,
+            "checkpoint_interval_ms": 200,
+            "restart_strategy": {"type": "fixed_delay", "attempts": 100, "delay_ms": 100},
+            "repartition": {"bootstrap_servers": [kafka_bootstrap]},
+        },
+        "sources": [{"type": "file", "config": {"path": str(tmp_path / "in")}}],
+        "transformations": [
+            {
+                "type": "cep",
+                "config": {
+                    "pattern": "A B+ C",
+                    "define": {
+                        "A": "amount < 100",
+                        "B": "amount >= 100 and amount < 800",
+                        "C": "amount >= 800",
+                    },
+                    "window": "1h",
+                },
+            }
+        ],
+        "sinks": [{"type": "database", "config": {"connection_string": pg_dsn, "table": table}}],
+    }
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job(body)
+        await drive_with_kills(jm, job_id, kills=1, seed=job_id, timeout_s=120)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(f"SELECT start_time, end_time, event_count FROM {table}")
+    finally:
+        await conn.close()
+    assert sorted((r["start_time"], r["end_time"], r["event_count"]) for r in rows) == want
