@@ -12,7 +12,8 @@ is in every split, so every window needs events read by several workers:
 The table must equal the brute-force oracle: one row per merchant and hour, none lost, none
 duplicated. The internal topic goes with the job's purge. Beside them: the same through a SIGKILL of
 the control plane; a savepoint restarted at another parallelism (1 -> 2, 2 -> 1); a global window and
-a global CEP over four files at parallelism 2 (one task sees every event, in event-time order).
+a global CEP over four files at parallelism 2 (one task sees every event, in event-time order); two
+boundaries (three stages) across processes.
 """
 
 from __future__ import annotations
@@ -322,3 +323,42 @@ async def test_a_global_cep_over_four_files_at_parallelism_2_equals_the_time_ord
     finally:
         await conn.close()
     assert sorted((r["start_time"], r["end_time"], r["event_count"]) for r in rows) == want
+
+
+async def test_two_boundaries_at_parallelism_2_hourly_then_daily_per_merchant(
+    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str
+) -> None:
+    """Two boundaries, three stages across processes: files -> (key_by merchant) hourly count per
+    merchant -> (by the hourly rows' ``key``) daily sum of those counts per merchant. Barriers go on
+    from stage 1's tasks to stage 2, and stage 2 ends only after every stage-1 task of both workers
+    ended: each merchant's day is its number of events."""
+    events = write_files(tmp_path / "in", seed=23, per_file=5_000)
+    table = f"{pg_schema}.daily"
+    body = merchant_job(
+        "daily",
+        {"type": "file", "config": {"path": str(tmp_path / "in")}},
+        pg_dsn,
+        table,
+        parallelism=2,
+        repartition={"bootstrap_servers": [kafka_bootstrap]},
+    )
+    daily = {"size": "1d", "key": "key", "time_field": "window_start", "aggregates": {"events": "sum(n)"}}
+    body["transformations"].append({"type": "window", "config": daily})
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job(body)
+        await drive_with_kills(jm, job_id, kills=1, seed=job_id, timeout_s=120)
+        plan = (await jm.get_job_details(job_id)).plan
+    assert plan is not None and [s.input for s in plan.stages] == ["splits", "key_groups", "key_groups"]
+    day = 24 * HOUR
+    want: dict[tuple[str, int], int] = {}
+    for e in events:
+        cell = (e["merchant"], e["timestamp"] - e["timestamp"] % day)
+        want[cell] = want.get(cell, 0) + 1
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch(f"SELECT key, window_start, events FROM {table}")
+    finally:
+        await conn.close()
+    assert sorted((r["key"], r["window_start"], int(r["events"])) for r in rows) == sorted(
+        (m, d, n) for (m, d), n in want.items()
+    )
