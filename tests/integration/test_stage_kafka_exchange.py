@@ -47,6 +47,8 @@ from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.postgres, pytest.mark.kafka]
 
+USERPKG = Path(__file__).resolve().parents[1] / "userpkg"
+
 
 @pytest.mark.parametrize("kills", [0, 3])
 async def test_files_at_parallelism_3_through_kafka_equal_the_oracle_and_purge_drops_the_topic(
@@ -138,14 +140,28 @@ async def test_kafka_by_card_at_parallelism_2_rocksdb_is_exact_through_worker_ki
         await wait_until(cancelled, what="the job cancelled", within=30)
 
 
+@pytest.fixture
+def userpkg_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test package of user functions: for the control plane's submit check and its workers."""
+    monkeypatch.syspath_prepend(str(USERPKG))
+    monkeypatch.setenv("PYTHONPATH", str(USERPKG))
+
+
 @pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
 async def test_savepoint_restarted_at_another_parallelism_equals_the_oracle(
-    tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, before: int, after: int
+    tmp_path: Path,
+    pg_dsn: str,
+    pg_schema: str,
+    kafka_bootstrap: str,
+    userpkg_on_path: None,
+    before: int,
+    after: int,
 ) -> None:
-    """A savepoint taken mid-run (key-group state in process at 1, across processes at 2; the job
-    paused so that it is mid-input), restarted at the other parallelism: key groups move whole to
-    their new tasks, and the table is the same."""
-    events = write_files(tmp_path / "in", seed=before, per_file=25_000)
+    """A savepoint taken mid-run (key-group state in process at 1, across processes at 2; a python
+    map of 0.3 ms a record before the repartition keeps the job running long enough to take it),
+    restarted at the other parallelism: key groups move whole to their new tasks, and the table is
+    the same."""
+    events = write_files(tmp_path / "in", seed=before, per_file=5_000)
     table = f"{pg_schema}.hourly"
     source = {"type": "file", "config": {"path": str(tmp_path / "in")}}
     body = merchant_job(
@@ -157,14 +173,16 @@ async def test_savepoint_restarted_at_another_parallelism_equals_the_oracle(
         state_backend="rocksdb",
         repartition={"bootstrap_servers": [kafka_bootstrap]},
     )
+    slow = {"type": "python", "config": {"function": "helios_userpkg.records:slow_fee"}}
+    body["transformations"].insert(0, slow)
     async with JobManager(4, home=tmp_path / "home") as jm:
         job_id = await jm.submit_job(body)
 
         async def running() -> bool:
-            return (await jm.get_job_metrics(job_id)).events_processed > 5_000
+            return (await jm.get_job_metrics(job_id)).events_processed > 2_000
 
         await wait_until(running, what="records processed", within=60, interval=0.05)
-        await jm.pause_job(job_id)  # sources stop: the savepoint is taken mid-input, whatever the speed
+        await jm.pause_job(job_id)  # the sources stop reading: the savepoint is surely mid-input
         savepoint = await jm.cancel_job_with_savepoint(job_id)
         at_savepoint = await hourly_rows(pg_dsn, table)
         await jm.restart_job(

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -374,6 +375,7 @@ class Worker:
                 close = getattr(store, "close", None)
                 if close is not None:
                     close()
+            await asyncio.to_thread(shutil.rmtree, scratch, True)  # copied: the restored files go
             parts.append((old.position or {}, given))
         position = merge_positions(parts, task.groups)
         restored[task.task_id] = RestoredTask(position, {}, [])
