@@ -2,10 +2,9 @@
 python map -> python filter -> key_by card_id -> a keyed process class with map state and event-time
 timers (``LongSessions``) -> PostgreSQL (exactly once), parallelism 2, memory and rocksdb, workers
 SIGKILLed mid-run; and a savepoint restarted at parallelism 1. A python map may rewrite any field, so
-the plan regroups by card after it: the file job names the test broker for internal topics so that it
-is accepted at parallelism 2 (until the Kafka exchange is wired in, each card stays in the split it is
-read from, which these files and the keyed Kafka messages honour, and each split's process step has
-its own watermark; at parallelism 1 the regrouping runs in process). The table must equal the
+the plan regroups by card after it: at parallelism 2 the records cross worker processes through the
+job's internal topic on the test broker (at parallelism 1 the regrouping runs in process; the
+savepoint moves key groups from two tasks to one). The table must equal the
 reference computed here in plain Python from the input: no row lost, none duplicated, none changed."""
 
 from __future__ import annotations

@@ -89,6 +89,10 @@ class RunSupervisor:
 
     async def _start_workers(self, entry: JobEntry, run: Run) -> None:
         record = entry.record
+        # the run's attempt number is durable before any worker uses it: workers fence off what
+        # earlier runs wrote to the job's internal topics by it, so it must grow across restarts of
+        # the control plane too
+        self.table.store.save(record)
         self.snapshots.create_coordinator(entry, run)  # before any worker connects: one may drain at once
         self.channel.admit(run)
         files = self.table.files
