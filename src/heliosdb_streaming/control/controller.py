@@ -14,7 +14,9 @@ cancel, pause, resume, restart, savepoints). The parts, one responsibility each:
 * ``supervisor.RunSupervisor``: a run from launch to its end, and the restart strategy;
 * ``channel.WorkerChannelServer``: the workers' connections and their messages;
 * ``snapshots.SnapshotService``: checkpoint bookkeeping and savepoints;
-* ``retention.JobRetention``: purging terminal jobs, and their expiry after the job retention.
+* ``retention.JobRetention``: purging terminal jobs, and their expiry after the job retention;
+* ``autoscaling.JobAutoscaler``: the parallelism of autoscaled jobs (``config.autoscaler``), rescaled
+  through ``rescale``: a savepoint, then a restart at the new parallelism from it.
 
 A run is one attempt of a job: ``parallelism`` workers started together, each connecting back over
 the control channel with a per-run token. A run ends when every worker has exited; how it ended
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from heliosdb_streaming.control.autoscaling import JobAutoscaler
 from heliosdb_streaming.control.channel import WorkerChannelServer, broadcast
 from heliosdb_streaming.control.entry import JobEntry, Run, describe_start, utcnow
 from heliosdb_streaming.control.files import JobFiles
@@ -114,8 +117,10 @@ class ControlPlane:
             tasks=self.tasks,
         )
         self.retention = JobRetention(self.table, self.snapshots)
+        self.autoscaler = JobAutoscaler(self.table, self.scheduler, self.rescale, self.tasks)
         self._persister: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._autoscaling: asyncio.Task[None] | None = None
         self._closed = False
 
     def _launch(self, entry: JobEntry, run: Run) -> None:
@@ -189,6 +194,7 @@ class ControlPlane:
         self._persister = asyncio.create_task(self.table.persist_metrics_forever())
         if job_retention is not None:
             self._expiry = asyncio.create_task(self.retention.expire_forever(job_retention))
+        self._autoscaling = asyncio.create_task(self.autoscaler.run_forever())
         self.scheduler.schedule()
 
     async def close(self) -> None:
@@ -200,7 +206,7 @@ class ControlPlane:
         await asyncio.gather(
             *(self.supervisor.stop_run(run, "shutdown") for run in runs), return_exceptions=True
         )
-        for timer in (self._persister, self._expiry):
+        for timer in (self._persister, self._expiry, self._autoscaling):
             if timer is not None:
                 timer.cancel()
         await self.tasks.cancel_all()
@@ -318,6 +324,19 @@ class ControlPlane:
     async def purge(self, job_id: str) -> None:
         """Removes a terminal job with its logs, checkpoints and files (``JobRetention.purge``)."""
         await self.retention.purge(job_id)
+
+    async def rescale(self, job_id: str, parallelism: int, reason: str) -> None:
+        """The autoscaler's rescale: a savepoint, then a restart at ``parallelism`` from it, so state
+        and source positions carry over and exactly-once sinks write nothing twice. The savepoint is
+        one retention may delete (as periodic ones, ``savepoints_retained``) once no run restores it."""
+        entry = self.table.get(job_id)
+        before = entry.config.parallelism
+        snapshot = await self.snapshots.savepoint(
+            job_id, f"autoscaler: parallelism {before} -> {parallelism}", retained=True
+        )
+        entry.log.write("info", f"Autoscaler: restarting at parallelism {parallelism} ({reason})")
+        await self.restart(job_id, snapshot.savepoint_id, JobConfigOverrides(parallelism=parallelism))
+        await self.snapshots.retain_periodic(entry)
 
     async def cancel_with_savepoint(self, job_id: str) -> SnapshotRecord:
         """Stop-with-savepoint: the savepoint is the last thing the job does, so nothing runs past it."""

@@ -49,6 +49,9 @@ class Counters:
     late_dropped: int = 0
     backpressure_events: int = 0
     backpressure_ms: float = 0.0
+    # time the processing loop spent on records (chains, timers, sinks), not waiting for input: the
+    # autoscaler's busy time (busy_ms over wall time), as Flink's busyTimeMsPerSecond
+    busy_ms: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
