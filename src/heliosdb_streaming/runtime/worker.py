@@ -330,7 +330,7 @@ class Worker:
         drained = False
         try:
             while True:
-                turn_from = time.monotonic()
+                data.counters.begin_busy()  # busy: a turn, but for its wait for input
                 if data.stopping.is_set():
                     return "stopped"
                 await self.checkpoints.handle_messages()
@@ -347,13 +347,13 @@ class Worker:
                     if p.done() and p.exception() is not None:
                         raise p.exception()  # type: ignore[misc]
                 batch: SplitBatch | None = None
-                waited_from = time.monotonic()  # waiting for input is the loop's idle time
+                data.counters.end_busy()
                 if not drained:
                     with contextlib.suppress(TimeoutError):
                         batch = await asyncio.wait_for(data.queue.get(), timeout=TIMER_INTERVAL_S)
                 else:
                     await asyncio.sleep(0.01)
-                busy_from = time.monotonic()
+                data.counters.begin_busy()
                 if batch is not None:
                     data.process_batch(batch)
                     while not data.queue.empty():  # and what else is here (at most QUEUE_BATCHES):
@@ -363,11 +363,8 @@ class Worker:
                     last_timer = now
                     data.on_time()
                 await data.flush_due(now)
-                # busy: this turn minus its wait for input (barriers and commits above count as work)
-                data.counters.busy_ms += (time.monotonic() - busy_from) * 1000 + (
-                    waited_from - turn_from
-                ) * 1000
         finally:
+            data.counters.end_busy()
             for p in pollers:
                 p.cancel()
 
