@@ -1,6 +1,7 @@
 """The autoscaler's ``heliosdb_job_autoscaler_*`` metrics, a collector beside ``prometheus.JobsCollector``.
 
-One series per autoscaled job (``config.autoscaler.enabled``), labelled ``job_id`` and ``job_name``
+One series per autoscaled job (``config.autoscaler.enabled``, not terminal; no families at all while
+there is none), labelled ``job_id`` and ``job_name``
 as the job metrics are; the decisions counter also by ``action``. Read from the entries'
 ``AutoscalerState`` (``control.autoscaler``); no I/O. Kept apart from ``prometheus.py`` so that the
 job metrics and the autoscaler's can change independently.
@@ -68,10 +69,12 @@ class AutoscalerCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
+        """Nothing (not even the families' HELP lines) while no job is autoscaled."""
+        autoscaled = [e for e in self.entries if e.config.autoscaler.enabled and not e.record.status.terminal]
+        if not autoscaled:
+            return
         parallelism, recommended, utilization, backpressure, decisions, rescales = self._families()
-        for entry in sorted(self.entries, key=lambda e: e.record.job_id):
-            if not entry.config.autoscaler.enabled or entry.record.status.terminal:
-                continue
+        for entry in sorted(autoscaled, key=lambda e: e.record.job_id):
             state = entry.autoscaling
             job = [entry.record.job_id, entry.record.name]
             parallelism.add_metric(job, entry.config.parallelism)
