@@ -69,14 +69,10 @@ class JobAutoscaler:
         settings = entry.config.autoscaler
         state = entry.autoscaling
         run = entry.run
-        if (
-            not settings.enabled
-            or state.rescaling
-            or run is None
-            or not run.ready()
-            or run.paused
-            or entry.record.status != JobStatus.RUNNING
-        ):
+        if not settings.enabled or state.rescaling:
+            return None
+        if run is None or not run.ready() or run.paused or entry.record.status != JobStatus.RUNNING:
+            state.run_started_ms = None  # when it runs again: stabilization and samples afresh
             return None
         now_ms = int(self._clock() * 1000)
         if state.attempt != run.attempt or state.run_started_ms is None:
