@@ -538,6 +538,11 @@ class JobConfigOverrides(_Strict):
     checkpoint_interval_ms: CheckpointIntervalMs | None = None
     restart_strategy: RestartStrategyWire | None = None
     on_error: OnErrorPolicy | None = None
+    autoscaler: AutoscalerSettings | None = Field(
+        default=None,
+        description="(addition) the autoscaler's settings from this restart on (the whole object), e.g. "
+        "to switch mode from recommend to apply",
+    )
 
 
 def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:

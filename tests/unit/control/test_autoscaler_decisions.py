@@ -19,7 +19,7 @@ from heliosdb_streaming.control.controller import JobEntry, Run
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord
 from heliosdb_streaming.embedded.logs import JobLog
-from heliosdb_streaming.model.config import AutoscalerSettings, JobConfig
+from heliosdb_streaming.model.config import AutoscalerSettings, JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import InvalidJobConfigError
 from heliosdb_streaming.model.types import JobStatus
 
@@ -268,3 +268,18 @@ def test_autoscaler_families_only_for_autoscaled_jobs(tmp_path: Path) -> None:
     ):
         assert line in text, line
     assert "job-plain" not in "\n".join(ln for ln in text.splitlines() if "autoscaler" in ln)
+
+
+def test_a_restart_may_change_the_autoscaler_settings() -> None:
+    config = JobConfig.from_dict(
+        {
+            "name": "j",
+            "config": {"autoscaler": {"enabled": True, "mode": "recommend", "max_parallelism": 4}},
+            "sources": [{"type": "datagen", "config": {}}],
+            "sinks": [{"type": "print", "config": {}}],
+        }
+    )
+    overrides = JobConfigOverrides.model_validate({"autoscaler": {"enabled": True, "mode": "apply"}})
+    changed = config.with_overrides(overrides)
+    assert changed.autoscaler == AutoscalerSettings(enabled=True, mode="apply")  # the whole object
+    assert config.with_overrides(JobConfigOverrides(parallelism=2)).autoscaler == config.autoscaler
