@@ -176,7 +176,7 @@ def decide(settings: AutoscalerSettings, inputs: Inputs) -> Decision:
         if wanted > limit:
             wanted, limited_by = max(limit, 1), name
     if limited_by is not None:
-        why += f"; {limited_by} {'raise' if wanted > required else 'cap'} it to {wanted}"
+        why += f"; {'raised' if wanted > required else 'capped'} to {wanted} by {limited_by}"
     action = Action.NONE if wanted == p else Action.SCALE_UP if wanted > p else Action.SCALE_DOWN
     return Decision(
         action,

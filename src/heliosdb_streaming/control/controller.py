@@ -326,16 +326,28 @@ class ControlPlane:
         await self.retention.purge(job_id)
 
     async def rescale(self, job_id: str, parallelism: int, reason: str) -> None:
-        """The autoscaler's rescale: a savepoint, then a restart at ``parallelism`` from it, so state
-        and source positions carry over and exactly-once sinks write nothing twice. The savepoint is
-        one retention may delete (as periodic ones, ``savepoints_retained``) once no run restores it."""
+        """The autoscaler's rescale, as Flink's: stop with a savepoint, then restart from it at
+        ``parallelism``. Nothing runs past the savepoint (no checkpoint commits output the restored
+        run would write again), so exactly-once sinks stay exact. Only a job still running (or
+        paused meanwhile) is restarted: a user's cancel meanwhile wins. If the restart at the new
+        parallelism fails, the job restarts from the savepoint at its old one. The savepoint is one
+        retention may delete (as periodic ones, ``savepoints_retained``) once no run restores it."""
         entry = self.table.get(job_id)
         before = entry.config.parallelism
         snapshot = await self.snapshots.savepoint(
-            job_id, f"autoscaler: parallelism {before} -> {parallelism}", retained=True
+            job_id, f"autoscaler: parallelism {before} -> {parallelism}", stop_after=True, retained=True
         )
         entry.log.write("info", f"Autoscaler: restarting at parallelism {parallelism} ({reason})")
-        await self.restart(job_id, snapshot.savepoint_id, JobConfigOverrides(parallelism=parallelism))
+        running = frozenset({JobStatus.RUNNING, JobStatus.PAUSED})  # paused meanwhile: its run is gone
+        try:
+            await self.restart(
+                job_id, snapshot.savepoint_id, JobConfigOverrides(parallelism=parallelism), only_from=running
+            )
+        except (IllegalStateTransitionError, JobNotFoundError):
+            raise  # cancelled or purged meanwhile: nothing to restart
+        except Exception:  # the run stopped at the savepoint: it must run again, at its parallelism
+            await self.restart(job_id, snapshot.savepoint_id, None, only_from=running)
+            raise
         await self.snapshots.retain_periodic(entry)
 
     async def cancel_with_savepoint(self, job_id: str) -> SnapshotRecord:
@@ -355,18 +367,22 @@ class ControlPlane:
         overrides: JobConfigOverrides | None,
         *,
         pipeline: JobConfig | None = None,
+        only_from: frozenset[JobStatus] | None = None,
     ) -> SnapshotRecord | None:
         """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides.
 
         ``pipeline``: an upgrade in place (the operator's restart of an edited StreamingJob): the job
         runs these sources, transformations and sinks from then on; state finds its steps as it does
-        for a job started from a savepoint (by position and type).
+        for a job started from a savepoint (by position and type). ``only_from``: the statuses the
+        job may be in (checked under its lock), else ``IllegalStateTransitionError``.
         """
         entry = self.table.get(job_id)
         async with entry.lock:
             if self.jobs.get(job_id) is not entry:  # purged while this restart waited for the lock
                 raise JobNotFoundError(job_id)
             self.table.check(entry, Event.RESTART, "restart")
+            if only_from is not None and entry.record.status not in only_from:
+                raise IllegalStateTransitionError(job_id, entry.record.status.value, "restart")
             point = entry.restore_point()
             if savepoint_id is not None:
                 point = entry.savepoint(savepoint_id)

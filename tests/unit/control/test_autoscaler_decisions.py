@@ -87,6 +87,7 @@ def test_limits_splits_key_groups_free_slots_and_the_configured_range() -> None:
     assert (d.action, d.limited_by) == (Action.NONE, "no repartition brokers")
     d = decide(SETTINGS, inputs(6, 1.0))  # 6 / 0.7 = 8.6 -> 9, max 8
     assert (d.parallelism, d.limited_by) == (8, "max_parallelism")
+    assert d.reason.endswith("required 9 = ceil(6 * 1.00 / 0.70); capped to 8 by max_parallelism")
     narrow = SETTINGS.model_copy(update={"min_parallelism": 3})
     d = decide(narrow, inputs(4, 0.0))
     assert (d.action, d.parallelism, d.limited_by) == (Action.SCALE_DOWN, 3, "min_parallelism")
