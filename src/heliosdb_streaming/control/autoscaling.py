@@ -155,15 +155,14 @@ class JobAutoscaler:
 
 
 def source_lag(entry: JobEntry, attempt: int, window_ms: int) -> tuple[int | None, float | None]:
-    """The job's source lag (records behind the newest offsets, over its workers' heartbeats) and its
-    growth per second over the window; (None, None) while no worker reports ``source_lag``.
-
-    The seam for the source-lag metric: the workers' heartbeats carry it once their sources measure it."""
+    """The job's source lag (records behind the newest offsets, summed over the workers whose
+    heartbeats report ``source_lag``) and its growth per second over the window; (None, None) while
+    no worker reports it (sources that do not measure it, or workers before the source-lag metric)."""
     views = [v for (a, _), v in entry.metrics.workers.items() if a == attempt]
-    reported = [v.last.get("source_lag") for v in views]
-    if not views or any(r is None for r in reported):
+    known = [int(lag) for v in views if (lag := v.last.get("source_lag")) is not None]
+    if not known:
         return None, None
-    lag = sum(int(r) for r in reported if r is not None)
+    lag = sum(known)
     history = entry.autoscaling.lag_samples
     now_ms = max(v.seen_at for v in views) * 1000
     if not history or history[-1][0] < now_ms:
