@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from heliosdb_streaming.api.errors import ERROR_CODES
+from heliosdb_streaming.model.config import AutoscalerSettings
 from heliosdb_streaming.model.types import (
     AutoscalerInfo,
     CheckpointInfo,
@@ -111,10 +112,8 @@ class JobSettingsBody(ApiBody):
     repartition: dict[str, Any] | None = Field(
         default=None, description="(addition) brokers of the internal repartition topics, when set"
     )
-    autoscaler: dict[str, Any] | None = Field(
-        default=None,
-        description="(addition) the autoscaler's settings (enabled, min/max_parallelism, "
-        "target_utilization, stabilization_ms, cooldown_ms, metrics_window_ms, mode)",
+    autoscaler: AutoscalerSettings | None = Field(
+        default=None, description="(addition) the autoscaler's settings (docs/operations.md#autoscaling)"
     )
 
     @classmethod
