@@ -104,9 +104,8 @@ class SnapshotService:
         metrics.checkpoint_count += 1
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
         metrics.record_checkpoint_duration(snapshot.duration_ms)
-        periodic = snapshot.periodic and snapshot.description == PERIODIC
         what = (
-            f"{'Periodic savepoint' if periodic else 'Savepoint'} {snapshot.savepoint_id}"
+            f"{'Periodic savepoint' if _is_periodic(snapshot) else 'Savepoint'} {snapshot.savepoint_id}"
             if snapshot.savepoint_id
             else f"Checkpoint {snapshot.checkpoint_id}"
         )
@@ -292,3 +291,9 @@ class SnapshotService:
                     )
                 ]
             )
+
+
+def _is_periodic(snapshot: SnapshotRecord) -> bool:
+    """A savepoint of ``savepoint_interval_ms`` (not another one retention may delete, as the
+    autoscaler's)."""
+    return snapshot.periodic and snapshot.description == PERIODIC

@@ -103,11 +103,11 @@ class ControlLink:
             "late_dropped": c.late_dropped,
             "backpressure_events": c.backpressure_events,
             "backpressure_ms": round(c.backpressure_ms, 3),
-            "busy_ms": round(c.busy_now(), 3),
             "queue_fill": self._data.queue.qsize() / QUEUE_BATCHES,
             "latency": dict(c.latency.counts),
             "cpu_percent": self._process.cpu_percent(None),
             "rss_bytes": memory.rss,
+            "busy_ms": round(c.busy_now(), 3),  # the autoscaler's busy time
             "tasks": {
                 sid: {"events_in": t.events_in, "events_out": t.events_out, "finished": t.finished}
                 for sid, t in tasks
