@@ -366,23 +366,24 @@ class ControlPlane:
         savepoint_id: str | None,
         overrides: JobConfigOverrides | None,
         *,
-        pipeline: JobConfig | None = None,
         only_from: frozenset[JobStatus] | None = None,
+        pipeline: JobConfig | None = None,
     ) -> SnapshotRecord | None:
         """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides.
 
+        ``only_from``: the statuses the job may be in (checked under its lock), else
+        ``IllegalStateTransitionError`` (the autoscaler's rescale: a job cancelled meanwhile stays so).
         ``pipeline``: an upgrade in place (the operator's restart of an edited StreamingJob): the job
         runs these sources, transformations and sinks from then on; state finds its steps as it does
-        for a job started from a savepoint (by position and type). ``only_from``: the statuses the
-        job may be in (checked under its lock), else ``IllegalStateTransitionError``.
+        for a job started from a savepoint (by position and type).
         """
         entry = self.table.get(job_id)
         async with entry.lock:
             if self.jobs.get(job_id) is not entry:  # purged while this restart waited for the lock
                 raise JobNotFoundError(job_id)
-            self.table.check(entry, Event.RESTART, "restart")
             if only_from is not None and entry.record.status not in only_from:
                 raise IllegalStateTransitionError(job_id, entry.record.status.value, "restart")
+            self.table.check(entry, Event.RESTART, "restart")
             point = entry.restore_point()
             if savepoint_id is not None:
                 point = entry.savepoint(savepoint_id)

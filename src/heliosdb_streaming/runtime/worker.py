@@ -346,8 +346,8 @@ class Worker:
                 for p in pollers:
                     if p.done() and p.exception() is not None:
                         raise p.exception()  # type: ignore[misc]
-                batch: SplitBatch | None = None
                 data.counters.end_busy()
+                batch: SplitBatch | None = None
                 if not drained:
                     with contextlib.suppress(TimeoutError):
                         batch = await asyncio.wait_for(data.queue.get(), timeout=TIMER_INTERVAL_S)
