@@ -74,6 +74,8 @@ class JobAutoscaler:
         if run is None or not run.ready() or run.paused or entry.record.status != JobStatus.RUNNING:
             state.run_started_ms = None  # when it runs again: stabilization and samples afresh
             return None
+        if run.coordinator is not None and run.coordinator.drained:
+            return None  # a bounded job's input is exhausted: it is finishing, not worth a rescale
         now_ms = int(self._clock() * 1000)
         if state.attempt != run.attempt or state.run_started_ms is None:
             state.new_run(run.attempt, now_ms)

@@ -147,3 +147,13 @@ async def test_recommend_a_new_run_and_a_growing_lag(tmp_path: Path) -> None:
     h.clock.t += 5
     d = h.autoscaler.evaluate(h.entry)
     assert d is not None and d.kind == "stabilizing" and h.entry.autoscaling.samples == {}
+
+
+async def test_a_draining_bounded_job_is_left_alone(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "apply")
+    h.autoscaler.evaluate(h.entry)
+    for _ in range(3):
+        h.beat(1.0)
+    assert h.run.coordinator is not None
+    h.run.coordinator.drained.add(0)  # worker 0 read all its splits: the final checkpoint is coming
+    assert h.autoscaler.evaluate(h.entry) is None and h.rescales == []
