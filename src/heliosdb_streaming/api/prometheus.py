@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from heliosdb_streaming.api.prometheus_autoscaler import AutoscalerCollector
 from heliosdb_streaming.control.metrics import CHECKPOINT_BUCKETS_S, LATENCY_BUCKETS_S, CoarseHistogram
 from heliosdb_streaming.model.types import JobStatus
 
@@ -206,8 +207,10 @@ def render_entries(
     entries: Iterable[JobEntry], *, now: float | None = None, grace_s: float = TERMINAL_SERIES_GRACE_S
 ) -> bytes:
     """The exposition of ``entries``: a registry of this scrape's own with a ``JobsCollector``."""
+    entries = list(entries)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(entries, now=now, grace_s=grace_s))
+    registry.register(AutoscalerCollector(entries))
     return generate_latest(registry)
 
 
@@ -227,8 +230,10 @@ async def render_entries_async(
     """``render_entries`` for a request handler: the families are collected here, on the event loop
     that updates the entries; ``generate_latest`` (most of a scrape's CPU) formats them in a thread,
     so the loop goes on serving heartbeats and requests meanwhile."""
+    entries = list(entries)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collected(list(JobsCollector(entries, grace_s=grace_s).collect())))
+    registry.register(_Collected(list(AutoscalerCollector(entries).collect())))
     return await asyncio.to_thread(generate_latest, registry)
 
 

@@ -20,7 +20,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from heliosdb_streaming.api.errors import ERROR_CODES
+from heliosdb_streaming.model.config import AutoscalerSettings
 from heliosdb_streaming.model.types import (
+    AutoscalerInfo,
     CheckpointInfo,
     DetailsMetrics,
     JobDetails,
@@ -110,6 +112,9 @@ class JobSettingsBody(ApiBody):
     repartition: dict[str, Any] | None = Field(
         default=None, description="(addition) brokers of the internal repartition topics, when set"
     )
+    autoscaler: AutoscalerSettings | None = Field(
+        default=None, description="(addition) the autoscaler's settings (docs/operations.md#autoscaling)"
+    )
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> JobSettingsBody:
@@ -134,6 +139,12 @@ class JobDetailsResponse(ApiBody):
     tasks: list[TaskInfo]
     checkpoints: list[CheckpointInfo]
     plan: JobPlanInfo = Field(description="(addition) the job's stages, and why each boundary exists")
+    # ---- autoscaler (issue 16)
+    autoscaler: AutoscalerInfo | None = Field(
+        default=None,
+        description="(addition) the autoscaler's last decision, its reason and the recent ones; null "
+        "when config.autoscaler is not enabled",
+    )
 
     @classmethod
     def of(cls, d: JobDetails) -> JobDetailsResponse:
@@ -151,6 +162,7 @@ class JobDetailsResponse(ApiBody):
             tasks=d.tasks,
             checkpoints=d.checkpoints,
             plan=d.plan,
+            autoscaler=d.autoscaler,
         )
 
 

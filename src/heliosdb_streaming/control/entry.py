@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from heliosdb_streaming.control.autoscaler import AutoscalerState
 from heliosdb_streaming.control.checkpoint_coordinator import CheckpointCoordinator
 from heliosdb_streaming.control.files import JobLog
 from heliosdb_streaming.control.launcher import WorkerHandle
@@ -80,6 +81,7 @@ class JobEntry:
     relaunch: asyncio.Task[None] | None = None  # the pending automatic restart, while it waits
     restoring: str | None = None  # the directory a restart in progress is about to restore
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) on every change
+    autoscaling: AutoscalerState = field(default_factory=AutoscalerState)  # ``control.autoscaling``
 
     def changed(self) -> None:
         """Wakes whoever waits for this job's run or status to change."""

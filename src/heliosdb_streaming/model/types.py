@@ -318,6 +318,43 @@ class JobSummary(Record):
     parallelism: int
 
 
+# ------------------------------------------------------------------------------------ autoscaler
+
+
+class AutoscalerDecisionInfo(Record):
+    """(addition) One decision of the autoscaler (``control.autoscaler``), with what it was made from."""
+
+    timestamp: TimestampMs
+    action: Literal["none", "scale_up", "scale_down"]
+    kind: Literal["evaluated", "stabilizing", "cooldown", "collecting"] = Field(
+        description="evaluated: load was weighed; else why nothing was decided yet"
+    )
+    current_parallelism: int
+    parallelism: int = Field(description="What the job should run at (the current one for 'none')")
+    reason: str
+    utilization: float | None = Field(description="Mean busy fraction of the workers over the window")
+    backpressure: float | None = Field(description="Mean fraction of time the sources waited")
+    required: int | None = Field(description="ceil(current * utilization / target), before the limits")
+    limited_by: str | None = Field(description="The limit that capped or raised the required parallelism")
+    applied: bool = Field(description="A rescale was started for it (mode apply)")
+    inputs: dict[str, Any] = Field(description="Everything the decision was made from")
+
+
+class AutoscalerInfo(Record):
+    """(addition) The job's autoscaler: its settings' mode, the last decision and the recent ones."""
+
+    enabled: bool
+    mode: Literal["apply", "recommend"]
+    parallelism: int = Field(description="The parallelism the job runs at now")
+    rescaling: bool = Field(description="A rescale (savepoint, restart) is in progress")
+    rescales: int = Field(description="Rescales the autoscaler completed since the control plane started")
+    last_error: str | None = Field(description="Why the last rescale failed, until one succeeds")
+    last_decision: AutoscalerDecisionInfo | None
+    history: list[AutoscalerDecisionInfo] = Field(
+        description="Recent decisions that changed something (kind, action or parallelism), oldest first"
+    )
+
+
 class JobDetails(Record):
     job_id: str
     name: str
@@ -333,6 +370,7 @@ class JobDetails(Record):
     message: str | None = None
     restarts: int = 0
     plan: JobPlanInfo
+    autoscaler: AutoscalerInfo | None = None  # (addition) None when config.autoscaler is not enabled
 
     @property
     def uptime_seconds(self) -> int:

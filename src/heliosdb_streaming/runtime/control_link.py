@@ -107,6 +107,7 @@ class ControlLink:
             "latency": dict(c.latency.counts),
             "cpu_percent": self._process.cpu_percent(None),
             "rss_bytes": memory.rss,
+            "busy_ms": round(c.busy_now(), 3),  # the autoscaler's busy time
             "tasks": {
                 sid: {"events_in": t.events_in, "events_out": t.events_out, "finished": t.finished}
                 for sid, t in tasks

@@ -20,7 +20,7 @@ from heliosdb_streaming.model.types import JobStatus
 
 JOB_FIELDS = ("name", "config", "sources", "transformations", "sinks")
 # what a restart can change without a new job (the rest of the spec is fixed at submit)
-OVERRIDABLE = ("parallelism", "checkpoint_interval_ms", "restart_strategy", "on_error")
+OVERRIDABLE = ("parallelism", "checkpoint_interval_ms", "restart_strategy", "on_error", "autoscaler")
 
 
 class DesiredState(StrEnum):
@@ -100,6 +100,7 @@ def restart_overrides(wanted: JobConfig) -> JobConfigOverrides:
         checkpoint_interval_ms=wanted.checkpoint_interval_ms,
         restart_strategy=wanted.restart_strategy,
         on_error=wanted.on_error,
+        autoscaler=wanted.autoscaler,
     )
 
 

@@ -32,6 +32,7 @@ from heliosdb_streaming.kubernetes.restapi.readclient import (
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.errors import SavepointNotFoundError
 from heliosdb_streaming.model.types import (
+    AutoscalerInfo,
     CheckpointInfo,
     JobDetails,
     JobMetrics,
@@ -164,6 +165,9 @@ class KubernetesJobService:
             message=message,
             restarts=jobviews.restarts_of(obj),
             plan=JobPlanInfo.of(config, jobviews.source_tasks(config, tasks)),
+            autoscaler=AutoscalerInfo.model_validate(body["autoscaler"])
+            if body and body.get("autoscaler")
+            else None,
         )
 
     async def get_job_metrics(self, job_id: str, window: MetricsWindow) -> JobMetrics:
