@@ -254,6 +254,25 @@ class DatagenSourceReader:
             n = min(n, max(0, due - state.position))
         return n
 
+    def lag(self) -> int | None:
+        """Records due and not yet read: the rest of a bounded count without a rate, what the rate has
+        made due (at most the count) with one; None for an unbounded source without a rate (its
+        newest offset is infinite). Read from the heartbeat thread: plain reads of ints."""
+        total = 0
+        now = time.monotonic()
+        per_split_rate = self.rate_per_sec / self.partitions if self.rate_per_sec > 0 else 0.0
+        for s in list(self._splits):
+            if per_split_rate > 0:
+                newest = s.anchor_pos + int((now - s.anchor_t) * per_split_rate)
+                if s.end is not None:
+                    newest = min(newest, s.end)
+            elif s.end is not None:
+                newest = s.end
+            else:
+                return None
+            total += max(newest - s.position, 0)
+        return total
+
     async def commit(self, positions: dict[str, Any]) -> None:
         return None
 
