@@ -4,7 +4,6 @@ recovering job that says so, and a worker stopped because its peer died logged a
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator

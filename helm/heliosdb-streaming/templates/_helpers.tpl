@@ -119,9 +119,10 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The namespaced permissions of the operator (Role or ClusterRole rules). */}}
 {{- define "heliosdb-streaming.operatorNamespacedRules" -}}
 {{- /* No "update" anywhere: kopf and our client only get, list, watch, create, patch and delete (no PUT). */}}
+# delete: a StreamingJob whose ttlSecondsAfterFinished is up (its finalizer then purges the job)
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # create: a savepoint the operator takes on cancel (savepointOnCancel, delete) is recorded as a Savepoint
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["savepoints"]

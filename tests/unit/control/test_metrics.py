@@ -95,7 +95,8 @@ def test_backpressure_level_is_the_share_of_time_blocked_on_downstream() -> None
     agg.on_heartbeat(1, 1, {**beat(5), "backpressure_ms": 0.0, "pollers": 1, "running_ms": 3000.0})
     assert agg.backpressure_level == 0.375  # the most backpressured worker
     clock.t += 1
-    agg.on_heartbeat(1, 0, {**beat(40), "backpressure_ms": 750.0 + 2000.0, "pollers": 1, "running_ms": 4000.0})
+    blocked_all_second = {"backpressure_ms": 750.0 + 2000.0, "pollers": 1, "running_ms": 4000.0}
+    agg.on_heartbeat(1, 0, {**beat(40), **blocked_all_second})
     assert agg.backpressure_level == 1.0  # capped: blocked all the time
     agg.forget_workers()
     assert agg.backpressure_level == 0.0

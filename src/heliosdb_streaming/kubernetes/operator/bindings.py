@@ -33,6 +33,7 @@ class Binding:
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0
     observed_generation: int | None = None
+    ttl_seconds_after_finished: int | None = None  # spec.ttlSecondsAfterFinished, as last reconciled
 
     @property
     def target(self) -> Target:

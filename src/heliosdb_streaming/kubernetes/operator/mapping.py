@@ -1,7 +1,8 @@
 """StreamingJob spec -> job config, and the one step that brings a job closer to its spec. Pure: no I/O.
 
 The spec is the REST submit body plus what the operator acts on (``state``, ``restartNonce``,
-``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``). ``plan``
+``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``,
+``ttlSecondsAfterFinished``: read by ``expiry``). ``plan``
 compares the spec with what the control plane reports and names the single next action, the way the
 Flink operator's reconciler decides one step per pass; the reconciler performs it and asks again.
 """
@@ -38,6 +39,7 @@ class JobSpec:
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     checkpoint_storage: str | None = None
+    ttl_seconds_after_finished: int | None = None  # None: a terminal job is kept
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
@@ -51,6 +53,10 @@ class JobSpec:
         if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
             errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
             nonce = 0
+        ttl = spec.get("ttlSecondsAfterFinished")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
+            errors.append(FieldError("spec.ttlSecondsAfterFinished", "must be an integer >= 0"))
+            ttl = None
         resources = spec.get("resources") or {}
         if not isinstance(resources, dict):
             errors.append(FieldError("spec.resources", "must be an object (requests, limits)"))
@@ -65,6 +71,7 @@ class JobSpec:
             image=spec.get("image") or None,
             resources=dict(resources),
             checkpoint_storage=spec.get("checkpointStorage") or None,
+            ttl_seconds_after_finished=ttl,
         )
 
 
