@@ -76,6 +76,34 @@ async def test_a_lightly_loaded_job_has_backpressure_0_and_a_small_datagen_lag(j
     await jm.cancel_job(job_id)
 
 
+async def test_a_saturated_job_shows_its_sources_waiting_on_downstream(jm: JobManager) -> None:
+    """Datagen without a rate reads faster than a wide sliding window can keep up: the queue between
+    them fills, and the sources spend most of their time waiting on it."""
+    body = datagen_job("saturated", count=None, rate=0)
+    body["transformations"] = [
+        {"type": "key_by", "config": {"key": "card_id"}},
+        {
+            "type": "window",
+            "config": {
+                "kind": "sliding",
+                "size": "2s",
+                "slide": "500ms",
+                "aggregates": {"total": "sum(amount)"},
+            },
+        },
+    ]
+    job_id = await jm.submit_job(body)
+    await wait_status(jm, job_id, JobStatus.RUNNING)
+
+    async def waiting() -> Any:
+        m = await jm.get_job_metrics(job_id)
+        return m if m.backpressure_level > 0.5 else None
+
+    m = await wait_until(waiting, what="backpressure above 0.5", within=30)
+    assert m.backpressure_events > 0
+    await jm.cancel_job(job_id)
+
+
 async def test_a_recovering_job_says_so_and_a_worker_stopped_for_its_peer_is_no_error(jm: JobManager) -> None:
     strategy = {"type": "fixed_delay", "attempts": 3, "delay_ms": 3000}
     job_id = await jm.submit_job(

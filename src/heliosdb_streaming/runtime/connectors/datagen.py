@@ -225,8 +225,9 @@ class DatagenSourceReader:
             await asyncio.sleep(max(0.0, min(wait, timeout_s)))
             now = time.monotonic()
             budgets = [self._budget(s, share, per_split_rate, now) for s in active]
-        else:
-            await asyncio.sleep(0)
+        # records ready: returned without yielding, so a poll loop ahead of its consumer fills the
+        # bounded queue and waits there, where the data path measures backpressure (a yield here
+        # would let the consumer run inside poll instead, and a saturated job would show none)
         ingest_ms = time.time() * 1000.0
         out: list[SplitBatch] = []
         for state, n in zip(active, budgets, strict=True):
