@@ -130,7 +130,10 @@ async def test_a_recovering_job_says_so_and_a_worker_stopped_for_its_peer_is_no_
         return d if not d.recovering else None
 
     d = await wait_until(recovered, what="the second run to run", within=30)
-    assert d.message == "Recovered: run 2 running" and d.restarts == 1
+    assert d.message is not None and d.message.startswith(
+        "Recovered: run 2 running (after: Job failed (worker 0"
+    )
+    assert d.restarts == 1
     errors = [e.message for e in await jm.get_job_logs(job_id, LogOptions(level=LogLevel.ERROR, limit=1000))]
     assert "worker 0 exited with code -9 without a report" in errors, errors
     assert not any("worker 1" in e for e in errors), errors
@@ -154,7 +157,7 @@ async def produce_one_by_one(bootstrap: str, topic: str, n: int) -> None:
 async def test_kafka_lag_is_the_high_watermark_minus_the_position(
     jm: JobManager, kafka_bootstrap: str, kafka_topic: Any
 ) -> None:
-    """A paused job falls behind by exactly what was produced meanwhile, and catches up on resume."""
+    """A paused job falls behind by exactly what was produced and not read, and catches up on resume."""
     topic = await kafka_topic(partitions=2)
     body = {
         "name": "kafka-lag",
@@ -172,16 +175,27 @@ async def test_kafka_lag_is_the_high_watermark_minus_the_position(
     await wait_status(jm, job_id, JobStatus.RUNNING)
 
     async def lag_is(n: int) -> Any:
+        seen: list[int | None] = []
+
         async def check() -> bool:
-            return (await jm.get_job_metrics(job_id)).source_lag_records == n
+            seen.append((await jm.get_job_metrics(job_id)).source_lag_records)
+            assert len(seen) < 250, seen[-20:]  # the lags seen last, when it never gets there
+            return seen[-1] == n
 
         return check
 
     await wait_until(await lag_is(0), what="lag 0 on an empty topic", within=30)
     await jm.pause_job(job_id)
     await produce_one_by_one(kafka_bootstrap, topic, 300)
-    await wait_until(await lag_is(300), what="lag 300 while paused", within=30)
-    assert (await jm.get_job_metrics(job_id)).events_processed == 0
+
+    async def behind_by_the_rest() -> Any:
+        # a poll in flight when the pause came may still have read the first few records
+        m = await jm.get_job_metrics(job_id)
+        lag = m.source_lag_records
+        return m if lag is not None and lag + m.events_processed == 300 else None
+
+    m = await wait_until(behind_by_the_rest, what="lag + processed = 300 while paused", within=30)
+    assert m.source_lag_records is not None and m.source_lag_records >= 250, m.source_lag_records
     await jm.resume_job(job_id)
     await wait_until(await lag_is(0), what="lag 0 once caught up", within=30)
     assert (await jm.get_job_metrics(job_id)).events_processed == 300

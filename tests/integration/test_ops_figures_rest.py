@@ -94,7 +94,9 @@ async def test_counters_survive_a_killed_server_and_the_recovery_counts(
             return d if not d["recovering"] and caught_up and more else None
 
         d = await wait_until(recovered, what="the recovered run to go past the killed one", within=60)
-        assert d["message"] == "Recovered: run 2 running", d["message"]
+        assert d["message"].startswith("Recovered: run 2 running (after: the control plane restarted"), d[
+            "message"
+        ]
         assert d["metrics"]["restarts"] == 1
         text = await (await session.get(f"{second.url}/metrics")).text()
         for family in (

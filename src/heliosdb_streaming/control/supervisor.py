@@ -33,6 +33,12 @@ STOP_GRACE_S = 10.0
 RECOVERY_MESSAGES = ("Recovering:", "Job failed (")
 
 
+def recovered_message(attempt: int, recovering: str | None) -> str:
+    """The job message once a recovery's run runs: that it did, and what it recovered from."""
+    cause = (recovering or "").removeprefix("Recovering: ")
+    return f"Recovered: run {attempt} running" + (f" (after: {cause})" if cause else "")
+
+
 class RunSupervisor:
     def __init__(
         self,
@@ -193,7 +199,7 @@ class RunSupervisor:
                 elif record.status in (JobStatus.RUNNING, JobStatus.PAUSED):
                     entry.log.write("info", f"Run {run.attempt} running")
                     if record.message is None or record.message.startswith(RECOVERY_MESSAGES):
-                        record.message = f"Recovered: run {run.attempt} running"
+                        record.message = recovered_message(run.attempt, record.message)
                         self.table.store.save(record)
                 entry.changed()
                 if run.paused:
