@@ -198,7 +198,7 @@ class RunSupervisor:
                     self.table.set_status(entry, Event.START, "Job started successfully")
                 elif record.status in (JobStatus.RUNNING, JobStatus.PAUSED):
                     entry.log.write("info", f"Run {run.attempt} running")
-                    if record.message is None or record.message.startswith(RECOVERY_MESSAGES):
+                    if record.message is not None and record.message.startswith(RECOVERY_MESSAGES):
                         record.message = recovered_message(run.attempt, record.message)
                         self.table.store.save(record)
                 entry.changed()
