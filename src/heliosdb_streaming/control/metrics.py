@@ -4,7 +4,7 @@ Workers send cumulative counters; this module turns them into deltas per worker 
 never go backwards when workers restart, and a minute-by-minute history (24 h) answers windowed
 questions (throughput and latency over the last 5 minutes) exactly.
 
-The figures and their definitions (docs/metrics.md says the same to users):
+The figures and their definitions (docs/observability.md, "What each figure means", tells users):
 
 * ``running_ms``: the job's real running time, the sum over its runs of the longest-running worker's
   time (workers report theirs, to the millisecond); ``average_throughput`` is events / that time.
@@ -12,8 +12,8 @@ The figures and their definitions (docs/metrics.md says the same to users):
   on a full queue (waiting on downstream), per source poll loop, the highest over the live workers:
   0 when nothing waits, 1 when the sources wait all the time.
 * ``source_lag``: records the sources are behind their newest offset (Kafka: high watermark minus
-  position, summed over partitions; datagen: records due not yet read), summed over the live
-  workers that know theirs; None when none does.
+  position, summed over partitions; datagen: records due not yet read; files: lines not yet read),
+  summed over the live workers that know theirs; None when none does.
 """
 
 from __future__ import annotations
