@@ -61,7 +61,7 @@ DETAILS_KEYS = {
     "metrics",
     "tasks",
     "checkpoints",
-} | {"finished_at", "message", "plan", "autoscaler"}
+} | {"finished_at", "message", "plan", "autoscaler", "uptime_ms", "recovering"}
 CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restart_strategy"} | {
     "on_error",
     "checkpoints_retained",
@@ -98,6 +98,11 @@ METRICS_INNER = {
     "backpressure": {"events_total", "current_level"},
     "resources": {"cpu_usage_percent", "memory_used_mb", "memory_total_mb"},
     "errors": {"count", "rate_per_min"},
+} | {  # additions
+    "average_throughput_per_sec": None,
+    "running_ms": None,
+    "late_events_dropped": None,
+    "source": {"lag_records"},
 }
 LOGS_KEYS = {"job_id", "logs", "total", "limit"}
 LOG_ENTRY_KEYS = {"timestamp", "level", "message", "task_id"}

@@ -446,7 +446,11 @@ class ControlPlane:
     # -------------------------------------------------------------------------------- queries
 
     def uptime_seconds(self, record: JobRecord) -> int:
+        return self.uptime_ms(record) // 1000
+
+    def uptime_ms(self, record: JobRecord) -> int:
+        """From the first start to the end (or now), to the millisecond."""
         if record.started_at is None:
             return 0
         end = record.finished_at or utcnow()
-        return max(int((end - record.started_at).total_seconds()), 0)
+        return max(int((end - record.started_at).total_seconds() * 1000), 0)

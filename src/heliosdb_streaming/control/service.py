@@ -263,6 +263,8 @@ class JobServiceCore:
             started_at=record.started_at,
             finished_at=record.finished_at,
             uptime_secs=plane.uptime_seconds(record),
+            uptime_ms=plane.uptime_ms(record),
+            recovering=entry.recovering(),
             metrics=self._metrics(entry, MetricsWindow.minutes(5)),
             tasks=self._tasks(entry),
             checkpoints=_checkpoint_infos(entry)[-10:],
@@ -343,6 +345,9 @@ class JobServiceCore:
             errors=m.totals["errors"],
             errors_rate_per_min=w["errors_rate_per_min"],
             late_events_dropped=m.late_dropped,
+            average_throughput_per_sec=m.average_throughput(),
+            running_ms=m.running_ms,
+            source_lag_records=m.source_lag() if active else None,
             window_seconds=window.seconds,
             history=[
                 ThroughputPoint(

@@ -99,11 +99,15 @@ class SnapshotService:
         entry.snapshots.append(snapshot)
         if entry.record.restore_point is not None:  # the job no longer needs what it restored
             entry.record.restore_point = None
-            store.save(entry.record)
         metrics = entry.metrics
         metrics.checkpoint_count += 1
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
         metrics.record_checkpoint_duration(snapshot.duration_ms)
+        # the counters are saved with each completed checkpoint: a control plane killed later comes
+        # back with every completed checkpoint counted and events_processed at least as of the last
+        # one; the recovered run replays from that checkpoint and counts the replayed events again
+        entry.record.metrics_state = metrics.to_state()
+        store.save(entry.record)
         what = (
             f"{'Periodic savepoint' if _is_periodic(snapshot) else 'Savepoint'} {snapshot.savepoint_id}"
             if snapshot.savepoint_id

@@ -191,6 +191,25 @@ class DetailsMetrics(Record):
     )
     cpu_usage_percent: float = Field(default=0.0, description="(addition) CPU of the job's workers")
     memory_used_mb: int = Field(default=0, description="(addition) resident memory of the job's workers")
+    average_throughput_per_sec: float = Field(
+        default=0.0,
+        description="(addition) events_processed / running_ms: the rate over the job's whole running time "
+        "(throughput_per_sec is the current rate, 0 once nothing flows)",
+    )
+    running_ms: int = Field(
+        default=0,
+        description="(addition) the job's real running time over all its runs, in milliseconds, "
+        "as its workers measure it",
+    )
+    late_events_dropped: int = Field(
+        default=0, description="(addition) events behind the watermark that windows and CEP dropped"
+    )
+    source_lag_records: int | None = Field(
+        default=None,
+        description="(addition) records the sources are behind their newest offset (Kafka: high "
+        "watermark minus position, summed over partitions; datagen: records due not yet read); "
+        "null when not running or unknown",
+    )
 
 
 class JobMetrics(DetailsMetrics):
@@ -202,7 +221,6 @@ class JobMetrics(DetailsMetrics):
     backpressure_level: float = 0.0
     memory_total_mb: int = 0
     errors_rate_per_min: float = 0.0
-    late_events_dropped: int = 0
     window_seconds: int = 300
     history: list[ThroughputPoint] = Field(default_factory=list)
 
@@ -364,6 +382,8 @@ class JobDetails(Record):
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
     uptime_secs: int = 0
+    uptime_ms: int = 0
+    recovering: bool = False
     metrics: JobMetrics
     tasks: list[TaskInfo]
     checkpoints: list[CheckpointInfo]

@@ -150,6 +150,7 @@ class KubernetesJobService:
             tasks = [t.model_copy(update={"status": phase}) for t in tasks_of(body)]
             checkpoints = checkpoints_of(body)
         now = datetime.now(UTC)
+        uptime = jobviews.uptime_seconds(obj, now)
         return JobDetails(
             job_id=job_id,
             name=jobviews.job_name_of(obj),
@@ -158,7 +159,10 @@ class KubernetesJobService:
             submitted_at=jobviews.submitted_at(obj),
             started_at=jobviews.parse_time(status.get("startedAt")),
             finished_at=jobviews.parse_time(status.get("finishedAt")),
-            uptime_secs=jobviews.uptime_seconds(obj, now),
+            uptime_secs=uptime,
+            # the operator's own figures, to the millisecond, when it answered
+            uptime_ms=int(body.get("uptime_ms", uptime * 1000)) if body is not None else uptime * 1000,
+            recovering=bool(body.get("recovering")) if body is not None else False,
             metrics=metrics,
             tasks=tasks,
             checkpoints=checkpoints,
