@@ -7,11 +7,14 @@ Kafka-protocol broker and a per-test PostgreSQL schema, with ``checkpoint_interv
 and the PostgreSQL rows are compared with a result computed here, independently of the engine.
 
 The CEP semantics the expected result follows: every variable is undefined (any event matches) and
-there is no key, so per task (one Kafka partition) the filtered events form one sequence; a match is
-the longest run of consecutive events within 1h of its first event (greedy ``B+``), at least 3 events,
-reported once the partition's next event is more than 1h after the first (or the watermark passes it);
-the next match starts after the reported one. Each partition ends with one sentinel event 10 days later,
-so that every real run is followed; no two filtered events are exactly 1h apart.
+there is no key, so the CEP step is global, as Flink runs a non-keyed CEP: one task sees the filtered
+events of every partition as one sequence in event-time order (at parallelism > 1 they cross to it
+through the job's internal topic). A match is the longest run of consecutive events within 1h of its
+first event (greedy ``B+``), at least 3 events, reported once the next event is more than 1h after the
+first (or the watermark, the minimum over the partitions, passes it); the next match starts after the
+reported one. The data ends with one sentinel event per partition, 10 days after the last event of
+all and 2h apart, so that every real run is followed and the watermark passes it; no two filtered
+events, of any partitions, are exactly 1h apart.
 """
 
 from __future__ import annotations
@@ -58,20 +61,21 @@ def make_events(
 ) -> Events:
     """Transactions per partition in time order: small and big amounts, bursts and long gaps.
 
-    No big (filtered) transaction is within 2 s of exactly 1h after another one, ``after``'s included.
+    No big (filtered) transaction is within 2 s of exactly 1h from another one, of any partition,
+    ``after``'s included (the CEP step sees all partitions as one sequence).
     """
     rng = random.Random(seed)
     out: Events = {}
+    big = [t for seq in (after or {}).values() for t in filtered_times(seq)]
     for p in range(PARTITIONS):
         clock = start_ms + p * 7_919  # partitions never share a timestamp
-        big = filtered_times((after or {}).get(p, []))
         events: list[dict[str, Any]] = []
         for i in range(per_partition):
             gap_min = rng.uniform(1, 25) if rng.random() < 0.7 else rng.uniform(40, 150)
             clock += int(gap_min * 60_000) + rng.randint(0, 999)
             if rng.random() < 0.6:
                 amount = round(rng.uniform(10_001, 50_000), 2)
-                while any(abs(clock - t - HOUR_MS) <= 2_000 for t in big[-200:]):
+                while any(abs(abs(clock - t) - HOUR_MS) <= 2_000 for t in big):
                     clock += 5_000
                 big.append(clock)
             else:
@@ -96,12 +100,13 @@ def continue_events(previous: Events, seed: int, per_partition: int) -> Events:
 
 
 def with_sentinels(events: Events) -> Events:
-    """One filtered event per partition, 10 days after its last: every real run gets followed."""
+    """One filtered event per partition, 10 days after the last event of all and 2h apart (no run of
+    their own): every real run gets followed, and the watermark (the partitions' minimum) passes it."""
+    last = max((seq[-1]["timestamp"] for seq in events.values() if seq), default=BASE_MS)
     out: Events = {}
     for p, seq in events.items():
-        last = seq[-1]["timestamp"] if seq else BASE_MS
         sentinel = {"transaction_id": f"sentinel-{p}", "card_id": f"card-{p}-0", "amount": 99_999.0}
-        out[p] = [*seq, {**sentinel, "timestamp": last + 10 * 24 * HOUR_MS}]
+        out[p] = [*seq, {**sentinel, "timestamp": last + 10 * 24 * HOUR_MS + p * 2 * HOUR_MS}]
     return out
 
 
@@ -116,23 +121,22 @@ def filtered_times(seq: list[dict[str, Any]]) -> list[int]:
 def expected_matches(events: Events) -> list[tuple[int, int, int]]:
     """(start_time, end_time, event_count) of every match, per the semantics in the module docstring."""
     out = []
-    for seq in events.values():
-        ts = filtered_times(seq)
-        for a in range(len(ts)):
-            for b in range(a + 1, len(ts)):
-                if ts[b] - ts[a] > HOUR_MS + 5_000:
-                    break
-                assert abs(ts[b] - ts[a] - HOUR_MS) > 1_000, "test data sits on the 1h boundary"
-        n, i = len(ts), 0
-        while i < n:
-            j = i
-            while j + 1 < n and ts[j + 1] - ts[i] <= HOUR_MS:
-                j += 1
-            if j - i + 1 >= 3 and j + 1 < n:
-                out.append((ts[i], ts[j], j - i + 1))
-                i = j + 1
-            else:
-                i += 1
+    ts = sorted(t for seq in events.values() for t in filtered_times(seq))
+    for a in range(len(ts)):
+        for b in range(a + 1, len(ts)):
+            if ts[b] - ts[a] > HOUR_MS + 5_000:
+                break
+            assert abs(ts[b] - ts[a] - HOUR_MS) > 1_000, "test data sits on the 1h boundary"
+    n, i = len(ts), 0
+    while i < n:
+        j = i
+        while j + 1 < n and ts[j + 1] - ts[i] <= HOUR_MS:
+            j += 1
+        if j - i + 1 >= 3 and j + 1 < n:
+            out.append((ts[i], ts[j], j - i + 1))
+            i = j + 1
+        else:
+            i += 1
     return sorted(out)
 
 
