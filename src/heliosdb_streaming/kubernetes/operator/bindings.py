@@ -33,6 +33,8 @@ class Binding:
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0
     observed_generation: int | None = None
+    # the latest upgrade of an edited spec (``reconciler``; ``status.upgrade`` shows it)
+    upgrade: dict[str, Any] | None = None
 
     @property
     def target(self) -> Target:

@@ -1,7 +1,8 @@
 """StreamingJob spec -> job config, and the one step that brings a job closer to its spec. Pure: no I/O.
 
 The spec is the REST submit body plus what the operator acts on (``state``, ``restartNonce``,
-``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``). ``plan``
+``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``,
+``upgradeMode``). ``plan``
 compares the spec with what the control plane reports and names the single next action, the way the
 Flink operator's reconciler decides one step per pass; the reconciler performs it and asks again.
 """
@@ -27,6 +28,19 @@ class DesiredState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class UpgradeMode(StrEnum):
+    """What an edit of a running StreamingJob does (``spec.upgradeMode``), as the Flink operator's."""
+
+    STATELESS = "stateless"  # stop, start the new spec without state (sources from their start)
+    SAVEPOINT = "savepoint"  # savepoint, restart the new spec from it; a failed savepoint keeps the old
+    LAST_STATE = "last-state"  # restart the new spec from the newest checkpoint, no savepoint
+
+
+# savepoint: an edit keeps the job's state as a restartNonce restart did, and never loses it when the
+# savepoint fails (the Flink operator defaults to stateless; a default that drops state is a surprise here)
+DEFAULT_UPGRADE_MODE = UpgradeMode.SAVEPOINT
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """The operator's fields of a StreamingJob spec, with the CRD's defaults applied."""
@@ -38,6 +52,7 @@ class JobSpec:
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     checkpoint_storage: str | None = None
+    upgrade_mode: UpgradeMode = DEFAULT_UPGRADE_MODE
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
@@ -51,6 +66,12 @@ class JobSpec:
         if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
             errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
             nonce = 0
+        try:
+            upgrade_mode = UpgradeMode(spec.get("upgradeMode") or DEFAULT_UPGRADE_MODE)
+        except ValueError:
+            modes = ", ".join(m.value for m in UpgradeMode)
+            errors.append(FieldError("spec.upgradeMode", f"must be one of {modes}"))
+            upgrade_mode = DEFAULT_UPGRADE_MODE
         resources = spec.get("resources") or {}
         if not isinstance(resources, dict):
             errors.append(FieldError("spec.resources", "must be an object (requests, limits)"))
@@ -65,6 +86,7 @@ class JobSpec:
             image=spec.get("image") or None,
             resources=dict(resources),
             checkpoint_storage=spec.get("checkpointStorage") or None,
+            upgrade_mode=upgrade_mode,
         )
 
 
@@ -106,6 +128,13 @@ def pipeline_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     return [k for k in PIPELINE if a[k] != b[k]]
 
 
+def upgrade_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
+    """What an upgrade (a restart with the new spec) applies: the overridable settings and the pipeline
+    parts that differ. Empty: the running job already is the spec, as far as a restart can make it."""
+    settings = [f"config.{k}" for k in OVERRIDABLE if getattr(current, k) != getattr(wanted, k)]
+    return settings + pipeline_changes(current, wanted)
+
+
 def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     """Spec fields that differ from the running job and that no restart can apply (a new job can:
     where its state lives, how it is kept, the job's name)."""
@@ -132,13 +161,15 @@ class Step(StrEnum):
     CANCEL = "cancel"
     CANCEL_WITH_SAVEPOINT = "cancel_with_savepoint"
     RESTART = "restart"
+    UPGRADE = "upgrade"  # apply an edited spec to an active job, as ``spec.upgradeMode`` says
 
 
-def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int) -> Step:
+def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int, *, upgrade: bool = False) -> Step:
     """The next step for a job in ``phase`` whose spec is ``spec``; restarts come first.
 
     A changed ``restartNonce`` restarts from any phase but submitted (wait until it runs);
     ``cancelled`` stops an active job (with a savepoint when asked and the job has workers);
+    ``upgrade`` (an edited spec the job does not run yet) upgrades an active job once it runs;
     ``paused``/``running`` toggle an active job. Finished, failed and cancelled jobs only move again
     through a new ``restartNonce``.
     """
@@ -150,6 +181,8 @@ def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int) -> Step:
         if spec.savepoint_on_cancel and phase in (JobStatus.RUNNING, JobStatus.PAUSED):
             return Step.CANCEL_WITH_SAVEPOINT
         return Step.CANCEL
+    if upgrade:
+        return Step.WAIT if phase == JobStatus.SUBMITTED else Step.UPGRADE
     if spec.state == DesiredState.PAUSED:
         return {JobStatus.RUNNING: Step.PAUSE, JobStatus.SUBMITTED: Step.WAIT}.get(phase, Step.NONE)
     return Step.RESUME if phase == JobStatus.PAUSED else Step.NONE

@@ -31,6 +31,8 @@ class Observed:
     snapshots: tuple[SnapshotRecord, ...] = ()
     observed_generation: int | None = None
     observed_nonce: int = 0
+    upgrade: Mapping[str, Any] | None = None  # ``Binding.upgrade``: the latest upgrade of an edited spec
+    selector: str | None = None  # the worker pods' label selector (the scale subresource's)
 
 
 def last_checkpoint(snapshots: tuple[SnapshotRecord, ...]) -> str | None:
@@ -93,7 +95,19 @@ def project(record: JobRecord, observed: Observed, previous: Mapping[str, Any], 
     }
     if observed.observed_generation is not None:
         status["observedGeneration"] = observed.observed_generation
+    if observed.upgrade is not None:
+        status["upgrade"] = upgrade(observed.upgrade, record.status)
+    if observed.selector is not None:
+        status["selector"] = observed.selector
     return status
+
+
+def upgrade(recorded: Mapping[str, Any], phase: JobStatus) -> dict[str, Any]:
+    """``status.upgrade``: an upgrade whose restart is issued is in progress until the new run starts."""
+    out = {k: v for k, v in recorded.items() if v is not None}
+    if out.get("state") == "restarted":
+        out["state"] = "in_progress" if phase == JobStatus.SUBMITTED else "completed"
+    return out
 
 
 def invalid(message: str, generation: int | None, previous: Mapping[str, Any], now: datetime) -> Status:

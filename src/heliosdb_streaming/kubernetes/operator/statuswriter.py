@@ -16,7 +16,7 @@ from typing import Any
 
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import events, status
+from heliosdb_streaming.kubernetes.operator import events, pods, status
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.model.types import JobStatus
 
@@ -80,6 +80,8 @@ class StatusWriter:
             snapshots=tuple(entry.snapshots),
             observed_generation=binding.observed_generation,
             observed_nonce=binding.applied_nonce,
+            upgrade=binding.upgrade,
+            selector=kube.selector_text(pods.job_labels(binding.name)),
         )
         wanted = status.project(entry.record, observed, previous, datetime.now(UTC))
         patch = status.diff(previous, wanted)
