@@ -272,15 +272,8 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
     await wait_phase(client, "endless", "running", log=operator.output())
     assert [r for r, _ in await events_of(client, "endless")].count("Running") == 2
 
-    # a new parallelism alone waits for a restart (and says so); the restart scales down to 1 pod
+    # a new parallelism applies at once, through a savepoint (the default upgradeMode): 1 pod
     await patch_spec(client, "endless", {"config": {**spec["config"], "parallelism": 1}})
-
-    async def pending() -> bool:
-        return "SpecPending" in [r for r, _ in await events_of(client, "endless")]
-
-    await eventually(pending, 20, "a SpecPending event", on_fail=operator.output()[-3000:])
-    assert (await job_status(client, "endless"))["parallelism"] == 2
-    await patch_spec(client, "endless", {"restartNonce": 1})
 
     async def scaled_down() -> bool:
         names = [p["metadata"]["name"] for p in await worker_pods(client, "endless")]
@@ -290,6 +283,7 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
         )
 
     await eventually(scaled_down, 30, "one worker", on_fail=operator.output()[-3000:])
+    assert (await job_status(client, "endless"))["upgrade"]["mode"] == "savepoint"
     await operator.stop()
 
 

@@ -142,7 +142,7 @@ async def test_failed_savepoint_keeps_the_old_spec_running(
     cluster: Env, start_operator: StartOperator
 ) -> None:
     client = cluster.client
-    operator = await start_operator()
+    operator = await start_operator(args=["--all-namespaces", "--max-parallelism", "3"])
     spec = window_spec(cluster.tmp / "out.db", parallelism=1, rate=400)  # 50 s of data: still running
     status = await start_job(cluster, operator, "stuck", spec)
     chk = next(operator.home.rglob(f"{status['jobId']}/chk-*"))
@@ -161,5 +161,12 @@ async def test_failed_savepoint_keeps_the_old_spec_running(
     status = await upgraded(cluster, operator, "stuck", 3, "completed")
     assert status["parallelism"] == 2 and status["observedGeneration"] == 3
     assert status["upgrade"]["restoredFrom"].startswith("checkpoint ")
+    assert attempts(await worker_pods(client, "stuck")) == ["2", "2"]
+
+    # more than the operator's slots: refused before anything stops, the job runs on at 2
+    await patch_spec(client, "stuck", {"config": {**spec["config"], "parallelism": 4}})
+    status = await upgraded(cluster, operator, "stuck", 4, "failed")
+    assert "max_parallelism 3" in status["upgrade"]["message"], status["upgrade"]
+    assert (status["phase"], status["parallelism"], status["observedGeneration"]) == ("running", 2, 3)
     assert attempts(await worker_pods(client, "stuck")) == ["2", "2"]
     await operator.stop()

@@ -195,23 +195,23 @@ class StreamingJobReconciler:
             except JobRestartingError as e:  # between two runs (a recovery): upgrade once it runs
                 raise kopf.TemporaryError(f"upgrade waits: {e}", delay=UPGRADE_RETRY_S) from None
             except SavepointFailedError as e:
-                message = f"savepoint failed, the job keeps running its previous spec: {e}"
-                binding.upgrade |= {"state": UPGRADE_FAILED, "message": message}
-                self.bindings.save(binding)
-                self.writer.mark(job_id)
-                await self._job_event(binding, "Warning", "UpgradeFailed", message)
+                await self._upgrade_failed_because(binding, f"savepoint failed: {e}")
                 return
             savepoint_id = snapshot.savepoint_id
         if entry.record.status == JobStatus.PAUSED:
             await self.plane.resume(job_id)  # restart stops the run anyway; paused cannot restart
         upgrade = mapping.pipeline_changes(entry.config, wanted)
-        point = await self.plane.restart(
-            job_id,
-            savepoint_id,
-            mapping.restart_overrides(wanted),
-            pipeline=wanted if upgrade else None,
-            fresh=mode == mapping.UpgradeMode.STATELESS,
-        )
+        try:
+            point = await self.plane.restart(
+                job_id,
+                savepoint_id,
+                mapping.restart_overrides(wanted),
+                pipeline=wanted if upgrade else None,
+                fresh=mode == mapping.UpgradeMode.STATELESS,
+            )
+        except InvalidJobConfigError as e:  # refused before the run stops (over --max-parallelism)
+            await self._upgrade_failed_because(binding, "; ".join(f"{x.path}: {x.message}" for x in e.errors))
+            return
         start = entry.record.start_from
         origin = (
             None
@@ -226,6 +226,14 @@ class StreamingJobReconciler:
         self.bindings.save(binding)
         self.writer.mark(job_id)
         await self._job_event(binding, "Normal", "Upgraded", str(binding.upgrade["message"]))
+
+    async def _upgrade_failed_because(self, binding: Binding, why: str) -> None:
+        """The upgrade did not happen and the old spec runs on: said in status and as a Warning."""
+        message = f"{why}; the job keeps running its previous spec"
+        binding.upgrade = {**(binding.upgrade or {}), "state": UPGRADE_FAILED, "message": message}
+        self.bindings.save(binding)
+        self.writer.mark(binding.job_id)
+        await self._job_event(binding, "Warning", "UpgradeFailed", message)
 
     async def _check_paths(self, spec: Mapping[str, Any], wanted: JobConfig) -> None:
         """InvalidJobConfigError for every local path of the spec outside the allowed roots: on every
