@@ -8,9 +8,13 @@ kept (savepoint, last-state), every window again when the new spec started witho
 
 from __future__ import annotations
 
+import asyncio
+from asyncio.subprocess import PIPE, STDOUT
+from pathlib import Path
 from typing import Any
 
 import pytest
+from chart_rbac import enforce_crd_schemas
 from k8s_helpers import (
     NS,
     Env,
@@ -29,6 +33,8 @@ from k8s_helpers import (
 )
 
 from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.testing.kube_emulator import start_cluster
+from heliosdb_streaming.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,6 +68,18 @@ async def upgraded(
         raise AssertionError(f"{e}; status {status}\n{operator.output()[-4000:]}") from None
 
 
+async def kubectl(kubeconfig: Path, *args: str) -> tuple[int, str]:
+    command = ["kubectl", "--kubeconfig", str(kubeconfig), "-n", NS, *args]
+    process = await asyncio.create_subprocess_exec(*command, stdout=PIPE, stderr=STDOUT)
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return int(process.returncode or 0), out.decode()
+
+
+def operator_args() -> list[str]:
+    """All namespaces, and a free port for the read API (its default 8082 may be another test's)."""
+    return ["--all-namespaces", "--read-port", str(free_port())]
+
+
 def attempts(pods: list[dict[str, Any]]) -> list[str]:
     return [p["metadata"]["labels"][f"{crds.GROUP}/attempt"] for p in pods]
 
@@ -70,14 +88,14 @@ async def test_kubectl_scale_rescales_through_a_savepoint_with_exact_windows(
     cluster: Env, start_operator: StartOperator
 ) -> None:
     client, db = cluster.client, cluster.tmp / "out.db"
-    operator = await start_operator()
+    operator = await start_operator(args=operator_args())
     await start_job(cluster, operator, "scaled", window_spec(db, parallelism=2, rate=2000))
     scale_path = kube.STREAMINGJOBS.path(NS, "scaled", "scale")
     scale = await client._request("GET", scale_path)
     assert (scale["kind"], scale["spec"]["replicas"], scale["status"]["replicas"]) == ("Scale", 2, 2)
     assert scale["status"]["selector"] == f"app.kubernetes.io/name=heliosdb-streaming,{crds.GROUP}/job=scaled"
 
-    # what `kubectl scale sj/scaled --replicas=3` sends: a merge patch of the Scale
+    # what `kubectl scale sj/scaled --replicas=3` sends (test_kubectl_scale_... runs kubectl itself)
     scale = await client.patch(
         kube.STREAMINGJOBS, NS, "scaled", {"spec": {"replicas": 3}}, subresource="scale"
     )
@@ -107,7 +125,7 @@ async def test_last_state_keeps_state_and_stateless_starts_over(
 ) -> None:
     client = cluster.client
     kept_db, fresh_db = cluster.tmp / "kept.db", cluster.tmp / "fresh.db"
-    operator = await start_operator()
+    operator = await start_operator(args=operator_args())
     await start_job(
         cluster, operator, "kept", window_spec(kept_db, parallelism=1, rate=2000, upgradeMode="last-state")
     )
@@ -142,7 +160,7 @@ async def test_failed_savepoint_keeps_the_old_spec_running(
     cluster: Env, start_operator: StartOperator
 ) -> None:
     client = cluster.client
-    operator = await start_operator(args=["--all-namespaces", "--max-parallelism", "3"])
+    operator = await start_operator(args=[*operator_args(), "--max-parallelism", "3"])
     spec = window_spec(cluster.tmp / "out.db", parallelism=1, rate=400)  # 50 s of data: still running
     status = await start_job(cluster, operator, "stuck", spec)
     chk = next(operator.home.rglob(f"{status['jobId']}/chk-*"))
@@ -170,3 +188,27 @@ async def test_failed_savepoint_keeps_the_old_spec_running(
     assert (status["phase"], status["parallelism"], status["observedGeneration"]) == ("running", 2, 3)
     assert attempts(await worker_pods(client, "stuck")) == ["2", "2"]
     await operator.stop()
+
+
+async def test_kubectl_scale_sets_the_parallelism_through_the_scale_subresource(tmp_path: Path) -> None:
+    """The real kubectl against the emulated API server (no authentication: kubectl sends no token
+    over plain HTTP): discovery finds the subresource, ``scale`` patches it, the schema still applies."""
+    async with start_cluster(tmp_path) as emulated:
+        enforce_crd_schemas(emulated.emulator)
+        client = kube.KubeClient(emulated.connection())
+        try:
+            await client.create(
+                kube.STREAMINGJOBS,
+                NS,
+                streaming_job("x", window_spec(tmp_path / "o.db", parallelism=2, rate=1)),
+            )
+            code, out = await kubectl(emulated.kubeconfig, "scale", "sj/x", "--replicas=4")
+            assert code == 0 and "scaled" in out, out
+            resource = await client.get(kube.STREAMINGJOBS, NS, "x")
+            assert (resource["spec"]["config"]["parallelism"], resource["metadata"]["generation"]) == (4, 2)
+            code, out = await kubectl(emulated.kubeconfig, "scale", "sj/x", "--replicas=0")
+            assert code != 0 and "spec.config.parallelism" in out, out  # the CRD's minimum is 1
+            code, out = await kubectl(emulated.kubeconfig, "get", "sj/x", "--subresource=scale", "-o", "json")
+            assert code == 0 and '"replicas": 4' in out, out
+        finally:
+            await client.close()
