@@ -27,7 +27,6 @@ from typing import Any, Final
 import yaml
 
 from heliosdb_streaming.kubernetes import structural
-from heliosdb_streaming.kubernetes.operator.mapping import DEFAULT_UPGRADE_MODE, UpgradeMode
 from heliosdb_streaming.model.config import JobSubmitRequest, RestartStrategy
 from heliosdb_streaming.model.types import JobStatus
 
@@ -44,6 +43,7 @@ SAVEPOINT_PLURAL: Final = "savepoints"
 DESIRED_STATES: Final = ("running", "paused", "cancelled")
 SAVEPOINT_STATES: Final = ("pending", "in_progress", "completed", "failed")
 UPGRADE_STATES: Final = ("in_progress", "completed", "failed")
+UPGRADE_MODES: Final = ("stateless", "savepoint", "last-state")  # ``operator.mapping.UpgradeMode``
 # ``kubectl scale sj/x --replicas=N`` sets the parallelism; the edit is upgraded as spec.upgradeMode says
 SCALE: Final = {
     "specReplicasPath": ".spec.config.parallelism",
@@ -113,8 +113,8 @@ def streaming_job_spec_schema() -> Schema:
             },
             "upgradeMode": {
                 "type": "string",
-                "enum": [m.value for m in UpgradeMode],
-                "default": DEFAULT_UPGRADE_MODE.value,
+                "enum": list(UPGRADE_MODES),
+                "default": "savepoint",
                 "description": "What an edit of a running job does: savepoint (restart the new spec from "
                 "a savepoint; the old spec keeps running if it fails), last-state (restart from the "
                 "newest checkpoint) or stateless (restart without state)",
@@ -205,7 +205,7 @@ def streaming_job_status_schema() -> Schema:
                 "type": "object",
                 "description": "The latest upgrade of an edited spec (spec.upgradeMode)",
                 "properties": {
-                    "mode": {"type": "string", "enum": [m.value for m in UpgradeMode]},
+                    "mode": {"type": "string", "enum": list(UPGRADE_MODES)},
                     "generation": {
                         "type": "integer",
                         "format": "int64",

@@ -29,12 +29,12 @@ class Binding:
     namespace: str
     name: str
     uid: str
+    # the latest upgrade of an edited spec (``reconciler``; ``status.upgrade`` shows it)
+    upgrade: dict[str, Any] | None = None
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0
     observed_generation: int | None = None
-    # the latest upgrade of an edited spec (``reconciler``; ``status.upgrade`` shows it)
-    upgrade: dict[str, Any] | None = None
 
     @property
     def target(self) -> Target:

@@ -1,8 +1,7 @@
 """StreamingJob spec -> job config, and the one step that brings a job closer to its spec. Pure: no I/O.
 
 The spec is the REST submit body plus what the operator acts on (``state``, ``restartNonce``,
-``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``,
-``upgradeMode``). ``plan``
+``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``). ``plan``
 compares the spec with what the control plane reports and names the single next action, the way the
 Flink operator's reconciler decides one step per pass; the reconciler performs it and asks again.
 """
@@ -29,7 +28,8 @@ class DesiredState(StrEnum):
 
 
 class UpgradeMode(StrEnum):
-    """What an edit of a running StreamingJob does (``spec.upgradeMode``), as the Flink operator's."""
+    """What an edit of a running StreamingJob does (``spec.upgradeMode``), as the Flink operator's;
+    ``crds.UPGRADE_MODES`` lists the same values (a unit test keeps them in step)."""
 
     STATELESS = "stateless"  # stop, start the new spec without state (sources from their start)
     SAVEPOINT = "savepoint"  # savepoint, restart the new spec from it; a failed savepoint keeps the old
@@ -48,11 +48,11 @@ class JobSpec:
     state: DesiredState = DesiredState.RUNNING
     restart_nonce: int = 0
     restore_from: str | None = None
+    upgrade_mode: UpgradeMode = DEFAULT_UPGRADE_MODE  # ``spec.upgradeMode``: what an edit does
     savepoint_on_cancel: bool = False
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     checkpoint_storage: str | None = None
-    upgrade_mode: UpgradeMode = DEFAULT_UPGRADE_MODE
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
@@ -62,16 +62,16 @@ class JobSpec:
         except ValueError:
             errors.append(FieldError("spec.state", "must be one of running, paused, cancelled"))
             state = DesiredState.RUNNING
-        nonce = spec.get("restartNonce") or 0
-        if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
-            errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
-            nonce = 0
         try:
             upgrade_mode = UpgradeMode(spec.get("upgradeMode") or DEFAULT_UPGRADE_MODE)
         except ValueError:
             modes = ", ".join(m.value for m in UpgradeMode)
             errors.append(FieldError("spec.upgradeMode", f"must be one of {modes}"))
             upgrade_mode = DEFAULT_UPGRADE_MODE
+        nonce = spec.get("restartNonce") or 0
+        if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
+            errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
+            nonce = 0
         resources = spec.get("resources") or {}
         if not isinstance(resources, dict):
             errors.append(FieldError("spec.resources", "must be an object (requests, limits)"))
@@ -82,11 +82,11 @@ class JobSpec:
             state=state,
             restart_nonce=nonce,
             restore_from=spec.get("restoreFrom") or None,
+            upgrade_mode=upgrade_mode,
             savepoint_on_cancel=bool(spec.get("savepointOnCancel", False)),
             image=spec.get("image") or None,
             resources=dict(resources),
             checkpoint_storage=spec.get("checkpointStorage") or None,
-            upgrade_mode=upgrade_mode,
         )
 
 

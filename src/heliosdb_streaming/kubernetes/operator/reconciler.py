@@ -116,12 +116,11 @@ class StreamingJobReconciler:
             raise kopf.PermanentError(str(e)) from None
         binding = await self._bind(namespace, name, uid, desired, previous, wanted)
         entry = self.plane.get(binding.job_id)
-        generation = meta.get("generation")
-        changed = binding.observed_generation not in (None, generation)
-        if changed and desired.restart_nonce == binding.applied_nonce and entry.record.status.terminal:
+        changed = binding.observed_generation not in (None, meta.get("generation"))
+        if changed and desired.restart_nonce == binding.applied_nonce:
             await self._note_pending_changes(binding, entry, wanted)
         for _ in range(MAX_STEPS):
-            upgrade = self._upgrade_due(binding, entry, desired, wanted, generation)
+            upgrade = self._upgrade_due(binding, entry, desired, wanted, meta.get("generation"))
             step = mapping.plan(desired, entry.record.status, binding.applied_nonce, upgrade=upgrade)
             if step == Step.NONE:
                 break
@@ -132,16 +131,15 @@ class StreamingJobReconciler:
                 )
             try:
                 if step == Step.UPGRADE:
-                    await self._upgrade(binding, entry, desired, wanted, generation)
+                    await self._upgrade(binding, entry, desired, wanted, meta.get("generation"))
                 else:
                     await self._act(step, binding, entry, desired, wanted)
             except IllegalStateTransitionError as e:
                 logger.info("%s/%s: %s; planning again", namespace, name, e)
         # observedGeneration means applied: not while a stopped job waits for a restartNonce, nor
         # after a failed upgrade (the previous spec runs)
-        waiting = entry.record.status.terminal and bool(mapping.upgrade_changes(entry.config, wanted))
-        if not waiting and not self._upgrade_failed(binding, generation):
-            binding.observed_generation = generation
+        if not mapping.upgrade_changes(entry.config, wanted):
+            binding.observed_generation = meta.get("generation")
         self.bindings.save(binding)
         self.writer.mark(binding.job_id)
 
@@ -269,7 +267,10 @@ class StreamingJobReconciler:
             raise PythonNotAllowedError(refused)
 
     async def _note_pending_changes(self, binding: Binding, entry: JobEntry, wanted: Any) -> None:
-        """A spec change that is not a state or a restart waits for one: say so once, as an Event."""
+        """A spec change of a stopped job that is not a state or a restart waits for one: say so once,
+        as an Event (an active job is upgraded at once, as ``spec.upgradeMode`` says)."""
+        if not entry.record.status.terminal:
+            return
         settings = [
             f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]

@@ -29,10 +29,10 @@ class Observed:
 
     parallelism: int
     snapshots: tuple[SnapshotRecord, ...] = ()
-    observed_generation: int | None = None
-    observed_nonce: int = 0
     upgrade: Mapping[str, Any] | None = None  # ``Binding.upgrade``: the latest upgrade of an edited spec
     selector: str | None = None  # the worker pods' label selector (the scale subresource's)
+    observed_generation: int | None = None
+    observed_nonce: int = 0
 
 
 def last_checkpoint(snapshots: tuple[SnapshotRecord, ...]) -> str | None:

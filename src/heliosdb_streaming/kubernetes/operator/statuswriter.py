@@ -78,10 +78,10 @@ class StatusWriter:
         observed = status.Observed(
             parallelism=entry.config.parallelism,
             snapshots=tuple(entry.snapshots),
-            observed_generation=binding.observed_generation,
-            observed_nonce=binding.applied_nonce,
             upgrade=binding.upgrade,
             selector=kube.selector_text(pods.job_labels(binding.name)),
+            observed_generation=binding.observed_generation,
+            observed_nonce=binding.applied_nonce,
         )
         wanted = status.project(entry.record, observed, previous, datetime.now(UTC))
         patch = status.diff(previous, wanted)

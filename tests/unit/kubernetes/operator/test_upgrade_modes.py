@@ -13,8 +13,10 @@ from heliosdb_streaming.control.entry import JobEntry
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.embedded.logs import JobLog
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.kubernetes.operator import status
 from heliosdb_streaming.kubernetes.operator.mapping import (
+    DEFAULT_UPGRADE_MODE,
     JobSpec,
     Step,
     UpgradeMode,
@@ -39,7 +41,10 @@ def spec(**extra: Any) -> dict[str, Any]:
 
 
 def test_upgrade_mode_defaults_to_savepoint_and_names_its_path_when_unknown() -> None:
-    assert JobSpec.from_spec(spec()).upgrade_mode == UpgradeMode.SAVEPOINT
+    assert JobSpec.from_spec(spec()).upgrade_mode == UpgradeMode.SAVEPOINT == DEFAULT_UPGRADE_MODE
+    assert tuple(UpgradeMode) == crds.UPGRADE_MODES  # the CRD's enum
+    upgrade_mode = crds.streaming_job_spec_schema()["properties"]["upgradeMode"]
+    assert upgrade_mode["default"] == DEFAULT_UPGRADE_MODE
     assert JobSpec.from_spec(spec(upgradeMode="last-state")).upgrade_mode == UpgradeMode.LAST_STATE
     with pytest.raises(InvalidJobConfigError) as e:
         JobSpec.from_spec(spec(upgradeMode="blue-green"))
