@@ -187,6 +187,15 @@ async def test_failed_savepoint_keeps_the_old_spec_running(
     assert "max_parallelism 3" in status["upgrade"]["message"], status["upgrade"]
     assert (status["phase"], status["parallelism"], status["observedGeneration"]) == ("running", 2, 3)
     assert attempts(await worker_pods(client, "stuck")) == ["2", "2"]
+
+    # a paused job is upgraded too, and stays paused
+    await patch_spec(client, "stuck", {"state": "paused"})
+    await wait_phase(client, "stuck", "paused", log=operator.output())
+    await patch_spec(client, "stuck", {"config": {**spec["config"], "parallelism": 1}})
+    await upgraded(cluster, operator, "stuck", 6, "completed")
+    status = await wait_phase(client, "stuck", "paused", log=operator.output())
+    assert (status["parallelism"], status["observedGeneration"]) == (1, 6)
+    assert attempts(await worker_pods(client, "stuck")) == ["3"]
     await operator.stop()
 
 
