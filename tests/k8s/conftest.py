@@ -69,7 +69,9 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         await install_operator_rbac(cluster.client, scope)
         # the tests' SQLite files and checkpoint dirs are in the test's directory
         allow = ["--allow-path", str(cluster.tmp)]
-        argv = operator_command(home, port, *scope, *allow, "--image", "heliosdb-streaming:test")
+        # a free port for the read API: its default (8082) may be another test run's on this machine
+        read = [] if "--read-port" in scope else ["--read-port", str(free_port())]
+        argv = operator_command(home, port, *scope, *allow, *read, "--image", "heliosdb-streaming:test")
         with log.open("ab") as out:
             process = subprocess.Popen(
                 argv,

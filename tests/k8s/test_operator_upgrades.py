@@ -34,7 +34,6 @@ from k8s_helpers import (
 
 from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.testing.kube_emulator import start_cluster
-from heliosdb_streaming.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -75,11 +74,6 @@ async def kubectl(kubeconfig: Path, *args: str) -> tuple[int, str]:
     return int(process.returncode or 0), out.decode()
 
 
-def operator_args() -> list[str]:
-    """All namespaces, and a free port for the read API (its default 8082 may be another test's)."""
-    return ["--all-namespaces", "--read-port", str(free_port())]
-
-
 def attempts(pods: list[dict[str, Any]]) -> list[str]:
     return [p["metadata"]["labels"][f"{crds.GROUP}/attempt"] for p in pods]
 
@@ -88,7 +82,7 @@ async def test_kubectl_scale_rescales_through_a_savepoint_with_exact_windows(
     cluster: Env, start_operator: StartOperator
 ) -> None:
     client, db = cluster.client, cluster.tmp / "out.db"
-    operator = await start_operator(args=operator_args())
+    operator = await start_operator()
     await start_job(cluster, operator, "scaled", window_spec(db, parallelism=2, rate=2000))
     scale_path = kube.STREAMINGJOBS.path(NS, "scaled", "scale")
     scale = await client._request("GET", scale_path)
@@ -125,7 +119,7 @@ async def test_last_state_keeps_state_and_stateless_starts_over(
 ) -> None:
     client = cluster.client
     kept_db, fresh_db = cluster.tmp / "kept.db", cluster.tmp / "fresh.db"
-    operator = await start_operator(args=operator_args())
+    operator = await start_operator()
     await start_job(
         cluster, operator, "kept", window_spec(kept_db, parallelism=1, rate=2000, upgradeMode="last-state")
     )
@@ -160,7 +154,7 @@ async def test_failed_savepoint_keeps_the_old_spec_running(
     cluster: Env, start_operator: StartOperator
 ) -> None:
     client = cluster.client
-    operator = await start_operator(args=[*operator_args(), "--max-parallelism", "3"])
+    operator = await start_operator(args=["--all-namespaces", "--max-parallelism", "3"])
     spec = window_spec(cluster.tmp / "out.db", parallelism=1, rate=400)  # 50 s of data: still running
     status = await start_job(cluster, operator, "stuck", spec)
     chk = next(operator.home.rglob(f"{status['jobId']}/chk-*"))
