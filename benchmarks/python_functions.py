@@ -11,22 +11,18 @@ in-memory batches: what a user function call costs inside the step, next to a ba
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine import DISCARD, job, run_worker
-from benchmarks.services import prefill_topic
-from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
+from benchmarks.engine import DISCARD, best_of_two, datagen_source, job, kafka_source
+from benchmarks.quix import Seen, counted, quix_arguments, quix_events_per_second, versus
+from benchmarks.services import best_ns_per_event, datagen_batches, prefilled_broker
+from benchmarks.table import print_table
 from heliosdb_streaming.runtime.transformations.basic import MapTransformation
 from heliosdb_streaming.runtime.transformations.python import PythonTransformation
-from heliosdb_streaming.testing.tansu import run_tansu
 
 HERE = "benchmarks.python_functions"
 EXPR_MAP = {"type": "map", "config": {"fields": {"amount2": "amount * 2"}}}
@@ -54,11 +50,7 @@ def twice(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def run_pipelines(n: int, bootstrap: str, topic: str, tmp_path: Path) -> list[tuple[str, float, int]]:
-    datagen = {"type": "datagen", "config": {"partitions": 1, "seed": 1, "keys": 10_000, "count": n}}
-    kafka = {
-        "type": "kafka",
-        "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
-    }
+    datagen, kafka = datagen_source(n), kafka_source(bootstrap, topic)
     rows: list[tuple[str, float, int]] = []
     for label, source, steps in [
         ("(a) datagen -> expression map -> discard", datagen, [EXPR_MAP]),
@@ -69,30 +61,14 @@ async def run_pipelines(n: int, bootstrap: str, topic: str, tmp_path: Path) -> l
         ("(d) kafka -> expression map -> discard", kafka, [EXPR_MAP]),
         ("(d) kafka -> python map -> discard", kafka, [PY_MAP]),
     ]:
-        best = (0.0, 0)
-        for _ in range(2):  # the best of two: the first run of a process also warms it up
-            eps, _, count = await run_worker(
-                job(label, source, steps, DISCARD, "memory"), n, tmp_path / uuid.uuid4().hex
-            )
-            best = max(best, (eps, count))
-        eps, count = best
-        rows.append((label, eps, count))
+        config = job(label, source, steps, DISCARD, "memory")
+        rows.append((label, *await best_of_two(config, n, tmp_path)))
     return rows
 
 
 async def step_costs(n: int) -> list[tuple[str, float]]:
     """ns per event of the step alone over in-memory batches of datagen records, and of a bare loop."""
-    reader = DatagenSourceReader(
-        schema="transactions", rate_per_sec=0, count=n, partitions=1, seed=1, keys=10_000, source_index=0
-    )
-    splits = await reader.discover_splits()
-    await reader.open(splits, {})
-    records: list[dict[str, Any]] = []
-    while len(records) < n:
-        for batch in await reader.poll(10_000, 0.1):
-            records.extend(batch.records)
-    await reader.close()
-    batches = [records[i : i + MICRO_BATCH] for i in range(0, len(records), MICRO_BATCH)]
+    batches = await datagen_batches(n, MICRO_BATCH)
 
     errors: list[Any] = []
     py_map = PythonTransformation(f"{HERE}:double", "map")
@@ -107,75 +83,37 @@ async def step_costs(n: int) -> list[tuple[str, float]]:
         ("python map step (double)", lambda b: py_map.process(b, errors)),
         ("expression map step (amount2 = amount * 2)", lambda b: expr_map.process(b, errors)),
     ]
-    best = dict.fromkeys((label for label, _ in runs), float("inf"))
-    for _ in range(REPEATS):  # interleaved, the best of a few: the machine is shared, noise only adds
-        for label, run in runs:
-            started = time.perf_counter()
-            for b in batches:
-                run(b)
-            best[label] = min(best[label], time.perf_counter() - started)
-    return [(label, seconds / len(records) * 1e9) for label, seconds in best.items()]
+    return best_ns_per_event(runs, batches, REPEATS)
 
 
-def quix_map(bootstrap: str, topic: str, events: int, state_dir: str) -> float:
-    """Quix Streams on the same topic: ``sdf.apply(double)``; returns events/s."""
-    from quixstreams import Application
-
-    app = Application(
-        broker_address=bootstrap,
-        consumer_group=f"quix-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        use_changelog_topics=False,
-        state_dir=state_dir,
-    )
-    seen = 0
-    started = 0.0
-
-    def count(value: Any) -> Any:
-        nonlocal seen, started
-        if seen == 0:
-            started = time.perf_counter()
-        seen += 1
-        if seen >= events:
-            app.stop()
-        return value
-
-    source = app.topic(topic, value_deserializer="json")
-    source.broker_config.extra_config.setdefault("retention.ms", str(7 * 86_400_000))  # tansu omits it
-    sdf = app.dataframe(source)
-    sdf = sdf.apply(double).apply(count)
-    app.run()
-    return seen / (time.perf_counter() - started)
+def quix_map(sdf: Any, seen: Seen) -> Any:
+    """Quix Streams' side of (d): ``sdf.apply(double)`` with the same function."""
+    return sdf.apply(double).apply(counted(seen))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--quix", action="store_true", default=bool(os.environ.get("QUIX")))
-    args = parser.parse_args()
+    args = quix_arguments(__doc__, events=300_000)
     n = args.events
     quix: float | None = None
-    with tempfile.TemporaryDirectory() as tmp, run_tansu() as bootstrap:
-        tmp_path = Path(tmp)
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        asyncio.run(prefill_topic(bootstrap, topic, n))
+    with prefilled_broker(n) as (bootstrap, topic, tmp_path):
         rows = asyncio.run(run_pipelines(n, bootstrap, topic, tmp_path))
         costs = asyncio.run(step_costs(min(n, 200_000)))
         if args.quix:  # Quix installs signal handlers, so it runs in the main thread, after our loop
-            quix = quix_map(bootstrap, topic, n, str(tmp_path / "quix"))
-    print()
-    print(f"{'pipeline (one worker, memory state)':<52} {'events/s':>12} {'events':>10} {'vs Quix':>9}")
-    print("-" * 86)
-    for label, eps, count in rows:
-        versus = f"{eps / quix:8.2f}x" if quix and label.startswith("(d) kafka -> python map") else ""
-        print(f"{label:<52} {eps:>12,.0f} {count:>10,} {versus:>9}")
-    if quix:
-        print(f"{'Quix Streams: kafka -> sdf.apply(double)':<52} {quix:>12,.0f}")
-    print()
-    print(f"{'the step alone, batches of ' + str(MICRO_BATCH):<52} {'ns/event':>12}")
-    print("-" * 65)
-    for label, ns in costs:
-        print(f"{label:<52} {ns:>12,.0f}")
+            quix = quix_events_per_second(bootstrap, topic, n, str(tmp_path / "quix"), quix_map)
+    print_table(
+        [
+            ("pipeline (one worker, memory state)", "<52"),
+            ("events/s", ">12,.0f"),
+            ("events", ">10,"),
+            ("vs Quix", ">9"),
+        ],
+        [
+            (label, eps, count, versus(eps, quix) if label.startswith("(d) kafka -> python map") else "")
+            for label, eps, count in rows
+        ]
+        + ([("Quix Streams: kafka -> sdf.apply(double)", quix)] if quix else []),
+    )
+    print_table([(f"the step alone, batches of {MICRO_BATCH}", "<52"), ("ns/event", ">12,.0f")], costs)
     bare, step = costs[0][1], costs[1][1]
     print(f"\ncost of the step around a user function call: {step - bare:,.0f} ns/event")
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline")

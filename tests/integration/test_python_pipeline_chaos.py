@@ -1,15 +1,14 @@
-"""The whole Python pipeline under chaos: files (declared ``partitioned_by: card_id``) ->
+"""The whole Python pipeline under chaos: files or Kafka (declared ``partitioned_by: card_id``) ->
 python map -> python filter -> key_by card_id -> a keyed process class with map state and event-time
 timers (``LongSessions``) -> PostgreSQL (exactly once), parallelism 2, memory and rocksdb, workers
 SIGKILLed mid-run; and a savepoint restarted at parallelism 1. A python map may rewrite any field, so
-the plan regroups by card after it: the job names the test broker for internal topics so that it is
-accepted at parallelism 2 (until the Kafka exchange is wired in, each file's cards stay in its split,
-which these files honour; at parallelism 1 the regrouping runs in process). The table must equal the
+the plan regroups by card after it: at parallelism 2 the records cross worker processes through the
+job's internal topic on the test broker (at parallelism 1 the regrouping runs in process; the
+savepoint moves key groups from two tasks to one). The table must equal the
 reference computed here in plain Python from the input: no row lost, none duplicated, none changed."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
 from pathlib import Path
@@ -18,25 +17,33 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from python_chaos import (
+    kafka_partition,
+    kill_workers,
+    produce_between_kills,
+    python_job,
+    settled_rows,
+    use_userpkg,
+    wait_finished,
+)
 
-from heliosdb_streaming.embedded.launcher import worker_processes
-from heliosdb_streaming.job import JobConfigOverrides, JobManager, JobStatus, RestartOptions
+from heliosdb_streaming.job import JobConfigOverrides, JobManager, RestartOptions
 from heliosdb_streaming.testing.waits import wait_until
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.postgres, pytest.mark.kafka]
 
-USERPKG = Path(__file__).resolve().parents[1] / "userpkg"
 FILES, PER_FILE, CARDS = 4, 4_000, 10
 STAGGER, SPAN = 300, 1_000  # card j of a file is active from event STAGGER*j for SPAN events
 BASE_TS = 1_767_225_600_000
 SECOND = 1_000  # event i of a file happens at BASE_TS + i seconds (+ the file's index in ms)
+MARGIN = 50 * SECOND  # no session of the Kafka cut ends this close to the final watermark
+PARTITIONS, TAIL_PER_PARTITION = 4, 4
 COLUMNS = "kind, card_id, total, count, merchants, at"
 
 
 @pytest.fixture(autouse=True)
 def userpkg_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(USERPKG))  # the control plane's submit check
-    monkeypatch.setenv("PYTHONPATH", str(USERPKG))  # what its workers inherit
+    use_userpkg(monkeypatch)
 
 
 def make_events(seed: int) -> list[list[dict[str, Any]]]:
@@ -68,10 +75,11 @@ def write_files(directory: Path, files: list[list[dict[str, Any]]]) -> None:
         (directory / f"part-{f}.jsonl").write_bytes(b"\n".join(map(orjson.dumps, events)) + b"\n")
 
 
-def reference(files: list[list[dict[str, Any]]]) -> list[tuple[Any, ...]]:
+def reference(files: list[list[dict[str, Any]]], until: int | None = None) -> list[tuple[Any, ...]]:
     """What the pipeline must write, computed without the engine: the same map and filter, then per
     card (in its file's order) sessions split where events are more than the gap apart; an alert the
-    first time a session's total passes the limit; a session row (at = last event + gap) for each."""
+    first time a session's total passes the limit; a session row (at = last event + gap) for every
+    session, or, with ``until`` (an unbounded source's final watermark), for those ending by then."""
     from helios_userpkg.fraud import LIMIT, LongSessions
     from helios_userpkg.records import is_large, slow_fee
 
@@ -97,31 +105,21 @@ def reference(files: list[list[dict[str, Any]]]) -> list[tuple[Any, ...]]:
                     alerted = True
                     rows.append(("alert", card, total, 0, len(merchants), e["timestamp"]))
             ends = session[-1]["timestamp"] + gap
-            rows.append(("session", card, total, len(session), len(merchants), ends))
+            if until is None or ends <= until:
+                rows.append(("session", card, total, len(session), len(merchants), ends))
     return sorted(rows)
 
 
 def job_body(
     name: str, source: dict[str, Any], dsn: str, schema: str, backend: str, fee: str = "slow_fee"
 ) -> dict[str, Any]:
-    return {
-        "name": name,
-        "config": {
-            "parallelism": 2,
-            "state_backend": backend,
-            "checkpoint_interval_ms": 200,
-            "restart_strategy": {"type": "fixed_delay", "attempts": 100, "delay_ms": 100},
-            "on_error": "fail",
-        },
-        "sources": [source],
-        "transformations": [
-            {"type": "python", "config": {"function": f"helios_userpkg.records:{fee}"}},
-            {"type": "python", "config": {"function": "helios_userpkg.records:is_large", "kind": "filter"}},
-            {"type": "key_by", "config": {"key": "card_id"}},
-            {"type": "process", "config": {"function": "helios_userpkg.fraud:LongSessions"}},
-        ],
-        "sinks": [{"type": "database", "config": {"connection_string": dsn, "table": f"{schema}.sessions"}}],
-    }
+    steps = [
+        {"type": "python", "config": {"function": f"helios_userpkg.records:{fee}"}},
+        {"type": "python", "config": {"function": "helios_userpkg.records:is_large", "kind": "filter"}},
+        {"type": "key_by", "config": {"key": "card_id"}},
+        {"type": "process", "config": {"function": "helios_userpkg.fraud:LongSessions"}},
+    ]
+    return python_job(name, source, steps, dsn=dsn, table=f"{schema}.sessions", backend=backend)
 
 
 def file_job(
@@ -142,24 +140,6 @@ async def rows(dsn: str, schema: str) -> list[tuple[Any, ...]]:
         return []
     finally:
         await conn.close()
-
-
-async def kill_workers(job_id: str, rng: random.Random, times: int) -> int:
-    kills = 0
-    for _ in range(times):
-        await asyncio.sleep(rng.uniform(0.8, 1.5))
-        if workers := worker_processes(job_id):
-            rng.choice(workers).kill()
-            kills += 1
-    return kills
-
-
-async def wait_finished(jm: JobManager, job_id: str, within: float = 200) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while (status := await jm.get_job_status(job_id)) != JobStatus.FINISHED:
-        assert status != JobStatus.FAILED, (await jm.get_job_details(job_id)).message
-        assert asyncio.get_running_loop().time() < deadline, status
-        await asyncio.sleep(0.3)
 
 
 def check_input(want: list[tuple[Any, ...]]) -> None:
@@ -186,6 +166,82 @@ async def test_files_pipeline_is_exact_through_worker_kills(
         details = await jm.get_job_details(job_id)
     assert kills >= 2 and details.restarts >= 1, (kills, details.restarts)
     assert await rows(pg_dsn, pg_schema) == want
+
+
+def tail_events(after: int) -> list[dict[str, Any]]:
+    """One event each on fresh cards, ``TAIL_PER_PARTITION`` per partition, just after ``after``: an
+    unbounded source never ends, so an event-time timer fires only once its watermark passes it, and
+    a process step's watermark moves only with the events of its own split (one Kafka partition).
+    A partition that got no tail event (16 names left to the hash once put none in partition 2) keeps
+    its watermark at its own last event, far before the end, and its sessions open."""
+    cards: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
+    for k in itertools.count():
+        if all(len(c) == TAIL_PER_PARTITION for c in cards.values()):
+            break
+        chosen = cards[kafka_partition(f"tail-{k:03d}".encode(), PARTITIONS)]
+        if len(chosen) < TAIL_PER_PARTITION:
+            chosen.append(f"tail-{k:03d}")
+    names = sorted(itertools.chain.from_iterable(cards.values()))
+    return [
+        {"tx": f"tx-{card}", "card_id": card, "merchant": "m00", "amount": 100.0, "timestamp": after + 1 + i}
+        for i, card in enumerate(names)
+    ]
+
+
+def split_watermarks(events: list[dict[str, Any]]) -> dict[int, int]:
+    """The watermark each partition's process step reaches (latest time - 1 of what passes the filter)."""
+    from helios_userpkg.records import is_large
+
+    last: dict[int, int] = {}
+    for e in filter(is_large, events):
+        p = kafka_partition(e["card_id"].encode(), PARTITIONS)
+        last[p] = max(last.get(p, e["timestamp"]), e["timestamp"])
+    return {p: ts - 1 for p, ts in last.items()}
+
+
+async def test_kafka_pipeline_is_exact_through_worker_kills(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: Any, pg_dsn: str, pg_schema: str
+) -> None:
+    """Kafka (4 partitions, the card as message key, produced while the job runs, a worker killed
+    after each quarter). The input never ends, so sessions still open at the final watermark stay
+    open: the reference cuts there, and a tail on fresh cards in every partition brings every
+    split's watermark past it (checked here, before the engine runs)."""
+    topic = await kafka_topic(partitions=PARTITIONS)
+    files = make_events(seed=7)
+    events = sorted((e for f in files for e in f), key=lambda e: e["timestamp"])
+    final_watermark = events[-1]["timestamp"]
+    tail = tail_events(final_watermark)
+    events += tail
+    want = reference([*files, tail], until=final_watermark)
+    marks = split_watermarks(events)
+    assert len(marks) == PARTITIONS and min(marks.values()) >= final_watermark, marks
+    ends = [r[5] for r in reference([*files, tail]) if r[0] == "session"]
+    assert not [at for at in ends if final_watermark - MARGIN < at <= final_watermark + MARGIN]
+    assert 3 * FILES <= sum(r[0] == "session" for r in want) < FILES * CARDS
+    source = {
+        "type": "kafka",
+        "config": {
+            "bootstrap_servers": [kafka_bootstrap],
+            "topic": topic,
+            "start_from": "earliest",
+            "partitioned_by": "card_id",
+        },
+    }
+
+    def missing(got: list[tuple[Any, ...]]) -> list[tuple[int, tuple[Any, ...]]]:
+        """Rows not (yet) written, with the partition (split) of their card."""
+        return [(kafka_partition(r[1].encode(), PARTITIONS), r) for r in sorted(set(want) - set(got))]
+
+    async with JobManager(4, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job(job_body("py-pipeline-kafka", source, pg_dsn, pg_schema, "rocksdb"))
+        rng = random.Random("pipeline-kafka")
+        kills = await produce_between_kills(
+            kafka_bootstrap, topic, events, job_id=job_id, rng=rng, partitions=PARTITIONS
+        )
+        got = await settled_rows(jm, job_id, lambda: rows(pg_dsn, pg_schema), want, explain=missing)
+        assert got == want
+        assert kills >= 2 and (await jm.get_job_details(job_id)).restarts >= 1
+        await jm.cancel_job(job_id)
 
 
 async def test_savepoint_restarted_at_parallelism_one_is_exact(

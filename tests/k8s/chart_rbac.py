@@ -79,8 +79,38 @@ async def install(client: kube.KubeClient, manifests: list[Manifest]) -> None:
             await client.patch(resource, namespace, doc["metadata"]["name"], change)
 
 
+def _is_pattern(scope: list[str]) -> bool:
+    names = [scope[i + 1] for i, arg in enumerate(scope) if arg == "--namespace" and i + 1 < len(scope)]
+    return any(set(n) & set("*?[!") for n in names)
+
+
+def namespace_scan_rbac() -> list[Manifest]:
+    """What ``--namespace <pattern>`` needs beyond the chart's cluster-wide rules: kopf lists and
+    watches namespaces to match the pattern. The chart never runs the operator so (its watchNamespaces
+    are names), so it does not grant this; an install that passes a pattern adds it, as here."""
+    name = "helios-operator-namespace-scan"
+    role = {
+        "apiVersion": f"{rbac.GROUP}/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": f"{rbac.GROUP}/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": rbac.GROUP, "kind": "ClusterRole", "name": name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": USERS[OPERATOR].name.rsplit(":", 1)[1], "namespace": NAMESPACE}
+        ],
+    }
+    return [role, binding]
+
+
 async def install_operator_rbac(client: kube.KubeClient, scope: list[str]) -> None:
     await install(client, rbac_manifests(operator_values(scope), OPERATOR))
+    if _is_pattern(scope):
+        await install(client, namespace_scan_rbac())
 
 
 async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:

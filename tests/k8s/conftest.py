@@ -69,8 +69,10 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         await install_operator_rbac(cluster.client, scope)
         # the tests' SQLite files and checkpoint dirs are in the test's directory
         allow = ["--allow-path", str(cluster.tmp)]
-        # a free port for the read API: its default (8082) may be another test run's on this machine
-        read = [] if "--read-port" in scope else ["--read-port", str(free_port())]
+        # its read API on a free loopback port: 8082 on all interfaces collides with any other operator
+        # on the machine (another test run), which fails this one's start
+        read_port = free_port()
+        read = ["--read-host", "127.0.0.1", "--read-port", str(read_port)]
         argv = operator_command(home, port, *scope, *allow, *read, "--image", "heliosdb-streaming:test")
         with log.open("ab") as out:
             process = subprocess.Popen(
@@ -80,7 +82,7 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        operator = OperatorProcess(process, log, home, port, argv)
+        operator = OperatorProcess(process, log, home, port, argv, read_port)
         started.append(operator)
         return operator
 

@@ -38,6 +38,7 @@ class OperatorProcess:
     home: Path
     control_port: int
     args: list[str] = field(default_factory=list)
+    read_port: int = 0  # its read API (and /healthz, what the chart's probes ask)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

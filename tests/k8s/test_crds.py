@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from crd_validation import crd_schema, structural_violations, validate
+from crd_validation import admission, crd_schema, structural_violations, validate
 from pydantic import BaseModel, ValidationError
 
 from heliosdb_streaming.kubernetes import crds, structural
@@ -345,6 +345,50 @@ def test_operator_fields_and_defaults() -> None:
     }
     good.pop("name")
     assert validate(JOB_CRD, streaming_job(good)) == []
+
+
+def test_resources_and_pod_template_are_schemed() -> None:
+    """``resources`` is a core ResourceRequirements (quantities), ``podTemplate`` the subset of a pod the
+    operator merges: the API server refuses bad values and prunes fields the operator would ignore,
+    but keeps a volume's source (its schema is core/v1's, checked when the pod is created)."""
+    base = spec_of(SPEC_FRAUD_PIPELINE)
+    template = {
+        "metadata": {"labels": {"team": "a"}},
+        "spec": {
+            "nodeSelector": {"pool": "streaming"},
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+            "volumes": [{"name": "certs", "secret": {"secretName": "kafka-certs"}}],
+            "containers": [
+                {
+                    "name": "worker",
+                    "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}}],
+                    "volumeMounts": [{"name": "certs", "mountPath": "/etc/certs"}],
+                }
+            ],
+        },
+    }
+    good = base | {"resources": {"requests": {"cpu": "500m", "memory": 1073741824}}, "podTemplate": template}
+    assert validate(JOB_CRD, streaming_job(good)) == []
+    for bad, where in (
+        ({"resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits"),
+        ({"resources": {"limits": ["1Gi"]}}, "spec.resources.limits"),
+        (
+            {"podTemplate": {"spec": {"containers": [{"name": "sidecar"}]}}},
+            "spec.podTemplate.spec.containers",
+        ),
+        (
+            {"podTemplate": {"spec": {"tolerations": [{"effect": "Sometimes"}]}}},
+            "spec.podTemplate.spec.tolerations",
+        ),
+        ({"podTemplate": {"spec": {"volumes": [{"secret": {}}]}}}, "spec.podTemplate.spec.volumes"),
+    ):
+        assert any(where in p for p in validate(JOB_CRD, streaming_job(base | bad))), bad
+    admit = admission(JOB_CRD)
+    sneaky = copy.deepcopy(template)
+    sneaky["spec"]["hostNetwork"] = True  # not a podTemplate field: pruned, as the API server does
+    admitted, _ = admit(streaming_job(base | {"podTemplate": sneaky}), strict=False)
+    assert "hostNetwork" not in admitted["spec"]["podTemplate"]["spec"]
+    assert admitted["spec"]["podTemplate"]["spec"]["volumes"] == template["spec"]["volumes"]  # type: ignore[index]
 
 
 def test_savepoint_needs_a_job_and_a_known_state() -> None:

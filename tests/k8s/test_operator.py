@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from urllib.parse import urlparse
 
+import aiohttp
 import pytest
 from k8s_helpers import (
     NS,
@@ -33,6 +34,7 @@ from k8s_helpers import (
 )
 
 from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.testing import pss
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -63,9 +65,20 @@ async def test_create_runs_workers_and_cancel_with_savepoint_then_restart_rescal
     operator = await start_operator()
     await create(cluster, "spend", {**window_spec(db, parallelism=2, rate=5000), "savepointOnCancel": True})
     status = await wait_phase(client, "spend", "running", log=operator.output())
+    health_url = f"http://127.0.0.1:{operator.read_port}/healthz"  # what the chart's probes ask, no token
+    async with aiohttp.ClientSession() as http, http.get(health_url) as health:
+        assert health.status == 200 and (await health.json())["status"] == "ok"
     assert status["jobId"].startswith("job-") and status["parallelism"] == 2
     assert status["startedAt"] and status["submittedAt"]
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "True", "Failed": "False"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True",
+        "Failed": "False",
+        "SpecApplied": "True",
+        "SavepointInProgress": "False",
+    }
+    generation = (await client.get(kube.STREAMINGJOBS, NS, "spend"))["metadata"]["generation"]
+    assert status["observedGeneration"] == generation
+    assert {c["observedGeneration"] for c in status["conditions"]} == {generation}
     annotations = (await client.get(kube.STREAMINGJOBS, NS, "spend"))["metadata"]["annotations"]
     assert "kopf" not in status and f"{crds.GROUP}/last-handled-configuration" in annotations  # progress
 
@@ -74,11 +87,13 @@ async def test_create_runs_workers_and_cancel_with_savepoint_then_restart_rescal
     owner = workers[0]["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == (crds.STREAMING_JOB_KIND, "spend", True)
     assert workers[0]["spec"]["restartPolicy"] == "Never"
+    assert [pss.violations(p["spec"]) for p in workers] == [[], []]  # restricted Pod Security Standard
     assert workers[0]["spec"]["containers"][0]["image"] == "heliosdb-streaming:test"
     assert {p["status"]["phase"] for p in workers} == {"Running"}
     job_file = (await client.get(kube.SECRETS, NS, "spend-job"))["data"]["job.json"]
     assert '"parallelism":2' in base64.b64decode(job_file).decode()
-    assert {"name": "job", "secret": {"secretName": "spend-job"}} in workers[0]["spec"]["volumes"]
+    job_volume = {"secretName": "spend-job", "items": [{"key": "job.json", "path": "job.json"}]}
+    assert {"name": "job", "secret": job_volume} in workers[0]["spec"]["volumes"]
     assert (await client.get(kube.SERVICES, NS, "spend-workers"))["spec"]["clusterIP"] == "None"
     await wait_checkpoint(cluster, "spend", operator)
 
@@ -270,10 +285,17 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
     assert {p["status"]["phase"] for p in await worker_pods(client, "endless")} == {"Running"}  # state kept
     await patch_spec(client, "endless", {"state": "running"})
     await wait_phase(client, "endless", "running", log=operator.output())
-    assert [r for r, _ in await events_of(client, "endless")].count("Running") == 2
 
-    # a new parallelism applies at once, through a savepoint (the default upgradeMode): 1 pod
-    await patch_spec(client, "endless", {"config": {**spec["config"], "parallelism": 1}})
+    async def running_twice() -> bool:  # the Event follows the status patch
+        return [r for r, _ in await events_of(client, "endless")].count("Running") == 2
+
+    await eventually(running_twice, 10, "a second Running event", on_fail=operator.output()[-3000:])
+
+    # a new parallelism and podTemplate apply at once, through a savepoint (the default upgradeMode)
+    template = {"metadata": {"labels": {"team": "streaming"}}}
+    await patch_spec(
+        client, "endless", {"config": {**spec["config"], "parallelism": 1}, "podTemplate": template}
+    )
 
     async def scaled_down() -> bool:
         names = [p["metadata"]["name"] for p in await worker_pods(client, "endless")]
@@ -283,7 +305,18 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
         )
 
     await eventually(scaled_down, 30, "one worker", on_fail=operator.output()[-3000:])
-    assert (await job_status(client, "endless"))["upgrade"]["mode"] == "savepoint"
+
+    async def applied_now() -> bool:
+        status = await job_status(client, "endless")
+        generation = (await client.get(kube.STREAMINGJOBS, NS, "endless"))["metadata"]["generation"]
+        spec_applied = {c["type"]: c["status"] for c in status["conditions"]}["SpecApplied"]
+        return status.get("observedGeneration") == generation and spec_applied == "True"
+
+    await eventually(applied_now, 20, "the new spec applied", on_fail=operator.output()[-3000:])
+    (pod,) = await worker_pods(client, "endless")
+    assert pod["metadata"]["labels"]["team"] == "streaming"  # the podTemplate, from the restart on
+    upgrade = (await job_status(client, "endless"))["upgrade"]
+    assert (upgrade["mode"], upgrade["changes"]) == ("savepoint", ["config.parallelism", "podTemplate"])
     await operator.stop()
 
 

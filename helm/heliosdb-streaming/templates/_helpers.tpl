@@ -116,9 +116,10 @@ app.kubernetes.io/component: {{ .component }}
       optional: true
 {{- end }}
 
-{{/* The namespaced permissions of the operator (Role or ClusterRole rules). */}}
+{{/* The namespaced permissions of the operator (Role or ClusterRole rules): each verb is a request it
+makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers: nothing PUTs. */}}
 {{- define "heliosdb-streaming.operatorNamespacedRules" -}}
-{{- /* No "update" anywhere: kopf and our client only get, list, watch, create, patch and delete (no PUT). */}}
+# kopf lists, watches and patches (finalizer, progress annotations); get: a Savepoint's jobRef
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs"]
   verbs: ["get", "list", "watch", "patch"]
@@ -128,21 +129,22 @@ app.kubernetes.io/component: {{ .component }}
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs/status", "savepoints/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # the worker pods' ownerReferences block the owner's deletion (OwnerReferencesPermissionEnforcement)
 - apiGroups: ["streaming.heliosdb.io"]
-  resources: ["streamingjobs/finalizers", "savepoints/finalizers"]
+  resources: ["streamingjobs/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
-  resources: ["pods", "services"]
+  resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# the workers' headless Service, created once; the garbage collector deletes it with the job
 - apiGroups: [""]
-  resources: ["secrets"]  # each job's file (connection strings); written, never listed or watched
+  resources: ["services"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["secrets"]  # each job's file (connection strings); written, never read, listed or watched
   verbs: ["create", "patch"]
 - apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
-- apiGroups: ["", "events.k8s.io"]
-  resources: ["events"]
+  resources: ["events"]  # core/v1 Events, kopf's and the operator's
   verbs: ["create"]
 {{- end }}

@@ -56,6 +56,14 @@ class WorkerHandle(Protocol):
     def kill(self) -> None: ...
 
 
+def disruption_of(handle: WorkerHandle) -> str | None:
+    """Why the substrate took the worker away (an eviction, a node drain, a preemption), if it did:
+    such an exit is not the job's failure and does not count against its restart strategy. Only pods
+    carry one (Kubernetes' ``DisruptionTarget`` condition); a local process never does."""
+    reason = getattr(handle, "disruption", None)
+    return str(reason) if reason else None
+
+
 class Launcher(Protocol):
     async def launch(self, spec: WorkerSpec) -> WorkerHandle: ...
 

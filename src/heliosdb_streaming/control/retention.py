@@ -26,8 +26,37 @@ from heliosdb_streaming.model.errors import (
     JobHasSavepointsError,
     JobNotTerminalError,
 )
+from heliosdb_streaming.model.plan import plan_job
+from heliosdb_streaming.runtime.exchange.topics import delete_job_topics
 
 logger = logging.getLogger(__name__)
+
+
+async def delete_internal_topics(entry: JobEntry) -> None:
+    """Deletes the job's internal (repartition) topics, if its plan has any: a job that regroups
+    records by key has them on its repartition brokers (``runtime/exchange/topics.py``)."""
+    config = entry.config
+    if not plan_job(config.sources, config.transformations).needs_exchange:
+        return
+    servers = config.repartition_servers()
+    if not servers:
+        return
+    try:
+        deleted = await delete_job_topics(servers, entry.record.job_id, timeout_s=10.0)
+    except Exception as e:  # a broker gone for good must not keep the job from being purged
+        logger.warning(
+            "job %s: could not delete its internal topics on %s (%s: %s); delete topics "
+            "helios-%s-* there by hand",
+            entry.record.job_id,
+            ",".join(servers),
+            type(e).__name__,
+            e,
+            entry.record.job_id,
+        )
+        return
+    if deleted:
+        logger.info("job %s: deleted internal topics %s", entry.record.job_id, ", ".join(deleted))
+
 
 MAX_SWEEP_INTERVAL_S = 60.0
 MIN_SWEEP_INTERVAL_S = 0.2
@@ -73,6 +102,7 @@ class JobRetention:
             self.check_purgeable(entry)
             # storage first: if it fails, the job and its record stay and the purge can be tried again
             await self.snapshots.storage_for(entry).delete_prefix(f"{job_id}/")
+            await delete_internal_topics(entry)
             self.table.remove(entry)
             await asyncio.to_thread(self.table.files.remove, job_id)
         logger.info("job %s purged", job_id)

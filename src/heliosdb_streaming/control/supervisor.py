@@ -21,7 +21,13 @@ from heliosdb_streaming.control import restart_policy
 from heliosdb_streaming.control.channel import WorkerChannelServer, broadcast
 from heliosdb_streaming.control.entry import JobEntry, Run, utcnow
 from heliosdb_streaming.control.jobs import JobTable
-from heliosdb_streaming.control.launcher import Launcher, StaleWorkerReaper, WorkerHandle, WorkerSpec
+from heliosdb_streaming.control.launcher import (
+    Launcher,
+    StaleWorkerReaper,
+    WorkerHandle,
+    WorkerSpec,
+    disruption_of,
+)
 from heliosdb_streaming.control.lifecycle import Event
 from heliosdb_streaming.control.scheduler import Scheduler
 from heliosdb_streaming.control.snapshots import SnapshotService
@@ -83,6 +89,10 @@ class RunSupervisor:
 
     async def _start_workers(self, entry: JobEntry, run: Run) -> None:
         record = entry.record
+        # the run's attempt number is durable before any worker uses it: workers fence off what
+        # earlier runs wrote to the job's internal topics by it, so it must grow across restarts of
+        # the control plane too
+        self.table.store.save(record)
         self.snapshots.create_coordinator(entry, run)  # before any worker connects: one may drain at once
         self.channel.admit(run)
         files = self.table.files
@@ -230,6 +240,20 @@ class RunSupervisor:
         reason = "; ".join(f"worker {i}: {why}" for i, why in sorted(failures.items())) or "workers stopped"
         if record.status in (JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.SUBMITTED):
             now = utcnow()
+            disrupted = self._disruption(run)
+            if disrupted is not None:  # evicted, drained, preempted: restart, but it was no failure
+                record.restarts += 1
+                record.relaunch_at = now
+                entry.restore_latest()
+                self.table.set_status(
+                    entry,
+                    Event.RECOVER,
+                    f"Job restarts after a disruption ({disrupted}); not counted as a failure",
+                    level="warn",
+                )
+                self._cancel_relaunch_task(entry)
+                entry.relaunch = self.tasks.spawn(self._delayed_relaunch(entry, 0))
+                return
             decision = restart_policy.decide(
                 entry.config.restart_strategy, record.failures_since_restart, record.failure_times, now
             )
@@ -248,6 +272,16 @@ class RunSupervisor:
                 return
             self.table.set_status(entry, Event.FAIL, f"Job failed: {reason}; {decision.why}", level="error")
         self.scheduler.schedule()
+
+    @staticmethod
+    def _disruption(run: Run) -> str | None:
+        """``worker N: <reason>`` when the run's first worker to exit was taken away by the substrate
+        (the others were then stopped by us, so only the first exit tells why the run ended)."""
+        for index in run.exit_codes:  # in the order the workers exited
+            handle = run.handles.get(index)
+            reason = disruption_of(handle) if handle is not None else None
+            return f"worker {index}: {reason}" if reason else None
+        return None
 
     async def _delayed_relaunch(self, entry: JobEntry, delay: float) -> None:
         """The restart strategy's restart: queued first once its delay is over."""

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import yaml
 
-from heliosdb_streaming.kubernetes import structural
+from heliosdb_streaming.kubernetes import podtemplate, structural
 from heliosdb_streaming.model.config import JobSubmitRequest, RestartStrategy
 from heliosdb_streaming.model.types import JobStatus
 
@@ -128,12 +128,6 @@ def streaming_job_spec_schema() -> Schema:
                 "minLength": 1,
                 "description": "Container image of the workers; the operator's default when absent",
             },
-            "resources": {
-                "type": "object",
-                PRESERVE: True,
-                "description": "Resource requests and limits of each worker container "
-                "(a core/v1 ResourceRequirements)",
-            },
             "checkpointStorage": {
                 "type": "string",
                 "pattern": "^s3://[^/]+(/.*)?$",
@@ -142,12 +136,43 @@ def streaming_job_spec_schema() -> Schema:
             },
         }
     )
+    props.update(pod_fields())
     return {
         "type": "object",
         "description": "A streaming job: the POST /api/v1/jobs body plus the state you want it in",
         "required": [k for k in job.get("required", []) if k != "name"],
         "properties": props,
     }
+
+
+def _quantities(node: Any) -> None:
+    """Gives every quantity (int-or-string under requests/limits) the core API's Quantity pattern."""
+    if not isinstance(node, dict):
+        if isinstance(node, list):
+            for item in node:
+                _quantities(item)
+        return
+    for key in ("requests", "limits"):
+        values = (node.get("properties") or {}).get(key, {}).get("additionalProperties")
+        if isinstance(values, dict) and values.get(structural.INT_OR_STRING):
+            values["pattern"] = podtemplate.QUANTITY_PATTERN  # checks strings; an integer is one
+    for value in node.values():
+        _quantities(value)
+
+
+def pod_fields() -> Schema:
+    """``resources`` (core/v1 ResourceRequirements) and ``podTemplate``, from ``podtemplate``'s models."""
+    resources = structural.from_json_schema(podtemplate.ResourceRequirements.model_json_schema())
+    resources["description"] = "Resource requests and limits of each worker container (core/v1)"
+    template = structural.from_json_schema(podtemplate.PodTemplate.model_json_schema())
+    template["description"] = (
+        "The base of every worker pod (labels, annotations, securityContext, imagePullSecrets, "
+        "scheduling, volumes, and the worker container's env, envFrom and volumeMounts); the "
+        "operator's own settings go on top, as Flink's podTemplate"
+    )
+    fields = {"resources": resources, "podTemplate": template}
+    _quantities(fields)
+    return fields
 
 
 def _date_time() -> Schema:
@@ -169,6 +194,12 @@ def _conditions() -> Schema:
                 "reason": {"type": "string"},
                 "message": {"type": "string"},
                 "lastTransitionTime": _date_time(),
+                "observedGeneration": {
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0,
+                    "description": "The metadata.generation the condition was set from",
+                },
             },
         },
     }
@@ -198,8 +229,25 @@ def streaming_job_status_schema() -> Schema:
             },
             "parallelism": {"type": "integer", "minimum": 0},
             "conditions": _conditions(),
-            "observedGeneration": {"type": "integer", "format": "int64"},
+            "observedGeneration": {
+                "type": "integer",
+                "format": "int64",
+                "description": "The metadata.generation whose spec the job runs (set once it is applied)",
+            },
             "observedRestartNonce": {"type": "integer", "description": "The restartNonce last acted on"},
+            "pendingPods": {
+                "type": "array",
+                "description": "Worker pods that cannot start (unschedulable, image pull errors)",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "reason"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "reason": {"type": "string", "description": "e.g. Unschedulable, ImagePullBackOff"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
             "message": {"type": "string"},
             "upgrade": {
                 "type": "object",

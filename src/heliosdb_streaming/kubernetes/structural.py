@@ -7,6 +7,7 @@ Kubernetes accepts only a subset of OpenAPI v3 in a CRD (a "structural schema"):
 our models use onto that subset and raises ``StructuralSchemaError`` on anything it cannot express, so a
 model change that Kubernetes could not take fails the generator (and its test) instead of the cluster:
 
+- A model with ``extra="allow"`` keeps its declared properties typed and preserves the others.
 - ``$ref`` is inlined; ``const`` becomes a one-value ``enum``; ``X | None`` becomes ``nullable: true``;
   ``str | int`` becomes ``x-kubernetes-int-or-string``; ``additionalProperties: false`` is dropped
   (the API server prunes, and with ``kubectl``'s default strict field validation rejects, unknown fields).
@@ -114,6 +115,8 @@ class _Converter:
         extra = s.get("additionalProperties")
         if props:
             out["properties"] = {k: self.node(v, defaults=defaults) for k, v in props.items()}
+            if extra is True:  # ``extra="allow"``: declared fields typed, the others kept as given
+                out[PRESERVE] = True
         elif isinstance(extra, dict):
             out["additionalProperties"] = self.node(extra, defaults=defaults)
         elif extra is True:

@@ -24,6 +24,7 @@ from heliosdb_streaming.model.config import JobConfig, OnErrorPolicy
 from heliosdb_streaming.runtime.checkpoint.participant import is_transactional
 from heliosdb_streaming.runtime.checkpoint.tasks import OutputStaging
 from heliosdb_streaming.runtime.contracts import Batch, Record, SinkWriter, SourceReader, SplitBatch
+from heliosdb_streaming.runtime.exchange.kafka_exchange import KafkaExchange
 from heliosdb_streaming.runtime.stages import StageRunner, StageTask
 from heliosdb_streaming.runtime.task import Counters, Task, TaskFailure, run_chain
 
@@ -53,6 +54,10 @@ class DataPath:
         self.stage_tasks: dict[str, StageTask] = {}
         # stage 0 keeps nothing to flush at the end: a finished split finishes its origin at once
         self.stage0_stateless = True
+        # the stages' exchange when it crosses worker processes (internal Kafka topics): its tasks
+        # are fed asynchronously, finish when every origin (of every worker) finished, and make
+        # what crossed durable at checkpoints rather than at every sink flush
+        self.remote: KafkaExchange | None = None
         self.readers: list[SourceReader] = []
         self.sinks: list[SinkWriter] = []
         self.queue: asyncio.Queue[SplitBatch] = asyncio.Queue(QUEUE_BATCHES)
@@ -180,14 +185,59 @@ class DataPath:
 
     def end_of_input(self) -> None:
         """Lets every step emit what it still holds, now that every split is exhausted (stage by
-        stage: stage 0's output is routed on before stage 1 flushes, and so on)."""
+        stage: stage 0's output is routed on before stage 1 flushes, and so on). Across worker
+        processes only this worker's splits finish here: the later stages finish in
+        ``finish_stages``, once every origin of every worker has."""
         for task in self.tasks.values():
             for i, step in enumerate(task.chain):
                 self._run_emitted(task, i, step.on_end(), step)
-        if self.stages is not None:
+        if self.stages is not None and self.remote is not None:
+            for split_id in self.tasks:
+                self.stages.push(0, split_id, [], finished=True)
+            self.pump_stages()
+        elif self.stages is not None:
             self.stages.end_of_input(list(self.tasks))
             self._pending_out.extend(self.stages.take_output())
         self._collect_late_drops()
+
+    def finish_stages(self) -> bool:
+        """After ``end_of_input``: True once this worker's later-stage tasks have all finished too
+        (in process they already have; across processes each waits for all its origins' ends)."""
+        if self.stages is None or self.remote is None:
+            return True
+        done = self.stages.finish_step(self.remote.finished)
+        self._pending_out.extend(self.stages.take_output())
+        self._collect_late_drops()
+        return done
+
+    def pump_stages(self) -> None:
+        """Lets the later stages' tasks take what arrived for them (across processes it arrives at
+        any time, not only within the batch that sent it)."""
+        if self.stages is not None:
+            self.stages.pump()
+            self._pending_out.extend(self.stages.take_output())
+
+    async def pump_and_write(self) -> None:
+        """``pump_stages``, then what the last stage emitted goes to the sinks (or their staging)."""
+        self.pump_stages()
+        if self._pending_out:
+            await self._write_pending()
+
+    async def wait_for_room(self) -> None:
+        """Backpressure of the internal topics: waits while too much is queued for the broker."""
+        if self.remote is not None:
+            await self.remote.wait_for_room()
+
+    def publish_exchange(self) -> None:
+        """Sends what waits to cross to other workers and the origins' watermarks, without waiting
+        for the broker's acknowledgement (checkpoints wait for it)."""
+        if self.remote is not None:
+            self.remote.publish()
+
+    async def flush_exchange(self) -> None:
+        """Makes what crossed to other workers durable and broadcasts the origins' watermarks."""
+        if self.remote is not None:
+            await self.remote.flush()
 
     def _run_emitted(self, task: Task, i: int, emitted: Batch, step: Any) -> None:
         """Runs what step ``i`` emitted on its own through the rest of the chain. Steps that run user
@@ -268,7 +318,7 @@ class DataPath:
         FLUSH_INTERVAL_S, commits the source positions."""
         if self._pending_out:
             await self._write_pending()
-        if self.stages is not None:
+        if self.stages is not None and self.remote is None:
             await self.stages.exchange.flush()  # what crossed a boundary is visible downstream
         for sink in self.sinks:
             await sink.flush()

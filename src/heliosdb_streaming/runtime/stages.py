@@ -20,6 +20,7 @@ after the last stage), ``pump`` lets each stage's tasks take what arrived, in st
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,48 @@ StoreOpener = Callable[[str, dict[str, StateStore], str], StateStore]
 
 def stage_task_id(stage: int, groups: range) -> str:
     return f"s{stage}-kg{groups.start}-{groups.stop - 1}"
+
+
+_TASK_ID = re.compile(r"s(\d+)-kg(\d+)-(\d+)")
+
+
+def parse_stage_task_id(task_id: str) -> tuple[int, range] | None:
+    """The stage and key groups of a key-group task id (None for a split task's id)."""
+    match = _TASK_ID.fullmatch(task_id)
+    if match is None:
+        return None
+    stage, first, last = (int(g) for g in match.groups())
+    return stage, range(first, last + 1)
+
+
+def merge_positions(parts: list[tuple[dict[str, Any], range]], groups: range) -> dict[str, Any]:
+    """The position of a key-group task restored from the snapshots of other tasks (a rescale):
+    ``parts`` are their positions with the groups each gives this task. Event time is the least of
+    theirs (per origin too), so nothing fires early; the read offsets are each partition's own (a
+    partition is a key group, owned by exactly one task of the snapshot)."""
+    marks: dict[str, int] = {}
+    watermark: int | None = None
+    chains: set[int] = set()
+    offsets: dict[str, int] = {}
+    attempts: list[int] = []
+    for position, given in parts:
+        saved = position.get("watermarks", {})
+        for origin, mark in dict(saved.get("marks", {})).items():
+            marks[origin] = min(int(mark), marks.get(origin, int(mark)))
+        mark = int(saved.get("watermark", MIN_WATERMARK))
+        watermark = mark if watermark is None else min(watermark, mark)
+        chains |= {int(g) for g in position.get("groups", []) if int(g) in given}
+        exchange = position.get("exchange")
+        if exchange:
+            attempts.append(int(exchange["attempt"]))
+            offsets.update({p: int(o) for p, o in exchange.get("offsets", {}).items() if int(p) in given})
+    merged: dict[str, Any] = {
+        "watermarks": {"marks": marks, "watermark": MIN_WATERMARK if watermark is None else watermark},
+        "groups": sorted(g for g in chains if g in groups),
+    }
+    if attempts:
+        merged["exchange"] = {"attempt": max(attempts), "offsets": offsets}
+    return merged
 
 
 def stage_groups(stage: Stage, index: int, parallelism: int, max_parallelism: int) -> range:
@@ -79,11 +122,19 @@ class StageTask:
     watermark: int = MIN_WATERMARK
     events_in: int = 0
     events_out: int = 0
+    # across worker processes: how far the task read its internal-topic partitions, set when its
+    # barriers are aligned (``KafkaExchange.snapshot``), so a restore resumes reading there
+    input_position: dict[str, Any] | None = None
+    ended: bool = False  # end of input: every origin finished and the task flushed
 
     @property
     def position(self) -> dict[str, Any]:
-        """What a checkpoint keeps besides the stores: origin watermarks and the groups with state."""
-        return {"watermarks": self.marks.snapshot(), "groups": sorted(self.chains)}
+        """What a checkpoint keeps besides the stores: origin watermarks and the groups with state
+        (and, across processes, the read offsets of its input)."""
+        position: dict[str, Any] = {"watermarks": self.marks.snapshot(), "groups": sorted(self.chains)}
+        if self.input_position is not None:
+            position["exchange"] = self.input_position
+        return position
 
     def restore(self, position: dict[str, Any], now: float) -> None:
         self.marks.restore(position.get("watermarks", {}), now)
@@ -293,6 +344,24 @@ class StageRunner:
                 self._report(errors, task)
                 self.push(stage, task.task_id, out, finished=True)
             self.pump()
+
+    def finish_step(self, finished: Callable[[int, range], bool]) -> bool:
+        """End of input across worker processes, one step at a time (the worker keeps handling
+        barriers in between): each task whose origins have all finished (``finished(stage, groups)``:
+        every origin sent its end-of-input mark and it was received) flushes what it holds and
+        finishes its own output in turn. True once every task of this worker has ended."""
+        self.pump()
+        for stage in range(1, self.last + 1):
+            for task in self.tasks[stage]:
+                if task.ended or not finished(stage, task.groups):
+                    continue
+                errors: list[tuple[Record, Exception]] = []
+                out = task.on_end(errors)
+                self._report(errors, task)
+                self.push(stage, task.task_id, out, finished=True)
+                task.ended = True
+                self.pump()
+        return all(task.ended for task in self.by_id.values())
 
     def late_dropped(self) -> int:
         return sum(task.late_dropped() for task in self.by_id.values())

@@ -14,7 +14,11 @@ on their own:
 - ``datapath``: sources -> bounded queue -> chains -> sinks, with the flush and commit timing;
 - ``checkpoint/participant``: barriers, task snapshots, acks, exactly-once staging and commits;
 - ``control_link``: the control channel's commands, heartbeats (from a thread of their own) and the
-  outcome.
+  outcome;
+- ``stages`` and ``exchange/``: a plan with stage boundaries runs its later stages in key-group tasks,
+  fed in process at parallelism 1 and, at a higher parallelism, through the job's internal Kafka
+  topics (``exchange/kafka_exchange.py``, whose docstring gives the checkpoint order the
+  participant follows); this worker runs its share of every stage (``exchange/worker_plan.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -43,7 +48,9 @@ from heliosdb_streaming.runtime.contracts import SinkWriter, SourceReader, Split
 from heliosdb_streaming.runtime.control_link import ControlLink
 from heliosdb_streaming.runtime.datapath import TIMER_INTERVAL_S, DataPath
 from heliosdb_streaming.runtime.exchange.base import Exchange
+from heliosdb_streaming.runtime.exchange.kafka_exchange import KafkaExchange, TaskInput
 from heliosdb_streaming.runtime.exchange.local import LocalExchange
+from heliosdb_streaming.runtime.exchange.worker_plan import needs_kafka, worker_exchange_plan
 from heliosdb_streaming.runtime.logformat import (
     LEVELS,
     JsonLineFormatter,
@@ -57,11 +64,19 @@ from heliosdb_streaming.runtime.rotation import (
     RotatingFile,
     RotatingTextStream,
 )
-from heliosdb_streaming.runtime.stages import StageRunner
+from heliosdb_streaming.runtime.stages import (
+    StageRunner,
+    StageTask,
+    merge_positions,
+    parse_stage_task_id,
+    stage_task_id,
+)
+from heliosdb_streaming.runtime.state.keygrouped import group_prefix
 from heliosdb_streaming.runtime.task import Counters, Task, TaskStores
 
 logger = logging.getLogger("heliosdb_streaming.worker")
 
+REMOTE_POLL_S = 0.01
 WINDOW_OR_CEP = (transformations.WindowTransformation, transformations.CepTransformation)
 
 
@@ -86,9 +101,12 @@ class Worker:
         exchange: Exchange | None = None,
     ) -> None:
         self.config = config
-        # how records cross stage boundaries: given (across worker processes), or in process when one
-        # worker runs every task (parallelism 1); without either, a plan's boundaries are not applied
+        # how records cross stage boundaries: given (a test or benchmark), in process when one worker
+        # runs every task (parallelism 1), else opened at start through the job's internal Kafka
+        # topics (``remote``); a plan with one split only needs none (one task sees every event)
         self.exchange = exchange
+        # the exchange across worker processes this worker opened (internal Kafka topics), if any
+        self.remote: KafkaExchange | None = None
         # off only to measure what metrics cost (benchmarks.metrics_cost): no latency, no heartbeats
         self.metrics = metrics
         self.job_id = job_id
@@ -119,6 +137,9 @@ class Worker:
             flush=self.data.flush_sinks,
             stop=self.data.stop,
             send=self.link.send,
+            remote=self._remote_stages,
+            pump=self.data.pump_and_write,
+            stopping=self.data.stopping.is_set,
         )
         self.stores = TaskStores(config, job_dir, attempt)
 
@@ -196,15 +217,26 @@ class Worker:
         discovered = [await reader.discover_splits() for reader in self.readers]
         every_split = [s.split_id for splits in discovered for s in splits]
         plan = plan_job(self.config.sources, self.config.transformations)
+        servers = self.config.repartition_servers()
+        if self.exchange is None and needs_kafka(plan, parallelism) and len(every_split) > 1 and servers:
+            # records cross worker processes through the job's internal topics; the attempt (the
+            # run's number, larger on every run) fences off what earlier runs wrote there
+            self.remote = KafkaExchange(
+                bootstrap_servers=servers,
+                job_id=self.job_id,
+                max_parallelism=self.config.max_parallelism,
+                attempt=self.attempt,
+            )
+            self.exchange = self.remote
+            self.data.remote = self.remote
         staged = plan.needs_exchange and self._routes(every_split)
         stage0 = plan.stages[0].steps if staged else None
         if plan.needs_exchange and not staged and len(every_split) > 1 and self.index == 0:
-            # the cross-process exchange (Kafka internal topics) is built but not yet wired in: say so
-            # rather than let a keyed result that depends on the input's partitioning pass unnoticed
+            # submit refuses such a job; a worker started by hand (a benchmark) may still get here
             logger.warning(
-                "the plan regroups records by key (%s), but at parallelism %d this run keeps each keyed "
-                "step in the task of the split it reads: its results are right only if every key lives "
-                "in one split (declare partitioned_by on the source), or run at parallelism 1",
+                "the plan regroups records by key (%s), but at parallelism %d this worker has no "
+                "brokers for internal topics (config.repartition): each keyed step runs in the task "
+                "of the split it reads, right only if every key lives in one split",
                 plan.boundaries[0].reason,
                 parallelism,
                 extra={"task_id": None},
@@ -297,6 +329,10 @@ class Worker:
                 task.stores.update(task_state.stores)
                 self.stores.adopt(task_state.stores.values())
                 task.restore(task_state.position or {}, now)
+            else:
+                await self._restore_rescaled(task, restored, now)
+        if self.remote is not None:
+            await self._open_remote(plan, every_split, list(self.tasks), restored)
         runner.advance()  # restored chains take the restored watermark before any record
         self.data.stages = runner
         self.data.stage_tasks.update(runner.by_id)
@@ -310,7 +346,93 @@ class Worker:
             extra={"task_id": None},
         )
 
+    async def _restore_rescaled(self, task: StageTask, restored: dict[str, RestoredTask], now: float) -> None:
+        """Restores a key-group task from the snapshot's tasks of the same stage whose key groups
+        overlap its own (the snapshot was taken at another parallelism): each key group's entries
+        (keys prefixed by group, ``state/keygrouped.py``) move whole into this task's stores. Their
+        staged output is committed under their own ids (a sink's marker makes that happen once)."""
+        sources = []
+        for old_id in self.checkpoints.snapshot_task_ids():
+            parsed = parse_stage_task_id(old_id)
+            if parsed is not None and parsed[0] == task.stage.index:
+                given = range(max(parsed[1].start, task.groups.start), min(parsed[1].stop, task.groups.stop))
+                if len(given):
+                    sources.append((old_id, given))
+        if not sources:
+            return
+        parts: list[tuple[dict[str, Any], range]] = []
+        for old_id, given in sources:
+            scratch = self.stores.state_dir(f"{task.task_id}.from.{old_id}")
+            old = await self.checkpoints.restore_task(old_id, scratch)
+            if old is None:
+                continue
+            restored.setdefault(old_id, RestoredTask(old.position, {}, old.pending_output))
+            for name, store in old.stores.items():
+                target = self.stores.open_store(task.task_id, task.stores, name)
+                for group in given:
+                    for key, value in store.items(group_prefix(group)):
+                        target.put(key, value)
+                close = getattr(store, "close", None)
+                if close is not None:
+                    close()
+            await asyncio.to_thread(shutil.rmtree, scratch, True)  # copied: the restored files go
+            parts.append((old.position or {}, given))
+        position = merge_positions(parts, task.groups)
+        restored[task.task_id] = RestoredTask(position, {}, [])
+        task.restore(position, now)
+        logger.info(
+            "task %s restored from %s (snapshot taken at another parallelism)",
+            task.task_id,
+            ", ".join(old_id for old_id, _given in sources),
+            extra={"task_id": task.task_id},
+        )
+
+    def _remote_stages(self) -> tuple[StageRunner, KafkaExchange] | None:
+        """The stages and their exchange when they cross worker processes (for checkpoints)."""
+        if self.remote is None or self.data.stages is None:
+            return None
+        return self.data.stages, self.remote
+
+    async def _open_remote(
+        self, plan: JobPlan, every_split: list[str], own: list[str], restored: dict[str, RestoredTask]
+    ) -> None:
+        """Creates the internal topics this worker writes and reads, and starts reading each of its
+        key-group tasks' partitions where its snapshot had read them (a snapshot of another job, a
+        savepoint it started from, read other topics: its tasks start at the beginning)."""
+        assert self.remote is not None
+        wplan = worker_exchange_plan(
+            plan,
+            index=self.index,
+            parallelism=self.config.parallelism,
+            max_parallelism=self.config.max_parallelism,
+            every_split=every_split,
+            own_splits=own,
+        )
+        same_job = str((self.checkpoints.manifest or {}).get("job_id") or self.job_id) == self.job_id
+        inputs: list[TaskInput] = []
+        for spec in wplan.inputs:
+            offsets: dict[int, int] = {}
+            attempt: int | None = None
+            task_state = restored.get(stage_task_id(spec.boundary, spec.groups))
+            saved = (task_state.position or {}).get("exchange") if task_state is not None else None
+            if saved and same_job:
+                offsets = {int(p): int(o) for p, o in saved.get("offsets", {}).items()}
+                attempt = int(saved["attempt"])
+            inputs.append(TaskInput(spec.boundary, spec.groups, spec.origins, offsets, attempt))
+        await self.remote.open(wplan.outputs, inputs)
+        logger.info(
+            "internal topics: writes stage(s) %s, reads %s (attempt %d)",
+            sorted(wplan.outputs) or "none",
+            ", ".join(f"stage {i.boundary} groups {i.groups.start}-{i.groups.stop - 1}" for i in inputs)
+            or "none",
+            self.attempt,
+            extra={"task_id": None},
+        )
+
     async def _close(self) -> None:
+        if self.remote is not None:
+            with contextlib.suppress(Exception):
+                await self.remote.close()
         await self.data.close()
         self.stores.close()
 
@@ -327,16 +449,21 @@ class Worker:
         if not self.tasks:
             logger.info("worker %d has no splits to read", self.index, extra={"task_id": None})
         last_timer = time.monotonic()
-        drained = False
+        ending = drained = False
+        # across worker processes the later stages are fed by other workers too: look often
+        wait_s = REMOTE_POLL_S if self.remote is not None else TIMER_INTERVAL_S
         try:
             while True:
                 if data.stopping.is_set():
                     return "stopped"
                 await self.checkpoints.handle_messages()
-                if not drained and data.all_finished() and data.queue.empty():
-                    data.end_of_input()
+                if not ending and data.all_finished() and data.queue.empty():
+                    data.end_of_input()  # this worker's splits; across processes its stages follow
+                    ending = True
+                if ending and not drained and data.finish_stages():
                     drained = True
                     await data.flush_sinks()
+                    await data.flush_exchange()
                     if not self.exactly_once:
                         return "finished"
                     await self.link.send({"type": "drained"})
@@ -346,19 +473,23 @@ class Worker:
                     if p.done() and p.exception() is not None:
                         raise p.exception()  # type: ignore[misc]
                 batch: SplitBatch | None = None
-                if not drained:
+                if not ending:
                     with contextlib.suppress(TimeoutError):
-                        batch = await asyncio.wait_for(data.queue.get(), timeout=TIMER_INTERVAL_S)
+                        batch = await asyncio.wait_for(data.queue.get(), timeout=wait_s)
                 else:
                     await asyncio.sleep(0.01)
                 if batch is not None:
                     data.process_batch(batch)
                     while not data.queue.empty():  # and what else is here (at most QUEUE_BATCHES):
                         data.process_batch(data.queue.get_nowait())  # then "nothing more" is true
+                    await data.wait_for_room()  # the internal topics' backpressure
+                elif self.remote is not None:
+                    data.pump_stages()
                 now = time.monotonic()
                 if now - last_timer >= TIMER_INTERVAL_S and not drained:
                     last_timer = now
                     data.on_time()
+                    data.publish_exchange()  # watermarks of quiet origins move on
                 await data.flush_due(now)
         finally:
             for p in pollers:

@@ -5,6 +5,10 @@ process with the pod's environment (ConfigMap and Secret volumes become director
 emptyDirs become empty directories, and command arguments under a mount path are rewritten to them),
 and reports the phase back: Pending -> Running -> Succeeded/Failed with the container's exit code.
 A deleted pod's process is terminated. ``kill`` crashes a pod's process on purpose (SIGKILL).
+It plays the scheduler's and the image puller's refusals too: a pod whose ``nodeSelector`` the node's
+``node_labels`` do not satisfy stays Pending with ``PodScheduled`` False (``Unschedulable``), and a pod
+whose image is in ``missing_images`` stays Pending with its container waiting in ``ErrImagePull``.
+``evict`` does what the Eviction API (and a node drain) does to a pod.
 
 ``GarbageCollector`` plays the controller-manager's garbage collector: when an owner is deleted, the
 objects whose ``ownerReferences`` name its uid are deleted too (kmock does not do it).
@@ -99,6 +103,8 @@ class ProcessKubelet:
 
     client: kube.KubeClient
     root: Path
+    node_labels: dict[str, str] = field(default_factory=dict)
+    missing_images: set[str] = field(default_factory=set)
     running: dict[tuple[str, str], PodProcess] = field(default_factory=dict)
     started: int = 0
     _task: asyncio.Task[None] | None = None
@@ -173,6 +179,10 @@ class ProcessKubelet:
         current = self.running.get(key)
         if current is not None and current.uid == uid:
             return
+        refused = self._refusal(pod)
+        if refused is not None:
+            await _patch_pod_status(self.client, pod, refused)
+            return
         directory = self.root / key[0] / f"{key[1]}-{uid[:8]}"
         try:
             argv, env, cwd = await self._prepare(pod, directory)
@@ -196,6 +206,29 @@ class ProcessKubelet:
         await _patch_pod_status(self.client, pod, _running_status(container))
         self._spawn(self._reap(pod, container, process))
 
+    def _refusal(self, pod: dict[str, Any]) -> dict[str, Any] | None:
+        """The Pending status of a pod this node cannot schedule or whose image it cannot pull."""
+        spec = pod.get("spec") or {}
+        wanted = spec.get("nodeSelector") or {}
+        if not wanted.items() <= self.node_labels.items():
+            message = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+            condition = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+            }
+            return {"phase": "Pending", "conditions": [condition]}
+        container = spec["containers"][0]
+        if container.get("image") in self.missing_images:
+            waiting = {"reason": "ErrImagePull", "message": f"pull access denied for {container['image']}"}
+            statuses = [
+                {"name": container["name"], "ready": False, "restartCount": 0, "state": {"waiting": waiting}}
+            ]
+            scheduled = {"type": "PodScheduled", "status": "True"}
+            return {"phase": "Pending", "conditions": [scheduled], "containerStatuses": statuses}
+        return None
+
     async def _reap(self, pod: dict[str, Any], container: str, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
         code = 128 - code if code < 0 else code  # killed by a signal: 128 + signal, as a container runtime
@@ -215,7 +248,9 @@ class ProcessKubelet:
                     (path / file).write_text(content)
             elif "secret" in volume:
                 files = await self._secret(namespace, volume["secret"]["secretName"])
-                for file, content in files.items():
+                items = volume["secret"].get("items")  # only these keys, under these paths
+                chosen = {i["path"]: files[i["key"]] for i in items} if items else files
+                for file, content in chosen.items():
                     (path / file).write_text(content)
             volumes[volume["name"]] = path
         mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts") or []}
@@ -240,6 +275,29 @@ class ProcessKubelet:
         data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         data.update(secret.get("stringData") or {})
         return data
+
+
+async def evict(client: kube.KubeClient, namespace: str, name: str) -> None:
+    """What the Eviction API does to a pod (``kubectl drain`` evicts each pod of the node): it marks the
+    pod with the ``DisruptionTarget`` condition (reason ``EvictionByEvictionAPI``), then deletes it
+    gracefully. (kmock serves no ``pods/eviction`` subresource, so the two steps are done here.)"""
+    pod = await client.get(kube.PODS, namespace, name)
+    conditions = [
+        c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") != "DisruptionTarget"
+    ]
+    conditions.append(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "EvictionByEvictionAPI",
+            "message": "Eviction API: evicting",
+            "lastTransitionTime": _now(),
+        }
+    )
+    await client.patch(
+        kube.PODS, namespace, name, {"status": {"conditions": conditions}}, subresource="status"
+    )
+    await client.delete(kube.PODS, namespace, name, grace_period_s=30)
 
 
 async def _cancel(tasks: Iterable[asyncio.Task[Any] | None]) -> None:

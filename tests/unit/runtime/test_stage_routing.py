@@ -333,11 +333,12 @@ def test_two_boundaries_flush_stage_by_stage(tmp_path: Path) -> None:
     assert worker.counters.late_dropped == 0
 
 
-def test_a_run_that_cannot_regroup_across_processes_says_so(
+def test_a_run_across_processes_goes_through_its_brokers_or_fails(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Parallelism 2 with brokers configured but no exchange wired: worker 0 warns that keyed results
-    are per split (right only when each key lives in one split) instead of staying silent."""
+    """Parallelism 2: records cross worker processes through internal topics on the repartition
+    brokers. With the brokers out of reach the worker fails at open, naming them, instead of
+    running each keyed step per split (the answer that is wrong when a key spans splits)."""
     write_files(tmp_path / "in", per_file=50)
     config = job(
         tmp_path / "in",
@@ -346,7 +347,10 @@ def test_a_run_that_cannot_regroup_across_processes_says_so(
         parallelism=2,
         repartition={"bootstrap_servers": ["127.0.0.1:9"]},
     )
+    worker = Worker(config, job_id="stages-job", index=0, attempt=1, job_dir=tmp_path / "job", channel=None)
     with caplog.at_level("WARNING", logger="heliosdb_streaming.worker"):
-        run(config, tmp_path / "job")
-    warned = [r.getMessage() for r in caplog.records if "keeps each keyed step" in r.getMessage()]
-    assert len(warned) == 1 and "key_by merchant" in warned[0] and "partitioned_by" in warned[0]
+        code = asyncio.run(asyncio.wait_for(worker.run(), 60))
+    assert code == 1
+    assert worker.remote is not None and worker.remote.bootstrap_servers == ["127.0.0.1:9"]
+    assert not list((tmp_path / "out").glob("*.jsonl"))  # nothing computed per split
+    assert not [r for r in caplog.records if "split it reads" in r.getMessage()]

@@ -25,7 +25,7 @@ from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import handlers, pods, readapi
+from heliosdb_streaming.kubernetes.operator import events, handlers, pods, readapi
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
@@ -129,7 +129,8 @@ async def run(
             control_host=options.control_host,
             control_port=options.control_port,
         )
-        status_writer = StatusWriter(client, plane, bindings)
+        status_writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
+        launcher.listeners.append(status_writer.mark)
         savepoint_controller = SavepointController(client, plane, bindings)
         jobs_reconciler = StreamingJobReconciler(
             client,
@@ -159,6 +160,7 @@ async def run(
             writer = asyncio.create_task(status_writer.write_status_forever())
             # kopf posts its warnings about an object (a handler's error and traceback) as Events
             logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
+            logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)  # no Event per wait retry
             await kopf.operator(
                 registry=handlers.build_registry(jobs_reconciler, savepoint_controller, connection),
                 settings=handlers.settings(namespaces),

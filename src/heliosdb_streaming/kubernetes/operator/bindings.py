@@ -34,11 +34,28 @@ class Binding:
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0
-    observed_generation: int | None = None
+    observed_generation: int | None = None  # the generation whose spec is applied
+    generation: int | None = None  # the newest generation reconciled (applied or not)
+    spec_pending: str | None = None  # why the newest generation is not applied yet
+    pod_template: dict[str, Any] = field(default_factory=dict)
+    # the pod settings (image, resources, podTemplate) the job's runs were last (re)started with by the
+    # user: a change of them is applied by the next restartNonce, as a change of the job's settings
+    applied_pod: dict[str, Any] | None = None
+
+    @property
+    def pod_settings(self) -> dict[str, Any]:
+        return {"image": self.image, "resources": self.resources, "podTemplate": self.pod_template}
+
+    def pod_changes(self) -> list[str]:
+        """The pod settings that differ from those the job was last (re)started with."""
+        applied = self.applied_pod if self.applied_pod is not None else self.pod_settings
+        return [k for k, v in self.pod_settings.items() if applied.get(k) != v]
 
     @property
     def target(self) -> Target:
-        return Target(self.namespace, self.name, self.uid, self.image, dict(self.resources))
+        return Target(
+            self.namespace, self.name, self.uid, self.image, dict(self.resources), dict(self.pod_template)
+        )
 
 
 class Bindings:

@@ -2,8 +2,11 @@
 
 One watch over the operator's pods (per namespace, or cluster-wide) feeds every handle, instead of a
 watch per pod. A handle resolves with the container's exit code when its pod ends, or with 137 when
-the pod disappears first (deleted, evicted); the control plane then applies the job's restart
-strategy as it does for a local process. A launch replaces an older pod of the same name.
+the pod disappears first (deleted); the control plane then applies the job's restart strategy as it
+does for a local process. A pod Kubernetes marked with ``DisruptionTarget`` (eviction, node drain,
+preemption) carries that reason on its handle, and the control plane restarts the job without
+counting it as a failure. Pods that cannot start (unschedulable, image pull errors) are kept per job
+for the status writer (``pending_pods``). A launch replaces an older pod of the same name.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class PodWorker:
 
     def __init__(self, launcher: KubernetesLauncher, namespace: str, name: str, uid: str, index: int) -> None:
         self.index = index
+        self.disruption: str | None = None  # the pod's DisruptionTarget reason, once seen
         self.pid = 0  # not a local process (``kill_stale_workers`` skips it)
         self.namespace = namespace
         self.name = name
@@ -79,6 +83,27 @@ class KubernetesLauncher:
         self._seq = itertools.count(1)
         self._watchers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        # job id -> pod name -> (namespace, reason, message) of its pods that cannot start
+        self._pending: dict[str, dict[str, tuple[str, str, str]]] = {}
+        self.listeners: list[Callable[[str], None]] = []  # told the job id when its pending pods change
+
+    def pending_pods(self, job_id: str) -> tuple[tuple[str, str, str], ...]:
+        """``(pod, reason, message)`` of the job's worker pods that cannot start, by pod name."""
+        pods_ = self._pending.get(job_id) or {}
+        return tuple((name, reason, message) for name, (_, reason, message) in sorted(pods_.items()))
+
+    def _set_pending(self, job_id: str, namespace: str, name: str, why: tuple[str, str] | None) -> None:
+        pods_ = self._pending.setdefault(job_id, {})
+        before = pods_.get(name)
+        if why is None:
+            pods_.pop(name, None)
+        else:
+            pods_[name] = (namespace, *why)
+        if not pods_:
+            self._pending.pop(job_id, None)
+        if pods_.get(name) != before:
+            for listener in self.listeners:
+                listener(job_id)
 
     async def start(self) -> None:
         self._watchers = [asyncio.create_task(self._watch_forever(ns)) for ns in self.namespaces]
@@ -117,7 +142,7 @@ class KubernetesLauncher:
         key = (target.namespace, target.name)
         if self._job_files.get(key) == job_json:
             return
-        manifest = pods.job_secret(target, job_json)
+        manifest = pods.job_secret(target, job_json, pods.credentials(self.settings))
         try:
             await self.client.create(kube.SECRETS, target.namespace, manifest)
         except kube.ConflictError:
@@ -190,6 +215,14 @@ class KubernetesLauncher:
                 await asyncio.sleep(WATCH_BACKOFF_S)
 
     def _sync(self, namespace: str | None, items: list[dict[str, Any]], listed_from: int) -> None:
+        listed = {
+            (str((p.get("metadata") or {}).get("namespace")), str((p.get("metadata") or {}).get("name")))
+            for p in items
+        }
+        for job_id, pods_ in list(self._pending.items()):  # pods deleted while the watch was down
+            for name, (ns, _, _) in list(pods_.items()):
+                if (namespace is None or ns == namespace) and (ns, name) not in listed:
+                    self._set_pending(job_id, ns, name, None)
         present = set()
         for pod in items:
             meta = pod.get("metadata") or {}
@@ -204,9 +237,17 @@ class KubernetesLauncher:
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
+        job_id = (meta.get("annotations") or {}).get(pods.ANNOTATION_JOB_ID)
+        if job_id:
+            why = None if kind == "DELETED" or meta.get("deletionTimestamp") else pods.pending_reason(pod)
+            self._set_pending(str(job_id), *key, why)
         handle = self._handles.get(key)
         if handle is None or (handle.uid and meta.get("uid") and meta.get("uid") != handle.uid):
             return
+        disruption = pods.disruption(pod)
+        if disruption and handle.disruption is None:
+            handle.disruption = disruption
+            logger.warning("pod %s/%s is disrupted: %s", *key, disruption)
         code = pods.pod_exit_code(pod)
         if code is None and kind == "DELETED":
             code = GONE_EXIT_CODE

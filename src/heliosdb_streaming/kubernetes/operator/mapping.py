@@ -1,9 +1,10 @@
 """StreamingJob spec -> job config, and the one step that brings a job closer to its spec. Pure: no I/O.
 
 The spec is the REST submit body plus what the operator acts on (``state``, ``restartNonce``,
-``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``checkpointStorage``). ``plan``
-compares the spec with what the control plane reports and names the single next action, the way the
-Flink operator's reconciler decides one step per pass; the reconciler performs it and asks again.
+``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``podTemplate``,
+``checkpointStorage``). ``plan`` compares the spec with what the control plane reports and names the
+single next action, the way the Flink operator's reconciler decides one step per pass; the reconciler
+performs it and asks again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from heliosdb_streaming.kubernetes import podtemplate
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
 from heliosdb_streaming.model.types import JobStatus
@@ -53,6 +55,7 @@ class JobSpec:
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     checkpoint_storage: str | None = None
+    pod_template: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
@@ -72,10 +75,12 @@ class JobSpec:
         if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
             errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
             nonce = 0
-        resources = spec.get("resources") or {}
-        if not isinstance(resources, dict):
-            errors.append(FieldError("spec.resources", "must be an object (requests, limits)"))
-            resources = {}
+        pod_template: dict[str, Any] = {}
+        resources: dict[str, Any] = {}
+        try:
+            pod_template, resources = podtemplate.parse(spec.get("podTemplate"), spec.get("resources"))
+        except InvalidJobConfigError as e:
+            errors += e.errors
         if errors:
             raise InvalidJobConfigError(errors)
         return cls(
@@ -85,7 +90,8 @@ class JobSpec:
             upgrade_mode=upgrade_mode,
             savepoint_on_cancel=bool(spec.get("savepointOnCancel", False)),
             image=spec.get("image") or None,
-            resources=dict(resources),
+            resources=resources,
+            pod_template=pod_template,
             checkpoint_storage=spec.get("checkpointStorage") or None,
         )
 

@@ -116,7 +116,9 @@ class StreamingJobReconciler:
             raise kopf.PermanentError(str(e)) from None
         binding = await self._bind(namespace, name, uid, desired, previous, wanted)
         entry = self.plane.get(binding.job_id)
-        changed = binding.observed_generation not in (None, meta.get("generation"))
+        generation = meta.get("generation")
+        changed = binding.generation not in (None, generation)
+        binding.generation = generation
         if changed and desired.restart_nonce == binding.applied_nonce:
             await self._note_pending_changes(binding, entry, wanted)
         for _ in range(MAX_STEPS):
@@ -125,10 +127,10 @@ class StreamingJobReconciler:
             if step == Step.NONE:
                 break
             if step == Step.WAIT:
+                binding.spec_pending = f"waiting for the job to leave {entry.record.status.value}"
+                self.bindings.save(binding)
                 self.writer.mark(binding.job_id)
-                raise kopf.TemporaryError(
-                    f"job is {entry.record.status.value}; will apply spec", delay=WAIT_RETRY_S
-                )
+                raise events.waiting(f"job is {entry.record.status.value}; will apply spec", WAIT_RETRY_S)
             try:
                 if step == Step.UPGRADE:
                     await self._upgrade(binding, entry, desired, wanted, meta.get("generation"))
@@ -136,12 +138,33 @@ class StreamingJobReconciler:
                     await self._act(step, binding, entry, desired, wanted)
             except IllegalStateTransitionError as e:
                 logger.info("%s/%s: %s; planning again", namespace, name, e)
-        # observedGeneration means applied: not while a stopped job waits for a restartNonce, nor
-        # after a failed upgrade (the previous spec runs)
-        if not mapping.upgrade_changes(entry.config, wanted):
-            binding.observed_generation = meta.get("generation")
+        # observedGeneration means "applied" (API conventions): not while a change waits for a restart
+        # (an edit of a stopped job) or after a failed upgrade (the previous spec runs on)
+        waiting = self._unapplied(self.plane.get(binding.job_id), wanted) + binding.pod_changes()
+        if waiting:
+            binding.spec_pending = f"{', '.join(waiting)} not applied: " + (
+                "create a new StreamingJob for that"
+                if set(waiting) & set(mapping.unapplied_changes(entry.config, wanted))
+                else str((binding.upgrade or {}).get("message"))
+                if self._upgrade_failed(binding, generation)
+                else "change spec.restartNonce to restart with it"
+            )
+        else:
+            binding.observed_generation, binding.spec_pending = generation, None
         self.bindings.save(binding)
         self.writer.mark(binding.job_id)
+
+    @staticmethod
+    def _unapplied(entry: JobEntry, wanted: JobConfig) -> list[str]:
+        """The spec's job fields the running job does not have (a restart or a new job applies them)."""
+        settings = [
+            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
+        ]
+        return (
+            settings
+            + mapping.pipeline_changes(entry.config, wanted)
+            + mapping.unapplied_changes(entry.config, wanted)
+        )
 
     @staticmethod
     def _upgrade_failed(binding: Binding, generation: Any) -> bool:
@@ -151,14 +174,15 @@ class StreamingJobReconciler:
     def _upgrade_due(
         self, binding: Binding, entry: JobEntry, desired: JobSpec, wanted: JobConfig, generation: Any
     ) -> bool:
-        """An edited spec (a generation not applied yet) that a restart would change the job for, and
-        not a restartNonce restart (which applies it anyway) nor an upgrade of it that already failed."""
+        """An edited spec (a generation not applied yet) that a restart would change the job for (its
+        settings, pipeline or pod settings), and not a restartNonce restart (which applies it anyway)
+        nor an upgrade of it that already failed."""
         return (
             binding.observed_generation is not None
             and generation != binding.observed_generation
             and desired.restart_nonce == binding.applied_nonce
             and not self._upgrade_failed(binding, generation)
-            and bool(mapping.upgrade_changes(entry.config, wanted))
+            and bool(mapping.upgrade_changes(entry.config, wanted) + binding.pod_changes())
         )
 
     async def _upgrade(
@@ -169,7 +193,7 @@ class StreamingJobReconciler:
         old spec running when the savepoint fails; ``last-state`` restarts from the newest checkpoint;
         ``stateless`` restarts without state. What no restart can change is reported, not applied."""
         job_id, mode = binding.job_id, desired.upgrade_mode
-        changes = mapping.upgrade_changes(entry.config, wanted)
+        changes = mapping.upgrade_changes(entry.config, wanted) + binding.pod_changes()
         fixed = mapping.unapplied_changes(entry.config, wanted)
         if fixed:
             message = f"an upgrade cannot change {', '.join(fixed)}; create a new StreamingJob for that"
@@ -210,6 +234,7 @@ class StreamingJobReconciler:
         except InvalidJobConfigError as e:  # refused before the run stops (over --max-parallelism)
             await self._upgrade_failed_because(binding, "; ".join(f"{x.path}: {x.message}" for x in e.errors))
             return
+        binding.applied_pod = binding.pod_settings  # the new run's pods have them
         start = entry.record.start_from
         origin = (
             None
@@ -274,7 +299,7 @@ class StreamingJobReconciler:
         settings = [
             f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]
-        settings += mapping.pipeline_changes(entry.config, wanted)
+        settings += mapping.pipeline_changes(entry.config, wanted) + binding.pod_changes()
         fixed = mapping.unapplied_changes(entry.config, wanted)
         if settings:
             message = f"{', '.join(settings)} will apply at the next restart (spec.restartNonce)"
@@ -323,7 +348,12 @@ class StreamingJobReconciler:
         binding = self.bindings.get(job_id) or Binding(
             job_id=job_id, namespace=namespace, name=name, uid=uid, applied_nonce=desired.restart_nonce
         )
+        if binding.applied_pod is None:  # a new job (or one bound before this was kept): as it starts
+            binding.applied_pod = binding.pod_settings
         binding.image, binding.resources = desired.image, dict(desired.resources)
+        binding.pod_template = dict(desired.pod_template)
+        if job_id not in self.plane.jobs:
+            binding.applied_pod = binding.pod_settings
         self.bindings.save(binding)  # before submit: the launcher needs it for the first pods
         self.writer.track(job_id, previous)
         if job_id not in self.plane.jobs:
@@ -381,6 +411,7 @@ class StreamingJobReconciler:
             if upgrade:
                 await self._job_event(binding, "Normal", "Upgraded", f"new {', '.join(upgrade)} from now on")
             binding.applied_nonce = desired.restart_nonce
+            binding.applied_pod = binding.pod_settings  # the new run's pods have them
             self.bindings.save(binding)
         self.writer.mark(job_id)
 

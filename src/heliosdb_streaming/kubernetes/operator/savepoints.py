@@ -152,7 +152,7 @@ class SavepointController:
 
     def _wait_or_fail(self, retry: int, why: str) -> None:
         if retry < SAVEPOINT_MAX_WAITS:
-            raise kopf.TemporaryError(why, delay=WAIT_RETRY_S)
+            raise events.waiting(why, WAIT_RETRY_S)
         raise kopf.PermanentError(f"{why} for too long")
 
     async def _savepoint_failed(self, ref: dict[str, Any], namespace: str, name: str, message: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,10 +27,18 @@ STATUS_SWEEP_S = 2.0
 
 
 class StatusWriter:
-    def __init__(self, client: kube.KubeClient, plane: ControlPlane, bindings: Bindings) -> None:
+    def __init__(
+        self,
+        client: kube.KubeClient,
+        plane: ControlPlane,
+        bindings: Bindings,
+        pending_pods: Callable[[str], tuple[tuple[str, str, str], ...]] = lambda _job_id: (),
+    ) -> None:
+        """``pending_pods``: the worker pods of a job that cannot start (the launcher's watch sees them)."""
         self.client = client
         self.plane = plane
         self.bindings = bindings
+        self.pending_pods = pending_pods
         self._written: dict[str, dict[str, Any]] = {}  # job id -> last status written (or seen)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -82,6 +91,9 @@ class StatusWriter:
             selector=kube.selector_text(pods.job_labels(binding.name)),
             observed_generation=binding.observed_generation,
             observed_nonce=binding.applied_nonce,
+            generation=binding.generation,
+            spec_pending=binding.spec_pending,
+            pending_pods=self.pending_pods(job_id),
         )
         wanted = status.project(entry.record, observed, previous, datetime.now(UTC))
         patch = status.diff(previous, wanted)

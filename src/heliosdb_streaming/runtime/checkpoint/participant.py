@@ -28,10 +28,15 @@ from heliosdb_streaming.runtime.checkpoint.tasks import (
     snapshot_task,
 )
 from heliosdb_streaming.runtime.contracts import Record, SinkWriter
-from heliosdb_streaming.runtime.stages import StageTask
+from heliosdb_streaming.runtime.exchange.kafka_exchange import KafkaExchange
+from heliosdb_streaming.runtime.stages import StageRunner, StageTask
 from heliosdb_streaming.runtime.task import Task, before_snapshot
 
 logger = logging.getLogger("heliosdb_streaming.worker")  # one logger for all parts of a worker
+
+ALIGNMENT_TIMEOUT_S = 300.0
+"""How long a task waits for the barriers of every origin: past it the checkpoint fails (a worker
+that died makes its run restart long before)."""
 
 
 def is_transactional(sink: SinkWriter) -> bool:
@@ -60,6 +65,9 @@ class CheckpointParticipant:
         flush: Callable[[], Awaitable[None]],
         stop: Callable[[], None],
         send: Callable[[dict[str, Any]], Awaitable[None]],
+        remote: Callable[[], tuple[StageRunner, KafkaExchange] | None] | None = None,
+        pump: Callable[[], Awaitable[None]] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.job_id = job_id
         self.storage = storage
@@ -72,6 +80,11 @@ class CheckpointParticipant:
         self._flush = flush
         self._stop = stop
         self._send = send
+        # across worker processes: the stages and their exchange (once open), and how to let the
+        # later stages take what arrived and write their output (to sinks or staging)
+        self._remote = remote
+        self._pump = pump
+        self._stopping = stopping
         self._barriers: deque[Barrier] = deque()
         self._completed: deque[tuple[int, bool, bool]] = deque()
         self.final_committed = False
@@ -95,6 +108,10 @@ class CheckpointParticipant:
         if snapshot_path and self.restore_storage is not None:
             return await restore_task(self.restore_storage, snapshot_path, state_dir)
         return None
+
+    def snapshot_task_ids(self) -> list[str]:
+        """The ids of the tasks in the restored snapshot (none without one)."""
+        return sorted((self.manifest or {}).get("tasks", {}))
 
     async def commit_restored(self, restored: dict[str, RestoredTask]) -> None:
         """Commits the output staged before the restored checkpoint completed (the sinks are open).
@@ -145,6 +162,10 @@ class CheckpointParticipant:
         """
         assert self.storage is not None
         started = time.monotonic()
+        remote = self._remote() if self._remote is not None else None
+        if remote is not None:
+            await self._checkpoint_across(barrier, *remote, started)
+            return
         try:
             await self._flush()
             self.staging.seal(barrier.checkpoint_id)
@@ -186,6 +207,106 @@ class CheckpointParticipant:
                 "duration_ms": round((time.monotonic() - started) * 1000, 3),
             }
         )
+
+    async def _snapshot(
+        self, barrier: Barrier, task_id: str, task: Task | StageTask
+    ) -> tuple[dict[str, Any], set[str], int]:
+        assert self.storage is not None
+        chains = task.chains.values() if isinstance(task, StageTask) else [task.chain]
+        for chain in chains:
+            before_snapshot(chain)
+        path, size, needs = await snapshot_task(
+            self.storage, barrier, task_id, task.position, task.stores, self.staging.pending(task_id)
+        )
+        return {"path": path, "bytes": size, "position": task.position}, needs, size
+
+    async def _checkpoint_across(
+        self, barrier: Barrier, runner: StageRunner, exchange: KafkaExchange, started: float
+    ) -> None:
+        """Checkpoint N when the stages cross worker processes (``kafka_exchange``'s order):
+
+        1. everything processed so far goes out (sinks, exchange); each split task (stage 0) is
+           snapshotted, then its barrier N goes to every key group of stage 1, after its records;
+        2. stage by stage, each of this worker's key-group tasks keeps taking what arrives (that
+           output belongs to N) until the barriers of all its origins are aligned; it is then
+           snapshotted with its read offsets and its own sealed output, its input released, and its
+           barrier sent on to the next stage. Every worker sends its barriers before it waits for any
+           alignment, so workers never wait on each other in a cycle;
+        3. the ack lists the snapshots.
+        """
+        checkpoint_id = barrier.checkpoint_id
+        tasks: dict[str, dict[str, Any]] = {}
+        shared: set[str] = set()
+        total = 0
+        try:
+            await self._flush()
+            for split_id, task in self._tasks.items():
+                self.staging.seal_task(checkpoint_id, split_id)
+                tasks[split_id], needs, size = await self._snapshot(barrier, split_id, task)
+                shared |= needs
+                total += size
+                if runner.last >= 1:
+                    exchange.send_barrier(1, split_id, checkpoint_id)
+            await exchange.flush()
+            for stage in range(1, runner.last + 1):
+                for stage_task in runner.tasks[stage]:
+                    await self._align(exchange, stage, stage_task, checkpoint_id)
+                    stage_task.input_position = exchange.snapshot(stage, stage_task.groups)
+                    if self._pump is not None:
+                        await self._pump()  # the output it made before the barriers, to its segment
+                    self.staging.seal_task(checkpoint_id, stage_task.task_id)
+                    tasks[stage_task.task_id], needs, size = await self._snapshot(
+                        barrier, stage_task.task_id, stage_task
+                    )
+                    shared |= needs
+                    total += size
+                    exchange.release(stage, stage_task.groups, checkpoint_id)
+                    if stage < runner.last:
+                        exchange.send_barrier(stage + 1, stage_task.task_id, checkpoint_id)
+                await exchange.flush()
+            await self._flush()
+        except Exception as e:
+            logger.warning("checkpoint %d failed: %s", checkpoint_id, e, extra={"task_id": None})
+            await self._send({"type": "checkpoint_failed", "checkpoint_id": checkpoint_id, "error": str(e)})
+            return
+        await self._send(
+            {
+                "type": "ack",
+                "checkpoint_id": checkpoint_id,
+                "tasks": tasks,
+                "shared": sorted(shared),
+                "bytes": total,
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            }
+        )
+
+    async def _align(self, exchange: KafkaExchange, stage: int, task: StageTask, checkpoint_id: int) -> None:
+        """Processes the task's input until its barriers of ``checkpoint_id`` are aligned. An
+        alignment left over from an earlier checkpoint that failed here is released first."""
+        deadline = time.monotonic() + ALIGNMENT_TIMEOUT_S
+        while True:
+            if self._pump is not None:
+                await self._pump()
+            aligned = exchange.aligned(stage, task.groups)
+            if aligned == checkpoint_id:
+                return
+            if aligned is not None and aligned < checkpoint_id:
+                exchange.release(stage, task.groups, aligned)
+                continue
+            if aligned is not None:
+                raise RuntimeError(
+                    f"task {task.task_id} aligned at checkpoint {aligned}, not {checkpoint_id}"
+                )
+            if self._stopping is not None and self._stopping():
+                raise RuntimeError(
+                    f"task {task.task_id}: the worker stops; checkpoint {checkpoint_id} abandoned"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"task {task.task_id}: barriers of checkpoint {checkpoint_id} not aligned within "
+                    f"{ALIGNMENT_TIMEOUT_S:.0f}s"
+                )
+            await exchange.wait(stage, task.groups, 0.05)
 
     async def commit(
         self, split_id: str, rows: list[Record], checkpoint_id: int, job_id: str | None = None

@@ -69,6 +69,16 @@ class OutputStaging:
         self.segments[checkpoint_id] = self.open
         self.open = {}
 
+    def seal_task(self, checkpoint_id: int, task_id: str) -> None:
+        """Seals one task's rows into segment ``checkpoint_id`` (across worker processes each task
+        snapshots when its own barriers are aligned, so its rows are sealed then, not all at once)."""
+        if self.segments and checkpoint_id < max(self.segments):
+            raise ValueError(f"checkpoint id went backwards: {checkpoint_id} after {max(self.segments)}")
+        segment = self.segments.setdefault(checkpoint_id, {})
+        rows = self.open.pop(task_id, None)
+        if rows:
+            segment.setdefault(task_id, []).extend(rows)
+
     def pending(self, split_id: str) -> list[list[Any]]:
         """Sealed, uncommitted segments of a split as ``[checkpoint_id, rows]`` pairs (for snapshots)."""
         return [[cid, seg[split_id]] for cid, seg in sorted(self.segments.items()) if seg.get(split_id)]

@@ -31,6 +31,13 @@ from heliosdb_streaming.runtime.contracts import Batch, Record, Split, SplitBatc
 
 log = logging.getLogger(__name__)
 
+FETCH_MAX_WAIT_MS = 10
+"""How long a fetch may wait at the broker for data. Apache Kafka answers a waiting fetch as soon as a
+record arrives, but tansu answers only at the end of the wait: with Kafka's default (500 ms) a record
+produced at a moderate rate sat there 120 ms at the median (p99 350 ms at 5,000 ev/s). 10 ms bounds
+that; at full speed the fetch finds data at once, so it changes nothing there, and an idle source
+sends at most 100 fetches a second per broker."""
+
 StartFrom = Literal["earliest", "latest", "group"]
 Format = Literal["json", "raw"]
 
@@ -240,6 +247,7 @@ class KafkaSourceReader:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             request_timeout_ms=30_000,
         )
         await _start_with_retries(

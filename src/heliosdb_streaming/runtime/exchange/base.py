@@ -50,7 +50,9 @@ class Exchange(Protocol):
 
     The worker calls ``send`` from its processing loop (it must not block: buffer), then ``receive``
     for the key groups its stage tasks own; ``flush`` is awaited where the worker flushes its sinks
-    and before a checkpoint acknowledges, so everything sent before it is visible downstream.
+    (in process) or only at checkpoints and at the end of input (across processes, where it waits
+    for the broker), and before a checkpoint acknowledges, so everything sent before it is visible
+    downstream.
     """
 
     def send(self, boundary: int, origin: str, groups: Mapping[int, Batch], watermark: int) -> None:

@@ -266,6 +266,13 @@ class KafkaExchange:
         if mark > self._broadcast.get((boundary, origin), (MIN_WATERMARK, 0.0))[0]:
             self._broadcast_mark(boundary, origin, mark, now=time.monotonic())
 
+    def publish(self) -> None:
+        """Writes what is buffered and every origin's latest watermark now, without waiting for the
+        broker (a quiet origin's event time still reaches its downstream tasks)."""
+        for boundary, origin in list(self._marks):
+            self._flush_marks(boundary, origin)
+        self._encode_all()
+
     async def flush(self) -> None:
         for boundary, origin in list(self._marks):
             self._flush_marks(boundary, origin)

@@ -39,7 +39,9 @@ def snapshot(checkpoint_id: int, kind: str = "checkpoint", state: str = "complet
 
 def test_projection_of_a_running_job() -> None:
     snaps = (snapshot(3), snapshot(4, "savepoint"), snapshot(5, state="failed"), snapshot(2))
-    observed = status.Observed(parallelism=3, snapshots=snaps, observed_generation=7, observed_nonce=1)
+    observed = status.Observed(
+        parallelism=3, snapshots=snaps, observed_generation=7, observed_nonce=1, generation=7
+    )
     s = status.project(record(), observed, {}, T0)
     assert s["phase"] == "running" and s["jobId"] == "job-1" and s["parallelism"] == 3
     assert s["submittedAt"] == "2026-01-02T03:04:05Z" and s["startedAt"] == "2026-01-02T03:04:07Z"
@@ -47,15 +49,63 @@ def test_projection_of_a_running_job() -> None:
     assert s["lastCheckpoint"] == "checkpoint-3"  # the newest completed checkpoint, not the failed one
     assert s["lastSavepoint"]["savepointId"] == "savepoint-4"
     assert (s["observedGeneration"], s["observedRestartNonce"]) == (7, 1)
-    assert {c["type"]: c["status"] for c in s["conditions"]} == {"Ready": "True", "Failed": "False"}
+    assert {c["type"]: c["status"] for c in s["conditions"]} == {
+        "Ready": "True",
+        "Failed": "False",
+        "SpecApplied": "True",
+        "SavepointInProgress": "False",
+    }
+    for c in s["conditions"]:  # API conventions: each says what it was computed from, and why
+        assert c["observedGeneration"] == 7 and c["reason"] and c["lastTransitionTime"]
+    assert s["pendingPods"] == []
+
+
+def test_spec_not_applied_pending_pods_and_savepoint_in_progress() -> None:
+    """A newer generation waiting for a restart: no observedGeneration for it, SpecApplied False with
+    the reason; a pod that cannot start makes Ready False with its reason, and one Event."""
+    snaps = (snapshot(3), snapshot(4, "savepoint", state="in_progress"))
+    observed = status.Observed(
+        parallelism=2,
+        snapshots=snaps,
+        observed_generation=None,
+        generation=2,
+        spec_pending="config.parallelism not applied: change spec.restartNonce to restart with it",
+        pending_pods=(("spend-worker-1", "Unschedulable", "0/3 nodes are available"),),
+    )
+    s = status.project(record(), observed, {}, T0)
+    assert "observedGeneration" not in s
+    cond = {c["type"]: c for c in s["conditions"]}
+    assert (cond["SpecApplied"]["status"], cond["SpecApplied"]["reason"]) == ("False", "Pending")
+    assert "restartNonce" in cond["SpecApplied"]["message"] and cond["SpecApplied"]["observedGeneration"] == 2
+    assert (cond["Ready"]["status"], cond["Ready"]["reason"]) == ("False", "Unschedulable")
+    assert cond["Ready"]["message"] == "pod spend-worker-1: 0/3 nodes are available"
+    assert (cond["SavepointInProgress"]["status"], cond["SavepointInProgress"]["reason"]) == (
+        "True",
+        "Triggered",
+    )
+    assert s["pendingPods"] == [
+        {"name": "spend-worker-1", "reason": "Unschedulable", "message": "0/3 nodes are available"}
+    ]
+    before = status.project(record(), status.Observed(2), {}, T0)
+    assert (
+        "Warning",
+        "PodPending",
+        "pod spend-worker-1 cannot start: Unschedulable: 0/3 nodes are available",
+    ) in status.events(before, s)
+    again = status.project(record(), observed, s, T0 + timedelta(seconds=30))
+    assert status.events(s, again) == []  # deduplicated: the same pod and reason is one Event
+
+
+def _wanted(phase: JobStatus, message: str) -> list[status.Wanted]:
+    return status.job_conditions(phase, message, status.Observed(1), None)
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:
-    first = status.conditions(JobStatus.RUNNING, "ok", [], T0)
+    first = status.conditions(_wanted(JobStatus.RUNNING, "ok"), [], T0, 1)
     later = T0 + timedelta(minutes=5)
-    same = status.conditions(JobStatus.RUNNING, "ok", first, later)
+    same = status.conditions(_wanted(JobStatus.RUNNING, "ok"), first, later, 1)
     assert [c["lastTransitionTime"] for c in same] == [c["lastTransitionTime"] for c in first]
-    failed = {c["type"]: c for c in status.conditions(JobStatus.FAILED, "boom", first, later)}
+    failed = {c["type"]: c for c in status.conditions(_wanted(JobStatus.FAILED, "boom"), first, later, 2)}
     assert (
         failed["Failed"]["status"] == "True"
         and failed["Failed"]["lastTransitionTime"] == "2026-01-02T03:09:05Z"
@@ -81,7 +131,11 @@ def test_diff_and_events() -> None:
 
 def test_invalid_spec_status() -> None:
     s = status.invalid("invalid spec: spec.sources: field required", 4, {}, T0)
-    assert s["phase"] == "failed" and s["observedGeneration"] == 4 and "jobId" not in s
+    assert s["phase"] == "failed" and "jobId" not in s
+    assert "observedGeneration" not in s  # seen, not applied: the conditions carry the generation
+    cond = {c["type"]: c for c in s["conditions"]}
+    assert (cond["SpecApplied"]["status"], cond["SpecApplied"]["reason"]) == ("False", "InvalidSpec")
+    assert cond["Failed"]["status"] == "True" and cond["Failed"]["observedGeneration"] == 4
 
 
 def test_status_messages_never_carry_a_password() -> None:
