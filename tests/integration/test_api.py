@@ -61,7 +61,7 @@ DETAILS_KEYS = {
     "metrics",
     "tasks",
     "checkpoints",
-} | {"finished_at", "message", "plan"}
+} | {"finished_at", "message", "plan", "autoscaler", "uptime_ms", "recovering"}
 CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restart_strategy"} | {
     "on_error",
     "checkpoints_retained",
@@ -71,6 +71,7 @@ CONFIG_KEYS = {"parallelism", "checkpoint_interval_ms", "state_backend", "restar
     "savepoint_interval_ms",
     "savepoints_retained",
     "repartition",
+    "autoscaler",
 }
 SPEC_DETAILS_METRICS = {
     "events_processed",
@@ -97,6 +98,11 @@ METRICS_INNER = {
     "backpressure": {"events_total", "current_level"},
     "resources": {"cpu_usage_percent", "memory_used_mb", "memory_total_mb"},
     "errors": {"count", "rate_per_min"},
+} | {  # additions
+    "average_throughput_per_sec": None,
+    "running_ms": None,
+    "late_events_dropped": None,
+    "source": {"lag_records"},
 }
 LOGS_KEYS = {"job_id", "logs", "total", "limit"}
 LOG_ENTRY_KEYS = {"timestamp", "level", "message", "task_id"}
@@ -280,6 +286,16 @@ async def test_submit_and_details_contract(api: Api) -> None:
         "savepoint_interval_ms": 0,  # (addition) periodic savepoints: off
         "savepoints_retained": 3,  # (addition) periodic savepoints kept
         "repartition": None,  # (addition) brokers of cross-process repartitioning, if not the source's
+        "autoscaler": {
+            "enabled": False,
+            "min_parallelism": 1,
+            "max_parallelism": 1024,
+            "target_utilization": 0.7,
+            "stabilization_ms": 300000,
+            "cooldown_ms": 300000,
+            "metrics_window_ms": 60000,
+            "mode": "apply",
+        },  # (addition) off by default
     }
     assert set(details["config"]) == CONFIG_KEYS
     for key in ("submitted_at", "started_at", "finished_at"):

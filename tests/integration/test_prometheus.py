@@ -47,6 +47,9 @@ FAMILIES = {
     "heliosdb_job_errors_total": "counter",
     "heliosdb_job_cpu_usage_percent": "gauge",
     "heliosdb_job_memory_used_bytes": "gauge",
+    "heliosdb_job_late_events_dropped_total": "counter",
+    "heliosdb_job_backpressure_level": "gauge",
+    "heliosdb_job_source_lag_records": "gauge",
 }
 COUNTERS = [name for name, kind in FAMILIES.items() if kind == "counter"]
 HISTOGRAMS = [name for name, kind in FAMILIES.items() if kind == "histogram"]
@@ -206,7 +209,13 @@ async def test_every_family_through_prometheus(stack: Stack) -> None:
     names = await s.values("heliosdb_job_status", by="job_name")
     assert set(names) == {"steady", "erroring", 'quoted "name" \\ here'}  # unescaped by Prometheus
 
-    gauges = ["heliosdb_job_throughput", "heliosdb_job_cpu_usage_percent", "heliosdb_job_memory_used_bytes"]
+    gauges = [
+        "heliosdb_job_throughput",
+        "heliosdb_job_cpu_usage_percent",
+        "heliosdb_job_memory_used_bytes",
+        "heliosdb_job_backpressure_level",
+        "heliosdb_job_source_lag_records",  # datagen with a rate: records due and not yet read
+    ]
     for name in [*COUNTERS, *gauges]:
         got = await s.values(name)
         assert set(got) == ids, name

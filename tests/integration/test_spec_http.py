@@ -379,6 +379,16 @@ async def test_1_submit_job_and_verify_status(api: Api, pipeline: Pipeline) -> N
         "repartition": None,  # (addition)
         "savepoint_interval_ms": 0,  # (addition)
         "savepoints_retained": 3,  # (addition)
+        "autoscaler": {
+            "enabled": False,
+            "min_parallelism": 1,
+            "max_parallelism": 1024,
+            "target_utilization": 0.7,
+            "stabilization_ms": 300000,
+            "cooldown_ms": 300000,
+            "metrics_window_ms": 60000,
+            "mode": "apply",
+        },  # (addition)
     }
     assert [(t["name"], t["status"]) for t in details["tasks"]] == [
         ("kafka-source", "running"),

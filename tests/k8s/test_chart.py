@@ -486,7 +486,12 @@ def test_rbac_has_no_wildcards_and_reads_no_secrets(chart: helm.Chart, scenario:
 # The operator's rules, pinned: each verb is a request it makes (tests/k8s run it against an API server
 # that enforces exactly these; HELIOS_RBAC_AUDIT lists what was used). A new request needs a rule here.
 OPERATOR_NAMESPACED_RULES = [
-    {"apiGroups": [crds.GROUP], "resources": ["streamingjobs"], "verbs": ["get", "list", "watch", "patch"]},
+    # delete: a StreamingJob whose ttlSecondsAfterFinished is up
+    {
+        "apiGroups": [crds.GROUP],
+        "resources": ["streamingjobs"],
+        "verbs": ["get", "list", "watch", "patch", "delete"],
+    },
     {
         "apiGroups": [crds.GROUP],
         "resources": ["savepoints"],

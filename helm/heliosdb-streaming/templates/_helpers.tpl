@@ -119,10 +119,11 @@ app.kubernetes.io/component: {{ .component }}
 {{/* The namespaced permissions of the operator (Role or ClusterRole rules): each verb is a request it
 makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers: nothing PUTs. */}}
 {{- define "heliosdb-streaming.operatorNamespacedRules" -}}
-# kopf lists, watches and patches (finalizer, progress annotations); get: a Savepoint's jobRef
+# kopf lists, watches and patches (finalizer, progress annotations); get: a Savepoint's jobRef;
+# delete: a StreamingJob whose ttlSecondsAfterFinished is up (its finalizer then purges the job)
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # create: a savepoint the operator takes on cancel (savepointOnCancel, delete) is recorded as a Savepoint
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["savepoints"]

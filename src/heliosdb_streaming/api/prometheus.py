@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from heliosdb_streaming.api.prometheus_autoscaler import AutoscalerCollector
 from heliosdb_streaming.control.metrics import CHECKPOINT_BUCKETS_S, LATENCY_BUCKETS_S, CoarseHistogram
 from heliosdb_streaming.model.types import JobStatus
 
@@ -60,6 +61,9 @@ RESTARTS = "heliosdb_job_restarts_total"
 ERRORS = "heliosdb_job_errors_total"
 CPU = "heliosdb_job_cpu_usage_percent"
 MEMORY = "heliosdb_job_memory_used_bytes"
+LATE = "heliosdb_job_late_events_dropped_total"
+BACKPRESSURE_LEVEL = "heliosdb_job_backpressure_level"
+SOURCE_LAG = "heliosdb_job_source_lag_records"
 
 HELP = {
     COUNT: "Number of active jobs (submitted, running or paused).",
@@ -74,6 +78,9 @@ HELP = {
     ERRORS: "Job errors (records that failed).",
     CPU: "CPU usage of the job's workers (100 = one core).",
     MEMORY: "Resident memory of the job's workers.",
+    LATE: "Events behind the watermark that windows and CEP dropped.",
+    BACKPRESSURE_LEVEL: "Share of time the sources wait on downstream (0: nothing waits, 1: always).",
+    SOURCE_LAG: "Records the sources are behind their newest offset (jobs whose sources know it).",
 }
 _LATENCY_LE = (*(f"{b:g}" for b in LATENCY_BUCKETS_S), "+Inf")
 _CHECKPOINT_LE = (*(f"{b:g}" for b in CHECKPOINT_BUCKETS_S), "+Inf")
@@ -94,12 +101,18 @@ def _families() -> dict[str, Metric]:
         ERRORS: CounterMetricFamily(ERRORS, HELP[ERRORS], labels=_JOB),
         CPU: GaugeMetricFamily(CPU, HELP[CPU], labels=_JOB),
         MEMORY: GaugeMetricFamily(MEMORY, HELP[MEMORY], labels=_JOB),
+        LATE: CounterMetricFamily(LATE, HELP[LATE], labels=_JOB),
+        BACKPRESSURE_LEVEL: GaugeMetricFamily(BACKPRESSURE_LEVEL, HELP[BACKPRESSURE_LEVEL], labels=_JOB),
+        SOURCE_LAG: GaugeMetricFamily(SOURCE_LAG, HELP[SOURCE_LAG], labels=_JOB),
     }
 
 
 # The families with one series per job. Their sample names are the spec's: a counter's family name
 # lacks ``_total`` (``CounterMetricFamily`` strips it), its samples and HELP/TYPE lines carry it.
-_SIMPLE = (EVENTS, THROUGHPUT, CHECKPOINT_FAILURES, BACKPRESSURE, RESTARTS, ERRORS, CPU, MEMORY)
+_SIMPLE = (
+    EVENTS, THROUGHPUT, CHECKPOINT_FAILURES, BACKPRESSURE, RESTARTS, ERRORS, CPU, MEMORY, LATE,
+    BACKPRESSURE_LEVEL,
+)  # fmt: skip
 
 
 class _JobLabels:
@@ -151,6 +164,7 @@ class JobsCollector(Collector):
         f = _families()
         status_f, latency_f, checkpoint_f = f[STATUS].samples, f[LATENCY].samples, f[CHECKPOINT].samples
         simple = [(f[name].samples, name) for name in _SIMPLE]  # counters: the spec's ``_total`` name
+        lag_f = f[SOURCE_LAG].samples
         active = 0
         seen: set[str] = set()
         for entry in sorted(self.entries, key=lambda e: e.record.job_id):
@@ -179,9 +193,14 @@ class JobsCollector(Collector):
                 totals["errors"],
                 cpu,
                 rss,
+                m.late_dropped,
+                m.backpressure_level if running else 0.0,
             )
             for (samples, sample_name), value in zip(simple, values, strict=True):
                 samples.append(Sample(sample_name, job, value))
+            lag = m.source_lag() if running else None
+            if lag is not None:  # a job whose sources cannot tell has no series, rather than a false 0
+                lag_f.append(Sample(SOURCE_LAG, job, lag))
         f[COUNT].samples.append(Sample(COUNT, {}, active))
         if len(self.labels) > 2 * len(seen) + 64:  # forget the labels of jobs no longer exported
             for job_id in [j for j in self.labels if j not in seen]:
@@ -206,8 +225,10 @@ def render_entries(
     entries: Iterable[JobEntry], *, now: float | None = None, grace_s: float = TERMINAL_SERIES_GRACE_S
 ) -> bytes:
     """The exposition of ``entries``: a registry of this scrape's own with a ``JobsCollector``."""
+    entries = list(entries)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobsCollector(entries, now=now, grace_s=grace_s))
+    registry.register(AutoscalerCollector(entries))
     return generate_latest(registry)
 
 
@@ -227,8 +248,10 @@ async def render_entries_async(
     """``render_entries`` for a request handler: the families are collected here, on the event loop
     that updates the entries; ``generate_latest`` (most of a scrape's CPU) formats them in a thread,
     so the loop goes on serving heartbeats and requests meanwhile."""
+    entries = list(entries)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collected(list(JobsCollector(entries, grace_s=grace_s).collect())))
+    registry.register(_Collected(list(AutoscalerCollector(entries).collect())))
     return await asyncio.to_thread(generate_latest, registry)
 
 

@@ -20,7 +20,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from heliosdb_streaming.api.errors import ERROR_CODES
+from heliosdb_streaming.model.config import AutoscalerSettings
 from heliosdb_streaming.model.types import (
+    AutoscalerInfo,
     CheckpointInfo,
     DetailsMetrics,
     JobDetails,
@@ -110,6 +112,9 @@ class JobSettingsBody(ApiBody):
     repartition: dict[str, Any] | None = Field(
         default=None, description="(addition) brokers of the internal repartition topics, when set"
     )
+    autoscaler: AutoscalerSettings | None = Field(
+        default=None, description="(addition) the autoscaler's settings (docs/operations.md#autoscaling)"
+    )
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> JobSettingsBody:
@@ -127,6 +132,11 @@ class JobDetailsResponse(ApiBody):
     started_at: Timestamp | None
     finished_at: Timestamp | None = Field(description="(addition) null until the job is terminal")
     uptime_seconds: int
+    uptime_ms: int = Field(description="(addition) uptime_seconds to the millisecond")
+    recovering: bool = Field(
+        description="(addition) true while an active job has no working run: its automatic restart "
+        "after a failure, or after a control-plane restart, is pending or starting (message says which)"
+    )
     message: str | None = Field(
         description="(addition) why the job is in its status (e.g. a failure), or null"
     )
@@ -134,6 +144,12 @@ class JobDetailsResponse(ApiBody):
     tasks: list[TaskInfo]
     checkpoints: list[CheckpointInfo]
     plan: JobPlanInfo = Field(description="(addition) the job's stages, and why each boundary exists")
+    # ---- autoscaler (issue 16)
+    autoscaler: AutoscalerInfo | None = Field(
+        default=None,
+        description="(addition) the autoscaler's last decision, its reason and the recent ones; null "
+        "when config.autoscaler is not enabled",
+    )
 
     @classmethod
     def of(cls, d: JobDetails) -> JobDetailsResponse:
@@ -146,11 +162,14 @@ class JobDetailsResponse(ApiBody):
             started_at=d.started_at,
             finished_at=d.finished_at,
             uptime_seconds=d.uptime_secs,
+            uptime_ms=d.uptime_ms,
+            recovering=d.recovering,
             message=mask_secrets(d.message) if d.message else d.message,
             metrics=d.metrics,  # a JobMetrics: the field's type, DetailsMetrics, serializes its keys
             tasks=d.tasks,
             checkpoints=d.checkpoints,
             plan=d.plan,
+            autoscaler=d.autoscaler,
         )
 
 
@@ -242,7 +261,10 @@ class CheckpointMetricsBody(ApiBody):
 
 class BackpressureBody(ApiBody):
     events_total: int
-    current_level: float = Field(description="Fill level of the job's queues, 0.0 (empty) to 1.0 (full)")
+    current_level: float = Field(
+        description="Share of the last second the sources spent blocked on downstream (a full queue), "
+        "the highest of the job's workers: 0.0 when nothing waits, 1.0 when they wait all the time"
+    )
 
 
 class ResourcesBody(ApiBody):
@@ -256,6 +278,15 @@ class ErrorsBody(ApiBody):
     rate_per_min: float
 
 
+class SourceMetricsBody(ApiBody):
+    """(addition) How far behind the job's sources are."""
+
+    lag_records: int | None = Field(
+        description="Records behind the newest offset: Kafka, high watermark minus position summed over "
+        "the partitions; datagen, records due and not yet read; null when not running or unknown"
+    )
+
+
 class MetricsBody(ApiBody):
     events_processed_total: int
     throughput_per_sec: float
@@ -264,6 +295,14 @@ class MetricsBody(ApiBody):
     backpressure: BackpressureBody
     resources: ResourcesBody
     errors: ErrorsBody
+    average_throughput_per_sec: float = Field(
+        description="(addition) events_processed_total / running_ms: the rate over the whole running time"
+    )
+    running_ms: int = Field(description="(addition) the job's real running time over all its runs")
+    late_events_dropped: int = Field(
+        description="(addition) events behind the watermark that windows and CEP dropped"
+    )
+    source: SourceMetricsBody = Field(description="(addition) source lag")
 
 
 class JobMetricsResponse(ApiBody):
@@ -297,6 +336,10 @@ class JobMetricsResponse(ApiBody):
                     memory_total_mb=m.memory_total_mb,
                 ),
                 errors=ErrorsBody(count=m.errors, rate_per_min=m.errors_rate_per_min),
+                average_throughput_per_sec=m.average_throughput_per_sec,
+                running_ms=m.running_ms,
+                late_events_dropped=m.late_events_dropped,
+                source=SourceMetricsBody(lag_records=m.source_lag_records),
             ),
             history=m.history,
         )

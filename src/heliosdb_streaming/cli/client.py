@@ -291,7 +291,7 @@ async def get_job(client: ApiClient, args: argparse.Namespace) -> int:
             [
                 ("job_id", data["job_id"]),
                 ("name", data["name"]),
-                ("status", data["status"]),
+                ("status", data["status"] + (" (recovering)" if data.get("recovering") else "")),
                 ("message", data.get("message") or "-"),
                 ("submitted_at", data["submitted_at"]),
                 ("started_at", data.get("started_at") or "-"),
@@ -299,7 +299,12 @@ async def get_job(client: ApiClient, args: argparse.Namespace) -> int:
                 ("uptime", _uptime(data.get("uptime_seconds"))),
                 ("config", config),
                 ("events", f"{m['events_processed']:,} in, {m.get('events_out', 0):,} out"),
-                ("throughput", f"{m['throughput_per_sec']:,.0f} events/s"),
+                (
+                    "throughput",
+                    f"{m['throughput_per_sec']:,.0f} events/s now, "
+                    f"{m.get('average_throughput_per_sec', 0):,.0f} events/s on average over "
+                    f"{m.get('running_ms', 0) / 1000:.3f}s running",
+                ),
                 ("latency", f"p50 {m['latency_p50_ms']} ms, p99 {m['latency_p99_ms']} ms"),
                 ("checkpoints", f"{m['checkpoint_count']} (last {m['last_checkpoint_duration_ms']} ms)"),
                 ("backpressure", f"{m['backpressure_events']:,} events"),

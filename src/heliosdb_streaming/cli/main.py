@@ -124,12 +124,14 @@ async def _run(config: Any, args: argparse.Namespace) -> int:
                 await asyncio.wait_for(interrupted.wait(), 0.2)
         details = await jm.get_job_details(job_id)
         m = details.metrics
-        elapsed = max(details.uptime_secs, 1)
         print()
         print(f"job {job_id}: {details.status.value}" + (f" ({details.message})" if details.message else ""))
         print(f"  events in      {m.events_processed:,}")
         print(f"  events out     {m.events_out:,}")
-        print(f"  throughput     {m.events_processed / elapsed:,.0f} events/s over {details.uptime_secs}s")
+        print(
+            f"  throughput     {m.average_throughput_per_sec:,.0f} events/s on average over "
+            f"{m.running_ms / 1000:.3f}s of running time (uptime {details.uptime_ms / 1000:.3f}s)"
+        )
         print(f"  latency        p50 {m.latency_p50_ms} ms, p99 {m.latency_p99_ms} ms")
         print(
             f"  errors         {m.errors:,}   late dropped {m.late_events_dropped:,}   restarts {m.restarts}"

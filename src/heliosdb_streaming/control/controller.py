@@ -14,7 +14,9 @@ cancel, pause, resume, restart, savepoints). The parts, one responsibility each:
 * ``supervisor.RunSupervisor``: a run from launch to its end, and the restart strategy;
 * ``channel.WorkerChannelServer``: the workers' connections and their messages;
 * ``snapshots.SnapshotService``: checkpoint bookkeeping and savepoints;
-* ``retention.JobRetention``: purging terminal jobs, and their expiry after the job retention.
+* ``retention.JobRetention``: purging terminal jobs, and their expiry after the job retention;
+* ``autoscaling.JobAutoscaler``: the parallelism of autoscaled jobs (``config.autoscaler``), rescaled
+  through ``rescale``: a savepoint, then a restart at the new parallelism from it.
 
 A run is one attempt of a job: ``parallelism`` workers started together, each connecting back over
 the control channel with a per-run token. A run ends when every worker has exited; how it ended
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from heliosdb_streaming.control.autoscaling import JobAutoscaler
 from heliosdb_streaming.control.channel import WorkerChannelServer, broadcast
 from heliosdb_streaming.control.entry import JobEntry, Run, describe_start, utcnow
 from heliosdb_streaming.control.files import JobFiles
@@ -114,8 +117,10 @@ class ControlPlane:
             tasks=self.tasks,
         )
         self.retention = JobRetention(self.table, self.snapshots)
+        self.autoscaler = JobAutoscaler(self.table, self.scheduler, self.rescale, self.tasks)
         self._persister: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._autoscaling: asyncio.Task[None] | None = None
         self._closed = False
 
     def _launch(self, entry: JobEntry, run: Run) -> None:
@@ -189,6 +194,7 @@ class ControlPlane:
         self._persister = asyncio.create_task(self.table.persist_metrics_forever())
         if job_retention is not None:
             self._expiry = asyncio.create_task(self.retention.expire_forever(job_retention))
+        self._autoscaling = asyncio.create_task(self.autoscaler.run_forever())
         self.scheduler.schedule()
 
     async def close(self) -> None:
@@ -200,7 +206,7 @@ class ControlPlane:
         await asyncio.gather(
             *(self.supervisor.stop_run(run, "shutdown") for run in runs), return_exceptions=True
         )
-        for timer in (self._persister, self._expiry):
+        for timer in (self._persister, self._expiry, self._autoscaling):
             if timer is not None:
                 timer.cancel()
         await self.tasks.cancel_all()
@@ -319,6 +325,31 @@ class ControlPlane:
         """Removes a terminal job with its logs, checkpoints and files (``JobRetention.purge``)."""
         await self.retention.purge(job_id)
 
+    async def rescale(self, job_id: str, parallelism: int, reason: str) -> None:
+        """The autoscaler's rescale, as Flink's: stop with a savepoint, then restart from it at
+        ``parallelism``. Nothing runs past the savepoint (no checkpoint commits output the restored
+        run would write again), so exactly-once sinks stay exact. Only a job still running (or
+        paused meanwhile) is restarted: a user's cancel meanwhile wins. If the restart at the new
+        parallelism fails, the job restarts from the savepoint at its old one. The savepoint is one
+        retention may delete (as periodic ones, ``savepoints_retained``) once no run restores it."""
+        entry = self.table.get(job_id)
+        before = entry.config.parallelism
+        snapshot = await self.snapshots.savepoint(
+            job_id, f"autoscaler: parallelism {before} -> {parallelism}", stop_after=True, retained=True
+        )
+        entry.log.write("info", f"Autoscaler: restarting at parallelism {parallelism} ({reason})")
+        running = frozenset({JobStatus.RUNNING, JobStatus.PAUSED})  # paused meanwhile: its run is gone
+        try:
+            await self.restart(
+                job_id, snapshot.savepoint_id, JobConfigOverrides(parallelism=parallelism), only_from=running
+            )
+        except (IllegalStateTransitionError, JobNotFoundError):
+            raise  # cancelled or purged meanwhile: nothing to restart
+        except Exception:  # the run stopped at the savepoint: it must run again, at its parallelism
+            await self.restart(job_id, snapshot.savepoint_id, None, only_from=running)
+            raise
+        await self.snapshots.retain_periodic(entry)
+
     async def cancel_with_savepoint(self, job_id: str) -> SnapshotRecord:
         """Stop-with-savepoint: the savepoint is the last thing the job does, so nothing runs past it."""
         entry = self.table.get(job_id)
@@ -335,11 +366,14 @@ class ControlPlane:
         savepoint_id: str | None,
         overrides: JobConfigOverrides | None,
         *,
+        only_from: frozenset[JobStatus] | None = None,
         pipeline: JobConfig | None = None,
         fresh: bool = False,
     ) -> SnapshotRecord | None:
         """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides.
 
+        ``only_from``: the statuses the job may be in (checked under its lock), else
+        ``IllegalStateTransitionError`` (the autoscaler's rescale: a job cancelled meanwhile stays so).
         ``pipeline``: an upgrade in place (the operator's restart of an edited StreamingJob): the job
         runs these sources, transformations and sinks from then on; state finds its steps as it does
         for a job started from a savepoint (by position and type). ``fresh``: start without any state
@@ -349,6 +383,8 @@ class ControlPlane:
         async with entry.lock:
             if self.jobs.get(job_id) is not entry:  # purged while this restart waited for the lock
                 raise JobNotFoundError(job_id)
+            if only_from is not None and entry.record.status not in only_from:
+                raise IllegalStateTransitionError(job_id, entry.record.status.value, "restart")
             self.table.check(entry, Event.RESTART, "restart")
             point = None if fresh else entry.restore_point()
             if savepoint_id is not None:
@@ -414,7 +450,11 @@ class ControlPlane:
     # -------------------------------------------------------------------------------- queries
 
     def uptime_seconds(self, record: JobRecord) -> int:
+        return self.uptime_ms(record) // 1000
+
+    def uptime_ms(self, record: JobRecord) -> int:
+        """From the first start to the end (or now), to the millisecond."""
         if record.started_at is None:
             return 0
         end = record.finished_at or utcnow()
-        return max(int((end - record.started_at).total_seconds()), 0)
+        return max(int((end - record.started_at).total_seconds() * 1000), 0)

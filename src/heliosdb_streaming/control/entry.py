@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from heliosdb_streaming.control.autoscaler import AutoscalerState
 from heliosdb_streaming.control.checkpoint_coordinator import CheckpointCoordinator
 from heliosdb_streaming.control.files import JobLog
 from heliosdb_streaming.control.launcher import WorkerHandle
 from heliosdb_streaming.control.metrics import JobMetricsAggregator
 from heliosdb_streaming.control.store import JobRecord, SnapshotRecord
 from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage
 from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
@@ -52,6 +54,8 @@ class Run:
     problem_message: str | None = None  # the job message shown for them, and the one it replaced
     message_before_problems: str | None = None
     slots: int = 0  # taken at launch, given back once when the workers are gone
+    # workers the control plane stopped because another of the run exited: not failures of their own
+    stopped_for_peer: dict[int, int] = field(default_factory=dict)  # index -> the worker that exited
 
     def ready(self) -> bool:
         """All workers connected, nobody stopping them: a savepoint can be taken."""
@@ -82,11 +86,20 @@ class JobEntry:
     relaunch: asyncio.Task[None] | None = None  # the pending automatic restart, while it waits
     restoring: str | None = None  # the directory a restart in progress is about to restore
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) on every change
+    autoscaling: AutoscalerState = field(default_factory=AutoscalerState)  # ``control.autoscaling``
 
     def changed(self) -> None:
         """Wakes whoever waits for this job's run or status to change."""
         self.wakeup.set()
         self.wakeup = asyncio.Event()
+
+    def recovering(self) -> bool:
+        """Active (running or paused) with no run of it working yet: after a failure its automatic
+        restart is pending or starting, or the control plane came back and is starting it again."""
+        if self.record.status not in (JobStatus.RUNNING, JobStatus.PAUSED):
+            return False
+        run = self.run
+        return run is None or (run.stop_requested is None and not run.connected.is_set())
 
     def latest_restore_point(self) -> SnapshotRecord | None:
         """The newest completed checkpoint or savepoint (ids grow, so the newest has the largest id)."""

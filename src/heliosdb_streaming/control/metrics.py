@@ -3,6 +3,17 @@
 Workers send cumulative counters; this module turns them into deltas per worker run, so job totals
 never go backwards when workers restart, and a minute-by-minute history (24 h) answers windowed
 questions (throughput and latency over the last 5 minutes) exactly.
+
+The figures and their definitions (docs/observability.md, "What each figure means", tells users):
+
+* ``running_ms``: the job's real running time, the sum over its runs of the longest-running worker's
+  time (workers report theirs, to the millisecond); ``average_throughput`` is events / that time.
+* ``backpressure_level``: the share of the last heartbeat interval a worker's sources spent blocked
+  on a full queue (waiting on downstream), per source poll loop, the highest over the live workers:
+  0 when nothing waits, 1 when the sources wait all the time.
+* ``source_lag``: records the sources are behind their newest offset (Kafka: high watermark minus
+  position, summed over partitions; datagen: records due not yet read; files: lines not yet read),
+  summed over the live workers that know theirs; None when none does.
 """
 
 from __future__ import annotations
@@ -74,6 +85,9 @@ class WorkerView:
     cpu_percent: float = 0.0
     rss_bytes: int = 0
     seen_at: float = 0.0
+    running_ms: float = 0.0
+    backpressure_level: float = 0.0
+    source_lag: int | None = None
 
 
 class JobMetricsAggregator:
@@ -83,7 +97,7 @@ class JobMetricsAggregator:
         self.late_dropped_base = 0
         self.latency: dict[int, int] = {}
         self.backpressure_ms = 0.0
-        self.backpressure_level = 0.0
+        self.run_ms_base = 0.0  # the running time of the runs that ended
         self.history: deque[MinuteBucket] = deque(maxlen=HISTORY_MINUTES)
         self.workers: dict[tuple[int, int], WorkerView] = {}
         self.rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
@@ -119,7 +133,6 @@ class JobMetricsAggregator:
         self.backpressure_ms += max(
             float(beat.get("backpressure_ms", 0)) - float(previous.get("backpressure_ms", 0)), 0
         )
-        self.backpressure_level = float(beat.get("queue_fill", 0.0))
         stored = {**beat, "latency": latency_now}
         if view is None:
             view = WorkerView(last=stored)
@@ -128,6 +141,15 @@ class JobMetricsAggregator:
         view.cpu_percent = float(beat.get("cpu_percent", 0.0))
         view.rss_bytes = int(beat.get("rss_bytes", 0))
         view.seen_at = now
+        running_ms = float(beat.get("running_ms", view.running_ms))
+        elapsed_ms = running_ms - view.running_ms
+        if elapsed_ms > 0:  # blocked time over the interval, per poll loop (each may block at once)
+            blocked_ms = float(beat.get("backpressure_ms", 0)) - float(previous.get("backpressure_ms", 0))
+            pollers = max(int(beat.get("pollers", 1)), 1)
+            view.backpressure_level = min(max(blocked_ms / (elapsed_ms * pollers), 0.0), 1.0)
+        view.running_ms = max(running_ms, view.running_ms)
+        lag = beat.get("source_lag")
+        view.source_lag = int(lag) if lag is not None else None
         for split_id, progress in (beat.get("tasks") or {}).items():
             self.task_progress[split_id] = progress
         bucket = self._bucket(now)
@@ -159,8 +181,8 @@ class JobMetricsAggregator:
         """Drops live worker views when a run ends (their totals are kept)."""
         for view in self.workers.values():
             self.late_dropped_base += int(view.last.get("late_dropped", 0))
+        self.run_ms_base += self._current_run_ms()
         self.workers.clear()
-        self.backpressure_level = 0.0
 
     def _bucket(self, now: float) -> MinuteBucket:
         minute = int(now // 60 * 60)
@@ -173,6 +195,31 @@ class JobMetricsAggregator:
     @property
     def late_dropped(self) -> int:
         return self.late_dropped_base + sum(int(v.last.get("late_dropped", 0)) for v in self.workers.values())
+
+    def _current_run_ms(self) -> float:
+        """The live run's running time: its longest-running worker's (they run side by side)."""
+        return max((v.running_ms for v in self.workers.values()), default=0.0)
+
+    @property
+    def running_ms(self) -> int:
+        """The job's real running time over all its runs, in milliseconds."""
+        return int(self.run_ms_base + self._current_run_ms())
+
+    def average_throughput(self) -> float:
+        """Events/s over the job's whole running time (a finished job's run rate)."""
+        running_s = self.running_ms / 1000
+        return round(self.totals["events_in"] / running_s, 1) if running_s > 0 else 0.0
+
+    @property
+    def backpressure_level(self) -> float:
+        """Share of time the live workers' sources wait on downstream (the highest worker's); 0 idle."""
+        live = [v for v in self.workers.values() if self._clock() - v.seen_at < 10]
+        return max((v.backpressure_level for v in live), default=0.0)
+
+    def source_lag(self) -> int | None:
+        """Records the live workers' sources are behind their newest offset (None: unknown)."""
+        known = [v.source_lag for v in self.workers.values() if v.source_lag is not None]
+        return sum(known) if known else None
 
     def current_throughput(self, horizon_s: float = 10.0) -> float:
         """Events/s over the last ``horizon_s`` seconds of heartbeats."""
@@ -223,6 +270,7 @@ class JobMetricsAggregator:
             "latency": self.latency,
             "late_dropped": self.late_dropped,
             "backpressure_ms": self.backpressure_ms,
+            "running_ms": self.running_ms,
             "checkpoint_count": self.checkpoint_count,
             "checkpoint_failures": self.checkpoint_failures,
             "last_checkpoint_duration_ms": self.last_checkpoint_duration_ms,
@@ -242,6 +290,7 @@ class JobMetricsAggregator:
         agg._add_coarse_latency(agg.latency)
         agg.late_dropped_base = int(state.get("late_dropped", 0))
         agg.backpressure_ms = float(state.get("backpressure_ms", 0.0))
+        agg.run_ms_base = float(state.get("running_ms", 0.0))
         agg.checkpoint_count = int(state.get("checkpoint_count", 0))
         agg.checkpoint_failures = int(state.get("checkpoint_failures", 0))
         agg.last_checkpoint_duration_ms = int(state.get("last_checkpoint_duration_ms", 0))

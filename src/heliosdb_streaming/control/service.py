@@ -15,7 +15,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from heliosdb_streaming.control import paths, usercode
+from heliosdb_streaming.control import autoscaler, paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.entry import JobEntry
 from heliosdb_streaming.control.listing import JobListCache
@@ -29,6 +29,8 @@ from heliosdb_streaming.model.errors import (
     SavepointNotFoundError,
 )
 from heliosdb_streaming.model.types import (
+    AutoscalerDecisionInfo,
+    AutoscalerInfo,
     CheckpointInfo,
     JobDetails,
     JobMetrics,
@@ -261,12 +263,15 @@ class JobServiceCore:
             started_at=record.started_at,
             finished_at=record.finished_at,
             uptime_secs=plane.uptime_seconds(record),
+            uptime_ms=plane.uptime_ms(record),
+            recovering=entry.recovering(),
             metrics=self._metrics(entry, MetricsWindow.minutes(5)),
             tasks=self._tasks(entry),
             checkpoints=_checkpoint_infos(entry)[-10:],
             message=record.message,
             restarts=record.restarts,
             plan=JobPlanInfo.of(entry.config, self._source_tasks(entry)),
+            autoscaler=_autoscaler_info(entry),
         )
 
     async def get_job_metrics(self, job_id: str, window: MetricsWindow | None = None) -> JobMetrics:
@@ -340,6 +345,9 @@ class JobServiceCore:
             errors=m.totals["errors"],
             errors_rate_per_min=w["errors_rate_per_min"],
             late_events_dropped=m.late_dropped,
+            average_throughput_per_sec=m.average_throughput(),
+            running_ms=m.running_ms,
+            source_lag_records=m.source_lag() if active else None,
             window_seconds=window.seconds,
             history=[
                 ThroughputPoint(
@@ -402,6 +410,42 @@ def _checkpoint_infos(entry: JobEntry) -> list[CheckpointInfo]:
         )
         for s in snapshots
     ]
+
+
+def _autoscaler_info(entry: JobEntry) -> AutoscalerInfo | None:
+    """The details' ``autoscaler`` section (None when the job is not autoscaled)."""
+    settings = entry.config.autoscaler
+    if not settings.enabled:
+        return None
+    state = entry.autoscaling
+    return AutoscalerInfo(
+        enabled=True,
+        mode=settings.mode,
+        parallelism=entry.config.parallelism,
+        rescaling=state.rescaling,
+        rescales=state.rescales,
+        last_error=state.error,
+        last_decision=_decision_info(state.last) if state.last else None,
+        history=[_decision_info(r) for r in state.history],
+    )
+
+
+def _decision_info(recorded: autoscaler.Recorded) -> AutoscalerDecisionInfo:
+    d = recorded.decision
+    return AutoscalerDecisionInfo(
+        timestamp=datetime.fromtimestamp(recorded.at_ms / 1000, UTC),
+        action=d.action.value,
+        kind=d.kind,
+        current_parallelism=int(d.inputs.get("parallelism", d.parallelism)),
+        parallelism=d.parallelism,
+        reason=d.reason,
+        utilization=d.utilization,
+        backpressure=d.backpressure,
+        required=d.required,
+        limited_by=d.limited_by,
+        applied=recorded.applied,
+        inputs=d.inputs,
+    )
 
 
 def _memory_total_mb() -> int:

@@ -99,13 +99,17 @@ class SnapshotService:
         entry.snapshots.append(snapshot)
         if entry.record.restore_point is not None:  # the job no longer needs what it restored
             entry.record.restore_point = None
-            store.save(entry.record)
         metrics = entry.metrics
         metrics.checkpoint_count += 1
         metrics.last_checkpoint_duration_ms = snapshot.duration_ms
         metrics.record_checkpoint_duration(snapshot.duration_ms)
+        # the counters are saved with each completed checkpoint: a control plane killed later comes
+        # back with every completed checkpoint counted and events_processed at least as of the last
+        # one; the recovered run replays from that checkpoint and counts the replayed events again
+        entry.record.metrics_state = metrics.to_state()
+        store.save(entry.record)
         what = (
-            f"{'Periodic savepoint' if snapshot.periodic else 'Savepoint'} {snapshot.savepoint_id}"
+            f"{'Periodic savepoint' if _is_periodic(snapshot) else 'Savepoint'} {snapshot.savepoint_id}"
             if snapshot.savepoint_id
             else f"Checkpoint {snapshot.checkpoint_id}"
         )
@@ -170,11 +174,13 @@ class SnapshotService:
                 await asyncio.wait_for(wakeup.wait(), remaining)
 
     async def savepoint(
-        self, job_id: str, description: str | None, *, stop_after: bool = False
+        self, job_id: str, description: str | None, *, stop_after: bool = False, retained: bool = False
     ) -> SnapshotRecord:
         """Takes a savepoint of a running or paused job; with ``stop_after`` the workers stop right after.
 
         Between two runs (restart delay, a restart in progress) it waits for the next run, bounded.
+        ``retained``: one the system takes for itself (the autoscaler's), which retention may delete as
+        it does periodic ones; a person's savepoint never is.
         """
         entry = self.table.get(job_id)
         action = "take a savepoint of"
@@ -183,7 +189,9 @@ class SnapshotService:
         if stop_after:
             run.stop_requested = "cancel"  # the workers stop by themselves once the savepoint completes
         try:
-            return await run.coordinator.trigger("savepoint", description=description, stop_after=stop_after)
+            return await run.coordinator.trigger(
+                "savepoint", description=description, stop_after=stop_after, periodic=retained
+            )
         except RunEndedError:
             if stop_after and run.stop_requested == "cancel":
                 run.stop_requested = None
@@ -287,3 +295,9 @@ class SnapshotService:
                     )
                 ]
             )
+
+
+def _is_periodic(snapshot: SnapshotRecord) -> bool:
+    """A savepoint of ``savepoint_interval_ms`` (not another one retention may delete, as the
+    autoscaler's)."""
+    return snapshot.periodic and snapshot.description == PERIODIC

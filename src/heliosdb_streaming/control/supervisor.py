@@ -35,6 +35,14 @@ from heliosdb_streaming.control.tasks import BackgroundTasks
 from heliosdb_streaming.model.types import JobStatus
 
 STOP_GRACE_S = 10.0
+# the job messages of a recovery in progress, replaced once the new run is running
+RECOVERY_MESSAGES = ("Recovering:", "Job failed (")
+
+
+def recovered_message(attempt: int, recovering: str | None) -> str:
+    """The job message once a recovery's run runs: that it did, and what it recovered from."""
+    cause = (recovering or "").removeprefix("Recovering: ")
+    return f"Recovered: run {attempt} running" + (f" (after: {cause})" if cause else "")
 
 
 class RunSupervisor:
@@ -70,6 +78,13 @@ class RunSupervisor:
             + (f"; its automatic restart is due in {delay:.1f}s" if delay else "; scheduling it again"),
         )
         entry.restore_latest()
+        if record.status in (JobStatus.RUNNING, JobStatus.PAUSED):
+            if due is None:  # a pending automatic restart was counted when it was decided
+                record.restarts += 1
+            point = entry.restore_point()
+            origin = f"restoring checkpoint {point.checkpoint_id}" if point else "starting from the beginning"
+            record.message = f"Recovering: the control plane restarted; {origin}"
+            self.table.store.save(record)
         if delay:  # the restart strategy's backoff goes on where the previous control plane left it
             entry.relaunch = self.tasks.spawn(self._delayed_relaunch(entry, delay))
         else:
@@ -150,6 +165,15 @@ class RunSupervisor:
             run.exit_codes[index] = code
             if run.stop_requested is not None:
                 return
+            peer = run.stopped_for_peer.get(index)
+            if peer is not None and run.outcomes.get(index, ("",))[0] == "failed":
+                run.stopped_for_peer.pop(index)  # it had failed on its own before we stopped it
+                peer = None
+            if peer is not None:  # stopped by us: the run was over already, not a failure of its own
+                entry.log.write(
+                    "info", f"worker {index} stopped (exit code {code}): worker {peer} of the run exited"
+                )
+                return
             if code == 0:
                 # 'finished' may still be unread; a clean exit without it was a stop from outside
                 # (SIGTERM, `kubectl delete pod`): the others cannot go on without this worker's splits
@@ -167,8 +191,10 @@ class RunSupervisor:
                     f"worker {index} exited with code {code}" + ("" if reported else " without a report"),
                 )
             # one worker is gone: the run is over, stop the others at once
-            for other in run.handles.values():
+            for other_index, other in run.handles.items():
                 if other is not handle:
+                    if other_index not in run.exit_codes and other_index not in run.stopped_for_peer:
+                        run.stopped_for_peer[other_index] = index
                     other.kill()
 
         watchers = [asyncio.create_task(watch(i, h)) for i, h in run.handles.items()]
@@ -182,6 +208,9 @@ class RunSupervisor:
                     self.table.set_status(entry, Event.START, "Job started successfully")
                 elif record.status in (JobStatus.RUNNING, JobStatus.PAUSED):
                     entry.log.write("info", f"Run {run.attempt} running")
+                    if record.message is not None and record.message.startswith(RECOVERY_MESSAGES):
+                        record.message = recovered_message(run.attempt, record.message)
+                        self.table.store.save(record)
                 entry.changed()
                 if run.paused:
                     await broadcast(run, {"type": "pause"})
@@ -224,7 +253,8 @@ class RunSupervisor:
         failures = {
             i: (run.outcomes.get(i, ("failed", None))[1] or (f"exit code {code}" if code else "stopped"))
             for i, code in run.exit_codes.items()
-            if code != 0 or run.outcomes.get(i, ("", None))[0] != "finished"
+            if (code != 0 or run.outcomes.get(i, ("", None))[0] != "finished")
+            and i not in run.stopped_for_peer
         }
         for i, (kind, why) in run.outcomes.items():  # workers that could not even be started
             if kind == "failed" and i not in run.exit_codes:

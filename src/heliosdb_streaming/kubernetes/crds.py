@@ -123,6 +123,13 @@ def streaming_job_spec_schema() -> Schema:
                 "type": "boolean",
                 "description": "Take a savepoint before stopping when state becomes cancelled",
             },
+            "ttlSecondsAfterFinished": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Delete the StreamingJob (and purge its job: checkpoints, logs, files) "
+                "this many seconds after the job finished, failed or was cancelled; kept while "
+                "Savepoint resources refer to it. Absent: kept until deleted",
+            },
             "image": {
                 "type": "string",
                 "minLength": 1,

@@ -263,6 +263,67 @@ class RepartitionSettings(_Strict):
         return check_servers(v)
 
 
+# ------------------------------------------------------------------------------------ autoscaler
+
+AUTOSCALER_MAX_DELAY_MS = 86_400_000
+
+
+class AutoscalerSettings(_Strict):
+    """``config.autoscaler``: the job's parallelism follows its load (the Flink operator's autoscaler).
+
+    Decided by ``control.autoscaler`` from the workers' measured busy time, backpressure and source
+    lag: required parallelism = current * utilization / ``target_utilization``, clamped to
+    [``min_parallelism``, ``max_parallelism``], the splits or key groups that exist and the server's
+    free slots. ``apply`` rescales with a savepoint and a restart at the new parallelism (results stay
+    exact); ``recommend`` only records what it would do.
+    """
+
+    enabled: bool = Field(
+        default=False, strict=True, description="(addition) whether the autoscaler watches the job"
+    )
+    min_parallelism: Parallelism = Field(default=1, description="(addition) never scale below this")
+    max_parallelism: Parallelism = Field(
+        default=MAX_PARALLELISM,
+        description="(addition) never scale above this (nor above the source's splits, the keyed "
+        "stages' key groups or the server's free slots)",
+    )
+    target_utilization: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        strict=True,
+        allow_inf_nan=False,
+        description="(addition) the busy-time fraction each worker should run at (0-1]",
+    )
+    stabilization_ms: StrictInt = Field(
+        default=300_000,
+        ge=0,
+        le=AUTOSCALER_MAX_DELAY_MS,
+        description="(addition) no decision this long after a run starts (its metrics settle first)",
+    )
+    cooldown_ms: StrictInt = Field(
+        default=300_000,
+        ge=0,
+        le=AUTOSCALER_MAX_DELAY_MS,
+        description="(addition) no rescale this long after the previous one",
+    )
+    metrics_window_ms: StrictInt = Field(
+        default=60_000,
+        ge=1_000,
+        le=AUTOSCALER_MAX_DELAY_MS,
+        description="(addition) busy time and backpressure are averaged over this window",
+    )
+    mode: Literal["apply", "recommend"] = Field(
+        default="apply", description="(addition) apply: rescale the job; recommend: only record decisions"
+    )
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> Self:
+        if self.min_parallelism > self.max_parallelism:
+            raise ValueError("min_parallelism must not exceed max_parallelism")
+        return self
+
+
 class JobSettings(_Strict):
     """The ``config`` object of the submit body."""
 
@@ -283,6 +344,7 @@ class JobSettings(_Strict):
         description="(addition) brokers of the internal topics that carry records between stages; "
         "default: the brokers of the job's Kafka source",
     )
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
 
 
 class JobSubmitRequest(_Strict):
@@ -344,6 +406,7 @@ class JobConfig(_Strict):
     savepoint_interval: timedelta = timedelta(0)  # zero: no periodic savepoints
     savepoints_retained: SavepointsRetained = 3
     repartition: RepartitionSettings | None = None
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     sources: list[AnySource] = Field(min_length=1, max_length=MAX_STEPS)
     transformations: list[AnyTransformation] = Field(default_factory=list, max_length=MAX_STEPS)
     sinks: list[AnySink] = Field(min_length=1, max_length=MAX_STEPS)
@@ -443,6 +506,7 @@ class JobConfig(_Strict):
             "savepoint_interval_ms": self.savepoint_interval_ms,
             "savepoints_retained": self.savepoints_retained,
             **({"repartition": self.repartition.model_dump(mode="json")} if self.repartition else {}),
+            "autoscaler": self.autoscaler.model_dump(mode="json"),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -474,6 +538,11 @@ class JobConfigOverrides(_Strict):
     checkpoint_interval_ms: CheckpointIntervalMs | None = None
     restart_strategy: RestartStrategyWire | None = None
     on_error: OnErrorPolicy | None = None
+    autoscaler: AutoscalerSettings | None = Field(
+        default=None,
+        description="(addition) the autoscaler's settings from this restart on (the whole object), e.g. "
+        "to switch mode from recommend to apply",
+    )
 
 
 def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
@@ -493,6 +562,7 @@ def _fields_of(request: JobSubmitRequest) -> dict[str, Any]:
         "savepoint_interval": timedelta(milliseconds=s.savepoint_interval_ms),
         "savepoints_retained": s.savepoints_retained,
         "repartition": s.repartition,
+        "autoscaler": s.autoscaler,
         "sources": list(request.sources),
         "transformations": list(request.transformations),
         "sinks": list(request.sinks),

@@ -191,6 +191,25 @@ class DetailsMetrics(Record):
     )
     cpu_usage_percent: float = Field(default=0.0, description="(addition) CPU of the job's workers")
     memory_used_mb: int = Field(default=0, description="(addition) resident memory of the job's workers")
+    average_throughput_per_sec: float = Field(
+        default=0.0,
+        description="(addition) events_processed / running_ms: the rate over the job's whole running time "
+        "(throughput_per_sec is the current rate, 0 once nothing flows)",
+    )
+    running_ms: int = Field(
+        default=0,
+        description="(addition) the job's real running time over all its runs, in milliseconds, "
+        "as its workers measure it",
+    )
+    late_events_dropped: int = Field(
+        default=0, description="(addition) events behind the watermark that windows and CEP dropped"
+    )
+    source_lag_records: int | None = Field(
+        default=None,
+        description="(addition) records the sources are behind their newest offset (Kafka: high "
+        "watermark minus position, summed over partitions; datagen: records due not yet read); "
+        "null when not running or unknown",
+    )
 
 
 class JobMetrics(DetailsMetrics):
@@ -202,7 +221,6 @@ class JobMetrics(DetailsMetrics):
     backpressure_level: float = 0.0
     memory_total_mb: int = 0
     errors_rate_per_min: float = 0.0
-    late_events_dropped: int = 0
     window_seconds: int = 300
     history: list[ThroughputPoint] = Field(default_factory=list)
 
@@ -318,6 +336,43 @@ class JobSummary(Record):
     parallelism: int
 
 
+# ------------------------------------------------------------------------------------ autoscaler
+
+
+class AutoscalerDecisionInfo(Record):
+    """(addition) One decision of the autoscaler (``control.autoscaler``), with what it was made from."""
+
+    timestamp: TimestampMs
+    action: Literal["none", "scale_up", "scale_down"]
+    kind: Literal["evaluated", "stabilizing", "cooldown", "collecting"] = Field(
+        description="evaluated: load was weighed; else why nothing was decided yet"
+    )
+    current_parallelism: int
+    parallelism: int = Field(description="What the job should run at (the current one for 'none')")
+    reason: str
+    utilization: float | None = Field(description="Mean busy fraction of the workers over the window")
+    backpressure: float | None = Field(description="Mean fraction of time the sources waited")
+    required: int | None = Field(description="ceil(current * utilization / target), before the limits")
+    limited_by: str | None = Field(description="The limit that capped or raised the required parallelism")
+    applied: bool = Field(description="A rescale was started for it (mode apply)")
+    inputs: dict[str, Any] = Field(description="Everything the decision was made from")
+
+
+class AutoscalerInfo(Record):
+    """(addition) The job's autoscaler: its settings' mode, the last decision and the recent ones."""
+
+    enabled: bool
+    mode: Literal["apply", "recommend"]
+    parallelism: int = Field(description="The parallelism the job runs at now")
+    rescaling: bool = Field(description="A rescale (savepoint, restart) is in progress")
+    rescales: int = Field(description="Rescales the autoscaler completed since the control plane started")
+    last_error: str | None = Field(description="Why the last rescale failed, until one succeeds")
+    last_decision: AutoscalerDecisionInfo | None
+    history: list[AutoscalerDecisionInfo] = Field(
+        description="Recent decisions that changed something (kind, action or parallelism), oldest first"
+    )
+
+
 class JobDetails(Record):
     job_id: str
     name: str
@@ -327,12 +382,15 @@ class JobDetails(Record):
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
     uptime_secs: int = 0
+    uptime_ms: int = 0
+    recovering: bool = False
     metrics: JobMetrics
     tasks: list[TaskInfo]
     checkpoints: list[CheckpointInfo]
     message: str | None = None
     restarts: int = 0
     plan: JobPlanInfo
+    autoscaler: AutoscalerInfo | None = None  # (addition) None when config.autoscaler is not enabled
 
     @property
     def uptime_seconds(self) -> int:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class ControlLink:
         self._process = psutil.Process()
         self._process.cpu_percent(None)
         self._heartbeats: HeartbeatThread | None = None
+        self._started = time.monotonic()  # the worker's running time is measured from here
 
     async def listen(self, checkpoints: CheckpointParticipant) -> None:
         """The control loop: runs until cancelled, or ends the process when the channel is lost."""
@@ -103,16 +105,28 @@ class ControlLink:
             "late_dropped": c.late_dropped,
             "backpressure_events": c.backpressure_events,
             "backpressure_ms": round(c.backpressure_ms, 3),
+            # the real running time (not whole seconds): the average rate and the backpressure level
+            # (time blocked on downstream / running time) are computed against it
+            "running_ms": round((time.monotonic() - self._started) * 1000, 3),
+            "pollers": sum(1 for r in list(self._data.readers) if self._data.has_tasks(r)),
+            "source_lag": self._source_lag(),
             "queue_fill": self._data.queue.qsize() / QUEUE_BATCHES,
             "latency": dict(c.latency.counts),
             "cpu_percent": self._process.cpu_percent(None),
             "rss_bytes": memory.rss,
+            "busy_ms": round(c.busy_now(), 3),  # the autoscaler's busy time
             "tasks": {
                 sid: {"events_in": t.events_in, "events_out": t.events_out, "finished": t.finished}
                 for sid, t in tasks
             },
             "problems": self._problems(),
         }
+
+    def _source_lag(self) -> int | None:
+        """Records the sources are behind their newest offset, summed over the sources that know it
+        (a reader's optional ``lag()``); None when none does."""
+        known = [lag for r in list(self._data.readers) if (lag := _lag_of(r)) is not None]
+        return sum(known) if known else None
 
     def _problems(self) -> list[str]:
         """What the connectors are retrying now (their ``problem``), e.g. a broker out of reach."""
@@ -123,6 +137,11 @@ class ControlLink:
                 if problem:
                     found.append(f"{kind} {i}: {problem}")
         return found
+
+
+def _lag_of(reader: Any) -> int | None:
+    lag = getattr(reader, "lag", None)
+    return lag() if lag is not None else None
 
 
 class HeartbeatThread(threading.Thread):

@@ -9,6 +9,7 @@ per-task memory budget (``max_state_mb``) and closing them at the end.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,26 @@ class Counters:
     late_dropped: int = 0
     backpressure_events: int = 0
     backpressure_ms: float = 0.0
+    # time the processing loop spent on records (chains, timers, sinks), not waiting for input: the
+    # autoscaler's busy time (busy_ms over wall time), as Flink's busyTimeMsPerSecond
+    busy_ms: float = 0.0
+    busy_since: float | None = None  # monotonic start of the busy period in progress, if any
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def begin_busy(self) -> None:
+        if self.busy_since is None:
+            self.busy_since = time.monotonic()
+
+    def end_busy(self) -> None:
+        since, self.busy_since = self.busy_since, None
+        if since is not None:
+            self.busy_ms += (time.monotonic() - since) * 1000
+
+    def busy_now(self) -> float:
+        """``busy_ms`` including the busy period in progress (a turn may process batches for seconds;
+        the heartbeat thread must see that time as it passes, not all at once at its end)."""
+        since = self.busy_since
+        return self.busy_ms + ((time.monotonic() - since) * 1000 if since is not None else 0.0)
 
 
 def run_chain(chain: list[Any], records: Batch, errors: list[tuple[Record, Exception]], start: int) -> Batch:

@@ -454,6 +454,7 @@ class Worker:
         wait_s = REMOTE_POLL_S if self.remote is not None else TIMER_INTERVAL_S
         try:
             while True:
+                data.counters.begin_busy()  # busy: a turn, but for its wait for input
                 if data.stopping.is_set():
                     return "stopped"
                 await self.checkpoints.handle_messages()
@@ -472,12 +473,14 @@ class Worker:
                 for p in pollers:
                     if p.done() and p.exception() is not None:
                         raise p.exception()  # type: ignore[misc]
+                data.counters.end_busy()
                 batch: SplitBatch | None = None
                 if not ending:
                     with contextlib.suppress(TimeoutError):
                         batch = await asyncio.wait_for(data.queue.get(), timeout=wait_s)
                 else:
                     await asyncio.sleep(0.01)
+                data.counters.begin_busy()
                 if batch is not None:
                     data.process_batch(batch)
                     while not data.queue.empty():  # and what else is here (at most QUEUE_BATCHES):
@@ -492,6 +495,7 @@ class Worker:
                     data.publish_exchange()  # watermarks of quiet origins move on
                 await data.flush_due(now)
         finally:
+            data.counters.end_busy()
             for p in pollers:
                 p.cancel()
 

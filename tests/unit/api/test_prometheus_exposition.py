@@ -41,7 +41,13 @@ SPEC_FAMILIES = {
     "heliosdb_job_restarts_total": "counter",
     "heliosdb_job_errors_total": "counter",
 }
-EXTRA_FAMILIES = {"heliosdb_job_cpu_usage_percent": "gauge", "heliosdb_job_memory_used_bytes": "gauge"}
+EXTRA_FAMILIES = {
+    "heliosdb_job_cpu_usage_percent": "gauge",
+    "heliosdb_job_memory_used_bytes": "gauge",
+    "heliosdb_job_late_events_dropped_total": "counter",
+    "heliosdb_job_backpressure_level": "gauge",
+    "heliosdb_job_source_lag_records": "gauge",
+}
 HELP = {  # the exposition's HELP texts, as the hand-written exposition had them: dashboards show them
     "heliosdb_job_count": "Number of active jobs (submitted, running or paused).",
     "heliosdb_job_status": "Job status: 1 for the job's current status, 0 for the others.",
@@ -55,6 +61,13 @@ HELP = {  # the exposition's HELP texts, as the hand-written exposition had them
     "heliosdb_job_errors_total": "Job errors (records that failed).",
     "heliosdb_job_cpu_usage_percent": "CPU usage of the job's workers (100 = one core).",
     "heliosdb_job_memory_used_bytes": "Resident memory of the job's workers.",
+    "heliosdb_job_late_events_dropped_total": "Events behind the watermark that windows and CEP dropped.",
+    "heliosdb_job_backpressure_level": (
+        "Share of time the sources wait on downstream (0: nothing waits, 1: always)."
+    ),
+    "heliosdb_job_source_lag_records": (
+        "Records the sources are behind their newest offset (jobs whose sources know it)."
+    ),
 }
 SPEC_MANDATED_LINT = (
     'heliosdb_job_count non-histogram and non-summary metrics should not have "_count" suffix'

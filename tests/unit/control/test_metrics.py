@@ -64,3 +64,49 @@ def test_histogram_quantiles_within_bucket_resolution() -> None:
     for q, exact in [(0.5, 500), (0.99, 990), (0.999, 999)]:
         assert abs(h.quantile(q) - exact) / exact < 0.05
     assert quantile_of({}, 0.5) == 0.0
+
+
+def test_average_throughput_is_over_the_real_running_time_of_every_run() -> None:
+    clock = Clock(1_000_000.0)
+    agg = JobMetricsAggregator(clock)
+    # two workers side by side: the run lasts as long as the longer one, not the sum
+    agg.on_heartbeat(1, 0, {**beat(600), "running_ms": 1500.0})
+    agg.on_heartbeat(1, 1, {**beat(400), "running_ms": 1400.0})
+    assert agg.running_ms == 1500
+    assert agg.average_throughput() == round(1000 / 1.5, 1)
+    agg.forget_workers()  # the run ended; a second one runs 500 ms more
+    agg.on_heartbeat(2, 0, {**beat(500), "running_ms": 500.0})
+    assert agg.running_ms == 2000
+    assert agg.average_throughput() == 750.0
+    restored = JobMetricsAggregator.from_state(agg.to_state(), clock)  # a control plane restart
+    assert restored.running_ms == 2000 and restored.average_throughput() == 750.0
+
+
+def test_backpressure_level_is_the_share_of_time_blocked_on_downstream() -> None:
+    clock = Clock(1_000_000.0)
+    agg = JobMetricsAggregator(clock)
+    idle = {"backpressure_ms": 0.0, "pollers": 1}
+    agg.on_heartbeat(1, 0, {**beat(10), **idle, "running_ms": 1000.0})
+    agg.on_heartbeat(1, 0, {**beat(20), **idle, "running_ms": 2000.0})
+    assert agg.backpressure_level == 0.0  # a lightly loaded job: nothing waits
+    clock.t += 1
+    # blocked 750 of the next 1000 ms, over two poll loops (each may block at once): 0.375
+    agg.on_heartbeat(1, 0, {**beat(30), "backpressure_ms": 750.0, "pollers": 2, "running_ms": 3000.0})
+    agg.on_heartbeat(1, 1, {**beat(5), "backpressure_ms": 0.0, "pollers": 1, "running_ms": 3000.0})
+    assert agg.backpressure_level == 0.375  # the most backpressured worker
+    clock.t += 1
+    blocked_all_second = {"backpressure_ms": 750.0 + 2000.0, "pollers": 1, "running_ms": 4000.0}
+    agg.on_heartbeat(1, 0, {**beat(40), **blocked_all_second})
+    assert agg.backpressure_level == 1.0  # capped: blocked all the time
+    agg.forget_workers()
+    assert agg.backpressure_level == 0.0
+
+
+def test_source_lag_sums_the_workers_that_know_theirs() -> None:
+    agg = JobMetricsAggregator(Clock(1_000_000.0))
+    assert agg.source_lag() is None
+    agg.on_heartbeat(1, 0, {**beat(1), "source_lag": 120})
+    agg.on_heartbeat(1, 1, {**beat(1), "source_lag": None})
+    assert agg.source_lag() == 120
+    agg.on_heartbeat(1, 1, {**beat(2), "source_lag": 30})
+    assert agg.source_lag() == 150

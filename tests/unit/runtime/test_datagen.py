@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
@@ -203,3 +204,21 @@ async def test_generation_speed_smoke() -> None:
     n = sum(len(reader.generate(0, i, i + BLOCK)) for i in range(0, 50 * BLOCK, BLOCK))
     rate = n / (time.process_time() - started)
     assert rate > 100_000, f"{rate:,.0f} records/s"
+
+
+async def test_lag_is_what_is_left_or_due_and_unknown_when_infinite() -> None:
+    bounded = DatagenSourceReader(count=100, partitions=2)
+    splits = await bounded.discover_splits()
+    await bounded.open(splits, {"s0-p0": 10})
+    assert bounded.lag() == 90  # no rate: everything left is available now
+    unbounded = DatagenSourceReader(partitions=1)
+    await unbounded.open(await unbounded.discover_splits(), {})
+    assert unbounded.lag() is None  # no rate, no count: the newest offset is infinite
+    rated = DatagenSourceReader(count=1_000_000, partitions=1, rate_per_sec=1000)
+    rated_splits = await rated.discover_splits()
+    opened = time.monotonic()
+    await rated.open(rated_splits, {})
+    await asyncio.sleep(0.2)
+    lag = rated.lag()
+    elapsed = time.monotonic() - opened
+    assert lag is not None and 199 <= lag <= elapsed * 1000 + 1  # what the rate made due, nothing read

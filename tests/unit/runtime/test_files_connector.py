@@ -202,3 +202,21 @@ async def test_print_sink_writes_json_lines() -> None:
     await sink.flush()
     await sink.close()
     assert stream.getvalue() == 'alert> {"a":1}\nalert> {"b":"é"}\n'
+
+
+async def test_lag_is_the_lines_not_yet_read_and_follows_a_resume(tmp_path: Path) -> None:
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3}\n{"a": 4}')  # 5 lines, the last without a newline
+    reader = FileSourceReader(path=str(f))
+    splits = await reader.discover_splits()
+    assert reader.lag() is None  # nothing opened: nothing known
+    await reader.open(splits, {})
+    assert reader.lag() == 5
+    [batch] = await reader.poll(2, 0.01)
+    assert batch.records == [{"a": 1}] and reader.lag() == 3  # two lines read, one of them blank
+    await reader.open(splits, {"s0-f0": batch.position})  # resumed where the batch ended
+    assert reader.lag() == 3
+    while not any(b.finished for b in await reader.poll(100, 0.01)):
+        pass
+    assert reader.lag() == 0
+    await reader.close()

@@ -81,3 +81,10 @@ def make_closure() -> Any:
         return record
 
     return inner
+
+
+def slow_keep(record: dict[str, Any]) -> bool:
+    """filter that keeps every record at about 0.1 ms each: a saturated step that keeps the input's grouping
+    (a filter), so a keyed step after it needs no repartition (the autoscaler tests)."""
+    time.sleep(0.0001)
+    return True

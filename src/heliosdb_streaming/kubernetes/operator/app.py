@@ -27,6 +27,7 @@ from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import events, handlers, pods, readapi
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
+from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
@@ -144,6 +145,7 @@ async def run(
         )
         plane.status_listeners.append(status_writer.mark)
         writer: asyncio.Task[None] | None = None
+        expiry: asyncio.Task[None] | None = None
         read_api = contextlib.AsyncExitStack()
         try:
             await plane.start()
@@ -158,6 +160,7 @@ async def run(
                     readapi.serve(plane, bindings, options.read_host, options.read_port, options.api_token)
                 )
             writer = asyncio.create_task(status_writer.write_status_forever())
+            expiry = asyncio.create_task(JobExpiry(client, plane, bindings).expire_forever())
             # kopf posts its warnings about an object (a handler's error and traceback) as Events
             logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
             logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)  # no Event per wait retry
@@ -171,10 +174,11 @@ async def run(
                 ready_flag=ready_flag,
             )
         finally:
-            if writer is not None:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+            for task in (writer, expiry):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await read_api.aclose()
             await plane.close()
             await launcher.close()

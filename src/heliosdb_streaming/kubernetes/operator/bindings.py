@@ -35,6 +35,7 @@ class Binding:
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0
     observed_generation: int | None = None  # the generation whose spec is applied
+    ttl_seconds_after_finished: int | None = None  # spec.ttlSecondsAfterFinished, as last reconciled
     generation: int | None = None  # the newest generation reconciled (applied or not)
     spec_pending: str | None = None  # why the newest generation is not applied yet
     pod_template: dict[str, Any] = field(default_factory=dict)

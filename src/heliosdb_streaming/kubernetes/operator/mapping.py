@@ -2,9 +2,9 @@
 
 The spec is the REST submit body plus what the operator acts on (``state``, ``restartNonce``,
 ``restoreFrom``, ``savepointOnCancel``, ``image``, ``resources``, ``podTemplate``,
-``checkpointStorage``). ``plan`` compares the spec with what the control plane reports and names the
-single next action, the way the Flink operator's reconciler decides one step per pass; the reconciler
-performs it and asks again.
+``checkpointStorage``, ``ttlSecondsAfterFinished``: read by ``expiry``). ``plan`` compares the spec
+with what the control plane reports and names the single next action, the way the Flink operator's
+reconciler decides one step per pass; the reconciler performs it and asks again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from heliosdb_streaming.model.types import JobStatus
 
 JOB_FIELDS = ("name", "config", "sources", "transformations", "sinks")
 # what a restart can change without a new job (the rest of the spec is fixed at submit)
-OVERRIDABLE = ("parallelism", "checkpoint_interval_ms", "restart_strategy", "on_error")
+OVERRIDABLE = ("parallelism", "checkpoint_interval_ms", "restart_strategy", "on_error", "autoscaler")
 
 
 class DesiredState(StrEnum):
@@ -56,6 +56,7 @@ class JobSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     checkpoint_storage: str | None = None
     pod_template: dict[str, Any] = field(default_factory=dict)
+    ttl_seconds_after_finished: int | None = None  # None: a terminal job is kept
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
@@ -75,6 +76,10 @@ class JobSpec:
         if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
             errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
             nonce = 0
+        ttl = spec.get("ttlSecondsAfterFinished")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
+            errors.append(FieldError("spec.ttlSecondsAfterFinished", "must be an integer >= 0"))
+            ttl = None
         pod_template: dict[str, Any] = {}
         resources: dict[str, Any] = {}
         try:
@@ -93,6 +98,7 @@ class JobSpec:
             resources=resources,
             pod_template=pod_template,
             checkpoint_storage=spec.get("checkpointStorage") or None,
+            ttl_seconds_after_finished=ttl,
         )
 
 
@@ -122,6 +128,7 @@ def restart_overrides(wanted: JobConfig) -> JobConfigOverrides:
         checkpoint_interval_ms=wanted.checkpoint_interval_ms,
         restart_strategy=wanted.restart_strategy,
         on_error=wanted.on_error,
+        autoscaler=wanted.autoscaler,
     )
 
 

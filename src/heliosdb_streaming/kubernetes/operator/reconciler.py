@@ -115,6 +115,9 @@ class StreamingJobReconciler:
             await self._reject(namespace, name, uid, meta.get("generation"), previous, e)
             raise kopf.PermanentError(str(e)) from None
         binding = await self._bind(namespace, name, uid, desired, previous, wanted)
+        if binding.ttl_seconds_after_finished != desired.ttl_seconds_after_finished:
+            binding.ttl_seconds_after_finished = desired.ttl_seconds_after_finished  # for ``expiry``
+            self.bindings.save(binding)
         entry = self.plane.get(binding.job_id)
         generation = meta.get("generation")
         changed = binding.generation not in (None, generation)

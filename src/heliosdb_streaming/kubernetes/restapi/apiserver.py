@@ -32,6 +32,7 @@ from heliosdb_streaming.kubernetes.restapi.readclient import (
 from heliosdb_streaming.model.config import JobConfig
 from heliosdb_streaming.model.errors import SavepointNotFoundError
 from heliosdb_streaming.model.types import (
+    AutoscalerInfo,
     CheckpointInfo,
     JobDetails,
     JobMetrics,
@@ -149,6 +150,7 @@ class KubernetesJobService:
             tasks = [t.model_copy(update={"status": phase}) for t in tasks_of(body)]
             checkpoints = checkpoints_of(body)
         now = datetime.now(UTC)
+        uptime = jobviews.uptime_seconds(obj, now)
         return JobDetails(
             job_id=job_id,
             name=jobviews.job_name_of(obj),
@@ -157,13 +159,19 @@ class KubernetesJobService:
             submitted_at=jobviews.submitted_at(obj),
             started_at=jobviews.parse_time(status.get("startedAt")),
             finished_at=jobviews.parse_time(status.get("finishedAt")),
-            uptime_secs=jobviews.uptime_seconds(obj, now),
+            uptime_secs=uptime,
+            # the operator's own figures, to the millisecond, when it answered
+            uptime_ms=int(body.get("uptime_ms", uptime * 1000)) if body is not None else uptime * 1000,
+            recovering=bool(body.get("recovering")) if body is not None else False,
             metrics=metrics,
             tasks=tasks,
             checkpoints=checkpoints,
             message=message,
             restarts=jobviews.restarts_of(obj),
             plan=JobPlanInfo.of(config, jobviews.source_tasks(config, tasks)),
+            autoscaler=AutoscalerInfo.model_validate(body["autoscaler"])
+            if body and body.get("autoscaler")
+            else None,
         )
 
     async def get_job_metrics(self, job_id: str, window: MetricsWindow) -> JobMetrics:

@@ -63,7 +63,7 @@ def metrics_of_details(body: dict[str, Any]) -> JobMetrics:
     """``JobMetrics`` from the ``metrics`` object of a details body: ``DetailsMetrics``' keys (others,
     from a newer operator, are left out)."""
     m = body["metrics"]
-    return JobMetrics.model_validate({key: m[key] for key in DetailsMetrics.model_fields})
+    return JobMetrics.model_validate({key: m[key] for key in DetailsMetrics.model_fields if key in m})
 
 
 def metrics_of_body(body: dict[str, Any], restarts: int) -> JobMetrics:
@@ -88,6 +88,10 @@ def metrics_of_body(body: dict[str, Any], restarts: int) -> JobMetrics:
         memory_total_mb=m["resources"]["memory_total_mb"],
         errors=m["errors"]["count"],
         errors_rate_per_min=m["errors"]["rate_per_min"],
+        average_throughput_per_sec=m.get("average_throughput_per_sec", 0.0),
+        running_ms=m.get("running_ms", 0),
+        late_events_dropped=m.get("late_events_dropped", 0),
+        source_lag_records=(m.get("source") or {}).get("lag_records"),
         window_seconds=window.seconds,
         history=[ThroughputPoint.model_validate(p) for p in body["history"]],
     )

@@ -225,8 +225,9 @@ class DatagenSourceReader:
             await asyncio.sleep(max(0.0, min(wait, timeout_s)))
             now = time.monotonic()
             budgets = [self._budget(s, share, per_split_rate, now) for s in active]
-        else:
-            await asyncio.sleep(0)
+        # records ready: returned without yielding, so a poll loop ahead of its consumer fills the
+        # bounded queue and waits there, where the data path measures backpressure (a yield here
+        # would let the consumer run inside poll instead, and a saturated job would show none)
         ingest_ms = time.time() * 1000.0
         out: list[SplitBatch] = []
         for state, n in zip(active, budgets, strict=True):
@@ -253,6 +254,25 @@ class DatagenSourceReader:
                 due = state.position + lag_limit
             n = min(n, max(0, due - state.position))
         return n
+
+    def lag(self) -> int | None:
+        """Records due and not yet read: the rest of a bounded count without a rate, what the rate has
+        made due (at most the count) with one; None for an unbounded source without a rate (its
+        newest offset is infinite). Read from the heartbeat thread: plain reads of ints."""
+        total = 0
+        now = time.monotonic()
+        per_split_rate = self.rate_per_sec / self.partitions if self.rate_per_sec > 0 else 0.0
+        for s in list(self._splits):
+            if per_split_rate > 0:
+                newest = s.anchor_pos + int((now - s.anchor_t) * per_split_rate)
+                if s.end is not None:
+                    newest = min(newest, s.end)
+            elif s.end is not None:
+                newest = s.end
+            else:
+                return None
+            total += max(newest - s.position, 0)
+        return total
 
     async def commit(self, positions: dict[str, Any]) -> None:
         return None

@@ -34,6 +34,7 @@ import orjson
 from heliosdb_streaming.runtime.contracts import Batch, Record, Split, SplitBatch
 
 CHUNK_BYTES = 1 << 20
+LAG_COUNT_MAX_BYTES = 1 << 30  # files up to this size are counted at open, for the source lag
 FileFormat = Literal["json", "csv"]
 
 _INT = re.compile(r"[+-]?(?:0|[1-9][0-9]*)")
@@ -78,6 +79,7 @@ class _FileSplit:
         "reported_finished",
         "split_id",
         "tail",
+        "total_lines",
         "unterminated_last",
     )
 
@@ -95,6 +97,7 @@ class _FileSplit:
         self.finished = False
         self.reported_finished = False
         self.header: list[str] | None = None
+        self.total_lines: int | None = None  # lines of the whole file, for ``lag`` (None: not counted)
 
     def pending(self) -> int:
         return len(self.lines) - self.next_index
@@ -131,7 +134,15 @@ class FileSourceReader:
             await asyncio.to_thread(self._open_split, state, positions.get(split.split_id))
             self._splits.append(state)
 
+    def lag(self) -> int | None:
+        """Lines of the assigned files not yet read (JSON lines: records, blank lines included; CSV:
+        physical lines), over the files that were counted; None when none was. Read from the
+        heartbeat thread: plain reads of ints."""
+        known = [s.total_lines - s.line for s in list(self._splits) if s.total_lines is not None]
+        return sum(max(n, 0) for n in known) if known else None
+
     def _open_split(self, state: _FileSplit, position: Any) -> None:
+        state.total_lines = _count_lines(state.path)
         state.file = state.path.open("rb")
         if self.format == "csv":
             state.header = self._read_header(state)
@@ -329,6 +340,21 @@ class FileSourceReader:
 
 
 # ------------------------------------------------------------------------------------------- sink
+
+
+def _count_lines(path: Path) -> int | None:
+    """Lines of a file (a last line without a newline counts), read in chunks; None for a file
+    larger than ``LAG_COUNT_MAX_BYTES``, whose count would cost a second read of it."""
+    size = path.stat().st_size
+    if size > LAG_COUNT_MAX_BYTES:
+        return None
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (1 if last != b"\n" else 0)
 
 
 def sink_file_path(path: str, task_id: str) -> Path:

@@ -16,6 +16,7 @@ broker answers again. Every retry is bounded (``metadata_timeout_s``, ``broker_t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ that; at full speed the fetch finds data at once, so it changes nothing there, a
 sends at most 100 fetches a second per broker."""
 
 StartFrom = Literal["earliest", "latest", "group"]
+LAG_REFRESH_S = 1.0  # how often a source asks its partitions' end offsets, for its lag
 Format = Literal["json", "raw"]
 
 
@@ -151,6 +153,13 @@ class KafkaSourceReader:
         self._failing_since: float | None = None
         self._last_data = time.monotonic()
         self._last_probe = time.monotonic()
+        # next offset per partition: what was fetched, and what the runner processed (``commit``);
+        # with the high watermark of the last fetch they give ``lag()``
+        self._positions: dict[int, int] = {}
+        self._processed: dict[int, int] = {}
+        self._last_position_probe = 0.0
+        self._ends: dict[int, int] = {}  # the newest offsets, asked every LAG_REFRESH_S
+        self._ends_task: asyncio.Task[None] | None = None
 
     def split_id(self, partition: int) -> str:
         return f"s{self.source_index}-p{partition}"
@@ -269,6 +278,7 @@ class KafkaSourceReader:
             split_id = self._split_ids[tp.partition]
             if positions.get(split_id) is not None:
                 consumer.seek(tp, int(positions[split_id]))
+                self._positions[tp.partition] = int(positions[split_id])
             elif self.start_from == "earliest":
                 beginning.append(tp)
             elif self.start_from == "latest":
@@ -284,6 +294,7 @@ class KafkaSourceReader:
         if latest:
             await self._seek_to_latest(consumer, latest)
         self._last_data = self._last_probe = time.monotonic()
+        self._ends_task = asyncio.create_task(self._refresh_ends(tps))
 
     async def _seek_to_latest(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
         """Seeks to the end of the partitions.
@@ -324,6 +335,7 @@ class KafkaSourceReader:
             return []
         ingest_ms = time.time() * 1000.0
         now = time.monotonic()
+        await self._probe_positions(now)
         if not data:
             await self._check_broker(now)
             return []
@@ -335,6 +347,7 @@ class KafkaSourceReader:
             if not messages:
                 continue
             split_id = self._split_ids[tp.partition]
+            self._positions[tp.partition] = max(self._positions.get(tp.partition, 0), messages[-1].offset + 1)
             records = self._decode(split_id, messages)
             out.append(SplitBatch(split_id, records, messages[-1].offset + 1, ingest_ms, False))
         return out
@@ -402,6 +415,62 @@ class KafkaSourceReader:
         )
         await asyncio.sleep(min(max(timeout_s, 0.1), 1.0 + failing_for / 10))
 
+    def lag(self) -> int | None:
+        """Records behind the newest offset: the high watermark minus the next offset to process,
+        summed over the assigned partitions (None until one of them is known). The high watermark is
+        the newer of the last fetch's and the end offset asked every ``LAG_REFRESH_S`` (a fetch with
+        records buffered is not repeated until they are read, so a paused or busy reader's last fetch
+        is old; tansu 0.6 answers the end offset with the last batch's base offset plus one, the
+        max of both is the better). Called from the heartbeat thread: reads cached values only."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        known = False
+        total = 0
+        processed = dict(self._processed)
+        ends = dict(self._ends)
+        for partition, fetched in list(self._positions.items()):
+            position = processed.get(partition, fetched)
+            fetched_highwater = consumer.highwater(TopicPartition(self.topic, partition))
+            newest = [e for e in (fetched_highwater, ends.get(partition)) if e is not None]
+            if newest:
+                highwater = max(newest)
+                known = True
+                total += max(highwater - position, 0)
+        return total if known else None
+
+    async def _refresh_ends(self, tps: list[TopicPartition]) -> None:
+        """Asks the partitions' end offsets every ``LAG_REFRESH_S``, for ``lag()``; a failure is only
+        a stale lag (the poll loop reports an unreachable broker)."""
+        while True:
+            await asyncio.sleep(LAG_REFRESH_S)
+            consumer = self._consumer
+            if consumer is None:
+                return
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout=10.0)
+            except (TimeoutError, KafkaError, OSError) as e:
+                log.debug("end offsets of %s unknown for now: %s", self.topic, e)
+                continue
+            self._ends = {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    async def _probe_positions(self, now: float) -> None:
+        """Partitions read from their beginning or a group offset: their first position, once."""
+        consumer = self._consumer
+        missing = [p for p in self._split_ids if p not in self._positions]
+        if consumer is None or not missing or now - self._last_position_probe < 1.0:
+            return
+        self._last_position_probe = now
+        for partition in missing:
+            try:
+                position = await asyncio.wait_for(
+                    consumer.position(TopicPartition(self.topic, partition)), timeout=1.0
+                )
+            except (TimeoutError, KafkaError) as e:
+                log.debug("position of partition %d unknown yet: %s", partition, e)
+                continue
+            self._positions.setdefault(partition, position)
+
     async def _check_broker(self, now: float) -> None:
         """Told nothing by an empty fetch (idle topic or dead broker?), asks for metadata now and then."""
         probe_every = min(10.0, max(1.0, self.broker_timeout_s / 6))
@@ -429,10 +498,13 @@ class KafkaSourceReader:
 
     async def commit(self, positions: dict[str, Any]) -> None:
         """Commits offsets for monitoring (consumer lag); never raises."""
+        by_split = {sid: p for p, sid in self._split_ids.items()}
+        for sid, pos in positions.items():  # processed: the lag counts what is fetched and queued too
+            if sid in by_split and pos is not None:
+                self._processed[by_split[sid]] = int(pos)
         consumer = self._consumer
         if consumer is None or not self.group_id:
             return
-        by_split = {sid: p for p, sid in self._split_ids.items()}
         offsets = {
             TopicPartition(self.topic, by_split[sid]): int(pos)
             for sid, pos in positions.items()
@@ -447,6 +519,11 @@ class KafkaSourceReader:
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
+        if self._ends_task is not None:
+            self._ends_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ends_task
+            self._ends_task = None
         if consumer is not None:
             await _close_quietly(consumer.stop())
 
