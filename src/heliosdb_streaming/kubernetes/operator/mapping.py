@@ -141,11 +141,29 @@ def pipeline_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     return [k for k in PIPELINE if a[k] != b[k]]
 
 
+def autoscaled(current: JobConfig, wanted: JobConfig) -> bool:
+    """Whether the autoscaler sets the parallelism, before and after the edit: then the spec's
+    ``config.parallelism`` is not the running one by design (the Flink operator's autoscaler keeps its
+    overrides out of the spec too), and an upgrade keeps the parallelism the autoscaler chose."""
+    return all(c.autoscaler.enabled and c.autoscaler.mode == "apply" for c in (current, wanted))
+
+
 def upgrade_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     """What an upgrade (a restart with the new spec) applies: the overridable settings and the pipeline
     parts that differ. Empty: the running job already is the spec, as far as a restart can make it."""
-    settings = [f"config.{k}" for k in OVERRIDABLE if getattr(current, k) != getattr(wanted, k)]
+    keep = ("parallelism",) if autoscaled(current, wanted) else ()
+    settings = [
+        f"config.{k}" for k in OVERRIDABLE if k not in keep and getattr(current, k) != getattr(wanted, k)
+    ]
     return settings + pipeline_changes(current, wanted)
+
+
+def upgrade_overrides(current: JobConfig, wanted: JobConfig) -> JobConfigOverrides:
+    """The settings an upgrade restarts with: the spec's, but the autoscaler's parallelism when it scales."""
+    overrides = restart_overrides(wanted)
+    if autoscaled(current, wanted):
+        overrides = overrides.model_copy(update={"parallelism": current.parallelism})
+    return overrides
 
 
 def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:

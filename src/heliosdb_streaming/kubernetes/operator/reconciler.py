@@ -159,15 +159,9 @@ class StreamingJobReconciler:
 
     @staticmethod
     def _unapplied(entry: JobEntry, wanted: JobConfig) -> list[str]:
-        """The spec's job fields the running job does not have (a restart or a new job applies them)."""
-        settings = [
-            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
-        ]
-        return (
-            settings
-            + mapping.pipeline_changes(entry.config, wanted)
-            + mapping.unapplied_changes(entry.config, wanted)
-        )
+        """The spec's job fields the running job does not have (a restart or a new job applies them;
+        not the parallelism the autoscaler chose)."""
+        return mapping.upgrade_changes(entry.config, wanted) + mapping.unapplied_changes(entry.config, wanted)
 
     @staticmethod
     def _upgrade_failed(binding: Binding, generation: Any) -> bool:
@@ -230,7 +224,7 @@ class StreamingJobReconciler:
             point = await self.plane.restart(
                 job_id,
                 savepoint_id,
-                mapping.restart_overrides(wanted),
+                mapping.upgrade_overrides(entry.config, wanted),
                 pipeline=wanted if upgrade else None,
                 fresh=mode == mapping.UpgradeMode.STATELESS,
             )

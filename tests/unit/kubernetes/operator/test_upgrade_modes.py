@@ -23,7 +23,9 @@ from heliosdb_streaming.kubernetes.operator.mapping import (
     job_config,
     plan,
     upgrade_changes,
+    upgrade_overrides,
 )
+from heliosdb_streaming.model.config import JobConfigOverrides
 from heliosdb_streaming.model.errors import InvalidJobConfigError
 from heliosdb_streaming.model.types import JobStatus
 
@@ -117,3 +119,18 @@ def test_a_fresh_start_restores_nothing_until_it_has_a_snapshot_of_its_own(tmp_p
     assert not job.restores("j/chk-4")  # the old checkpoint is not in use: retention may drop it
     job.record.restore_point = None  # the run completed a snapshot of its own
     assert job.restore_point() is not None and not job.starts_fresh()
+
+
+def test_an_upgrade_keeps_the_parallelism_the_autoscaler_chose() -> None:
+    """The spec's parallelism is the start; the autoscaler's (running) one is not an edit to undo."""
+    scaled = {"parallelism": 2, "autoscaler": {"enabled": True}}
+    running = job_config("j", spec(config=scaled)).with_overrides(JobConfigOverrides(parallelism=1))
+    edited = job_config("j", spec(config=scaled, transformations=[]))
+    assert upgrade_changes(running, edited) == ["transformations"]
+    assert upgrade_overrides(running, edited).parallelism == 1
+    assert upgrade_changes(running, job_config("j", spec(config=scaled))) == []
+    # the autoscaler turned off (or only recommending): the spec's parallelism applies again
+    for off in ({"enabled": False}, {"enabled": True, "mode": "recommend"}):
+        manual = job_config("j", spec(config={"parallelism": 2, "autoscaler": off}))
+        assert "config.parallelism" in upgrade_changes(running, manual)
+        assert upgrade_overrides(running, manual).parallelism == 2
