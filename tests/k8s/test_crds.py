@@ -124,7 +124,23 @@ def test_names_group_and_subresources() -> None:
         )
         (version,) = spec["versions"]
         assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
-        assert version["subresources"] == {"status": {}}
+        scale = {"scale": crds.SCALE} if kind == "StreamingJob" else {}
+        assert version["subresources"] == {"status": {}, **scale}
+
+
+def test_scale_subresource_points_at_the_parallelism() -> None:
+    """What the API server checks of ``subresources.scale`` (spec replicas under .spec, status ones
+    and the selector under .status), and that each path is a field of the right type."""
+    (version,) = JOB_CRD["spec"]["versions"]
+    scale = version["subresources"]["scale"]
+    assert scale["specReplicasPath"].startswith(".spec.")
+    assert scale["statusReplicasPath"].startswith(".status.")
+    assert scale["labelSelectorPath"].startswith(".status.")
+    schema = crd_schema(JOB_CRD)
+    replicas = _field(schema, scale["specReplicasPath"])
+    assert (replicas["type"], replicas["minimum"], replicas["default"]) == ("integer", 1, 1)
+    assert _field(schema, scale["statusReplicasPath"])["type"] == "integer"
+    assert _field(schema, scale["labelSelectorPath"])["type"] == "string"
 
 
 def _field(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
@@ -297,6 +313,7 @@ INVALID_OPERATOR_FIELDS = {
     "savepointOnCancel": "yes",
     "resources": "lots",
     "image": "",
+    "upgradeMode": "blue-green",
 }
 
 
@@ -312,6 +329,8 @@ def test_operator_fields_and_defaults() -> None:
     assert props["state"]["enum"] == ["running", "paused", "cancelled"]
     assert (props["state"]["default"], props["restartNonce"]["default"]) == ("running", 0)
     assert props["config"]["default"] == {}
+    assert props["upgradeMode"]["enum"] == ["stateless", "savepoint", "last-state"]
+    assert props["upgradeMode"]["default"] == "savepoint"
     assert props["config"]["properties"]["parallelism"]["default"] == 1
     assert "name" not in spec["required"] and set(spec["required"]) == {"sources", "sinks"}
     good = spec_of(SPEC_FRAUD_PIPELINE) | {
@@ -322,6 +341,7 @@ def test_operator_fields_and_defaults() -> None:
         "image": "registry.example/helios:1.2",
         "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "1Gi"}},
         "checkpointStorage": "s3://checkpoints/fraud",
+        "upgradeMode": "last-state",
     }
     good.pop("name")
     assert validate(JOB_CRD, streaming_job(good)) == []

@@ -291,26 +291,11 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
 
     await eventually(running_twice, 10, "a second Running event", on_fail=operator.output()[-3000:])
 
-    # a new parallelism alone waits for a restart (and says so); the restart scales down to 1 pod
+    # a new parallelism and podTemplate apply at once, through a savepoint (the default upgradeMode)
     template = {"metadata": {"labels": {"team": "streaming"}}}
     await patch_spec(
         client, "endless", {"config": {**spec["config"], "parallelism": 1}, "podTemplate": template}
     )
-
-    async def pending() -> bool:
-        messages = [m for r, m in await events_of(client, "endless") if r == "SpecPending"]
-        assert all("config.parallelism, podTemplate will apply" in m for m in messages), messages
-        return bool(messages)
-
-    await eventually(pending, 20, "a SpecPending event", on_fail=operator.output()[-3000:])
-    status = await job_status(client, "endless")
-    assert status["parallelism"] == 2
-    # observedGeneration means applied (API conventions): it stays at the generation before the change
-    generation = (await client.get(kube.STREAMINGJOBS, NS, "endless"))["metadata"]["generation"]
-    applied = {c["type"]: c for c in status["conditions"]}["SpecApplied"]
-    assert status["observedGeneration"] < generation and applied["status"] == "False"
-    assert "restartNonce" in applied["message"] and applied["observedGeneration"] == generation
-    await patch_spec(client, "endless", {"restartNonce": 1})
 
     async def scaled_down() -> bool:
         names = [p["metadata"]["name"] for p in await worker_pods(client, "endless")]
@@ -330,6 +315,8 @@ async def test_pause_resume_and_scale_down_in_a_watched_namespace(
     await eventually(applied_now, 20, "the new spec applied", on_fail=operator.output()[-3000:])
     (pod,) = await worker_pods(client, "endless")
     assert pod["metadata"]["labels"]["team"] == "streaming"  # the podTemplate, from the restart on
+    upgrade = (await job_status(client, "endless"))["upgrade"]
+    assert (upgrade["mode"], upgrade["changes"]) == ("savepoint", ["config.parallelism", "podTemplate"])
     await operator.stop()
 
 

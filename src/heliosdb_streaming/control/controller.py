@@ -368,6 +368,7 @@ class ControlPlane:
         *,
         only_from: frozenset[JobStatus] | None = None,
         pipeline: JobConfig | None = None,
+        fresh: bool = False,
     ) -> SnapshotRecord | None:
         """Restarts from a savepoint, or from the newest checkpoint/savepoint, with config overrides.
 
@@ -375,7 +376,8 @@ class ControlPlane:
         ``IllegalStateTransitionError`` (the autoscaler's rescale: a job cancelled meanwhile stays so).
         ``pipeline``: an upgrade in place (the operator's restart of an edited StreamingJob): the job
         runs these sources, transformations and sinks from then on; state finds its steps as it does
-        for a job started from a savepoint (by position and type).
+        for a job started from a savepoint (by position and type). ``fresh``: start without any state
+        (the operator's stateless upgrade); the snapshots are kept, and none is restored.
         """
         entry = self.table.get(job_id)
         async with entry.lock:
@@ -384,7 +386,7 @@ class ControlPlane:
             if only_from is not None and entry.record.status not in only_from:
                 raise IllegalStateTransitionError(job_id, entry.record.status.value, "restart")
             self.table.check(entry, Event.RESTART, "restart")
-            point = entry.restore_point()
+            point = None if fresh else entry.restore_point()
             if savepoint_id is not None:
                 point = entry.savepoint(savepoint_id)
                 if point is None:
@@ -416,7 +418,7 @@ class ControlPlane:
                     await self.supervisor.stop_run(entry.run, "restart")
                 entry.config = config
                 entry.record.config = config.to_dict()
-                entry.restore(point)  # None: the snapshot it was started from, if any
+                entry.restore(point, fresh=fresh)  # None: the snapshot it was started from, if any
             finally:
                 entry.restoring = None
             entry.record.restarts += 1
@@ -425,7 +427,9 @@ class ControlPlane:
             entry.record.started_at = None
             start = entry.record.start_from
             origin = (
-                f"savepoint {point.savepoint_id}"
+                "an empty state (stateless)"
+                if fresh
+                else f"savepoint {point.savepoint_id}"
                 if point and point.savepoint_id
                 else f"checkpoint {point.checkpoint_id}"
                 if point

@@ -27,6 +27,8 @@ from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 from heliosdb_streaming.runtime.protocol import Channel
 
+FRESH = "fresh"  # in ``JobRecord.restore_point``: the run starts without state (``JobEntry.restore``)
+
 
 @dataclass(slots=True)
 class Run:
@@ -116,15 +118,28 @@ class JobEntry:
     def restore_point(self) -> SnapshotRecord | None:
         """What "restore the newest state" means: the snapshot the last run restored, as long as it
         took none of its own (restoring an older savepoint must not jump to newer checkpoints), else
-        the newest completed one."""
+        the newest completed one. Nothing after a fresh start that has no snapshot of its own yet."""
+        if self.starts_fresh():
+            return None
         return self.pinned_point() or self.latest_restore_point()
 
-    def restore(self, point: SnapshotRecord | None) -> None:
-        """The next run restores ``point``, else the snapshot the job started from, else nothing.
+    def starts_fresh(self) -> bool:
+        """Whether the next or current run starts without state (a stateless upgrade) and has no
+        snapshot of its own yet: a recovery then starts without state too, not from older snapshots."""
+        point = self.record.restore_point
+        return bool(point and point.get(FRESH))
+
+    def restore(self, point: SnapshotRecord | None, *, fresh: bool = False) -> None:
+        """The next run restores ``point``, else the snapshot the job started from, else nothing;
+        with ``fresh`` nothing at all (the snapshots stay, but are not this run's state).
 
         Recorded as the job's ``restore_point`` until the run completes a snapshot of its own.
         """
         start = self.record.start_from
+        if fresh:
+            self.restore_from, self.restore_storage = None, None
+            self.record.restore_point = {"directory": None, "storage_uri": None, FRESH: True}
+            return
         if point is None and start is not None:
             self.restore_from, self.restore_storage = str(start["directory"]), str(start["storage_uri"])
         else:
@@ -136,8 +151,9 @@ class JobEntry:
         )
 
     def restore_latest(self) -> None:
-        """The next run restores the newest state (``restore_point``), else the start snapshot."""
-        self.restore(self.restore_point())
+        """The next run restores the newest state (``restore_point``), else the start snapshot; after a
+        fresh start without a snapshot of its own, nothing."""
+        self.restore(self.restore_point(), fresh=self.starts_fresh())
 
     def restores(self, directory: str) -> bool:
         """Whether this job still needs the snapshot at ``directory`` (a restart in progress, or its

@@ -42,6 +42,14 @@ SAVEPOINT_PLURAL: Final = "savepoints"
 
 DESIRED_STATES: Final = ("running", "paused", "cancelled")
 SAVEPOINT_STATES: Final = ("pending", "in_progress", "completed", "failed")
+UPGRADE_STATES: Final = ("in_progress", "completed", "failed")
+UPGRADE_MODES: Final = ("stateless", "savepoint", "last-state")  # ``operator.mapping.UpgradeMode``
+# ``kubectl scale sj/x --replicas=N`` sets the parallelism; the edit is upgraded as spec.upgradeMode says
+SCALE: Final = {
+    "specReplicasPath": ".spec.config.parallelism",
+    "statusReplicasPath": ".status.parallelism",
+    "labelSelectorPath": ".status.selector",
+}
 
 FILES: Final = {"streamingjob.yaml": STREAMING_JOB_KIND, "savepoint.yaml": SAVEPOINT_KIND}
 HEADER: Final = (
@@ -102,6 +110,14 @@ def streaming_job_spec_schema() -> Schema:
                 "minLength": 1,
                 "description": "Start from this savepoint: a Savepoint name in this namespace, or a "
                 "savepoint location URI",
+            },
+            "upgradeMode": {
+                "type": "string",
+                "enum": list(UPGRADE_MODES),
+                "default": "savepoint",
+                "description": "What an edit of a running job does: savepoint (restart the new spec from "
+                "a savepoint; the old spec keeps running if it fails), last-state (restart from the "
+                "newest checkpoint) or stateless (restart without state)",
             },
             "savepointOnCancel": {
                 "type": "boolean",
@@ -240,6 +256,34 @@ def streaming_job_status_schema() -> Schema:
                 },
             },
             "message": {"type": "string"},
+            "upgrade": {
+                "type": "object",
+                "description": "The latest upgrade of an edited spec (spec.upgradeMode)",
+                "properties": {
+                    "mode": {"type": "string", "enum": list(UPGRADE_MODES)},
+                    "generation": {
+                        "type": "integer",
+                        "format": "int64",
+                        "description": "The metadata.generation being applied",
+                    },
+                    "state": {"type": "string", "enum": list(UPGRADE_STATES)},
+                    "changes": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "What the upgrade changes, e.g. config.parallelism, transformations",
+                    },
+                    "restoredFrom": {
+                        "type": "string",
+                        "description": "The savepoint or checkpoint the new spec started from (empty: none)",
+                    },
+                    "startedAt": _date_time(),
+                    "message": {"type": "string"},
+                },
+            },
+            "selector": {
+                "type": "string",
+                "description": "Label selector of the worker pods (the scale subresource's)",
+            },
         },
     }
 
@@ -286,7 +330,15 @@ def _column(name: str, kind: str, path: str, description: str, priority: int = 0
     return column
 
 
-def _crd(kind: str, plural: str, short: str, spec: Schema, status: Schema, columns: list[Schema]) -> Schema:
+def _crd(
+    kind: str,
+    plural: str,
+    short: str,
+    spec: Schema,
+    status: Schema,
+    columns: list[Schema],
+    subresources: Schema | None = None,
+) -> Schema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -307,7 +359,7 @@ def _crd(kind: str, plural: str, short: str, spec: Schema, status: Schema, colum
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": subresources or {"status": {}},
                     "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
@@ -344,6 +396,7 @@ def streaming_job_crd() -> Schema:
             _column("State", "string", ".spec.state", "The state asked for", priority=1),
             _column("Job ID", "string", ".status.jobId", "The job's id in the REST API", priority=1),
         ],
+        subresources={"status": {}, "scale": dict(SCALE)},
     )
 
 

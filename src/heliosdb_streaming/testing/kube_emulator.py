@@ -5,7 +5,8 @@ kmock stores objects as plain JSON and merges patches; a real server also stamps
 ``resourceVersion`` (kopf guards its JSON patches with a ``test`` on it), ``generation`` (bumped by
 spec changes) and ``creationTimestamp``. ``ClusterEmulator`` adds those and answers
 ``/api/v1/namespaces``, which kmock cannot parse, and the pod log subresource (``pods/{name}/log``,
-text as a kubelet serves it) from ``pod_logs``, a callable a test kubelet provides.
+text as a kubelet serves it) from ``pod_logs``, a callable a test kubelet provides, and a custom
+resource's ``scale`` subresource from ``scales`` (the CRD's replica paths).
 ``start_cluster`` serves it on a free port and writes a kubeconfig pointing at it.
 
 Two checks a real API server makes, off unless a test turns them on (kept small, on purpose):
@@ -37,7 +38,10 @@ kmock's private internals; each is small and is here for one reason:
 5. ``kmock._internal.dicts.patch_dict`` computes the object a patch would make, so that the schema
    check sees exactly what kmock will store.
 
-A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the five points above.
+6. ``_scale`` forwards a ``/scale`` change as a patch of the object through kmock's handler, with the
+   body set on a clone of the request (aiohttp's private ``_read_bytes``).
+
+A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the six points above.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ logger = logging.getLogger(__name__)
 
 NAMESPACES_PATH = "/api/v1/namespaces"
 POD_LOG_PATH = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/]+)/log$")
+SCALE_PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<namespace>[^/]+)/(?P<plural>[^/]+)"
+    r"/(?P<name>[^/]+)/scale$"
+)
 
 # (namespace, pod name) -> the container's output so far, or None while it has not started
 PodLogSource = Callable[[str, str], str | None]
@@ -97,6 +105,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.audit: collections.Counter[AuditKey] = collections.Counter()
         self.denied: collections.Counter[AuditKey] = collections.Counter()  # the 403s, the same way
         self.schemas: dict[tuple[str, str], SchemaCheck] = {}  # (group, plural) -> check
+        # (group, plural) -> a CRD's scale subresource (specReplicasPath, statusReplicasPath, ...)
+        self.scales: dict[tuple[str, str], Mapping[str, str]] = {}
         self._policy: rbac.Policy | None = None
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -108,6 +118,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         log_path = POD_LOG_PATH.match(raw_request.path)
         if log_path is not None and raw_request.method == "GET":
             return self._pod_log(raw_request, log_path["namespace"], log_path["name"])
+        scale_path = SCALE_PATH.match(raw_request.path)
+        if scale_path is not None and (scale_path["group"], scale_path["plural"]) in self.scales:
+            return await self._scale(raw_request, scale_path)
         # kmock matches each request against every request served so far (its views are sequences
         # of requests), so a long run slows down quadratically: forget a request once it is served
         try:
@@ -159,6 +172,59 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             lines = text.splitlines(keepends=True)
             text = "".join(lines[len(lines) - int(tail) :]) if int(tail) else ""
         return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    async def _scale(
+        self, raw_request: aiohttp.web.BaseRequest, path: re.Match[str]
+    ) -> aiohttp.web.StreamResponse:
+        """A custom resource's ``scale`` subresource (an ``autoscaling/v1`` Scale), as the API server
+        serves it from the CRD's paths. A change of ``spec.replicas`` (merge patch, JSON patch or PUT,
+        as ``kubectl scale`` sends) becomes a merge patch of the object at ``specReplicasPath``, served
+        like any patch: schema-checked, generation bumped, watchers notified."""
+        paths = self.scales[(path["group"], path["plural"])]
+        namespace, name = path["namespace"], path["name"]
+        if raw_request.method != "GET":
+            main = raw_request.path.removesuffix("/scale")
+            headers = {**raw_request.headers, "Content-Type": "application/merge-patch+json"}
+            forward = raw_request.clone(method="PATCH", rel_url=main, headers=headers)  # before reading
+            body = orjson.loads(await raw_request.read() or b"{}")
+            replicas = _scale_replicas(body)
+            if not isinstance(replicas, int) or isinstance(replicas, bool):
+                return _status(422, "Invalid", "spec.replicas: an integer is required")
+            patch: dict[str, Any] = {}
+            node = patch
+            keys = paths["specReplicasPath"].strip(".").split(".")
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = replicas
+            forward._read_bytes = orjson.dumps(patch)  # aiohttp reads the body from here
+            response = await kmock.KubernetesEmulator.__call__(self, forward)
+            if response.status >= 300:
+                return response
+        obj = next(
+            (
+                o.raw
+                for (resource, ns, n), o in self.objects.items()
+                if (getattr(resource, "group", None), getattr(resource, "plural", None))
+                == (path["group"], path["plural"])
+                and (ns, n) == (namespace, name)
+                and not o.deleted
+            ),
+            None,
+        )
+        if obj is None:
+            return _status(404, "NotFound", f'{path["plural"]}.{path["group"]} "{name}" not found')
+        meta = obj.get("metadata") or {}
+        status: dict[str, Any] = {"replicas": _at(obj, paths["statusReplicasPath"]) or 0}
+        if paths.get("labelSelectorPath") and _at(obj, paths["labelSelectorPath"]) is not None:
+            status["selector"] = _at(obj, paths["labelSelectorPath"])
+        scale = {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta},
+            "spec": {"replicas": _at(obj, paths["specReplicasPath"]) or 0},
+            "status": status,
+        }
+        return aiohttp.web.json_response(scale)
 
     async def _namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         names = set(self.namespace_names)
@@ -338,8 +404,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return None if obj.deleted else dict(obj.raw)
 
 
-def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
-    """The core resources (bundled discovery data) and the two custom resources."""
+def declare_resources(emulator: ClusterEmulator) -> None:
+    """The core resources (bundled discovery data) and the two custom resources, with their
+    subresources (the StreamingJob's ``scale`` as its CRD declares it)."""
     emulator.resources.load_bundled()
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
     for kind, plural, short in (
@@ -352,8 +419,24 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
             namespaced=True,
             verbs=verbs,
             shortnames={short},
-            subresources={"status"},
+            subresources={"status", "scale"} if plural == crds.STREAMING_JOB_PLURAL else {"status"},
         )
+    emulator.scales[(crds.GROUP, crds.STREAMING_JOB_PLURAL)] = crds.SCALE
+
+
+def _at(obj: Mapping[str, Any], path: str) -> Any:
+    """The value at a CRD's simple JSON path (``.spec.config.parallelism``), or None."""
+    node: Any = obj
+    for key in path.strip(".").split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def _scale_replicas(body: Any) -> Any:
+    """``spec.replicas`` of a Scale merge patch or PUT body, or the value a JSON patch sets it to."""
+    if isinstance(body, list):
+        return next((op.get("value") for op in body if op.get("path") == "/spec/replicas"), None)
+    return ((body or {}).get("spec") or {}).get("replicas")
 
 
 def merge_diff(current: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:

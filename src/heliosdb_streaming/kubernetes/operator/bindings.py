@@ -29,6 +29,8 @@ class Binding:
     namespace: str
     name: str
     uid: str
+    # the latest upgrade of an edited spec (``reconciler``; ``status.upgrade`` shows it)
+    upgrade: dict[str, Any] | None = None
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     applied_nonce: int = 0

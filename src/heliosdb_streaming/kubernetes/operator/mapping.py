@@ -29,6 +29,20 @@ class DesiredState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class UpgradeMode(StrEnum):
+    """What an edit of a running StreamingJob does (``spec.upgradeMode``), as the Flink operator's;
+    ``crds.UPGRADE_MODES`` lists the same values (a unit test keeps them in step)."""
+
+    STATELESS = "stateless"  # stop, start the new spec without state (sources from their start)
+    SAVEPOINT = "savepoint"  # savepoint, restart the new spec from it; a failed savepoint keeps the old
+    LAST_STATE = "last-state"  # restart the new spec from the newest checkpoint, no savepoint
+
+
+# savepoint: an edit keeps the job's state as a restartNonce restart did, and never loses it when the
+# savepoint fails (the Flink operator defaults to stateless; a default that drops state is a surprise here)
+DEFAULT_UPGRADE_MODE = UpgradeMode.SAVEPOINT
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """The operator's fields of a StreamingJob spec, with the CRD's defaults applied."""
@@ -36,6 +50,7 @@ class JobSpec:
     state: DesiredState = DesiredState.RUNNING
     restart_nonce: int = 0
     restore_from: str | None = None
+    upgrade_mode: UpgradeMode = DEFAULT_UPGRADE_MODE  # ``spec.upgradeMode``: what an edit does
     savepoint_on_cancel: bool = False
     image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +66,12 @@ class JobSpec:
         except ValueError:
             errors.append(FieldError("spec.state", "must be one of running, paused, cancelled"))
             state = DesiredState.RUNNING
+        try:
+            upgrade_mode = UpgradeMode(spec.get("upgradeMode") or DEFAULT_UPGRADE_MODE)
+        except ValueError:
+            modes = ", ".join(m.value for m in UpgradeMode)
+            errors.append(FieldError("spec.upgradeMode", f"must be one of {modes}"))
+            upgrade_mode = DEFAULT_UPGRADE_MODE
         nonce = spec.get("restartNonce") or 0
         if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
             errors.append(FieldError("spec.restartNonce", "must be an integer >= 0"))
@@ -71,6 +92,7 @@ class JobSpec:
             state=state,
             restart_nonce=nonce,
             restore_from=spec.get("restoreFrom") or None,
+            upgrade_mode=upgrade_mode,
             savepoint_on_cancel=bool(spec.get("savepointOnCancel", False)),
             image=spec.get("image") or None,
             resources=resources,
@@ -119,6 +141,31 @@ def pipeline_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     return [k for k in PIPELINE if a[k] != b[k]]
 
 
+def autoscaled(current: JobConfig, wanted: JobConfig) -> bool:
+    """Whether the autoscaler sets the parallelism, before and after the edit: then the spec's
+    ``config.parallelism`` is not the running one by design (the Flink operator's autoscaler keeps its
+    overrides out of the spec too), and an upgrade keeps the parallelism the autoscaler chose."""
+    return all(c.autoscaler.enabled and c.autoscaler.mode == "apply" for c in (current, wanted))
+
+
+def upgrade_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
+    """What an upgrade (a restart with the new spec) applies: the overridable settings and the pipeline
+    parts that differ. Empty: the running job already is the spec, as far as a restart can make it."""
+    keep = ("parallelism",) if autoscaled(current, wanted) else ()
+    settings = [
+        f"config.{k}" for k in OVERRIDABLE if k not in keep and getattr(current, k) != getattr(wanted, k)
+    ]
+    return settings + pipeline_changes(current, wanted)
+
+
+def upgrade_overrides(current: JobConfig, wanted: JobConfig) -> JobConfigOverrides:
+    """The settings an upgrade restarts with: the spec's, but the autoscaler's parallelism when it scales."""
+    overrides = restart_overrides(wanted)
+    if autoscaled(current, wanted):
+        overrides = overrides.model_copy(update={"parallelism": current.parallelism})
+    return overrides
+
+
 def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     """Spec fields that differ from the running job and that no restart can apply (a new job can:
     where its state lives, how it is kept, the job's name)."""
@@ -145,13 +192,15 @@ class Step(StrEnum):
     CANCEL = "cancel"
     CANCEL_WITH_SAVEPOINT = "cancel_with_savepoint"
     RESTART = "restart"
+    UPGRADE = "upgrade"  # apply an edited spec to an active job, as ``spec.upgradeMode`` says
 
 
-def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int) -> Step:
+def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int, *, upgrade: bool = False) -> Step:
     """The next step for a job in ``phase`` whose spec is ``spec``; restarts come first.
 
     A changed ``restartNonce`` restarts from any phase but submitted (wait until it runs);
     ``cancelled`` stops an active job (with a savepoint when asked and the job has workers);
+    ``upgrade`` (an edited spec the job does not run yet) upgrades an active job once it runs;
     ``paused``/``running`` toggle an active job. Finished, failed and cancelled jobs only move again
     through a new ``restartNonce``.
     """
@@ -163,6 +212,8 @@ def plan(spec: JobSpec, phase: JobStatus, applied_nonce: int) -> Step:
         if spec.savepoint_on_cancel and phase in (JobStatus.RUNNING, JobStatus.PAUSED):
             return Step.CANCEL_WITH_SAVEPOINT
         return Step.CANCEL
+    if upgrade:
+        return Step.WAIT if phase == JobStatus.SUBMITTED else Step.UPGRADE
     if spec.state == DesiredState.PAUSED:
         return {JobStatus.RUNNING: Step.PAUSE, JobStatus.SUBMITTED: Step.WAIT}.get(phase, Step.NONE)
     return Step.RESUME if phase == JobStatus.PAUSED else Step.NONE

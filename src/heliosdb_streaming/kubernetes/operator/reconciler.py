@@ -23,6 +23,8 @@ import kopf
 
 from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry, locate_start
+from heliosdb_streaming.control.entry import describe_start
+from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.kubernetes.operator import events, mapping, pods, status
 from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
@@ -36,6 +38,7 @@ from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
     InvalidJobConfigError,
     JobError,
+    JobRestartingError,
     PythonNotAllowedError,
     SavepointFailedError,
 )
@@ -46,10 +49,25 @@ logger = logging.getLogger(__name__)
 
 WAIT_RETRY_S = 1.0
 MAX_STEPS = 8
+UPGRADE_RETRY_S = 2.0
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+UPGRADE_IN_PROGRESS = "in_progress"
+UPGRADE_RESTARTED = "restarted"  # status shows in_progress until the new run runs, then completed
+UPGRADE_FAILED = "failed"
+
+
+def _describe_point(point: SnapshotRecord | None) -> str | None:
+    """How ``status.upgrade.restoredFrom`` names the snapshot an upgrade restarted from."""
+    if point is None:
+        return None
+    if point.savepoint_id:
+        return f"savepoint {point.savepoint_id} ({point.location})"
+    return f"checkpoint {point.checkpoint_id}"
 
 
 def _started_from(entry: JobEntry, *, location: str) -> bool:
@@ -107,7 +125,8 @@ class StreamingJobReconciler:
         if changed and desired.restart_nonce == binding.applied_nonce:
             await self._note_pending_changes(binding, entry, wanted)
         for _ in range(MAX_STEPS):
-            step = mapping.plan(desired, entry.record.status, binding.applied_nonce)
+            upgrade = self._upgrade_due(binding, entry, desired, wanted, meta.get("generation"))
+            step = mapping.plan(desired, entry.record.status, binding.applied_nonce, upgrade=upgrade)
             if step == Step.NONE:
                 break
             if step == Step.WAIT:
@@ -116,15 +135,21 @@ class StreamingJobReconciler:
                 self.writer.mark(binding.job_id)
                 raise events.waiting(f"job is {entry.record.status.value}; will apply spec", WAIT_RETRY_S)
             try:
-                await self._act(step, binding, entry, desired, wanted)
+                if step == Step.UPGRADE:
+                    await self._upgrade(binding, entry, desired, wanted, meta.get("generation"))
+                else:
+                    await self._act(step, binding, entry, desired, wanted)
             except IllegalStateTransitionError as e:
                 logger.info("%s/%s: %s; planning again", namespace, name, e)
         # observedGeneration means "applied" (API conventions): not while a change waits for a restart
+        # (an edit of a stopped job) or after a failed upgrade (the previous spec runs on)
         waiting = self._unapplied(self.plane.get(binding.job_id), wanted) + binding.pod_changes()
         if waiting:
             binding.spec_pending = f"{', '.join(waiting)} not applied: " + (
                 "create a new StreamingJob for that"
                 if set(waiting) & set(mapping.unapplied_changes(entry.config, wanted))
+                else str((binding.upgrade or {}).get("message"))
+                if self._upgrade_failed(binding, generation)
                 else "change spec.restartNonce to restart with it"
             )
         else:
@@ -134,15 +159,101 @@ class StreamingJobReconciler:
 
     @staticmethod
     def _unapplied(entry: JobEntry, wanted: JobConfig) -> list[str]:
-        """The spec's job fields the running job does not have (a restart or a new job applies them)."""
-        settings = [
-            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
-        ]
+        """The spec's job fields the running job does not have (a restart or a new job applies them;
+        not the parallelism the autoscaler chose)."""
+        return mapping.upgrade_changes(entry.config, wanted) + mapping.unapplied_changes(entry.config, wanted)
+
+    @staticmethod
+    def _upgrade_failed(binding: Binding, generation: Any) -> bool:
+        upgrade = binding.upgrade or {}
+        return upgrade.get("state") == UPGRADE_FAILED and upgrade.get("generation") == generation
+
+    def _upgrade_due(
+        self, binding: Binding, entry: JobEntry, desired: JobSpec, wanted: JobConfig, generation: Any
+    ) -> bool:
+        """An edited spec (a generation not applied yet) that a restart would change the job for (its
+        settings, pipeline or pod settings), and not a restartNonce restart (which applies it anyway)
+        nor an upgrade of it that already failed."""
         return (
-            settings
-            + mapping.pipeline_changes(entry.config, wanted)
-            + mapping.unapplied_changes(entry.config, wanted)
+            binding.observed_generation is not None
+            and generation != binding.observed_generation
+            and desired.restart_nonce == binding.applied_nonce
+            and not self._upgrade_failed(binding, generation)
+            and bool(mapping.upgrade_changes(entry.config, wanted) + binding.pod_changes())
         )
+
+    async def _upgrade(
+        self, binding: Binding, entry: JobEntry, desired: JobSpec, wanted: JobConfig, generation: Any
+    ) -> None:
+        """Applies an edited spec to the running job, as ``spec.upgradeMode`` says (the Flink operator's
+        upgrade modes): ``savepoint`` takes a savepoint and restarts the new spec from it, and keeps the
+        old spec running when the savepoint fails; ``last-state`` restarts from the newest checkpoint;
+        ``stateless`` restarts without state. What no restart can change is reported, not applied."""
+        job_id, mode = binding.job_id, desired.upgrade_mode
+        changes = mapping.upgrade_changes(entry.config, wanted) + binding.pod_changes()
+        fixed = mapping.unapplied_changes(entry.config, wanted)
+        if fixed:
+            message = f"an upgrade cannot change {', '.join(fixed)}; create a new StreamingJob for that"
+            await self._job_event(binding, "Warning", "SpecNotApplied", message)
+        what = ", ".join(changes)
+        binding.upgrade = {
+            "mode": mode.value,
+            "generation": generation,
+            "state": UPGRADE_IN_PROGRESS,
+            "changes": changes,
+            "startedAt": status.iso(_now()),
+            "message": f"{mode.value} upgrade of {what}",
+        }
+        self.bindings.save(binding)
+        self.writer.mark(job_id)
+        await self._job_event(binding, "Normal", "Upgrading", f"{mode.value} upgrade of {what}")
+        savepoint_id: str | None = None
+        if mode == mapping.UpgradeMode.SAVEPOINT:
+            try:
+                snapshot = await self.plane.savepoint(job_id, f"upgrade to generation {generation}")
+            except JobRestartingError as e:  # between two runs (a recovery): upgrade once it runs
+                raise kopf.TemporaryError(f"upgrade waits: {e}", delay=UPGRADE_RETRY_S) from None
+            except SavepointFailedError as e:
+                await self._upgrade_failed_because(binding, f"savepoint failed: {e}")
+                return
+            savepoint_id = snapshot.savepoint_id
+        if entry.record.status == JobStatus.PAUSED:
+            await self.plane.resume(job_id)  # restart stops the run anyway; paused cannot restart
+        upgrade = mapping.pipeline_changes(entry.config, wanted)
+        try:
+            point = await self.plane.restart(
+                job_id,
+                savepoint_id,
+                mapping.upgrade_overrides(entry.config, wanted),
+                pipeline=wanted if upgrade else None,
+                fresh=mode == mapping.UpgradeMode.STATELESS,
+            )
+        except InvalidJobConfigError as e:  # refused before the run stops (over --max-parallelism)
+            await self._upgrade_failed_because(binding, "; ".join(f"{x.path}: {x.message}" for x in e.errors))
+            return
+        binding.applied_pod = binding.pod_settings  # the new run's pods have them
+        start = entry.record.start_from
+        origin = (
+            None
+            if mode == mapping.UpgradeMode.STATELESS
+            else _describe_point(point) or (describe_start(start) if start else None)
+        )
+        binding.upgrade |= {
+            "state": UPGRADE_RESTARTED,
+            "restoredFrom": origin or "",
+            "message": f"{mode.value} upgrade of {what}, restarted from {origin or 'an empty state'}",
+        }
+        self.bindings.save(binding)
+        self.writer.mark(job_id)
+        await self._job_event(binding, "Normal", "Upgraded", str(binding.upgrade["message"]))
+
+    async def _upgrade_failed_because(self, binding: Binding, why: str) -> None:
+        """The upgrade did not happen and the old spec runs on: said in status and as a Warning."""
+        message = f"{why}; the job keeps running its previous spec"
+        binding.upgrade = {**(binding.upgrade or {}), "state": UPGRADE_FAILED, "message": message}
+        self.bindings.save(binding)
+        self.writer.mark(binding.job_id)
+        await self._job_event(binding, "Warning", "UpgradeFailed", message)
 
     async def _check_paths(self, spec: Mapping[str, Any], wanted: JobConfig) -> None:
         """InvalidJobConfigError for every local path of the spec outside the allowed roots: on every
@@ -178,7 +289,10 @@ class StreamingJobReconciler:
             raise PythonNotAllowedError(refused)
 
     async def _note_pending_changes(self, binding: Binding, entry: JobEntry, wanted: Any) -> None:
-        """A spec change that is not a state or a restart waits for one: say so once, as an Event."""
+        """A spec change of a stopped job that is not a state or a restart waits for one: say so once,
+        as an Event (an active job is upgraded at once, as ``spec.upgradeMode`` says)."""
+        if not entry.record.status.terminal:
+            return
         settings = [
             f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]

@@ -34,6 +34,8 @@ class Observed:
 
     parallelism: int
     snapshots: tuple[SnapshotRecord, ...] = ()
+    upgrade: Mapping[str, Any] | None = None  # ``Binding.upgrade``: the latest upgrade of an edited spec
+    selector: str | None = None  # the worker pods' label selector (the scale subresource's)
     observed_generation: int | None = None
     observed_nonce: int = 0
     generation: int | None = None
@@ -95,7 +97,7 @@ def job_conditions(
     if observed.generation is not None and observed.observed_generation == observed.generation:
         applied: Wanted = ("SpecApplied", True, "Applied", "")
     else:
-        applied = ("SpecApplied", False, "Pending", observed.spec_pending or "")
+        applied = ("SpecApplied", False, *_not_applied(observed))
     if savepoint is not None:
         taking: Wanted = ("SavepointInProgress", True, "Triggered", f"checkpoint {savepoint.checkpoint_id}")
     else:
@@ -111,6 +113,18 @@ def job_conditions(
         applied,
         taking,
     ]
+
+
+def _not_applied(observed: Observed) -> tuple[str, str]:
+    """Why the newest spec does not run: ``Upgrading`` while its upgrade is under way, ``UpgradeFailed``
+    when that failed (the previous spec runs on), else ``Pending`` (a restart or a new job needs it)."""
+    upgrade = observed.upgrade or {}
+    if upgrade.get("generation") == observed.generation and observed.generation is not None:
+        if upgrade.get("state") == "failed":
+            return "UpgradeFailed", str(upgrade.get("message") or "")
+        if upgrade.get("state") in ("in_progress", "restarted"):
+            return "Upgrading", str(upgrade.get("message") or "")
+    return "Pending", observed.spec_pending or ""
 
 
 def in_progress_savepoint(snapshots: tuple[SnapshotRecord, ...]) -> SnapshotRecord | None:
@@ -143,7 +157,19 @@ def project(record: JobRecord, observed: Observed, previous: Mapping[str, Any], 
     }
     if observed.observed_generation is not None:
         status["observedGeneration"] = observed.observed_generation
+    if observed.upgrade is not None:
+        status["upgrade"] = upgrade(observed.upgrade, record.status)
+    if observed.selector is not None:
+        status["selector"] = observed.selector
     return status
+
+
+def upgrade(recorded: Mapping[str, Any], phase: JobStatus) -> dict[str, Any]:
+    """``status.upgrade``: an upgrade whose restart is issued is in progress until the new run starts."""
+    out = {k: v for k, v in recorded.items() if v is not None}
+    if out.get("state") == "restarted":
+        out["state"] = "in_progress" if phase == JobStatus.SUBMITTED else "completed"
+    return out
 
 
 def invalid(message: str, generation: int | None, previous: Mapping[str, Any], now: datetime) -> Status:

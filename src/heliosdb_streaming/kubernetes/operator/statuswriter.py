@@ -17,7 +17,7 @@ from typing import Any
 
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import events, status
+from heliosdb_streaming.kubernetes.operator import events, pods, status
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.model.types import JobStatus
 
@@ -87,6 +87,8 @@ class StatusWriter:
         observed = status.Observed(
             parallelism=entry.config.parallelism,
             snapshots=tuple(entry.snapshots),
+            upgrade=binding.upgrade,
+            selector=kube.selector_text(pods.job_labels(binding.name)),
             observed_generation=binding.observed_generation,
             observed_nonce=binding.applied_nonce,
             generation=binding.generation,
