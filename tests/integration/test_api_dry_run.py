@@ -11,11 +11,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+import test_api as rest  # the REST client, job bodies and schema check of the contract tests
+from test_api import api, jm
 
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
+__all__ = ["api", "jm"]  # fixtures of test_api used by the scenario's embedded run
+
 pytestmark = pytest.mark.timeout(180)
 
+SLOTS = 8  # the scenario's servers: test_api's JobManager(8), tests/k8s' operator --max-parallelism 8
 USERPKG = Path(__file__).resolve().parents[1] / "userpkg"
 
 
@@ -168,3 +173,42 @@ async def test_a_missing_start_savepoint_and_a_bad_flag_are_400(
     assert body["error"]["code"] == "invalid_parameter"
     assert body["error"]["details"][0]["path"] == "dry_run"
     assert await job_count(session, server) == before
+
+
+# ------------------------------------------------ the scenario both substrates run (tests/k8s too)
+
+
+async def dry_run_scenario(api: rest.Api) -> None:
+    """A keyed job's dry run answers its plan (the same plan its details show once submitted) and
+    conforms to the document; a plan that cannot run and a parallelism over the limit are 400 at their
+    paths; the job list is empty afterwards."""
+    url = "/api/v1/jobs?dry_run=true"
+    body = await api.ok("POST", url, 200, json=rest.merchant_job("narrow", parallelism=1))
+    rest.conforms(body, "JobValidationResponse")
+    assert (body["valid"], body["name"], body["parallelism"]) == (True, "narrow", 1)
+    assert [(s["input"], s["key"], [t["type"] for t in s["steps"]]) for s in body["plan"]["stages"]] == [
+        ("splits", None, ["filter"]),
+        ("key_groups", "merchant", ["key_by", "window"]),
+    ]
+    assert body["plan"]["boundaries"] == [
+        {
+            "stage": 1,
+            "step": 1,
+            "key": "merchant",
+            "reason": "key_by merchant: its input is grouped by card_id, not by merchant",
+        }
+    ]
+    details = rest.assert_error(
+        await api.call("POST", url, json=rest.merchant_job("wide", parallelism=2)), 400, "invalid_job_config"
+    )
+    assert [d["path"] for d in details] == ["transformations[1]"]
+    over = rest.datagen_job("over", count=10, parallelism=SLOTS + 1)
+    details = rest.assert_error(await api.call("POST", url, json=over), 400, "invalid_job_config")
+    assert [d["path"] for d in details] == ["config.parallelism"]
+    assert "max_parallelism" in details[0]["message"]
+    assert (await api.ok("GET", "/api/v1/jobs"))["total"] == 0  # nothing created
+
+
+async def test_dry_run_scenario_embedded(api: rest.Api) -> None:
+    await dry_run_scenario(api)
+    assert not [s for s in api.statuses if s >= 500]
