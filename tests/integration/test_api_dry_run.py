@@ -5,6 +5,9 @@ submit would, a valid job answers 200 with its plan, and nothing is ever created
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +215,35 @@ async def dry_run_scenario(api: rest.Api) -> None:
 async def test_dry_run_scenario_embedded(api: rest.Api) -> None:
     await dry_run_scenario(api)
     assert not [s for s in api.statuses if s >= 500]
+
+
+def test_helios_validate_asks_the_server(server: HeliosServerProcess, tmp_path: Path) -> None:
+    """``helios validate FILE --server URL``: what the file alone cannot tell (the server's python
+    allow-list) is refused with its path, exit 2; the valid job prints ok and the plan, exit 0."""
+    helios = Path(sys.executable).with_name("helios")
+    env = {k: v for k, v in os.environ.items() if k not in ("HELIOS_API_TOKEN", "HELIOS_URL")}
+    job = keyed_job(Path("in.jsonl"), Path("out"))
+    job["transformations"][2] = {"type": "python", "config": {"function": "json:loads"}}
+    refused = tmp_path / "refused.json"
+    refused.write_text(json.dumps(job))
+    local = subprocess.run([str(helios), "validate", str(refused)], env=env, capture_output=True, text=True)
+    assert local.returncode == 0, local.stdout + local.stderr  # the file itself is a valid job
+    remote = subprocess.run(
+        [str(helios), "validate", str(refused), "--server", server.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert remote.returncode == 2, remote.stdout + remote.stderr
+    assert remote.stdout.startswith("transformations[2].config.function: ")
+    valid = tmp_path / "valid.json"
+    valid.write_text(json.dumps(keyed_job(Path("in.jsonl"), Path("out"))))
+    env["HELIOS_URL"] = server.url
+    remote = subprocess.run(
+        [str(helios), "validate", str(valid), "--server"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    lines = remote.stdout.splitlines()
+    assert lines[0] == "ok" and lines[1].split() == ["STAGE", "INPUT", "TASKS", "STEPS"]
+    assert any(line.startswith("stage 1 starts at step [1]: key_by card_id") for line in lines)
