@@ -29,6 +29,7 @@ Under ``/internal/v1`` it adds what only such an API server needs, all behind th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -68,8 +69,12 @@ def create_read_app(
     """GET-only REST app over a started ``plane``; the plane stays owned (and closed) by the operator.
 
     ``bindings`` tell which namespace each job belongs to, for the ``/internal/v1`` routes.
-    ``allowed_roots`` and ``user_code``: the reconciler's checks, which the dry run applies."""
-    core = JobServiceCore(plane, allowed_roots=allowed_roots, user_code=user_code)
+    ``allowed_roots`` and ``user_code``: the reconciler's checks, which the dry run applies. The
+    operator never imports user code (the job's image holds it), so neither does the dry run, whatever
+    policy is given: a request cannot make the operator import a module."""
+    policy = user_code or usercode.UserCodePolicy()
+    policy = dataclasses.replace(policy, import_check=False)
+    core = JobServiceCore(plane, allowed_roots=allowed_roots, user_code=policy)
     app = create_app(core, api_token=api_token, read_only=True)
     app.middlewares.append(namespace_guard)  # inside the error and token middlewares
     app[PLANE] = plane

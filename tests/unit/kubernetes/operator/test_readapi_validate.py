@@ -102,3 +102,21 @@ async def test_validate_takes_the_token(read_api: ReadApi) -> None:
             await anonymous.validate(job(), None)
     finally:
         await anonymous.close()
+
+
+async def test_the_dry_run_never_imports_user_code(read_api: ReadApi, tmp_path: Path) -> None:
+    """Even a read API given an importing policy: a module that does not exist is not imported (the
+    embedded server would answer 400 at the function's path), so the job passes the operator's checks."""
+    app = create_read_app(
+        read_api.plane, Bindings(tmp_path / "b"), TOKEN, user_code=usercode.UserCodePolicy(None, True)
+    )
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    operator = OperatorClient(str(server.make_url("")).rstrip("/"), "team-a", TOKEN)
+    try:
+        body = job(transformations=[{"type": "python", "config": {"function": "no_such_module_x:f"}}])
+        plan = await operator.validate(body, None)
+        assert [p.type for p in plan.stages[0].steps] == ["python"]
+    finally:
+        await operator.close()
+        await server.close()
