@@ -42,6 +42,7 @@ from heliosdb_streaming.api.errors import Handler, InvalidParameterError
 from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
 from heliosdb_streaming.control.service import JobServiceCore
+from heliosdb_streaming.control.snapshots import locate_start
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError, JobNotFoundError
 from heliosdb_streaming.model.types import LogLevel, LogOptions
@@ -164,12 +165,22 @@ async def namespace_metrics(request: web.Request) -> web.Response:
 
 
 async def validate(request: web.Request) -> web.Response:
-    """A submit body checked as the reconciler will check its StreamingJob: ``{"plan": ...}`` or 400."""
+    """A submit body checked as the reconciler will check its StreamingJob: ``{"plan": ...}`` or 400.
+
+    ``from_savepoint`` with ``namespace``: a bare location (no Savepoint resource of the namespace is
+    there), which the reconciler accepts only as a savepoint of a job of that namespace."""
     body = await views.read_json(request, DRY_RUN_MAX_BYTES)
     if not isinstance(body, dict):
         raise InvalidJobConfigError([FieldError("(body)", "must be a JSON object (the job)")])
     from_savepoint = request.query.get("from_savepoint")
     plan = await request.app[CORE].validate_job(body, from_savepoint=from_savepoint)  # parses off the loop
+    namespace = request.query.get("namespace")
+    if from_savepoint is not None and namespace is not None:
+        start = await locate_start(from_savepoint, "from_savepoint")
+        owner = request.app[BINDINGS].get(start.job_id)
+        if owner is None or owner.namespace != namespace:  # the reconciler's _start_point says the same
+            why = f"not a savepoint of a StreamingJob in namespace {namespace}; name its Savepoint"
+            raise InvalidJobConfigError([FieldError("from_savepoint", why)])
     return web.Response(body=orjson.dumps({"plan": plan.to_json()}), content_type="application/json")
 
 

@@ -106,7 +106,8 @@ class JobCommands:
         limit = await self.clients.max_parallelism()
         if limit is not None:
             jobviews.check_submit_parallelism(config, limit)
-        return await self.clients.operator.validate(config.to_dict(), from_savepoint)
+        bare = from_savepoint is not None and await self.clients.savepoint_name_at(from_savepoint) is None
+        return await self.clients.operator.validate(config.to_dict(), from_savepoint, bare_location=bare)
 
     async def cancel_job(self, job_id: str) -> None:
         patch = {"state": mapping.DesiredState.CANCELLED.value, "savepointOnCancel": False}

@@ -201,10 +201,18 @@ class OperatorClient:
         body = await self._job_json(job_id, "/control-log", log_params(options), "/internal/v1")
         return [LogEntry.model_validate(e) for e in body["logs"]] if body is not None else None
 
-    async def validate(self, job: dict[str, Any], from_savepoint: str | None) -> JobPlanInfo:
+    async def validate(
+        self, job: dict[str, Any], from_savepoint: str | None, *, bare_location: bool = False
+    ) -> JobPlanInfo:
         """The operator's dry run of a submit body (``/internal/v1/validate``): the plan, or the
-        ``InvalidJobConfigError`` / ``PythonNotAllowedError`` its reconciler would fail the job with."""
-        params = {"from_savepoint": from_savepoint} if from_savepoint is not None else None
+        ``InvalidJobConfigError`` / ``PythonNotAllowedError`` its reconciler would fail the job with.
+        ``bare_location``: ``from_savepoint`` is no Savepoint resource's, so it must be a savepoint of a
+        job of this client's namespace."""
+        params: dict[str, str] = {}
+        if from_savepoint is not None:
+            params["from_savepoint"] = from_savepoint
+            if bare_location:
+                params["namespace"] = self.namespace
         try:
             async with self._session.post(
                 self.url + "/internal/v1/validate", params=params, json=job

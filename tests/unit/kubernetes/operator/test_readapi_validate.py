@@ -4,13 +4,14 @@ REST body's paths (allowed paths, python allow-list, ``--max-parallelism``), the
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from test_readapi import TOKEN, ReadApi, read_api
+from test_readapi import JOB_A, TOKEN, ReadApi, read_api
 
 from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
@@ -120,3 +121,28 @@ async def test_the_dry_run_never_imports_user_code(read_api: ReadApi, tmp_path: 
     finally:
         await operator.close()
         await server.close()
+
+
+async def test_a_bare_start_location_must_be_a_savepoint_of_the_namespace(
+    read_api: ReadApi, tmp_path: Path
+) -> None:
+    """A retained checkpoint of team-a's job, named by its location alone (no Savepoint resource): a
+    start for team-a, refused for team-b at from_savepoint as the reconciler refuses spec.restoreFrom."""
+    directory = tmp_path / "store" / JOB_A / "chk-3"
+    directory.mkdir(parents=True)
+    (directory / "_manifest.json").write_text(json.dumps({"job_id": JOB_A, "checkpoint_id": 3}))
+    location = directory.as_uri()
+    team_a = OperatorClient(read_api.url, "team-a", TOKEN)
+    team_b = OperatorClient(read_api.url, "team-b", TOKEN)
+    try:
+        plan = await team_a.validate(job(), location, bare_location=True)
+        assert len(plan.stages) == 1
+        with pytest.raises(InvalidJobConfigError) as raised:
+            await team_b.validate(job(), location, bare_location=True)
+        assert [(e.path, e.message) for e in raised.value.errors] == [
+            ("from_savepoint", "not a savepoint of a StreamingJob in namespace team-b; name its Savepoint")
+        ]
+        assert len((await team_b.validate(job(), location)).stages) == 1  # a Savepoint resource's location
+    finally:
+        await team_a.close()
+        await team_b.close()
