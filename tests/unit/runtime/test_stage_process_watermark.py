@@ -69,7 +69,9 @@ def pay(card: str, ts: int) -> Record:
 
 
 def sessions(stages: StageRunner) -> list[tuple[str, int]]:
-    return [(r["card_id"], r["ended"]) for _, out in stages.take_output() for r in out if r["kind"] == "session"]
+    return [
+        (r["card_id"], r["ended"]) for _, out in stages.take_output() for r in out if r["kind"] == "session"
+    ]
 
 
 def test_a_quiet_keys_timer_fires_when_the_other_origins_move_the_stage_watermark() -> None:
