@@ -31,6 +31,10 @@ from heliosdb_streaming.runtime.task import Counters, Task, TaskFailure, run_cha
 logger = logging.getLogger("heliosdb_streaming.worker")  # one logger for all parts of a worker
 
 POLL_MAX_RECORDS = 4096
+POLL_MIN_RECORDS = 32
+BATCH_TARGET_S = 0.05
+"""A batch should take about this long to process: slow steps (user code at a millisecond a record)
+get smaller polls, so barriers, timers and flushes are not held for seconds behind one batch."""
 QUEUE_BATCHES = 4
 FLUSH_INTERVAL_S = 0.05
 TIMER_INTERVAL_S = 0.2
@@ -68,6 +72,8 @@ class DataPath:
         self._pending_latency: list[tuple[float, int]] = []
         self._last_flush = self._last_commit = time.monotonic()
         self._errors_logged: deque[float] = deque()
+        self.poll_records = POLL_MAX_RECORDS  # sized by the measured cost per record (_size_polls)
+        self._record_cost = 0.0
 
     def stop(self) -> None:
         """Stops reading; a paused worker is woken so that it can stop."""
@@ -111,7 +117,7 @@ class DataPath:
     async def _poll_loop(self, reader: SourceReader) -> None:
         while not self.stopping.is_set():
             await self.running.wait()
-            batches = await reader.poll(POLL_MAX_RECORDS, 0.1)
+            batches = await reader.poll(self.poll_records, 0.1)
             self._drain_decode_errors(reader)
             for b in batches:
                 if self.queue.full():
@@ -150,6 +156,7 @@ class DataPath:
         task.events_in += n
         self.counters.events_in += n
         errors: list[tuple[Record, Exception]] = []
+        started = time.perf_counter()
         out = run_chain(task.chain, records, errors, 0)
         self._handle_errors(errors, task.split.split_id, batch.position)
         task.position = batch.position
@@ -164,6 +171,16 @@ class DataPath:
             self._pending_out.append((batch.split_id, out))
         if self.metrics:
             self._pending_latency.append((batch.ingest_ms, n))
+        if n:
+            self._size_polls((time.perf_counter() - started) / n)
+
+    def _size_polls(self, seconds_per_record: float) -> None:
+        """Sizes the next polls so that a batch takes about BATCH_TARGET_S (a moving average of the
+        cost per record; fast pipelines stay at POLL_MAX_RECORDS)."""
+        self._record_cost = 0.8 * self._record_cost + 0.2 * seconds_per_record
+        if self._record_cost > 0:
+            fit = int(BATCH_TARGET_S / self._record_cost)
+            self.poll_records = max(POLL_MIN_RECORDS, min(POLL_MAX_RECORDS, fit))
 
     def _emit(self, task: Task, out: Batch) -> None:
         """Output of a split task outside ``process_batch`` (timers, end of input)."""

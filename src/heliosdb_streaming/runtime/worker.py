@@ -483,8 +483,14 @@ class Worker:
                 data.counters.begin_busy()
                 if batch is not None:
                     data.process_batch(batch)
-                    while not data.queue.empty():  # and what else is here (at most QUEUE_BATCHES):
-                        data.process_batch(data.queue.get_nowait())  # then "nothing more" is true
+                    # and what else is here (at most QUEUE_BATCHES): then "nothing more" is true. A
+                    # barrier that arrived meanwhile is taken at the next batch boundary, not after
+                    # the whole queue (slow user code makes each batch take seconds).
+                    while not data.queue.empty():
+                        await asyncio.sleep(0)  # lets the control link read what arrived
+                        if self.checkpoints.has_messages:
+                            break
+                        data.process_batch(data.queue.get_nowait())
                     await data.wait_for_room()  # the internal topics' backpressure
                 elif self.remote is not None:
                     data.pump_stages()

@@ -125,3 +125,26 @@ async def test_exactly_once_output_is_staged_and_committed_when_its_checkpoint_c
     assert sink.transactions == [([{"n": 1}], ("job", "s0@sink0", 7))]
     assert participant.final_committed
     assert path.stopping.is_set() and path.running.is_set()  # stop-with-savepoint
+
+
+class SlowStep:
+    """A step that costs ``seconds`` a record, as user code calling a service would."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def process(self, records: Batch, errors: list[Any]) -> Batch:
+        time.sleep(self.seconds * len(records))
+        return records
+
+
+def test_polls_shrink_for_slow_steps_and_stay_large_for_fast_ones() -> None:
+    path, _ = data_path(FakeSink())
+    records = [{"n": i} for i in range(200)]
+    for position in range(5):  # a fast chain (no steps): polls stay at the maximum
+        path.process_batch(SplitBatch("s0", records, position, time.time() * 1000))
+    assert path.poll_records == datapath.POLL_MAX_RECORDS
+    path.tasks["s0"].chain = [SlowStep(0.001)]
+    for position in range(5, 15):  # 1 ms a record: about BATCH_TARGET_S / 1 ms records a poll
+        path.process_batch(SplitBatch("s0", records[:64], position, time.time() * 1000))
+    assert datapath.POLL_MIN_RECORDS <= path.poll_records <= 2 * datapath.BATCH_TARGET_S / 0.001

@@ -128,6 +128,11 @@ class CheckpointParticipant:
 
     # ------------------------------------------------------------------------------ messages
 
+    @property
+    def has_messages(self) -> bool:
+        """A barrier or a completion waits for ``handle_messages``."""
+        return bool(self._barriers or self._completed)
+
     def on_barrier(self, message: dict[str, Any]) -> None:
         self._barriers.append(Barrier.from_message(message))
 
