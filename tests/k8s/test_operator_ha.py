@@ -73,6 +73,13 @@ async def start_replica(
     return operator, metrics_port
 
 
+async def health(port: int) -> dict[str, str]:
+    """``/healthz`` of the metrics port, what the chart's probes ask."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as r:
+        assert r.status == 200
+        return dict(await r.json())
+
+
 async def lease_holder(env: Env) -> str:
     lease = await env.client.get_or_none(kube.LEASES, NAMESPACE, LEASE)
     return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
@@ -103,6 +110,8 @@ async def test_standby_takes_over_when_the_leader_is_killed(
     assert standby["heliosdb_operator_leader"] == 0
     assert standby.get("heliosdb_operator_reconciles_total", 0) == 0
     assert (await scrape(first_metrics))["heliosdb_operator_reconciles_total"] >= 1
+    assert await health(second_metrics) == {"status": "ok", "role": "standby"}  # probed, ready: PDB counts it
+    assert await health(first_metrics) == {"status": "ok", "role": "leader"}
     assert "standby: waiting for Lease" in second.output()
     assert "control plane listening" not in second.output()
     holder = await lease_holder(cluster)
