@@ -52,9 +52,13 @@ async def kill_and_wait(jm: JobManager, job_id: str, *, restarts: int) -> JobSta
 
     async def running() -> bool:
         entry = jm.control_plane.get(job_id)
-        return entry.record.status == JobStatus.RUNNING and bool(entry.record.worker_pids)
+        if entry.record.status != JobStatus.RUNNING or len(entry.record.worker_pids) != 1:
+            return False
+        mark = (await jm.get_job_metrics(job_id)).events_processed
+        await asyncio.sleep(0.3)
+        return (await jm.get_job_metrics(job_id)).events_processed > mark  # this run processes
 
-    await wait_until(running, what="a running worker", within=30, interval=0.05)
+    await wait_until(running, what="a processing worker", within=30, interval=0.05)
     os.kill(jm.control_plane.get(job_id).record.worker_pids[0], signal.SIGKILL)
 
     async def settled() -> bool:
