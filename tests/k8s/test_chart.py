@@ -568,6 +568,8 @@ OPERATOR_NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # spec.podDisruptionBudget: test_operator_ha creates, changes and turns one off
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch", "delete"]},
 ]
 CRD_SCAN_RULE = {
     "apiGroups": ["apiextensions.k8s.io"],

@@ -93,7 +93,11 @@ async def test_standby_takes_over_when_the_leader_is_killed(
         free_port()
     )  # one address for the workers, as the chart's Service: only the leader binds it
     first, first_metrics = await start_replica(start_operator, cluster, control_port)
-    await eventually(lambda: lease_holder(cluster), 30, "a Lease holder", on_fail=first.output()[-3000:])
+
+    async def held() -> str | None:
+        return await lease_holder(cluster) or None
+
+    await eventually(held, 30, "a Lease holder", on_fail=first.output()[-3000:])
     second, second_metrics = await start_replica(start_operator, cluster, control_port)
 
     spec = window_spec(db, parallelism=2, rate=5000)
@@ -143,3 +147,48 @@ async def test_standby_takes_over_when_the_leader_is_killed(
     # a clean stop releases the Lease at once (no wait of a lease duration for the next replica)
     assert await second.stop() == 0
     assert await lease_holder(cluster) == ""
+
+
+async def test_opt_in_pod_disruption_budget_follows_the_spec(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    """``spec.podDisruptionBudget``: none by default; enabled, the operator creates one owned by the
+    StreamingJob over its worker pods; a new maxUnavailable changes it; disabled, it is deleted."""
+    client, db = cluster.client, cluster.tmp / "out.db"
+    operator = await start_operator()
+    name = "spend-workers"
+    await client.create(
+        kube.STREAMINGJOBS, NS, streaming_job("plain", window_spec(db, parallelism=1, rate=50))
+    )
+    await wait_phase(client, "plain", "running", log=operator.output())
+    assert await client.get_or_none(kube.PODDISRUPTIONBUDGETS, NS, "plain-workers") is None
+
+    spec = window_spec(cluster.tmp / "out2.db", parallelism=2, rate=50)
+    spec["podDisruptionBudget"] = {"enabled": True}
+    await client.create(kube.STREAMINGJOBS, NS, streaming_job("spend", spec))
+    await wait_phase(client, "spend", "running", log=operator.output())
+
+    async def budget(wanted: int | None) -> dict[str, object] | bool:
+        pdb = await client.get_or_none(kube.PODDISRUPTIONBUDGETS, NS, name)
+        if wanted is None:
+            return pdb is None
+        return pdb if pdb is not None and pdb["spec"]["maxUnavailable"] == wanted else False
+
+    pdb = await eventually(
+        lambda: budget(1), 30, "the PodDisruptionBudget", on_fail=operator.output()[-3000:]
+    )
+    assert isinstance(pdb, dict)
+    owner = pdb["metadata"]["ownerReferences"][0]  # type: ignore[index]
+    job = await client.get(kube.STREAMINGJOBS, NS, "spend")
+    assert (owner["kind"], owner["uid"]) == (crds.STREAMING_JOB_KIND, job["metadata"]["uid"])
+    selector = pdb["spec"]["selector"]["matchLabels"]  # type: ignore[index]
+    workers = await worker_pods(client, "spend")
+    assert len(workers) == 2 and all(selector.items() <= w["metadata"]["labels"].items() for w in workers)
+
+    await client.patch(
+        kube.STREAMINGJOBS, NS, "spend", {"spec": {"podDisruptionBudget": {"maxUnavailable": 0}}}
+    )
+    await eventually(lambda: budget(0), 30, "maxUnavailable 0", on_fail=operator.output()[-3000:])
+    await client.patch(kube.STREAMINGJOBS, NS, "spend", {"spec": {"podDisruptionBudget": {"enabled": False}}})
+    await eventually(lambda: budget(None), 30, "the budget deleted", on_fail=operator.output()[-3000:])
+    assert (await job_status(client, "spend"))["phase"] == "running"  # no restart for it
