@@ -178,10 +178,10 @@ async def test_opt_in_pod_disruption_budget_follows_the_spec(
         lambda: budget(1), 30, "the PodDisruptionBudget", on_fail=operator.output()[-3000:]
     )
     assert isinstance(pdb, dict)
-    owner = pdb["metadata"]["ownerReferences"][0]  # type: ignore[index]
+    owner = pdb["metadata"]["ownerReferences"][0]
     job = await client.get(kube.STREAMINGJOBS, NS, "spend")
     assert (owner["kind"], owner["uid"]) == (crds.STREAMING_JOB_KIND, job["metadata"]["uid"])
-    selector = pdb["spec"]["selector"]["matchLabels"]  # type: ignore[index]
+    selector = pdb["spec"]["selector"]["matchLabels"]
     workers = await worker_pods(client, "spend")
     assert len(workers) == 2 and all(selector.items() <= w["metadata"]["labels"].items() for w in workers)
 
