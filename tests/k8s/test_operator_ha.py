@@ -53,9 +53,37 @@ async def scrape(port: int) -> dict[str, float]:
     return values
 
 
+LEADER_LABEL = "streaming.heliosdb.io/operator-leader"
+
+
+async def operator_pod(env: Env, name: str) -> None:
+    """The replica's own pod (the chart's Deployment makes it), for the leader label; a nodeSelector
+    the test kubelet does not satisfy keeps it Pending: the replica runs as a process of the test."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/component": "operator"},
+        },
+        "spec": {
+            "nodeSelector": {"test": "no-such-node"},
+            "containers": [{"name": "operator", "image": "x"}],
+        },
+    }
+    await env.client.create(kube.PODS, NAMESPACE, body)
+
+
+async def leader_label(env: Env, name: str) -> str | None:
+    pod = await env.client.get(kube.PODS, NAMESPACE, name)
+    return (pod["metadata"].get("labels") or {}).get(LEADER_LABEL)
+
+
 async def start_replica(
-    start_operator: StartOperator, env: Env, control_port: int
+    start_operator: StartOperator, env: Env, control_port: int, pod: str
 ) -> tuple[OperatorProcess, int]:
+    await operator_pod(env, pod)
     metrics_port = free_port()
     args = [
         "--all-namespaces",
@@ -69,7 +97,10 @@ async def start_replica(
         "--metrics-port",
         str(metrics_port),
     ]
-    operator = await start_operator(home=env.tmp / "shared-home", args=args, control_port=control_port)
+    pod_env = {"POD_NAME": pod, "POD_NAMESPACE": NAMESPACE}  # the chart's downward API env
+    operator = await start_operator(
+        home=env.tmp / "shared-home", args=args, control_port=control_port, env=pod_env
+    )
     return operator, metrics_port
 
 
@@ -92,13 +123,18 @@ async def test_standby_takes_over_when_the_leader_is_killed(
     control_port = (
         free_port()
     )  # one address for the workers, as the chart's Service: only the leader binds it
-    first, first_metrics = await start_replica(start_operator, cluster, control_port)
+    first, first_metrics = await start_replica(start_operator, cluster, control_port, "operator-a")
 
     async def held() -> str | None:
         return await lease_holder(cluster) or None
 
     await eventually(held, 30, "a Lease holder", on_fail=first.output()[-3000:])
-    second, second_metrics = await start_replica(start_operator, cluster, control_port)
+    second, second_metrics = await start_replica(start_operator, cluster, control_port, "operator-b")
+
+    async def labelled(pod: str, value: str) -> bool:
+        return await leader_label(cluster, pod) == value
+
+    await eventually(lambda: labelled("operator-b", "false"), 30, "the standby's pod labelled false")
 
     spec = window_spec(db, parallelism=2, rate=5000)
     await client.create(kube.STREAMINGJOBS, NS, streaming_job("spend", spec))
@@ -119,6 +155,7 @@ async def test_standby_takes_over_when_the_leader_is_killed(
     assert "standby: waiting for Lease" in second.output()
     assert "control plane listening" not in second.output()
     holder = await lease_holder(cluster)
+    assert await leader_label(cluster, "operator-a") == "true"  # the operator Service selects it
 
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL  # no release: the Lease must expire
 
@@ -127,6 +164,7 @@ async def test_standby_takes_over_when_the_leader_is_killed(
 
     await eventually(took_over, 30, "the standby to lead", on_fail=second.output()[-3000:])
     assert await lease_holder(cluster) not in ("", holder)
+    await eventually(lambda: labelled("operator-b", "true"), 30, "the new leader's pod labelled true")
 
     async def relaunched() -> bool:
         attempts = {
