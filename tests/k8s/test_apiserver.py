@@ -289,11 +289,19 @@ async def test_a_namespace_sees_only_its_own_jobs(api: rest.Api, k8s_api: K8sApi
             await api.wait_status(mine, {"running"})
             await other.wait_status(theirs, {"running"})
             servers = ((api, k8s_api.namespace, mine, theirs), (other, namespace, theirs, mine))
-            for client, _, own, foreign in servers:
+            for client, ns, own, foreign in servers:
                 reply = await client.call("GET", "/metrics")
                 assert reply.status == 200, reply.text
                 series = rest.parse_exposition(reply.text)
                 assert {labels["job_id"] for labels, _ in series["heliosdb_job_status"]} == {own}
+                # each series names its StreamingJob: the namespace's one resource
+                (resource,) = [
+                    o["metadata"]["name"] for o in await substrate.client.list(kube.STREAMINGJOBS, ns)
+                ]
+                for name in ("heliosdb_job_status", "heliosdb_job_events_processed_total"):
+                    assert {(labels["namespace"], labels["streamingjob"]) for labels, _ in series[name]} == {
+                        (ns, resource)
+                    }
                 assert series["heliosdb_job_count"] == [({}, 1.0)]  # its active jobs, not every one
                 for suffix in ("", "/logs", "/metrics", "/checkpoints", "/savepoints"):
                     reply = await client.call("GET", f"/api/v1/jobs/{foreign}{suffix}")

@@ -267,7 +267,12 @@ def test_default_operator(chart: helm.Chart) -> None:
     docs = render(chart, {})
     operator = one(docs, "Deployment", f"{FULLNAME}-operator")
     spec = operator["spec"]
-    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    # two replicas, one leader (Lease), rolled one at a time: a standby is always there to take over
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
     c = container(operator)
     assert c["image"] == "heliosdb/heliosdb-streaming:0.1.0"
     assert c["args"] == [
@@ -277,6 +282,13 @@ def test_default_operator(chart: helm.Chart) -> None:
         "/var/lib/helios",
         "--control-port",
         "7070",
+        "--metrics-port",
+        "8083",
+        "--leader-election",
+        "--lease-name",
+        f"{FULLNAME}-operator",
+        "--lease-duration",
+        "15",
     ]
     assert {"name": "control", "containerPort": 7070, "protocol": "TCP"} in c["ports"]
     assert {"name": "read", "containerPort": 8082, "protocol": "TCP"} in c["ports"]
@@ -298,10 +310,57 @@ def test_default_operator(chart: helm.Chart) -> None:
     assert volume["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-operator"
     pvc = one(docs, "PersistentVolumeClaim", f"{FULLNAME}-operator")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # a standby on another node mounts it too
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_operator_high_availability(chart: helm.Chart) -> None:
+    """Two replicas: a PDB, probes and scraping on the metrics port (served by a standby too, so both
+    are ready and a drain can move either), the Service selecting the leader's label, the Lease Role."""
+    docs = render(chart, {})
+    operator = one(docs, "Deployment", f"{FULLNAME}-operator")
+    c = container(operator)
+    assert {"name": "metrics", "containerPort": 8083, "protocol": "TCP"} in c["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    annotations = operator["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8083", "/metrics")
+    env = env_of(operator)
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    pdb = one(docs, "PodDisruptionBudget", f"{FULLNAME}-operator")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    service = one(docs, "Service", f"{FULLNAME}-operator")
+    assert service["spec"]["selector"]["streaming.heliosdb.io/operator-leader"] == "true"
+    assert rules_of(docs, "Role", f"{FULLNAME}-operator-leader-election", NAMESPACE) == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [f"{FULLNAME}-operator"],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+    ]
+    # one replica without leader election: Recreate, no PDB, no Lease Role, the Service selects the pod
+    single = {"operator": {"replicas": 1, "leaderElection": {"enabled": False}}}
+    docs = render(chart, single)
+    operator = one(docs, "Deployment", f"{FULLNAME}-operator")
+    assert (operator["spec"]["replicas"], operator["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    assert "--leader-election" not in container(operator)["args"]
+    assert find(docs, "PodDisruptionBudget") == []
+    assert find(docs, "Role", f"{FULLNAME}-operator-leader-election") == []
+    assert (
+        "streaming.heliosdb.io/operator-leader"
+        not in one(docs, "Service", f"{FULLNAME}-operator")["spec"]["selector"]
+    )
+    with pytest.raises(helm.errors.HelmError):  # two active operators would both run every job
+        render(chart, {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}})
 
 
 def test_default_api_server_and_services(chart: helm.Chart) -> None:
@@ -326,7 +385,8 @@ def test_default_api_server_and_services(chart: helm.Chart) -> None:
     # Each Service selects exactly the pods of one Deployment, on a port that Deployment names.
     deployments = find(docs, "Deployment")
     for service in find(docs, "Service"):
-        selector = service["spec"]["selector"]
+        selector = dict(service["spec"]["selector"])
+        selector.pop("streaming.heliosdb.io/operator-leader", None)  # the leader sets it on its own pod
         matching = [
             d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
@@ -379,7 +439,8 @@ def test_non_default_values(chart: helm.Chart) -> None:
     assert c["imagePullPolicy"] == "Always"
     assert c["args"] == [
         "operator", "--namespace", "team-a", "--namespace", "team-b", "--home", "/var/lib/helios",
-        "--control-port", "7171", "--verbose",
+        "--control-port", "7171", "--metrics-port", "8083", "--leader-election", "--lease-name",
+        f"{FULLNAME}-operator", "--lease-duration", "15", "--verbose",
     ]  # fmt: skip
     assert one(docs, "Service", f"{FULLNAME}-operator")["spec"]["ports"][0]["port"] == 7171
     assert c["livenessProbe"] == {"tcpSocket": {"port": "control"}}
@@ -507,6 +568,8 @@ OPERATOR_NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # spec.podDisruptionBudget: test_operator_ha creates, changes and turns one off
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch", "delete"]},
 ]
 CRD_SCAN_RULE = {
     "apiGroups": ["apiextensions.k8s.io"],
@@ -579,7 +642,7 @@ def test_api_rbac(chart: helm.Chart) -> None:
         "name": f"{FULLNAME}-api",
         "namespace": NAMESPACE,
     }
-    assert find(render(chart, INLINE_SECRETS), "Role") == []  # api.enabled: false
+    assert find(render(chart, INLINE_SECRETS), "Role", f"{FULLNAME}-api") == []  # api.enabled: false
 
 
 def test_notes(chart: helm.Chart) -> None:

@@ -79,8 +79,9 @@ def test_the_operator_probes_its_health_endpoint(chart: helm.Chart) -> None:
     ]
     (c,) = operator["spec"]["template"]["spec"]["containers"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "read"}, probe
-    assert {"name": "read", "containerPort": 8082, "protocol": "TCP"} in c["ports"]
+        # the metrics port: a standby answers too (test_operator_ha asks both replicas)
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    assert {"name": "metrics", "containerPort": 8083, "protocol": "TCP"} in c["ports"]
 
 
 @pytest.mark.parametrize("case", list(WORKER_CASES))

@@ -148,4 +148,8 @@ makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers
 - apiGroups: [""]
   resources: ["events"]  # core/v1 Events, kopf's and the operator's
   verbs: ["create"]
+# a job's opt-in PodDisruptionBudget (spec.podDisruptionBudget): made, changed, removed when turned off
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
 {{- end }}

@@ -7,7 +7,9 @@ embedded server (``render_manager``: every job) and the operator (``render_entri
 namespace's jobs) render with ``generate_latest`` alike; the request handlers format the text in a
 thread, off the event loop. See docs/observability.md for the metric list.
 
-* Every per-job series carries ``job_id`` and ``job_name`` labels; no other user data.
+* Every per-job series carries ``job_id`` and ``job_name`` labels; no other user data. The operator
+  adds the job's resource (``namespace``, ``streamingjob``: ``job_labels``), so that a scrape of the
+  Kubernetes substrate can be joined with kube-state-metrics and filtered per namespace.
 * ``heliosdb_job_status`` is a state set: one series per job and status, 1 for the current one, 0 else.
 * Counters are the aggregators' lifetime totals: they never go backwards across worker restarts.
   Their names keep the spec's ``_total`` (``CounterMetricFamily`` strips and re-appends it).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -118,11 +120,12 @@ _SIMPLE = (
 class _JobLabels:
     """One job's label sets, built once per job id and name and shared by its samples."""
 
-    __slots__ = ("checkpoint", "job", "latency", "name", "status")
+    __slots__ = ("checkpoint", "extra", "job", "latency", "name", "status")
 
-    def __init__(self, job_id: str, name: str) -> None:
+    def __init__(self, job_id: str, name: str, extra: Mapping[str, str] | None = None) -> None:
         self.name = name
-        self.job = {"job_id": job_id, "job_name": name}
+        self.extra = dict(extra or {})
+        self.job = {"job_id": job_id, "job_name": name, **self.extra}
         self.status = [(s, {**self.job, "status": s.value}) for s in JobStatus]
         self.latency = [{**self.job, "le": le} for le in _LATENCY_LE]
         self.checkpoint = [{**self.job, "le": le} for le in _CHECKPOINT_LE]
@@ -144,7 +147,10 @@ class JobsCollector(Collector):
         now: float | None = None,
         grace_s: float = TERMINAL_SERIES_GRACE_S,
         labels: dict[str, _JobLabels] | None = None,
+        job_labels: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
+        """``job_labels``: job id -> labels every series of the job carries besides its id and name."""
+        self.job_labels = job_labels
         self.entries = entries
         self.now = now
         self.grace_s = grace_s
@@ -154,9 +160,10 @@ class JobsCollector(Collector):
         return list(_families().values())
 
     def _labels_of(self, job_id: str, name: str) -> _JobLabels:
+        extra = self.job_labels(job_id) if self.job_labels is not None else {}
         labels = self.labels.get(job_id)
-        if labels is None or labels.name != name:
-            labels = self.labels[job_id] = _JobLabels(job_id, name)
+        if labels is None or labels.name != name or labels.extra != extra:
+            labels = self.labels[job_id] = _JobLabels(job_id, name, extra)
         return labels
 
     def collect(self) -> Iterator[Metric]:
@@ -243,14 +250,18 @@ class _Collected(Collector):
 
 
 async def render_entries_async(
-    entries: Iterable[JobEntry], *, grace_s: float = TERMINAL_SERIES_GRACE_S
+    entries: Iterable[JobEntry],
+    *,
+    grace_s: float = TERMINAL_SERIES_GRACE_S,
+    job_labels: Callable[[str], Mapping[str, str]] | None = None,
 ) -> bytes:
     """``render_entries`` for a request handler: the families are collected here, on the event loop
     that updates the entries; ``generate_latest`` (most of a scrape's CPU) formats them in a thread,
     so the loop goes on serving heartbeats and requests meanwhile."""
     entries = list(entries)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collected(list(JobsCollector(entries, grace_s=grace_s).collect())))
+    jobs = JobsCollector(entries, grace_s=grace_s, job_labels=job_labels)
+    registry.register(_Collected(list(jobs.collect())))
     registry.register(_Collected(list(AutoscalerCollector(entries).collect())))
     return await asyncio.to_thread(generate_latest, registry)
 

@@ -24,6 +24,8 @@ from heliosdb_streaming.embedded import private
 from heliosdb_streaming.embedded.logs import LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
 from heliosdb_streaming.kubernetes.operator.app import DEFAULT_CONTROL_PORT
+from heliosdb_streaming.kubernetes.operator.leader import DEFAULT_LEASE_DURATION_S, DEFAULT_LEASE_NAME
+from heliosdb_streaming.kubernetes.operator.opmetrics import DEFAULT_METRICS_PORT
 from heliosdb_streaming.kubernetes.operator.readapi import DEFAULT_READ_PORT
 from heliosdb_streaming.runtime import logformat
 
@@ -87,6 +89,38 @@ def register(sub: Any) -> None:
         "an fnmatch pattern (repeatable or comma-separated, added to $HELIOS_PYTHON_MODULES); default "
         "none: a StreamingJob naming any other module is an InvalidSpec (python_not_allowed)",
     )
+    p.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address of the operator's /metrics and /healthz"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=os.environ.get("HELIOS_METRICS_PORT") or str(DEFAULT_METRICS_PORT),
+        help=f"port of the operator's own /metrics and /healthz, served by standby and leader alike, "
+        f"without a token ($HELIOS_METRICS_PORT or {DEFAULT_METRICS_PORT}; 0 picks one)",
+    )
+    p.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=os.environ.get("HELIOS_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
+        help="run only while holding a coordination.k8s.io Lease, for several replicas over one shared "
+        "home ($HELIOS_LEADER_ELECTION); a standby waits and takes over when the leader dies",
+    )
+    p.add_argument(
+        "--lease-name", default=DEFAULT_LEASE_NAME, help=f"the Lease (default {DEFAULT_LEASE_NAME})"
+    )
+    p.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "",
+        help="namespace of the Lease (default $POD_NAMESPACE, else the kubeconfig's namespace)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=DEFAULT_LEASE_DURATION_S,
+        help=f"seconds a standby waits for an unrenewed Lease before taking over (default "
+        f"{DEFAULT_LEASE_DURATION_S:g}); the leader renews every duration/7.5 and gives up after 2/3 of it",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_operator)
 
@@ -110,6 +144,21 @@ def cmd_operator(args: argparse.Namespace) -> int:
     if not 0 <= args.read_port <= 65535:
         print("error: --read-port must be from 0 to 65535", file=sys.stderr)
         return 2
+    if not 0 <= args.metrics_port <= 65535:
+        print("error: --metrics-port must be from 0 to 65535", file=sys.stderr)
+        return 2
+    lease = None
+    if args.leader_election:
+        from heliosdb_streaming.kubernetes.operator.leader import LeaseSettings
+
+        duration = args.lease_duration
+        try:
+            lease = LeaseSettings(
+                args.lease_namespace, args.lease_name, duration, duration * 2 / 3, duration / 7.5
+            )
+        except ValueError as e:
+            print(f"error: --lease-duration: {e}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         handlers=[logformat.masked_stderr_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")],
@@ -129,11 +178,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
         allow_paths=tuple(Path(d) for d in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path))
         or None,
         python_modules=python_modules(args.python_modules) or None,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        lease=lease,
     )
     try:
         private.private_dir(options.home)  # jobs.db and job.json hold connection strings
-        store, files = SqliteJobStore(options.home / "jobs.db"), LocalJobFiles(options.home)
-        asyncio.run(app.run(options, store, files))
+        home = options.home
+        asyncio.run(app.run(options, lambda: (SqliteJobStore(home / "jobs.db"), LocalJobFiles(home))))
     except Exception as e:  # a login or startup failure: say it in one line
         logging.getLogger(__name__).error("operator stopped: %s: %s", type(e).__name__, e)
         return 1

@@ -7,7 +7,10 @@ the budget survives a control-plane restart (invariant 4 of ``control.controller
 ``failure_rate`` is Flink's failure-rate strategy: the job fails when more than
 ``max_failures_per_interval`` failures, this one included, fall within the sliding
 ``failure_rate_interval_ms`` that ends now; otherwise it restarts after ``delay_ms``. The other
-strategies count failures in a row until a user restarts the job.
+strategies count failures in a row until a user restarts the job, or until a run lasts
+``reset_after_ms`` without failing (``run_since``: when the failed run started or was due): that
+failure is then the first of a new count, as after Flink's exponential-delay
+``reset-backoff-threshold``, so failures spread over a long life do not exhaust the strategy.
 """
 
 from __future__ import annotations
@@ -32,11 +35,21 @@ def decide(
     failures_since_restart: int,
     failure_times: tuple[datetime, ...] | list[datetime],
     now: datetime,
+    run_since: datetime | None = None,
 ) -> RestartDecision:
-    """What a failure at ``now`` means under ``strategy``, given the failures before it."""
-    count = failures_since_restart + 1
+    """What a failure at ``now`` means under ``strategy``, given the failures before it and when the
+    failed run began (None: unknown, never a reset)."""
     if strategy.type == "failure_rate":
-        return _failure_rate(strategy, count, failure_times, now)
+        return _failure_rate(strategy, failures_since_restart + 1, failure_times, now)
+    stable = timedelta(milliseconds=strategy.reset_after_ms)
+    if (
+        strategy.reset_after_ms
+        and run_since is not None
+        and now - run_since >= stable
+        and failures_since_restart
+    ):
+        failures_since_restart = 0  # the run was stable: its restarts were earned back
+    count = failures_since_restart + 1
     allowed = strategy.max_restarts()
     if failures_since_restart < allowed:
         delay = strategy.delay_for(count)

@@ -285,7 +285,11 @@ class RunSupervisor:
                 entry.relaunch = self.tasks.spawn(self._delayed_relaunch(entry, 0))
                 return
             decision = restart_policy.decide(
-                entry.config.restart_strategy, record.failures_since_restart, record.failure_times, now
+                entry.config.restart_strategy,
+                record.failures_since_restart,
+                record.failure_times,
+                now,
+                run_since=record.relaunch_at or record.started_at,  # the failed run's start
             )
             record.failure_times = list(decision.failure_times)
             if decision.restart:

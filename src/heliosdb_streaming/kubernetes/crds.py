@@ -130,6 +130,20 @@ def streaming_job_spec_schema() -> Schema:
                 "this many seconds after the job finished, failed or was cancelled; kept while "
                 "Savepoint resources refer to it. Absent: kept until deleted",
             },
+            "podDisruptionBudget": {
+                "type": "object",
+                "description": "An opt-in PodDisruptionBudget over the job's worker pods, created and "
+                "owned by the operator (<name>-workers), applied at once (no restart)",
+                "properties": {
+                    "enabled": {"type": "boolean", "default": False},
+                    "maxUnavailable": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": 1,
+                        "description": "Worker pods a voluntary disruption (drain) may evict at a time",
+                    },
+                },
+            },
             "image": {
                 "type": "string",
                 "minLength": 1,

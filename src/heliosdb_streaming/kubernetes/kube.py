@@ -74,6 +74,8 @@ EVENTS = Resource("", "v1", "events")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 STREAMINGJOBS = Resource(crds.GROUP, crds.VERSION, crds.STREAMING_JOB_PLURAL)
 SAVEPOINTS = Resource(crds.GROUP, crds.VERSION, crds.SAVEPOINT_PLURAL)
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+PODDISRUPTIONBUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
 
 
 class ApiError(Exception):

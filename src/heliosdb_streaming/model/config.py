@@ -134,6 +134,9 @@ class RestartStrategy(_Strict):
     attempts from 1 s doubling up to 60 s; failure_rate = at most 1 failure per 60 s, restarts 10 s
     apart (Flink's failure-rate strategy: the job fails when more than ``max_failures_per_interval``
     failures fall within the sliding ``failure_rate_interval_ms``; ``control.restart_policy``).
+    fixed_delay and exponential_backoff count failures in a row: a run that lasted ``reset_after_ms``
+    (default 1 h; 0: never) before it failed starts the count again, so a long-lived job is not failed
+    by failures spread over its whole life.
     """
 
     type: Literal["none", "fixed_delay", "exponential_backoff", "failure_rate"] = "fixed_delay"
@@ -144,6 +147,10 @@ class RestartStrategy(_Strict):
     max_delay_ms: StrictInt = Field(default=60_000, ge=0, le=86_400_000)
     max_failures_per_interval: StrictInt = Field(default=1, ge=1, le=MAX_FAILURES_PER_INTERVAL)
     failure_rate_interval_ms: StrictInt = Field(default=60_000, ge=1, le=86_400_000)
+    # fixed_delay and exponential_backoff: a run that lasted this long without failing gives the job
+    # its restarts (and the first backoff delay) back, as Flink's exponential-delay
+    # ``reset-backoff-threshold`` (1 h there too); 0 never resets. failure_rate has its own window.
+    reset_after_ms: StrictInt = Field(default=3_600_000, ge=0, le=30 * 86_400_000)
 
     @staticmethod
     def none() -> RestartStrategy:
@@ -198,7 +205,10 @@ class RestartStrategy(_Strict):
             "exponential_backoff": ("max_attempts", "initial_delay_ms", "max_delay_ms"),
             "failure_rate": ("max_failures_per_interval", "failure_rate_interval_ms", "delay_ms"),
         }[self.type]
-        return {"type": self.type, **{k: getattr(self, k) for k in keys}}
+        wire = {"type": self.type, **{k: getattr(self, k) for k in keys}}
+        if self.type in ("fixed_delay", "exponential_backoff") and self.reset_after_ms != 3_600_000:
+            wire["reset_after_ms"] = self.reset_after_ms
+        return wire
 
     def max_restarts(self) -> int:
         """Restarts in a row the strategy allows (failure_rate: within one interval)."""

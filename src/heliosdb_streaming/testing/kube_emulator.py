@@ -30,6 +30,8 @@ kmock's private internals; each is small and is here for one reason:
 2. ``_handle`` (private) stamps ``uid``, ``resourceVersion``, ``generation``, ``creationTimestamp`` and
    ``generateName`` names on the request's body, and prunes/validates custom resources against their
    schema (``_admit``), before kmock stores the object: kmock stores the body as it is given.
+   A merge patch that names a ``metadata.resourceVersion`` other than the stored one is 409 Conflict,
+   as on a real server (the operator's leader election relies on it: ``operator.leader``).
 3. ``_serve_list`` (private) adds the list's ``metadata.resourceVersion``, which a watch resumes from.
 4. ``_serve_watch`` (private) sends only changes after the requested ``resourceVersion``, as a real
    server does; kmock replays every object as ADDED, and a client that listed first would then see
@@ -392,6 +394,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             meta = data.get("metadata")
             if not isinstance(meta, dict):
                 meta = data["metadata"] = {}
+            have = (current or {}).get("metadata", {}).get("resourceVersion")
+            if meta.get("resourceVersion") is not None and meta["resourceVersion"] != have:
+                # a patch naming a resourceVersion is a precondition (optimistic concurrency: Leases)
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message="the object has been modified; please apply your changes to the latest version",
+                )
             meta["resourceVersion"] = version
             if "spec" in data and request.subresource is None and generation is not None:
                 meta["generation"] = generation + 1

@@ -96,6 +96,12 @@ def operator_command(home: Path, control_port: int, *args: str) -> list[str]:
         "-m",
         "heliosdb_streaming.cli.main",
         "operator",
+        # its own metrics on a port the system picks: the default 8083 would collide with any other
+        # operator on the machine; ``args`` may name one (the last --metrics-port wins)
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
         *args,
         "--home",
         str(home),

@@ -87,3 +87,63 @@ def test_failure_rate_on_the_wire() -> None:
     with pytest.raises(InvalidJobConfigError) as e:
         JobConfig.from_dict({**body, "config": {"restart_strategy": zero}})
     assert "config.restart_strategy.max_failures_per_interval" in {err.path for err in e.value.errors}
+
+
+# ------------------------------------------------------------------ reset after a stable period
+
+FIXED = RestartStrategy(type="fixed_delay", attempts=2, delay_ms=100, reset_after_ms=60_000)
+
+
+def test_a_stable_run_gives_fixed_delay_its_attempts_back() -> None:
+    """Two failures in a row exhaust 2 attempts unless the run before the failure lasted 60 s."""
+    at = T0 + timedelta(seconds=30)
+    exhausted = decide(FIXED, 2, (), at, run_since=at - timedelta(seconds=59))
+    assert not exhausted.restart and "exhausted after 2" in exhausted.why
+    earned = decide(FIXED, 2, (), at, run_since=at - timedelta(seconds=60))
+    assert (earned.restart, earned.failures_since_restart) == (True, 1)
+    assert earned.why == "restart 1 of 2 in 0.1s (fixed_delay)"
+
+
+def test_no_reset_when_disabled_or_the_start_is_unknown() -> None:
+    at = T0 + timedelta(hours=5)
+    never = FIXED.model_copy(update={"reset_after_ms": 0})
+    assert not decide(never, 2, (), at, run_since=T0).restart
+    assert not decide(FIXED, 2, (), at).restart  # no run_since: the count stands
+
+
+def test_exponential_backoff_starts_again_from_the_initial_delay() -> None:
+    exp = RestartStrategy(
+        type="exponential_backoff",
+        max_attempts=5,
+        initial_delay_ms=1000,
+        max_delay_ms=60_000,
+        reset_after_ms=10_000,
+    )
+    at = T0 + timedelta(minutes=1)
+    assert decide(exp, 3, (), at, run_since=at - timedelta(seconds=1)).delay_s == 8.0
+    assert decide(exp, 3, (), at, run_since=at - timedelta(seconds=10)).delay_s == 1.0
+
+
+def test_default_reset_is_one_hour_and_on_the_wire_only_when_changed() -> None:
+    assert RestartStrategy().reset_after_ms == 3_600_000
+    assert RestartStrategy(type="fixed_delay").to_wire() == "fixed_delay"
+    assert FIXED.to_wire() == {
+        "type": "fixed_delay",
+        "attempts": 2,
+        "delay_ms": 100,
+        "reset_after_ms": 60_000,
+    }
+
+    def config(reset_after_ms: int) -> JobConfig:
+        return JobConfig.from_dict(
+            {
+                "name": "j",
+                "sources": [{"type": "datagen", "config": {}}],
+                "sinks": [{"type": "discard", "config": {}}],
+                "config": {"restart_strategy": {"type": "fixed_delay", "reset_after_ms": reset_after_ms}},
+            }
+        )
+
+    assert config(5000).restart_strategy.reset_after_ms == 5000
+    with pytest.raises(InvalidJobConfigError, match="reset_after_ms"):
+        config(-1)

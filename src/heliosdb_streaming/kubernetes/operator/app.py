@@ -7,14 +7,24 @@ Startup order matters: bindings are loaded and the pod watch runs before the con
 because the control plane recovers the jobs that were active and relaunches their pods at once.
 On shutdown kopf stops first, then the control plane stops every run (the jobs keep their status and
 run again, from their latest checkpoint, when an operator starts over the same ``home``).
+
+With leader election (``--leader-election``, the chart's default with two replicas) all of that waits
+until this replica holds the Lease (``operator.leader``): a standby serves only its health and
+metrics port (``operator.opmetrics``) and has not even opened the job store. Taking over is an
+operator start over the shared home: the control plane recovers the active jobs and relaunches their
+pods from their latest checkpoints. A leader that cannot renew the Lease exits at once (status 3)
+without touching the jobs, which the new leader owns by then (client-go's leaders die the same way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +35,11 @@ from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import events, handlers, pods, readapi
+from heliosdb_streaming.kubernetes.operator import events, handlers, opmetrics, pods, readapi
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
+from heliosdb_streaming.kubernetes.operator.leader import LeaderElector, LeaseSettings
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 from heliosdb_streaming.kubernetes.operator.statuswriter import StatusWriter
@@ -38,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE = "heliosdb-streaming:latest"
 DEFAULT_CONTROL_PORT = 7070
+LOST_LEADERSHIP_EXIT = 3
+LEADER_LABEL = "streaming.heliosdb.io/operator-leader"  # the chart's operator Service selects "true"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +73,9 @@ class OperatorOptions:
     api_token: str | None = None  # bearer token the read API requires (HELIOS_API_TOKEN)
     allow_paths: tuple[Path, ...] = ()  # besides the home: where a spec's local files may be
     python_modules: tuple[str, ...] = ()  # the modules python steps may name (none by default)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = opmetrics.DEFAULT_METRICS_PORT  # /metrics and /healthz; None: not served
+    lease: LeaseSettings | None = None  # leader election over this Lease; None: always active
 
     @classmethod
     def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
@@ -95,93 +111,160 @@ def allowed_roots(options: OperatorOptions) -> paths.AllowedRoots:
 
 async def run(
     options: OperatorOptions,
-    store: JobStore,
-    files: JobFiles,
+    open_store: Callable[[], tuple[JobStore, JobFiles]],
     *,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
 ) -> None:
-    """Runs the operator over ``store`` and ``files`` (job.json, read by the launcher, and the job
-    logs) until ``stop_flag`` is set or SIGINT/SIGTERM arrives.
+    """Runs the operator until ``stop_flag`` is set or SIGINT/SIGTERM arrives. ``open_store`` gives the
+    job store and files (job.json, read by the launcher, and the job logs), called once this replica
+    leads.
 
     ``options.home`` must exist and be private (0700): jobs.db and job.json hold connection strings."""
     connection = kube.load_connection_info()
+    metrics = opmetrics.OperatorMetrics()
+    stop = stop_flag or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if stop_flag is None:  # kopf installs its own once it runs; these stop a standby
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    async with kube.KubeClient(connection) as client, contextlib.AsyncExitStack() as stack:
+        if options.metrics_port is not None:
+            await stack.enter_async_context(
+                opmetrics.serve(metrics, options.metrics_host, options.metrics_port)
+            )
+        if options.lease is None:
+            metrics.set_leading(True)
+            await _lead(options, open_store, client, connection, metrics, stop, ready_flag)
+            return
+        lease = options.lease
+        if not lease.namespace:  # the kubeconfig's (in a pod: its service account's) namespace
+            lease = dataclasses.replace(lease, namespace=connection.default_namespace or "default")
+        elector = LeaderElector(client, lease, on_change=metrics.set_leading)
+        await _label_own_pod(client, leader=False)  # a restarted leader's pod must not keep "true"
+        acquired = asyncio.create_task(elector.acquire())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({acquired, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquired.done():
+            acquired.cancel()
+            stopped.cancel()
+            return
+        stopped.cancel()
+        await _label_own_pod(client, leader=True)
+        hold = asyncio.create_task(elector.hold())
+        lead = asyncio.create_task(_lead(options, open_store, client, connection, metrics, stop, ready_flag))
+        await asyncio.wait({hold, lead}, return_when=asyncio.FIRST_COMPLETED)
+        if hold.done() and not lead.done():
+            logger.critical("lost the Lease: exiting without stopping the jobs the new leader runs")
+            logging.shutdown()
+            os._exit(LOST_LEADERSHIP_EXIT)
+        hold.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hold
+        await elector.release()
+        await lead  # its exception, if any
+
+
+async def _label_own_pod(client: kube.KubeClient, *, leader: bool) -> None:
+    """Sets ``LEADER_LABEL`` on this replica's pod (``POD_NAME``/``POD_NAMESPACE``, the chart's
+    downward API env), so that the operator Service reaches the leader only. Outside a pod: nothing."""
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not name or not namespace:
+        return
+    patch = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else "false"}}}
+    try:
+        await client.patch(kube.PODS, namespace, name, patch)
+    except (kube.ApiError, OSError, TimeoutError) as e:
+        logger.warning("could not label pod %s/%s %s: %s", namespace, name, LEADER_LABEL, e)
+
+
+async def _lead(
+    options: OperatorOptions,
+    open_store: Callable[[], tuple[JobStore, JobFiles]],
+    client: kube.KubeClient,
+    connection: kopf.ConnectionInfo,
+    metrics: opmetrics.OperatorMetrics,
+    stop_flag: asyncio.Event,
+    ready_flag: asyncio.Event | None,
+) -> None:
+    """The active operator: control plane, read API, status writer, expiry and kopf."""
     namespaces = list(options.namespaces)
-    async with kube.KubeClient(connection) as client:
-        bindings = Bindings(options.home)
-        bindings.load()
-        pod_settings = pods.PodSettings(
-            image=options.image,
-            control_address=options.control_address,
-            env=options.worker_env,
-            env_secret=options.env_secret,
-            service_account=options.service_account,
-            python_modules=options.python_modules,
+    store, files = open_store()
+    bindings = Bindings(options.home)
+    bindings.load()
+    pod_settings = pods.PodSettings(
+        image=options.image,
+        control_address=options.control_address,
+        env=options.worker_env,
+        env_secret=options.env_secret,
+        service_account=options.service_account,
+        python_modules=options.python_modules,
+    )
+    launcher = KubernetesLauncher(client, pod_settings, bindings.target, namespaces or None)
+    metrics.watch_source = lambda: (launcher.watch_restarts, launcher.watch_failures)
+    await launcher.start()
+    plane = ControlPlane(
+        home=options.home,
+        store=store,
+        launcher=launcher,
+        files=files,
+        max_parallelism=options.max_parallelism,
+        checkpoint_uri=options.checkpoint_storage,
+        control_host=options.control_host,
+        control_port=options.control_port,
+    )
+    status_writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
+    launcher.listeners.append(status_writer.mark)
+    savepoint_controller = SavepointController(client, plane, bindings)
+    roots = allowed_roots(options)
+    user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
+    jobs_reconciler = StreamingJobReconciler(
+        client, plane, bindings, launcher, status_writer, savepoint_controller, roots, user_code
+    )
+    plane.status_listeners.append(status_writer.mark)
+    writer: asyncio.Task[None] | None = None
+    expiry: asyncio.Task[None] | None = None
+    read_api = contextlib.AsyncExitStack()
+    try:
+        await plane.start()
+        logger.info(
+            "control plane listening on %s:%d (workers connect to %s)",
+            options.control_host,
+            options.control_port,
+            options.control_address or plane.control_address,
         )
-        launcher = KubernetesLauncher(client, pod_settings, bindings.target, namespaces or None)
-        await launcher.start()
-        plane = ControlPlane(
-            home=options.home,
-            store=store,
-            launcher=launcher,
-            files=files,
-            max_parallelism=options.max_parallelism,
-            checkpoint_uri=options.checkpoint_storage,
-            control_host=options.control_host,
-            control_port=options.control_port,
-        )
-        status_writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
-        launcher.listeners.append(status_writer.mark)
-        savepoint_controller = SavepointController(client, plane, bindings)
-        roots = allowed_roots(options)
-        user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
-        jobs_reconciler = StreamingJobReconciler(
-            client, plane, bindings, launcher, status_writer, savepoint_controller, roots, user_code
-        )
-        plane.status_listeners.append(status_writer.mark)
-        writer: asyncio.Task[None] | None = None
-        expiry: asyncio.Task[None] | None = None
-        read_api = contextlib.AsyncExitStack()
-        try:
-            await plane.start()
-            logger.info(
-                "control plane listening on %s:%d (workers connect to %s)",
-                options.control_host,
-                options.control_port,
-                options.control_address or plane.control_address,
-            )
-            if options.read_port is not None:  # for `helios server --substrate kubernetes`
-                await read_api.enter_async_context(
-                    readapi.serve(
-                        plane,
-                        bindings,
-                        options.read_host,
-                        options.read_port,
-                        options.api_token,
-                        allowed_roots=roots,
-                        user_code=user_code,
-                    )
+        if options.read_port is not None:  # for `helios server --substrate kubernetes`
+            await read_api.enter_async_context(
+                readapi.serve(
+                    plane,
+                    bindings,
+                    options.read_host,
+                    options.read_port,
+                    options.api_token,
+                    allowed_roots=roots,
+                    user_code=user_code,
                 )
-            writer = asyncio.create_task(status_writer.write_status_forever())
-            expiry = asyncio.create_task(JobExpiry(client, plane, bindings).expire_forever())
-            # kopf posts its warnings about an object (a handler's error and traceback) as Events
-            logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
-            logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)  # no Event per wait retry
-            await kopf.operator(
-                registry=handlers.build_registry(jobs_reconciler, savepoint_controller, connection),
-                settings=handlers.settings(namespaces),
-                clusterwide=not namespaces,
-                namespaces=namespaces,
-                standalone=True,
-                stop_flag=stop_flag,
-                ready_flag=ready_flag,
             )
-        finally:
-            for task in (writer, expiry):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            await read_api.aclose()
-            await plane.close()
-            await launcher.close()
+        writer = asyncio.create_task(status_writer.write_status_forever())
+        expiry = asyncio.create_task(JobExpiry(client, plane, bindings).expire_forever())
+        # kopf posts its warnings about an object (a handler's error and traceback) as Events
+        logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
+        logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)  # no Event per wait retry
+        await kopf.operator(
+            registry=handlers.build_registry(jobs_reconciler, savepoint_controller, connection, metrics),
+            settings=handlers.settings(namespaces),
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        for task in (writer, expiry):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await read_api.aclose()
+        await plane.close()
+        await launcher.close()

@@ -42,6 +42,7 @@ class Binding:
     # the pod settings (image, resources, podTemplate) the job's runs were last (re)started with by the
     # user: a change of them is applied by the next restartNonce, as a change of the job's settings
     applied_pod: dict[str, Any] | None = None
+    disruption_budget: int | None = None  # the maxUnavailable of the PodDisruptionBudget it made, if any
 
     @property
     def pod_settings(self) -> dict[str, Any]:

@@ -10,13 +10,16 @@ Handler progress is kept in annotations only (``streaming.heliosdb.io/<handler>`
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
 
 from heliosdb_streaming.kubernetes import crds
-from heliosdb_streaming.kubernetes.operator.events import COMPONENT
+from heliosdb_streaming.kubernetes.operator.events import COMPONENT, WAITING
+from heliosdb_streaming.kubernetes.operator.opmetrics import OperatorMetrics
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 
@@ -49,8 +52,22 @@ def build_registry(
     jobs_reconciler: StreamingJobReconciler,
     savepoint_controller: SavepointController,
     connection: kopf.ConnectionInfo,
+    metrics: OperatorMetrics | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+
+    @contextlib.contextmanager
+    def counted(resource: str, handler: str) -> Iterator[None]:
+        """Counts the call; an exception counts as an error unless it is an expected wait."""
+        try:
+            yield
+        except Exception as e:
+            if metrics is not None:
+                metrics.reconciled(resource, handler, error=WAITING not in str(e))
+            raise
+        if metrics is not None:
+            metrics.reconciled(resource, handler, error=False)
+
     jobs = (crds.GROUP, crds.VERSION, crds.STREAMING_JOB_PLURAL)
     savepoints = (crds.GROUP, crds.VERSION, crds.SAVEPOINT_PLURAL)
 
@@ -61,20 +78,24 @@ def build_registry(
     @kopf.on.resume(*jobs, id="resume", registry=registry, backoff=BACKOFF_S)
     @kopf.on.create(*jobs, id="create", registry=registry, backoff=BACKOFF_S)
     @kopf.on.update(*jobs, id="update", field="spec", registry=registry, backoff=BACKOFF_S)
-    async def reconcile_job(body: kopf.Body, **_: Any) -> None:
-        await jobs_reconciler.reconcile_job(body)
+    async def reconcile_job(body: kopf.Body, reason: str, **_: Any) -> None:
+        with counted("streamingjobs", str(getattr(reason, "value", reason) or "reconcile")):
+            await jobs_reconciler.reconcile_job(body)
 
     @kopf.on.delete(*jobs, id="delete", registry=registry, backoff=BACKOFF_S)
     async def finalize_job(body: kopf.Body, **_: Any) -> None:
-        await jobs_reconciler.finalize_job(body)
+        with counted("streamingjobs", "delete"):
+            await jobs_reconciler.finalize_job(body)
 
     @kopf.on.resume(*savepoints, id="resume", registry=registry, backoff=BACKOFF_S)
     @kopf.on.create(*savepoints, id="create", registry=registry, backoff=BACKOFF_S)
     async def take_savepoint(body: kopf.Body, retry: int, **_: Any) -> None:
-        await savepoint_controller.take_savepoint(body, retry)
+        with counted("savepoints", "take"):
+            await savepoint_controller.take_savepoint(body, retry)
 
     @kopf.on.delete(*savepoints, id="delete", registry=registry, backoff=BACKOFF_S)
     async def delete_savepoint(body: kopf.Body, **_: Any) -> None:
-        await savepoint_controller.delete_savepoint(body)
+        with counted("savepoints", "delete"):
+            await savepoint_controller.delete_savepoint(body)
 
     return registry

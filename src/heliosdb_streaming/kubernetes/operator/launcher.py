@@ -86,6 +86,8 @@ class KubernetesLauncher:
         # job id -> pod name -> (namespace, reason, message) of its pods that cannot start
         self._pending: dict[str, dict[str, tuple[str, str, str]]] = {}
         self.listeners: list[Callable[[str], None]] = []  # told the job id when its pending pods change
+        self.watch_restarts = 0  # pod watches started again after the first (operator metrics)
+        self.watch_failures = 0  # of them, after an error rather than the server's timeout
 
     def pending_pods(self, job_id: str) -> tuple[tuple[str, str, str], ...]:
         """``(pod, reason, message)`` of the job's worker pods that cannot start, by pod name."""
@@ -199,7 +201,11 @@ class KubernetesLauncher:
 
     async def _watch_forever(self, namespace: str | None) -> None:
         labels = {pods.LABEL_APP: pods.APP, pods.LABEL_COMPONENT: "worker"}
+        first = True
         while True:
+            if not first:
+                self.watch_restarts += 1
+            first = False
             try:
                 listed_from = next(self._seq)
                 items = await self.client.list(kube.PODS, namespace, labels)
@@ -211,6 +217,7 @@ class KubernetesLauncher:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                self.watch_failures += 1
                 logger.warning("watching pods in %s failed: %s", namespace or "all namespaces", e)
                 await asyncio.sleep(WATCH_BACKOFF_S)
 

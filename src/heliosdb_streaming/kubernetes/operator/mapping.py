@@ -57,6 +57,7 @@ class JobSpec:
     checkpoint_storage: str | None = None
     pod_template: dict[str, Any] = field(default_factory=dict)
     ttl_seconds_after_finished: int | None = None  # None: a terminal job is kept
+    disruption_budget: int | None = None  # spec.podDisruptionBudget's maxUnavailable when enabled
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> JobSpec:
@@ -80,6 +81,17 @@ class JobSpec:
         if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
             errors.append(FieldError("spec.ttlSecondsAfterFinished", "must be an integer >= 0"))
             ttl = None
+        budget_spec = spec.get("podDisruptionBudget") or {}
+        budget: int | None = None
+        if not isinstance(budget_spec, dict):
+            errors.append(FieldError("spec.podDisruptionBudget", "must be an object"))
+        elif budget_spec.get("enabled"):
+            budget = budget_spec.get("maxUnavailable", 1)
+            if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+                errors.append(
+                    FieldError("spec.podDisruptionBudget.maxUnavailable", "must be an integer >= 0")
+                )
+                budget = None
         pod_template: dict[str, Any] = {}
         resources: dict[str, Any] = {}
         try:
@@ -99,6 +111,7 @@ class JobSpec:
             pod_template=pod_template,
             checkpoint_storage=spec.get("checkpointStorage") or None,
             ttl_seconds_after_finished=ttl,
+            disruption_budget=budget,
         )
 
 

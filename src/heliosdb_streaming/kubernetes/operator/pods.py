@@ -139,6 +139,25 @@ def service_name(job: str) -> str:
     return f"{job}-workers"
 
 
+def disruption_budget_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def disruption_budget(target: Target, max_unavailable: int) -> dict[str, Any]:
+    """The job's opt-in PodDisruptionBudget (``spec.podDisruptionBudget``) over its worker pods: a
+    drain evicts at most ``max_unavailable`` of them at a time (an eviction restarts the job from its
+    latest checkpoint without using up its restart strategy, but each costs a recovery)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(target, disruption_budget_name(target.name), job_labels(target.name)),
+        "spec": {
+            "maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": {**job_labels(target.name), LABEL_COMPONENT: "worker"}},
+        },
+    }
+
+
 def owner_reference(target: Target) -> dict[str, Any]:
     return {
         "apiVersion": crds.API_VERSION,

@@ -19,7 +19,8 @@ Under ``/internal/v1`` it adds what only such an API server needs, all behind th
   the public logs route): the control plane's own lines about the job, without the lines its workers
   shipped (their pod logs hold those).
 * ``GET /internal/v1/metrics?namespace=NS``: the Prometheus exposition of ``NS``'s jobs only (the
-  operator renders the subset: valid by construction, and ``heliosdb_job_count`` counts them alone).
+  operator renders the subset: valid by construction, and ``heliosdb_job_count`` counts them alone),
+  each series labelled with its resource: ``namespace`` and ``streamingjob``.
 * ``POST /internal/v1/validate`` (and ``from_savepoint``): a submit's dry run with the operator's own
   checks (allowed paths, the python allow-list, the start snapshot, its ``--max-parallelism``), which
   it otherwise makes only when it reconciles the StreamingJob; 200 with the plan or the usual 400.
@@ -160,7 +161,13 @@ async def restore_point(request: web.Request) -> web.Response:
 async def namespace_metrics(request: web.Request) -> web.Response:
     """The exposition of one namespace's jobs: ``heliosdb_job_count`` counts only theirs, too."""
     entries = _in_namespace(request, _namespace(request))
-    body = await prometheus.render_entries_async(entries)
+    bindings = request.app[BINDINGS]
+
+    def resource_labels(job_id: str) -> dict[str, str]:
+        binding = bindings.get(job_id)
+        return {"namespace": binding.namespace, "streamingjob": binding.name} if binding else {}
+
+    body = await prometheus.render_entries_async(entries, job_labels=resource_labels)
     return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 

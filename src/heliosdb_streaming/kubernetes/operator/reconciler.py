@@ -118,6 +118,7 @@ class StreamingJobReconciler:
         if binding.ttl_seconds_after_finished != desired.ttl_seconds_after_finished:
             binding.ttl_seconds_after_finished = desired.ttl_seconds_after_finished  # for ``expiry``
             self.bindings.save(binding)
+        await self._ensure_disruption_budget(binding, desired.disruption_budget)
         entry = self.plane.get(binding.job_id)
         generation = meta.get("generation")
         changed = binding.generation not in (None, generation)
@@ -364,6 +365,27 @@ class StreamingJobReconciler:
                 raise kopf.PermanentError(str(e)) from None
             logger.info("%s/%s submitted as %s", namespace, name, job_id)
         return binding
+
+    async def _ensure_disruption_budget(self, binding: Binding, wanted: int | None) -> None:
+        """Creates, changes or deletes the job's PodDisruptionBudget as ``spec.podDisruptionBudget``
+        says, at once; the binding remembers what exists, so a job without one costs no request."""
+        if wanted == binding.disruption_budget:
+            return
+        name = pods.disruption_budget_name(binding.name)
+        if wanted is None:
+            await self.client.delete(kube.PODDISRUPTIONBUDGETS, binding.namespace, name)
+        else:
+            try:
+                await self.client.create(
+                    kube.PODDISRUPTIONBUDGETS,
+                    binding.namespace,
+                    pods.disruption_budget(binding.target, wanted),
+                )
+            except kube.ConflictError:  # made before (the binding was not saved), or maxUnavailable changed
+                change = {"spec": {"maxUnavailable": wanted}}
+                await self.client.patch(kube.PODDISRUPTIONBUDGETS, binding.namespace, name, change)
+        binding.disruption_budget = wanted
+        self.bindings.save(binding)
 
     async def _ensure_service(self, binding: Binding) -> None:
         with contextlib.suppress(kube.ConflictError):
