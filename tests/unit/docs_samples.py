@@ -16,7 +16,10 @@ space-separated words:
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,3 +89,31 @@ def extract(path: Path) -> list[Sample]:
 
 def all_samples() -> list[Sample]:
     return [s for path in SOURCES for s in extract(path)]
+
+
+# Runs a block as ``python -m asyncio`` would: top-level ``await`` and ``async with`` allowed.
+_RUNNER = """
+import ast, asyncio, sys
+source = open(sys.argv[1]).read()
+result = eval(compile(source, sys.argv[2], "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), {"__name__": "__main__"})
+if asyncio.iscoroutine(result):
+    asyncio.run(result)
+"""
+
+
+def run_python_sample(
+    sample: Sample, cwd: Path, pythonpath: Path, env: dict[str, str], text: str | None = None
+) -> str:
+    """Runs one block (or ``text`` made of it) in a fresh interpreter of this venv, with a home in
+    ``cwd``; its stdout, or a test failure with its stderr."""
+    (cwd / "sample.py").write_text(sample.text if text is None else text)
+    done = subprocess.run(
+        [sys.executable, "-c", _RUNNER, "sample.py", sample.where],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env, "PYTHONPATH": str(pythonpath), "HELIOS_HOME": str(cwd / "home")},
+    )
+    assert done.returncode == 0, f"{sample.where}: exit {done.returncode}\n{done.stdout}{done.stderr}"
+    return done.stdout

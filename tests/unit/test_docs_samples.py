@@ -16,8 +16,8 @@ import contextlib
 import copy
 import importlib
 import io
+import itertools
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from docs_samples import REPO, Sample, all_samples
+from docs_samples import REPO, Sample, all_samples, run_python_sample
 
 from heliosdb_streaming.api.errors import ERROR_CODES
 from heliosdb_streaming.api.schemas import ErrorResponse
@@ -174,7 +174,9 @@ def test_python_excerpts_resolve(sample: Sample, user_modules: Path) -> None:
     imported = _resolve_imports(tree, sample.where)
     if sample.has("continues"):  # the previous Python block of the page is its beginning
         before = [s for s in _of("python") if s.path == sample.path and s.line < sample.line][-1]
-        before_tree = compile(before.text, before.where, "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        before_tree = compile(
+            before.text, before.where, "exec", ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        )
         imported = {**_resolve_imports(before_tree, before.where), **imported}
     given = _given(sample)
     objects: dict[str, Any] = dict(imported)
@@ -197,31 +199,6 @@ def test_python_excerpts_resolve(sample: Sample, user_modules: Path) -> None:
             assert hasattr(owner, node.attr) or node.attr in fields, (
                 f"{sample.where}:{node.lineno}: {node.value.id}.{node.attr} does not exist"
             )
-
-
-# Runs a block as ``python -m asyncio`` would: top-level ``await`` and ``async with`` allowed.
-_RUNNER = """
-import ast, asyncio, sys
-source = open(sys.argv[1]).read()
-result = eval(compile(source, sys.argv[2], "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), {"__name__": "__main__"})
-if asyncio.iscoroutine(result):
-    asyncio.run(result)
-"""
-
-
-def run_python_sample(sample: Sample, cwd: Path, pythonpath: Path, env: dict[str, str]) -> str:
-    """Runs one block in a fresh interpreter of this venv; its stdout, or a failure with its stderr."""
-    (cwd / "sample.py").write_text(sample.text)
-    done = subprocess.run(
-        [sys.executable, "-c", _RUNNER, "sample.py", sample.where],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env, "PYTHONPATH": str(pythonpath), "HELIOS_HOME": str(cwd / "home")},
-    )
-    assert done.returncode == 0, f"{sample.where}: exit {done.returncode}\n{done.stdout}{done.stderr}"
-    return done.stdout
 
 
 @pytest.mark.parametrize(
@@ -253,7 +230,8 @@ def _parse_json(sample: Sample) -> Any:
 
 def _base_job() -> dict[str, Any]:
     """A valid job to embed fragments in: examples/embedded_window.json."""
-    return json.loads((REPO / "examples" / "embedded_window.json").read_text())
+    job: dict[str, Any] = json.loads((REPO / "examples" / "embedded_window.json").read_text())
+    return job
 
 
 def _job_of(sample: Sample, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -307,7 +285,7 @@ def test_json_samples(sample: Sample, user_modules: Path) -> None:
 def test_an_error_sample_names_the_fields_its_refusal_names(user_modules: Path) -> None:
     """A refused body followed by its error answer: the answer's paths are the model's."""
     checked = 0
-    for sample, answer in zip(SAMPLES, SAMPLES[1:], strict=False):
+    for sample, answer in itertools.pairwise(SAMPLES):
         if sample.lang != "json" or sample.error_code() is None or answer.lang != "json":
             continue
         body = _parse_json(answer)
@@ -434,7 +412,9 @@ def test_shell_samples(sample: Sample) -> None:
         elif tool in ("python", ".venv/bin/python") and argv[1:2] == ["-m"]:
             module = REPO.joinpath(*argv[2].split("."))  # run from the repository root
             found = module.with_suffix(".py").is_file() or (module / "__main__.py").is_file()
-            assert found or importlib.util.find_spec(argv[2]) is not None, f"{sample.where}: no module {argv[2]}"
+            assert found or importlib.util.find_spec(argv[2]) is not None, (
+                f"{sample.where}: no module {argv[2]}"
+            )
         elif tool == "kubectl":
             kinds = {s for crd in _crds().values() for s in crd["spec"]["names"].get("shortNames", [])}
             for word in argv[1:]:
@@ -449,7 +429,8 @@ def test_shell_samples(sample: Sample) -> None:
 
 def _crds() -> dict[str, dict[str, Any]]:
     return {
-        (crd := yaml.safe_load(p.read_text()))["spec"]["names"]["kind"]: crd for p in (REPO / "crds").glob("*.yaml")
+        (crd := yaml.safe_load(p.read_text()))["spec"]["names"]["kind"]: crd
+        for p in (REPO / "crds").glob("*.yaml")
     }
 
 
@@ -467,11 +448,12 @@ def _crd_validation() -> Any:
 
 def _check_pod_template(where: str, template: dict[str, Any]) -> None:
     """The podTemplate is a Kubernetes PodTemplateSpec: Kubernetes' own schema checks it."""
-    import kubernetes_validate
+    import kubernetes_validate  # type: ignore[import-untyped]
 
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **template.get("metadata", {})}}
-    pod["spec"] = copy.deepcopy(template.get("spec", {}))
-    for container in pod["spec"].get("containers", []):
+    spec: dict[str, Any] = copy.deepcopy(template.get("spec", {}))
+    metadata = {"name": "x", **template.get("metadata", {})}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+    for container in spec.get("containers", []):
         container.setdefault("image", "worker")
     try:
         kubernetes_validate.validate(pod, "1.30", strict=True)
@@ -479,11 +461,19 @@ def _check_pod_template(where: str, template: dict[str, Any]) -> None:
         pytest.fail(f"{where}: podTemplate: {e}")
 
 
-@pytest.mark.parametrize("sample", _of("yaml"), ids=_ids)
+def _is_prometheus_config(sample: Sample) -> bool:
+    return sample.text.lstrip().startswith("# prometheus.yml")
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [pytest.param(s, marks=[pytest.mark.promtool] if _is_prometheus_config(s) else []) for s in _of("yaml")],
+    ids=_ids,
+)
 def test_yaml_samples(sample: Sample, tmp_path: Path) -> None:
     doc = yaml.safe_load(sample.text)
     assert isinstance(doc, dict), f"{sample.where}: not a YAML mapping"
-    if sample.text.lstrip().startswith("# prometheus.yml"):
+    if _is_prometheus_config(sample):
         (tmp_path / "prometheus.yml").write_text(sample.text)
         done = subprocess.run(
             ["promtool", "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True, text=True
