@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+# The Markdown the site shows: its pages, and what they include (docs/hooks: README sections,
+# ARCHITECTURE.md, the chart's README). Code included with helios:include-code is the source itself.
+SOURCES = (
+    REPO / "README.md",
+    REPO / "ARCHITECTURE.md",
+    REPO / "helm" / "heliosdb-streaming" / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    *sorted((REPO / "docs" / "reference").glob("*.md")),
+)
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^\s`]*)")
 _MARK = re.compile(r"^\s*<!--\s*sample:\s*(?P<words>.*?)\s*-->\s*$")

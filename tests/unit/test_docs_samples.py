@@ -415,11 +415,25 @@ def test_shell_samples(sample: Sample) -> None:
             assert found or importlib.util.find_spec(argv[2]) is not None, (
                 f"{sample.where}: no module {argv[2]}"
             )
+        elif tool == "helm":
+            values = yaml.safe_load((REPO / "helm" / "heliosdb-streaming" / "values.yaml").read_text())
+            for key in (b.split("=")[0] for a, b in itertools.pairwise(argv) if a == "--set"):
+                node: Any = values
+                for part in key.split("."):
+                    assert isinstance(node, dict) and part in node, f"{sample.where}: no chart value {key}"
+                    node = node[part]
         elif tool == "kubectl":
             kinds = {s for crd in _crds().values() for s in crd["spec"]["names"].get("shortNames", [])}
+            files = {b for a, b in itertools.pairwise(argv) if a in ("-f", "--filename")}
             for word in argv[1:]:
-                if "/" in word and not word.startswith("-"):
+                if "/" in word and not word.startswith("-") and word not in files:
                     assert word.split("/")[0] in kinds | {"pod", "pods", "deploy"}, f"{sample.where}: {word}"
+            valued = ("-n", "--namespace", "-f", "--filename")
+            positional = [b for a, b in itertools.pairwise(argv) if not b.startswith("-") and a not in valued]
+            verb_and_type = positional[:2]
+            if verb_and_type[0] in ("get", "describe", "delete") and "/" not in verb_and_type[1]:
+                names = {n for crd in _crds().values() for n in _crd_names(crd)}
+                assert verb_and_type[1] in names | {"pods", "pod", "events"}, f"{sample.where}: {argv}"
             if argv[1] == "scale":
                 assert all("scale" in crd["spec"]["versions"][0]["subresources"] for crd in _sj_crd())
 
@@ -432,6 +446,11 @@ def _crds() -> dict[str, dict[str, Any]]:
         (crd := yaml.safe_load(p.read_text()))["spec"]["names"]["kind"]: crd
         for p in (REPO / "crds").glob("*.yaml")
     }
+
+
+def _crd_names(crd: dict[str, Any]) -> set[str]:
+    names = crd["spec"]["names"]
+    return {names["plural"], names["singular"], *names.get("shortNames", [])}
 
 
 def _sj_crd() -> list[dict[str, Any]]:
