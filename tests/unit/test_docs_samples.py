@@ -37,9 +37,10 @@ from heliosdb_streaming.job import InvalidJobConfigError, JobConfig
 from heliosdb_streaming.model.expr import validate_expression
 
 SAMPLES = all_samples()
-CHECKED = {"json", "python", "sh", "bash", "console", "yaml", "text"}
-# Not checked, and why: promql needs a Prometheus with the series; a Dockerfile needs a Docker daemon.
-UNCHECKED = {"promql", "dockerfile"}
+CHECKED = {"json", "python", "sh", "bash", "console", "yaml", "text", "promql"}
+# Not checked, and why: building a Dockerfile needs a Docker daemon (tests/k8s/test_image.py builds the
+# project's own). ``text`` blocks are output and diagrams unless marked (expressions, validate-output).
+UNCHECKED = {"dockerfile"}
 
 
 def _of(*langs: str) -> list[Sample]:
@@ -294,6 +295,8 @@ def test_an_error_sample_names_the_fields_its_refusal_names(user_modules: Path) 
         with pytest.raises(InvalidJobConfigError) as refused:
             JobConfig.from_dict(_job_of(sample, _parse_json(sample)))
         assert [d["path"] for d in body["error"]["details"]] == [d.path for d in refused.value.errors]
+        for shown, real in zip(body["error"]["details"], refused.value.errors, strict=True):
+            assert "..." in shown["message"] or shown["message"] == real.message, answer.where
         assert body["error"]["code"] == refused.value.code
         checked += 1
     assert checked >= 1
@@ -302,10 +305,46 @@ def test_an_error_sample_names_the_fields_its_refusal_names(user_modules: Path) 
 # ------------------------------------------------------------------------------------------- text
 
 
+@pytest.mark.parametrize("sample", [s for s in _of("text") if s.has("validate-output")], ids=_ids)
+def test_validate_output_samples(sample: Sample, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``validate-output`` block is what ``helios validate`` prints for the page's previous job (with
+    ``parallelism=N`` of the mark)."""
+    from heliosdb_streaming.cli.main import build_parser
+
+    before = [_parse_json(s) for s in _of("json") if s.path == sample.path and s.line < sample.line]
+    job = [body for body in before if "sources" in body][-1]
+    if sample.option("parallelism"):
+        job["config"] = {**job.get("config", {}), "parallelism": int(sample.option("parallelism") or 0)}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    args = build_parser().parse_args(["validate", str(tmp_path / "job.json")])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == sample.text, sample.where
+
+
 @pytest.mark.parametrize("sample", [s for s in _of("text") if s.has("expressions")], ids=_ids)
 def test_expression_samples_compile(sample: Sample) -> None:
     for line in filter(None, (raw.strip() for raw in sample.text.splitlines())):
         validate_expression(line)
+
+
+@pytest.mark.promtool
+@pytest.mark.parametrize("sample", _of("promql"), ids=_ids)
+def test_promql_samples_parse(sample: Sample, tmp_path: Path) -> None:
+    """Each query line (comments dropped) parses, as a recording rule ``promtool check rules`` reads, and
+    names only metrics the server exports (the names of api/prometheus.py)."""
+    queries = [line.split("  #")[0].strip() for line in sample.text.splitlines() if line.strip()]
+    rules = [{"record": f"docs:sample_{i}", "expr": q} for i, q in enumerate(queries)]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "docs", "rules": rules}]}))
+    done = subprocess.run(
+        ["promtool", "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"{sample.where}: {done.stdout}{done.stderr}"
+    from heliosdb_streaming.api import prometheus
+
+    exported = {v for v in vars(prometheus).values() if isinstance(v, str) and v.startswith("heliosdb_")}
+    for name in re.findall(r"\b(heliosdb_\w+)", sample.text):
+        family = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in exported or family in exported, f"{sample.where}: the server exports no {name}"
 
 
 # ------------------------------------------------------------------------------------------ shell
