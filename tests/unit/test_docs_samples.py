@@ -37,10 +37,9 @@ from heliosdb_streaming.job import InvalidJobConfigError, JobConfig
 from heliosdb_streaming.model.expr import validate_expression
 
 SAMPLES = all_samples()
-CHECKED = {"json", "python", "sh", "bash", "console", "yaml", "text", "promql"}
-# Not checked, and why: building a Dockerfile needs a Docker daemon (tests/k8s/test_image.py builds the
-# project's own). ``text`` blocks are output and diagrams unless marked (expressions, validate-output).
-UNCHECKED = {"dockerfile"}
+CHECKED = {"json", "python", "sh", "bash", "console", "yaml", "text", "promql", "dockerfile"}
+# ``text`` blocks are output and diagrams, checked only when marked (expressions, validate-output).
+UNCHECKED: set[str] = set()
 
 
 def _of(*langs: str) -> list[Sample]:
@@ -345,6 +344,19 @@ def test_promql_samples_parse(sample: Sample, tmp_path: Path) -> None:
     for name in re.findall(r"\b(heliosdb_\w+)", sample.text):
         family = re.sub(r"_(bucket|sum|count)$", "", name)
         assert name in exported or family in exported, f"{sample.where}: the server exports no {name}"
+
+
+@pytest.mark.parametrize("sample", _of("dockerfile"), ids=_ids)
+def test_dockerfile_samples_build_on_the_published_image(sample: Sample) -> None:
+    """Building needs a Docker daemon (tests/k8s/test_image.py builds the project's image); what can rot
+    without one is checked: the base is the image the chart runs (``image.repository:appVersion``) and
+    the user switched back to is the one the project's Dockerfile runs as."""
+    chart = yaml.safe_load((REPO / "helm" / "heliosdb-streaming" / "Chart.yaml").read_text())
+    values = yaml.safe_load((REPO / "helm" / "heliosdb-streaming" / "values.yaml").read_text())
+    ours = re.findall(r"^USER\s+(\S+)", (REPO / "Dockerfile").read_text(), re.M)[-1]
+    base = re.findall(r"^FROM\s+(\S+)", sample.text, re.M)
+    assert base == [f"{values['image']['repository']}:{chart['appVersion']}"], sample.where
+    assert re.findall(r"^USER\s+(\S+)", sample.text, re.M)[-1] == ours, sample.where
 
 
 # ------------------------------------------------------------------------------------------ shell
