@@ -29,6 +29,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     schemas.ErrorResponse,
     schemas.SubmitJobResponse,
+    schemas.JobValidationResponse,
     schemas.JobListResponse,
     schemas.JobDetailsResponse,
     schemas.CancelJobResponse,
@@ -219,12 +220,17 @@ def build() -> dict[str, Any]:
         tag: str = "jobs",
         description: str | None = None,
         links: dict[str, Any] | None = None,
+        also: tuple[int, str, str] | None = None,
     ) -> dict[str, Any]:
         responses: dict[str, Any] = {
             str(status): {"description": summary}
             | ({"content": _json_content(refs[model])} if model is not None else {})
             | ({"links": links} if links else {}),
         }
+        if also is not None:  # a second success answer (a query parameter changes what the call does)
+            also_status, also_text, also_model = also
+            also_content = _json_content(refs[also_model])
+            responses[str(also_status)] = {"description": also_text, "content": also_content}
         changing = (415,) if op_id in _CHANGING_OPS else ()
         for code in (*errors, *changing, 401, 403):
             text = _ERROR_DESCRIPTIONS[code]
@@ -261,10 +267,21 @@ def build() -> dict[str, Any]:
                         "Start from this savepoint of any job (its location; an upgrade, as Flink's"
                         " --fromSavepoint); 400 at from_savepoint when no completed snapshot is there",
                     ),
+                    _param(
+                        "dry_run",
+                        "query",
+                        {"type": "boolean", "default": False},
+                        "(addition) Validate only: run every check of a submit (model, plan, paths, python"
+                        " allow-list, from_savepoint, the parallelism limit) and answer 200 with the plan, or"
+                        " 400 with every error at its field path; nothing is created",
+                    ),
                 ),
                 body="JobSubmitRequest",
                 errors=(400, 413),
                 links=_links(),
+                description="With dry_run=true the job is only validated: 200 with a JobValidationResponse"
+                " instead of 201, and no job exists afterwards.",
+                also=(200, "Valid (dry_run=true): the plan; nothing was submitted", "JobValidationResponse"),
             ),
             "get": op(
                 "listJobs",

@@ -80,6 +80,17 @@ class SubmitJobResponse(ApiBody):
     message: str
 
 
+class JobValidationResponse(ApiBody):
+    """(addition) The answer of a dry run (``POST /api/v1/jobs?dry_run=true``): the job passed every
+    check a submit makes; nothing was created."""
+
+    valid: bool = Field(description="Always true: an invalid job is answered 400 with every error")
+    name: str
+    parallelism: int
+    plan: JobPlanInfo = Field(description="The stages the job would run in, and why each boundary exists")
+    message: str
+
+
 class JobListResponse(ApiBody):
     jobs: list[JobSummary]
     total: int = Field(description="Number of jobs matching the status filter, before limit/offset")

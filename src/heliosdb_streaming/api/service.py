@@ -20,6 +20,7 @@ from heliosdb_streaming.model.types import (
     CheckpointInfo,
     JobDetails,
     JobMetrics,
+    JobPlanInfo,
     JobStatus,
     LogEntry,
     LogOptions,
@@ -36,6 +37,11 @@ class JobService(Protocol):
 
     async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
         """Submits a job, to start from another job's savepoint (its location) when given."""
+        ...
+
+    async def validate_job(self, config: JobConfig, from_savepoint: str | None = None) -> JobPlanInfo:
+        """Every check of ``submit_job`` (a dry run): the plan, or the error submit would raise. Creates
+        nothing."""
         ...
 
     async def list_jobs_json(self, status: JobStatus | None, limit: int, offset: int) -> bytes:
@@ -93,6 +99,9 @@ class CoreJobService:
 
     async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
         return await self.manager.submit_job(config, from_savepoint=from_savepoint)
+
+    async def validate_job(self, config: JobConfig, from_savepoint: str | None = None) -> JobPlanInfo:
+        return await self.manager.validate_job(config, from_savepoint=from_savepoint)
 
     async def list_jobs_json(self, status: JobStatus | None, limit: int, offset: int) -> bytes:
         return await self.manager.list_jobs_json(status, limit, offset)

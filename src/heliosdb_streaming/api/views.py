@@ -77,6 +77,16 @@ async def submit_job(request: web.Request) -> web.Response:
     if from_savepoint == "":
         raise InvalidParameterError("from_savepoint", "must be a savepoint location, got ''")
     jm = _manager(request)
+    if bool_param(request, "dry_run", False):
+        plan = await jm.validate_job(config, from_savepoint=from_savepoint)
+        checked = schemas.JobValidationResponse(
+            valid=True,
+            name=config.name,
+            parallelism=config.parallelism,
+            plan=plan,
+            message="Job is valid (dry run: nothing was submitted)",
+        )
+        return _json(checked)
     job_id = await jm.submit_job(config, from_savepoint=from_savepoint)
     details = await jm.get_job_details(job_id)
     answer = schemas.SubmitJobResponse(

@@ -253,6 +253,38 @@ async def submit(client: ApiClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def validate_on_server(path: str, url: str, from_savepoint: str | None) -> int:
+    """``helios validate FILE --server URL``: the server's dry run (``POST /api/v1/jobs?dry_run=true``),
+    which adds what only the server knows to the file's own checks (its allowed paths and python
+    modules, its parallelism limit, the start savepoint). Prints ``ok`` and the plan, or every problem
+    at its path (exit 2, as the local check); 1 for another server error, 3 when unreachable."""
+
+    async def check() -> int:
+        body = _read_job_file(path)
+        params = {"dry_run": "true"} | ({"from_savepoint": from_savepoint} if from_savepoint else {})
+        async with ApiClient(url, os.environ.get("HELIOS_API_TOKEN") or None) as client:
+            data = await client.call("POST", "/api/v1/jobs", params=params, body=body)
+        print("ok")
+        print(plan_text(data["plan"]))
+        return EXIT_OK
+
+    try:
+        return asyncio.run(check())
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerError as e:
+        if e.code in ("invalid_job_config", "python_not_allowed"):
+            for d in e.details:
+                print(f"{d.get('path', '')}: {d.get('message', '')}")
+            return EXIT_USAGE
+        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_SERVER_ERROR
+    except Unreachable as e:
+        print(f"error: cannot reach the helios server at {url}: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
 async def list_jobs(client: ApiClient, args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit), "offset": str(args.offset)}
     if args.status:

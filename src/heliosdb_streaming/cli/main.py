@@ -39,6 +39,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from heliosdb_streaming.job import InvalidJobConfigError, JobConfig
     from heliosdb_streaming.model.plan import plan_job
 
+    if args.server is not None:  # the server's dry run: its paths, python modules and limits too
+        from heliosdb_streaming.cli.client import DEFAULT_URL, validate_on_server
+
+        url = args.server or os.environ.get("HELIOS_URL") or DEFAULT_URL
+        return validate_on_server(args.file, url, args.from_savepoint)
     body = _load_job_file(args.file)
     try:
         config = JobConfig.from_dict(body)
@@ -156,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a job file and print every problem, or ok")
     validate.add_argument("file")
+    validate.add_argument(
+        "--server",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="ask a helios server (a dry run: nothing is submitted), so that its allowed paths, python "
+        "modules and parallelism limit are checked too (URL default: $HELIOS_URL or http://127.0.0.1:8081)",
+    )
+    validate.add_argument(
+        "--from-savepoint", metavar="LOCATION", help="with --server: check this start savepoint too"
+    )
     validate.set_defaults(func=cmd_validate)
 
     from heliosdb_streaming.cli import client, operator, server

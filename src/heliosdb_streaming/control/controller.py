@@ -219,18 +219,9 @@ class ControlPlane:
     def get(self, job_id: str) -> JobEntry:
         return self.table.get(job_id)
 
-    def submit(
-        self, config: JobConfig, job_id: str | None = None, start_from: SnapshotLocation | None = None
-    ) -> JobRecord:
-        """Records and queues a job. A caller-chosen ``job_id`` makes a retried submit idempotent.
-
-        With ``start_from`` (``checkpoint.tasks.locate_snapshot``) the job starts from another job's
-        savepoint or retained checkpoint, as Flink's ``--fromSavepoint``: source positions and state
-        whose operator and split still exist are restored, the rest starts empty. It stays the job's
-        restore point until the job has a snapshot of its own.
-        """
-        if job_id is not None and job_id in self.jobs:
-            return self.jobs[job_id].record
+    def check_submit(self, config: JobConfig, start_from: SnapshotLocation | None = None) -> None:
+        """What this plane refuses of a new job (its parallelism limit, a start snapshot that is gone),
+        as ``submit`` raises it; a dry run calls it alone."""
         if start_from is not None:
             self.snapshots.check_start_exists(start_from)
         if config.parallelism > self.max_parallelism:
@@ -243,6 +234,20 @@ class ControlPlane:
                     )
                 ]
             )
+
+    def submit(
+        self, config: JobConfig, job_id: str | None = None, start_from: SnapshotLocation | None = None
+    ) -> JobRecord:
+        """Records and queues a job. A caller-chosen ``job_id`` makes a retried submit idempotent.
+
+        With ``start_from`` (``checkpoint.tasks.locate_snapshot``) the job starts from another job's
+        savepoint or retained checkpoint, as Flink's ``--fromSavepoint``: source positions and state
+        whose operator and split still exist are restored, the rest starts empty. It stays the job's
+        restore point until the job has a snapshot of its own.
+        """
+        if job_id is not None and job_id in self.jobs:
+            return self.jobs[job_id].record
+        self.check_submit(config, start_from)
         job_id = job_id or f"job-{uuid.uuid4()}"
         record = JobRecord(
             job_id=job_id,

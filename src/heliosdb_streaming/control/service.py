@@ -46,6 +46,7 @@ from heliosdb_streaming.model.types import (
     TaskInfo,
     ThroughputPoint,
 )
+from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation
 from heliosdb_streaming.runtime.graph import operator_names
 
 
@@ -98,14 +99,33 @@ class JobServiceCore:
         from, as Flink's ``--fromSavepoint``: source positions and the state of operators that still
         exist are restored (an upgrade with a changed pipeline); the rest starts empty.
         """
+        config, start = await self._checked(config, from_savepoint)
+        plane = await self._control()
+        return plane.submit(config, start_from=start).job_id
+
+    async def validate_job(
+        self, config: JobConfig | dict[str, Any], *, from_savepoint: str | None = None
+    ) -> JobPlanInfo:
+        """Every check ``submit_job`` makes, and nothing else: the plan the job would run with.
+
+        A dry run (``POST /api/v1/jobs?dry_run=true``): raises exactly what ``submit_job`` would
+        raise for the same arguments, and creates no job, no file and no log."""
+        config, start = await self._checked(config, from_savepoint)
+        plane = await self._control()
+        plane.check_submit(config, start)
+        return JobPlanInfo.of(config)
+
+    async def _checked(
+        self, config: JobConfig | dict[str, Any], from_savepoint: str | None
+    ) -> tuple[JobConfig, SnapshotLocation | None]:
+        """The config after the model, plan, path and user-code checks, and where it would start."""
         if not isinstance(config, JobConfig):  # compiling expressions is CPU work: off the loop
             config = await asyncio.to_thread(JobConfig.from_dict, config)
         config.check_plan()  # again: a config built with model_copy skipped its validators
         await self._check_paths(config, from_savepoint)
         await self._check_user_code(config, imports=True)
         start = await locate_start(from_savepoint, "from_savepoint") if from_savepoint is not None else None
-        plane = await self._control()
-        return plane.submit(config, start_from=start).job_id
+        return config, start
 
     async def cancel_job(self, job_id: str) -> None:
         """Stops every worker of the job; it ends ``cancelled``. Raises JobNotFoundError, or

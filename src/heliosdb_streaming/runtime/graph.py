@@ -189,7 +189,8 @@ def build_chain(
         elif isinstance(step, transformations.PythonTransformation):
             built = PythonTransformation(step.config.function, step.config.kind)
         elif isinstance(step, transformations.ProcessTransformation):
-            built = _process(step.config, store_for(name), key_fn)
+            built = _process(step.config, store_for(name), key_fn, external)
+            external = False
         elif built is None:
             raise ValueError(f"unknown transformation type {step.type!r}")
         chain.append(built)
@@ -199,13 +200,15 @@ def build_chain(
 def first_event_time_step(config: JobConfig, steps: Collection[int]) -> tuple[int, str, int] | None:
     """The stage's first event-time step as (position, time field, lag): the exchange observes that
     field on the records it routes, and an origin's watermark is its largest value minus the lag
-    (a window: ``max_out_of_orderness`` + 1 ms, as Flink's; CEP: 1 ms)."""
+    (a window or a process step: ``max_out_of_orderness`` + 1 ms, as Flink's; CEP: 1 ms)."""
     for position in sorted(steps):
         step = config.transformations[position]
         if isinstance(step, transformations.WindowTransformation) and step.config.time == "event":
             return position, step.config.time_field, parse_duration_ms(step.config.max_out_of_orderness) + 1
         if isinstance(step, transformations.CepTransformation):
             return position, step.config.time_field, 1
+        if isinstance(step, transformations.ProcessTransformation):
+            return position, step.config.time_field, parse_duration_ms(step.config.max_out_of_orderness) + 1
     return None
 
 
@@ -245,7 +248,9 @@ def _cep(
     )
 
 
-def _process(c: transformations.ProcessSettings, store: StateStore, key_fn: KeyFn | None) -> Transformation:
+def _process(
+    c: transformations.ProcessSettings, store: StateStore, key_fn: KeyFn | None, external: bool = False
+) -> Transformation:
     cls = usercode.load_class(c.function, KeyedProcessFunction, usercode.worker_allow_list())
     key = basic.compile_key(c.key) if c.key else key_fn
     if key is None:  # refused at submit; a stored config is not checked again
@@ -263,6 +268,7 @@ def _process(c: transformations.ProcessSettings, store: StateStore, key_fn: KeyF
         function_name=c.function,
         time_field=c.time_field,
         max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
+        external_watermark=external,
     )
 
 

@@ -1,4 +1,6 @@
 // The Job page: status and actions, the plan, live charts, checkpoints, savepoints and logs.
+// A job whose run is being restarted after a failure shows a "recovering" badge beside its status;
+// the autoscaler's section (last decision, recent ones) appears when the job has one.
 //
 // Charts: throughput is the metrics API's per-minute history over the chosen window, then the
 // samples of each poll; checkpoint duration is the job's checkpoints list; p99 latency and
@@ -7,6 +9,7 @@
 
 import { api } from "./api.js";
 import { LineChart } from "./chart.js";
+import { renderPlan } from "./plan.js";
 import { bytes, describeError, duration, flash, h, number, statusBadge, time } from "./util.js";
 
 const WINDOWS = { "1m": 60e3, "5m": 300e3, "1h": 3600e3, "24h": 86400e3 };
@@ -51,6 +54,7 @@ export function render(root, [jobId]) {
       format: (v) => number(v, 0) }),
   };
   const stats = h("dl.facts", { id: "metrics-facts" });
+  const scaler = h("div", { id: "autoscaler", hidden: true });
   const plan = h("div", { id: "plan" });
   const tasks = h("tbody");
   const checkpointRows = h("tbody", { id: "checkpoints" });
@@ -71,6 +75,7 @@ export function render(root, [jobId]) {
     section("Metrics", h("label", {}, "window ", windowSelect)),
     stats,
     h("div.charts", {}, Object.values(canvases).map((c) => h("div.chart", {}, c))),
+    scaler,
     section("Plan"), plan,
     h("table", {}, h("thead", {}, tr("th", ["Task", "Name", "Status", "Parallelism"])), tasks),
     section("Checkpoints"),
@@ -103,11 +108,13 @@ export function render(root, [jobId]) {
     }
     title.textContent = d.name;
     document.title = `${d.name} · HeliosDB Streaming`;
-    badge.replaceChildren(statusBadge(d.status));
+    badge.replaceChildren(statusBadge(d.status), ...(d.recovering
+      ? [h("span.badge.badge-recovering", { id: "recovering-badge", title: d.message || "" }, "recovering")] : []));
     message.textContent = d.message || "";
-    message.className = d.status === "failed" ? "message error" : "message";
+    message.className = d.status === "failed" ? "message error" : d.recovering ? "message warn" : "message";
     facts.replaceChildren(...fact("Job id", d.job_id), ...fact("Parallelism", d.config.parallelism),
-      ...fact("Uptime", duration(d.uptime_seconds)), ...fact("Submitted", time(d.submitted_at)),
+      ...fact("Uptime", duration(d.uptime_seconds)), ...fact("Running time", duration(d.metrics.running_ms / 1000)),
+      ...fact("Submitted", time(d.submitted_at)),
       ...fact("Started", time(d.started_at)), ...fact("Finished", time(d.finished_at)),
       ...fact("Restarts", d.metrics.restarts), ...fact("State backend", d.config.state_backend));
     const terminal = ["finished", "failed", "cancelled"].includes(d.status);
@@ -118,6 +125,8 @@ export function render(root, [jobId]) {
     enable("restart", ["running", "failed", "cancelled", "finished"].includes(d.status)); // the lifecycle's
     createButton.disabled = terminal || d.status === "submitted";
     plan.replaceChildren(renderPlan(d.plan));
+    scaler.hidden = !d.autoscaler;
+    scaler.replaceChildren(...(d.autoscaler ? renderAutoscaler(d.autoscaler) : []));
     tasks.replaceChildren(...d.tasks.map((t) => tr("td", [t.task_id, t.name, statusBadge(t.status), t.parallelism])));
   }
 
@@ -136,8 +145,11 @@ export function render(root, [jobId]) {
     const horizon = now - WINDOWS["24h"];
     for (const list of Object.values(samples)) while (list.length && list[0].t < horizon) list.shift();
     const l = m.metrics.latency;
+    const lag = m.metrics.source ? m.metrics.source.lag_records : null;
     stats.replaceChildren(...fact("Events", number(m.metrics.events_processed_total)),
-      ...fact("Throughput", `${number(m.metrics.throughput_per_sec)} ev/s`),
+      ...fact("Throughput now / average", `${number(m.metrics.throughput_per_sec)} / ` +
+        `${number(m.metrics.average_throughput_per_sec)} ev/s`),
+      ...fact("Source lag", lag === null || lag === undefined ? "–" : `${number(lag)} records`),
       ...fact("Latency p50/p95/p99", `${number(l.p50_ms, 2)} / ${number(l.p95_ms, 2)} / ${number(l.p99_ms, 2)} ms`),
       ...fact("Checkpoints", `${m.metrics.checkpoint.count} (${m.metrics.checkpoint.failures} failed)`),
       ...fact("Backpressure", m.metrics.backpressure.current_level.toFixed(2)),
@@ -250,16 +262,27 @@ export function render(root, [jobId]) {
   return () => { timers.forEach(clearInterval); window.removeEventListener("resize", resize); };
 }
 
-function renderPlan(plan) {
-  if (!plan) return h("p.muted", {}, "No plan.");
-  return h("div", {}, h("ol.plan", {}, plan.stages.map((s) => h("li.stage", { dataset: { stage: s.index } },
-    h("strong", {}, `Stage ${s.index}`), ` · input ${s.input}`, s.key ? ` by ${s.key}` : "", ` · ${s.tasks} task${s.tasks === 1 ? "" : "s"}`,
-    h("div.steps", {}, s.steps.length ? s.steps.map((p) => h("span.step", {}, `${p.index}: ${p.type}`)) : h("span.muted", {}, "source → sink"))))),
-  plan.boundaries.length ? h("ul.muted", {}, plan.boundaries.map((b) => h("li", {}, boundaryText(b)))) : null);
-}
-
-function boundaryText(b) {
-  return `stage ${b.stage} starts at step ${b.step}${b.key ? ` (by ${b.key})` : ""}: ${b.reason}`;
+// The autoscaler's section: its state, the last decision with what it was made from, the recent ones.
+function renderAutoscaler(a) {
+  const last = a.last_decision;
+  const percent = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(0)} %`);
+  const change = (d) => d.action === "none" ? `stay at ${d.current_parallelism}` : `${d.action.replace("_", " ")} ` +
+    `${d.current_parallelism} → ${d.parallelism}`;
+  const lastFacts = last ? [...fact("Decision", change(last)), ...fact("Kind", last.kind),
+    ...fact("Utilization", percent(last.utilization)), ...fact("Backpressure", percent(last.backpressure)),
+    ...fact("Limited by", last.limited_by), ...fact("Applied", last.applied ? "yes" : "no"),
+    ...fact("At", time(last.timestamp))] : fact("Decision", "none yet");
+  return [
+    section("Autoscaler"),
+    h("dl.facts", { id: "autoscaler-facts" }, ...fact("Mode", a.mode), ...fact("Parallelism", a.parallelism),
+      ...fact("Rescaling", a.rescaling ? "yes" : "no"), ...fact("Rescales", a.rescales),
+      ...(a.last_error ? fact("Last error", a.last_error) : [])),
+    h("dl.facts", { id: "autoscaler-last" }, ...lastFacts),
+    last ? h("p.muted", { id: "autoscaler-reason" }, last.reason) : null,
+    a.history.length ? h("table", { id: "autoscaler-history" },
+      h("thead", {}, tr("th", ["Time", "Kind", "Decision", "Reason"])),
+      h("tbody", {}, a.history.slice().reverse().map((d) => tr("td", [time(d.timestamp), d.kind, change(d), d.reason])))) : null,
+  ].filter(Boolean);
 }
 
 function button(name, label, onclick) {

@@ -1,8 +1,11 @@
 // The Submit page: a JSON editor whose text the API validates; every error is listed at its field
-// path (the API's error details), and a path found in the text is selected when clicked.
+// path (the API's error details), and a path found in the text is selected when clicked. "Validate"
+// is the API's dry run (POST /api/v1/jobs?dry_run=true): the plan the job would run with, or its
+// errors, and no job is created.
 
 import { api } from "./api.js";
 import { navigate } from "./app.js";
+import { renderPlan } from "./plan.js";
 import { h } from "./util.js";
 
 const EXAMPLE = {
@@ -21,8 +24,10 @@ export function render(root) {
     "aria-label": "From savepoint" });
   const problems = h("ul.problems", { id: "submit-errors" });
   const summary = h("p", { id: "submit-summary" });
+  const plan = h("div", { id: "validate-plan" });
+  const validateButton = h("button", { type: "button", id: "validate-job", class: "secondary" }, "Validate");
   const button = h("button", { type: "submit", id: "submit-job" }, "Validate and submit");
-  const form = h("form.submit", {}, editor, h("div.row", {}, savepoint, button), summary, problems);
+  const form = h("form.submit", {}, editor, h("div.row", {}, savepoint, validateButton, button), summary, problems, plan);
   root.append(h("h1", {}, "Submit a job"),
     h("p.muted", {}, "The job as JSON (the body of POST /api/v1/jobs). The API checks it; each problem is shown at its field path."),
     form);
@@ -30,29 +35,60 @@ export function render(root) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    problems.replaceChildren();
-    summary.className = "";
-    summary.textContent = "";
-    let body;
-    try {
-      body = JSON.parse(editor.value);
-    } catch (e) {
-      show("invalid_json", "The text is not JSON", [{ path: "(body)", message: e.message }]);
-      return;
-    }
-    button.disabled = true;
-    try {
-      const from = savepoint.value.trim();
-      const query = from ? `?from_savepoint=${encodeURIComponent(from)}` : "";
-      const answer = await api("POST", `/jobs${query}`, body);
+    const body = parsed();
+    if (body === undefined) return;
+    await busy(async () => {
+      const answer = await api("POST", `/jobs${query(false)}`, body);
       sessionStorage.removeItem(DRAFT_KEY);
       navigate(`/jobs/${encodeURIComponent(answer.job_id)}`);
+    });
+  });
+
+  validateButton.addEventListener("click", async () => {
+    const body = parsed();
+    if (body === undefined) return;
+    await busy(async () => {
+      const answer = await api("POST", `/jobs${query(true)}`, body);
+      summary.className = "ok";
+      summary.textContent = `Valid: ${answer.name} at parallelism ${answer.parallelism}, ` +
+        `${answer.plan.stages.length} stage${answer.plan.stages.length === 1 ? "" : "s"}. Nothing was submitted.`;
+      plan.replaceChildren(h("h2", {}, "Plan"), renderPlan(answer.plan));
+    });
+  });
+
+  // The editor's JSON, after clearing the last answer; undefined (and the parse error shown) if it is not JSON.
+  function parsed() {
+    problems.replaceChildren();
+    plan.replaceChildren();
+    summary.className = "";
+    summary.textContent = "";
+    try {
+      return JSON.parse(editor.value);
+    } catch (e) {
+      show("invalid_json", "The text is not JSON", [{ path: "(body)", message: e.message }]);
+      return undefined;
+    }
+  }
+
+  function query(dryRun) {
+    const params = new URLSearchParams();
+    const from = savepoint.value.trim();
+    if (from) params.set("from_savepoint", from);
+    if (dryRun) params.set("dry_run", "true");
+    const text = params.toString();
+    return text ? `?${text}` : "";
+  }
+
+  async function busy(call) {
+    button.disabled = validateButton.disabled = true;
+    try {
+      await call();
     } catch (e) {
       show(e.code, e.message, e.details);
     } finally {
-      button.disabled = false;
+      button.disabled = validateButton.disabled = false;
     }
-  });
+  }
 
   function show(code, message, details) {
     summary.className = "error";

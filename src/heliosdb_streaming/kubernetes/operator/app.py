@@ -133,15 +133,10 @@ async def run(
         status_writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
         launcher.listeners.append(status_writer.mark)
         savepoint_controller = SavepointController(client, plane, bindings)
+        roots = allowed_roots(options)
+        user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
         jobs_reconciler = StreamingJobReconciler(
-            client,
-            plane,
-            bindings,
-            launcher,
-            status_writer,
-            savepoint_controller,
-            allowed_roots(options),
-            usercode.UserCodePolicy.server(options.python_modules, import_check=False),
+            client, plane, bindings, launcher, status_writer, savepoint_controller, roots, user_code
         )
         plane.status_listeners.append(status_writer.mark)
         writer: asyncio.Task[None] | None = None
@@ -157,7 +152,15 @@ async def run(
             )
             if options.read_port is not None:  # for `helios server --substrate kubernetes`
                 await read_api.enter_async_context(
-                    readapi.serve(plane, bindings, options.read_host, options.read_port, options.api_token)
+                    readapi.serve(
+                        plane,
+                        bindings,
+                        options.read_host,
+                        options.read_port,
+                        options.api_token,
+                        allowed_roots=roots,
+                        user_code=user_code,
+                    )
                 )
             writer = asyncio.create_task(status_writer.write_status_forever())
             expiry = asyncio.create_task(JobExpiry(client, plane, bindings).expire_forever())

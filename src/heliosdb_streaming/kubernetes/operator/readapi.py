@@ -20,11 +20,16 @@ Under ``/internal/v1`` it adds what only such an API server needs, all behind th
   shipped (their pod logs hold those).
 * ``GET /internal/v1/metrics?namespace=NS``: the Prometheus exposition of ``NS``'s jobs only (the
   operator renders the subset: valid by construction, and ``heliosdb_job_count`` counts them alone).
+* ``POST /internal/v1/validate`` (and ``from_savepoint``): a submit's dry run with the operator's own
+  checks (allowed paths, the python allow-list, the start snapshot, its ``--max-parallelism``), which
+  it otherwise makes only when it reconciles the StreamingJob; 200 with the plan or the usual 400.
+  It creates nothing, so a read API may serve it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -34,10 +39,12 @@ from aiohttp import web
 from heliosdb_streaming.api import prometheus, schemas, views
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.api.errors import Handler, InvalidParameterError
+from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane, JobEntry
 from heliosdb_streaming.control.service import JobServiceCore
+from heliosdb_streaming.control.snapshots import locate_start
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
-from heliosdb_streaming.model.errors import JobNotFoundError
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError, JobNotFoundError
 from heliosdb_streaming.model.types import LogLevel, LogOptions
 
 logger = logging.getLogger(__name__)
@@ -45,17 +52,30 @@ logger = logging.getLogger(__name__)
 DEFAULT_READ_PORT = 8082
 SHUTDOWN_TIMEOUT_S = 2.0
 INTERNAL = "/internal/v1"
+DRY_RUN_MAX_BYTES = 8 * 1024 * 1024  # the API server already refused bigger submit bodies
 
 PLANE = web.AppKey("read_plane", ControlPlane)
 CORE = web.AppKey("read_core", JobServiceCore)
 BINDINGS = web.AppKey("read_bindings", Bindings)
 
 
-def create_read_app(plane: ControlPlane, bindings: Bindings, api_token: str | None = None) -> web.Application:
+def create_read_app(
+    plane: ControlPlane,
+    bindings: Bindings,
+    api_token: str | None = None,
+    *,
+    allowed_roots: paths.AllowedRoots | None = None,
+    user_code: usercode.UserCodePolicy | None = None,
+) -> web.Application:
     """GET-only REST app over a started ``plane``; the plane stays owned (and closed) by the operator.
 
-    ``bindings`` tell which namespace each job belongs to, for the ``/internal/v1`` routes."""
-    core = JobServiceCore(plane)
+    ``bindings`` tell which namespace each job belongs to, for the ``/internal/v1`` routes.
+    ``allowed_roots`` and ``user_code``: the reconciler's checks, which the dry run applies. The
+    operator never imports user code (the job's image holds it), so neither does the dry run, whatever
+    policy is given: a request cannot make the operator import a module."""
+    policy = user_code or usercode.UserCodePolicy()
+    policy = dataclasses.replace(policy, import_check=False)
+    core = JobServiceCore(plane, allowed_roots=allowed_roots, user_code=policy)
     app = create_app(core, api_token=api_token, read_only=True)
     app.middlewares.append(namespace_guard)  # inside the error and token middlewares
     app[PLANE] = plane
@@ -67,6 +87,7 @@ def create_read_app(plane: ControlPlane, bindings: Bindings, api_token: str | No
             web.get(f"{INTERNAL}/jobs/{{job_id}}/control-log", control_log, allow_head=False),
             web.get(f"{INTERNAL}/jobs/{{job_id}}/restore-point", restore_point, allow_head=False),
             web.get(f"{INTERNAL}/metrics", namespace_metrics, allow_head=False),
+            web.post(f"{INTERNAL}/validate", validate),
         ]
     )
     return app
@@ -143,12 +164,40 @@ async def namespace_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
+async def validate(request: web.Request) -> web.Response:
+    """A submit body checked as the reconciler will check its StreamingJob: ``{"plan": ...}`` or 400.
+
+    ``from_savepoint`` with ``namespace``: a bare location (no Savepoint resource of the namespace is
+    there), which the reconciler accepts only as a savepoint of a job of that namespace."""
+    body = await views.read_json(request, DRY_RUN_MAX_BYTES)
+    if not isinstance(body, dict):
+        raise InvalidJobConfigError([FieldError("(body)", "must be a JSON object (the job)")])
+    from_savepoint = request.query.get("from_savepoint")
+    plan = await request.app[CORE].validate_job(body, from_savepoint=from_savepoint)  # parses off the loop
+    namespace = request.query.get("namespace")
+    if from_savepoint is not None and namespace is not None:
+        start = await locate_start(from_savepoint, "from_savepoint")
+        owner = request.app[BINDINGS].get(start.job_id)
+        if owner is None or owner.namespace != namespace:  # the reconciler's _start_point says the same
+            why = f"not a savepoint of a StreamingJob in namespace {namespace}; name its Savepoint"
+            raise InvalidJobConfigError([FieldError("from_savepoint", why)])
+    return web.Response(body=orjson.dumps({"plan": plan.to_json()}), content_type="application/json")
+
+
 @contextlib.asynccontextmanager
 async def serve(
-    plane: ControlPlane, bindings: Bindings, host: str, port: int, api_token: str | None = None
+    plane: ControlPlane,
+    bindings: Bindings,
+    host: str,
+    port: int,
+    api_token: str | None = None,
+    *,
+    allowed_roots: paths.AllowedRoots | None = None,
+    user_code: usercode.UserCodePolicy | None = None,
 ) -> AsyncIterator[tuple[str, int]]:
     """Serves the read API on ``host:port`` (0 picks a port) until the block exits; yields the address."""
-    runner = web.AppRunner(create_read_app(plane, bindings, api_token), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    app = create_read_app(plane, bindings, api_token, allowed_roots=allowed_roots, user_code=user_code)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

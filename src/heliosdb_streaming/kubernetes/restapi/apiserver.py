@@ -97,6 +97,9 @@ class KubernetesJobService:
     async def submit_job(self, config: JobConfig, from_savepoint: str | None = None) -> str:
         return await self.commands.submit_job(config, from_savepoint)
 
+    async def validate_job(self, config: JobConfig, from_savepoint: str | None = None) -> JobPlanInfo:
+        return await self.commands.validate_job(config, from_savepoint)
+
     async def cancel_job(self, job_id: str) -> None:
         await self.commands.cancel_job(job_id)
 

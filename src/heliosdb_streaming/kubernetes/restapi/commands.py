@@ -31,7 +31,7 @@ from heliosdb_streaming.model.errors import (
     SavepointFailedError,
     SavepointNotFoundError,
 )
-from heliosdb_streaming.model.types import JobStatus, RestartOptions
+from heliosdb_streaming.model.types import JobPlanInfo, JobStatus, RestartOptions
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,16 @@ class JobCommands:
             logger.info("%s submitted as StreamingJob %s/%s", job_id, self.namespace, name)
             return job_id
         raise kube.ConflictError(409, "AlreadyExists", f"no free StreamingJob name for {config.name!r}")
+
+    async def validate_job(self, config: JobConfig, from_savepoint: str | None = None) -> JobPlanInfo:
+        """A submit's dry run: the checks ``submit_job`` makes here (the parallelism limit), then the
+        ones the operator makes when it reconciles the StreamingJob (paths, python allow-list, the
+        start snapshot), asked of it now. Creates no resource."""
+        limit = await self.clients.max_parallelism()
+        if limit is not None:
+            jobviews.check_submit_parallelism(config, limit)
+        bare = from_savepoint is not None and await self.clients.savepoint_name_at(from_savepoint) is None
+        return await self.clients.operator.validate(config.to_dict(), from_savepoint, bare_location=bare)
 
     async def cancel_job(self, job_id: str) -> None:
         patch = {"state": mapping.DesiredState.CANCELLED.value, "savepointOnCancel": False}

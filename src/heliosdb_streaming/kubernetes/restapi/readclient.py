@@ -23,10 +23,12 @@ import aiohttp
 import orjson
 
 from heliosdb_streaming.api.errors import ServiceUnavailableError
+from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError, PythonNotAllowedError
 from heliosdb_streaming.model.types import (
     CheckpointInfo,
     DetailsMetrics,
     JobMetrics,
+    JobPlanInfo,
     LogEntry,
     LogOptions,
     MetricsWindow,
@@ -103,6 +105,22 @@ def tasks_of(body: dict[str, Any]) -> list[TaskInfo]:
 
 def checkpoints_of(body: dict[str, Any]) -> list[CheckpointInfo]:
     return [CheckpointInfo.model_validate(c) for c in body["checkpoints"]]
+
+
+def _config_error(status: int, payload: bytes) -> InvalidJobConfigError | None:
+    """The job error of a 400 answer (``invalid_job_config``, ``python_not_allowed``), as raised there."""
+    if status != 400:
+        return None
+    try:
+        error = orjson.loads(payload)["error"]
+        problems = [FieldError(str(d["path"]), str(d["message"])) for d in error["details"]]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if error.get("code") == PythonNotAllowedError.code:
+        return PythonNotAllowedError(problems)
+    if error.get("code") == InvalidJobConfigError.code:
+        return InvalidJobConfigError(problems)
+    return None
 
 
 class OperatorClient:
@@ -182,6 +200,34 @@ class OperatorClient:
         operator), without its workers' lines; None when the operator has no such job."""
         body = await self._job_json(job_id, "/control-log", log_params(options), "/internal/v1")
         return [LogEntry.model_validate(e) for e in body["logs"]] if body is not None else None
+
+    async def validate(
+        self, job: dict[str, Any], from_savepoint: str | None, *, bare_location: bool = False
+    ) -> JobPlanInfo:
+        """The operator's dry run of a submit body (``/internal/v1/validate``): the plan, or the
+        ``InvalidJobConfigError`` / ``PythonNotAllowedError`` its reconciler would fail the job with.
+        ``bare_location``: ``from_savepoint`` is no Savepoint resource's, so it must be a savepoint of a
+        job of this client's namespace."""
+        params: dict[str, str] = {}
+        if from_savepoint is not None:
+            params["from_savepoint"] = from_savepoint
+            if bare_location:
+                params["namespace"] = self.namespace
+        try:
+            async with self._session.post(
+                self.url + "/internal/v1/validate", params=params, json=job
+            ) as response:
+                status, payload = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise OperatorUnavailableError(f"operator read API at {self.url}: {type(e).__name__}: {e}") from e
+        if status == 200:
+            return JobPlanInfo.model_validate(orjson.loads(payload)["plan"])
+        error = _config_error(status, payload)
+        if error is None:
+            raise OperatorUnavailableError(
+                f"operator /internal/v1/validate answered {status}: {payload[:300].decode(errors='replace')}"
+            )
+        raise error
 
     async def info(self) -> OperatorInfo:
         status, payload = await self._get("/internal/v1/info")

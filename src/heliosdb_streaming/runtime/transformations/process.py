@@ -8,6 +8,10 @@ Semantics (Flink's ``KeyedProcessFunction`` with a per-record watermark, as the 
 * The watermark is ``max event time seen - max_out_of_orderness_ms - 1`` and advances after each
   record; every event-time timer at or before it then fires, in (time, key) order, before the next
   record. A timer registered at or before the watermark fires at the next advance (or at the end).
+  In a later stage of a job (``external_watermark``: the records were regrouped by key across
+  splits) the watermark is the stage's instead, the minimum over its origins
+  (``advance_watermark``): a key group's own events would move only that group's event time, and a
+  group whose keys went quiet would never fire its timers.
 * Processing-time timers fire from ``on_time(now_ms)`` (the data path's timer tick, a few times a
   second) once ``now_ms`` reaches them. ``on_end`` (the end of bounded input) fires every pending
   event-time timer with the watermark at its maximum; pending processing-time timers stay pending.
@@ -108,6 +112,7 @@ class ProcessTransformation:
         max_out_of_orderness_ms: int = 0,
         now_ms: Callable[[], int] | None = None,
         name: str = "process",
+        external_watermark: bool = False,
     ) -> None:
         if max_out_of_orderness_ms < 0:
             raise ValueError("max_out_of_orderness_ms must not be negative")
@@ -118,6 +123,9 @@ class ProcessTransformation:
         self._fn = function
         self._key_fn = key_fn
         self._ooo = max_out_of_orderness_ms
+        # a later stage's first event-time step: the watermark comes from ``advance_watermark`` (the
+        # minimum over the stage's origins), not from this key group's own events
+        self.external_watermark = external_watermark
         # RocksDB (any store but the in-memory one) behind a write-back cache, written back before
         # each snapshot (before_snapshot) and at the end of input
         self._cache = None if isinstance(store, MemoryStateStore) else WriteBackCache(store)
@@ -127,6 +135,7 @@ class ProcessTransformation:
         self._timers = _Timers(store, self._scope, self)
         self._ctx = _Context(KeyedStateRegistry(store, self._scope), self._timers)
         self._wm = MIN_WATERMARK
+        self._stored_wm = MIN_WATERMARK  # the watermark in the store's meta
         self._kstrs: dict[Any, str] = {}
         self._timer_errors: list[tuple[Record, Exception]] = []
         self.restore()
@@ -142,7 +151,7 @@ class ProcessTransformation:
     def restore(self) -> None:
         """Reads the watermark and rebuilds the timer heaps from the store."""
         meta = self._store.get(_META)
-        self._wm = MIN_WATERMARK if meta is None else int(meta[0])
+        self._wm = self._stored_wm = MIN_WATERMARK if meta is None else int(meta[0])
         self._timers.events.restore()
         self._timers.processing.restore()
 
@@ -166,6 +175,7 @@ class ProcessTransformation:
         events = self._timers.events
         heap = events.heap
         wm = wm_before = self._wm
+        own_time = not self.external_watermark
         for record in records:
             try:
                 key = key_fn(record)
@@ -206,15 +216,34 @@ class ProcessTransformation:
                         self._emit(result, out, record, errors, "process")
             except Exception as e:
                 errors.append((record, self._user_error("process", e)))
-            if ts is not None:
+            if ts is not None and own_time:
                 t = ts - ooo - 1
                 if t > wm:
                     self._wm = wm = t
                     if heap and heap[0][0] <= t:
                         self._fire(events, t, TimeDomain.EVENT_TIME, out, errors)
         if wm != wm_before:
-            self._store.put(_META, [wm])
+            self._put_watermark()
         return out
+
+    def advance_watermark(self, watermark: int, errors: list[tuple[Record, Exception]]) -> Batch:
+        """External-watermark mode: event time is now ``watermark`` (the stage's, over all its
+        origins); fires every event-time timer it makes due. Called for every key group of a stage at
+        each rise, so the store is written only when a timer fires (and before a snapshot)."""
+        if not self.external_watermark or watermark <= self._wm:
+            return []
+        self._wm = watermark
+        heap = self._timers.events.heap
+        if not heap or heap[0][0] > watermark:
+            return []
+        out: Batch = []
+        self._fire(self._timers.events, watermark, TimeDomain.EVENT_TIME, out, errors)
+        self._put_watermark()
+        return out
+
+    def _put_watermark(self) -> None:
+        self._store.put(_META, [self._wm])
+        self._stored_wm = self._wm
 
     def on_time(self, now_ms: int) -> Batch:
         out: Batch = []
@@ -228,12 +257,16 @@ class ProcessTransformation:
         out: Batch = []
         self._wm = MAX_WATERMARK
         self._fire(self._timers.events, MAX_WATERMARK, TimeDomain.EVENT_TIME, out, self._timer_errors)
-        self._store.put(_META, [self._wm])
+        self._put_watermark()
         self.before_snapshot()
         return out
 
     def before_snapshot(self) -> None:
-        """Writes buffered state to the store: called before a checkpoint snapshots the task's stores."""
+        """Writes buffered state to the store: called before a checkpoint snapshots the task's stores
+        (with the watermark, which ``advance_watermark`` keeps in memory until a timer fires, so a
+        restore resumes at it exactly)."""
+        if self._wm != self._stored_wm:
+            self._put_watermark()
         if self._cache is not None:
             self._cache.write_back()
 
