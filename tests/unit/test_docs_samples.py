@@ -33,7 +33,7 @@ from docs_samples import REPO, Sample, all_samples, run_python_sample
 
 from heliosdb_streaming.api.errors import ERROR_CODES
 from heliosdb_streaming.api.schemas import ErrorResponse
-from heliosdb_streaming.job import InvalidJobConfigError, JobConfig
+from heliosdb_streaming.job import InvalidJobConfigError, JobConfig, PythonNotAllowedError
 from heliosdb_streaming.model.expr import validate_expression
 
 SAMPLES = all_samples()
@@ -299,6 +299,32 @@ def test_an_error_sample_names_the_fields_its_refusal_names(user_modules: Path) 
         assert body["error"]["code"] == refused.value.code
         checked += 1
     assert checked >= 1
+
+
+def test_the_python_not_allowed_answers_are_the_servers(user_modules: Path) -> None:
+    """A ``python_not_allowed`` answer shown in the docs is what a server allowing the modules it names
+    answers for a job whose step at that path calls into the refused module."""
+    from heliosdb_streaming.control import usercode
+
+    answers = [s for s in _of("json") if '"python_not_allowed"' in s.text and not s.has("fragment")]
+    assert answers
+    for sample in answers:
+        error = _parse_json(sample)["error"]
+        for detail in error["details"]:
+            m = re.fullmatch(r"transformations\[(\d+)\]\.config\.function", detail["path"])
+            refused = re.search(
+                r"module '([\w.]+)' is not allowed on this server \(allowed: ([^)]*)\)", detail["message"]
+            )
+            assert m and refused, f"{sample.where}: {detail}"
+            job = _base_job()
+            step = {"type": "python", "config": {"function": f"{refused[1]}:getcwd", "kind": "map"}}
+            job["transformations"] = [*job["transformations"], step][: int(m[1]) + 1]
+            assert len(job["transformations"]) == int(m[1]) + 1, f"{sample.where}: the base job is too short"
+            policy = usercode.UserCodePolicy.server(refused[2].split(", "))
+            real = usercode.not_allowed_errors(JobConfig.from_dict(job), policy)
+            assert [(e.path, e.message) for e in real] == [(detail["path"], detail["message"])], sample.where
+            if len(error["details"]) == 1:
+                assert error["message"] == str(PythonNotAllowedError(real)), sample.where
 
 
 # ------------------------------------------------------------------------------------------- text
