@@ -327,6 +327,30 @@ def test_the_python_not_allowed_answers_are_the_servers(user_modules: Path) -> N
                 assert error["message"] == str(PythonNotAllowedError(real)), sample.where
 
 
+def test_the_outside_the_roots_answers_are_the_servers(user_modules: Path) -> None:
+    """An answer shown for a path outside the server's directories is the one the path check gives for
+    that path with those roots (``/etc/passwd`` resolves to itself on any Linux machine)."""
+    from heliosdb_streaming.control import paths
+
+    shown = [
+        (s, d)
+        for s in _of("json")
+        if "outside the directories" in s.text
+        for d in _parse_json(s)["error"]["details"]
+    ]
+    assert shown
+    for sample, detail in shown:
+        m = re.fullmatch(r"(\S+) is outside the directories this server allows \((.*)\)", detail["message"])
+        assert m, f"{sample.where}: {detail}"
+        roots = paths.AllowedRoots.of(m[2].split(", "), base=m[2].split(", ")[0])
+        assert roots.problem(m[1]) == detail["message"], sample.where
+        job = _base_job()
+        job["sources"] = [{"type": "file", "config": {"path": m[1]}}]
+        job["config"] = {**job.get("config", {}), "parallelism": 1}
+        real = paths.job_path_errors(JobConfig.from_dict(job), roots)
+        assert detail["path"] in [e.path for e in real], sample.where
+
+
 # ------------------------------------------------------------------------------------------- text
 
 
