@@ -351,6 +351,27 @@ def test_the_outside_the_roots_answers_are_the_servers(user_modules: Path) -> No
         assert detail["path"] in [e.path for e in real], sample.where
 
 
+def test_the_unresolvable_function_answers_are_the_servers(user_modules: Path) -> None:
+    """An answer shown for a function reference that does not resolve (a typo in the docs' own
+    ``acme.fraud.scoring``) is what the submit-time import check says for it."""
+    from heliosdb_streaming.control import usercode
+
+    shown = [s for s in _of("json") if "cannot resolve" in s.text]
+    assert shown
+    for sample in shown:
+        message = _parse_json(sample)["error"]["message"]
+        m = re.fullmatch(
+            r"invalid job config: (transformations\[0\]\.config\.function): (cannot resolve (\S+): .*)",
+            message,
+        )
+        assert m, f"{sample.where}: {message}"
+        job = _base_job()
+        job["config"] = {**job.get("config", {}), "parallelism": 1}
+        job["transformations"] = [{"type": "python", "config": {"function": m[3]}}]
+        refused, errors = usercode.import_errors(JobConfig.from_dict(job), usercode.UserCodePolicy())
+        assert not refused and [(e.path, e.message) for e in errors] == [(m[1], m[2])], sample.where
+
+
 # ------------------------------------------------------------------------------------------- text
 
 
