@@ -9,9 +9,10 @@ tests of this directory check the manifests, values and helpers and always run.
 
 ``kind_env`` (session): creates the kind cluster (``HELIOS_E2E_CLUSTER``, default ``helios-e2e``;
 an existing one only with ``HELIOS_E2E_REUSE=1``), builds ``heliosdb-streaming:e2e`` from the
-Dockerfile and loads it into the node, installs PostgreSQL, MinIO and Kafka from ``manifests/`` and
-the Helm chart, and reaches the API server, PostgreSQL and MinIO through ``kubectl port-forward``.
-Everything is removed afterwards unless ``HELIOS_E2E_KEEP=1``.
+Dockerfile and loads it into the node (and ``heliosdb-streaming-userpkg:e2e``: the Dockerfile of
+docs/python-functions.md on it, installing tests/userpkg), installs PostgreSQL, MinIO and Kafka from
+``manifests/`` and the Helm chart, and reaches the API server, PostgreSQL and MinIO through
+``kubectl port-forward``. Everything is removed afterwards unless ``HELIOS_E2E_KEEP=1``.
 """
 
 from __future__ import annotations

@@ -356,6 +356,18 @@ class KindEnv:
             await connection.close()
         return sorted((k, s, e, n, round(t, 6)) for k, s, e, n, t in records)
 
+    async def python_rows(self, table: str) -> list[tuple[Any, ...]]:
+        """The python job's table as ``support.python_reference`` computes it (none yet: [])."""
+        columns = ", ".join(support.PY_COLUMNS)
+        connection = await asyncpg.connect(self.pg_dsn, timeout=10)
+        try:
+            records = await connection.fetch(f'SELECT {columns} FROM "{table}"')
+        except asyncpg.UndefinedTableError:
+            return []
+        finally:
+            await connection.close()
+        return sorted(tuple(r) for r in records)
+
     def storage(self, location: str) -> CheckpointStorage:
         """The checkpoint storage rooted at ``location`` (``s3://...``), through the port-forward."""
         return storage_from_uri(location, support.s3_options(f"http://{self.s3_endpoint}"))
@@ -391,8 +403,10 @@ async def ensure_cluster(settings: support.Settings, kubeconfig: Path) -> bool:
     return True
 
 
-async def load_images(settings: support.Settings) -> None:
-    """Builds the project's image and loads it into the node; preloads the test services' images.
+async def load_images(settings: support.Settings, workdir: Path) -> None:
+    """Builds the project's image, and from it the user image of the Dockerfile in
+    docs/python-functions.md (with tests/userpkg as the user's package), and loads both into the
+    node; preloads the test services' images.
 
     A preload pulls with the host's Docker (its login, mirrors and cache) and is only a speed-up:
     when ``kind load`` refuses an image (multi-platform images on some Docker setups), the node
@@ -401,6 +415,10 @@ async def load_images(settings: support.Settings) -> None:
     logger.info("building %s", support.IMAGE)
     await run(support.docker_build(), timeout=1800)
     await run(support.kind_load(settings, support.IMAGE), timeout=600)
+    context = support.user_image_context(workdir / "user-image", base=support.IMAGE)
+    logger.info("building %s from the Dockerfile of %s", support.USER_IMAGE, support.PYTHON_FUNCTIONS_DOC)
+    await run(support.docker_build(support.USER_IMAGE, context), timeout=900)
+    await run(support.kind_load(settings, support.USER_IMAGE), timeout=600)
     for image in support.images_of(support.service_manifests()):
         try:
             try:
@@ -448,7 +466,7 @@ async def kind_env(settings: support.Settings, workdir: Path) -> AsyncIterator[K
     created = await ensure_cluster(settings, kubeconfig)
     kubectl = Kubectl(kubeconfig)
     try:
-        await load_images(settings)
+        await load_images(settings, workdir)
         if not created:
             await reset_namespace(kubectl)
             # Helm installs CRDs only when absent: bring an older run's up to date first.

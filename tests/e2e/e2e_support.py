@@ -10,21 +10,26 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import dockerfile
 import yaml
 
 from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 from heliosdb_streaming.testing.expected import tumbling_window_per_card
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "heliosdb-streaming"
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
 EXAMPLES = ROOT / "examples" / "k8s"
+PYTHON_FUNCTIONS_DOC = ROOT / "docs" / "python-functions.md"
+USERPKG = ROOT / "tests" / "userpkg"  # helios_userpkg, pip-installable (its pyproject.toml)
 
 NAMESPACE = "helios-e2e"  # the release, the test services and the jobs all live here
 RELEASE = "helios"
@@ -32,6 +37,8 @@ FULLNAME = f"{RELEASE}-heliosdb-streaming"
 API_SERVICE, API_PORT = f"{FULLNAME}-api", 8081
 OPERATOR_DEPLOYMENT = f"{FULLNAME}-operator"
 IMAGE = "heliosdb-streaming:e2e"
+USER_IMAGE = "heliosdb-streaming-userpkg:e2e"  # IMAGE plus helios_userpkg, from the docs' Dockerfile
+USER_MODULES = ("helios_userpkg.*",)  # the chart's operator.pythonModules in the kind run
 API_TOKEN = "helios-e2e-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -198,6 +205,7 @@ def chart_values() -> dict[str, Any]:
         },
         "checkpointStorage": CHECKPOINTS,
         "auth": {"apiToken": API_TOKEN},
+        "operator": {"pythonModules": list(USER_MODULES)},
     }
 
 
@@ -209,6 +217,82 @@ def s3_options(endpoint: str) -> dict[str, str]:
         "secret_key": S3_SECRET_KEY,
         "region": S3_REGION,
     }
+
+
+# ------------------------------------------------------------------------ the user code image
+
+_FENCE = re.compile(r"^[ \t]*```(?P<lang>[\w-]*)[ \t]*$")
+
+
+def fenced_blocks(markdown: str, language: str) -> list[str]:
+    """The bodies of the ``language`` code blocks of ``markdown``, dedented (a block inside a list
+    item is indented with it)."""
+    blocks: list[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        start = _FENCE.match(lines[i])
+        if start is None or not start.group("lang"):
+            i += 1
+            continue
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and lines[i].strip() != "```":
+            body.append(lines[i])
+            i += 1
+        i += 1
+        if start.group("lang") == language:
+            blocks.append(textwrap.dedent("\n".join(body)) + "\n")
+    return blocks
+
+
+def docs_dockerfile(markdown: str | None = None) -> str:
+    """The one Dockerfile of docs/python-functions.md (its Kubernetes section): the image a user
+    builds for their functions. The kind run builds exactly this text, so the docs cannot rot."""
+    text = PYTHON_FUNCTIONS_DOC.read_text() if markdown is None else markdown
+    blocks = fenced_blocks(text, "dockerfile")
+    if len(blocks) != 1:
+        raise ValueError(f"expected one ```dockerfile block in the docs, found {len(blocks)}")
+    return blocks[0]
+
+
+def user_dockerfile(text: str, *, base: str, package_dir: str) -> str:
+    """``text`` with its one ``FROM`` on ``base`` (the locally built image) and its one ``COPY``
+    taking ``package_dir`` of the build context (the user package); every other line as written.
+    Parsed by BuildKit's own parser, so a continuation line or a flag cannot fool the rewrite."""
+    commands = list(dockerfile.parse_string(text))
+    froms = [c for c in commands if c.cmd == "FROM"]
+    copies = [c for c in commands if c.cmd == "COPY"]
+    if len(froms) != 1 or len(copies) != 1:
+        raise ValueError(f"expected one FROM and one COPY, found {len(froms)} and {len(copies)}")
+    (copy,) = copies
+    if copy.flags or len(copy.value) != 2:
+        raise ValueError(f"expected `COPY <package>/ <dest>`, found {copy.original!r}")
+    lines = text.splitlines()
+    replace = {
+        froms[0].start_line: [f"FROM {base}"],
+        copy.start_line: [f"COPY {package_dir.rstrip('/')}/ {copy.value[1]}"],
+    }
+    out: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if number in replace:
+            out.extend(replace[number])
+        elif not any(c.start_line < number <= c.end_line for c in (froms[0], copy)):
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+
+
+def user_image_context(directory: Path, *, base: str = IMAGE, markdown: str | None = None) -> Path:
+    """A build context for the user image in ``directory``: the docs' Dockerfile, rewritten onto
+    ``base``, and a copy of tests/userpkg (its pyproject.toml and package, no build leftovers)."""
+    package_dir = "userpkg"
+    shutil.copytree(USERPKG, directory / package_dir, ignore=_NOT_SHIPPED)
+    text = user_dockerfile(docs_dockerfile(markdown), base=base, package_dir=package_dir)
+    (directory / "Dockerfile").write_text(text)
+    return directory
 
 
 # ------------------------------------------------------------------------------------ manifests
@@ -277,6 +361,69 @@ def window_job(
         "transformations": [tumbling_window_per_card()],
         "sinks": [{"type": "database", "config": sink}],
     }
+
+
+# --------------------------------------------------------------------------- the python pipeline
+
+PY_COUNT = 6_000  # datagen records of the python job (PARTITIONS splits, SEED, KEYS as above)
+PY_COLUMNS = ("kind", "card_id", "total", "count", "merchants", "at")
+PYTHON_STEPS: list[dict[str, Any]] = [
+    {"type": "python", "config": {"function": "helios_userpkg.records:add_fee", "kind": "map"}},
+    {"type": "python", "config": {"function": "helios_userpkg.records:is_large", "kind": "filter"}},
+    {"type": "key_by", "config": {"key": "card_id"}},
+    {"type": "process", "config": {"function": "helios_userpkg.fraud:LongSessions"}},
+]
+
+
+def python_job(table: str, *, image: str, parallelism: int = 2, restarts: int = 5) -> dict[str, Any]:
+    """Datagen -> helios_userpkg's map, filter and keyed process function (map state, event-time
+    timers) -> PostgreSQL, on worker pods of ``image``. The map may rewrite the key, so the records
+    are regrouped by card across the pods through internal topics on the in-cluster Kafka.
+    User errors fail the run; ``restarts=0`` leaves a failed first run failed."""
+    source = {"partitions": PARTITIONS, "seed": SEED, "keys": KEYS, "rate_per_sec": RATE, "count": PY_COUNT}
+    strategy: dict[str, Any] = (
+        {"type": "fixed_delay", "attempts": restarts, "delay_ms": 500} if restarts else {"type": "none"}
+    )
+    return {
+        "image": image,
+        "config": {
+            "parallelism": parallelism,
+            "checkpoint_interval_ms": 500,
+            "restart_strategy": strategy,
+            "on_error": "fail",
+            "repartition": {"bootstrap_servers": [f"{KAFKA_SERVICE}:{KAFKA_PORT}"]},
+        },
+        "sources": [{"type": "datagen", "config": source}],
+        "transformations": [dict(step) for step in PYTHON_STEPS],
+        "sinks": [{"type": "database", "config": {"connection_string": PG_DSN_IN_CLUSTER, "table": table}}],
+    }
+
+
+def datagen_splits(count: int = PY_COUNT) -> list[list[dict[str, Any]]]:
+    """The python job's input, per split in order: the datagen records (a pure function of the seed)."""
+    reader = DatagenSourceReader(
+        schema="transactions", rate_per_sec=0, count=count, partitions=PARTITIONS, seed=SEED, keys=KEYS
+    )
+    out = []
+    for p in range(PARTITIONS):
+        n = reader.split_count(p)
+        assert n is not None
+        out.append([dict(r) for r in reader.generate(p, 0, n)])
+    return out
+
+
+def python_reference(splits: Sequence[Sequence[Mapping[str, Any]]]) -> list[tuple[Any, ...]]:
+    """The python job's table (``PY_COLUMNS``, sorted), computed in this process: the same map and
+    filter, then ``helios_userpkg.fraud.reference`` per split (datagen puts each card in one split,
+    so a card's events keep their order through the regrouping). Needs tests/userpkg on sys.path."""
+    from helios_userpkg.fraud import LongSessions, reference
+    from helios_userpkg.records import add_fee, is_large
+
+    rows: list[tuple[Any, ...]] = []
+    for events in splits:
+        mapped = [m for m in (add_fee(dict(e)) for e in events) if m is not None and is_large(m)]
+        rows += [tuple(r[c] for c in PY_COLUMNS) for r in reference(mapped, LongSessions)]
+    return sorted(rows)
 
 
 # ------------------------------------------------------------------------------- kubectl output

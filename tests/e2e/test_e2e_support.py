@@ -1,6 +1,7 @@
 """The kind run's helpers, where no cluster runs: the skip (with fake tools on a private PATH, and
 through pytest itself), the settings, the parsing of kubectl's output and of resource quantities,
-and the port-forward's restart (against a fake ``kubectl``).
+the port-forward's restart (against a fake ``kubectl``), the user image's Dockerfile taken from the
+docs and its build context, and the python job's reference (and the engine's answer to that job).
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import dockerfile
 import e2e_require
 import e2e_support as support
 import pytest
 from e2e_cluster import CommandError, Kubectl, PortForward, eventually
+
+from heliosdb_streaming.job import JobManager, JobStatus
+from heliosdb_streaming.testing.waits import wait_until
+
+sys.path.insert(0, str(support.USERPKG))  # helios_userpkg, for the python job's reference
 
 Manifest = dict[str, Any]
 
@@ -323,3 +331,166 @@ async def test_port_forward_that_cannot_start_says_why(
     with pytest.raises(CommandError, match='services "api" not found'):
         async with PortForward(Kubectl(tmp_path / "kubeconfig"), "service/api", 8081):
             pass
+
+
+# -------------------------------------------------------------------- the user image's Dockerfile
+
+
+def commands(text: str) -> list[dockerfile.Command]:
+    return list(dockerfile.parse_string(text))
+
+
+def test_the_docs_hold_one_dockerfile_that_pip_installs_the_copied_package() -> None:
+    """The Dockerfile users are told to write (docs/python-functions.md): on the project's image,
+    COPY their package, pip-install what was copied, and back to the image's non-root user."""
+    cmds = commands(support.docs_dockerfile())
+    (base,) = [c.value for c in cmds if c.cmd == "FROM"]
+    repository, _, tag = base[0].rpartition(":")
+    assert repository.endswith("heliosdb-streaming") and tag
+    (copy,) = [c for c in cmds if c.cmd == "COPY"]
+    _source, dest = copy.value
+    (run,) = [c for c in cmds if c.cmd == "RUN"]
+    assert f"pip install --no-cache-dir {dest.rstrip('/')}" in run.value[0]
+    users = [c.value[0] for c in cmds if c.cmd == "USER"]
+    assert users[-1] == "10001:10001"  # the chart's runAsUser; root only for the install
+    assert [c.cmd for c in cmds].index("COPY") > [c.cmd for c in cmds].index("USER")  # after USER root
+
+
+def test_fenced_blocks_are_found_in_list_items_by_language() -> None:
+    markdown = (
+        "- Kubernetes:\n\n  ```dockerfile\n  FROM a:1\n  RUN echo \\\n      x\n  ```\n\n"
+        "```bash\ndocker build .\n```\n\n```\nplain\n```\n"
+    )
+    assert support.fenced_blocks(markdown, "dockerfile") == ["FROM a:1\nRUN echo \\\n    x\n"]
+    assert support.fenced_blocks(markdown, "bash") == ["docker build .\n"]
+    with pytest.raises(ValueError, match="one ```dockerfile block"):
+        support.docs_dockerfile("no code here\n")
+    with pytest.raises(ValueError, match="found 2"):
+        support.docs_dockerfile(markdown + markdown)
+
+
+def test_the_rewrite_puts_the_docs_dockerfile_on_the_local_image_and_package() -> None:
+    text = support.docs_dockerfile()
+    rewritten = support.user_dockerfile(text, base=support.IMAGE, package_dir="userpkg")
+    before, after = commands(text), commands(rewritten)
+    assert [c.cmd for c in after] == [c.cmd for c in before]
+    for old, new in zip(before, after, strict=True):
+        if old.cmd == "FROM":
+            assert new.value == (support.IMAGE,)
+        elif old.cmd == "COPY":
+            assert new.value == ("userpkg/", old.value[1])
+        else:
+            assert (new.value, new.flags) == (old.value, old.flags)  # every other line as written
+
+
+def test_the_rewrite_refuses_what_it_cannot_rewrite_faithfully() -> None:
+    with pytest.raises(ValueError, match="one FROM"):
+        support.user_dockerfile("FROM a\nFROM b\nCOPY x/ /x/\n", base="c", package_dir="p")
+    with pytest.raises(ValueError, match="one COPY"):
+        support.user_dockerfile("FROM a\nRUN true\n", base="c", package_dir="p")
+    with pytest.raises(ValueError, match="COPY <package>/ <dest>"):
+        support.user_dockerfile("FROM a\nCOPY --chown=1 x/ /x/\n", base="c", package_dir="p")
+    # a continued COPY is replaced whole, and the lines around it stay
+    out = support.user_dockerfile(
+        "FROM a \\\n  AS b\nCOPY x/ \\\n  /x/\nRUN ls /x\n", base="c", package_dir="p"
+    )
+    assert out == "FROM c\nCOPY p/ /x/\nRUN ls /x\n"
+
+
+def test_the_user_image_context_holds_the_package_the_dockerfile_installs(tmp_path: Path) -> None:
+    context = support.user_image_context(tmp_path / "ctx", base=support.IMAGE)
+    cmds = commands((context / "Dockerfile").read_text())
+    assert [c.value for c in cmds if c.cmd == "FROM"] == [(support.IMAGE,)]
+    (copy,) = [c for c in cmds if c.cmd == "COPY"]
+    package = context / copy.value[0]
+    assert (package / "pyproject.toml").is_file()
+    for module in ("__init__.py", "records.py", "fraud.py"):
+        assert (package / "helios_userpkg" / module).is_file()
+    shipped = {p.name for p in package.rglob("*")}
+    assert not shipped & {"__pycache__", "build", "helios_userpkg.egg-info"}
+    assert {p.name for p in context.iterdir()} == {"Dockerfile", package.name}
+
+
+def test_the_user_package_pip_installs_and_imports_outside_the_tree(tmp_path: Path) -> None:
+    """What the Dockerfile's RUN does, without an engine: pip installs the context's package (as the
+    image does: build isolation, its build backend from the index), and a fresh interpreter imports
+    the job's functions from the install alone."""
+    package = support.user_image_context(tmp_path / "ctx") / "userpkg"
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--target", str(target), str(package)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    probe = (
+        "import helios_userpkg, helios_userpkg.fraud as f, helios_userpkg.records as r;"
+        "print(helios_userpkg.__file__, f.LongSessions.__name__, r.add_fee({'amount': 100})['fee'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert out[0].startswith(str(target)) and out[1:] == ["LongSessions", "1.0"]
+
+
+# --------------------------------------------------------------------------- the python job
+
+
+def test_the_python_jobs_reference_exercises_alerts_and_sessions() -> None:
+    splits = support.datagen_splits()
+    assert sum(map(len, splits)) == support.PY_COUNT
+    for p, events in enumerate(splits):  # each card in one split: its order survives the regrouping
+        assert {e["card_id"] for e in events} <= set(support.DatagenSourceReader(
+            partitions=support.PARTITIONS, keys=support.KEYS).cards_of(p))  # fmt: skip
+    want = support.python_reference(splits)
+    sessions = [r for r in want if r[0] == "session"]
+    alerts = [r for r in want if r[0] == "alert"]
+    assert alerts and len({r[1] for r in sessions}) == len(sessions) > 10  # one session per card
+    assert all(r[2] > 1_000 for r in alerts)  # fraud.LIMIT
+    assert sum(r[3] for r in sessions) == sum(
+        1 for events in splits for e in events if e["amount"] >= 100
+    )  # every large record counted once
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+async def test_the_python_job_run_here_writes_its_reference(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    pg_dsn: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kind scenario's python job, run by local workers (helios_userpkg on their PYTHONPATH
+    instead of in an image; the test broker for the regrouping), writes exactly
+    ``python_reference``: the kind test's expectation is the engine's answer, not a guess."""
+    monkeypatch.setenv("PYTHONPATH", str(support.USERPKG))
+    table = f"{pg_schema}.user_code"
+    spec = support.python_job(table, image=support.USER_IMAGE, restarts=0)
+    del spec["image"]
+    spec["config"]["repartition"] = {"bootstrap_servers": [kafka_bootstrap]}
+    spec["sources"][0]["config"]["rate_per_sec"] = 0
+    spec["sinks"][0]["config"]["connection_string"] = pg_dsn
+    async with JobManager(2, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job({"name": "user-code", **spec})
+
+        async def ended() -> bool:
+            return (await jm.get_job_details(job_id)).status in (JobStatus.FINISHED, JobStatus.FAILED)
+
+        await wait_until(ended, what="the job to end", within=120)
+        details = await jm.get_job_details(job_id)
+    assert details.status == JobStatus.FINISHED, details
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        columns = ", ".join(support.PY_COLUMNS)
+        got = sorted(
+            tuple(r) for r in await connection.fetch(f'SELECT {columns} FROM "{pg_schema}".user_code')
+        )
+    finally:
+        await connection.close()
+    assert got == support.python_reference(support.datagen_splits())

@@ -30,6 +30,7 @@ from heliosdb_streaming.kubernetes.operator import pods
 from heliosdb_streaming.testing.expected import datagen_tumbling_windows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+sys.path.insert(0, str(support.USERPKG))  # helios_userpkg: the python job's reference, computed here
 import test_api as rest  # the REST client and contract checks of the API tests
 
 # The first test also waits for the session's set-up: cluster, image build, services, chart.
@@ -350,3 +351,46 @@ async def test_delete_streaming_job_removes_what_it_owns(e2e: KindEnv) -> None:
         return not await e2e.owned(name)
 
     await eventually(all_gone, 120, "the garbage collector to remove the job's objects", e2e.diagnostics)
+
+
+# --------------------------------------------------------------------------- user code images
+
+
+async def test_python_functions_run_from_the_user_image(e2e: KindEnv) -> None:
+    """``spec.image`` = the image built from the Dockerfile of docs/python-functions.md (pip-installing
+    tests/userpkg): a python map and filter and a keyed process function with map state and
+    event-time timers run on 2 worker pods (the chart allows ``helios_userpkg.*``), the records
+    regrouped by card between them, and the table equals the reference computed here."""
+    name, table = "user-code", new_table("user_code")
+    want = support.python_reference(support.datagen_splits())
+    assert any(r[0] == "alert" for r in want) and any(r[0] == "session" for r in want)
+    await e2e.kubectl.apply(support.streaming_job(name, support.python_job(table, image=support.USER_IMAGE)))
+    await e2e.wait_phase(name, "running", timeout=240)
+    workers = await e2e.worker_pods(name)
+    assert len(workers) == 2
+    for pod in workers:
+        (c,) = pod["spec"]["containers"]
+        assert c["image"] == support.USER_IMAGE
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert env["HELIOS_PYTHON_MODULES"] == ",".join(support.USER_MODULES)  # the chart's value
+    status = await e2e.wait_phase(name, "finished", "failed", timeout=300)
+    assert status["phase"] == "finished", (status, await e2e.diagnostics())
+    assert status.get("restarts", 0) == 0
+    assert await e2e.python_rows(table) == want
+
+
+async def test_an_image_without_the_package_fails_its_first_run_with_the_import_message(
+    e2e: KindEnv,
+) -> None:
+    """The same job on the stock image (allowed by the chart, but the package is not installed): the
+    operator does not import user code, so the first run fails in the worker pods, with the reason."""
+    name = "no-user-code"
+    spec = support.python_job(new_table("no_user_code"), image=support.IMAGE, restarts=0)
+    await e2e.kubectl.apply(support.streaming_job(name, spec))
+    status = await e2e.wait_phase(name, "failed", timeout=240)
+    message = status.get("message", "")
+    assert "cannot import helios_userpkg." in message, status
+    assert "no module named 'helios_userpkg' in this environment" in message, status
+    assert status.get("restarts", 0) == 0
+    failed = {c["type"]: c for c in status.get("conditions", [])}.get("Failed") or {}
+    assert failed.get("status") == "True", status

@@ -10,6 +10,7 @@ helpers are tested in test_e2e_support.py.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,11 @@ def test_the_release_runs_the_loaded_image_and_uses_the_test_services(
     assert (namespace, svc) == (support.NAMESPACE, "svc")
     assert int(port) == service_port(services, name)
     assert (env["HELIOS_S3_SECURE"], env["HELIOS_CHECKPOINT_STORAGE"]) == ("false", support.CHECKPOINTS)
+    # the allow-list the python scenarios need (the chart's operator.pythonModules)
+    assert env["HELIOS_PYTHON_MODULES"] == "helios_userpkg.*"
+    for function in (s["config"]["function"] for s in support.PYTHON_STEPS if "function" in s["config"]):
+        module = function.partition(":")[0]
+        assert any(fnmatch.fnmatchcase(module, m) for m in support.USER_MODULES), module
 
     secret = find(release, "Secret", support.FULLNAME)
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -197,6 +203,12 @@ def test_the_scenarios_jobs_are_valid() -> None:
         spec = support.window_job("t", parallelism=2, count=count, upsert=count is None)
         JobSubmitRequest.model_validate({"name": "x", **spec})  # the REST body
         assert crd_problems(job_crd, support.streaming_job("x", spec)) == []
+    for image in (support.USER_IMAGE, support.IMAGE):
+        for restarts in (0, 5):
+            spec = support.python_job("t", image=image, restarts=restarts)
+            assert crd_problems(job_crd, support.streaming_job("x", spec)) == []
+            body = {k: v for k, v in spec.items() if k != "image"}  # a StreamingJob's, not a REST field
+            JobSubmitRequest.model_validate({"name": "x", **body})
     sp = support.savepoint("before-upgrade", "x")
     assert crd_problems(crds.savepoint_crd(), sp) == []
     sink = support.window_job("t", parallelism=1)["sinks"][0]["config"]
