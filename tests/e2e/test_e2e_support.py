@@ -23,6 +23,7 @@ import pytest
 from e2e_cluster import CommandError, Kubectl, PortForward, eventually
 
 from heliosdb_streaming.job import JobManager, JobStatus
+from heliosdb_streaming.runtime.connectors.datagen import DatagenSourceReader
 from heliosdb_streaming.testing.waits import wait_until
 
 sys.path.insert(0, str(support.USERPKG))  # helios_userpkg, for the python job's reference
@@ -445,7 +446,7 @@ def test_the_python_jobs_reference_exercises_alerts_and_sessions() -> None:
     splits = support.datagen_splits()
     assert sum(map(len, splits)) == support.PY_COUNT
     for p, events in enumerate(splits):  # each card in one split: its order survives the regrouping
-        assert {e["card_id"] for e in events} <= set(support.DatagenSourceReader(
+        assert {e["card_id"] for e in events} <= set(DatagenSourceReader(
             partitions=support.PARTITIONS, keys=support.KEYS).cards_of(p))  # fmt: skip
     want = support.python_reference(splits)
     sessions = [r for r in want if r[0] == "session"]
