@@ -375,6 +375,12 @@ PYTHON_STEPS: list[dict[str, Any]] = [
 ]
 
 
+# What a job's first run fails with on an image without helios_userpkg (the worker's import error).
+MISSING_PACKAGE = (
+    "cannot import helios_userpkg.records:add_fee: no module named 'helios_userpkg' in this environment"
+)
+
+
 def python_job(table: str, *, image: str, parallelism: int = 2, restarts: int = 5) -> dict[str, Any]:
     """Datagen -> helios_userpkg's map, filter and keyed process function (map state, event-time
     timers) -> PostgreSQL, on worker pods of ``image``. The map may rewrite the key, so the records

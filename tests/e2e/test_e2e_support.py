@@ -495,3 +495,25 @@ async def test_the_python_job_run_here_writes_its_reference(
     finally:
         await connection.close()
     assert got == support.python_reference(support.datagen_splits())
+
+
+async def test_workers_without_the_package_fail_the_first_run_with_the_import_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stock-image scenario here: the control plane imports helios_userpkg (this process's
+    sys.path) but its workers cannot (no PYTHONPATH), as worker pods of an image without it; the
+    first run fails with the message the kind test looks for, and no restart hides it."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    spec = support.python_job("t", image=support.IMAGE, parallelism=1, restarts=0)
+    del spec["image"], spec["config"]["repartition"]  # parallelism 1: no regrouping between workers
+    spec["sinks"] = [{"type": "file", "config": {"path": str(tmp_path / "out.jsonl")}}]
+    async with JobManager(1, home=tmp_path / "home") as jm:
+        job_id = await jm.submit_job({"name": "no-user-code", **spec})
+
+        async def ended() -> bool:
+            return (await jm.get_job_details(job_id)).status in (JobStatus.FINISHED, JobStatus.FAILED)
+
+        await wait_until(ended, what="the job to end", within=60)
+        details = await jm.get_job_details(job_id)
+    assert (details.status, details.restarts) == (JobStatus.FAILED, 0)
+    assert support.MISSING_PACKAGE in (details.message or ""), details.message
