@@ -1,7 +1,8 @@
 """The pure parts of the kind end-to-end run, kept apart so they are checked where no cluster runs.
 
 Settings from the ``HELIOS_E2E_*`` environment, the tool check behind the skip, the commands the
-session runs, the chart values, the jobs the scenarios submit, and the parsing of what ``kubectl``
+session runs, the chart values, the user image's Dockerfile (taken from the docs) and build context,
+the jobs the scenarios submit with the python job's reference, and the parsing of what ``kubectl``
 prints. Nothing here starts a process except ``docker_engine_problem`` (``docker info``).
 """
 
