@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.postgres]
 async def test_key_by_merchant_over_files_is_exact_through_worker_kills(
     tmp_path: Path, pg_dsn: str, pg_schema: str, backend: str
 ) -> None:
-    events = write_files(tmp_path / "in", seed=len(backend))
+    events = write_files(tmp_path / "in", seed=len(backend), per_file=100_000)
     table = f"{pg_schema}.hourly"
     source = {"type": "file", "config": {"path": str(tmp_path / "in")}}
     body = merchant_job(f"merchants-{backend}", source, pg_dsn, table, parallelism=1, state_backend=backend)

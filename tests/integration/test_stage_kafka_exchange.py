@@ -98,7 +98,7 @@ async def test_kafka_by_card_at_parallelism_2_rocksdb_is_exact_through_worker_ki
     tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, kafka_topic
 ) -> None:
     topic = await kafka_topic(partitions=4)
-    splits = transactions(4, 10_000, seed=11)
+    splits = transactions(4, 50_000, seed=11)
     events = [e for split in splits for e in split]
     # the last hour closes once every partition's event time is past it: a late marker per partition
     # (merchant "zz", two hours after everything) moves each origin's watermark past it
