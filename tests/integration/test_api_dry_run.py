@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import test_api as rest  # the REST client, job bodies and schema check of the contract tests
+from rest_call import call
 from test_api import api, jm
 
 from heliosdb_streaming.testing.server import HeliosServerProcess
@@ -66,19 +67,6 @@ def server(home: Path) -> Iterator[HeliosServerProcess]:
         yield process
     finally:
         assert process.stop() == 0, process.log_tail()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, dict[str, Any]]:
-    async with session.request(method, url, **kw) as response:
-        return response.status, await response.json(content_type=None)
 
 
 async def job_count(session: aiohttp.ClientSession, server: HeliosServerProcess) -> int:

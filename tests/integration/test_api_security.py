@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from rest_call import call
 
 from heliosdb_streaming.job.manager import JobManager
 from heliosdb_streaming.testing.server import HeliosServerProcess
@@ -63,20 +64,6 @@ def server(layout: dict[str, Path]) -> Iterator[HeliosServerProcess]:
         yield process
     finally:
         assert process.stop() == 0, process.log_tail()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, dict[str, Any]]:
-    async with session.request(method, url, **kw) as response:
-        body = await response.json(content_type=None)
-        return response.status, body
 
 
 def error_of(status: int, body: dict[str, Any], wanted: int, code: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ JOB = {
     "transformations": [{"type": "filter", "config": {"condition": "amount > 100"}}],
     "sinks": [{"type": "discard", "config": {}}],
 }
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from rest_call import call
 
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
@@ -50,19 +50,6 @@ def process(function: str = CLASS, **config: Any) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def userpkg_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(USERPKG))
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, dict[str, Any]]:
-    async with session.request(method, url, **kw) as response:
-        return response.status, await response.json(content_type=None)
 
 
 def server(home: Path, *args: str) -> HeliosServerProcess:

@@ -12,12 +12,13 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from rest_call import call
 
 from heliosdb_streaming.job import (
     InvalidJobConfigError,
@@ -79,19 +80,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Hel
         yield process
     finally:
         assert process.stop() == 0, process.log_tail()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-async def call(
-    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
-) -> tuple[int, dict[str, Any]]:
-    async with session.request(method, url, **kw) as response:
-        return response.status, await response.json(content_type=None)
 
 
 async def run_to_end(
