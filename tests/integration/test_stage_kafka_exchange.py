@@ -50,6 +50,26 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.postgres, pytest.mark.kafka]
 USERPKG = Path(__file__).resolve().parents[1] / "userpkg"
 
 
+async def keyed_topic(
+    bootstrap: str, topic: str, per_partition: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Fills ``topic`` (4 partitions, keyed by card) and returns its events and the job's source. The
+    last hour closes once every partition's event time is past it: a late marker per partition
+    (merchant "zz", two hours after everything, not among the returned events) moves each origin's
+    watermark past it."""
+    splits = transactions(4, per_partition, seed=seed)
+    events = [e for split in splits for e in split]
+    end = max(e["timestamp"] for e in events) + 2 * HOUR
+    for p, split in enumerate(splits):
+        split.append({"tx": f"end-{p}", "card_id": p, "merchant": "zz", "amount": 0, "timestamp": end})
+    await produce_by_card(bootstrap, topic, splits)
+    source = {
+        "type": "kafka",
+        "config": {"bootstrap_servers": [bootstrap], "topic": topic, "start_from": "earliest"},
+    }
+    return events, source
+
+
 @pytest.mark.parametrize("kills", [0, 3])
 async def test_files_at_parallelism_3_through_kafka_equal_the_oracle_and_purge_drops_the_topic(
     tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, kills: int
@@ -98,19 +118,8 @@ async def test_kafka_by_card_at_parallelism_2_rocksdb_is_exact_through_worker_ki
     tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, kafka_topic
 ) -> None:
     topic = await kafka_topic(partitions=4)
-    splits = transactions(4, 50_000, seed=11)
-    events = [e for split in splits for e in split]
-    # the last hour closes once every partition's event time is past it: a late marker per partition
-    # (merchant "zz", two hours after everything) moves each origin's watermark past it
-    end = max(e["timestamp"] for e in events) + 2 * HOUR
-    for p, split in enumerate(splits):
-        split.append({"tx": f"end-{p}", "card_id": p, "merchant": "zz", "amount": 0, "timestamp": end})
-    await produce_by_card(kafka_bootstrap, topic, splits)
+    events, source = await keyed_topic(kafka_bootstrap, topic, 50_000, seed=11)
     table = f"{pg_schema}.hourly"
-    source = {
-        "type": "kafka",
-        "config": {"bootstrap_servers": [kafka_bootstrap], "topic": topic, "start_from": "earliest"},
-    }
     body = merchant_job("merchants-kafka", source, pg_dsn, table, parallelism=2, state_backend="rocksdb")
     expected = hourly_oracle(events)
 
@@ -233,17 +242,8 @@ async def test_kafka_by_card_through_a_control_plane_sigkill_is_exact(
     home runs the job again from its last checkpoint in a larger attempt (saved before the workers
     of each run start), so what the dead run wrote to the internal topic is never counted."""
     topic = await kafka_topic(partitions=4)
-    splits = transactions(4, 15_000, seed=13)
-    events = [e for split in splits for e in split]
-    end = max(e["timestamp"] for e in events) + 2 * HOUR
-    for p, split in enumerate(splits):
-        split.append({"tx": f"end-{p}", "card_id": p, "merchant": "zz", "amount": 0, "timestamp": end})
-    await produce_by_card(kafka_bootstrap, topic, splits)
+    events, source = await keyed_topic(kafka_bootstrap, topic, 15_000, seed=13)
     table = f"{pg_schema}.hourly"
-    source = {
-        "type": "kafka",
-        "config": {"bootstrap_servers": [kafka_bootstrap], "topic": topic, "start_from": "earliest"},
-    }
     job_file = tmp_path / "job.json"
     job_file.write_bytes(orjson.dumps(merchant_job("merchants-cp", source, pg_dsn, table, parallelism=2)))
     home = tmp_path / "home"
