@@ -34,6 +34,7 @@ from heliosdb_streaming.model.types import (
     LogEntry,
     Record,
     SavepointInfo,
+    StageTaskMetrics,
     TaskInfo,
     ThroughputPoint,
     Timestamp,
@@ -314,6 +315,11 @@ class MetricsBody(ApiBody):
         description="(addition) events behind the watermark that windows and CEP dropped"
     )
     source: SourceMetricsBody = Field(description="(addition) source lag")
+    stage_tasks: list[StageTaskMetrics] = Field(
+        default_factory=list,
+        description="(addition) the key-group tasks of later stages (after a repartition): records in, "
+        "out and failed in the current run",
+    )
 
 
 class JobMetricsResponse(ApiBody):
@@ -351,6 +357,7 @@ class JobMetricsResponse(ApiBody):
                 running_ms=m.running_ms,
                 late_events_dropped=m.late_events_dropped,
                 source=SourceMetricsBody(lag_records=m.source_lag_records),
+                stage_tasks=m.stage_tasks,
             ),
             history=m.history,
         )

@@ -107,6 +107,8 @@ class JobMetricsAggregator:
         self.last_checkpoint_duration_ms = 0
         self.checkpoint_durations: deque[int] = deque(maxlen=1000)
         self.task_progress: dict[str, dict[str, Any]] = {}
+        # key-group tasks of later stages (not splits): their counters in the current run
+        self.stage_task_progress: dict[str, dict[str, Any]] = {}
         # Lifetime, cumulative histograms for Prometheus (never go backwards, survive restarts).
         self.latency_coarse = CoarseHistogram(LATENCY_BUCKETS_S)
         self.checkpoint_histogram = CoarseHistogram(CHECKPOINT_BUCKETS_S)
@@ -152,6 +154,8 @@ class JobMetricsAggregator:
         view.source_lag = int(lag) if lag is not None else None
         for split_id, progress in (beat.get("tasks") or {}).items():
             self.task_progress[split_id] = progress
+        for task_id, progress in (beat.get("stage_tasks") or {}).items():
+            self.stage_task_progress[task_id] = progress
         bucket = self._bucket(now)
         bucket.events_in += deltas["events_in"]
         bucket.errors += deltas["errors"]

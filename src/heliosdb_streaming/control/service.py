@@ -43,6 +43,7 @@ from heliosdb_streaming.model.types import (
     MetricsWindow,
     RestartOptions,
     SavepointInfo,
+    StageTaskMetrics,
     TaskInfo,
     ThroughputPoint,
 )
@@ -369,6 +370,15 @@ class JobServiceCore:
             running_ms=m.running_ms,
             source_lag_records=m.source_lag() if active else None,
             window_seconds=window.seconds,
+            stage_tasks=[
+                StageTaskMetrics(
+                    task_id=task_id,
+                    events_in=int(p.get("events_in", 0)),
+                    events_out=int(p.get("events_out", 0)),
+                    errors=int(p.get("errors", 0)),
+                )
+                for task_id, p in sorted(m.stage_task_progress.items())
+            ],
             history=[
                 ThroughputPoint(
                     timestamp=datetime.fromtimestamp(p["minute"], UTC),

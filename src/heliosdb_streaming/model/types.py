@@ -212,6 +212,15 @@ class DetailsMetrics(Record):
     )
 
 
+class StageTaskMetrics(Record):
+    """(addition) A key-group task of a later stage (after a repartition), in the current run."""
+
+    task_id: str = Field(description="s<stage>-kg<first>-<last>: the stage and the key groups it owns")
+    events_in: int = Field(default=0, description="records that reached the task through the exchange")
+    events_out: int = Field(default=0, description="records it emitted (to the next stage or the sinks)")
+    errors: int = Field(default=0, description="records its steps failed or skipped")
+
+
 class JobMetrics(DetailsMetrics):
     """The spec's ``JobMetrics`` fields, plus what the REST metrics body nests (latency, errors, ...).
 
@@ -223,6 +232,10 @@ class JobMetrics(DetailsMetrics):
     errors_rate_per_min: float = 0.0
     window_seconds: int = 300
     history: list[ThroughputPoint] = Field(default_factory=list)
+    stage_tasks: list[StageTaskMetrics] = Field(
+        default_factory=list,
+        description="(addition) the counters of the key-group tasks of later stages, in the current run",
+    )
 
     @property
     def latency(self) -> LatencyStats:

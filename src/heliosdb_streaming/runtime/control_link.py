@@ -97,6 +97,7 @@ class ControlLink:
         c = self._data.counters
         memory = self._process.memory_info()
         tasks = list(self._data.tasks.items())
+        stage_tasks = list(self._data.stage_tasks.items())
         return {
             "type": "heartbeat",
             "events_in": c.events_in,
@@ -118,6 +119,11 @@ class ControlLink:
             "tasks": {
                 sid: {"events_in": t.events_in, "events_out": t.events_out, "finished": t.finished}
                 for sid, t in tasks
+            },
+            # the key-group tasks of later stages (``runtime/stages.py``): not splits
+            "stage_tasks": {
+                tid: {"events_in": t.events_in, "events_out": t.events_out, "errors": t.errors}
+                for tid, t in stage_tasks
             },
             "problems": self._problems(),
         }

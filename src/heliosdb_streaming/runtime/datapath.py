@@ -6,7 +6,9 @@ bounded queue (backpressure is measured where ``put`` blocks); the processing lo
 through its task's chain; output is written to the sinks (or staged for exactly-once sinks) and the
 sinks are flushed as soon as the queue is empty (so a moderate rate is not held back), and at least
 every ``FLUSH_INTERVAL_S`` at full speed; source positions are committed at most every
-``FLUSH_INTERVAL_S``. Latency is recorded when the batch's output is flushed.
+``FLUSH_INTERVAL_S``. Latency is recorded when the batch's output is flushed; when later stages run
+in other worker processes, where the last stage's output is flushed (its records' ingestion time
+came with them through the exchange), so it is end to end there too.
 """
 
 from __future__ import annotations
@@ -164,12 +166,12 @@ class DataPath:
             task.finished = True
         if self.stages is not None:
             finished = batch.finished and self.stage0_stateless
-            self.stages.push(0, batch.split_id, out, finished=finished)
+            self.stages.push(0, batch.split_id, out, finished=finished, ingest_ms=batch.ingest_ms)
             self.stages.pump()
-            self._pending_out.extend(self.stages.take_output())
+            self._take_stage_output()
         elif out:
             self._pending_out.append((batch.split_id, out))
-        if self.metrics:
+        if self.metrics and self.remote is None:  # across processes: timed where the last stage is
             self._pending_latency.append((batch.ingest_ms, n))
         if n:
             self._size_polls((time.perf_counter() - started) / n)
@@ -181,6 +183,15 @@ class DataPath:
         if self._record_cost > 0:
             fit = int(BATCH_TARGET_S / self._record_cost)
             self.poll_records = max(POLL_MIN_RECORDS, min(POLL_MAX_RECORDS, fit))
+
+    def _take_stage_output(self) -> None:
+        """What the last stage emitted goes to the sinks; across processes, with its ingestion times."""
+        assert self.stages is not None
+        self._pending_out.extend(self.stages.take_output())
+        if self.remote is not None:
+            latency = self.stages.take_latency()
+            if self.metrics:
+                self._pending_latency.extend(latency)
 
     def _emit(self, task: Task, out: Batch) -> None:
         """Output of a split task outside ``process_batch`` (timers, end of input)."""
@@ -197,7 +208,7 @@ class DataPath:
                 self._run_emitted(task, i, step.on_time(now_ms), step)
         if self.stages is not None:
             self.stages.on_time(now_ms)
-            self._pending_out.extend(self.stages.take_output())
+            self._take_stage_output()
         self._collect_late_drops()
 
     def end_of_input(self) -> None:
@@ -214,7 +225,7 @@ class DataPath:
             self.pump_stages()
         elif self.stages is not None:
             self.stages.end_of_input(list(self.tasks))
-            self._pending_out.extend(self.stages.take_output())
+            self._take_stage_output()
         self._collect_late_drops()
 
     def finish_stages(self) -> bool:
@@ -223,7 +234,7 @@ class DataPath:
         if self.stages is None or self.remote is None:
             return True
         done = self.stages.finish_step(self.remote.finished)
-        self._pending_out.extend(self.stages.take_output())
+        self._take_stage_output()
         self._collect_late_drops()
         return done
 
@@ -232,7 +243,7 @@ class DataPath:
         any time, not only within the batch that sent it)."""
         if self.stages is not None:
             self.stages.pump()
-            self._pending_out.extend(self.stages.take_output())
+            self._take_stage_output()
 
     async def pump_and_write(self) -> None:
         """``pump_stages``, then what the last stage emitted goes to the sinks (or their staging)."""
@@ -317,7 +328,7 @@ class DataPath:
     async def _write_pending(self) -> None:
         pending, self._pending_out = self._pending_out, []
         for split_id, out in pending:
-            task: Task | StageTask | None = self.tasks.get(split_id) or self.stage_tasks.get(split_id)
+            task = self.tasks.get(split_id)  # a stage task counts its output where it emits it
             if task is not None:
                 task.events_out += len(out)
             self.counters.events_out += len(out)

@@ -16,6 +16,12 @@ order: stage 0's windows first, their output routed, then stage 1's, and so on.
 
 :class:`StageRunner` wires it: ``push`` hands a task's output to the next boundary (or to the sinks
 after the last stage), ``pump`` lets each stage's tasks take what arrived, in stage order.
+
+Latency across worker processes: a record's ingestion time travels with it through the exchange
+(the earliest of a delivery's records, ``Delivery.ingest_ms``); with ``track_latency`` the runner
+keeps (ingestion time, records) of what the last stage's tasks took in, and the worker records
+their latency when its sinks flush the output, as it does for a split task's batch in process. (The
+clocks of two machines differ: across hosts the figure is as good as their clock sync.)
 """
 
 from __future__ import annotations
@@ -122,6 +128,7 @@ class StageTask:
     watermark: int = MIN_WATERMARK
     events_in: int = 0
     events_out: int = 0
+    errors: int = 0
     # across worker processes: how far the task read its internal-topic partitions, set when its
     # barriers are aligned (``KafkaExchange.snapshot``), so a restore resumes reading there
     input_position: dict[str, Any] | None = None
@@ -220,6 +227,10 @@ class StageRunner:
         self.last = len(plan.stages) - 1
         self._on_errors = on_errors
         self._output: list[tuple[str, Batch]] = []
+        # (earliest ingestion time, records) taken in by the last stage: set by a worker whose
+        # stages cross processes (in process the split task's batch is timed end to end already)
+        self.track_latency = False
+        self._latency: list[tuple[float, int]] = []
         parallelism = config.parallelism
         max_parallelism = config.max_parallelism
         idle_s = config.idle_timeout_ms / 1000
@@ -271,8 +282,21 @@ class StageRunner:
 
     # ------------------------------------------------------------------------------ routing
 
-    def push(self, stage: int, origin: str, records: Batch, *, finished: bool = False) -> None:
-        """Hands the output of a task of ``stage`` on: to the next stage, or to the sinks."""
+    def push(
+        self,
+        stage: int,
+        origin: str,
+        records: Batch,
+        *,
+        finished: bool = False,
+        ingest_ms: float | None = None,
+    ) -> None:
+        """Hands the output of a task of ``stage`` on: to the next stage, or to the sinks.
+        ``ingest_ms``: the earliest ingestion time of the input that produced ``records``."""
+        if stage > 0 and records:
+            task = self.by_id.get(origin)
+            if task is not None:
+                task.events_out += len(records)
         if stage == self.last:
             if records:
                 self._output.append((origin, records))
@@ -285,7 +309,7 @@ class StageRunner:
             watermark = MAX_WATERMARK
         elif not groups:
             return  # nothing crossed and the watermark did not move
-        self.exchange.send(stage + 1, origin, groups, watermark)
+        self.exchange.send(stage + 1, origin, groups, watermark, ingest_ms)
 
     def pump(self, now: float | None = None) -> None:
         """Lets every later stage, in order, take what arrived for it and pass its output on."""
@@ -293,11 +317,21 @@ class StageRunner:
         for stage in range(1, self.last + 1):
             for task in self.tasks[stage]:
                 deliveries = self.exchange.receive(stage, task.groups)
+                if not deliveries:
+                    continue
                 errors: list[tuple[Record, Exception]] = []
-                out = task.deliver(deliveries, now, errors) if deliveries else []
+                out = task.deliver(deliveries, now, errors)
                 self._report(errors, task)
+                ingest = _earliest_ingest(deliveries)
+                if ingest is not None and stage == self.last and self.track_latency:
+                    self._latency.append((ingest, sum(len(d.records) for d in deliveries)))
                 if out:
-                    self.push(stage, task.task_id, out)
+                    self.push(stage, task.task_id, out, ingest_ms=ingest)
+
+    def take_latency(self) -> list[tuple[float, int]]:
+        """(earliest ingestion time, records) the last stage took in since the last call."""
+        latency, self._latency = self._latency, []
+        return latency
 
     def take_output(self) -> list[tuple[str, Batch]]:
         """The last stage's output since the last call, per task id, for the sinks."""
@@ -306,6 +340,7 @@ class StageRunner:
 
     def _report(self, errors: list[tuple[Record, Exception]], task: StageTask) -> None:
         if errors:
+            task.errors += len(errors)
             self._on_errors(errors, task.task_id, task.watermark)
 
     # ------------------------------------------------------------------------------ time
@@ -365,3 +400,9 @@ class StageRunner:
 
     def late_dropped(self) -> int:
         return sum(task.late_dropped() for task in self.by_id.values())
+
+
+def _earliest_ingest(deliveries: list[Delivery]) -> float | None:
+    """The earliest ingestion time of the deliveries that carry records (None: none known)."""
+    times = [d.ingest_ms for d in deliveries if d.records and d.ingest_ms is not None]
+    return min(times) if times else None

@@ -334,6 +334,7 @@ class Worker:
         if self.remote is not None:
             await self._open_remote(plan, every_split, list(self.tasks), restored)
         runner.advance()  # restored chains take the restored watermark before any record
+        runner.track_latency = self.remote is not None  # the sink's latency is end to end
         self.data.stages = runner
         self.data.stage_tasks.update(runner.by_id)
         self.data.stage0_stateless = not any(

@@ -33,6 +33,7 @@ from heliosdb_streaming.model.types import (
     LogOptions,
     MetricsWindow,
     SavepointInfo,
+    StageTaskMetrics,
     TaskInfo,
     ThroughputPoint,
 )
@@ -96,6 +97,7 @@ def metrics_of_body(body: dict[str, Any], restarts: int) -> JobMetrics:
         source_lag_records=(m.get("source") or {}).get("lag_records"),
         window_seconds=window.seconds,
         history=[ThroughputPoint.model_validate(p) for p in body["history"]],
+        stage_tasks=[StageTaskMetrics.model_validate(t) for t in m.get("stage_tasks", [])],
     )
 
 

@@ -36,13 +36,16 @@ class Delivery:
     after them. ``records`` may be empty: a watermark mark (MAX_WATERMARK: the origin finished).
 
     ``position`` is the origin's sequence number of this delivery (increasing per origin and
-    boundary); a cross-process exchange uses it to drop replays, in process it is informative."""
+    boundary); a cross-process exchange uses it to drop replays, in process it is informative.
+    ``ingest_ms``: the earliest ingestion time (wall clock, ms) of the records, so the sink after
+    the last stage records end-to-end latency (None: not known, e.g. a timer's output)."""
 
     origin: str
     group: int
     records: Batch
     watermark: int
     position: int = 0
+    ingest_ms: float | None = None
 
 
 class Exchange(Protocol):
@@ -55,10 +58,18 @@ class Exchange(Protocol):
     downstream.
     """
 
-    def send(self, boundary: int, origin: str, groups: Mapping[int, Batch], watermark: int) -> None:
+    def send(
+        self,
+        boundary: int,
+        origin: str,
+        groups: Mapping[int, Batch],
+        watermark: int,
+        ingest_ms: float | None = None,
+    ) -> None:
         """Hands one origin's output to stage ``boundary``: records per key group (any group may be
         missing), and the origin's watermark after them (sent even when ``groups`` is empty, to
-        every task of the stage, so a quiet origin still moves event time)."""
+        every task of the stage, so a quiet origin still moves event time). ``ingest_ms``: the
+        earliest ingestion time of the records (it travels with them, for the sink's latency)."""
         ...
 
     def receive(self, boundary: int, groups: range) -> list[Delivery]:

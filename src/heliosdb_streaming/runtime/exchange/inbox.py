@@ -161,7 +161,14 @@ class Inbox:
                 self._raise_mark(message.origin, channel, message.watermark)
             records = message.records if message.records is not None else []
             self._out.append(
-                Delivery(message.origin, partition, records, self._low[message.origin][0], position)
+                Delivery(
+                    message.origin,
+                    partition,
+                    records,
+                    self._low[message.origin][0],
+                    position,
+                    message.ingest_ms,
+                )
             )
             if channel.mark == MAX_WATERMARK and self._aligning:
                 self._check_aligned()

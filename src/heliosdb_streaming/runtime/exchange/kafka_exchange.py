@@ -110,6 +110,8 @@ class KafkaExchange:
         # records sent but not yet written, per origin and key group: small deliveries of several
         # sends become one message (fewer, larger messages: the broker's cost is per message)
         self._pending: dict[tuple[int, str], dict[int, Batch]] = {}
+        # the earliest ingestion time of what is buffered per (boundary, origin, group)
+        self._ingest: dict[tuple[int, str, int], float] = {}
         self._linger: asyncio.TimerHandle | None = None
         self._producers: dict[int, OrderedProducer] = {}
         self._positions: dict[tuple[int, str, int], int] = {}
@@ -185,17 +187,32 @@ class KafkaExchange:
 
     # -------------------------------------------------------------------------------- sending
 
-    def send(self, boundary: int, origin: str, groups: Mapping[int, Batch], watermark: int) -> None:
+    def send(
+        self,
+        boundary: int,
+        origin: str,
+        groups: Mapping[int, Batch],
+        watermark: int,
+        ingest_ms: float | None = None,
+    ) -> None:
         key = (boundary, origin)
         mark = max(watermark, self._marks.get(key, MIN_WATERMARK))
         self._marks[key] = mark
         pending = self._pending.setdefault(key, {})
+        ingest = self._ingest
         for group, records in groups.items():
             if not records:
                 continue
             buffered = pending.get(group)
             if buffered is None:
                 buffered = pending[group] = []
+                if ingest_ms is not None:
+                    ingest[(boundary, origin, group)] = ingest_ms
+            elif ingest_ms is not None:
+                channel = (boundary, origin, group)
+                earliest = ingest.get(channel)
+                if earliest is None or ingest_ms < earliest:
+                    ingest[channel] = ingest_ms
             buffered.extend(records)
             if len(buffered) >= self.coalesce_records:
                 self._encode(boundary, origin, group, pending.pop(group))
@@ -211,13 +228,16 @@ class KafkaExchange:
         (which is after every record sent so far, so after these)."""
         producer = self._producers[boundary]
         mark = self._marks[(boundary, origin)]
+        ingest = self._ingest.pop((boundary, origin, group), None)
         for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
             chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
             last = start + MAX_RECORDS_PER_MESSAGE >= len(records)
             position = self._next_position(boundary, origin, group)
             producer.write(
                 group,
-                wire.encode_delivery(self.attempt, origin, position, mark if last else MIN_WATERMARK, chunk),
+                wire.encode_delivery(
+                    self.attempt, origin, position, mark if last else MIN_WATERMARK, chunk, ingest
+                ),
             )
 
     def _encode_origin(self, boundary: int, origin: str) -> set[int]:

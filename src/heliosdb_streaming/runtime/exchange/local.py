@@ -17,7 +17,14 @@ class LocalExchange:
         self._inbox: dict[int, list[Delivery]] = {}
         self._positions: dict[tuple[int, str], int] = {}
 
-    def send(self, boundary: int, origin: str, groups: Mapping[int, Batch], watermark: int) -> None:
+    def send(
+        self,
+        boundary: int,
+        origin: str,
+        groups: Mapping[int, Batch],
+        watermark: int,
+        ingest_ms: float | None = None,
+    ) -> None:
         inbox = self._inbox.setdefault(boundary, [])
         position = self._positions.get((boundary, origin), 0) + 1
         self._positions[(boundary, origin)] = position
@@ -25,7 +32,7 @@ class LocalExchange:
             inbox.append(Delivery(origin, -1, [], watermark, position))
             return
         for group, records in groups.items():
-            inbox.append(Delivery(origin, group, records, watermark, position))
+            inbox.append(Delivery(origin, group, records, watermark, position, ingest_ms))
 
     def receive(self, boundary: int, groups: range) -> list[Delivery]:
         """Deliveries for ``groups`` (marks, group -1, go to every receiver; in process there is one

@@ -16,6 +16,10 @@ from heliosdb_streaming.runtime.contracts import Batch, Record
 from heliosdb_streaming.runtime.eventtime import MIN_WATERMARK, parse_event_time
 from heliosdb_streaming.runtime.exchange.keygroups import GLOBAL_KEY_GROUP, key_group
 
+GROUP_CACHE_KEYS = 65_536
+"""String keys whose group the router remembers (keys repeat: merchants, cards). Only ``str`` keys are
+cached: ``1``, ``1.0`` and ``True`` are equal dict keys in Python but different JSON keys."""
+
 
 class Router:
     """Routes records of one boundary: key group = ``key_group(key_fn(record), max_parallelism)``,
@@ -33,6 +37,7 @@ class Router:
         self._time_field = time_field
         self._lag = lag_ms
         self._max_seen: dict[str, int] = {}
+        self._groups: dict[str, int] = {}  # str key -> its key group (crc32 per record is the cost)
 
     def route(
         self, origin: str, records: Batch, errors: list[tuple[Record, Exception]]
@@ -46,9 +51,18 @@ class Router:
                 groups[GLOBAL_KEY_GROUP] = records
         else:
             k = self._max_parallelism
+            cache = self._groups
             for record in records:
                 try:
-                    group = key_group(key_fn(record), k)
+                    key = key_fn(record)
+                    if type(key) is str:
+                        group = cache.get(key, -1)
+                        if group < 0:
+                            if len(cache) >= GROUP_CACHE_KEYS:
+                                cache.clear()
+                            group = cache[key] = key_group(key, k)
+                    else:
+                        group = key_group(key, k)
                 except Exception as e:
                     errors.append((record, e))
                     continue

@@ -9,11 +9,15 @@ only within one partition is the origin's order the reading order.
 
 The value is a compact orjson array, first element the format version::
 
-    [1, 0, attempt, origin, position, watermark, [record, ...]]   # delivery (records may be empty)
-    [1, 1, attempt, origin, position, checkpoint_id]             # barrier of checkpoint_id
+    [1, 0, attempt, origin, position, watermark, [record, ...], ingest_ms]   # delivery
+    [1, 1, attempt, origin, position, checkpoint_id]                        # barrier of checkpoint_id
 
-Records are the engine's JSON objects; their event time is a field of the record (the watermark is
-what the reader's event time is derived from), so no per-record header is needed.
+A delivery's records may be empty (a watermark mark). ``ingest_ms`` is the earliest ingestion time
+(wall clock, ms) of its records, or null; it is optional (a delivery of 7 elements has none), so
+messages written before it existed still decode. Records are the engine's JSON objects; their event
+time is a field of the record (the watermark is what the reader's event time is derived from), so no
+per-record header is needed: one message carries up to a few thousand records of one channel, and
+the header is paid once per message.
 """
 
 from __future__ import annotations
@@ -45,14 +49,24 @@ class Message:
     watermark: int = 0
     records: Batch | None = None
     checkpoint_id: int = 0
+    ingest_ms: float | None = None
 
     @property
     def is_barrier(self) -> bool:
         return self.kind == BARRIER
 
 
-def encode_delivery(attempt: int, origin: str, position: int, watermark: int, records: Batch) -> bytes:
-    return orjson.dumps([VERSION, DELIVERY, attempt, origin, position, watermark, records])
+def encode_delivery(
+    attempt: int,
+    origin: str,
+    position: int,
+    watermark: int,
+    records: Batch,
+    ingest_ms: float | None = None,
+) -> bytes:
+    if ingest_ms is None:
+        return orjson.dumps([VERSION, DELIVERY, attempt, origin, position, watermark, records])
+    return orjson.dumps([VERSION, DELIVERY, attempt, origin, position, watermark, records, ingest_ms])
 
 
 def encode_barrier(attempt: int, origin: str, position: int, checkpoint_id: int) -> bytes:
@@ -74,8 +88,13 @@ def decode(value: bytes | None) -> Message:
     kind, attempt, origin, position = data[1], data[2], data[3], data[4]
     if type(attempt) is not int or type(origin) is not str or type(position) is not int:
         raise WireFormatError(f"malformed header: {value[:80]!r}")
-    if kind == DELIVERY and len(data) == 7 and type(data[6]) is list and type(data[5]) is int:
-        return Message(DELIVERY, attempt, origin, position, watermark=data[5], records=data[6])
+    if kind == DELIVERY and 7 <= len(data) <= 8 and type(data[6]) is list and type(data[5]) is int:
+        ingest = data[7] if len(data) == 8 else None
+        if ingest is not None and type(ingest) not in (int, float):
+            raise WireFormatError(f"malformed ingestion time: {value[:80]!r}")
+        return Message(
+            DELIVERY, attempt, origin, position, watermark=data[5], records=data[6], ingest_ms=ingest
+        )
     if kind == BARRIER and len(data) == 6 and type(data[5]) is int:
         return Message(BARRIER, attempt, origin, position, checkpoint_id=data[5])
     raise WireFormatError(f"malformed message of kind {kind!r}: {value[:80]!r}")
