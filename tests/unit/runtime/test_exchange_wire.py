@@ -58,3 +58,14 @@ def test_a_barrier_round_trips_and_is_compact() -> None:
 def test_what_it_cannot_read_is_refused_with_a_reason(value: bytes | None, says: str) -> None:
     with pytest.raises(wire.WireFormatError, match=says):
         wire.decode(value)
+
+
+def test_a_delivery_carries_its_ingestion_time_and_one_without_it_still_decodes() -> None:
+    value = wire.encode_delivery(2, "s0-p0", 5, 1_000, [{"a": 1}], ingest_ms=1_767_225_600_123.5)
+    message = wire.decode(value)
+    assert message.ingest_ms == 1_767_225_600_123.5 and message.records == [{"a": 1}]
+    # written without one (a timer's output, or an engine from before the field): None
+    assert wire.decode(wire.encode_delivery(2, "s0-p0", 6, 1_000, [])).ingest_ms is None
+    assert len(orjson.loads(wire.encode_delivery(2, "s0-p0", 6, 1_000, []))) == 7
+    with pytest.raises(wire.WireFormatError, match="ingestion time"):
+        wire.decode(orjson.dumps([1, 0, 2, "s0-p0", 7, 1_000, [], "soon"]))
