@@ -255,11 +255,22 @@ CheckpointStorageUri = Annotated[
 ]
 
 
+DEFAULT_MAX_BACKLOG_MESSAGES = 5_000
+
+
 class RepartitionSettings(_Strict):
     """Where records cross stages between worker processes: Kafka internal topics on these brokers."""
 
     bootstrap_servers: Annotated[list[str], WithJsonSchema(BOOTSTRAP_SERVERS_SCHEMA)] = Field(
         min_length=1, description="host:port list or a comma string"
+    )
+    max_backlog_messages: int = Field(
+        default=DEFAULT_MAX_BACKLOG_MESSAGES,
+        ge=100,
+        le=10_000_000,
+        description="How far a stage may run ahead of the next: messages of an internal topic its "
+        "readers have not taken yet, beyond which the writers read no more input (a message carries up "
+        "to a few thousand records of one key group); it bounds how long a checkpoint's alignment waits",
     )
 
     @field_validator("bootstrap_servers", mode="before")
@@ -495,6 +506,12 @@ class JobConfig(_Strict):
     @property
     def savepoint_interval_ms(self) -> int:
         return _ms(self.savepoint_interval)
+
+    def max_backlog_messages(self) -> int:
+        """``repartition.max_backlog_messages`` (its default when the brokers are the source's)."""
+        if self.repartition is None:
+            return DEFAULT_MAX_BACKLOG_MESSAGES
+        return self.repartition.max_backlog_messages
 
     def repartition_servers(self) -> list[str] | None:
         """The brokers of the internal topics: ``repartition``'s, else the job's Kafka source's."""

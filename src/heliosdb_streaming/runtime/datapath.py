@@ -256,6 +256,11 @@ class DataPath:
         if self.remote is not None:
             await self.remote.wait_for_room()
 
+    def lagging(self) -> bool:
+        """The internal topics' readers are more than the bound behind: read no more input for now
+        (``KafkaExchange.lagging``; the loop keeps receiving and handling checkpoints)."""
+        return self.remote is not None and self.remote.lagging()
+
     def publish_exchange(self) -> None:
         """Sends what waits to cross to other workers and the origins' watermarks, without waiting
         for the broker's acknowledgement (checkpoints wait for it)."""

@@ -226,6 +226,7 @@ class Worker:
                 job_id=self.job_id,
                 max_parallelism=self.config.max_parallelism,
                 attempt=self.attempt,
+                max_backlog_messages=self.config.max_backlog_messages(),
             )
             self.exchange = self.remote
             self.data.remote = self.remote
@@ -476,9 +477,11 @@ class Worker:
                         raise p.exception()  # type: ignore[misc]
                 data.counters.end_busy()
                 batch: SplitBatch | None = None
-                if not ending:
+                if not ending and not data.lagging():
                     with contextlib.suppress(TimeoutError):
                         batch = await asyncio.wait_for(data.queue.get(), timeout=wait_s)
+                elif not ending:  # the next stages are too far behind: only receive for a while
+                    await asyncio.sleep(wait_s)
                 else:
                     await asyncio.sleep(0.01)
                 data.counters.begin_busy()

@@ -28,6 +28,19 @@ A worker's checkpoint N with this exchange, in order (the in-process exchange ne
 End of input: ``send(..., MAX_WATERMARK)`` from each finished origin, then keep receiving until
 ``finished`` before a task's final flush. Backpressure: await ``wait_for_room`` after ``send``.
 
+How far upstream runs ahead (``max_backlog_messages``): without a bound, a fast stage 0 fills the
+internal topic far ahead of a slower later stage, and a checkpoint's alignment then waits until the
+downstream tasks processed all of it (everything before the barrier). Each reader reports, as its
+group's committed offsets, how far its task has *taken* each partition (not only fetched: what a
+fetch loop holds for its task is bounded by ``MAX_READY_RECORDS``); each writer asks the broker for
+the topic's end offsets and those commits every ``backlog_check_s``, and ``lagging`` is true while
+the messages not yet taken exceed the bound. The worker then reads no more input (it keeps
+receiving, pumping its own later stages and handling checkpoints: a worker is upstream and
+downstream at once, so pausing everything could wait on itself). The bound is approximate (a check
+interval of writes, and held messages after a barrier count as taken) but it does not depend on the
+input rate, so neither does the alignment's length. The commits are progress reports only: a
+restored task resumes from its snapshot's offsets, never from them.
+
 Attempts: a worker process runs one attempt of the job; every task of the job restarts together
 from one checkpoint in a new attempt (whose number must be larger). ``snapshot`` keeps how far each
 partition was read; a task restored in a later attempt resumes from there and ignores what the
@@ -45,17 +58,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from heliosdb_streaming.runtime.contracts import Batch
 from heliosdb_streaming.runtime.eventtime import MAX_WATERMARK, MIN_WATERMARK
 from heliosdb_streaming.runtime.exchange import topics, wire
 from heliosdb_streaming.runtime.exchange.base import Delivery, Exchange
 from heliosdb_streaming.runtime.exchange.inbox import Aligned, Inbox
-from heliosdb_streaming.runtime.exchange.kafka_transport import OrderedProducer, PartitionReader
+from heliosdb_streaming.runtime.exchange.kafka_transport import Backlog, OrderedProducer, PartitionReader
 
 log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_MESSAGE = 2000
+MAX_READY_RECORDS = 50_000
+"""Records a fetch loop holds for its task (fetched, not yet taken) before it waits for the task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,10 @@ class _Receiver:
         self.inbox = inbox
         self.ready: list[Delivery] = []
         self.aligned: int | None = None
+        self.fetched: dict[int, int] = {}  # inbox offsets as of the last fetch that filled ``ready``
+        self.taken: dict[int, int] = {}  # ... as of the last ``receive``: what the task has taken
+        self.ready_records = 0
+        self.drained = asyncio.Event()  # the task took what was ready
         self.failure: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
         self.wakeup = asyncio.Event()  # something for the task
@@ -98,6 +118,8 @@ class KafkaExchange:
         max_queued_bytes: int = 32 * 1024 * 1024,
         linger_s: float = 0.005,
         coalesce_records: int = 500,
+        max_backlog_messages: int | None = None,
+        backlog_check_s: float = 0.2,
     ) -> None:
         self.bootstrap_servers = list(bootstrap_servers)
         self.job_id = job_id
@@ -107,6 +129,10 @@ class KafkaExchange:
         self.max_queued_bytes = max_queued_bytes
         self.linger_s = linger_s
         self.coalesce_records = coalesce_records
+        self.max_backlog_messages = max_backlog_messages
+        self.backlog_check_s = backlog_check_s
+        self._backlog: dict[int, int] = {}  # per output boundary: messages its readers have not taken
+        self._monitors: list[asyncio.Task[None]] = []
         # records sent but not yet written, per origin and key group: small deliveries of several
         # sends become one message (fewer, larger messages: the broker's cost is per message)
         self._pending: dict[tuple[int, str], dict[int, Batch]] = {}
@@ -139,6 +165,13 @@ class KafkaExchange:
             )
             await producer.open()
             self._producers[boundary] = producer
+            if self.max_backlog_messages is not None:
+                backlog = Backlog(
+                    self.bootstrap_servers, self.topic(boundary), self._fanout[boundary], self.group(boundary)
+                )
+                await backlog.open()
+                self._backlog[boundary] = 0
+                self._monitors.append(asyncio.create_task(self._watch_backlog(boundary, backlog)))
         for spec in inputs:
             await self._open_input(spec)
 
@@ -149,7 +182,9 @@ class KafkaExchange:
                 f"{self.attempt}: positions restart with every attempt"
             )
         partitions = list(spec.groups)
-        reader = PartitionReader(self.bootstrap_servers, self.topic(spec.boundary), partitions)
+        reader = PartitionReader(
+            self.bootstrap_servers, self.topic(spec.boundary), partitions, group_id=self.group(spec.boundary)
+        )
         await reader.open(spec.offsets)
         consumer = reader.consumer
         tps = [TopicPartition(reader.topic, p) for p in partitions]
@@ -168,7 +203,15 @@ class KafkaExchange:
     def topic(self, boundary: int) -> str:
         return topics.topic_name(self.job_id, boundary)
 
+    def group(self, boundary: int) -> str:
+        """The consumer group the readers of ``boundary`` report their progress under."""
+        return f"{self.topic(boundary)}-readers"
+
     async def close(self) -> None:
+        monitors, self._monitors = self._monitors, []
+        for monitor in monitors:
+            monitor.cancel()
+        await asyncio.gather(*monitors, return_exceptions=True)
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -300,6 +343,27 @@ class KafkaExchange:
         for producer in self._producers.values():
             await producer.flush()
 
+    def lagging(self) -> bool:
+        """The readers of a boundary this worker writes to have more than ``max_backlog_messages``
+        not taken yet: read no more input for now (see the module doc)."""
+        limit = self.max_backlog_messages
+        return limit is not None and any(n > limit for n in self._backlog.values())
+
+    def backlog(self, boundary: int) -> int | None:
+        """The messages of ``boundary``'s topic its readers had not taken at the last check."""
+        return self._backlog.get(boundary)
+
+    async def _watch_backlog(self, boundary: int, backlog: Backlog) -> None:
+        try:
+            while True:
+                try:
+                    self._backlog[boundary] = await backlog.messages()
+                except KafkaError as e:  # keep the last figure: a broker hiccup neither stops nor frees
+                    log.info("backlog of %s unknown (%s: %s)", self.topic(boundary), type(e).__name__, e)
+                await asyncio.sleep(self.backlog_check_s)
+        finally:
+            await backlog.close()
+
     async def wait_for_room(self) -> None:
         """Backpressure for senders: returns once every producer's queue is under its bound."""
         for producer in self._producers.values():
@@ -312,6 +376,9 @@ class KafkaExchange:
         if receiver.failure is not None:
             raise receiver.failure
         ready, receiver.ready = receiver.ready, []
+        receiver.taken = receiver.fetched  # everything fetched when ``ready`` was last filled
+        receiver.ready_records = 0
+        receiver.drained.set()
         return ready
 
     async def wait(self, boundary: int, groups: range, timeout_s: float) -> None:
@@ -350,8 +417,11 @@ class KafkaExchange:
         reader, inbox = receiver.reader, receiver.inbox
         consumer = reader.consumer
         try:
-            last_check = time.monotonic()
+            last_check = last_report = time.monotonic()
             while True:
+                while receiver.ready_records >= MAX_READY_RECORDS and receiver.aligned is None:
+                    receiver.drained.clear()
+                    await receiver.drained.wait()  # the task takes what is ready first
                 if receiver.aligned is not None:
                     await receiver.released.wait()  # nothing moves until the task snapshotted
                     receiver.released.clear()
@@ -377,8 +447,15 @@ class KafkaExchange:
                         receiver.aligned = item.checkpoint_id
                     else:
                         receiver.ready.append(item)
+                        receiver.ready_records += len(item.records)
+                receiver.fetched = inbox.offsets()
+                if not receiver.ready:
+                    receiver.taken = receiver.fetched
                 if receiver.ready or receiver.aligned is not None:
                     receiver.wakeup.set()
+                if now - last_report >= self.backlog_check_s:
+                    last_report = now
+                    await reader.report(receiver.taken)
         except asyncio.CancelledError:
             raise
         except Exception as e:

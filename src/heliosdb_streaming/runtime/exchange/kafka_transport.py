@@ -14,7 +14,10 @@ bytes queued (backpressure).
 group: the job decides which task reads which key groups) from given offsets. tansu can answer a
 fetch at an offset past the end of a (recreated) topic with nothing, forever; the reader learns each
 partition's high watermark when it opens and starts a partition whose restored offset is past it
-from the beginning.
+from the beginning. With a ``group_id`` it reports how far its task has taken each partition as
+the group's committed offsets (``report``): progress only, never where it resumes (a restored task
+resumes from its snapshot's offsets). :class:`Backlog` reads those commits on the writing side: the
+messages of the topic the readers have not taken yet, which bounds how far upstream runs ahead.
 """
 
 from __future__ import annotations
@@ -216,11 +219,14 @@ class PartitionReader:
         partitions: Sequence[int],
         *,
         client_id: str = "heliosdb-exchange",
+        group_id: str | None = None,
     ) -> None:
         self.bootstrap_servers = list(bootstrap_servers)
         self.topic = topic
         self.partitions = sorted(partitions)
         self.client_id = client_id
+        self.group_id = group_id
+        self._reported: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._early: list[Fetched] = []
         self.reset: set[int] = set()  # partitions whose restored offset was past their end
@@ -230,7 +236,7 @@ class PartitionReader:
         created anew since) starts that partition at its beginning."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
-            group_id=None,
+            group_id=self.group_id,  # only to report progress (``report``): never subscribes
             client_id=self.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -313,6 +319,65 @@ class PartitionReader:
             await consumer.seek_to_beginning(tp)
         else:
             consumer.seek(tp, offset)
+
+    async def report(self, offsets: Mapping[int, int]) -> None:
+        """Commits, as the group's offsets, how far the task has taken each partition (what changed
+        since the last report); a failure is logged and retried with the next report."""
+        consumer = self._consumer
+        changed = {p: o for p, o in offsets.items() if self._reported.get(p) != o}
+        if consumer is None or self.group_id is None or not changed:
+            return
+        try:
+            await consumer.commit({TopicPartition(self.topic, p): o for p, o in changed.items()})
+        except KafkaError as e:
+            log.info("progress report on %s failed (%s: %s)", self.topic, type(e).__name__, e)
+            return
+        self._reported.update(changed)
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+
+class Backlog:
+    """The messages of ``topic`` its readers have not taken yet: end offset minus the offset each
+    partition's reader reported (group ``group_id``), or minus the partition's start when it has
+    reported nothing; summed over ``partitions``. Asked by the writing side every few hundred ms."""
+
+    def __init__(
+        self, bootstrap_servers: Sequence[str], topic: str, partitions: Sequence[int], group_id: str
+    ) -> None:
+        self.bootstrap_servers = list(bootstrap_servers)
+        self.topic = topic
+        self.group_id = group_id
+        self._tps = [TopicPartition(topic, p) for p in partitions]
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def open(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group_id,
+            client_id="heliosdb-exchange-backlog",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        self._consumer = consumer
+
+    async def messages(self) -> int:
+        consumer = self._consumer
+        if consumer is None:
+            raise ExchangeTransportError("backlog asked before open()")
+        ends = await consumer.end_offsets(self._tps)
+        starts = await consumer.beginning_offsets(self._tps)
+        # aiokafka has no public call for several partitions' commits in one request
+        committed = await consumer._coordinator.fetch_committed_offsets(self._tps)
+        total = 0
+        for tp in self._tps:
+            done = committed.get(tp)
+            taken = done.offset if done is not None and done.offset >= 0 else starts.get(tp, 0)
+            total += max(int(ends.get(tp, 0)) - int(taken), 0)
+        return total
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
