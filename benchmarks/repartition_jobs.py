@@ -5,17 +5,23 @@ discard, run by the embedded control plane at parallelism 1 (in process), 2 and 
 worker processes through the job's internal topic on a tansu broker started here), checkpoints every
 second (``--checkpoint-ms``). The rate is taken from the moment 10% of the events were read to the
 job's end (the later stages have then processed everything), so start-up is not in it. All workers
-share this machine's cores with the broker: the figure is per machine, not per worker.
+share this machine's cores with the broker: the figure is per machine, not per worker. On a machine
+shared with other work the rate varies by tens of percent from run to run, so each run also prints
+the CPU time the workers and the broker spent per million events (from the kernel's accounting of
+this process's children), which other load does not change much: compare that between versions.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from heliosdb_streaming.job import JobManager, JobStatus
 from heliosdb_streaming.testing.tansu import run_tansu
@@ -59,6 +65,20 @@ async def run(events: int, parallelism: int, bootstrap: str, home: Path, checkpo
         return 0.9 * events / max(end - (start or end), 1e-9)
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children: the finished ones (reaped workers) and the running
+    ones (the broker)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=400_000)
@@ -67,9 +87,15 @@ def main() -> None:
     args = parser.parse_args()
     with run_tansu() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         for p in args.parallelism:
+            cpu_before = children_cpu_s()
             rate = asyncio.run(run(args.events, p, bootstrap, Path(tmp) / f"p{p}", args.checkpoint_ms))
+            cpu = (children_cpu_s() - cpu_before) / args.events * 1_000_000
             where = "in process" if p == 1 else "through Kafka"
-            print(f"parallelism {p} ({where}): {rate:>10,.0f} ev/s", flush=True)
+            print(
+                f"parallelism {p} ({where}): {rate:>10,.0f} ev/s, "
+                f"workers + broker {cpu:5.1f} CPU s per 1M events",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
