@@ -421,7 +421,7 @@ class Worker:
                 offsets = {int(p): int(o) for p, o in saved.get("offsets", {}).items()}
                 attempt = int(saved["attempt"])
             inputs.append(TaskInput(spec.boundary, spec.groups, spec.origins, offsets, attempt))
-        await self.remote.open(wplan.outputs, inputs)
+        await self.remote.open(wplan.outputs, inputs, wplan.readers)
         logger.info(
             "internal topics: writes stage(s) %s, reads %s (attempt %d)",
             sorted(wplan.outputs) or "none",

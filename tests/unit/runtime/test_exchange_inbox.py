@@ -234,3 +234,35 @@ def test_every_message_once_in_order_and_alignment_is_exact(history: History) ->
     assert aligned == list(range(1, checkpoints + 1))
     for key, items in channels.items():
         assert applied[key] == [v for k, v in items if k == 0]
+
+
+def test_a_task_mark_counts_once_what_it_requires_on_other_partitions_was_applied() -> None:
+    """The origin wrote a record of time 100 to partition 1 (its position 1 there), then its task
+    mark 150 to partition 0 requiring partition 1's position 1. Read partition 0 first (partitions
+    are read independently): the mark must not count before that record, or the record is late."""
+    inbox = Inbox([0, 1, 2], ["a"], attempt=1)
+    feed(inbox, 0, [wire.encode_task_mark(1, "a", 1, 150, [[1, 1]])])
+    assert inbox.watermark_of("a") == MIN_WATERMARK
+    out = inbox.take()
+    assert [(x.records, x.watermark) for x in out if isinstance(x, Delivery)] == [([], MIN_WATERMARK)]
+    feed(inbox, 1, [d("a", 1, watermark=90, records=[{"ts": 100}])])
+    # partition 2 never had anything of the origin: it holds nothing back
+    assert inbox.watermark_of("a") == 150
+    assert [x.watermark for x in inbox.take() if isinstance(x, Delivery)] == [150]
+    # a later mark needing more than an earlier one: they count in order, never back
+    feed(inbox, 0, [wire.encode_task_mark(1, "a", 2, 200, [[1, 2], [2, 1]])], start=1)
+    feed(inbox, 2, [d("a", 1, watermark=180)])
+    assert inbox.watermark_of("a") == 150
+    feed(inbox, 1, [d("a", 2, watermark=190)], start=1)
+    assert inbox.watermark_of("a") == 200
+
+
+def test_a_task_mark_already_satisfied_counts_at_once_and_finishing_still_needs_every_partition() -> None:
+    inbox = Inbox([0, 1], ["a"], attempt=1)
+    feed(inbox, 1, [d("a", 1, watermark=50)])
+    feed(inbox, 0, [wire.encode_task_mark(1, "a", 1, 70, [[1, 1]])])
+    assert inbox.watermark_of("a") == 70 and not inbox.finished
+    feed(inbox, 0, [d("a", 2, watermark=MAX_WATERMARK, records=[])], start=1)
+    assert not inbox.finished  # partition 1 has not had the end of input yet
+    feed(inbox, 1, [d("a", 2, watermark=MAX_WATERMARK, records=[])], start=1)
+    assert inbox.finished and inbox.watermark_of("a") == MAX_WATERMARK

@@ -69,3 +69,11 @@ def test_a_delivery_carries_its_ingestion_time_and_one_without_it_still_decodes(
     assert len(orjson.loads(wire.encode_delivery(2, "s0-p0", 6, 1_000, []))) == 7
     with pytest.raises(wire.WireFormatError, match="ingestion time"):
         wire.decode(orjson.dumps([1, 0, 2, "s0-p0", 7, 1_000, [], "soon"]))
+
+
+def test_a_task_mark_round_trips_and_a_malformed_one_is_refused() -> None:
+    message = wire.decode(wire.encode_task_mark(4, "s0-p2", 9, 1_000, [[3, 7], [5, 1]]))
+    assert (message.kind, message.watermark, message.requires) == (wire.TASK_MARK, 1_000, [[3, 7], [5, 1]])
+    assert not message.is_barrier
+    with pytest.raises(wire.WireFormatError, match="task mark"):
+        wire.decode(orjson.dumps([1, 2, 4, "s0-p2", 9, 1_000, [[3, "7"]]]))

@@ -31,6 +31,14 @@ the previous attempt wrote after N (a replay, maybe not even the same records) i
 So positions only need to be compared within an attempt, and a restored task's offsets only need
 to be at or before the end of the log at the restart (``offsets()``: how far it had read).
 
+Watermarks: a delivery carries the origin's watermark on its channel, and the origin's watermark
+for the task is the least over the task's partitions (each is read on its own). Besides, an origin
+sends one *task mark* per downstream task (to the task's first partition, not to each of its key
+groups): watermark W once, on every partition it lists, the origin's message at the listed position
+has been applied. That is sound for the same reason: positions of a channel are applied in order, so
+every record the origin wrote to the task before the mark has been applied when it counts, and
+partitions it never wrote to hold nothing back. The origin's watermark is the larger of the two.
+
 Barrier alignment: a channel that delivers the barrier of checkpoint N waits; its later messages
 are not applied (held back). When every channel waits at N (or its origin finished), the task is
 aligned: the caller snapshots its state with ``offsets()`` and calls ``release``. Held-back messages
@@ -109,6 +117,10 @@ class Inbox:
         self._gaps: dict[int, int] = {}
         self._aligning = 0
         self._aligned = False
+        # per origin: task marks not yet satisfied, oldest first (watermark, partition -> position
+        # still to apply), and the latest satisfied one's watermark
+        self._pending_marks: dict[str, list[tuple[int, dict[int, int]]]] = {}
+        self._promised: dict[str, int] = {}
         self.completed = 0
         self.duplicates = 0
         self.other_attempts = 0
@@ -154,8 +166,14 @@ class Inbox:
         self._gaps.pop(partition, None)
         channel.applied = position
         channel.after = offset + 1
+        if message.origin in self._pending_marks:
+            self._satisfy(message.origin, partition, position)
         if message.is_barrier:
             self._on_barrier(partition, message.origin, channel, message.checkpoint_id)
+        elif message.kind == wire.TASK_MARK:
+            self._on_task_mark(message.origin, message.watermark, message.requires or [])
+            watermark = self.watermark_of(message.origin)
+            self._out.append(Delivery(message.origin, partition, [], watermark, position))
         else:
             if message.watermark > channel.mark:
                 self._raise_mark(message.origin, channel, message.watermark)
@@ -165,13 +183,47 @@ class Inbox:
                     message.origin,
                     partition,
                     records,
-                    self._low[message.origin][0],
+                    self.watermark_of(message.origin),
                     position,
                     message.ingest_ms,
                 )
             )
             if channel.mark == MAX_WATERMARK and self._aligning:
                 self._check_aligned()
+
+    def watermark_of(self, origin: str) -> int:
+        """The origin's watermark for this task: the least of its channel marks, or its latest
+        satisfied task mark if that is larger."""
+        low = self._low[origin][0]
+        promised = self._promised.get(origin, MIN_WATERMARK)
+        return promised if promised > low else low
+
+    def _on_task_mark(self, origin: str, watermark: int, requires: list[list[int]]) -> None:
+        remaining = {}
+        for partition, position in requires:
+            channel = self._channels.get((partition, origin))
+            if channel is not None and channel.applied < position:
+                remaining[partition] = position
+        self._pending_marks.setdefault(origin, []).append((watermark, remaining))
+        self._settle(origin)
+
+    def _satisfy(self, origin: str, partition: int, position: int) -> None:
+        for _watermark, remaining in self._pending_marks[origin]:
+            need = remaining.get(partition)
+            if need is not None and position >= need:
+                del remaining[partition]
+        self._settle(origin)
+
+    def _settle(self, origin: str) -> None:
+        """Satisfied task marks, oldest first, raise the origin's promised watermark (a later mark
+        requires at least what an earlier one did, so they are satisfied in order)."""
+        pending = self._pending_marks[origin]
+        while pending and not pending[0][1]:
+            watermark = pending.pop(0)[0]
+            if watermark > self._promised.get(origin, MIN_WATERMARK):
+                self._promised[origin] = watermark
+        if not pending:
+            del self._pending_marks[origin]
 
     def _raise_mark(self, origin: str, channel: _Channel, mark: int) -> None:
         """Raises a channel's mark and the origin's watermark for this task, which is the least over

@@ -4,11 +4,15 @@ written by an ``OrderedProducer`` and read into one :class:`~.inbox.Inbox` per d
 (``inbox.py`` says why the result is exactly once).
 
 Sending side (every origin): ``send`` buffers records per channel (origin, key group) for at most
-``linger_s`` (or ``coalesce_records``), then writes them as one numbered delivery; the origin's
-watermark rides with its records, and is broadcast to the key groups that
-got none at most every ``watermark_interval_s`` (and at ``flush``, and at once when the origin
-finishes: ``MAX_WATERMARK``). ``send_barrier`` writes checkpoint N's barrier to every key group
-after everything the origin sent before it.
+``linger_s`` (or ``coalesce_records``), then writes them as one numbered delivery (one Kafka message
+for up to ``MAX_RECORDS_PER_MESSAGE`` records: the header, origin and position, is paid per message,
+not per record); the origin's watermark rides with its records, and at most every
+``watermark_interval_s`` (and at ``flush``) goes to every downstream task as one *task mark* on the
+task's first key group, listing the positions it follows on the task's other groups (``wire.py``;
+``inbox.py`` says why it is sound). Marks to each of the 128 key groups were most of the messages,
+and most of the broker's work, before. The end of input (``MAX_WATERMARK``) goes to every key
+group. ``send_barrier`` writes checkpoint N's barrier to every key group after everything the origin
+sent before it.
 
 Receiving side (every downstream task): ``open`` starts a reader per task; a background fetch loop
 feeds its inbox and carries out the inbox's seeks; ``receive`` returns what is ready. When the
@@ -145,15 +149,25 @@ class KafkaExchange:
         self._broadcast: dict[tuple[int, str], tuple[int, float]] = {}  # last broadcast: mark, when
         self._receivers: dict[tuple[int, range], _Receiver] = {}
         self._fanout: dict[int, range] = {}
+        # per boundary written: the key groups of each downstream task (one task mark each)
+        self._readers: dict[int, tuple[range, ...]] = {}
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    async def open(self, outputs: Mapping[int, int], inputs: Sequence[TaskInput]) -> None:
+    async def open(
+        self,
+        outputs: Mapping[int, int],
+        inputs: Sequence[TaskInput],
+        readers: Mapping[int, Sequence[range]] | None = None,
+    ) -> None:
         """Creates the topics of the boundaries this worker writes to and reads from, starts a
         producer per output boundary and a reader per task input. ``outputs`` maps each boundary the
         worker writes to to its stage's number of key groups (``max_parallelism``; 1 for a global
-        stage), the key groups watermarks and barriers are broadcast to."""
+        stage), the key groups barriers and the end of input are broadcast to. ``readers``: the key
+        groups of each task reading a boundary, over all workers; watermarks then go as one task
+        mark per task (``wire.py``), else as a mark to every key group."""
         self._fanout = {b: range(min(int(n), self.max_parallelism)) for b, n in outputs.items()}
+        self._readers = {b: tuple(r) for b, r in (readers or {}).items() if b in self._fanout}
         for boundary in sorted({*outputs, *(i.boundary for i in inputs)}):
             await topics.ensure_topic(self.bootstrap_servers, self.topic(boundary), self.max_parallelism)
         for boundary in outputs:
@@ -302,11 +316,24 @@ class KafkaExchange:
         carry it), a mark-only delivery to the others."""
         written = self._encode_origin(boundary, origin)
         producer = self._producers[boundary]
-        for group in self._fanout[boundary]:
-            if group in written:
-                continue
-            position = self._next_position(boundary, origin, group)
-            producer.write(group, wire.encode_delivery(self.attempt, origin, position, mark, []))
+        tasks = self._readers.get(boundary)
+        if tasks is not None and mark != MAX_WATERMARK:
+            positions = self._positions
+            for groups in tasks:
+                first = groups.start
+                requires = [
+                    [g, positions[(boundary, origin, g)]]
+                    for g in groups
+                    if g != first and (boundary, origin, g) in positions
+                ]
+                position = self._next_position(boundary, origin, first)
+                producer.write(first, wire.encode_task_mark(self.attempt, origin, position, mark, requires))
+        else:  # the end of input goes to every key group: each channel learns its origin finished
+            for group in self._fanout[boundary]:
+                if group in written:
+                    continue
+                position = self._next_position(boundary, origin, group)
+                producer.write(group, wire.encode_delivery(self.attempt, origin, position, mark, []))
         self._broadcast[(boundary, origin)] = (mark, now)
 
     def _next_position(self, boundary: int, origin: str, group: int) -> int:

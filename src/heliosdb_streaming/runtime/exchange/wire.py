@@ -11,6 +11,12 @@ The value is a compact orjson array, first element the format version::
 
     [1, 0, attempt, origin, position, watermark, [record, ...], ingest_ms]   # delivery
     [1, 1, attempt, origin, position, checkpoint_id]                        # barrier of checkpoint_id
+    [1, 2, attempt, origin, position, watermark, [[partition, position], ...]]  # a task's mark
+
+A task's mark goes to the first partition of a downstream task's key groups only (not to each of
+them: with 128 key groups, marks to every group were most of the messages); it says the origin's
+watermark is ``watermark`` once the task has applied, on each listed partition, the origin's
+message at the listed position (the last the origin had written there before this mark).
 
 A delivery's records may be empty (a watermark mark). ``ingest_ms`` is the earliest ingestion time
 (wall clock, ms) of its records, or null; it is optional (a delivery of 7 elements has none), so
@@ -32,6 +38,7 @@ from heliosdb_streaming.runtime.contracts import Batch
 VERSION = 1
 DELIVERY = 0
 BARRIER = 1
+TASK_MARK = 2
 
 
 class WireFormatError(ValueError):
@@ -50,6 +57,7 @@ class Message:
     records: Batch | None = None
     checkpoint_id: int = 0
     ingest_ms: float | None = None
+    requires: list[list[int]] | None = None  # a task's mark: [partition, position] pairs
 
     @property
     def is_barrier(self) -> bool:
@@ -67,6 +75,12 @@ def encode_delivery(
     if ingest_ms is None:
         return orjson.dumps([VERSION, DELIVERY, attempt, origin, position, watermark, records])
     return orjson.dumps([VERSION, DELIVERY, attempt, origin, position, watermark, records, ingest_ms])
+
+
+def encode_task_mark(
+    attempt: int, origin: str, position: int, watermark: int, requires: list[list[int]]
+) -> bytes:
+    return orjson.dumps([VERSION, TASK_MARK, attempt, origin, position, watermark, requires])
 
 
 def encode_barrier(attempt: int, origin: str, position: int, checkpoint_id: int) -> bytes:
@@ -95,6 +109,11 @@ def decode(value: bytes | None) -> Message:
         return Message(
             DELIVERY, attempt, origin, position, watermark=data[5], records=data[6], ingest_ms=ingest
         )
+    if kind == TASK_MARK and len(data) == 7 and type(data[5]) is int and type(data[6]) is list:
+        requires = data[6]
+        if not all(type(r) is list and len(r) == 2 and type(r[0]) is type(r[1]) is int for r in requires):
+            raise WireFormatError(f"malformed task mark: {value[:80]!r}")
+        return Message(TASK_MARK, attempt, origin, position, watermark=data[5], requires=requires)
     if kind == BARRIER and len(data) == 6 and type(data[5]) is int:
         return Message(BARRIER, attempt, origin, position, checkpoint_id=data[5])
     raise WireFormatError(f"malformed message of kind {kind!r}: {value[:80]!r}")

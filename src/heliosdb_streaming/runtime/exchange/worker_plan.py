@@ -29,6 +29,9 @@ class StageInput:
 class WorkerExchangePlan:
     outputs: dict[int, int]  # boundary -> key groups of the stage it feeds (1 for a global stage)
     inputs: tuple[StageInput, ...]
+    # boundary written -> the key groups of each task reading it, over all workers (where the
+    # writer sends one watermark mark per task instead of one per key group)
+    readers: dict[int, tuple[range, ...]]
 
 
 def needs_kafka(plan: JobPlan, parallelism: int) -> bool:
@@ -48,6 +51,7 @@ def worker_exchange_plan(
     """What worker ``index`` of ``parallelism`` writes and reads; ``every_split`` lists the split
     ids of all workers (stage 1's origins), ``own_splits`` those this worker reads."""
     outputs: dict[int, int] = {}
+    readers: dict[int, tuple[range, ...]] = {}
     inputs: list[StageInput] = []
     origins: tuple[str, ...] = tuple(every_split)
     runs_previous = bool(own_splits)
@@ -55,9 +59,11 @@ def worker_exchange_plan(
         fanout = 1 if stage.input == "global" else max_parallelism
         if runs_previous:
             outputs[stage.index] = fanout
+            every = (stage_groups(stage, i, parallelism, max_parallelism) for i in range(parallelism))
+            readers[stage.index] = tuple(g for g in every if len(g))
         groups = stage_groups(stage, index, parallelism, max_parallelism)
         if len(groups):
             inputs.append(StageInput(stage.index, groups, origins))
         runs_previous = bool(len(groups))
         origins = tuple(stage_task_ids(stage, parallelism, max_parallelism))
-    return WorkerExchangePlan(outputs, tuple(inputs))
+    return WorkerExchangePlan(outputs, tuple(inputs), readers)
