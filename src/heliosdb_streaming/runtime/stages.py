@@ -242,11 +242,15 @@ class StageRunner:
         for stage in plan.stages[1:]:
             boundary = plan.boundaries[stage.index - 1]
             timed = graph.first_event_time_step(config, stage.steps)
+            # the event time the origins' watermarks are of: this stage's first event-time step, or
+            # a later stage's (a stage of stateless steps passes its input's event time on)
+            later = [i for s in plan.stages[stage.index :] for i in s.steps]
+            routed = graph.first_event_time_step(config, later)
             self.routers[stage.index] = Router(
                 compile_key(boundary.key) if boundary.key is not None else None,
                 max_parallelism,
-                timed[1] if timed else None,
-                timed[2] if timed else 0,
+                routed[1] if routed else None,
+                routed[2] if routed else 0,
             )
             groups = stage_groups(stage, index, parallelism, max_parallelism)
             tasks: list[StageTask] = []
@@ -305,6 +309,11 @@ class StageRunner:
         groups, watermark = self.routers[stage + 1].route(origin, records, errors)
         if errors:
             self._on_errors(errors, origin, None)
+        if stage > 0 and origin in self.by_id:
+            # a key-group task's output merges its origins' records, in order per origin only: the
+            # largest event time it emitted says nothing about what is still due, its input
+            # watermark (the least over its origins) does, as a Flink operator forwards its own
+            watermark = min(watermark, self.by_id[origin].watermark)
         if finished:
             watermark = MAX_WATERMARK
         elif not groups:
