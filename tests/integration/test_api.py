@@ -103,6 +103,7 @@ METRICS_INNER = {
     "running_ms": None,
     "late_events_dropped": None,
     "source": {"lag_records"},
+    "stage_tasks": None,  # a list: one entry per key-group task of a later stage
 }
 LOGS_KEYS = {"job_id", "logs", "total", "limit"}
 LOG_ENTRY_KEYS = {"timestamp", "level", "message", "task_id"}
