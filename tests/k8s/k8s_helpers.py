@@ -95,11 +95,13 @@ def table_rows(db: Path) -> list[tuple[Any, ...]]:
 
 
 def streaming_job(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A v1alpha2 StreamingJob; ``spec``'s job fields may be written as the REST body has them
+    (snake_case): they are renamed as the CRD has them (camelCase), as ``helios k8s convert`` does."""
     return {
         "apiVersion": crds.API_VERSION,
         "kind": crds.STREAMING_JOB_KIND,
         "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
+        "spec": crds.to_camel(spec),
     }
 
 
@@ -146,7 +148,8 @@ async def wait_phase(
 
 
 async def patch_spec(client: kube.KubeClient, name: str, changes: dict[str, Any]) -> None:
-    await client.patch(kube.STREAMINGJOBS, NS, name, {"spec": changes})
+    """A merge patch of the spec; job fields as in ``streaming_job`` (renamed to camelCase)."""
+    await client.patch(kube.STREAMINGJOBS, NS, name, {"spec": crds.to_camel(changes)})
 
 
 async def events_of(client: kube.KubeClient, name: str) -> list[tuple[str, str]]:

@@ -89,9 +89,12 @@ AuditKey = tuple[str, str, str, str, str]
 
 
 class SchemaCheck(Protocol):
-    """A CRD's structural schema: ``(object, strict)`` -> (the object pruned, why it is invalid)."""
+    """A CRD's structural schema: ``(object, strict, old)`` -> (the object pruned, why it is invalid);
+    ``old``: the stored object an update replaces (None on create), for CEL transition rules."""
 
-    def __call__(self, obj: dict[str, Any], *, strict: bool) -> tuple[dict[str, Any], list[str]]: ...
+    def __call__(
+        self, obj: dict[str, Any], *, strict: bool, old: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[str]]: ...
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):
@@ -329,7 +332,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             except Exception:  # a JSON patch that does not apply: kmock answers it as it would
                 return
         strict = request.params.get("fieldValidation") == "Strict"
-        pruned, problems = check(result, strict=strict)
+        pruned, problems = check(result, strict=strict, old=current or None)
         if problems:
             meta = result.get("metadata") or {}
             name = meta.get("name") or request.name or ""

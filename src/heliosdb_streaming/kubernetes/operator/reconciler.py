@@ -295,7 +295,7 @@ class StreamingJobReconciler:
         if not entry.record.status.terminal:
             return
         settings = [
-            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
+            mapping.setting(k) for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]
         settings += mapping.pipeline_changes(entry.config, wanted) + binding.pod_changes()
         fixed = mapping.unapplied_changes(entry.config, wanted)
