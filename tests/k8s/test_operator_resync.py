@@ -48,9 +48,9 @@ async def test_deleted_service_secret_and_budget_are_recreated(
         for resource, name in owned:
             await client.delete(resource, NS, name)
 
-        async def recreated() -> bool:
+        async def recreated(old: dict[str, str] = before) -> bool:
             found = [await client.get_or_none(r, NS, n) for r, n in owned]
-            return all(o is not None and o["metadata"]["uid"] != before[o["metadata"]["name"]] for o in found)
+            return all(o is not None and o["metadata"]["uid"] != old[o["metadata"]["name"]] for o in found)
 
         await eventually(
             recreated, 20, f"the deleted objects back (round {round_})", on_fail=operator.output()[-3000:]
