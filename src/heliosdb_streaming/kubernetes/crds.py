@@ -49,8 +49,9 @@ DEPRECATION_WARNING: Final = (
     f"{GROUP}/{LEGACY_VERSION} is deprecated: use {GROUP}/{VERSION} (camelCase fields; "
     "`helios k8s convert` rewrites a manifest)"
 )
-# the conversion webhook (the operator's ``/convert``) behind the chart's operator Service
-WEBHOOK_SERVICE: Final = "heliosdb-streaming-operator"
+# the conversion webhook (the operator's ``/convert``) behind the chart's webhook Service: fixed names
+# (a CRD is cluster-wide and crds/ is not templated); another namespace patches the CRD (docs)
+WEBHOOK_SERVICE: Final = "heliosdb-streaming-webhook"  # and its cert-manager Certificate
 WEBHOOK_NAMESPACE: Final = "heliosdb-streaming"
 WEBHOOK_PATH: Final = "/convert"
 WEBHOOK_PORT: Final = 9443
@@ -490,9 +491,7 @@ def _crd(
     conversion: Schema = {"strategy": "None"}
     if len({repr(v) for v in specs.values()}) > 1:
         conversion = webhook_conversion()
-        metadata["annotations"] = {
-            "cert-manager.io/inject-ca-from": f"{WEBHOOK_NAMESPACE}/{WEBHOOK_SERVICE}-webhook"
-        }
+        metadata["annotations"] = {"cert-manager.io/inject-ca-from": f"{WEBHOOK_NAMESPACE}/{WEBHOOK_SERVICE}"}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -83,13 +83,13 @@ def build_registry(
         with counted("streamingjobs", str(getattr(reason, "value", reason) or "reconcile")):
             await jobs_reconciler.reconcile_job(body)
 
-    owned = OwnedObjects(jobs_reconciler.client, jobs_reconciler.bindings, jobs_reconciler.launcher)
     interval = resync_interval()
 
     # periodic: a deleted Service, Secret or PodDisruptionBudget of a job comes back (``resync``)
     @kopf.timer(*jobs, id="resync", interval=interval, initial_delay=interval, registry=registry)
     async def resync_job(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
+        owned = OwnedObjects(jobs_reconciler.client, jobs_reconciler.bindings, jobs_reconciler.launcher)
         with counted("streamingjobs", "resync"):
             await owned.resync(str(meta.get("namespace")), str(meta.get("name")))
 
