@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kmock
 import yaml
 from crd_validation import admission
 from test_chart import CHART, FULLNAME, NAMESPACE, ROOT, render
 
-from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes import conversion, kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import ClusterEmulator
 
@@ -118,10 +119,26 @@ async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:
 
 
 def enforce_crd_schemas(emulator: ClusterEmulator) -> None:
-    """The emulator prunes and validates StreamingJobs and Savepoints against ``crds/*.yaml``."""
+    """The emulator prunes and validates StreamingJobs and Savepoints against ``crds/*.yaml`` and
+    serves their other served versions through the conversion the operator's webhook runs."""
     for path in sorted(Path(ROOT / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
-        emulator.schemas[(crd["spec"]["group"], crd["spec"]["names"]["plural"])] = admission(crd)
+        key = (crd["spec"]["group"], crd["spec"]["names"]["plural"])
+        emulator.schemas[key] = admission(crd)
+        (storage,) = [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
+        emulator.conversions[key] = (storage, convert_by_review)
+
+
+def convert_by_review(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:
+    """What the API server does with a CRD's conversion webhook: one ConversionReview, answered by
+    the same code the operator serves at ``/convert`` (tests/unit/.../test_opmetrics.py: over HTTPS)."""
+    answer = conversion.review(
+        {"request": {"uid": "emulated", "desiredAPIVersion": desired, "objects": objects}}
+    )["response"]
+    if answer["result"]["status"] != "Success":
+        raise kmock.KubernetesError(status=500, reason="InternalError", message=answer["result"]["message"])
+    converted: list[dict[str, Any]] = answer["convertedObjects"]
+    return converted
 
 
 def save_audit(emulator: ClusterEmulator) -> None:

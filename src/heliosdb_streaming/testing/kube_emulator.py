@@ -43,7 +43,13 @@ kmock's private internals; each is small and is here for one reason:
 6. ``_scale`` forwards a ``/scale`` change as a patch of the object through kmock's handler, with the
    body set on a clone of the request (aiohttp's private ``_read_bytes``).
 
-A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the six points above.
+7. ``_convert_version`` serves a custom resource in a version other than the one kmock stores
+   (``conversions``, (group, plural) -> (storage version, converter)), as the API server does with a
+   CRD's conversion webhook: the request goes to kmock under the storage version (its body converted;
+   a merge patch applied to the object as the client's version has it), the answer is converted back.
+   A watch in another version is refused (400): no caller here needs one.
+
+A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the seven points above.
 """
 
 from __future__ import annotations
@@ -81,6 +87,13 @@ SCALE_PATH = re.compile(
     r"/(?P<name>[^/]+)/scale$"
 )
 
+VERSIONED_PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)"
+    r"(/(?P<name>[^/]+))?(?P<sub>/.*)?$"
+)
+# objects (any version) and the apiVersion wanted -> the objects in it (a CRD's conversion webhook)
+Converter = Callable[[list[dict[str, Any]], str], list[dict[str, Any]]]
+
 # (namespace, pod name) -> the container's output so far, or None while it has not started
 PodLogSource = Callable[[str, str], str | None]
 RBAC_GROUP = rbac.GROUP
@@ -112,6 +125,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.schemas: dict[tuple[str, str], SchemaCheck] = {}  # (group, plural) -> check
         # (group, plural) -> a CRD's scale subresource (specReplicasPath, statusReplicasPath, ...)
         self.scales: dict[tuple[str, str], Mapping[str, str]] = {}
+        # (group, plural) -> (storage version, converter): other versions are served through it
+        self.conversions: dict[tuple[str, str], tuple[str, Converter]] = {}
         self._policy: rbac.Policy | None = None
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -123,6 +138,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         log_path = POD_LOG_PATH.match(raw_request.path)
         if log_path is not None and raw_request.method == "GET":
             return self._pod_log(raw_request, log_path["namespace"], log_path["name"])
+        versioned = VERSIONED_PATH.match(raw_request.path)
+        if versioned is not None and (versioned["group"], versioned["plural"]) in self.conversions:
+            storage, _ = self.conversions[(versioned["group"], versioned["plural"])]
+            if versioned["version"] != storage:
+                return await self._convert_version(raw_request, versioned)
         scale_path = SCALE_PATH.match(raw_request.path)
         if scale_path is not None and (scale_path["group"], scale_path["plural"]) in self.scales:
             return await self._scale(raw_request, scale_path)
@@ -230,6 +250,64 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             "status": status,
         }
         return aiohttp.web.json_response(scale)
+
+    async def _convert_version(
+        self, raw_request: aiohttp.web.BaseRequest, path: re.Match[str]
+    ) -> aiohttp.web.StreamResponse:
+        """A request in a served non-storage version, answered through the converter (point 7)."""
+        storage, convert = self.conversions[(path["group"], path["plural"])]
+        asked, stored = f"{path['group']}/{path['version']}", f"{path['group']}/{storage}"
+        if raw_request.query.get("watch") in ("true", "1"):
+            return _status(400, "BadRequest", f"the emulator watches {stored} only, not {asked}")
+        main = (
+            f"/apis/{path['group']}/{storage}"
+            + raw_request.path[len(f"/apis/{path['group']}/{path['version']}") :]
+        )
+        if raw_request.method == "PATCH" and "json-patch" in raw_request.headers.get("Content-Type", ""):
+            return _status(415, "UnsupportedMediaType", f"JSON patches of {asked} are not emulated")
+        headers = dict(raw_request.headers)
+        if raw_request.method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
+        query = f"?{raw_request.query_string}" if raw_request.query_string else ""
+        forward = raw_request.clone(rel_url=main + query, headers=headers)  # before reading the body
+        if raw_request.method in ("POST", "PUT"):
+            obj = orjson.loads(await raw_request.read() or b"{}")
+            forward._read_bytes = orjson.dumps(convert([obj], stored)[0])  # aiohttp reads it from here
+        elif raw_request.method == "PATCH":
+            # a patch names the fields as the client's version has them: apply it to the object in
+            # that version, then store the difference in the storage version
+            current = next(
+                (
+                    dict(o.raw)
+                    for (resource, ns, n), o in self.objects.items()
+                    if (getattr(resource, "group", None), getattr(resource, "plural", None))
+                    == (path["group"], path["plural"])
+                    and (ns, n) == (path["namespace"], path["name"])
+                    and not o.deleted
+                ),
+                None,
+            )
+            if current is None:
+                return _status(
+                    404, "NotFound", f'{path["plural"]}.{path["group"]} "{path["name"]}" not found'
+                )
+            patch = orjson.loads(await raw_request.read() or b"{}")
+            theirs = convert([current], asked)[0]
+            changed = convert([dict(kmock_dicts.patch_dict(copy.deepcopy(theirs), patch))], stored)[0]
+            forward._read_bytes = orjson.dumps(merge_diff(current, changed))
+        response = await self.__call__(forward)
+        if not isinstance(response, aiohttp.web.Response) or response.body is None:
+            return response
+        try:
+            answer = orjson.loads(bytes(response.body))  # type: ignore[arg-type]
+        except orjson.JSONDecodeError:
+            return response
+        if isinstance(answer, dict) and answer.get("apiVersion") == stored:
+            answer = convert([answer], asked)[0]
+        elif isinstance(answer, dict) and isinstance(answer.get("items"), list):
+            answer["items"] = convert(answer["items"], asked) if answer["items"] else []
+            answer["apiVersion"] = asked
+        return aiohttp.web.json_response(answer, status=response.status)
 
     async def _namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         names = set(self.namespace_names)
