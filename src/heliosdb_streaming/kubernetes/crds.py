@@ -13,7 +13,7 @@ Versions: ``v1alpha2`` (``VERSION``, stored, what the operator and the API serve
 field names throughout, as the Kubernetes API conventions require: the job model's snake_case names
 (``checkpoint_interval_ms``) are renamed mechanically by ``casing`` from the same schema. ``v1alpha1``
 (the snake_case spec the REST body has) is still served, deprecated, and converted by the operator's
-conversion webhook (``conversion.py``; docs/kubernetes-crd-versions.md says why a webhook rather than a
+conversion webhook (``conversion.py``; docs/crd-versions.md says why a webhook rather than a
 rewrite of the objects). The Savepoint had no snake_case field; its two versions are the same schema.
 
 Fields that no restart can change (the job's name, where and how its state is kept: ``maxParallelism``
