@@ -11,6 +11,7 @@ schema from the same schema, so the CRD and the conversion cannot disagree. Pure
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 Schema = dict[str, Any]
@@ -87,4 +88,27 @@ def rename(value: Any, schema: Schema, to: Direction) -> Any:
             out[key] = rename(item, extra, to)
         else:
             out[key] = item  # an open object's own key, or a field no schema declares: as written
+    return out
+
+
+_PATH_TOKEN = re.compile(r"\[[^\]]*\]|[^.\[\]]+")
+
+
+def camel_path(path: str, schema: Schema) -> str:
+    """A field path in the model's names (``sources[0].config.rate_per_sec``, as validation errors
+    name them) in camelCase, along ``schema`` (snake_case): map keys in it stay as they are."""
+    node: Any = schema
+    out = ""
+    for token in _PATH_TOKEN.findall(path):
+        if token.startswith("["):
+            out += token
+            node = node.get("items") or {}
+            continue
+        props = node.get("properties") or {}
+        if token in props:
+            name, node = camel(token), props[token]
+        else:
+            extra = node.get("additionalProperties")
+            name, node = token, extra if isinstance(extra, dict) else {}
+        out += f".{name}" if out else name
     return out

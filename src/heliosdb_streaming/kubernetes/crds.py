@@ -132,6 +132,11 @@ def to_snake(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(casing.rename(spec, _legacy_spec_schema(), "snake"))
 
 
+def camel_path(path: str) -> str:
+    """A path of the job's fields (``sources[0].config.rate_per_sec``) as ``v1alpha2`` names it."""
+    return casing.camel_path(path, _legacy_spec_schema())
+
+
 # spec fields (camelCase) that no restart can apply: the job's name and where and how its state is kept
 IMMUTABLE_SPEC: Final = ("name", "checkpointStorage")
 IMMUTABLE_CONFIG: Final = ("maxParallelism", "stateBackend", "checkpointStorage")

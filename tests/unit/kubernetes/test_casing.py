@@ -15,6 +15,7 @@ from heliosdb_streaming.cli import k8s
 from heliosdb_streaming.kubernetes import casing, conversion, crds
 from heliosdb_streaming.kubernetes.operator import mapping
 from heliosdb_streaming.model.config import JobConfig
+from heliosdb_streaming.model.errors import InvalidJobConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
@@ -190,3 +191,23 @@ def test_helios_k8s_convert_rewrites_a_manifest(tmp_path: Path, capsys: pytest.C
     )
     args = build_parser().parse_args(["k8s", "convert", "-i", str(path)])
     assert args.func(args) == 0 and list(yaml.safe_load_all(path.read_text())) == printed
+
+
+def test_error_paths_name_the_spec_fields_in_camel_case() -> None:
+    assert crds.camel_path("sources[0].config.rate_per_sec") == "sources[0].config.ratePerSec"
+    assert crds.camel_path("config.restart_strategy.delay_ms") == "config.restartStrategy.delayMs"
+    # a map's key is the user's: kept, and the walk goes on below it
+    assert crds.camel_path("transformations[1].config.aggregates.total_amount") == (
+        "transformations[1].config.aggregates.total_amount"
+    )
+    assert crds.camel_path("no_such_field.x_y") == "no_such_field.x_y"
+    with pytest.raises(InvalidJobConfigError) as invalid:
+        mapping.job_config(
+            "x",
+            {
+                "config": {"checkpointIntervalMs": 1},
+                "sources": [{"type": "datagen"}],
+                "sinks": [{"type": "discard"}],
+            },
+        )
+    assert [e.path for e in invalid.value.errors] == ["spec.config.checkpointIntervalMs"]

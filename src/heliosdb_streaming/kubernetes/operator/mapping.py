@@ -119,7 +119,7 @@ def job_config(name: str, spec: dict[str, Any]) -> JobConfig:
     """The job of a StreamingJob (a ``v1alpha2`` spec: camelCase): its REST-body fields, renamed to the
     model's snake_case, ``metadata.name`` as the default job name.
 
-    Validation errors name spec paths in the model's names (``spec.sources[0].config.rate_per_sec``).
+    Validation errors name spec paths as the spec has them (``spec.sources[0].config.ratePerSec``).
     """
     body = crds.to_snake({k: spec[k] for k in JOB_FIELDS if k in spec})
     body.setdefault("name", name)
@@ -131,7 +131,7 @@ def job_config(name: str, spec: dict[str, Any]) -> JobConfig:
         return JobConfig.from_dict(body)
     except InvalidJobConfigError as e:
         raise InvalidJobConfigError(
-            [FieldError(f"spec.{err.path}", err.message) for err in e.errors]
+            [FieldError(f"spec.{crds.camel_path(err.path)}", err.message) for err in e.errors]
         ) from None
 
 
