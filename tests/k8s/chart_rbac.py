@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import helm_python as helm
 import kmock
 import yaml
@@ -129,12 +131,38 @@ def enforce_crd_schemas(emulator: ClusterEmulator) -> None:
         emulator.conversions[key] = (storage, convert_by_review)
 
 
-def convert_by_review(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:
+async def convert_by_review(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:
     """What the API server does with a CRD's conversion webhook: one ConversionReview, answered by
-    the same code the operator serves at ``/convert`` (tests/unit/.../test_opmetrics.py: over HTTPS)."""
-    answer = conversion.review(
-        {"request": {"uid": "emulated", "desiredAPIVersion": desired, "objects": objects}}
-    )["response"]
+    the same code the operator serves at ``/convert`` (``webhook_converter`` asks the operator itself)."""
+    return _converted(conversion.review(review_request(objects, desired)))
+
+
+def review_request(objects: list[dict[str, Any]], desired: str) -> dict[str, Any]:
+    return {
+        "apiVersion": conversion.REVIEW_VERSION,
+        "kind": "ConversionReview",
+        "request": {"uid": "emulated", "desiredAPIVersion": desired, "objects": objects},
+    }
+
+
+def webhook_converter(url: str) -> Callable[[list[dict[str, Any]], str], Awaitable[list[dict[str, Any]]]]:
+    """A converter that POSTs the ConversionReview to a running operator's webhook (``url``), as the
+    API server calls the Service the CRD names."""
+
+    async def convert(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json=review_request(objects, desired)) as r,
+        ):
+            if r.status != 200:
+                raise kmock.KubernetesError(status=500, reason="InternalError", message=await r.text())
+            return _converted(await r.json())
+
+    return convert
+
+
+def _converted(review: dict[str, Any]) -> list[dict[str, Any]]:
+    answer = review["response"]
     if answer["result"]["status"] != "Success":
         raise kmock.KubernetesError(status=500, reason="InternalError", message=answer["result"]["message"])
     converted: list[dict[str, Any]] = answer["convertedObjects"]

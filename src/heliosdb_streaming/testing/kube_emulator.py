@@ -63,7 +63,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,7 +92,7 @@ VERSIONED_PATH = re.compile(
     r"(/(?P<name>[^/]+))?(?P<sub>/.*)?$"
 )
 # objects (any version) and the apiVersion wanted -> the objects in it (a CRD's conversion webhook)
-Converter = Callable[[list[dict[str, Any]], str], list[dict[str, Any]]]
+Converter = Callable[[list[dict[str, Any]], str], Awaitable[list[dict[str, Any]]]]
 
 # (namespace, pod name) -> the container's output so far, or None while it has not started
 PodLogSource = Callable[[str, str], str | None]
@@ -272,7 +272,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         forward = raw_request.clone(rel_url=main + query, headers=headers)  # before reading the body
         if raw_request.method in ("POST", "PUT"):
             obj = orjson.loads(await raw_request.read() or b"{}")
-            forward._read_bytes = orjson.dumps(convert([obj], stored)[0])  # aiohttp reads it from here
+            forward._read_bytes = orjson.dumps(
+                (await convert([obj], stored))[0]
+            )  # aiohttp reads it from here
         elif raw_request.method == "PATCH":
             # a patch names the fields as the client's version has them: apply it to the object in
             # that version, then store the difference in the storage version
@@ -292,8 +294,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     404, "NotFound", f'{path["plural"]}.{path["group"]} "{path["name"]}" not found'
                 )
             patch = orjson.loads(await raw_request.read() or b"{}")
-            theirs = convert([current], asked)[0]
-            changed = convert([dict(kmock_dicts.patch_dict(copy.deepcopy(theirs), patch))], stored)[0]
+            theirs = (await convert([current], asked))[0]
+            changed = (await convert([dict(kmock_dicts.patch_dict(copy.deepcopy(theirs), patch))], stored))[0]
             forward._read_bytes = orjson.dumps(merge_diff(current, changed))
         response = await self.__call__(forward)
         if not isinstance(response, aiohttp.web.Response) or response.body is None:
@@ -303,9 +305,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         except orjson.JSONDecodeError:
             return response
         if isinstance(answer, dict) and answer.get("apiVersion") == stored:
-            answer = convert([answer], asked)[0]
+            answer = (await convert([answer], asked))[0]
         elif isinstance(answer, dict) and isinstance(answer.get("items"), list):
-            answer["items"] = convert(answer["items"], asked) if answer["items"] else []
+            answer["items"] = await convert(answer["items"], asked) if answer["items"] else []
             answer["apiVersion"] = asked
         return aiohttp.web.json_response(answer, status=response.status)
 
