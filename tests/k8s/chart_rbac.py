@@ -129,6 +129,9 @@ def enforce_crd_schemas(emulator: ClusterEmulator) -> None:
         emulator.schemas[key] = admission(crd)
         (storage,) = [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
         emulator.conversions[key] = (storage, convert_by_review)
+        for version in crd["spec"]["versions"]:
+            if version.get("deprecated"):
+                emulator.deprecations[(key[0], version["name"])] = version["deprecationWarning"]
 
 
 async def convert_by_review(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:

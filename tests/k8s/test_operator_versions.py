@@ -78,6 +78,13 @@ async def test_a_v1alpha1_job_runs_and_reads_in_both_versions(
     assert old_view["spec"]["sources"] == spec["sources"] and old_view["status"]["jobId"] == status["jobId"]
     (listed,) = await client.list(LEGACY, NS)
     assert listed["spec"]["config"]["checkpoint_interval_ms"] == 500
+    # what kubectl prints for every v1alpha1 request: the CRD's deprecationWarning
+    headers = {"Authorization": f"Bearer {cluster.cluster.admin_token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(f"{cluster.cluster.url}{LEGACY.path(NS, 'old-style')}") as r:
+            assert r.status == 200 and r.headers["Warning"] == f'299 - "{crds.DEPRECATION_WARNING}"'
+        async with session.get(f"{cluster.cluster.url}{kube.STREAMINGJOBS.path(NS, 'old-style')}") as r:
+            assert r.status == 200 and "Warning" not in r.headers
 
     await client.patch(LEGACY, NS, "old-style", {"spec": {"state": "paused"}})
     await wait_phase(client, "old-style", "paused", log=operator.output())

@@ -47,7 +47,8 @@ kmock's private internals; each is small and is here for one reason:
    (``conversions``, (group, plural) -> (storage version, converter)), as the API server does with a
    CRD's conversion webhook: the request goes to kmock under the storage version (its body converted;
    a merge patch applied to the object as the client's version has it), the answer is converted back.
-   A watch in another version is refused (400): no caller here needs one.
+   A watch in another version is refused (400): no caller here needs one. A deprecated version's
+   answers carry its ``Warning: 299`` header (``deprecations``), as kubectl shows it.
 
 A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the seven points above.
 """
@@ -127,6 +128,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.scales: dict[tuple[str, str], Mapping[str, str]] = {}
         # (group, plural) -> (storage version, converter): other versions are served through it
         self.conversions: dict[tuple[str, str], tuple[str, Converter]] = {}
+        # (group, version) -> the CRD's deprecationWarning, sent as a ``Warning`` header as a server does
+        self.deprecations: dict[tuple[str, str], str] = {}
         self._policy: rbac.Policy | None = None
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -309,7 +312,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         elif isinstance(answer, dict) and isinstance(answer.get("items"), list):
             answer["items"] = await convert(answer["items"], asked) if answer["items"] else []
             answer["apiVersion"] = asked
-        return aiohttp.web.json_response(answer, status=response.status)
+        converted = aiohttp.web.json_response(answer, status=response.status)
+        warning = self.deprecations.get((path["group"], path["version"]))
+        if warning is not None:
+            converted.headers["Warning"] = f'299 - "{warning}"'
+        return converted
 
     async def _namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         names = set(self.namespace_names)
