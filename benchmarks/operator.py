@@ -53,8 +53,8 @@ def job(name: str) -> dict[str, Any]:
         "kind": crds.STREAMING_JOB_KIND,
         "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "config": {"parallelism": 1, "checkpoint_interval_ms": 600_000, "restart_strategy": "none"},
-            "sources": [{"type": "datagen", "config": {"rate_per_sec": 10, "partitions": 1, "keys": 10}}],
+            "config": {"parallelism": 1, "checkpointIntervalMs": 600_000, "restartStrategy": "none"},
+            "sources": [{"type": "datagen", "config": {"ratePerSec": 10, "partitions": 1, "keys": 10}}],
             "transformations": [{"type": "filter", "config": {"condition": "amount > 100"}}],
             "sinks": [{"type": "discard", "config": {}}],
         },

@@ -193,7 +193,8 @@ def docker_build(image: str = IMAGE, context: Path = ROOT) -> list[str]:
 
 def chart_values() -> dict[str, Any]:
     """The chart's values for the kind run: the image loaded into the node (never pulled), the
-    in-cluster MinIO as checkpoint storage, and a known API token for the test client."""
+    in-cluster MinIO as checkpoint storage, and a known API token for the test client. No conversion
+    webhook: kind has no cert-manager, and the scenarios write v1alpha2 only."""
     repository, _, tag = IMAGE.rpartition(":")
     return {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
@@ -206,7 +207,7 @@ def chart_values() -> dict[str, Any]:
         },
         "checkpointStorage": CHECKPOINTS,
         "auth": {"apiToken": API_TOKEN},
-        "operator": {"pythonModules": list(USER_MODULES)},
+        "operator": {"pythonModules": list(USER_MODULES), "conversionWebhook": {"enabled": False}},
     }
 
 
@@ -323,11 +324,12 @@ def images_of(docs: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def streaming_job(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A v1alpha2 StreamingJob; ``spec``'s job fields as the REST body has them, renamed to camelCase."""
     return {
         "apiVersion": crds.API_VERSION,
         "kind": crds.STREAMING_JOB_KIND,
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": dict(spec),
+        "spec": crds.to_camel(dict(spec)),
     }
 
 

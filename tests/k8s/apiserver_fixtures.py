@@ -21,24 +21,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from chart_rbac import (
-    API,
-    OPERATOR,
-    USERS,
-    assert_never_denied,
-    enforce_crd_schemas,
-    install_api_rbac,
-    install_operator_rbac,
-    save_audit,
-)
+from chart_rbac import API, install_api_rbac
+from k8s_helpers import emulated_env, launch_operator
 
 from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.restapi.apiserver import KubernetesJobService
-from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
-from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
-from heliosdb_streaming.testing.ports import free_port
-from heliosdb_streaming.testing.server import operator_command, operator_env
+from heliosdb_streaming.testing.kube_emulator import Cluster
+from heliosdb_streaming.testing.kubelet import ProcessKubelet
 
 TOKEN = "apiserver-test-token"
 MAX_PARALLELISM = 8  # the embedded contract tests' JobManager(8): over it is 400 on both substrates
@@ -97,52 +87,28 @@ async def _wait_read_api(url: str, process: subprocess.Popen[bytes], log: Path) 
 @pytest.fixture(scope="module")
 async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KubeSubstrate]:
     """Emulated API server, kubelet, garbage collector and ``helios operator -A`` with a read API and
-    ``--max-parallelism 8``."""
+    ``--max-parallelism 8`` (``k8s_helpers``: the same cluster and launch as the operator tests')."""
     tmp = tmp_path_factory.mktemp("apiserver")
-    async with start_cluster(tmp, USERS) as emulated:
-        enforce_crd_schemas(emulated.emulator)
-        client = kube.KubeClient(emulated.connection())
+    async with emulated_env(tmp) as env:
+        operator = await launch_operator(
+            env,
+            tmp / "operator-home",
+            tmp / "operator.log",
+            ["--all-namespaces"],
+            *("--max-parallelism", str(MAX_PARALLELISM)),
+            environ={"HELIOS_API_TOKEN": TOKEN},
+        )
+        process, url = operator.process, f"http://127.0.0.1:{operator.read_port}"
         try:
-            async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client):
-                emulated.emulator.pod_logs = kubelet.pod_log
-                await install_operator_rbac(client, ["--all-namespaces"])
-                read_port = free_port()
-                argv = operator_command(
-                    tmp / "operator-home",
-                    free_port(),
-                    "--all-namespaces",
-                    "--read-host",
-                    "127.0.0.1",
-                    "--read-port",
-                    str(read_port),
-                    "--image",
-                    "heliosdb-streaming:test",
-                    "--max-parallelism",
-                    str(MAX_PARALLELISM),
-                    "--allow-path",  # the tests' SQLite files and checkpoint dirs
-                    str(tmp),
-                )
-                env = operator_env(emulated.kubeconfig_of(OPERATOR), {"HELIOS_API_TOKEN": TOKEN})
-                log = tmp / "operator.log"
-                with log.open("ab") as out:
-                    process = subprocess.Popen(
-                        argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-                    )
-                url = f"http://127.0.0.1:{read_port}"
-                try:
-                    await _wait_read_api(url, process, log)
-                    yield KubeSubstrate(emulated, client, kubelet, process, log, url, tmp)
-                finally:
-                    process.terminate()
-                    try:
-                        await asyncio.wait_for(asyncio.to_thread(process.wait), 20)
-                    except TimeoutError:
-                        process.kill()
-                        process.wait()
+            await _wait_read_api(url, process, operator.log)
+            yield KubeSubstrate(env.cluster, env.client, env.kubelet, process, operator.log, url, tmp)
         finally:
-            await client.close()
-            save_audit(emulated.emulator)
-        assert_never_denied(emulated.emulator)
+            process.terminate()
+            try:
+                await asyncio.wait_for(asyncio.to_thread(process.wait), 20)
+            except TimeoutError:
+                process.kill()
+                process.wait()
 
 
 @contextlib.asynccontextmanager

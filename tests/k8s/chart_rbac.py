@@ -13,15 +13,18 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import helm_python as helm
+import kmock
 import yaml
 from crd_validation import admission
 from test_chart import CHART, FULLNAME, NAMESPACE, ROOT, render
 
-from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes import conversion, kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import ClusterEmulator
 
@@ -118,10 +121,55 @@ async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:
 
 
 def enforce_crd_schemas(emulator: ClusterEmulator) -> None:
-    """The emulator prunes and validates StreamingJobs and Savepoints against ``crds/*.yaml``."""
+    """The emulator prunes and validates StreamingJobs and Savepoints against ``crds/*.yaml`` and
+    serves their other served versions through the conversion the operator's webhook runs."""
     for path in sorted(Path(ROOT / "crds").glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
-        emulator.schemas[(crd["spec"]["group"], crd["spec"]["names"]["plural"])] = admission(crd)
+        key = (crd["spec"]["group"], crd["spec"]["names"]["plural"])
+        emulator.schemas[key] = admission(crd)
+        (storage,) = [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
+        emulator.conversions[key] = (storage, convert_by_review)
+        for version in crd["spec"]["versions"]:
+            if version.get("deprecated"):
+                emulator.deprecations[(key[0], version["name"])] = version["deprecationWarning"]
+
+
+async def convert_by_review(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:
+    """What the API server does with a CRD's conversion webhook: one ConversionReview, answered by
+    the same code the operator serves at ``/convert`` (``webhook_converter`` asks the operator itself)."""
+    return _converted(conversion.review(review_request(objects, desired)))
+
+
+def review_request(objects: list[dict[str, Any]], desired: str) -> dict[str, Any]:
+    return {
+        "apiVersion": conversion.REVIEW_VERSION,
+        "kind": "ConversionReview",
+        "request": {"uid": "emulated", "desiredAPIVersion": desired, "objects": objects},
+    }
+
+
+def webhook_converter(url: str) -> Callable[[list[dict[str, Any]], str], Awaitable[list[dict[str, Any]]]]:
+    """A converter that POSTs the ConversionReview to a running operator's webhook (``url``), as the
+    API server calls the Service the CRD names."""
+
+    async def convert(objects: list[dict[str, Any]], desired: str) -> list[dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json=review_request(objects, desired)) as r,
+        ):
+            if r.status != 200:
+                raise kmock.KubernetesError(status=500, reason="InternalError", message=await r.text())
+            return _converted(await r.json())
+
+    return convert
+
+
+def _converted(review: dict[str, Any]) -> list[dict[str, Any]]:
+    answer = review["response"]
+    if answer["result"]["status"] != "Success":
+        raise kmock.KubernetesError(status=500, reason="InternalError", message=answer["result"]["message"])
+    converted: list[dict[str, Any]] = answer["convertedObjects"]
+    return converted
 
 
 def save_audit(emulator: ClusterEmulator) -> None:

@@ -20,35 +20,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from chart_rbac import (
-    OPERATOR,
-    USERS,
-    assert_never_denied,
-    enforce_crd_schemas,
-    install_operator_rbac,
-    save_audit,
-)
-from k8s_helpers import Env, OperatorProcess, StartOperator
-
-from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.testing.kube_emulator import start_cluster
-from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
-from heliosdb_streaming.testing.ports import free_port
-from heliosdb_streaming.testing.server import operator_command, operator_env
+from k8s_helpers import Env, OperatorProcess, StartOperator, emulated_env, launch_operator
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Env]:
-    async with start_cluster(tmp_path, USERS) as emulated:
-        enforce_crd_schemas(emulated.emulator)
-        client = kube.KubeClient(emulated.connection())
-        try:
-            async with ProcessKubelet(client, tmp_path / "node") as kubelet, GarbageCollector(client) as gc:
-                yield Env(emulated, client, kubelet, gc, tmp_path)
-        finally:
-            await client.close()
-            save_audit(emulated.emulator)
-        assert_never_denied(emulated.emulator)
+    async with emulated_env(tmp_path) as env:
+        yield env
 
 
 @pytest.fixture
@@ -62,27 +40,10 @@ def start_operator(cluster: Env) -> Iterator[StartOperator]:
         env: dict[str, str] | None = None,
         control_port: int | None = None,
     ) -> OperatorProcess:
-        home = home or cluster.tmp / "operator-home"
-        port = control_port or free_port()
-        log = cluster.tmp / f"operator-{len(started)}.log"
         scope = args if args is not None else ["--all-namespaces"]
-        await install_operator_rbac(cluster.client, scope)
-        # the tests' SQLite files and checkpoint dirs are in the test's directory
-        allow = ["--allow-path", str(cluster.tmp)]
-        # its read API on a free loopback port: 8082 on all interfaces collides with any other operator
-        # on the machine (another test run), which fails this one's start
-        read_port = free_port()
-        read = ["--read-host", "127.0.0.1", "--read-port", str(read_port)]
-        argv = operator_command(home, port, *scope, *allow, *read, "--image", "heliosdb-streaming:test")
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                env=operator_env(cluster.cluster.kubeconfig_of(OPERATOR), env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        operator = OperatorProcess(process, log, home, port, argv, read_port)
+        log = cluster.tmp / f"operator-{len(started)}.log"
+        home = home or cluster.tmp / "operator-home"
+        operator = await launch_operator(cluster, home, log, scope, environ=env, control_port=control_port)
         started.append(operator)
         return operator
 

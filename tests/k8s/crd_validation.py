@@ -8,14 +8,19 @@
 fields rejects them (``kubectl``'s default strict field validation does the same; without it the API
 server silently prunes them, which for a job is just as wrong). ``prune`` and ``admission`` do what
 the API server does before storing a custom resource (prune, then validate); the test API server
-(``kube_emulator``'s ``schemas``) uses them.
+(``kube_emulator``'s ``schemas``) uses them. ``x-kubernetes-validations`` rules are evaluated with a
+real CEL implementation (cel-python), transition rules (``oldSelf``) only on an update and only where
+the old object has the field, as the API server does.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import celpy
 import jsonschema
 
 Schema = dict[str, Any]
@@ -163,30 +168,82 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def crd_schema(crd: Schema) -> Schema:
-    """The openAPIV3Schema of the CRD's single served version."""
-    (version,) = crd["spec"]["versions"]
-    schema: Schema = version["schema"]["openAPIV3Schema"]
+def version_of(crd: Schema, name: str | None = None) -> Schema:
+    """The CRD's version ``name``, by default its storage version."""
+    versions = crd["spec"]["versions"]
+    if name is None:
+        (version,) = [v for v in versions if v.get("storage")]
+        return dict(version)
+    found = [v for v in versions if v["name"] == name and v.get("served")]
+    if not found:
+        raise KeyError(f"{crd['spec']['group']}/{name} is not served")
+    return dict(found[0])
+
+
+def crd_schema(crd: Schema, version: str | None = None) -> Schema:
+    """The openAPIV3Schema of one served version of the CRD (default: the storage version)."""
+    schema: Schema = version_of(crd, version)["schema"]["openAPIV3Schema"]
     return schema
 
 
-def validate(crd: Schema, resource: Schema) -> list[str]:
-    """Why the API server would refuse ``resource`` as an instance of ``crd`` (empty when it accepts it)."""
+def validate(crd: Schema, resource: Schema, old: Schema | None = None) -> list[str]:
+    """Why the API server would refuse ``resource`` as an instance of ``crd`` (empty when it accepts
+    it), in the version its apiVersion names; ``old``: the stored object an update replaces (then the
+    CEL transition rules apply)."""
     spec = crd["spec"]
-    (version,) = spec["versions"]
     problems = []
-    expected = f"{spec['group']}/{version['name']}"
-    if resource.get("apiVersion") != expected:
-        problems.append(f"apiVersion: {resource.get('apiVersion')!r} is not {expected!r}")
+    group, _, name = str(resource.get("apiVersion") or "").partition("/")
+    served = [v["name"] for v in spec["versions"] if v.get("served")]
+    if group != spec["group"] or name not in served:
+        expected = " or ".join(f"{spec['group']}/{v}" for v in served)
+        return [f"apiVersion: {resource.get('apiVersion')!r} is not {expected}"]
     if resource.get("kind") != spec["names"]["kind"]:
         problems.append(f"kind: {resource.get('kind')!r} is not {spec['names']['kind']!r}")
     if not (resource.get("metadata") or {}).get("name"):
         problems.append("metadata.name: required")
-    validator = jsonschema.Draft202012Validator(to_json_schema(crd_schema(crd)))
+    schema = crd_schema(crd, name)
+    validator = jsonschema.Draft202012Validator(to_json_schema(schema))
     for error in sorted(validator.iter_errors(resource), key=lambda e: list(map(str, e.absolute_path))):
         where = ".".join(str(p) for p in error.absolute_path) or "(root)"
         problems.append(f"{where}: {error.message}")
+    if not problems:
+        _check_rules(schema, resource, MISSING if old is None else old, "", problems)
     return problems
+
+
+MISSING: Any = object()  # a field the old object does not have
+_CEL = celpy.Environment()
+
+
+@functools.cache
+def _program(rule: str) -> Any:
+    return _CEL.program(_CEL.compile(rule))
+
+
+def _check_rules(schema: Schema, value: Any, old: Any, path: str, problems: list[str]) -> None:
+    """Evaluates the ``x-kubernetes-validations`` of ``schema`` on ``value`` and below; a transition
+    rule (one naming ``oldSelf``) only where ``old`` has the field (an update of it)."""
+    for rule in schema.get("x-kubernetes-validations") or []:
+        transition = "oldSelf" in rule["rule"]
+        if transition and old is MISSING:
+            continue
+        context = {"self": celpy.json_to_cel(value)}
+        if transition:
+            context["oldSelf"] = celpy.json_to_cel(old)
+        result = _program(rule["rule"]).evaluate(context)
+        if not isinstance(result, celpy.celtypes.BoolType) or not bool(result):
+            problems.append(f"{path or '(root)'}: {rule.get('message') or 'failed rule: ' + rule['rule']}")
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, additional if isinstance(additional, dict) else None)
+            if sub is not None:
+                before = old.get(key, MISSING) if isinstance(old, dict) else MISSING
+                _check_rules(sub, item, before, f"{path}.{key}" if path else key, problems)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):  # list items are not correlated: no transition rules there
+            _check_rules(schema["items"], item, MISSING, f"{path}[{i}]", problems)
 
 
 def prune(schema: Schema, value: Any, path: str = "", pruned: list[str] | None = None) -> Any:
@@ -218,13 +275,40 @@ def prune(schema: Schema, value: Any, path: str = "", pruned: list[str] | None =
     return value
 
 
+def apply_defaults(schema: Schema, value: Any) -> Any:
+    """``value`` with the schema's ``default``s filled in where a field is absent, at every depth, as
+    the API server defaults a custom resource (on create, update and read) before it validates it."""
+    if isinstance(value, dict):
+        out = dict(value)
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = apply_defaults(sub, out[key])
+        additional = schema.get("additionalProperties")
+        if isinstance(additional, dict):
+            out = {
+                k: apply_defaults(additional, v) if k not in (schema.get("properties") or {}) else v
+                for k, v in out.items()
+            }
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
 def admission(crd: Schema) -> Callable[..., tuple[Schema, list[str]]]:
     """What the API server does with a custom resource of ``crd`` before storing it: prune unknown
-    fields (or refuse them with ``strict``, i.e. ``?fieldValidation=Strict``), then validate. Returns
-    (the object to store, why it is invalid); for the emulator's ``schemas``."""
+    fields (or refuse them with ``strict``, i.e. ``?fieldValidation=Strict``), apply defaults, then
+    validate. Returns (the object to store, why it is invalid); for the emulator's ``schemas``."""
 
-    def check(obj: Schema, *, strict: bool) -> tuple[Schema, list[str]]:
-        stored = obj if strict else prune(crd_schema(crd), obj)
-        return stored, validate(crd, stored)
+    def check(obj: Schema, *, strict: bool, old: Schema | None = None) -> tuple[Schema, list[str]]:
+        version = str(obj.get("apiVersion") or "").partition("/")[2]
+        try:
+            schema = crd_schema(crd, version)
+        except KeyError:
+            return obj, validate(crd, obj)
+        stored = apply_defaults(schema, obj if strict else prune(schema, obj))
+        return stored, validate(crd, stored, old)
 
     return check

@@ -1,20 +1,34 @@
-"""Helpers for the operator tests: resources to apply, status polling with deadlines, expected output."""
+"""Helpers for the operator tests: the emulated cluster and ``helios operator`` against it (one place for
+the conftest's fixtures and the API server's module fixture), resources to apply, status polling with
+deadlines, expected output."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chart_rbac import (
+    OPERATOR,
+    USERS,
+    assert_never_denied,
+    enforce_crd_schemas,
+    install_operator_rbac,
+    save_audit,
+)
+
 from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.testing.expected import datagen_tumbling_windows, tumbling_window_per_card
-from heliosdb_streaming.testing.kube_emulator import Cluster
+from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
 from heliosdb_streaming.testing.kubelet import GarbageCollector, ProcessKubelet
+from heliosdb_streaming.testing.ports import free_port
+from heliosdb_streaming.testing.server import operator_command, operator_env
 
 NS = "default"
 COUNT = 20_000
@@ -55,6 +69,59 @@ class OperatorProcess:
 
 
 StartOperator = Callable[..., Awaitable[OperatorProcess]]
+TEST_IMAGE = "heliosdb-streaming:test"
+
+
+@contextlib.asynccontextmanager
+async def emulated_env(tmp: Path) -> AsyncIterator[Env]:
+    """The emulated API server (the chart's RBAC and the CRDs' schemas, CEL rules and version
+    conversion enforced), an admin client, the test kubelet (its pod logs served) and the garbage
+    collector; on exit, fails if any request of any identity was denied."""
+    async with start_cluster(tmp, USERS) as emulated:
+        enforce_crd_schemas(emulated.emulator)
+        client = kube.KubeClient(emulated.connection())
+        try:
+            async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client) as gc:
+                emulated.emulator.pod_logs = kubelet.pod_log
+                yield Env(emulated, client, kubelet, gc, tmp)
+        finally:
+            await client.close()
+            save_audit(emulated.emulator)
+        assert_never_denied(emulated.emulator)
+
+
+async def launch_operator(
+    env: Env,
+    home: Path,
+    log: Path,
+    scope: list[str],
+    *extra: str,
+    environ: dict[str, str] | None = None,
+    control_port: int | None = None,
+) -> OperatorProcess:
+    """``helios operator`` as a subprocess, as the chart's operator service account (its Roles for
+    ``scope`` installed first), its read API on a free loopback port (8082 on all interfaces collides
+    with any other operator on the machine), the test's directory allowed for SQLite files and
+    checkpoints, output appended to ``log``."""
+    port = control_port or free_port()
+    await install_operator_rbac(env.client, scope)
+    read_port = free_port()
+    argv = operator_command(
+        home,
+        port,
+        *scope,
+        *("--allow-path", str(env.tmp), "--read-host", "127.0.0.1", "--read-port", str(read_port)),
+        *("--image", TEST_IMAGE, *extra),
+    )
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv,
+            env=operator_env(env.cluster.kubeconfig_of(OPERATOR), environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return OperatorProcess(process, log, home, port, argv, read_port)
 
 
 def window_spec(db: Path, *, parallelism: int, rate: float, **extra: Any) -> dict[str, Any]:
@@ -95,11 +162,13 @@ def table_rows(db: Path) -> list[tuple[Any, ...]]:
 
 
 def streaming_job(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A v1alpha2 StreamingJob; ``spec``'s job fields may be written as the REST body has them
+    (snake_case): they are renamed as the CRD has them (camelCase), as ``helios k8s convert`` does."""
     return {
         "apiVersion": crds.API_VERSION,
         "kind": crds.STREAMING_JOB_KIND,
         "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
+        "spec": crds.to_camel(spec),
     }
 
 
@@ -146,7 +215,8 @@ async def wait_phase(
 
 
 async def patch_spec(client: kube.KubeClient, name: str, changes: dict[str, Any]) -> None:
-    await client.patch(kube.STREAMINGJOBS, NS, name, {"spec": changes})
+    """A merge patch of the spec; job fields as in ``streaming_job`` (renamed to camelCase)."""
+    await client.patch(kube.STREAMINGJOBS, NS, name, {"spec": crds.to_camel(changes)})
 
 
 async def events_of(client: kube.KubeClient, name: str) -> list[tuple[str, str]]:

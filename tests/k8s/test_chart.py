@@ -230,6 +230,42 @@ MONITOR_SCHEMAS = {
 }
 
 
+def _cert_manager_schema(spec: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """The subset of ``cert-manager.io/v1`` the chart writes, as strict as the Kubernetes schemas."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "metadata": {"type": "object", "required": ["name", "namespace"]},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": required,
+                "properties": spec,
+            },
+        },
+    }
+
+
+CERT_MANAGER_SCHEMAS = {
+    "Issuer": _cert_manager_schema({"selfSigned": {"type": "object", "maxProperties": 0}}, ["selfSigned"]),
+    "Certificate": _cert_manager_schema(
+        {
+            "secretName": {"type": "string", "minLength": 1},
+            "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+            "issuerRef": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {"kind": {"enum": ["Issuer", "ClusterIssuer"]}, "name": {"type": "string"}},
+            },
+        },
+        ["secretName", "dnsNames", "issuerRef"],
+    ),
+}
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_every_rendered_manifest_is_valid_kubernetes(chart: helm.Chart, scenario: str) -> None:
     docs = render(chart, SCENARIOS[scenario])
@@ -237,6 +273,8 @@ def test_every_rendered_manifest_is_valid_kubernetes(chart: helm.Chart, scenario
     for doc in docs:
         if doc["apiVersion"] == "monitoring.coreos.com/v1":
             jsonschema.validate(doc, MONITOR_SCHEMAS[doc["kind"]])
+        elif doc["apiVersion"] == "cert-manager.io/v1":
+            jsonschema.validate(doc, CERT_MANAGER_SCHEMAS[doc["kind"]])
         else:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
@@ -258,6 +296,30 @@ def test_the_chart_ships_the_generated_crds(chart: helm.Chart) -> None:
     assert shipped == {name: crds.render(crd) for name, crd in crds.all_crds().items()}
     for text in shipped.values():
         kubernetes_validate.validate(yaml.safe_load(text), KUBE_VERSION, strict=True)
+
+
+def test_conversion_webhook_reaches_every_replica_with_the_crds_names(chart: helm.Chart) -> None:
+    """The Service and Certificate the StreamingJob CRD names (``crds.webhook_conversion``, its
+    cert-manager annotation): every operator replica serves ``/convert`` over TLS, leader or not."""
+    docs = render(chart, {})
+    conversion = crds.streaming_job_crd()["spec"]["conversion"]["webhook"]["clientConfig"]["service"]
+    service = one(docs, "Service", conversion["name"])
+    assert [p["port"] for p in service["spec"]["ports"]] == [conversion["port"]]
+    assert "streaming.heliosdb.io/operator-leader" not in service["spec"]["selector"]
+    operator = one(docs, "Deployment", f"{FULLNAME}-operator")
+    assert service["spec"]["selector"].items() <= operator["spec"]["template"]["metadata"]["labels"].items()
+    c = container(operator)
+    assert {"name": "webhook", "containerPort": conversion["port"], "protocol": "TCP"} in c["ports"]
+    assert env_of(operator)["HELIOS_WEBHOOK_TLS_DIR"] == "/etc/helios/webhook"
+    certificate = one(docs, "Certificate", conversion["name"])
+    annotation = crds.streaming_job_crd()["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+    assert annotation.split("/")[1] == certificate["metadata"]["name"]
+    assert f"{conversion['name']}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    volumes = {v["name"]: v for v in operator["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["webhook-tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    off = render(chart, {"operator": {"conversionWebhook": {"enabled": False}}})
+    assert not find(off, "Certificate") and not find(off, "Service", conversion["name"])
+    assert "HELIOS_WEBHOOK_TLS_DIR" not in env_of(one(off, "Deployment", f"{FULLNAME}-operator"))
 
 
 # ------------------------------------------------------------------------------------ the workloads
@@ -567,7 +629,7 @@ OPERATOR_NAMESPACED_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     # spec.podDisruptionBudget: test_operator_ha creates, changes and turns one off
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch", "delete"]},
 ]

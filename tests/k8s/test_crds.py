@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from crd_validation import admission, crd_schema, structural_violations, validate
+from crd_validation import admission, crd_schema, structural_violations, validate, version_of
 from pydantic import BaseModel, ValidationError
 
 from heliosdb_streaming.kubernetes import crds, structural
@@ -31,7 +31,23 @@ SAVEPOINT_CRD = crds.savepoint_crd()
 
 
 def streaming_job(spec: dict[str, Any], name: str = "fraud-detection") -> dict[str, Any]:
-    return {"apiVersion": crds.API_VERSION, "kind": "StreamingJob", "metadata": {"name": name}, "spec": spec}
+    """A v1alpha2 StreamingJob of ``spec`` written as the REST body has it (renamed to camelCase)."""
+    return {
+        "apiVersion": crds.API_VERSION,
+        "kind": "StreamingJob",
+        "metadata": {"name": name},
+        "spec": crds.to_camel(spec),
+    }
+
+
+def legacy_job(spec: dict[str, Any], name: str = "fraud-detection") -> dict[str, Any]:
+    """The same as a v1alpha1 StreamingJob: the REST body's snake_case names as they are."""
+    return {
+        "apiVersion": crds.LEGACY_API_VERSION,
+        "kind": "StreamingJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def spec_of(body: dict[str, Any]) -> dict[str, Any]:
@@ -122,17 +138,25 @@ def test_names_group_and_subresources() -> None:
             plural,
             [short],
         )
-        (version,) = spec["versions"]
-        assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+        versions = [
+            (v["name"], v["served"], v["storage"], v.get("deprecated", False)) for v in spec["versions"]
+        ]
+        assert versions == [("v1alpha2", True, True, False), ("v1alpha1", True, False, True)]
+        assert "v1alpha2" in spec["versions"][1]["deprecationWarning"]
         scale = {"scale": crds.SCALE} if kind == "StreamingJob" else {}
-        assert version["subresources"] == {"status": {}, **scale}
+        assert all(v["subresources"] == {"status": {}, **scale} for v in spec["versions"])
+    # only the StreamingJob's versions differ: its conversion is the operator's webhook
+    assert JOB_CRD["spec"]["conversion"]["strategy"] == "Webhook"
+    service = JOB_CRD["spec"]["conversion"]["webhook"]["clientConfig"]["service"]
+    assert (service["path"], service["port"]) == ("/convert", crds.WEBHOOK_PORT)
+    assert SAVEPOINT_CRD["spec"]["conversion"] == {"strategy": "None"}
+    assert crd_schema(SAVEPOINT_CRD, "v1alpha1") == crd_schema(SAVEPOINT_CRD, "v1alpha2")
 
 
 def test_scale_subresource_points_at_the_parallelism() -> None:
     """What the API server checks of ``subresources.scale`` (spec replicas under .spec, status ones
     and the selector under .status), and that each path is a field of the right type."""
-    (version,) = JOB_CRD["spec"]["versions"]
-    scale = version["subresources"]["scale"]
+    scale = version_of(JOB_CRD)["subresources"]["scale"]
     assert scale["specReplicasPath"].startswith(".spec.")
     assert scale["statusReplicasPath"].startswith(".status.")
     assert scale["labelSelectorPath"].startswith(".status.")
@@ -154,8 +178,7 @@ def _field(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("crd", [JOB_CRD, SAVEPOINT_CRD], ids=["StreamingJob", "Savepoint"])
 def test_printer_columns_point_at_fields_of_their_type(crd: dict[str, Any]) -> None:
-    (version,) = crd["spec"]["versions"]
-    columns = version["additionalPrinterColumns"]
+    columns = version_of(crd)["additionalPrinterColumns"]
     for column in columns:
         field = _field(crd_schema(crd), column["jsonPath"])
         expected = {"date": "string", "integer": "integer", "string": "string"}[column["type"]]
@@ -167,11 +190,23 @@ def test_printer_columns_point_at_fields_of_their_type(crd: dict[str, Any]) -> N
         assert names == ["Job", "State", "Size", "Age"]
 
 
-def test_status_keeps_kopf_progress_and_the_spec_phases() -> None:
+def _preserving(node: Any, path: str = "") -> list[str]:
+    """Where a schema keeps unknown fields."""
+    if isinstance(node, list):
+        return [p for i, n in enumerate(node) for p in _preserving(n, f"{path}[{i}]")]
+    if not isinstance(node, dict):
+        return []
+    here = [path] if node.get(structural.PRESERVE) else []
+    return here + [p for k, v in node.items() for p in _preserving(v, f"{path}.{k}")]
+
+
+def test_status_is_structural_and_kopf_progress_is_not_kept_there() -> None:
+    """kopf keeps its progress in annotations (``handlers.settings``): the status schema declares
+    every field and keeps nothing else, so a ``status.kopf`` is pruned as a real API server would."""
     status = crd_schema(JOB_CRD)["properties"]["status"]
-    assert status[structural.PRESERVE] is True
     assert status["properties"]["phase"]["enum"] == [s.value for s in JobStatus]
-    assert crd_schema(SAVEPOINT_CRD)["properties"]["status"][structural.PRESERVE] is True
+    for crd in (JOB_CRD, SAVEPOINT_CRD):
+        assert _preserving(crd_schema(crd)["properties"]["status"]) == []
     job = streaming_job(spec_of(SPEC_FRAUD_PIPELINE))
     job["status"] = {
         "phase": "running",
@@ -188,9 +223,13 @@ def test_status_keeps_kopf_progress_and_the_spec_phases() -> None:
         "observedRestartNonce": 0,
         "observedGeneration": 3,
         "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "4 tasks"}],
-        "kopf": {"progress": {"reconcile": {"started": "2025-10-29T10:00:00Z", "retries": 0}}},
     }
     assert validate(JOB_CRD, job) == []
+    kopf_progress = {"progress": {"reconcile": {"started": "2025-10-29T10:00:00Z", "retries": 0}}}
+    stored, problems = admission(JOB_CRD)(
+        copy.deepcopy(job) | {"status": job["status"] | {"kopf": kopf_progress}}, strict=False
+    )
+    assert problems == [] and stored["status"] == job["status"]  # pruned
     job["status"]["phase"] = "exploded"
     assert any("status.phase" in p for p in validate(JOB_CRD, job))
 
@@ -206,13 +245,18 @@ def _yaml(path: Path) -> dict[str, Any]:
 def test_k8s_examples_are_valid_and_refer_to_each_other() -> None:
     job = _yaml(ROOT / "examples" / "k8s" / "fraud-pipeline.yaml")
     savepoint = _yaml(ROOT / "examples" / "k8s" / "savepoint.yaml")
+    assert job["apiVersion"] == savepoint["apiVersion"] == crds.API_VERSION
     assert validate(JOB_CRD, job) == []
     assert validate(SAVEPOINT_CRD, savepoint) == []
     assert savepoint["spec"]["jobRef"] == job["metadata"]["name"]
-    assert api_accepts(job["spec"])
-    # The spec's fraud pipeline, unchanged but for where the services are.
-    spec = {k: v for k, v in job["spec"].items() if k in JobSubmitRequest.model_fields}
+    assert api_accepts(crds.to_snake(job["spec"]))
+    # The spec's fraud pipeline, unchanged but for where the services are (and camelCase).
+    spec = {k: v for k, v in crds.to_snake(job["spec"]).items() if k in JobSubmitRequest.model_fields}
     assert spec["config"] == SPEC_FRAUD_PIPELINE["config"]
+    assert (
+        job["spec"]["config"]["checkpointIntervalMs"]
+        == SPEC_FRAUD_PIPELINE["config"]["checkpoint_interval_ms"]
+    )
     assert spec["transformations"] == SPEC_FRAUD_PIPELINE["transformations"]
     assert [s["type"] for s in spec["sources"] + spec["sinks"]] == ["kafka", "database"]
 
@@ -222,6 +266,7 @@ def test_every_example_job_of_the_repository_is_a_valid_spec(path: Path) -> None
     body = json.loads(path.read_text())
     assert api_accepts(body)
     assert validate(JOB_CRD, streaming_job(spec_of(body))) == []
+    assert validate(JOB_CRD, legacy_job(spec_of(body))) == []  # the deprecated version still takes it
 
 
 def test_minimal_and_bare_name_forms() -> None:
@@ -280,10 +325,10 @@ INVALID_JOBS = {
     "unknown key in a source": (_with("sources[0].config.topics", ["a"]), "sources.0"),
     "key of another source type": (_with("sources[0].config.path", "/data"), "sources.0"),
     "missing required key": (_with("sinks[0].config.table", None, delete=True), "sinks.0"),
-    "unknown restart strategy": (_with("config.restart_strategy", "forever"), "config.restart_strategy"),
+    "unknown restart strategy": (_with("config.restart_strategy", "forever"), "config.restartStrategy"),
     "bad restart strategy object": (
         _with("config.restart_strategy", {"type": "fixed_delay", "attempts": -3}),
-        "config.restart_strategy",
+        "config.restartStrategy",
     ),
     "bad enum in a transformation": (
         _with("transformations[1].config.contiguity", "loose"),
@@ -293,7 +338,7 @@ INVALID_JOBS = {
     "no sinks": (_with("sinks", []), "sinks"),
     "no sources": (_with("sources", None, delete=True), "spec"),
     "unknown config key": (_with("config.paralelism", 2), "config"),
-    "checkpoint interval too short": (_with("config.checkpoint_interval_ms", 5), "checkpoint_interval_ms"),
+    "checkpoint interval too short": (_with("config.checkpoint_interval_ms", 5), "checkpointIntervalMs"),
 }
 
 
@@ -303,6 +348,7 @@ def test_invalid_job_is_rejected_by_the_crd_and_by_the_api(case: str) -> None:
     problems = validate(JOB_CRD, streaming_job(spec))
     assert problems, f"the CRD accepted {case}"
     assert any(where in p for p in problems), problems
+    assert validate(JOB_CRD, legacy_job(spec)), f"v1alpha1 accepted {case}"
     assert not api_accepts(spec), f"the API accepts {case} but the CRD does not"
 
 
@@ -402,6 +448,51 @@ def test_savepoint_needs_a_job_and_a_known_state() -> None:
     sp["status"]["state"] = "done"
     assert any("status.state" in p for p in validate(SAVEPOINT_CRD, sp))
     assert any("apiVersion" in p for p in validate(SAVEPOINT_CRD, sp | {"apiVersion": "v1"}))
+
+
+# -------------------------------------------------------------------------------- CEL: immutable
+
+
+IMMUTABLE = {  # REST-body path -> a new value, and how the v1alpha2 field is named in the refusal
+    "name": ("other_name", "spec.name"),
+    "config.max_parallelism": (256, "spec.config.maxParallelism"),
+    "config.state_backend": ("memory", "spec.config.stateBackend"),
+    "config.checkpoint_storage": ("s3://other/prefix", "spec.config.checkpointStorage"),
+}
+
+
+@pytest.mark.parametrize("path", list(IMMUTABLE), ids=str)
+def test_immutable_fields_cannot_change_after_creation(path: str) -> None:
+    """``self == oldSelf`` rules, evaluated by a CEL implementation on an update (``old``): the edit
+    is refused in both versions, an update that leaves them alone is not, a create is never ruled."""
+    value, field = IMMUTABLE[path]
+    admit = admission(JOB_CRD)
+    before = _with("config.checkpoint_storage", "s3://checkpoints/fraud")
+    after = _with(path, value)
+    after["config"].setdefault("checkpoint_storage", "s3://checkpoints/fraud")
+    old, _ = admit(streaming_job(before), strict=True)
+    _, problems = admit(streaming_job(after), strict=True, old=old)
+    assert any(field in p and "immutable" in p for p in problems), problems
+    assert admit(streaming_job(after), strict=True)[1] == []  # creating it so is fine
+    _, legacy = admit(legacy_job(after), strict=True, old=admit(legacy_job(before), strict=True)[0])
+    assert legacy, "v1alpha1 is no way around the rule"
+    rescaled = copy.deepcopy(before)
+    rescaled["config"]["parallelism"] = 8  # mutable: a savepoint restart applies it
+    assert admit(streaming_job(rescaled), strict=True, old=old)[1] == []
+
+
+def test_optional_immutable_fields_cannot_be_set_or_unset_later() -> None:
+    admit = admission(JOB_CRD)
+    plain = spec_of(SPEC_FRAUD_PIPELINE)
+    plain["config"].pop("checkpoint_storage", None)
+    old = streaming_job(plain)
+    with_storage = streaming_job(plain) | {"spec": crds.to_camel(plain) | {"checkpointStorage": "s3://b/p"}}
+    problems = admit(with_storage, strict=True, old=old)[1]
+    assert any("cannot be set or unset" in p for p in problems), problems
+    status = {"phase": "running", "jobId": "job-1"}
+    running = old | {"status": status}
+    _, problems = admit(running | {"status": status | {"jobId": "job-2"}}, strict=True, old=running)
+    assert any("jobId is immutable" in p for p in problems), problems
 
 
 # --------------------------------------------------------------------------------------- conversion

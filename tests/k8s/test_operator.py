@@ -407,7 +407,7 @@ async def test_invalid_spec_is_failed_with_the_field_path(
     }
     await create(cluster, "outside", outside)
     status = await wait_phase(client, "outside", "failed", log=operator.output())
-    for field in ("spec.sinks[0].config.connection_string", "spec.checkpointStorage", "spec.restoreFrom"):
+    for field in ("spec.sinks[0].config.connectionString", "spec.checkpointStorage", "spec.restoreFrom"):
         assert f"{field}: /etc" in status["message"], status["message"]
     assert "outside the directories this server allows" in status["message"]
     assert "InvalidSpec" in [r for r, _ in await events_of(client, "outside")]

@@ -146,8 +146,8 @@ makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers
   resources: ["secrets"]  # each job's file (connection strings); written, never read, listed or watched
   verbs: ["create", "patch"]
 - apiGroups: [""]
-  resources: ["events"]  # core/v1 Events, kopf's and the operator's
-  verbs: ["create"]
+  resources: ["events"]  # core/v1 Events, kopf's and the operator's; a repeat counts on the first (patch)
+  verbs: ["create", "patch"]
 # a job's opt-in PodDisruptionBudget (spec.podDisruptionBudget): made, changed, removed when turned off
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]

@@ -9,16 +9,26 @@ keeps it in step with the models. Regenerate with ``make crds``, which runs::
 
     python -m heliosdb_streaming.kubernetes.crds crds/ helm/heliosdb-streaming/crds/
 
-Both ``status`` schemas preserve unknown fields on purpose. kopf's default is to keep handler progress
-in ``status.kopf.progress``; a structural schema without that field has the API server prune it, and kopf
-then reruns its handlers forever. Our operator configures annotation-only progress storage
-(``handlers.settings``), so nothing writes there today; the open status keeps a kopf default, or a status
-field added before the CRD is regenerated, from being dropped silently. The fields the operator writes
-are declared and typed all the same.
+Versions: ``v1alpha2`` (``VERSION``, stored, what the operator and the API server use) has camelCase
+field names throughout, as the Kubernetes API conventions require: the job model's snake_case names
+(``checkpoint_interval_ms``) are renamed mechanically by ``casing`` from the same schema. ``v1alpha1``
+(the snake_case spec the REST body has) is still served, deprecated, and converted by the operator's
+conversion webhook (``conversion.py``; docs/crd-versions.md says why a webhook rather than a
+rewrite of the objects). The Savepoint had no snake_case field; its two versions are the same schema.
+
+Fields that no restart can change (the job's name, where and how its state is kept: ``maxParallelism``
+fixes the key groups) are immutable through CEL transition rules (``self == oldSelf``), so an edit is
+refused by ``kubectl apply`` instead of being reported as not applied.
+
+Both ``status`` schemas are fully structural: kopf keeps handler progress and its diff base in
+annotations (``handlers.settings``: decided once), so nothing writes ``status.kopf``, and a status
+field the schema does not declare is pruned by the API server as it should be.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +36,25 @@ from typing import Any, Final
 
 import yaml
 
-from heliosdb_streaming.kubernetes import podtemplate, structural
+from heliosdb_streaming.kubernetes import casing, podtemplate, structural
 from heliosdb_streaming.model.config import JobSubmitRequest, RestartStrategy
 from heliosdb_streaming.model.types import JobStatus
 
 GROUP: Final = "streaming.heliosdb.io"
-VERSION: Final = "v1alpha1"
+VERSION: Final = "v1alpha2"  # stored and served: camelCase
+LEGACY_VERSION: Final = "v1alpha1"  # served, deprecated: the job's fields in snake_case
 API_VERSION: Final = f"{GROUP}/{VERSION}"
+LEGACY_API_VERSION: Final = f"{GROUP}/{LEGACY_VERSION}"
+DEPRECATION_WARNING: Final = (
+    f"{GROUP}/{LEGACY_VERSION} is deprecated: use {GROUP}/{VERSION} (camelCase fields; "
+    "`helios k8s convert` rewrites a manifest)"
+)
+# the conversion webhook (the operator's ``/convert``) behind the chart's webhook Service: fixed names
+# (a CRD is cluster-wide and crds/ is not templated); another namespace patches the CRD (docs)
+WEBHOOK_SERVICE: Final = "heliosdb-streaming-webhook"  # and its cert-manager Certificate
+WEBHOOK_NAMESPACE: Final = "heliosdb-streaming"
+WEBHOOK_PATH: Final = "/convert"
+WEBHOOK_PORT: Final = 9443
 CATEGORY: Final = "helios"
 
 STREAMING_JOB_KIND: Final = "StreamingJob"
@@ -80,7 +102,74 @@ def job_json_schema() -> Schema:
     return schema
 
 
+@functools.cache
+def _legacy_spec_schema() -> Schema:
+    return _snake_spec_schema()
+
+
+def legacy_spec_schema() -> Schema:
+    """``spec`` of ``v1alpha1``: the job's fields in snake_case as the REST body, with the same CEL
+    rules as ``v1alpha2`` (a deprecated version is no way around them)."""
+    spec = copy.deepcopy(_legacy_spec_schema())
+    _immutable(spec, snake=True)
+    return spec
+
+
 def streaming_job_spec_schema() -> Schema:
+    """``spec`` of ``v1alpha2``: the same fields, camelCase, with the immutable ones ruled by CEL."""
+    spec: Schema = casing.camel_schema(_legacy_spec_schema())
+    _immutable(spec)
+    return spec
+
+
+def to_camel(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``v1alpha1`` spec (or the REST body's fields) as a ``v1alpha2`` spec."""
+    return dict(casing.rename(spec, _legacy_spec_schema(), "camel"))
+
+
+def to_snake(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``v1alpha2`` spec as a ``v1alpha1`` spec: the job's fields as the REST body has them."""
+    return dict(casing.rename(spec, _legacy_spec_schema(), "snake"))
+
+
+def camel_path(path: str) -> str:
+    """A path of the job's fields (``sources[0].config.rate_per_sec``) as ``v1alpha2`` names it."""
+    return casing.camel_path(path, _legacy_spec_schema())
+
+
+# spec fields (camelCase) that no restart can apply: the job's name and where and how its state is kept
+IMMUTABLE_SPEC: Final = ("name", "checkpointStorage")
+IMMUTABLE_CONFIG: Final = ("maxParallelism", "stateBackend", "checkpointStorage")
+
+
+def _unchanged(field: str) -> Schema:
+    return {"rule": "self == oldSelf", "message": f"{field} is immutable: create a new StreamingJob"}
+
+
+def _kept(fields: Sequence[str], where: str) -> Schema:
+    """Neither set nor unset later: a transition rule on a field only runs when both versions have it."""
+    rule = " && ".join(f"has(self.{f}) == has(oldSelf.{f})" for f in fields)
+    names = ", ".join(f"{where}{f}" for f in fields)
+    return {"rule": rule, "message": f"{names} cannot be set or unset after creation"}
+
+
+def _snake(field: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in field)
+
+
+def _immutable(spec: Schema, *, snake: bool = False) -> None:
+    """Adds the CEL rules of the immutable fields (their v1alpha1 names when ``snake``)."""
+    config = spec["properties"]["config"]
+    config_fields = [_snake(f) for f in IMMUTABLE_CONFIG] if snake else list(IMMUTABLE_CONFIG)
+    for node, fields, where in ((spec, list(IMMUTABLE_SPEC), ""), (config, config_fields, "config.")):
+        for f in fields:
+            node["properties"][f]["x-kubernetes-validations"] = [_unchanged(f"spec.{where}{f}")]
+        defaulted = [f for f in fields if "default" not in node["properties"][f]]
+        if defaulted:
+            node["x-kubernetes-validations"] = [_kept(defaulted, f"spec.{where}")]
+
+
+def _snake_spec_schema() -> Schema:
     """``spec``: the job as the REST body has it, plus the operator's fields."""
     job = structural.from_json_schema(job_json_schema())
     props: Schema = dict(job["properties"])
@@ -229,11 +318,14 @@ def _conditions() -> Schema:
 def streaming_job_status_schema() -> Schema:
     return {
         "type": "object",
-        PRESERVE: True,
-        "description": "Written by the operator (and kopf's bookkeeping under status.kopf)",
+        "description": "Written by the operator (kopf's handler progress is in annotations)",
         "properties": {
             "phase": {"type": "string", "enum": [s.value for s in JobStatus]},
-            "jobId": {"type": "string"},
+            "jobId": {
+                "type": "string",
+                "description": "The job's id in the REST API (derived from metadata.uid; never changes)",
+                "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "jobId is immutable"}],
+            },
             "submittedAt": _date_time(),
             "startedAt": _date_time(),
             "finishedAt": _date_time(),
@@ -323,8 +415,7 @@ def savepoint_spec_schema() -> Schema:
 def savepoint_status_schema() -> Schema:
     return {
         "type": "object",
-        PRESERVE: True,
-        "description": "Written by the operator (and kopf's bookkeeping under status.kopf)",
+        "description": "Written by the operator (kopf's handler progress is in annotations)",
         "properties": {
             "state": {"type": "string", "enum": list(SAVEPOINT_STATES)},
             "jobId": {"type": "string", "description": "The job's id in the REST API"},
@@ -344,19 +435,72 @@ def _column(name: str, kind: str, path: str, description: str, priority: int = 0
     return column
 
 
+def _version(name: str, spec: Schema, status: Schema, columns: list[Schema], subresources: Schema) -> Schema:
+    version: Schema = {"name": name, "served": True, "storage": name == VERSION}
+    if name != VERSION:
+        version.update({"deprecated": True, "deprecationWarning": DEPRECATION_WARNING})
+    version.update(
+        {
+            "subresources": subresources,
+            "additionalPrinterColumns": columns,
+            "schema": {
+                "openAPIV3Schema": {
+                    "type": "object",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status,
+                    },
+                }
+            },
+        }
+    )
+    return version
+
+
+def webhook_conversion() -> Schema:
+    """``spec.conversion`` of the StreamingJob CRD: the operator's webhook (its chart Service, TLS from
+    the cert-manager Certificate whose CA cert-manager injects: see the annotation in ``_crd``)."""
+    return {
+        "strategy": "Webhook",
+        "webhook": {
+            "conversionReviewVersions": ["v1"],
+            "clientConfig": {
+                "service": {
+                    "name": WEBHOOK_SERVICE,
+                    "namespace": WEBHOOK_NAMESPACE,
+                    "path": WEBHOOK_PATH,
+                    "port": WEBHOOK_PORT,
+                }
+            },
+        },
+    }
+
+
 def _crd(
     kind: str,
     plural: str,
     short: str,
-    spec: Schema,
+    specs: dict[str, Schema],
     status: Schema,
     columns: list[Schema],
     subresources: Schema | None = None,
 ) -> Schema:
+    """``specs``: version name -> its spec schema, newest (the storage version) first. Versions whose
+    schemas differ need the conversion webhook; identical ones convert by their apiVersion alone."""
+    subresources = subresources or {"status": {}}
+    metadata: Schema = {"name": f"{plural}.{GROUP}"}
+    conversion: Schema = {"strategy": "None"}
+    if len({repr(v) for v in specs.values()}) > 1:
+        conversion = webhook_conversion()
+        metadata["annotations"] = {"cert-manager.io/inject-ca-from": f"{WEBHOOK_NAMESPACE}/{WEBHOOK_SERVICE}"}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
+        "metadata": metadata,
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
@@ -368,27 +512,10 @@ def _crd(
                 "shortNames": [short],
                 "categories": [CATEGORY],
             },
+            "conversion": conversion,
             "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": subresources or {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
-                }
+                _version(name, spec, copy.deepcopy(status), columns, subresources)
+                for name, spec in specs.items()
             ],
         },
     }
@@ -399,7 +526,7 @@ def streaming_job_crd() -> Schema:
         STREAMING_JOB_KIND,
         STREAMING_JOB_PLURAL,
         "sj",
-        streaming_job_spec_schema(),
+        {VERSION: streaming_job_spec_schema(), LEGACY_VERSION: legacy_spec_schema()},
         streaming_job_status_schema(),
         [
             _column("Phase", "string", ".status.phase", "Where the job is in its lifecycle"),
@@ -419,7 +546,7 @@ def savepoint_crd() -> Schema:
         SAVEPOINT_KIND,
         SAVEPOINT_PLURAL,
         "sp",
-        savepoint_spec_schema(),
+        {VERSION: savepoint_spec_schema(), LEGACY_VERSION: savepoint_spec_schema()},
         savepoint_status_schema(),
         [
             _column("Job", "string", ".spec.jobRef", "The StreamingJob it was taken from"),

@@ -380,8 +380,9 @@ class KubeClient:
 
     async def post_event(
         self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str, component: str
-    ) -> None:
-        """Records an Event on an object; a failure is logged, never raised (events are advisory)."""
+    ) -> str | None:
+        """Records an Event on an object and returns its name; a failure is logged, never raised
+        (events are advisory), and gives None."""
         meta = involved.get("metadata") or {}
         namespace = meta.get("namespace") or self.default_namespace
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -408,9 +409,11 @@ class KubeClient:
             "count": 1,
         }
         try:
-            await self.create(EVENTS, namespace, event)
+            created = await self.create(EVENTS, namespace, event)
         except (ApiError, aiohttp.ClientError, TimeoutError) as e:
             logger.warning("could not post event %s on %s/%s: %s", reason, namespace, meta.get("name"), e)
+            return None
+        return str((created.get("metadata") or {}).get("name") or "") or None
 
 
 def _error(status: int, payload: bytes | str) -> ApiError:

@@ -43,7 +43,14 @@ kmock's private internals; each is small and is here for one reason:
 6. ``_scale`` forwards a ``/scale`` change as a patch of the object through kmock's handler, with the
    body set on a clone of the request (aiohttp's private ``_read_bytes``).
 
-A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the six points above.
+7. ``_convert_version`` serves a custom resource in a version other than the one kmock stores
+   (``conversions``, (group, plural) -> (storage version, converter)), as the API server does with a
+   CRD's conversion webhook: the request goes to kmock under the storage version (its body converted;
+   a merge patch applied to the object as the client's version has it), the answer is converted back.
+   A watch in another version is refused (400): no caller here needs one. A deprecated version's
+   answers carry its ``Warning: 299`` header (``deprecations``), as kubectl shows it.
+
+A kmock upgrade is a deliberate change: rerun tests/k8s and adapt the seven points above.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +88,13 @@ SCALE_PATH = re.compile(
     r"/(?P<name>[^/]+)/scale$"
 )
 
+VERSIONED_PATH = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)(/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)"
+    r"(/(?P<name>[^/]+))?(?P<sub>/.*)?$"
+)
+# objects (any version) and the apiVersion wanted -> the objects in it (a CRD's conversion webhook)
+Converter = Callable[[list[dict[str, Any]], str], Awaitable[list[dict[str, Any]]]]
+
 # (namespace, pod name) -> the container's output so far, or None while it has not started
 PodLogSource = Callable[[str, str], str | None]
 RBAC_GROUP = rbac.GROUP
@@ -89,9 +103,12 @@ AuditKey = tuple[str, str, str, str, str]
 
 
 class SchemaCheck(Protocol):
-    """A CRD's structural schema: ``(object, strict)`` -> (the object pruned, why it is invalid)."""
+    """A CRD's structural schema: ``(object, strict, old)`` -> (the object pruned, why it is invalid);
+    ``old``: the stored object an update replaces (None on create), for CEL transition rules."""
 
-    def __call__(self, obj: dict[str, Any], *, strict: bool) -> tuple[dict[str, Any], list[str]]: ...
+    def __call__(
+        self, obj: dict[str, Any], *, strict: bool, old: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], list[str]]: ...
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):
@@ -109,6 +126,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self.schemas: dict[tuple[str, str], SchemaCheck] = {}  # (group, plural) -> check
         # (group, plural) -> a CRD's scale subresource (specReplicasPath, statusReplicasPath, ...)
         self.scales: dict[tuple[str, str], Mapping[str, str]] = {}
+        # (group, plural) -> (storage version, converter): other versions are served through it
+        self.conversions: dict[tuple[str, str], tuple[str, Converter]] = {}
+        # (group, version) -> the CRD's deprecationWarning, sent as a ``Warning`` header as a server does
+        self.deprecations: dict[tuple[str, str], str] = {}
         self._policy: rbac.Policy | None = None
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -120,6 +141,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         log_path = POD_LOG_PATH.match(raw_request.path)
         if log_path is not None and raw_request.method == "GET":
             return self._pod_log(raw_request, log_path["namespace"], log_path["name"])
+        versioned = VERSIONED_PATH.match(raw_request.path)
+        if versioned is not None and (versioned["group"], versioned["plural"]) in self.conversions:
+            storage, _ = self.conversions[(versioned["group"], versioned["plural"])]
+            if versioned["version"] != storage:
+                return await self._convert_version(raw_request, versioned)
         scale_path = SCALE_PATH.match(raw_request.path)
         if scale_path is not None and (scale_path["group"], scale_path["plural"]) in self.scales:
             return await self._scale(raw_request, scale_path)
@@ -228,6 +254,70 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         }
         return aiohttp.web.json_response(scale)
 
+    async def _convert_version(
+        self, raw_request: aiohttp.web.BaseRequest, path: re.Match[str]
+    ) -> aiohttp.web.StreamResponse:
+        """A request in a served non-storage version, answered through the converter (point 7)."""
+        storage, convert = self.conversions[(path["group"], path["plural"])]
+        asked, stored = f"{path['group']}/{path['version']}", f"{path['group']}/{storage}"
+        if raw_request.query.get("watch") in ("true", "1"):
+            return _status(400, "BadRequest", f"the emulator watches {stored} only, not {asked}")
+        main = (
+            f"/apis/{path['group']}/{storage}"
+            + raw_request.path[len(f"/apis/{path['group']}/{path['version']}") :]
+        )
+        if raw_request.method == "PATCH" and "json-patch" in raw_request.headers.get("Content-Type", ""):
+            return _status(415, "UnsupportedMediaType", f"JSON patches of {asked} are not emulated")
+        headers = dict(raw_request.headers)
+        if raw_request.method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
+        query = f"?{raw_request.query_string}" if raw_request.query_string else ""
+        forward = raw_request.clone(rel_url=main + query, headers=headers)  # before reading the body
+        if raw_request.method in ("POST", "PUT"):
+            obj = orjson.loads(await raw_request.read() or b"{}")
+            forward._read_bytes = orjson.dumps(
+                (await convert([obj], stored))[0]
+            )  # aiohttp reads it from here
+        elif raw_request.method == "PATCH":
+            # a patch names the fields as the client's version has them: apply it to the object in
+            # that version, then store the difference in the storage version
+            current = next(
+                (
+                    dict(o.raw)
+                    for (resource, ns, n), o in self.objects.items()
+                    if (getattr(resource, "group", None), getattr(resource, "plural", None))
+                    == (path["group"], path["plural"])
+                    and (ns, n) == (path["namespace"], path["name"])
+                    and not o.deleted
+                ),
+                None,
+            )
+            if current is None:
+                return _status(
+                    404, "NotFound", f'{path["plural"]}.{path["group"]} "{path["name"]}" not found'
+                )
+            patch = orjson.loads(await raw_request.read() or b"{}")
+            theirs = (await convert([current], asked))[0]
+            changed = (await convert([dict(kmock_dicts.patch_dict(copy.deepcopy(theirs), patch))], stored))[0]
+            forward._read_bytes = orjson.dumps(merge_diff(current, changed))
+        response = await self.__call__(forward)
+        if not isinstance(response, aiohttp.web.Response) or response.body is None:
+            return response
+        try:
+            answer = orjson.loads(bytes(response.body))  # type: ignore[arg-type]
+        except orjson.JSONDecodeError:
+            return response
+        if isinstance(answer, dict) and answer.get("apiVersion") == stored:
+            answer = (await convert([answer], asked))[0]
+        elif isinstance(answer, dict) and isinstance(answer.get("items"), list):
+            answer["items"] = await convert(answer["items"], asked) if answer["items"] else []
+            answer["apiVersion"] = asked
+        converted = aiohttp.web.json_response(answer, status=response.status)
+        warning = self.deprecations.get((path["group"], path["version"]))
+        if warning is not None:
+            converted.headers["Warning"] = f'299 - "{warning}"'
+        return converted
+
     async def _namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         names = set(self.namespace_names)
         for _resource, namespace, _name in self.objects:
@@ -329,7 +419,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             except Exception:  # a JSON patch that does not apply: kmock answers it as it would
                 return
         strict = request.params.get("fieldValidation") == "Strict"
-        pruned, problems = check(result, strict=strict)
+        pruned, problems = check(result, strict=strict, old=current or None)
         if problems:
             meta = result.get("metadata") or {}
             name = meta.get("name") or request.name or ""

@@ -18,9 +18,9 @@ def test_paths() -> None:
     assert kube.NAMESPACES.path("ignored") == "/api/v1/namespaces"
     assert (
         kube.STREAMINGJOBS.path("ns", "j", "status")
-        == "/apis/streaming.heliosdb.io/v1alpha1/namespaces/ns/streamingjobs/j/status"
+        == "/apis/streaming.heliosdb.io/v1alpha2/namespaces/ns/streamingjobs/j/status"
     )
-    assert kube.SAVEPOINTS.api_version == "streaming.heliosdb.io/v1alpha1" and kube.PODS.api_version == "v1"
+    assert kube.SAVEPOINTS.api_version == "streaming.heliosdb.io/v1alpha2" and kube.PODS.api_version == "v1"
 
 
 def test_label_selectors() -> None:

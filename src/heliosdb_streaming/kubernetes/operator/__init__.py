@@ -4,6 +4,7 @@
 ``pods`` builds manifests, ``launcher`` starts and watches worker pods, ``bindings`` remembers which
 resource each job belongs to, ``reconciler`` acts on one StreamingJob, ``savepoints`` on one Savepoint
 (the snapshot controller), ``statuswriter`` writes every StreamingJob's status, ``events`` posts their
-Events, ``handlers`` wires kopf to them, ``readapi`` serves the control plane's reads to the REST
-backend and ``app`` composes everything.
+(deduplicated) Events, ``resync`` recreates their deleted Services, Secrets and budgets, ``handlers``
+wires kopf to them, ``opmetrics`` serves the operator's metrics and the CRDs' conversion webhook,
+``readapi`` serves the control plane's reads to the REST backend and ``app`` composes everything.
 """

@@ -21,6 +21,7 @@ from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.kubernetes.operator.events import COMPONENT, WAITING
 from heliosdb_streaming.kubernetes.operator.opmetrics import OperatorMetrics
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
+from heliosdb_streaming.kubernetes.operator.resync import OwnedObjects, resync_interval
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 
 WATCH_SERVER_TIMEOUT_S = 60
@@ -81,6 +82,16 @@ def build_registry(
     async def reconcile_job(body: kopf.Body, reason: str, **_: Any) -> None:
         with counted("streamingjobs", str(getattr(reason, "value", reason) or "reconcile")):
             await jobs_reconciler.reconcile_job(body)
+
+    interval = resync_interval()
+
+    # periodic: a deleted Service, Secret or PodDisruptionBudget of a job comes back (``resync``)
+    @kopf.timer(*jobs, id="resync", interval=interval, initial_delay=interval, registry=registry)
+    async def resync_job(body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        owned = OwnedObjects(jobs_reconciler.client, jobs_reconciler.bindings, jobs_reconciler.launcher)
+        with counted("streamingjobs", "resync"):
+            await owned.resync(str(meta.get("namespace")), str(meta.get("name")))
 
     @kopf.on.delete(*jobs, id="delete", registry=registry, backoff=BACKOFF_S)
     async def finalize_job(body: kopf.Body, **_: Any) -> None:

@@ -156,6 +156,10 @@ class KubernetesLauncher:
             )
         self._job_files[key] = job_json
 
+    def job_file(self, namespace: str, job: str) -> str | None:
+        """What the job's Secret holds (None: no pod launched by this process yet), for ``resync``."""
+        return self._job_files.get((namespace, job))
+
     async def _delete_surplus_pods(self, target: Target, parallelism: int) -> None:
         """After a rescale down, the old run's pods past the new parallelism would linger: delete them."""
         labels = {**pods.job_labels(target.name), pods.LABEL_COMPONENT: "worker"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from heliosdb_streaming.kubernetes import podtemplate
+from heliosdb_streaming.kubernetes import casing, crds, podtemplate
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import FieldError, InvalidJobConfigError
 from heliosdb_streaming.model.types import JobStatus
@@ -116,11 +116,12 @@ class JobSpec:
 
 
 def job_config(name: str, spec: dict[str, Any]) -> JobConfig:
-    """The job of a StreamingJob: its REST-body fields, ``metadata.name`` as the default job name.
+    """The job of a StreamingJob (a ``v1alpha2`` spec: camelCase): its REST-body fields, renamed to the
+    model's snake_case, ``metadata.name`` as the default job name.
 
-    Validation errors name spec paths (``spec.sources[0].config.rate_per_sec``).
+    Validation errors name spec paths as the spec has them (``spec.sources[0].config.ratePerSec``).
     """
-    body = {k: spec[k] for k in JOB_FIELDS if k in spec}
+    body = crds.to_snake({k: spec[k] for k in JOB_FIELDS if k in spec})
     body.setdefault("name", name)
     settings = dict(body.get("config") or {})
     if spec.get("checkpointStorage"):
@@ -130,7 +131,7 @@ def job_config(name: str, spec: dict[str, Any]) -> JobConfig:
         return JobConfig.from_dict(body)
     except InvalidJobConfigError as e:
         raise InvalidJobConfigError(
-            [FieldError(f"spec.{err.path}", err.message) for err in e.errors]
+            [FieldError(f"spec.{crds.camel_path(err.path)}", err.message) for err in e.errors]
         ) from None
 
 
@@ -143,6 +144,11 @@ def restart_overrides(wanted: JobConfig) -> JobConfigOverrides:
         on_error=wanted.on_error,
         autoscaler=wanted.autoscaler,
     )
+
+
+def setting(field: str) -> str:
+    """A JobConfig field as the spec names it (``config.checkpointIntervalMs``), for status and Events."""
+    return f"config.{casing.camel(field)}"
 
 
 PIPELINE = ("sources", "transformations", "sinks")  # a restart applies them: an upgrade in place
@@ -166,7 +172,7 @@ def upgrade_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     parts that differ. Empty: the running job already is the spec, as far as a restart can make it."""
     keep = ("parallelism",) if autoscaled(current, wanted) else ()
     settings = [
-        f"config.{k}" for k in OVERRIDABLE if k not in keep and getattr(current, k) != getattr(wanted, k)
+        setting(k) for k in OVERRIDABLE if k not in keep and getattr(current, k) != getattr(wanted, k)
     ]
     return settings + pipeline_changes(current, wanted)
 
@@ -185,7 +191,7 @@ def unapplied_changes(current: JobConfig, wanted: JobConfig) -> list[str]:
     a, b = current.to_dict(), wanted.to_dict()
     changed = ["name"] if a["name"] != b["name"] else []
     changed += [
-        f"config.{k}"
+        setting(k)
         for k in sorted(set(a["config"]) | set(b["config"]))
         if k not in OVERRIDABLE and a["config"].get(k) != b["config"].get(k)
     ]

@@ -15,6 +15,11 @@ it exposes no job data, only how the operator itself fares, so a Prometheus scra
   watch of the launcher started again (after the server ended it / after an error).
 
 ``/healthz`` answers 200 on both roles (liveness: the event loop runs), with the role in the body.
+
+``POST /convert`` is the CRDs' conversion webhook (``kubernetes.conversion``): every replica answers
+it, leader or not, so a standby keeps v1alpha1 readable. The API server calls it over HTTPS only: with
+``HELIOS_WEBHOOK_TLS_DIR`` (a mounted ``kubernetes.io/tls`` Secret: ``tls.crt``, ``tls.key``) the same
+routes are also served with TLS on ``crds.WEBHOOK_PORT``.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from heliosdb_streaming.kubernetes import conversion, crds
 
 logger = logging.getLogger(__name__)
 
@@ -105,17 +115,49 @@ async def _health(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"status": "ok", "role": role}), content_type="application/json")
 
 
+async def _convert(request: web.Request) -> web.Response:
+    try:
+        body = await request.json(loads=orjson.loads)
+    except ValueError:
+        return web.Response(status=400, text="a ConversionReview (JSON) is expected")
+    return web.Response(body=orjson.dumps(conversion.review(body)), content_type="application/json")
+
+
+TLS_DIR_ENV = "HELIOS_WEBHOOK_TLS_DIR"
+
+
+def tls_context(directory: str | None) -> ssl.SSLContext | None:
+    """The webhook's server TLS from ``tls.crt``/``tls.key`` in ``directory`` (None: no TLS site)."""
+    if not directory:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(Path(directory) / "tls.crt", Path(directory) / "tls.key")
+    return context
+
+
 @contextlib.asynccontextmanager
-async def serve(metrics: OperatorMetrics, host: str, port: int) -> AsyncIterator[tuple[str, int]]:
-    """``/metrics`` and ``/healthz`` on ``host:port`` (0 picks one) until the block exits."""
+async def serve(
+    metrics: OperatorMetrics, host: str, port: int, *, webhook_port: int = crds.WEBHOOK_PORT
+) -> AsyncIterator[tuple[str, int]]:
+    """``/metrics``, ``/healthz`` and ``/convert`` on ``host:port`` (0 picks one) until the block exits;
+    with ``HELIOS_WEBHOOK_TLS_DIR`` also over TLS on ``webhook_port``."""
     app = web.Application()
     app[METRICS] = metrics
-    app.add_routes([web.get("/metrics", _metrics, allow_head=False), web.get("/healthz", _health)])
+    app.add_routes(
+        [
+            web.get("/metrics", _metrics, allow_head=False),
+            web.get("/healthz", _health),
+            web.post(crds.WEBHOOK_PATH, _convert),
+        ]
+    )
     runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
+        tls = tls_context(os.environ.get(TLS_DIR_ENV))
+        if tls is not None:
+            await web.TCPSite(runner, host, webhook_port, ssl_context=tls).start()
         bound_host, bound_port = runner.addresses[0][:2]
         logger.info("operator metrics on http://%s:%d/metrics", bound_host, bound_port)
         yield str(bound_host), int(bound_port)

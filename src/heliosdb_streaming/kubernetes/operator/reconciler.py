@@ -264,11 +264,14 @@ class StreamingJobReconciler:
             return
 
         def problems() -> list[FieldError]:
-            found = paths.job_path_errors(wanted, roots, prefix="spec.")
+            found = [  # as the spec (v1alpha2) names the fields
+                FieldError(f"spec.{crds.camel_path(e.path)}", e.message)
+                for e in paths.job_path_errors(wanted, roots)
+            ]
             if spec.get("checkpointStorage"):  # the spec's own field, not the REST body's
                 found = [
                     FieldError("spec.checkpointStorage", e.message)
-                    if e.path == "spec.config.checkpoint_storage"
+                    if e.path == "spec.config.checkpointStorage"
                     else e
                     for e in found
                 ]
@@ -295,7 +298,7 @@ class StreamingJobReconciler:
         if not entry.record.status.terminal:
             return
         settings = [
-            f"config.{k}" for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
+            mapping.setting(k) for k in mapping.OVERRIDABLE if getattr(entry.config, k) != getattr(wanted, k)
         ]
         settings += mapping.pipeline_changes(entry.config, wanted) + binding.pod_changes()
         fixed = mapping.unapplied_changes(entry.config, wanted)

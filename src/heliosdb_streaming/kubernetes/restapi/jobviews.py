@@ -93,8 +93,8 @@ def resource_name(job_name: str, suffix: str | None = None) -> str:
 def streaming_job(
     namespace: str, name: str, config: JobConfig, now: datetime, restore_from: str | None = None
 ) -> dict[str, Any]:
-    """The StreamingJob of a job submitted at ``now``: the REST body as the spec, to be running."""
-    spec = {**config.to_dict(), "state": mapping.DesiredState.RUNNING.value}
+    """The StreamingJob of a job submitted at ``now``: the REST body as the spec (camelCase), running."""
+    spec = {**crds.to_camel(config.to_dict()), "state": mapping.DesiredState.RUNNING.value}
     if restore_from is not None:
         spec["restoreFrom"] = restore_from
     return {
@@ -207,8 +207,8 @@ def config_of(obj: Obj, settings: Mapping[str, Any] | None = None) -> JobConfig:
     job with its name and no operators, so that its details can still be shown.
     """
     spec = dict(_spec(obj))
-    if settings is not None:
-        spec["config"] = dict(settings)
+    if settings is not None:  # the job model's names: as the spec has them
+        spec["config"] = crds.to_camel({"config": dict(settings)})["config"]
     try:
         return mapping.job_config(str(_meta(obj).get("name") or "job"), spec)
     except InvalidJobConfigError:
@@ -255,17 +255,16 @@ def replace_patch(old: Any, new: Any) -> Any:
 
 
 def config_patch(spec: Obj, overrides: JobConfigOverrides | None) -> dict[str, Any]:
-    """The ``spec.config`` merge patch that applies restart overrides (they stay in the spec)."""
+    """The ``spec.config`` merge patch (camelCase) that applies restart overrides (they stay in the spec)."""
     if overrides is None:
         return {}
     current = spec.get("config") or {}
-    patch: dict[str, Any] = {}
-    for key, value in overrides.model_dump(exclude_none=True).items():
-        if key == "restart_strategy":
-            wire = overrides.restart_strategy.to_wire() if overrides.restart_strategy else value
-            patch[key] = replace_patch(current.get(key), wire)
-        else:
-            patch[key] = value
+    settings = overrides.model_dump(exclude_none=True)
+    if overrides.restart_strategy is not None:
+        settings["restart_strategy"] = overrides.restart_strategy.to_wire()
+    patch: dict[str, Any] = crds.to_camel({"config": settings})["config"]
+    if "restartStrategy" in patch:
+        patch["restartStrategy"] = replace_patch(current.get("restartStrategy"), patch["restartStrategy"])
     return patch
 
 

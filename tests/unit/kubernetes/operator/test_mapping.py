@@ -117,7 +117,7 @@ def test_restart_overrides_and_what_a_restart_cannot_change() -> None:
     assert pipeline_changes(current, rescaled) == []
     assert unapplied_changes(current, job_config("k", spec())) == ["name"]
     other_backend = job_config("j", {**spec(), "config": {"parallelism": 2, "state_backend": "rocksdb"}})
-    assert "config.state_backend" in unapplied_changes(current, other_backend)
+    assert "config.stateBackend" in unapplied_changes(current, other_backend)
 
 
 def test_restore_from_names_a_resource_or_a_location() -> None:

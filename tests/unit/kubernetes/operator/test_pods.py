@@ -38,7 +38,7 @@ def test_worker_pod() -> None:
     assert meta["labels"][pods.LABEL_JOB] == "fraud" and meta["labels"][pods.LABEL_ATTEMPT] == "4"
     assert meta["ownerReferences"] == [
         {
-            "apiVersion": "streaming.heliosdb.io/v1alpha1",
+            "apiVersion": "streaming.heliosdb.io/v1alpha2",
             "kind": "StreamingJob",
             "name": "fraud",
             "uid": "uid-1",

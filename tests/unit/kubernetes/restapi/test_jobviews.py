@@ -15,6 +15,7 @@ from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.embedded.launcher import SubprocessLauncher
 from heliosdb_streaming.embedded.logs import LocalJobFiles
 from heliosdb_streaming.embedded.sqlite_store import SqliteJobStore
+from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.kubernetes.restapi import jobviews
 from heliosdb_streaming.model.config import JobConfig, JobConfigOverrides
 from heliosdb_streaming.model.errors import InvalidJobConfigError
@@ -67,14 +68,21 @@ def test_resource_names_are_dns_labels(job_name: str, stem: str) -> None:
 def test_submitted_job_spec_is_the_body_and_running() -> None:
     config = JobConfig.from_dict(body())
     obj = jobviews.streaming_job("team-a", "fraud-abcde", config, T0 + timedelta(microseconds=250))
-    assert obj["apiVersion"] == "streaming.heliosdb.io/v1alpha1" and obj["kind"] == "StreamingJob"
+    assert obj["apiVersion"] == "streaming.heliosdb.io/v1alpha2" and obj["kind"] == "StreamingJob"
     assert obj["metadata"] == {
         "name": "fraud-abcde",
         "namespace": "team-a",
         "annotations": {"streaming.heliosdb.io/submitted-at": "2026-01-01T00:00:00.000250Z"},
     }
     assert obj["spec"]["state"] == "running" and "restoreFrom" not in obj["spec"]
-    assert JobConfig.from_dict({k: v for k, v in obj["spec"].items() if k != "state"}) == config
+    assert obj["spec"]["config"]["restartStrategy"] == {
+        "type": "fixed_delay",
+        "attempts": 5,
+        "delayMs": 10000,
+    }
+    assert (
+        JobConfig.from_dict(crds.to_snake({k: v for k, v in obj["spec"].items() if k != "state"})) == config
+    )
     location = "s3://checkpoints/job-1/savepoints/savepoint-1"
     upgrade = jobviews.streaming_job("team-a", "fraud-abcde", config, T0, restore_from=location)
     assert upgrade["spec"]["restoreFrom"] == location  # the operator starts the new job from it
@@ -166,7 +174,7 @@ def test_config_takes_the_operators_settings_and_survives_a_bad_spec() -> None:
 
 
 def test_restart_patch_bumps_the_nonce_and_replaces_settings() -> None:
-    spec = {**body(), "restartNonce": 2, "restoreFrom": "old-savepoint"}
+    spec = {**crds.to_camel(body()), "restartNonce": 2, "restoreFrom": "old-savepoint"}
     overrides = JobConfigOverrides.model_validate(
         {"parallelism": 4, "restart_strategy": {"type": "exponential_backoff", "max_attempts": 3}}
     )
@@ -177,12 +185,12 @@ def test_restart_patch_bumps_the_nonce_and_replaces_settings() -> None:
         "state": "running",
         "config": {
             "parallelism": 4,
-            "restart_strategy": {
+            "restartStrategy": {  # v1alpha2 names
                 "attempts": None,  # merge patches merge objects: the old keys must go explicitly
                 "type": "exponential_backoff",
-                "max_attempts": 3,
-                "initial_delay_ms": 1000,
-                "max_delay_ms": 60000,
+                "maxAttempts": 3,
+                "initialDelayMs": 1000,
+                "maxDelayMs": 60000,
             },
         },
     }
