@@ -4,9 +4,10 @@ A ``process`` step counting events per card in value state (the count emitted pe
 real worker code in this process (one worker, one partition) until N input events are processed, the
 better of two runs, with memory and rocksdb state, from datagen and from a Kafka topic prefilled on a
 tansu broker started here. Then the cost of the step alone per event over in-memory batches, next to
-a bare loop of the same work on a dict. ``--quix`` (or ``QUIX=1``; needs ``pip install -e '.[bench]'``)
-runs Quix Streams' ``sdf.apply(count, stateful=True)`` (rocksdb) on the same topic and prints our/their
-ratio against the rocksdb Kafka row.
+a bare loop of the same work on a dict, and the cost of a process function call: a no-op function's
+step beside a no-op step (one that passes the batch on). ``--quix`` (or ``QUIX=1``; needs
+``pip install -e '.[bench]'``) runs Quix Streams' ``sdf.apply(count, stateful=True)`` (rocksdb) on the
+same topic and prints our/their ratio against the rocksdb Kafka row.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ class CountPerCard(KeyedProcessFunction):
         return [{"card_id": ctx.key, "count": n}]
 
 
+class Nothing(KeyedProcessFunction):
+    """A no-op process function: what calling it costs (key, context, call), with nothing done."""
+
+    def process(self, event: dict[str, Any], ctx: Context) -> None:
+        return None
+
+
 async def run_pipelines(n: int, bootstrap: str, topic: str, tmp_path: Path) -> list[tuple[str, float, int]]:
     datagen, kafka = datagen_source(n), kafka_source(bootstrap, topic)
     rows: list[tuple[str, float, int]] = []
@@ -76,13 +84,23 @@ async def step_costs(n: int, tmp_path: Path) -> list[tuple[str, float]]:
     def key(r: dict[str, Any]) -> Any:
         return r.get("card_id")
 
+    def noop_step(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return batch
+
+    def step(store: Any, function: KeyedProcessFunction) -> ProcessTransformation:
+        """As the worker builds it for ``key_by card_id``: the bare key field is read inline."""
+        return ProcessTransformation(store, function, key_fn=key, function_name="count", key_field="card_id")
+
     rocks = RocksDBStateStore(tmp_path / "step-rocksdb")
-    memory_step = ProcessTransformation(MemoryStateStore(), CountPerCard(), key_fn=key, function_name="count")
-    rocks_step = ProcessTransformation(rocks, CountPerCard(), key_fn=key, function_name="count")
+    memory_step = step(MemoryStateStore(), CountPerCard())
+    rocks_step = step(rocks, CountPerCard())
+    nothing_step = step(MemoryStateStore(), Nothing())
     runs: list[tuple[str, Any]] = [
         ("bare loop: count per card in a dict", bare),
         ("process step, memory state", lambda b: memory_step.process(b, errors)),
         ("process step, rocksdb state", lambda b: rocks_step.process(b, errors)),
+        ("no-op step (the batch passed on)", noop_step),
+        ("process step, no-op function (returns None)", lambda b: nothing_step.process(b, errors)),
     ]
     try:
         costs = best_ns_per_event(runs, batches, REPEATS)
@@ -128,7 +146,11 @@ def main() -> None:
         + ([("Quix Streams: kafka -> sdf.apply(count, stateful)", quix)] if quix else []),
     )
     print_table([(f"the step alone, batches of {MICRO_BATCH}", "<52"), ("ns/event", ">12,.0f")], costs)
-    print(f"\ncost of the step around the user call (memory): {costs[1][1] - costs[0][1]:,.0f} ns/event")
+    ns = dict(costs)
+    call = ns["process step, no-op function (returns None)"] - ns["no-op step (the batch passed on)"]
+    around = ns["process step, memory state"] - ns["bare loop: count per card in a dict"]
+    print(f"\ncost of a process function call (no-op function, beside a no-op step): {call:,.0f} ns/event")
+    print(f"cost of the step and state around the count (memory, vs the bare loop): {around:,.0f} ns/event")
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline")
 
 

@@ -4,7 +4,8 @@ Each pipeline runs the real worker code in this process (one worker, one partiti
 events are processed, twice, and prints the better events/s: a python ``map`` beside the equivalent
 expression ``map`` (the same output), a python ``filter`` and ``flat_map``, from datagen and from a
 Kafka topic prefilled on a tansu broker started here. Then the cost of the step alone per event, over
-in-memory batches: what a user function call costs inside the step, next to a bare call of it.
+in-memory batches: what a user function call costs inside the step, next to a bare call of it, and
+the cost of a user function call itself: a no-op function's step beside a no-op step.
 ``--quix`` (or ``QUIX=1``; needs ``pip install -e '.[bench]'``) runs Quix Streams'
 ``sdf.apply(double)`` with the same function on the same topic and prints our/their ratio.
 """
@@ -41,6 +42,11 @@ def double(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def same(record: dict[str, Any]) -> dict[str, Any]:
+    """A no-op user function: what calling user code costs, with nothing done in it."""
+    return record
+
+
 def large(record: dict[str, Any]) -> bool:
     return bool(record["amount"] > 100)
 
@@ -72,16 +78,22 @@ async def step_costs(n: int) -> list[tuple[str, float]]:
 
     errors: list[Any] = []
     py_map = PythonTransformation(f"{HERE}:double", "map")
+    py_noop = PythonTransformation(f"{HERE}:same", "map")
     expr_map = MapTransformation({"amount2": "amount * 2"})
     fn = double
 
     def bare(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [fn(r) for r in batch]
 
+    def noop_step(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return batch
+
     runs: list[tuple[str, Any]] = [
         ("bare loop: [double(r) for r in batch]", bare),
         ("python map step (double)", lambda b: py_map.process(b, errors)),
         ("expression map step (amount2 = amount * 2)", lambda b: expr_map.process(b, errors)),
+        ("no-op step (the batch passed on)", noop_step),
+        ("python map step, no-op function (returns r)", lambda b: py_noop.process(b, errors)),
     ]
     return best_ns_per_event(runs, batches, REPEATS)
 
@@ -114,8 +126,11 @@ def main() -> None:
         + ([("Quix Streams: kafka -> sdf.apply(double)", quix)] if quix else []),
     )
     print_table([(f"the step alone, batches of {MICRO_BATCH}", "<52"), ("ns/event", ">12,.0f")], costs)
-    bare, step = costs[0][1], costs[1][1]
-    print(f"\ncost of the step around a user function call: {step - bare:,.0f} ns/event")
+    ns = dict(costs)
+    bare, step = ns["bare loop: [double(r) for r in batch]"], ns["python map step (double)"]
+    call = ns["python map step, no-op function (returns r)"] - ns["no-op step (the batch passed on)"]
+    print(f"\ncost of a user function call (no-op function, beside a no-op step): {call:,.0f} ns/event")
+    print(f"cost of the step around a user function call (double): {step - bare:,.0f} ns/event")
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {n:,} events per pipeline")
 
 

@@ -1363,6 +1363,15 @@ def expression_cost(text: str) -> int:
     return _compiled(text).cost
 
 
+def single_field(text: str) -> str | None:
+    """The field name if ``text`` is a bare top-level field reference (``card_id``), else ``None``:
+    hot loops then read ``record.get(name)`` inline instead of calling the compiled expression."""
+    node = _parse(text)
+    if node.kind == "path" and len(node.value) == 1 and isinstance(node.value[0], str):
+        return str(node.value[0])
+    return None
+
+
 def field_names(text: str) -> set[str]:
     """The top-level record fields ``text`` reads (``payload.user.id`` -> ``payload``)."""
     names: set[str] = set()

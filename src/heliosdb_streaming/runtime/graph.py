@@ -165,12 +165,13 @@ def build_chain(
     """
     chain: list[Transformation] = []
     key_fn: KeyFn | None = None
+    key_text: str | None = None  # the key_by's expression
     external = external_watermark
     for position, step in enumerate(config.transformations):
         built: Transformation | None = None
         if isinstance(step, transformations.KeyByTransformation):
             key_by = basic.KeyByTransformation(step.config.key)
-            key_fn = key_by.key_fn
+            key_fn, key_text = key_by.key_fn, step.config.key
             built = key_by
         if steps is not None and position not in steps:
             continue
@@ -189,7 +190,7 @@ def build_chain(
         elif isinstance(step, transformations.PythonTransformation):
             built = PythonTransformation(step.config.function, step.config.kind)
         elif isinstance(step, transformations.ProcessTransformation):
-            built = _process(step.config, store_for(name), key_fn, external)
+            built = _process(step.config, store_for(name), key_fn, external, key_text)
             external = False
         elif built is None:
             raise ValueError(f"unknown transformation type {step.type!r}")
@@ -249,10 +250,15 @@ def _cep(
 
 
 def _process(
-    c: transformations.ProcessSettings, store: StateStore, key_fn: KeyFn | None, external: bool = False
+    c: transformations.ProcessSettings,
+    store: StateStore,
+    key_fn: KeyFn | None,
+    external: bool = False,
+    key_text: str | None = None,
 ) -> Transformation:
     cls = usercode.load_class(c.function, KeyedProcessFunction, usercode.worker_allow_list())
     key = basic.compile_key(c.key) if c.key else key_fn
+    key_text = c.key or key_text
     if key is None:  # refused at submit; a stored config is not checked again
         raise ValueError(f"process step {c.function} has no key: set its 'key' or put a key_by before it")
     try:
@@ -269,6 +275,7 @@ def _process(
         time_field=c.time_field,
         max_out_of_orderness_ms=parse_duration_ms(c.max_out_of_orderness),
         external_watermark=external,
+        key_field=expr.single_field(key_text) if key_text else None,
     )
 
 

@@ -63,8 +63,8 @@ def make(
     )
 
 
-def ev(ts: int | None, card: str = "c1", amount: int = 1, merchant: str = "m") -> Record:
-    return {"timestamp": ts, "card": card, "amount": amount, "merchant": merchant}
+def ev(ts: int | str | None, card: str = "c1", amount: int = 1, merchant: str = "m", **more: Any) -> Record:
+    return {"timestamp": ts, "card": card, "amount": amount, "merchant": merchant, **more}
 
 
 def test_running_totals_per_key_and_a_timer_after_a_gap() -> None:
@@ -229,3 +229,43 @@ def test_function_must_not_read_state_in_open() -> None:
         UserFunctionError, match=r"tests:Totals\.open raised RuntimeError: keyed state is only"
     ):
         make(fn=Reads())
+
+
+class Fields(Totals):
+    """Emits what ``process`` sees of the reused context (and of a timer firing in between)."""
+
+    def process(self, event: dict[str, Any], ctx: Context) -> Iterator[Record]:
+        list(super().process(event, ctx))
+        if event.get("later"):
+            ctx.timer_service.register_processing_time_timer(10)
+        yield {"key": ctx.key, "at": ctx.timestamp, "wm": ctx.watermark, "domain": ctx.time_domain}
+
+
+def test_the_reused_context_is_set_per_event_and_reset_after_timers() -> None:
+    """One context serves every call: after a timer fired within a batch (or from ``on_time``), the
+    next event sees its own key and time, the watermark before it, and no time domain."""
+    step = make(fn=Fields())
+    out = step.process([ev(0, "a", later=1), ev(500, "b"), ev(501, "a")], [])
+    events = [r for r in out if "quiet_at" not in r]
+    fired = [r for r in out if "quiet_at" in r]
+    assert events == [
+        {"key": "a", "at": 0, "wm": -(2**63), "domain": None},
+        {"key": "b", "at": 500, "wm": -1, "domain": None},  # a's timer at 100 fired before this
+        {"key": "a", "at": 501, "wm": 499, "domain": None},
+    ]
+    assert [(r["card"], r["domain"]) for r in fired] == [("a", TimeDomain.EVENT_TIME)]
+    fired = step.on_time(10)
+    assert [(r["card"], r["domain"]) for r in fired] == [("a", TimeDomain.PROCESSING_TIME)]
+    assert step.process([ev(600, "c")], []) == [{"key": "c", "at": 600, "wm": 500, "domain": None}]
+
+
+def test_a_key_field_is_read_inline_with_the_same_keys_as_the_key_function() -> None:
+    """``key_field`` (the graph passes it when the key is a bare field) gives what ``key_fn`` gives,
+    a missing field included (the key ``None``)."""
+    records = [ev(0, "a"), {"timestamp": 1, "amount": 2, "merchant": "m"}, ev(2, "a", 3)]
+    by_fn, by_field = make(), make(key_field="card")
+    out = by_field.process([dict(r) for r in records], [])
+    assert [(r["card"], r["total"]) for r in out] == [("a", 1), (None, 2), ("a", 4)]
+    assert out == by_fn.process([dict(r) for r in records], [])
+    assert by_field.on_end() == by_fn.on_end()
+    assert [r["card"] for r in by_field.on_end() + by_fn.on_end()] == []

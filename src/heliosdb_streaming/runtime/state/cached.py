@@ -14,12 +14,13 @@ cached value is never changed in place. ``items`` writes back first, then reads 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from heliosdb_streaming.runtime.contracts import StateStore
 
-_MISSING: Any = object()
+MISSING: Any = object()
+"""What ``lookup`` gives for a key it does not hold (not cached, or known to be absent)."""
 DEFAULT_MAX_ENTRIES = 100_000
 
 
@@ -31,7 +32,7 @@ class WriteBackCache:
     def __init__(self, store: StateStore, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._store = store
         self._max = max_entries
-        self._cache: dict[str, Any] = {}  # key -> value, or _MISSING when known to be absent
+        self._cache: dict[str, Any] = {}  # key -> value, or MISSING when known to be absent
         self._puts: dict[str, Any] = {}
         self._deletes: set[str] = set()
         self._write_batch = getattr(store, "write_batch", None)
@@ -40,15 +41,20 @@ class WriteBackCache:
     def store(self) -> StateStore:
         return self._store
 
+    def lookup(self) -> Callable[[str, Any], Any]:
+        """``get`` of the cached values, for hot paths: the default they pass (``MISSING``) when the
+        key is not cached or known absent; ``get`` then says which."""
+        return self._cache.get
+
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._cache.get(key, _MISSING)
-        if value is _MISSING:
+        value = self._cache.get(key, MISSING)
+        if value is MISSING:
             if key in self._cache:
                 return default  # known absent
             if len(self._cache) >= self._max:
                 self._forget()
-            value = self._cache[key] = self._store.get(key, _MISSING)
-            if value is _MISSING:
+            value = self._cache[key] = self._store.get(key, MISSING)
+            if value is MISSING:
                 return default
         return value
 
@@ -58,16 +64,18 @@ class WriteBackCache:
         self._cache.clear()
 
     def put(self, key: str, value: Any) -> None:
-        if len(self._cache) >= self._max and key not in self._cache:
+        cache = self._cache
+        if key not in cache and len(cache) >= self._max:
             self._forget()
-        self._cache[key] = value
+        cache[key] = value
         self._puts[key] = value
-        self._deletes.discard(key)
+        if self._deletes:
+            self._deletes.discard(key)
 
     def delete(self, key: str) -> None:
         if len(self._cache) >= self._max and key not in self._cache:
             self._forget()
-        self._cache[key] = _MISSING
+        self._cache[key] = MISSING
         self._puts.pop(key, None)
         self._deletes.add(key)
 

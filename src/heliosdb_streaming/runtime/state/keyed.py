@@ -20,13 +20,14 @@ refused when it is written (a ``TypeError`` of that record) instead of failing a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
 from heliosdb_streaming.functions.state import JsonValue, ListState, MapKey, MapState, ValueState
 from heliosdb_streaming.runtime.contracts import StateStore
+from heliosdb_streaming.runtime.state.cached import MISSING
 
 _SCALARS = (str, int, float, bool, type(None))
 _SORTED = orjson.OPT_SORT_KEYS
@@ -82,15 +83,20 @@ class KeyScope:
 
 
 class StoreValueState(ValueState):
-    """The hot path of most functions (a count, a total): store methods bound once, no copy of
-    scalars, and the "no key yet" check only when the key is missing (``None + str`` raises)."""
+    """The hot path of most functions (a count, a total): one Python call per access, the entry read
+    straight from the dict that holds the store's values in memory (``lookup``; a miss goes to
+    ``get``), no copy of scalars, and the "no key yet" check only when there is no key
+    (``str + None`` raises). Writes go to the store at once: buffering them for the batch was
+    slower when most keys of a batch are distinct (10,000 cards in batches of 4,096)."""
 
-    __slots__ = ("_default", "_delete", "_get", "_prefix", "_put", "_scalar_default", "_scope")
+    __slots__ = ("_default", "_delete", "_get", "_lookup", "_prefix", "_put", "_scalar_default", "_scope")
 
     def __init__(self, store: StateStore, scope: KeyScope, name: str, default: Any) -> None:
         self._get = store.get
         self._put = store.put
         self._delete = store.delete
+        lookup = getattr(store, "lookup", None)
+        self._lookup: Callable[[str, Any], Any] = lookup() if lookup is not None else _no_lookup
         self._scope = scope
         self._prefix = f"v|{name}|"
         self._default = copy_value(default)
@@ -103,21 +109,37 @@ class StoreValueState(ValueState):
             return self._prefix + self._scope.current()  # raises the "not in open()" error
 
     def value(self) -> JsonValue:
-        v = self._get(self._entry())
-        if v is None:
-            return self._default if self._scalar_default else copy_value(self._default)
+        try:
+            sk = self._prefix + self._scope.kstr  # type: ignore[operator]
+        except TypeError:
+            sk = self._prefix + self._scope.current()  # raises the "not in open()" error
+        v = self._lookup(sk, MISSING)
+        if v is MISSING:
+            v = self._get(sk)
+            if v is None:
+                return self._default if self._scalar_default else copy_value(self._default)
         t = type(v)
         return v if t is int or t is float or t is str or t is bool else copy_value(v)
 
     def update(self, value: JsonValue) -> None:
-        if value is None:
-            self._delete(self._entry())
-            return
+        try:
+            sk = self._prefix + self._scope.kstr  # type: ignore[operator]
+        except TypeError:
+            sk = self._prefix + self._scope.current()
         t = type(value)
-        self._put(self._entry(), value if t is int or t is str or t is bool else copy_value(value))
+        if t is int or t is str or t is bool:
+            self._put(sk, value)
+        elif value is None:
+            self._delete(sk)
+        else:
+            self._put(sk, copy_value(value))
 
     def clear(self) -> None:
         self._delete(self._entry())
+
+
+def _no_lookup(key: str, default: Any) -> Any:
+    return default
 
 
 class StoreListState(ListState):

@@ -10,7 +10,7 @@ grows by many entries, as a window or pattern state does, is caught within ``SAM
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,10 @@ class MemoryStateStore:
 
     def estimated_bytes(self) -> int:
         return int(len(self._data) * self._entry_bytes * OBJECT_OVERHEAD)
+
+    def lookup(self) -> Callable[[str, Any], Any]:
+        """``get`` of the dict of every entry, for hot paths (a bound C method, no Python call)."""
+        return self._data.get
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)

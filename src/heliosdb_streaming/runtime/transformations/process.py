@@ -77,13 +77,15 @@ class _Timers(TimerService):
         return self._step.watermark
 
 
-class _Context(Context):
-    """The one context object of a function instance; the step sets its fields before each call."""
+class _Context(Context, KeyScope):
+    """The one context object of a function instance, reused for every call: the step sets its
+    fields before each call (per event only ``key``, ``kstr`` and ``timestamp``; the watermark when it
+    moves, the time domain around timers). It is also the key scope of the state handles and
+    timers, so setting the key once scopes them all."""
 
-    def __init__(self, registry: KeyedStateRegistry, timers: _Timers) -> None:
-        self._registry = registry
-        self.timer_service = timers
-        self.key = None
+    def __init__(self, store: StateStore) -> None:
+        KeyScope.__init__(self)
+        self._registry = KeyedStateRegistry(store, self)
         self.timestamp = None
         self.watermark = MIN_WATERMARK
         self.time_domain = None
@@ -113,6 +115,7 @@ class ProcessTransformation:
         now_ms: Callable[[], int] | None = None,
         name: str = "process",
         external_watermark: bool = False,
+        key_field: str | None = None,
     ) -> None:
         if max_out_of_orderness_ms < 0:
             raise ValueError("max_out_of_orderness_ms must not be negative")
@@ -122,6 +125,8 @@ class ProcessTransformation:
         self.now_ms: Callable[[], int] = now_ms or (lambda: int(_time.time() * 1000))
         self._fn = function
         self._key_fn = key_fn
+        # the key is a bare field (``key_fn`` is ``record.get(key_field)``): read inline, no call
+        self._key_field = key_field
         self._ooo = max_out_of_orderness_ms
         # a later stage's first event-time step: the watermark comes from ``advance_watermark`` (the
         # minimum over the stage's origins), not from this key group's own events
@@ -131,9 +136,8 @@ class ProcessTransformation:
         self._cache = None if isinstance(store, MemoryStateStore) else WriteBackCache(store)
         store = self._cache or store
         self._store = store
-        self._scope = KeyScope()
-        self._timers = _Timers(store, self._scope, self)
-        self._ctx = _Context(KeyedStateRegistry(store, self._scope), self._timers)
+        self._ctx = _Context(store)
+        self._timers = self._ctx.timer_service = _Timers(store, self._ctx, self)
         self._wm = MIN_WATERMARK
         self._stored_wm = MIN_WATERMARK  # the watermark in the store's meta
         self._kstrs: dict[Any, str] = {}
@@ -167,8 +171,8 @@ class ProcessTransformation:
         append = out.append
         fn = self._fn.process
         ctx = self._ctx
-        scope = self._scope
         key_fn = self._key_fn
+        key_field = self._key_field
         kstrs = self._kstrs
         time_field = self.time_field
         ooo = self._ooo
@@ -176,9 +180,11 @@ class ProcessTransformation:
         heap = events.heap
         wm = wm_before = self._wm
         own_time = not self.external_watermark
+        ctx.watermark = wm
+        ctx.time_domain = None
         for record in records:
             try:
-                key = key_fn(record)
+                key = record.get(key_field) if key_field is not None else key_fn(record)
                 ts = record.get(time_field)
                 if ts is not None and type(ts) is not int:
                     ts = event_time_field_value(ts, time_field)
@@ -194,34 +200,28 @@ class ProcessTransformation:
                     kstr = kstrs[key] = key_string(key)
             else:
                 kstr = key_string(key)
-            scope.key = ctx.key = key
-            scope.kstr = kstr
+            ctx.key = key
+            ctx.kstr = kstr
             ctx.timestamp = ts
-            ctx.watermark = wm
-            ctx.time_domain = None
             try:
                 result = fn(record, ctx)
-                if result is not None:
-                    if type(result) is list:
-                        for item in result:
-                            if type(item) is not dict:
-                                self._emit(result, out, record, errors, "process")
-                                break
-                        else:
-                            if len(result) == 1:
-                                append(result[0])
-                            else:
-                                out.extend(result)
-                    else:
-                        self._emit(result, out, record, errors, "process")
+                if result is None:
+                    pass
+                elif type(result) is list and len(result) == 1 and type(result[0]) is dict:
+                    append(result[0])  # the common case: one record
+                elif type(result) is list and all(type(item) is dict for item in result):
+                    out.extend(result)
+                else:
+                    self._emit(result, out, record, errors, "process")
             except Exception as e:
                 errors.append((record, self._user_error("process", e)))
             if ts is not None and own_time:
                 t = ts - ooo - 1
                 if t > wm:
-                    self._wm = wm = t
+                    self._wm = ctx.watermark = wm = t
                     if heap and heap[0][0] <= t:
                         self._fire(events, t, TimeDomain.EVENT_TIME, out, errors)
+                        ctx.time_domain = None
         if wm != wm_before:
             self._put_watermark()
         return out
@@ -293,8 +293,8 @@ class ProcessTransformation:
         ctx = self._ctx
         while (due := queue.pop_due(until)) is not None:
             ts, key, kstr = due
-            self._scope.set(key, kstr)
             ctx.key = key
+            ctx.kstr = kstr
             ctx.timestamp = ts
             ctx.watermark = self._wm
             ctx.time_domain = domain
