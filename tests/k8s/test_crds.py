@@ -447,6 +447,7 @@ def test_a_deployment_template_is_checked_as_a_streaming_job() -> None:
         "spec": {"template": {"spec": good}, "caughtUpTimeoutMs": 60000},
     }
     assert validate(DEPLOYMENT_CRD, deployment) == []
+    assert validate(DEPLOYMENT_CRD, _yaml(ROOT / "examples" / "k8s" / "payments-bluegreen.yaml")) == []
     bad = copy.deepcopy(deployment)
     bad["spec"]["template"]["spec"]["config"]["parallelism"] = "many"
     assert any("spec.template.spec.config.parallelism" in p for p in validate(DEPLOYMENT_CRD, bad))
