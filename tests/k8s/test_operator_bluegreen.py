@@ -208,4 +208,24 @@ async def test_a_green_that_does_not_catch_up_in_time_is_deleted_and_blue_runs_o
     await asyncio.sleep(3 * bluegreen.TICK_S)
     later = await deployment_status(cluster, "slow")
     assert later["history"] == status["history"] and not later.get("transition")
+
+    # a new template whose job the operator refuses (an expression that does not compile): green fails
+    broken = copy.deepcopy(spec)
+    broken["transformations"].insert(0, {"type": "filter", "config": {"condition": "amount >"}})
+    await client.patch(kube.STREAMINGJOBDEPLOYMENTS, NS, "slow", {"spec": {"template": {"spec": broken}}})
+
+    async def aborted_twice() -> dict[str, Any] | None:
+        status = await deployment_status(cluster, "slow")
+        results = [h["result"] for h in status.get("history") or []]
+        return (
+            status if results == ["deployed", "aborted", "aborted"] and not status.get("transition") else None
+        )
+
+    status = await eventually(
+        aborted_twice, 60, "the broken green's abort", on_fail=operator.output()[-3000:]
+    )
+    assert "slow-green is failed (invalid spec: spec.transformations[0]" in status["message"], status[
+        "message"
+    ]
+    assert (status["activeJob"], (await job_status(client, "slow-blue"))["phase"]) == ("slow-blue", "running")
     await operator.stop()

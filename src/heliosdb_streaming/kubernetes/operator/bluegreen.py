@@ -88,6 +88,7 @@ class JobView:
     phase: str
     checkpoints: int = 0
     source_lag: int | None = None
+    message: str = ""  # why it failed, when it did
 
 
 def caught_up(job: JobView, rule: CaughtUpRule) -> bool:
@@ -130,7 +131,7 @@ def decide(
     if new is None:
         return Action.ABORT, f"{job} was deleted"
     if new.phase in ENDED:
-        return Action.ABORT, f"{job} is {new.phase}"
+        return Action.ABORT, f"{job} is {new.phase}" + (f" ({new.message})" if new.message else "")
     if caught_up(new, rule):
         return Action.SWITCH, f"{job} caught up ({progress(new)})"
     deadline = datetime.fromisoformat(str(transition["deadline"]).replace("Z", "+00:00"))
@@ -208,13 +209,16 @@ class BlueGreenController:
         binding = self.bindings.for_object(namespace, name)
         entry = self.plane.jobs.get(binding.job_id) if binding else None
         if entry is not None:
+            record = entry.record
+            message = record.message or "" if record.status.value in ENDED else ""
             return JobView(
-                entry.record.status.value, entry.metrics.checkpoint_count, entry.metrics.source_lag()
+                record.status.value, entry.metrics.checkpoint_count, entry.metrics.source_lag(), message
             )
         resource = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, name)
         if resource is None:
             return None
-        return JobView(str((resource.get("status") or {}).get("phase") or "pending"))
+        observed = resource.get("status") or {}
+        return JobView(str(observed.get("phase") or "pending"), message=str(observed.get("message") or ""))
 
     # ------------------------------------------------------------------------ act
 
@@ -268,7 +272,10 @@ class BlueGreenController:
         namespace = str((body.get("metadata") or {})["namespace"])
         color = _other(str(current.get("activeColor") or "blue"))
         target = self._job(body, color, None)["metadata"]["name"]
-        if await self.client.get_or_none(kube.STREAMINGJOBS, namespace, target) is not None:
+        leftover = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, target)
+        if leftover is not None:  # an old color being deleted, or one a crashed operator did not record
+            if not (leftover.get("metadata") or {}).get("deletionTimestamp"):
+                await self.client.delete(kube.STREAMINGJOBS, namespace, target)
             current["message"] = f"waiting for the previous {target} to be deleted"
             return
         active = str(current["activeJob"])

@@ -69,6 +69,9 @@ def test_switch_when_caught_up_abort_when_failed_gone_late_or_changed_again() ->
         Action.ABORT,
         "x-green is failed",
     )
+    invalid = JobView("failed", message="invalid spec: spec.sinks: too short")
+    why = decide("v2", switching(), RUNNING, invalid, RULE, NOW)[1]
+    assert why == "x-green is failed (invalid spec: spec.sinks: too short)"
     assert decide("v2", switching(), RUNNING, None, RULE, NOW) == (Action.ABORT, "x-green was deleted")
     action, why = decide("v3", switching(), RUNNING, RUNNING, RULE, NOW)
     assert action == Action.ABORT and "changed again" in why
