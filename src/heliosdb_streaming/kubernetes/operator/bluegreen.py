@@ -305,6 +305,7 @@ class BlueGreenController:
             "progress": "",
         }
         current["message"] = f"{target} starts from Savepoint {savepoint}; {active} runs on"
+        logger.info("%s/%s: %s", namespace, ref["metadata"]["name"], current["message"])
         await events.post(self.client, ref, "Normal", "Switching", current["message"])
 
     async def _switch(self, namespace: str, current: dict[str, Any], why: str, ref: dict[str, Any]) -> None:
@@ -317,6 +318,7 @@ class BlueGreenController:
         _history(
             current, color, job, "switched", str(transition["templateHash"]), transition["savepoint"], message
         )
+        logger.info("%s/%s: %s", namespace, ref["metadata"]["name"], message)
         await events.post(self.client, ref, "Normal", "Switched", message)
 
     async def _abort(self, namespace: str, current: dict[str, Any], why: str, ref: dict[str, Any]) -> None:
@@ -349,6 +351,7 @@ class BlueGreenController:
         message = f"switch to {job} aborted: {why}; {current['activeJob']} keeps running"
         _history(current, color, job, "aborted", template or "", savepoint, message)
         current["message"] = message
+        logger.warning("%s/%s: %s", ref["metadata"]["namespace"], ref["metadata"]["name"], message)
         await events.post(self.client, ref, "Warning", "SwitchAborted", message)
 
     # ------------------------------------------------------------------------ status
