@@ -24,7 +24,6 @@ by the result's key (an upserting database sink) ends with every result once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import hashlib
@@ -210,7 +209,7 @@ class BlueGreenController:
         entry = self.plane.jobs.get(binding.job_id) if binding else None
         if entry is not None:
             record = entry.record
-            message = record.message or "" if record.status.value in ENDED else ""
+            message = (record.message or "") if record.status.value in ENDED else ""
             return JobView(
                 record.status.value, entry.metrics.checkpoint_count, entry.metrics.source_lag(), message
             )
@@ -364,6 +363,8 @@ class BlueGreenController:
             current["phase"] = "Transitioning"
         elif phase in ENDED or active is None:
             current["phase"] = "Failed"
+            if active is None:  # deleted by hand: nothing runs; recreate the deployment to start over
+                current["message"] = f"{current.get('activeJob')} was deleted; nothing runs"
         elif phase in ("running", "paused", "finished"):
             current["phase"] = "Running"
         else:
@@ -427,4 +428,3 @@ def register(registry: kopf.OperatorRegistry, controller: BlueGreenController) -
     async def deleted(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
         controller.forget(str(meta.get("namespace")), str(meta.get("name")))
-        await asyncio.sleep(0)
