@@ -171,6 +171,21 @@ async def test_a_template_change_switches_to_green_from_blues_savepoint_with_exa
     await eventually(
         savepoint_gone, 30, "blue's savepoint to go with blue", on_fail=operator.output()[-3000:]
     )
+
+    # deleting the deployment deletes its StreamingJob (owner reference), whose finalizer purges the job
+    green_job = (await job_status(client, "pay-green"))["jobId"]
+    await client.delete(kube.STREAMINGJOBDEPLOYMENTS, NS, "pay")
+
+    async def all_gone() -> bool:
+        return (
+            await client.get_or_none(kube.STREAMINGJOBDEPLOYMENTS, NS, "pay") is None
+            and await client.get_or_none(kube.STREAMINGJOBS, NS, "pay-green") is None
+            and not (operator.home / "jobs" / green_job).exists()
+        )
+
+    await eventually(
+        all_gone, 30, "the deployment, green and its job to go", on_fail=operator.output()[-3000:]
+    )
     await operator.stop()
 
 
