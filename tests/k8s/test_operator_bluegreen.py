@@ -217,6 +217,13 @@ async def test_a_green_that_does_not_catch_up_in_time_is_deleted_and_blue_runs_o
         return await client.get_or_none(kube.STREAMINGJOBS, NS, "slow-green") is None
 
     await eventually(green_gone, 30, "green to be deleted", on_fail=operator.output()[-3000:])
+    aborted_savepoint = status["history"][-1]["savepoint"]
+    assert aborted_savepoint.startswith("slow-blue-savepoint-"), status["history"]
+
+    async def aborted_savepoint_gone() -> bool:  # taken for that switch only: deleted with its files
+        return await client.get_or_none(kube.SAVEPOINTS, NS, aborted_savepoint) is None
+
+    await eventually(aborted_savepoint_gone, 30, "the aborted switch's savepoint to go")
     assert (await job_status(client, "slow-blue"))["phase"] == "running"
     assert [p["metadata"]["name"] for p in await worker_pods(client, "slow-blue")] == blue_pods  # untouched
     # the aborted template is not tried again: a few ticks later nothing new has started

@@ -324,6 +324,8 @@ class BlueGreenController:
         transition = dict(current.pop("transition"))
         job = str(transition["job"])
         await self.client.delete(kube.STREAMINGJOBS, namespace, job)
+        if transition.get("savepoint"):  # taken for this switch only; its finalizer waits for the restorer
+            await self.client.delete(kube.SAVEPOINTS, namespace, str(transition["savepoint"]))
         changed_again = why.startswith("the template changed again")
         await self._aborted(
             current,
@@ -413,12 +415,25 @@ def _history(
     current["history"] = [*(current.get("history") or []), entry][-HISTORY_LIMIT:]
 
 
+class QuietTicks(logging.Filter):
+    """Drops kopf's "Timer 'bluegreen' succeeded." line: once a second per deployment is noise; what a
+    tick does (a switch, an abort) is logged by the controller, a failed tick by kopf as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != f"Timer {TIMER_ID!r} succeeded."
+
+
+QUIET_TICKS = QuietTicks()
+TIMER_ID = "bluegreen"
+
+
 def register(registry: kopf.OperatorRegistry, controller: BlueGreenController) -> None:
     """A timer per StreamingJobDeployment: each tick is one ``reconcile`` (kopf runs them one at a time
     per object); the owned StreamingJobs go with a deleted deployment (ownerReferences)."""
     resource = (crds.GROUP, crds.VERSION, deployment_crd.PLURAL)
+    logging.getLogger("kopf.objects").addFilter(QUIET_TICKS)
 
-    @kopf.timer(*resource, id="bluegreen", interval=TICK_S, registry=registry)
+    @kopf.timer(*resource, id=TIMER_ID, interval=TICK_S, registry=registry)
     async def tick(body: kopf.Body, **_: Any) -> None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return

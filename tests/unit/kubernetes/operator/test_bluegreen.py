@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from heliosdb_streaming.kubernetes.operator.bluegreen import (
+    QUIET_TICKS,
     Action,
     CaughtUpRule,
     JobView,
@@ -87,3 +89,12 @@ def test_the_template_hash_ignores_key_order_and_settings_outside_the_template()
 def test_rule_defaults_from_the_crd() -> None:
     assert CaughtUpRule.from_spec({}) == CaughtUpRule()
     assert CaughtUpRule.from_spec({"maxSourceLag": 0, "caughtUpCheckpoints": 3}).max_source_lag == 0
+
+
+def test_the_tick_success_line_is_dropped_and_other_lines_kept() -> None:
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    assert not QUIET_TICKS.filter(record("Timer 'bluegreen' succeeded."))
+    assert QUIET_TICKS.filter(record("Timer 'bluegreen' failed with an exception. Will retry."))
+    assert QUIET_TICKS.filter(record("Handler 'create' succeeded."))
