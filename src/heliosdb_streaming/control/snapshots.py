@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,8 @@ from heliosdb_streaming.model.errors import (
 from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation, locate_snapshot
+
+logger = logging.getLogger(__name__)
 
 PERIODIC = "periodic"  # the description of the savepoints ``savepoint_interval_ms`` takes
 RESTART_WAIT_S = 30.0  # how long a savepoint asked for between two runs waits for the next one
@@ -138,8 +141,12 @@ class SnapshotService:
                 self._tell(entry, snapshot, False)
 
     def _tell(self, entry: JobEntry, snapshot: SnapshotRecord, completed: bool) -> None:
+        """A listener's trouble is logged: it never fails the snapshot's bookkeeping."""
         for listener in self.savepoint_listeners:
-            listener(entry, snapshot, completed)
+            try:
+                listener(entry, snapshot, completed)
+            except Exception:
+                logger.exception("savepoint listener failed for %s", snapshot.savepoint_id)
 
     async def final_checkpoint(self, entry: JobEntry, run: Run) -> None:
         """Every split is exhausted: one last checkpoint commits the remaining output, then workers finish."""

@@ -148,7 +148,12 @@ class SavepointController:
             work = self.record(binding, snapshot, snapshot.description or "periodic", owned=True)
         else:
             work = self._delete_recorded(binding, str(snapshot.savepoint_id))
-        task = asyncio.get_running_loop().create_task(work)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not from the operator's loop (a tool over the same home): nothing to record
+            work.close()
+            return
+        task = loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
