@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_helpers import NS, Env, StartOperator, eventually, patch_spec, streaming_job, wait_phase, window_spec
+from k8s_helpers import (
+    NS,
+    Env,
+    StartOperator,
+    eventually,
+    job_status,
+    patch_spec,
+    streaming_job,
+    wait_phase,
+    window_spec,
+)
 
 from heliosdb_streaming.kubernetes import crds, kube
 
@@ -100,7 +110,11 @@ async def test_periodic_upgrade_and_cancel_savepoints_are_resources_and_retentio
     assert upgrade["metadata"]["ownerReferences"] == [owner] and upgrade["status"]["state"] == "completed"
 
     # cancelled with a savepoint: that one is not owned, it outlives the StreamingJob
-    await wait_phase(client, "keeper", "running", log=operator.output())
+    async def upgraded() -> bool:  # the new run runs (a cancel while it starts takes no savepoint)
+        status = await job_status(client, "keeper")
+        return (status.get("upgrade") or {}).get("state") == "completed" and status.get("phase") == "running"
+
+    await eventually(upgraded, 60, "the upgraded run", on_fail=operator.output()[-3000:])
     await patch_spec(client, "keeper", {"savepointOnCancel": True, "state": "cancelled"})
     await wait_phase(client, "keeper", "cancelled", log=operator.output())
 
