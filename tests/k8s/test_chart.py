@@ -609,23 +609,34 @@ def test_rbac_has_no_wildcards_and_reads_no_secrets(chart: helm.Chart, scenario:
 # The operator's rules, pinned: each verb is a request it makes (tests/k8s run it against an API server
 # that enforces exactly these; HELIOS_RBAC_AUDIT lists what was used). A new request needs a rule here.
 OPERATOR_NAMESPACED_RULES = [
-    # delete: a StreamingJob whose ttlSecondsAfterFinished is up
+    # delete: a StreamingJob whose ttlSecondsAfterFinished is up, the old color of a blue/green switch;
+    # create: the colors of a StreamingJobDeployment (test_operator_bluegreen)
     {
         "apiGroups": [crds.GROUP],
         "resources": ["streamingjobs"],
-        "verbs": ["get", "list", "watch", "patch", "delete"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
+    # create: savepoints taken on cancel, for upgrades and switches, periodic ones; delete: by retention
     {
         "apiGroups": [crds.GROUP],
         "resources": ["savepoints"],
-        "verbs": ["get", "list", "watch", "create", "patch"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
     {
         "apiGroups": [crds.GROUP],
-        "resources": ["streamingjobs/status", "savepoints/status"],
+        "resources": ["streamingjobdeployments"],
+        "verbs": ["list", "watch", "patch"],
+    },
+    {
+        "apiGroups": [crds.GROUP],
+        "resources": ["streamingjobs/status", "savepoints/status", "streamingjobdeployments/status"],
         "verbs": ["patch"],
     },
-    {"apiGroups": [crds.GROUP], "resources": ["streamingjobs/finalizers"], "verbs": ["update"]},
+    {
+        "apiGroups": [crds.GROUP],
+        "resources": ["streamingjobs/finalizers", "streamingjobdeployments/finalizers"],
+        "verbs": ["update"],
+    },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
@@ -646,7 +657,8 @@ def test_operator_rbac_cluster_wide(chart: helm.Chart) -> None:
     assert rules == [CRD_SCAN_RULE, *OPERATOR_NAMESPACED_RULES]
     group = crds.GROUP
     assert grants(rules, "savepoints", "create", group)  # it records the savepoints it takes on cancel
-    assert not grants(rules, "streamingjobs", "create", group)  # jobs come from users and the API
+    assert grants(rules, "streamingjobs", "create", group)  # the colors of a StreamingJobDeployment
+    assert not grants(rules, "streamingjobdeployments", "create", group)  # deployments come from users
     assert not any(grants(rules, "secrets", v) for v in ("get", "list", "watch", "delete"))
     assert not grants(rules, "namespaces", "list")  # cluster-wide, kopf does not scan namespaces
     binding = one(docs, "ClusterRoleBinding", f"{FULLNAME}-operator")

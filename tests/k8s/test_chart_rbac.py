@@ -24,7 +24,7 @@ from chart_rbac import (
 )
 from k8s_helpers import savepoint, streaming_job, window_spec
 
-from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import Cluster, start_cluster
 
@@ -57,11 +57,15 @@ def test_the_operator_may_record_a_savepoint_and_the_old_rules_may_not(scope: li
     old = [{**doc, "rules": [_old(r) for r in doc.get("rules", [])]} for doc in manifests]
     assert old != manifests
     assert not rbac.authorize(_policy(old), USERS[OPERATOR], CREATE_SAVEPOINT)
-    # and still no StreamingJob of its own, nor anything in a namespace it does not watch
+    # the colors of a blue/green deployment are its StreamingJobs, but deployments are the users'
     create_job = rbac.request_attributes(
         "POST", "/apis/streaming.heliosdb.io/v1/namespaces/default/streamingjobs", {}
     )
-    assert not rbac.authorize(_policy(manifests), USERS[OPERATOR], create_job)
+    assert rbac.authorize(_policy(manifests), USERS[OPERATOR], create_job)
+    create_deployment = rbac.request_attributes(
+        "POST", "/apis/streaming.heliosdb.io/v1/namespaces/default/streamingjobdeployments", {}
+    )
+    assert not rbac.authorize(_policy(manifests), USERS[OPERATOR], create_deployment)
 
 
 @pytest.fixture
@@ -82,10 +86,17 @@ async def test_each_identity_gets_what_the_chart_grants_it(cluster: Cluster) -> 
         await operator.patch(
             kube.SAVEPOINTS, "default", "j-1", {"status": {"state": "completed"}}, subresource="status"
         )
-        with pytest.raises(kube.ApiError) as denied:
-            await operator.create(kube.STREAMINGJOBS, "default", streaming_job("mine", {}))
+        deployment = {
+            "apiVersion": crds.API_VERSION,
+            "kind": "StreamingJobDeployment",
+            "metadata": {"name": "mine"},
+            "spec": {"template": {"spec": JOB}},
+        }
+        with pytest.raises(kube.ApiError) as denied:  # deployments come from users
+            await operator.create(kube.STREAMINGJOBDEPLOYMENTS, "default", deployment)
         assert (denied.value.status, denied.value.reason) == (403, "Forbidden")
-        assert f'User "{USERS[OPERATOR].name}" cannot create resource "streamingjobs"' in denied.value.message
+        message = f'User "{USERS[OPERATOR].name}" cannot create resource "streamingjobdeployments"'
+        assert message in denied.value.message
         with pytest.raises(kube.ApiError) as elsewhere:  # a Role in "default" only
             await operator.list(kube.PODS, "other")
         assert elsewhere.value.status == 403

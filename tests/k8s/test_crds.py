@@ -18,7 +18,7 @@ import yaml
 from crd_validation import admission, crd_schema, structural_violations, validate, version_of
 from pydantic import BaseModel, ValidationError
 
-from heliosdb_streaming.kubernetes import crds, structural
+from heliosdb_streaming.kubernetes import crds, deployment_crd, structural
 from heliosdb_streaming.model.config import JobSubmitRequest
 from heliosdb_streaming.model.types import JobStatus
 
@@ -28,6 +28,12 @@ KUBE_VERSION = "1.30"
 
 JOB_CRD = crds.streaming_job_crd()
 SAVEPOINT_CRD = crds.savepoint_crd()
+DEPLOYMENT_CRD = deployment_crd.crd()
+ALL_CRDS = pytest.mark.parametrize(
+    "crd",
+    [JOB_CRD, SAVEPOINT_CRD, DEPLOYMENT_CRD],
+    ids=["StreamingJob", "Savepoint", "StreamingJobDeployment"],
+)
 
 
 def streaming_job(spec: dict[str, Any], name: str = "fraud-detection") -> dict[str, Any]:
@@ -90,7 +96,7 @@ def test_cli_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert crds.main([]) == 2
 
 
-@pytest.mark.parametrize("crd", [JOB_CRD, SAVEPOINT_CRD], ids=["StreamingJob", "Savepoint"])
+@ALL_CRDS
 def test_crd_is_a_valid_kubernetes_object_with_a_structural_schema(crd: dict[str, Any]) -> None:
     kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
     assert structural_violations(crd_schema(crd)) == []
@@ -129,6 +135,7 @@ def test_names_group_and_subresources() -> None:
     for crd, kind, plural, short in (
         (JOB_CRD, "StreamingJob", "streamingjobs", "sj"),
         (SAVEPOINT_CRD, "Savepoint", "savepoints", "sp"),
+        (DEPLOYMENT_CRD, "StreamingJobDeployment", "streamingjobdeployments", "sjd"),
     ):
         spec = crd["spec"]
         assert crd["metadata"]["name"] == f"{plural}.streaming.heliosdb.io"
@@ -176,7 +183,7 @@ def _field(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
     return node
 
 
-@pytest.mark.parametrize("crd", [JOB_CRD, SAVEPOINT_CRD], ids=["StreamingJob", "Savepoint"])
+@ALL_CRDS
 def test_printer_columns_point_at_fields_of_their_type(crd: dict[str, Any]) -> None:
     columns = version_of(crd)["additionalPrinterColumns"]
     for column in columns:
@@ -186,6 +193,8 @@ def test_printer_columns_point_at_fields_of_their_type(crd: dict[str, Any]) -> N
     names = [c["name"] for c in columns if not c.get("priority")]
     if crd is JOB_CRD:
         assert names == ["Phase", "Parallelism", "Restarts", "Last Checkpoint", "Age"]
+    elif crd is DEPLOYMENT_CRD:
+        assert names == ["Phase", "Active", "Job", "Age"]
     else:
         assert names == ["Job", "State", "Size", "Age"]
 
@@ -517,3 +526,23 @@ def test_nullable_and_int_or_string() -> None:
     assert props["size"] == {structural.INT_OR_STRING: True, "nullable": True}
     assert props["label"] == {"type": "string", "nullable": True}
     assert props["count"] == {"type": "integer", "default": 3}
+
+
+def test_a_deployment_template_is_checked_as_a_streaming_job() -> None:
+    """The template's spec is the StreamingJob schema: what a StreamingJob may not hold, it may not."""
+    good = spec_of(SPEC_FRAUD_PIPELINE)
+    deployment = {
+        "apiVersion": crds.API_VERSION,
+        "kind": deployment_crd.KIND,
+        "metadata": {"name": "fraud"},
+        "spec": {"template": {"spec": good}, "caughtUpTimeoutMs": 60000},
+    }
+    assert validate(DEPLOYMENT_CRD, deployment) == []
+    assert validate(DEPLOYMENT_CRD, _yaml(ROOT / "examples" / "k8s" / "payments-bluegreen.yaml")) == []
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["template"]["spec"]["config"]["parallelism"] = "many"
+    assert any("spec.template.spec.config.parallelism" in p for p in validate(DEPLOYMENT_CRD, bad))
+    assert any("'template' is a required" in p for p in validate(DEPLOYMENT_CRD, {**deployment, "spec": {}}))
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["maxSourceLag"] = -1
+    assert any("spec.maxSourceLag" in p for p in validate(DEPLOYMENT_CRD, bad))

@@ -120,20 +120,27 @@ app.kubernetes.io/component: {{ .component }}
 makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers: nothing PUTs. */}}
 {{- define "heliosdb-streaming.operatorNamespacedRules" -}}
 # kopf lists, watches and patches (finalizer, progress annotations); get: a Savepoint's jobRef;
-# delete: a StreamingJob whose ttlSecondsAfterFinished is up (its finalizer then purges the job)
+# delete: a StreamingJob whose ttlSecondsAfterFinished is up (its finalizer then purges the job), and the
+# old color of a StreamingJobDeployment; create: each color of a StreamingJobDeployment
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
-# create: a savepoint the operator takes on cancel (savepointOnCancel, delete) is recorded as a Savepoint
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# create: a savepoint the operator or the job takes itself (on cancel, upgrade, blue/green switch,
+# periodic) is recorded as a Savepoint; delete: retention deleted the savepoint
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["savepoints"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# blue/green deployments: kopf lists, watches and patches them (its finalizer and progress annotations)
 - apiGroups: ["streaming.heliosdb.io"]
-  resources: ["streamingjobs/status", "savepoints/status"]
+  resources: ["streamingjobdeployments"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs/status", "savepoints/status", "streamingjobdeployments/status"]
   verbs: ["patch"]
-# the worker pods' ownerReferences block the owner's deletion (OwnerReferencesPermissionEnforcement)
+# the worker pods' and the colors' ownerReferences block the owner's deletion
+# (OwnerReferencesPermissionEnforcement)
 - apiGroups: ["streaming.heliosdb.io"]
-  resources: ["streamingjobs/finalizers"]
+  resources: ["streamingjobs/finalizers", "streamingjobdeployments/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +40,8 @@ from heliosdb_streaming.model.types import JobStatus
 from heliosdb_streaming.runtime.checkpoint.storage import CheckpointStorage, storage_from_uri
 from heliosdb_streaming.runtime.checkpoint.tasks import SnapshotLocation, locate_snapshot
 
+logger = logging.getLogger(__name__)
+
 PERIODIC = "periodic"  # the description of the savepoints ``savepoint_interval_ms`` takes
 RESTART_WAIT_S = 30.0  # how long a savepoint asked for between two runs waits for the next one
 
@@ -57,6 +61,9 @@ class SnapshotService:
         self.table = table
         self.checkpoint_uri = checkpoint_uri
         self.restart_wait_s = RESTART_WAIT_S
+        # told of each savepoint completed (True) or deleted (False): the Kubernetes operator keeps a
+        # Savepoint resource per savepoint the job takes itself (periodic ones) and deletes it with them
+        self.savepoint_listeners: list[Callable[[JobEntry, SnapshotRecord, bool], None]] = []
 
     def storage_for(self, entry: JobEntry) -> CheckpointStorage:
         if entry.storage is None:
@@ -114,6 +121,8 @@ class SnapshotService:
             else f"Checkpoint {snapshot.checkpoint_id}"
         )
         entry.log.write("info", f"{what} completed ({snapshot.duration_ms}ms, {snapshot.size_bytes} bytes)")
+        if snapshot.savepoint_id:
+            self._tell(entry, snapshot, True)
 
     def _checkpoint_failed(self, entry: JobEntry, snapshot: SnapshotRecord, reason: str) -> None:
         entry.metrics.checkpoint_failures += 1
@@ -128,6 +137,16 @@ class SnapshotService:
         self.table.store.delete_snapshot(snapshot.job_id, snapshot.checkpoint_id)
         if snapshot in entry.snapshots:
             entry.snapshots.remove(snapshot)
+            if snapshot.savepoint_id:
+                self._tell(entry, snapshot, False)
+
+    def _tell(self, entry: JobEntry, snapshot: SnapshotRecord, completed: bool) -> None:
+        """A listener's trouble is logged: it never fails the snapshot's bookkeeping."""
+        for listener in self.savepoint_listeners:
+            try:
+                listener(entry, snapshot, completed)
+            except Exception:
+                logger.exception("savepoint listener failed for %s", snapshot.savepoint_id)
 
     async def final_checkpoint(self, entry: JobEntry, run: Run) -> None:
         """Every split is exhausted: one last checkpoint commits the remaining output, then workers finish."""

@@ -559,9 +559,13 @@ def savepoint_crd() -> Schema:
 
 
 def all_crds() -> dict[str, Schema]:
-    """File name -> CRD document, for ``crds/``."""
+    """File name -> CRD document, for ``crds/``; the blue/green deployment's from its own module."""
+    from heliosdb_streaming.kubernetes import deployment_crd  # it builds on this module
+
     built = {STREAMING_JOB_KIND: streaming_job_crd(), SAVEPOINT_KIND: savepoint_crd()}
-    return {name: built[kind] for name, kind in FILES.items()}
+    documents = {name: built[kind] for name, kind in FILES.items()}
+    documents[deployment_crd.FILE] = deployment_crd.crd()
+    return documents
 
 
 class _PlainDumper(yaml.SafeDumper):

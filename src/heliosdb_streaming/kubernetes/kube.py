@@ -32,7 +32,7 @@ import orjson
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import watch as k8s_watch
 
-from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes import crds, deployment_crd
 from heliosdb_streaming.runtime.connectors.secrets import mask_secrets
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ EVENTS = Resource("", "v1", "events")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 STREAMINGJOBS = Resource(crds.GROUP, crds.VERSION, crds.STREAMING_JOB_PLURAL)
 SAVEPOINTS = Resource(crds.GROUP, crds.VERSION, crds.SAVEPOINT_PLURAL)
+STREAMINGJOBDEPLOYMENTS = Resource(crds.GROUP, crds.VERSION, deployment_crd.PLURAL)
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 PODDISRUPTIONBUDGETS = Resource("policy", "v1", "poddisruptionbudgets")
 

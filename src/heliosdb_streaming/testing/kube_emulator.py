@@ -76,7 +76,7 @@ import kopf
 import orjson
 from kmock._internal import dicts as kmock_dicts
 
-from heliosdb_streaming.kubernetes import crds
+from heliosdb_streaming.kubernetes import crds, deployment_crd
 from heliosdb_streaming.testing import rbac
 
 logger = logging.getLogger(__name__)
@@ -505,13 +505,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
 
 def declare_resources(emulator: ClusterEmulator) -> None:
-    """The core resources (bundled discovery data) and the two custom resources, with their
+    """The core resources (bundled discovery data) and the custom resources, with their
     subresources (the StreamingJob's ``scale`` as its CRD declares it)."""
     emulator.resources.load_bundled()
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
     for kind, plural, short in (
         (crds.STREAMING_JOB_KIND, crds.STREAMING_JOB_PLURAL, "sj"),
         (crds.SAVEPOINT_KIND, crds.SAVEPOINT_PLURAL, "sp"),
+        (deployment_crd.KIND, deployment_crd.PLURAL, deployment_crd.SHORT),
     ):
         emulator.resources[f"{crds.GROUP}/{crds.VERSION}/{plural}"] = kmock.ResourceInfo(
             kind=kind,

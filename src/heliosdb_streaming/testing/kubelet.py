@@ -315,39 +315,48 @@ def _rewrite(arg: str, mounts: dict[str, Path]) -> str:
     return arg
 
 
+# owner -> what it may own: a StreamingJob its pods, Secret, Service (and the Savepoints the operator
+# records for it); a StreamingJobDeployment its StreamingJobs
+OWNED = {
+    kube.STREAMINGJOBS: (kube.PODS, kube.CONFIGMAPS, kube.SECRETS, kube.SERVICES, kube.SAVEPOINTS),
+    kube.STREAMINGJOBDEPLOYMENTS: (kube.STREAMINGJOBS,),
+}
+
+
 @dataclass(slots=True)
 class GarbageCollector:
-    """Deletes the pods, ConfigMaps, Secrets and Services owned by a StreamingJob once it is deleted."""
+    """Deletes what a deleted StreamingJob or StreamingJobDeployment owns (``OWNED``), as the cluster's
+    garbage collector does through ownerReferences."""
 
     client: kube.KubeClient
     collected: int = 0
-    _task: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def __aenter__(self) -> GarbageCollector:
-        self._task = asyncio.create_task(self._watch_forever())
+        self._tasks = [asyncio.create_task(self._watch_forever(owner)) for owner in OWNED]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await _cancel([self._task])
+        await _cancel(self._tasks)
 
-    async def _watch_forever(self) -> None:
+    async def _watch_forever(self, resource: kube.Resource) -> None:
         while True:
             try:
-                async for kind, owner in self.client.watch(kube.STREAMINGJOBS, None, timeout_s=60):
+                async for kind, owner in self.client.watch(resource, None, timeout_s=60):
                     if kind == "DELETED":
-                        await self._collect(owner)
+                        await self._collect(owner, OWNED[resource])
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 logger.warning("garbage collector watch failed: %s", e)
             await asyncio.sleep(0.2)
 
-    async def _collect(self, owner: dict[str, Any]) -> None:
+    async def _collect(self, owner: dict[str, Any], dependents: tuple[kube.Resource, ...]) -> None:
         namespace, uid = (
             (owner.get("metadata") or {}).get("namespace"),
             (owner.get("metadata") or {}).get("uid"),
         )
-        for resource in (kube.PODS, kube.CONFIGMAPS, kube.SECRETS, kube.SERVICES):
+        for resource in dependents:
             for obj in await self.client.list(resource, namespace):
                 meta = obj.get("metadata") or {}
                 if any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):

@@ -35,7 +35,7 @@ from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import events, handlers, opmetrics, pods, readapi
+from heliosdb_streaming.kubernetes.operator import bluegreen, events, handlers, opmetrics, pods, readapi
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
@@ -250,8 +250,12 @@ async def _lead(
         # kopf posts its warnings about an object (a handler's error and traceback) as Events
         logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
         logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)  # no Event per wait retry
+        registry = handlers.build_registry(jobs_reconciler, savepoint_controller, connection, metrics)
+        bluegreen.register(
+            registry, bluegreen.BlueGreenController(client, plane, bindings, savepoint_controller)
+        )
         await kopf.operator(
-            registry=handlers.build_registry(jobs_reconciler, savepoint_controller, connection, metrics),
+            registry=registry,
             settings=handlers.settings(namespaces),
             clusterwide=not namespaces,
             namespaces=namespaces,

@@ -218,6 +218,7 @@ class StreamingJobReconciler:
                 await self._upgrade_failed_because(binding, f"savepoint failed: {e}")
                 return
             savepoint_id = snapshot.savepoint_id
+            await self.savepoints.record(binding, snapshot, f"upgrade to generation {generation}", owned=True)
         if entry.record.status == JobStatus.PAUSED:
             await self.plane.resume(job_id)  # restart stops the run anyway; paused cannot restart
         upgrade = mapping.pipeline_changes(entry.config, wanted)

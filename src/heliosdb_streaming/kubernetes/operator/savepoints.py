@@ -4,26 +4,32 @@ A Savepoint goes pending -> in_progress -> completed | failed: observe the job `
 (not there yet, or still starting: retried with ``kopf.TemporaryError``, bounded by
 ``SAVEPOINT_MAX_WAITS``), take the savepoint through the control plane, write the outcome to the
 status with an Event. Terminal states are left alone. The finalizer deletes the savepoint's files and
-stays while a job still restores from them. A savepoint the operator takes itself (on cancel) is
-recorded as a Savepoint resource too (``record``), so it can be listed, named and deleted like any
-other. Kept apart from the StreamingJob reconciler: it has its own resource, states and finalizer.
+stays while a job still restores from them. A savepoint the operator or the job takes itself (on
+cancel, for an upgrade or a blue/green switch, the periodic ones of ``savepoint_interval_ms`` and the
+autoscaler's) is recorded as a Savepoint resource too (``record``), so it can be listed, named and
+deleted like any other; those but the ones taken on cancel are owned by the StreamingJob (they go
+with it), and retention deleting a savepoint deletes its resource (``savepoint_changed``). Kept apart
+from the StreamingJob reconciler: it has its own resource, states and finalizer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kopf
 
 from heliosdb_streaming.control.controller import ControlPlane
+from heliosdb_streaming.control.entry import JobEntry
 from heliosdb_streaming.control.store import SnapshotRecord
 from heliosdb_streaming.kubernetes import crds, kube
 from heliosdb_streaming.kubernetes.operator import events, mapping, pods, status
 from heliosdb_streaming.kubernetes.operator.bindings import Binding, Bindings
 from heliosdb_streaming.model.errors import (
     IllegalStateTransitionError,
+    JobError,
     SavepointFailedError,
     SavepointInUseError,
     SavepointNotFoundError,
@@ -57,6 +63,8 @@ class SavepointController:
         self.client = client
         self.plane = plane
         self.bindings = bindings
+        self._tasks: set[asyncio.Task[Any]] = set()
+        plane.snapshots.savepoint_listeners.append(self.savepoint_changed)
 
     async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
         """pending -> in_progress -> completed | failed, for the job ``spec.jobRef`` names."""
@@ -110,16 +118,65 @@ class SavepointController:
             pass
         except SavepointInUseError as e:  # a job still restores it: keep the finalizer, try again later
             raise kopf.TemporaryError(e.message, delay=10) from None
+        await self._purge_orphan(str(job_id))
 
-    async def record(self, binding: Binding, snapshot: SnapshotRecord, description: str) -> None:
-        """A savepoint the operator took on its own (on cancel) becomes a Savepoint resource too, so it
+    async def _purge_orphan(self, job_id: str) -> None:
+        """A terminal job whose StreamingJob is gone was kept for its savepoints (``finalize_job``):
+        with the last of them deleted nothing refers to it any more, so it is purged now."""
+        entry = self.plane.jobs.get(job_id)
+        if entry is None or self.bindings.get(job_id) is not None or not entry.record.status.terminal:
+            return
+        if any(s.savepoint_id for s in entry.snapshots):
+            return
+        try:
+            await self.plane.purge(job_id)
+            logger.info("job %s purged: its StreamingJob and its last savepoint are gone", job_id)
+        except JobError as e:
+            logger.info("job %s kept: %s", job_id, e)
+
+    def savepoint_changed(self, entry: JobEntry, snapshot: SnapshotRecord, completed: bool) -> None:
+        """The control plane's savepoint listener: a periodic (or autoscaler's) savepoint becomes a
+        Savepoint owned by its StreamingJob; a deleted savepoint (retention, REST) takes its recorded
+        resource along. Others are recorded by whoever asked for them (``record``)."""
+        binding = self.bindings.get(entry.record.job_id)
+        if binding is None or not snapshot.savepoint_id:
+            return
+        if completed and not snapshot.periodic:
+            return
+        work: Coroutine[Any, Any, Any]
+        if completed:
+            work = self.record(binding, snapshot, snapshot.description or "periodic", owned=True)
+        else:
+            work = self._delete_recorded(binding, str(snapshot.savepoint_id))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not from the operator's loop (a tool over the same home): nothing to record
+            work.close()
+            return
+        task = loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _delete_recorded(self, binding: Binding, savepoint_id: str) -> None:
+        name = mapping.recorded_savepoint_name(binding.name, savepoint_id)
+        try:
+            await self.client.delete(kube.SAVEPOINTS, binding.namespace, name)
+        except kube.ApiError as e:  # the files are gone; only their record stays listed
+            logger.warning("could not delete Savepoint %s/%s: %s", binding.namespace, name, e)
+
+    async def record(
+        self, binding: Binding, snapshot: SnapshotRecord, description: str, *, owned: bool = False
+    ) -> str:
+        """A savepoint the operator or the job took on its own becomes a Savepoint resource too, so it
         can be listed, named in ``restoreFrom`` and deleted (with its files) like any other. Named after
-        the savepoint, so a retried cancel records it once."""
-        resource = {
+        the savepoint, so a retried cancel records it once; the name is returned. ``owned``: the
+        StreamingJob owns it (deleted with it); one taken on cancel or delete is not, it outlives it."""
+        name = mapping.recorded_savepoint_name(binding.name, str(snapshot.savepoint_id))
+        resource: dict[str, Any] = {
             "apiVersion": crds.API_VERSION,
             "kind": crds.SAVEPOINT_KIND,
             "metadata": {
-                "name": mapping.recorded_savepoint_name(binding.name, str(snapshot.savepoint_id)),
+                "name": name,
                 "namespace": binding.namespace,
                 "annotations": {
                     pods.ANNOTATION_JOB_ID: binding.job_id,
@@ -128,15 +185,24 @@ class SavepointController:
             },
             "spec": {"jobRef": binding.name, "description": description},
         }
+        if owned:
+            resource["metadata"]["ownerReferences"] = [
+                {
+                    "apiVersion": crds.API_VERSION,
+                    "kind": crds.STREAMING_JOB_KIND,
+                    "name": binding.name,
+                    "uid": binding.uid,
+                }
+            ]
         try:
-            created = await self.client.create(kube.SAVEPOINTS, binding.namespace, resource)
+            await self.client.create(kube.SAVEPOINTS, binding.namespace, resource)
         except kube.ConflictError:
-            return
+            return name
         except kube.ApiError as e:  # the savepoint exists (job status, REST); only its resource is missing
             logger.warning("could not record savepoint %s as a resource: %s", snapshot.savepoint_id, e)
-            return
-        name = str((created.get("metadata") or {}).get("name"))
+            return name
         await self._savepoint_status(binding.namespace, name, completed(binding.job_id, snapshot))
+        return name
 
     async def _complete_recorded(self, namespace: str, name: str, annotations: Mapping[str, Any]) -> None:
         """The status of a recorded savepoint, from the control plane (the same the recorder wrote)."""
