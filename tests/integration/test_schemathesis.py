@@ -271,8 +271,12 @@ def test_positive_and_negative_cases(server: HeliosServerProcess, document: dict
         ("GET /api/v1/jobs/{job_id}/checkpoints", 2),
         ("GET /api/v1/jobs/{job_id}/savepoints", 2),
         ("POST /api/v1/jobs/{job_id}/savepoints", 4),
-        ("POST /api/v1/jobs/{job_id}/pause", 2),
-        ("POST /api/v1/jobs/{job_id}/resume", 2),
+        # one request per call (schemathesis drops a repeated identical case): the second pause and the
+        # second resume are illegal transitions, so the 409 path is always reached
+        ("POST /api/v1/jobs/{job_id}/pause", 1),
+        ("POST /api/v1/jobs/{job_id}/pause", 1),
+        ("POST /api/v1/jobs/{job_id}/resume", 1),
+        ("POST /api/v1/jobs/{job_id}/resume", 1),
         ("POST /api/v1/jobs/{job_id}/restart", 4),
         ("GET /api/v1/jobs/{job_id}/savepoints/{savepoint_id}", 2),
         ("DELETE /api/v1/jobs/{job_id}", 2),
