@@ -174,11 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=cmd_validate)
 
-    from heliosdb_streaming.cli import client, operator, server
+    from heliosdb_streaming.cli import client, jobmanager, operator, server
 
     server.register(sub)
     client.register(sub)
     operator.register(sub)
+    jobmanager.register(sub)
     return parser
 
 
