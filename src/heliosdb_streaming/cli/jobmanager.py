@@ -55,7 +55,9 @@ def register(sub: Any) -> None:
     p.add_argument("--image", help="default worker image (default $HELIOS_IMAGE)")
     p.add_argument("--checkpoint-storage", help="default checkpoint storage URI ($HELIOS_CHECKPOINT_STORAGE)")
     p.add_argument("--allow-path", action="append", default=[], metavar="DIR", help="as helios operator's")
-    p.add_argument("--python-modules", action="append", default=[], metavar="PATTERN", help="as helios operator's")
+    p.add_argument(
+        "--python-modules", action="append", default=[], metavar="PATTERN", help="as helios operator's"
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_jobmanager)
 

@@ -39,7 +39,9 @@ SAVEPOINTS = web.AppKey("jm_savepoints", SavepointController)
 LOCK = web.AppKey("jm_lock", asyncio.Lock)
 
 
-def add_routes(app: web.Application, reconciler: StreamingJobReconciler, savepoints: SavepointController) -> None:
+def add_routes(
+    app: web.Application, reconciler: StreamingJobReconciler, savepoints: SavepointController
+) -> None:
     app[RECONCILER] = reconciler
     app[SAVEPOINTS] = savepoints
     app[LOCK] = asyncio.Lock()

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -65,7 +65,9 @@ class JobManagerOptions:
     api_port: int = DEFAULT_API_PORT
 
 
-async def _resource(client: kube.KubeClient, namespace: str, name: str, stop: asyncio.Event) -> dict[str, Any]:
+async def _resource(
+    client: kube.KubeClient, namespace: str, name: str, stop: asyncio.Event
+) -> dict[str, Any]:
     """The StreamingJob; waits while it is not readable yet (a watch cache behind the operator)."""
     while not stop.is_set():
         with contextlib.suppress(kube.NotFoundError, OSError, TimeoutError):
@@ -100,7 +102,9 @@ async def run(
         spec: Mapping[str, Any] = body.get("spec") or {}
         with contextlib.suppress(Exception):  # an invalid spec: the reconciler below says why
             config = await asyncio.to_thread(mapping.job_config, options.name, dict(spec))
-            storage = storage_from_uri(config.checkpoint_storage or op.checkpoint_storage or str(op.home / "checkpoints"))
+            storage = storage_from_uri(
+                config.checkpoint_storage or op.checkpoint_storage or str(op.home / "checkpoints")
+            )
             await recovery.rebuild(store, bindings, body, job_id, config, storage)
         await _serve(options, client, store, files, bindings, body, stop)
 
@@ -141,7 +145,9 @@ async def _serve(
     savepoints = SavepointController(client, plane, bindings)
     roots = allowed_roots(op)
     user_code = usercode.UserCodePolicy.server(op.python_modules, import_check=False)
-    reconciler = StreamingJobReconciler(client, plane, bindings, launcher, writer, savepoints, roots, user_code)
+    reconciler = StreamingJobReconciler(
+        client, plane, bindings, launcher, writer, savepoints, roots, user_code
+    )
     plane.status_listeners.append(writer.mark)
     tasks: list[asyncio.Task[None]] = []
     runner: web.AppRunner | None = None
@@ -152,20 +158,26 @@ async def _serve(
             launcher.settings = dataclasses.replace(
                 pod_settings, control_address=f"{options.advertise_host}:{port}"
             )
-        app = readapi.create_read_app(
-            plane, bindings, op.api_token, allowed_roots=roots, user_code=user_code
-        )
+        app = readapi.create_read_app(plane, bindings, op.api_token, allowed_roots=roots, user_code=user_code)
         api.add_routes(app, reconciler, savepoints)
         runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         await web.TCPSite(runner, options.api_host, options.api_port).start()
         api_port = int(runner.addresses[0][1])
         url = f"http://{options.advertise_host}:{api_port}"
-        logger.info("job manager of %s/%s: API on %s, workers connect to %s", options.namespace,
-                    options.name, url, launcher.settings.control_address)
+        logger.info(
+            "job manager of %s/%s: API on %s, workers connect to %s",
+            options.namespace,
+            options.name,
+            url,
+            launcher.settings.control_address,
+        )
         tasks.append(asyncio.create_task(writer.write_status_forever()))
-        tasks.append(asyncio.create_task(_first_reconcile(app, body, client, options, url,
-                                                          launcher.settings.control_address or "")))
+        tasks.append(
+            asyncio.create_task(
+                _first_reconcile(app, body, client, options, url, launcher.settings.control_address or "")
+            )
+        )
         await stop.wait()
     finally:
         for task in tasks:
@@ -191,7 +203,9 @@ async def _first_reconcile(
     advert = {"status": {"jobManager": {"url": url, "controlAddress": control_address}}}
     while True:
         try:
-            await client.patch(kube.STREAMINGJOBS, options.namespace, options.name, advert, subresource="status")
+            await client.patch(
+                kube.STREAMINGJOBS, options.namespace, options.name, advert, subresource="status"
+            )
             break
         except kube.NotFoundError:
             return
@@ -203,10 +217,9 @@ async def _first_reconcile(
         if (current.get("metadata") or {}).get("deletionTimestamp"):
             return  # the operator forwards the finalizer
         async with app[api.LOCK]:
-            status, answer = await api.outcome(lambda: app[api.RECONCILER].reconcile_job(current))
+            status, answer = await api.outcome(functools.partial(app[api.RECONCILER].reconcile_job, current))
         if status != 503:
             if status == 422:
                 logger.error("StreamingJob %s/%s: %s", options.namespace, options.name, answer["message"])
             return
         await asyncio.sleep(float(answer.get("retry_after") or FIRST_RECONCILE_RETRY_S))
-

@@ -12,19 +12,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import kopf
 
 from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.kubernetes.operator.events import COMPONENT, WAITING
 from heliosdb_streaming.kubernetes.operator.opmetrics import OperatorMetrics
-from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
-from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 
 WATCH_SERVER_TIMEOUT_S = 60
 BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s
+RESYNC_S = 5.0  # how often the objects a job owns are checked (recreated when missing)
+
+
+class JobsReconciler(Protocol):
+    """The in-operator ``StreamingJobReconciler``, or ``JobManagers`` forwarding to job managers."""
+
+    async def reconcile_job(self, body: Mapping[str, Any]) -> None: ...
+
+    async def finalize_job(self, body: Mapping[str, Any]) -> None: ...
+
+
+class SavepointHandler(Protocol):
+    """The in-operator ``SavepointController``, or ``JobManagers`` forwarding to job managers."""
+
+    async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None: ...
+
+    async def delete_savepoint(self, body: Mapping[str, Any]) -> None: ...
 
 
 def settings(namespaces: list[str]) -> kopf.OperatorSettings:
@@ -49,11 +64,14 @@ def settings(namespaces: list[str]) -> kopf.OperatorSettings:
 
 
 def build_registry(
-    jobs_reconciler: StreamingJobReconciler,
-    savepoint_controller: SavepointController,
+    jobs_reconciler: JobsReconciler,
+    savepoint_controller: SavepointHandler,
     connection: kopf.ConnectionInfo,
     metrics: OperatorMetrics | None = None,
+    resync: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None,
 ) -> kopf.OperatorRegistry:
+    """``resync``: called for every StreamingJob every ``RESYNC_S`` (job managers: recreate a deleted
+    job manager pod, even while the spec does not change)."""
     registry = kopf.OperatorRegistry()
 
     @contextlib.contextmanager
@@ -86,6 +104,15 @@ def build_registry(
     async def finalize_job(body: kopf.Body, **_: Any) -> None:
         with counted("streamingjobs", "delete"):
             await jobs_reconciler.finalize_job(body)
+
+    if resync is not None:
+        ensure = resync
+
+        @kopf.timer(*jobs, id="resync", interval=RESYNC_S, registry=registry, backoff=BACKOFF_S)
+        async def resync_job(body: kopf.Body, **_: Any) -> None:
+            if not (body.get("metadata") or {}).get("deletionTimestamp"):
+                with counted("streamingjobs", "resync"):
+                    await ensure(body)
 
     @kopf.on.resume(*savepoints, id="resume", registry=registry, backoff=BACKOFF_S)
     @kopf.on.create(*savepoints, id="create", registry=registry, backoff=BACKOFF_S)

@@ -1,0 +1,209 @@
+"""The operator's side of per-job job managers: create what each job owns, forward what its spec asks.
+
+For each StreamingJob the operator keeps a ``<job>-jobmanager`` Secret (the API token, the storage
+credentials), Service and pod (``jmpods``), recreating them on every reconcile and resync when missing
+(a deleted pod) or ended; everything else the job needs happens in the job manager, to which the
+reconcile, the finalizer and the Savepoint handlers post the resource (``jobmanager.api``). Its answers
+become kopf's: 503 a ``TemporaryError`` after its ``retry_after``, 422 a ``PermanentError``. A job
+manager that cannot be reached yet (starting, being replaced) is a wait, retried soon.
+
+The operator calls the job manager at its Service (``http://<job>-jobmanager.<ns>.svc:8081``); with
+``url_from_status`` (tests, where there is no cluster DNS) at the address the job manager advertised in
+``status.jobManager.url``, which anyone who may write the status could change: never in a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from heliosdb_streaming.kubernetes import kube
+from heliosdb_streaming.kubernetes.operator import events, jmpods
+from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
+from heliosdb_streaming.kubernetes.operator.pods import Target
+from heliosdb_streaming.kubernetes.operator.readapi import INTERNAL
+
+logger = logging.getLogger(__name__)
+
+UNREACHABLE_RETRY_S = 1.0
+REQUEST_TIMEOUT_S = 120.0  # a savepoint on cancel is part of the call
+ENDED = ("Succeeded", "Failed")
+
+
+def target_of(body: Mapping[str, Any]) -> Target:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    return Target(
+        str(meta["namespace"]),
+        str(meta["name"]),
+        str(meta.get("uid") or ""),
+        spec.get("image") or None,
+        {},
+        dict(spec.get("podTemplate") or {}),
+    )
+
+
+class JobManagers:
+    def __init__(
+        self,
+        client: kube.KubeClient,
+        settings: JobManagerSettings,
+        credentials: Mapping[str, str],
+        *,
+        url_from_status: bool = False,
+    ) -> None:
+        """``credentials``: the storage credentials every job manager (and so its workers) gets."""
+        self.client = client
+        self.settings = settings
+        self.credentials = dict(credentials)
+        self.url_from_status = url_from_status
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # ------------------------------------------------------------------------------ resources
+
+    async def ensure(self, body: Mapping[str, Any]) -> None:
+        """The job's Secret, Service and pod exist; an ended pod (a job manager that exited) or one of
+        another StreamingJob of the same name (an earlier uid) is replaced."""
+        target = target_of(body)
+        name = jmpods.name_of(target.name)
+        token = await self._token(target)
+        if token is None:
+            token = secrets.token_urlsafe(32)
+            try:
+                await self.client.create(
+                    kube.SECRETS, target.namespace, jmpods.secret(target, token, self.credentials)
+                )
+            except kube.ConflictError:
+                token = await self._token(target, refresh=True)
+            if token is not None:
+                self._tokens[(target.namespace, target.name)] = token
+        if await self.client.get_or_none(kube.SERVICES, target.namespace, name) is None:
+            with contextlib.suppress(kube.ConflictError):
+                await self.client.create(kube.SERVICES, target.namespace, jmpods.service(target))
+        current = await self.client.get_or_none(kube.PODS, target.namespace, name)
+        if current is not None:
+            owners = (current.get("metadata") or {}).get("ownerReferences") or []
+            stale = bool(target.uid) and all(o.get("uid") != target.uid for o in owners)
+            ended = (current.get("status") or {}).get("phase") in ENDED
+            if not (stale or ended) or (current.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            logger.warning(
+                "%s/%s: job manager pod %s; replacing it",
+                target.namespace,
+                target.name,
+                "of an earlier StreamingJob" if stale else "ended",
+            )
+            await self.client.delete(kube.PODS, target.namespace, name, grace_period_s=0)
+            return  # created on the next pass, once the old one is gone
+        manifest = jmpods.pod(target, self.settings, tuple(sorted(self.credentials)))
+        try:
+            await self.client.create(kube.PODS, target.namespace, manifest)
+            logger.info("%s/%s: job manager pod created", target.namespace, target.name)
+        except kube.ConflictError:
+            pass
+
+    async def _token(self, target: Target, *, refresh: bool = False) -> str | None:
+        key = (target.namespace, target.name)
+        if not refresh and key in self._tokens:
+            return self._tokens[key]
+        found = await self.client.get_or_none(kube.SECRETS, target.namespace, jmpods.name_of(target.name))
+        if found is None:
+            return None
+        owners = (found.get("metadata") or {}).get("ownerReferences") or []
+        if target.uid and all(o.get("uid") != target.uid for o in owners):
+            return None  # an earlier StreamingJob's, about to be collected
+        raw = (found.get("data") or {}).get(jmpods.TOKEN_KEY)
+        token = base64.b64decode(raw).decode() if raw else None
+        if token:
+            self._tokens[key] = token
+        return token
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._tokens.pop((namespace, name), None)
+
+    # ------------------------------------------------------------------------------ forwarding
+
+    async def _url(self, namespace: str, name: str) -> str | None:
+        if not self.url_from_status:
+            return f"http://{jmpods.name_of(name)}.{namespace}.svc:{jmpods.API_PORT}"
+        obj = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, name)
+        advertised = ((obj or {}).get("status") or {}).get("jobManager") or {}
+        return str(advertised.get("url") or "") or None
+
+    async def call(
+        self,
+        namespace: str,
+        job: str,
+        route: str,
+        body: Mapping[str, Any],
+        query: Mapping[str, str] | None = None,
+    ) -> None:
+        """Posts ``body`` to the job manager of ``job``; its answer as kopf's outcome."""
+        url = await self._url(namespace, job)
+        token = self._tokens.get((namespace, job))
+        if token is None:
+            token = await self._token(target_of({"metadata": {"namespace": namespace, "name": job}}))
+        if url is None or token is None:
+            raise events.waiting(f"job manager of {job} is starting", UNREACHABLE_RETRY_S)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            async with self._session.post(
+                f"{url}{INTERNAL}/{route}", json=dict(body), params=dict(query or {}), headers=headers
+            ) as response:
+                answer: dict[str, Any] = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            raise events.waiting(
+                f"job manager of {job} is not reachable ({e})", UNREACHABLE_RETRY_S
+            ) from None
+        message = str((answer or {}).get("message") or (answer or {}).get("error") or answer)
+        if status == 200:
+            return
+        if status == 503:
+            raise kopf.TemporaryError(message, delay=float(answer.get("retry_after") or UNREACHABLE_RETRY_S))
+        if status == 422:
+            raise kopf.PermanentError(message)
+        if status == 401:  # a job manager of an earlier StreamingJob of that name, or a new token
+            self._tokens.pop((namespace, job), None)
+        raise events.waiting(f"job manager of {job} answered {status}: {message}", UNREACHABLE_RETRY_S)
+
+    async def reconcile_job(self, body: Mapping[str, Any]) -> None:
+        await self.ensure(body)
+        meta = body.get("metadata") or {}
+        await self.call(str(meta["namespace"]), str(meta["name"]), "reconcile", body)
+
+    async def finalize_job(self, body: Mapping[str, Any]) -> None:
+        """The StreamingJob is being deleted: its job manager stops (and purges) the job, then goes."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        pod = await self.client.get_or_none(kube.PODS, namespace, jmpods.name_of(name))
+        if pod is not None and (pod.get("status") or {}).get("phase") not in ENDED:
+            await self.call(namespace, name, "finalize", body)
+        await self.client.delete(kube.PODS, namespace, jmpods.name_of(name), grace_period_s=0)
+        self.forget(namespace, name)
+
+    async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
+        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+        job = str(spec.get("jobRef") or "")
+        await self.call(str(meta["namespace"]), job, "savepoints", body, {"retry": str(retry)})
+
+    async def delete_savepoint(self, body: Mapping[str, Any]) -> None:
+        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+        namespace, job = str(meta["namespace"]), str(spec.get("jobRef") or "")
+        if await self.client.get_or_none(kube.STREAMINGJOBS, namespace, job) is None:
+            return  # its job is gone: nothing holds the savepoint's files any more but storage
+        await self.call(namespace, job, "savepoints/delete", body)
