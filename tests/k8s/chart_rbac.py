@@ -25,10 +25,13 @@ from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import ClusterEmulator
 
-OPERATOR, API = "operator", "api"
+OPERATOR, API, JOBMANAGER = "operator", "api", "jobmanager"
+JOBMANAGER_ACCOUNT = f"{FULLNAME}-jobmanager"
+JOB_NAMESPACE = "default"  # where the tests' StreamingJobs (and so their job managers) are
 USERS = {
     OPERATOR: rbac.service_account(NAMESPACE, f"{FULLNAME}-operator"),
     API: rbac.service_account(NAMESPACE, f"{FULLNAME}-api"),
+    JOBMANAGER: rbac.service_account(JOB_NAMESPACE, JOBMANAGER_ACCOUNT),
 }
 RESOURCES = {
     kind: kube.Resource(rbac.GROUP, "v1", plural, namespaced=kind.startswith("Role"))
@@ -111,6 +114,12 @@ async def install_operator_rbac(client: kube.KubeClient, scope: list[str]) -> No
     await install(client, rbac_manifests(operator_values(scope), OPERATOR))
     if _is_pattern(scope):
         await install(client, namespace_scan_rbac())
+
+
+async def install_jobmanager_rbac(client: kube.KubeClient, scope: list[str]) -> None:
+    """The job managers' Role in the tests' job namespace, as the chart renders it with job managers on."""
+    values = {**operator_values(scope), "jobManagers": {"enabled": True, "namespaces": [JOB_NAMESPACE]}}
+    await install(client, rbac_manifests(values, JOBMANAGER))
 
 
 async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:

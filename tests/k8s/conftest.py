@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from chart_rbac import (
+    JOBMANAGER,
+    JOBMANAGER_ACCOUNT,
     OPERATOR,
     USERS,
     assert_never_denied,
@@ -43,7 +45,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Env]:
         enforce_crd_schemas(emulated.emulator)
         client = kube.KubeClient(emulated.connection())
         try:
-            async with ProcessKubelet(client, tmp_path / "node") as kubelet, GarbageCollector(client) as gc:
+            # a job manager pod runs as its service account, with that account's token
+            accounts = {JOBMANAGER_ACCOUNT: emulated.kubeconfig_of(JOBMANAGER)}
+            kubelet_ = ProcessKubelet(client, tmp_path / "node", kubeconfigs=accounts)
+            async with kubelet_ as kubelet, GarbageCollector(client) as gc:
                 yield Env(emulated, client, kubelet, gc, tmp_path)
         finally:
             await client.close()

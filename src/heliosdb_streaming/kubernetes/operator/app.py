@@ -83,6 +83,7 @@ class OperatorOptions:
     jobmanager_service_account: str | None = None
     jobmanager_args: tuple[str, ...] = ()  # extra ``helios jobmanager`` arguments (tests: loopback ports)
     jobmanager_url_from_status: bool = False  # no cluster DNS (tests): call the address it advertised
+    jobmanager_key: str | None = None  # the job managers' API tokens derive from it (every replica's)
 
     @classmethod
     def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
@@ -99,6 +100,7 @@ class OperatorOptions:
             "api_token": env.get("HELIOS_API_TOKEN") or None,
             "job_managers": env.get("HELIOS_JOB_MANAGERS", "").lower() in ("1", "true", "yes"),
             "jobmanager_service_account": env.get("HELIOS_JOBMANAGER_SERVICE_ACCOUNT") or None,
+            "jobmanager_key": env.get("HELIOS_JOBMANAGER_KEY") or None,
             "allow_paths": tuple(Path(p) for p in env.get("HELIOS_ALLOW_PATHS", "").split(os.pathsep) if p),
             "python_modules": tuple(
                 m.strip() for m in env.get("HELIOS_PYTHON_MODULES", "").split(",") if m.strip()
@@ -317,7 +319,12 @@ async def _lead_job_managers(
     this process holds no job state: a restart, or a standby taking over, recovers nothing."""
     namespaces = list(options.namespaces)
     settings, credentials = jobmanager_settings(options)
-    managers = JobManagers(client, settings, credentials, url_from_status=options.jobmanager_url_from_status)
+    key = (options.jobmanager_key or options.api_token or "").encode()
+    if not key:
+        raise RuntimeError("job managers need HELIOS_JOBMANAGER_KEY (or HELIOS_API_TOKEN) for their tokens")
+    managers = JobManagers(
+        client, settings, credentials, key, url_from_status=options.jobmanager_url_from_status
+    )
     logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
     logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)
     try:

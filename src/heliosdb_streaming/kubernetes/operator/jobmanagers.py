@@ -14,10 +14,10 @@ The operator calls the job manager at its Service (``http://<job>-jobmanager.<ns
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import hashlib
+import hmac
 import logging
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,15 +56,17 @@ class JobManagers:
         client: kube.KubeClient,
         settings: JobManagerSettings,
         credentials: Mapping[str, str],
+        key: bytes,
         *,
         url_from_status: bool = False,
     ) -> None:
-        """``credentials``: the storage credentials every job manager (and so its workers) gets."""
+        """``credentials``: the storage credentials every job manager (and so its workers) gets;
+        ``key``: what the job managers' tokens are derived from (the same on every operator replica)."""
         self.client = client
         self.settings = settings
         self.credentials = dict(credentials)
         self.url_from_status = url_from_status
-        self._tokens: dict[tuple[str, str], str] = {}
+        self.key = key
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -75,63 +77,38 @@ class JobManagers:
 
     async def ensure(self, body: Mapping[str, Any]) -> None:
         """The job's Secret, Service and pod exist; an ended pod (a job manager that exited) or one of
-        another StreamingJob of the same name (an earlier uid) is replaced."""
+        another StreamingJob of the same name (an earlier uid) is replaced. Creates only (a conflict is
+        what exists): the operator reads no Secret and needs no ``get`` on them."""
         target = target_of(body)
         name = jmpods.name_of(target.name)
-        token = await self._token(target)
-        if token is None:
-            token = secrets.token_urlsafe(32)
-            try:
-                await self.client.create(
-                    kube.SECRETS, target.namespace, jmpods.secret(target, token, self.credentials)
-                )
-            except kube.ConflictError:
-                token = await self._token(target, refresh=True)
-            if token is not None:
-                self._tokens[(target.namespace, target.name)] = token
-        if await self.client.get_or_none(kube.SERVICES, target.namespace, name) is None:
-            with contextlib.suppress(kube.ConflictError):
-                await self.client.create(kube.SERVICES, target.namespace, jmpods.service(target))
+        with contextlib.suppress(kube.ConflictError):
+            manifest = jmpods.secret(target, self.token(target), self.credentials)
+            await self.client.create(kube.SECRETS, target.namespace, manifest)
+        with contextlib.suppress(kube.ConflictError):
+            await self.client.create(kube.SERVICES, target.namespace, jmpods.service(target))
         current = await self.client.get_or_none(kube.PODS, target.namespace, name)
         if current is not None:
-            owners = (current.get("metadata") or {}).get("ownerReferences") or []
-            stale = bool(target.uid) and all(o.get("uid") != target.uid for o in owners)
-            ended = (current.get("status") or {}).get("phase") in ENDED
-            if not (stale or ended) or (current.get("metadata") or {}).get("deletionTimestamp"):
-                return
-            logger.warning(
-                "%s/%s: job manager pod %s; replacing it",
-                target.namespace,
-                target.name,
-                "of an earlier StreamingJob" if stale else "ended",
+            meta = current.get("metadata") or {}
+            stale = bool(target.uid) and all(
+                o.get("uid") != target.uid for o in meta.get("ownerReferences") or []
             )
+            ended = (current.get("status") or {}).get("phase") in ENDED
+            if not (stale or ended) or meta.get("deletionTimestamp"):
+                return
+            why = "is of an earlier StreamingJob" if stale else "ended"
+            logger.warning("%s/%s: job manager pod %s; replacing it", target.namespace, target.name, why)
             await self.client.delete(kube.PODS, target.namespace, name, grace_period_s=0)
             return  # created on the next pass, once the old one is gone
         manifest = jmpods.pod(target, self.settings, tuple(sorted(self.credentials)))
-        try:
+        with contextlib.suppress(kube.ConflictError):
             await self.client.create(kube.PODS, target.namespace, manifest)
             logger.info("%s/%s: job manager pod created", target.namespace, target.name)
-        except kube.ConflictError:
-            pass
 
-    async def _token(self, target: Target, *, refresh: bool = False) -> str | None:
-        key = (target.namespace, target.name)
-        if not refresh and key in self._tokens:
-            return self._tokens[key]
-        found = await self.client.get_or_none(kube.SECRETS, target.namespace, jmpods.name_of(target.name))
-        if found is None:
-            return None
-        owners = (found.get("metadata") or {}).get("ownerReferences") or []
-        if target.uid and all(o.get("uid") != target.uid for o in owners):
-            return None  # an earlier StreamingJob's, about to be collected
-        raw = (found.get("data") or {}).get(jmpods.TOKEN_KEY)
-        token = base64.b64decode(raw).decode() if raw else None
-        if token:
-            self._tokens[key] = token
-        return token
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._tokens.pop((namespace, name), None)
+    def token(self, target: Target) -> str:
+        """The bearer token of a job manager's API: derived from the operator's key and the resource's
+        uid, so that any operator replica (a restarted one, a standby) knows it without reading it."""
+        message = f"{target.namespace}/{target.name}/{target.uid}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------------------------ forwarding
 
@@ -152,10 +129,11 @@ class JobManagers:
     ) -> None:
         """Posts ``body`` to the job manager of ``job``; its answer as kopf's outcome."""
         url = await self._url(namespace, job)
-        token = self._tokens.get((namespace, job))
-        if token is None:
-            token = await self._token(target_of({"metadata": {"namespace": namespace, "name": job}}))
-        if url is None or token is None:
+        obj = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, job)
+        if obj is None:
+            raise events.waiting(f"StreamingJob {job} not found", UNREACHABLE_RETRY_S)
+        token = self.token(target_of(obj))
+        if url is None:
             raise events.waiting(f"job manager of {job} is starting", UNREACHABLE_RETRY_S)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
@@ -177,8 +155,6 @@ class JobManagers:
             raise kopf.TemporaryError(message, delay=float(answer.get("retry_after") or UNREACHABLE_RETRY_S))
         if status == 422:
             raise kopf.PermanentError(message)
-        if status == 401:  # a job manager of an earlier StreamingJob of that name, or a new token
-            self._tokens.pop((namespace, job), None)
         raise events.waiting(f"job manager of {job} answered {status}: {message}", UNREACHABLE_RETRY_S)
 
     async def reconcile_job(self, body: Mapping[str, Any]) -> None:
@@ -194,7 +170,6 @@ class JobManagers:
         if pod is not None and (pod.get("status") or {}).get("phase") not in ENDED:
             await self.call(namespace, name, "finalize", body)
         await self.client.delete(kube.PODS, namespace, jmpods.name_of(name), grace_period_s=0)
-        self.forget(namespace, name)
 
     async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
         meta, spec = body.get("metadata") or {}, body.get("spec") or {}
