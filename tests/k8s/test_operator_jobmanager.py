@@ -77,10 +77,14 @@ def jm_log(cluster: Env, name: str) -> str:
     return cluster.kubelet.log_of(NS, jmpods.name_of(name))[-4000:]
 
 
-async def test_operator_killed_jobs_run_on_and_checkpoint(cluster: Env, start_operator: StartOperator) -> None:
+async def test_operator_killed_jobs_run_on_and_checkpoint(
+    cluster: Env, start_operator: StartOperator
+) -> None:
     client, db = cluster.client, cluster.tmp / "out.db"
     first = await start(cluster, start_operator)
-    await client.create(kube.STREAMINGJOBS, NS, streaming_job("spend", window_spec(db, parallelism=2, rate=800)))
+    await client.create(
+        kube.STREAMINGJOBS, NS, streaming_job("spend", window_spec(db, parallelism=2, rate=800))
+    )
     status = await wait_phase(client, "spend", "running", log=first.output())
     jm = await eventually(lambda: jobmanager_pod(client, "spend"), 10, "the job manager pod")
     assert pss.violations(jm["spec"]) == []  # restricted Pod Security Standard, as the workers
@@ -118,7 +122,9 @@ async def test_jobmanager_killed_recovers_from_latest_checkpoint(
 ) -> None:
     client, db = cluster.client, cluster.tmp / "out.db"
     operator = await start(cluster, start_operator)
-    await client.create(kube.STREAMINGJOBS, NS, streaming_job("spend", window_spec(db, parallelism=2, rate=800)))
+    await client.create(
+        kube.STREAMINGJOBS, NS, streaming_job("spend", window_spec(db, parallelism=2, rate=800))
+    )
     status = await wait_phase(client, "spend", "running", log=operator.output())
     latest = await checkpoint_after(client, "spend", 1)
     old = await jobmanager_pod(client, "spend")
@@ -161,4 +167,3 @@ async def test_pause_resume_through_the_jobmanager(cluster: Env, start_operator:
     await patch_spec(client, "endless", {"state": "cancelled"})
     await wait_phase(client, "endless", "cancelled", log=jm_log(cluster, "endless"))
     await operator.stop()
-
