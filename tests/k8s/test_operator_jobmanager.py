@@ -32,6 +32,8 @@ from k8s_helpers import (
 
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import jmpods
+from heliosdb_streaming.kubernetes.restapi.readclient import OperatorClient
+from heliosdb_streaming.model.types import LogOptions
 from heliosdb_streaming.testing import pss
 
 pytestmark = pytest.mark.timeout(240)
@@ -154,6 +156,27 @@ async def test_jobmanager_killed_recovers_from_latest_checkpoint(
     await operator.stop()
 
 
+async def read_api_answers_from_the_jobmanager(operator: OperatorProcess, job_id: str) -> None:
+    """``helios server --substrate kubernetes``'s client, against the operator: what only the job's
+    control plane knows comes from its job manager, through the operator."""
+    reader = OperatorClient(f"http://127.0.0.1:{operator.read_port}", NS)
+    other = OperatorClient(f"http://127.0.0.1:{operator.read_port}", "elsewhere")
+    try:
+        details = await reader.details(job_id)
+        assert details is not None and details["job_id"] == job_id and details["status"] == "running"
+        assert await reader.checkpoints(job_id) is not None
+        assert await other.details(job_id) is None  # another namespace's client: no such job
+        exposition = (await reader.prometheus()).decode()
+        assert 'streamingjob="endless"' in exposition and "heliosdb_job_count" in exposition
+        assert exposition.count("# TYPE heliosdb_job_count ") == 1
+        assert (await reader.info()).max_parallelism == 1024
+        log = await reader.control_log(job_id, LogOptions())
+        assert log and any("submitted" in e.message for e in log)
+    finally:
+        await reader.close()
+        await other.close()
+
+
 async def test_pause_resume_through_the_jobmanager(cluster: Env, start_operator: StartOperator) -> None:
     client = cluster.client
     operator = await start(cluster, start_operator)
@@ -164,6 +187,7 @@ async def test_pause_resume_through_the_jobmanager(cluster: Env, start_operator:
     await wait_phase(client, "endless", "paused", log=jm_log(cluster, "endless"))
     await patch_spec(client, "endless", {"state": "running"})
     await wait_phase(client, "endless", "running", log=jm_log(cluster, "endless"))
+    await read_api_answers_from_the_jobmanager(operator, (await job_status(client, "endless"))["jobId"])
     await patch_spec(client, "endless", {"state": "cancelled"})
     await wait_phase(client, "endless", "cancelled", log=jm_log(cluster, "endless"))
     await operator.stop()

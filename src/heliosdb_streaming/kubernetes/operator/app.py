@@ -33,9 +33,10 @@ import kopf
 from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
+from heliosdb_streaming.control.service import JobServiceCore
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import events, handlers, opmetrics, pods, readapi
+from heliosdb_streaming.kubernetes.operator import events, handlers, opmetrics, pods, readapi, readproxy
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
 from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
@@ -200,7 +201,7 @@ async def _lead(
 ) -> None:
     """The active operator: control plane, read API, status writer, expiry and kopf."""
     if options.job_managers:
-        await _lead_job_managers(options, client, connection, metrics, stop_flag, ready_flag)
+        await _lead_job_managers(options, open_store, client, connection, metrics, stop_flag, ready_flag)
         return
     namespaces = list(options.namespaces)
     store, files = open_store()
@@ -309,6 +310,7 @@ def jobmanager_settings(options: OperatorOptions) -> tuple[JobManagerSettings, d
 
 async def _lead_job_managers(
     options: OperatorOptions,
+    open_store: Callable[[], tuple[JobStore, JobFiles]],
     client: kube.KubeClient,
     connection: kopf.ConnectionInfo,
     metrics: opmetrics.OperatorMetrics,
@@ -327,7 +329,19 @@ async def _lead_job_managers(
     )
     logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
     logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)
+    read_api = contextlib.AsyncExitStack()
     try:
+        if options.read_port is not None:  # for `helios server --substrate kubernetes`
+            await read_api.enter_async_context(
+                readproxy.serve(
+                    managers,
+                    _checking_core(options, open_store, client),
+                    options.max_parallelism,
+                    options.read_host,
+                    options.read_port,
+                    options.api_token,
+                )
+            )
         await kopf.operator(
             registry=handlers.build_registry(managers, managers, connection, metrics, resync=managers.ensure),
             settings=handlers.settings(namespaces),
@@ -338,4 +352,23 @@ async def _lead_job_managers(
             ready_flag=ready_flag,
         )
     finally:
+        await read_api.aclose()
         await managers.close()
+
+
+def _checking_core(
+    options: OperatorOptions, open_store: Callable[[], tuple[JobStore, JobFiles]], client: kube.KubeClient
+) -> JobServiceCore:
+    """The submit dry run's checks over a control plane that never starts (its store stays empty)."""
+    store, files = open_store()
+    launcher = KubernetesLauncher(client, pods.PodSettings(image=options.image), lambda _job_id: None)
+    plane = ControlPlane(
+        home=options.home,
+        store=store,
+        launcher=launcher,
+        files=files,
+        max_parallelism=options.max_parallelism,
+        checkpoint_uri=options.checkpoint_storage,
+    )
+    user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
+    return JobServiceCore(plane, allowed_roots=allowed_roots(options), user_code=user_code)

@@ -69,6 +69,12 @@ class JobManagers:
         self.key = key
         self._session: aiohttp.ClientSession | None = None
 
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session every call to a job manager shares."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+        return self._session
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -112,7 +118,8 @@ class JobManagers:
 
     # ------------------------------------------------------------------------------ forwarding
 
-    async def _url(self, namespace: str, name: str) -> str | None:
+    async def url_of(self, namespace: str, name: str) -> str | None:
+        """Where the job manager of ``name`` answers (None: it has not said yet)."""
         if not self.url_from_status:
             return f"http://{jmpods.name_of(name)}.{namespace}.svc:{jmpods.API_PORT}"
         obj = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, name)
@@ -128,18 +135,16 @@ class JobManagers:
         query: Mapping[str, str] | None = None,
     ) -> None:
         """Posts ``body`` to the job manager of ``job``; its answer as kopf's outcome."""
-        url = await self._url(namespace, job)
+        url = await self.url_of(namespace, job)
         obj = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, job)
         if obj is None:
             raise events.waiting(f"StreamingJob {job} not found", UNREACHABLE_RETRY_S)
         token = self.token(target_of(obj))
         if url is None:
             raise events.waiting(f"job manager of {job} is starting", UNREACHABLE_RETRY_S)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            async with self._session.post(
+            async with self.session().post(
                 f"{url}{INTERNAL}/{route}", json=dict(body), params=dict(query or {}), headers=headers
             ) as response:
                 answer: dict[str, Any] = await response.json(content_type=None)
