@@ -23,18 +23,22 @@ from k8s_helpers import (
     expected_windows,
     job_status,
     patch_spec,
+    savepoint,
     streaming_job,
     table_rows,
     wait_phase,
     window_spec,
     worker_pods,
 )
+from test_chart import NAMESPACE
+from test_operator_ha import LEASE, leader_label, operator_pod
 
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import jmpods
 from heliosdb_streaming.kubernetes.restapi.readclient import OperatorClient
 from heliosdb_streaming.model.types import LogOptions
 from heliosdb_streaming.testing import pss
+from heliosdb_streaming.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,7 +46,9 @@ SCOPE = ["--all-namespaces"]
 KEY = "test-jobmanager-key"
 
 
-async def start(cluster: Env, start_operator: StartOperator) -> OperatorProcess:
+async def start(
+    cluster: Env, start_operator: StartOperator, extra: list[str] | None = None, **kwargs: Any
+) -> OperatorProcess:
     """The operator with job managers; they bind loopback ports the system picks (no cluster DNS here)."""
     await install_jobmanager_rbac(cluster.client, SCOPE)
     loopback = ["--api-host=127.0.0.1", "--api-port=0", "--control-host=127.0.0.1", "--control-port=0"]
@@ -55,8 +61,10 @@ async def start(cluster: Env, start_operator: StartOperator) -> OperatorProcess:
         *(f"--jobmanager-arg={a}" for a in [*loopback, "--advertise-host=127.0.0.1"]),
         "--checkpoint-storage",
         f"file://{cluster.tmp / 'checkpoints'}",
+        *(extra or []),
     ]
-    return await start_operator(args=args, env={"HELIOS_JOBMANAGER_KEY": KEY})
+    env = {"HELIOS_JOBMANAGER_KEY": KEY, **kwargs.pop("env", {})}
+    return await start_operator(args=args, env=env, **kwargs)
 
 
 async def jobmanager_pod(client: kube.KubeClient, name: str) -> dict[str, Any] | None:
@@ -191,3 +199,56 @@ async def test_pause_resume_through_the_jobmanager(cluster: Env, start_operator:
     await patch_spec(client, "endless", {"state": "cancelled"})
     await wait_phase(client, "endless", "cancelled", log=jm_log(cluster, "endless"))
     await operator.stop()
+
+
+async def test_standby_takeover_recovers_nothing_but_reconciliation(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    """Two replicas with leader election: the leader SIGKILLed, the standby takes the Lease over and
+    only reconciles; the job's pods run on untouched, and a Savepoint made afterwards is taken by the
+    job manager through the new leader."""
+    client, db = cluster.client, cluster.tmp / "out.db"
+    replicas = []
+    for pod in ("operator-a", "operator-b"):
+        await operator_pod(cluster, pod)
+        election = ["--leader-election", "--lease-name", LEASE, "--lease-namespace", NAMESPACE]
+        election += ["--lease-duration", "3", "--metrics-port", str(free_port())]
+        pod_env = {"POD_NAME": pod, "POD_NAMESPACE": NAMESPACE}
+        replicas.append(await start(cluster, start_operator, election, home=cluster.tmp / pod, env=pod_env))
+        if pod == "operator-a":
+
+            async def leads() -> bool:
+                return await leader_label(cluster, "operator-a") == "true"
+
+            await eventually(leads, 30, "a leader")
+    first, second = replicas
+    spec = {**window_spec(db, parallelism=2, rate=600), "savepointOnCancel": False}
+    await client.create(kube.STREAMINGJOBS, NS, streaming_job("spend", spec))
+    await wait_phase(client, "spend", "running", log=first.output())
+    before = await checkpoint_after(client, "spend", 0)
+    workers = {p["metadata"]["name"]: p["metadata"]["uid"] for p in await worker_pods(client, "spend")}
+    assert "standby: waiting for Lease" in second.output()
+
+    assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    await checkpoint_after(client, "spend", before)  # the job goes on meanwhile
+
+    async def led() -> bool:
+        return await leader_label(cluster, "operator-b") == "true"
+
+    await eventually(led, 30, "the standby to lead", on_fail=second.output()[-3000:])
+    await client.create(kube.SAVEPOINTS, NS, savepoint("sp1", "spend", "after the takeover"))
+
+    async def completed() -> dict[str, Any] | None:
+        sp = await client.get_or_none(kube.SAVEPOINTS, NS, "sp1")
+        state = ((sp or {}).get("status") or {}).get("state")
+        return sp["status"] if sp and state == "completed" else None
+
+    taken = await eventually(completed, 60, "the savepoint", on_fail=jm_log(cluster, "spend"))
+    assert taken["location"].startswith("file://")
+    final = await wait_phase(client, "spend", "finished", timeout=120, log=jm_log(cluster, "spend"))
+    assert final.get("restarts", 0) == 0
+    assert {
+        p["metadata"]["name"]: p["metadata"]["uid"] for p in await worker_pods(client, "spend")
+    } == workers
+    assert table_rows(db) == await expected_windows()
+    await second.stop()
