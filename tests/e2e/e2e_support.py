@@ -193,7 +193,7 @@ def docker_build(image: str = IMAGE, context: Path = ROOT) -> list[str]:
 
 def chart_values() -> dict[str, Any]:
     """The chart's values for the kind run: the image loaded into the node (never pulled), the
-    in-cluster MinIO as checkpoint storage, and a known API token for the test client."""
+    in-cluster MinIO as checkpoint storage, a known API token for the test client, job managers."""
     repository, _, tag = IMAGE.rpartition(":")
     return {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
@@ -207,6 +207,8 @@ def chart_values() -> dict[str, Any]:
         "checkpointStorage": CHECKPOINTS,
         "auth": {"apiToken": API_TOKEN},
         "operator": {"pythonModules": list(USER_MODULES)},
+        # every job in a job manager pod of its own, as the chart's jobManagers (test_kind_jobmanagers)
+        "jobManagers": {"enabled": True},
     }
 
 
