@@ -4,7 +4,8 @@ As the Flink operator's per-job JobManager, this process (not the operator) runs
 plane (``control.controller.ControlPlane``, the code the embedded substrate runs in-process), the worker
 channel its pods connect to, the checkpoint coordinator, the restart policy, the launcher of its worker
 pods (watching that job's pods only), the status writer (it patches its StreamingJob's status itself),
-the Savepoint resources it records, and the read API the API server asks for details, metrics and logs.
+the Savepoint resources it records, ``ttlSecondsAfterFinished`` (it deletes its StreamingJob), and the
+read API the API server asks for details, metrics and logs.
 The operator only reconciles resources and forwards spec changes to its HTTP API (``jobmanager.api``),
 so an operator restart touches no job.
 
@@ -38,6 +39,7 @@ from heliosdb_streaming.kubernetes.jobmanager import api, recovery
 from heliosdb_streaming.kubernetes.operator import mapping, pods, readapi
 from heliosdb_streaming.kubernetes.operator.app import OperatorOptions, allowed_roots
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
+from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
@@ -173,6 +175,7 @@ async def _serve(
             launcher.settings.control_address,
         )
         tasks.append(asyncio.create_task(writer.write_status_forever()))
+        tasks.append(asyncio.create_task(JobExpiry(client, plane, bindings).expire_forever()))
         tasks.append(
             asyncio.create_task(
                 _first_reconcile(app, body, client, options, url, launcher.settings.control_address or "")
