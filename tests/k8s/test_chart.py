@@ -421,12 +421,13 @@ def test_default_api_server_and_services(chart: helm.Chart) -> None:
 def test_generated_token_and_no_plaintext_credentials(chart: helm.Chart) -> None:
     docs = render(chart, {})
     secret = one(docs, "Secret", FULLNAME)
-    assert set(secret["data"]) == {"api-token"}  # no S3 keys were given
+    assert set(secret["data"]) == {"api-token", "jobmanager-key"}  # no S3 keys were given
     token = secret["data"]["api-token"]
     assert len(base64.b64decode(token)) == 40
     inline = render(chart, INLINE_SECRETS)
     data = one(inline, "Secret", FULLNAME)["data"]
     decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    assert len(decoded.pop("jobmanager-key")) == 48  # generated: the job managers' tokens derive from it
     assert decoded == {
         "s3-access-key": "AKIAEXAMPLE",
         "s3-secret-key": "s3cr3t",
@@ -682,11 +683,14 @@ JOBMANAGER_RULES = [
 def test_job_managers_rbac_and_operator_env(chart: helm.Chart) -> None:
     """With job managers: their account and Role in each job namespace (the listed ones, or the watched
     ones), bound to that account only; the operator is told to use it and gets the token key."""
-    assert not [d for d in render(chart, {}) if "jobmanager" in d["metadata"]["name"]]
+    off = render(chart, {"jobManagers": {"enabled": False}})
+    assert not [d for d in off if "jobmanager" in d["metadata"]["name"]]
+    env = container(one(off, "Deployment", f"{FULLNAME}-operator"))["env"]
+    assert "HELIOS_JOB_MANAGERS" not in {e["name"] for e in env}
     for values, namespaces in (
         (JOB_MANAGERS, ["jobs-a", "jobs-b"]),
         ({**NON_DEFAULT, **JOB_MANAGERS}, ["team-a", "team-b"]),
-        ({"jobManagers": {"enabled": True}}, [NAMESPACE]),
+        ({}, [NAMESPACE]),  # the default
     ):
         docs = render(chart, values)
         name = f"{FULLNAME}-jobmanager"
