@@ -23,11 +23,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 from chart_rbac import (
     API,
+    JOBMANAGER,
+    JOBMANAGER_ACCOUNT,
     OPERATOR,
     USERS,
     assert_never_denied,
     enforce_crd_schemas,
     install_api_rbac,
+    install_jobmanager_rbac,
     install_operator_rbac,
     save_audit,
 )
@@ -55,6 +58,7 @@ class KubeSubstrate:
     operator_log: Path
     operator_url: str
     tmp: Path
+    job_managers: bool = False
 
     def operator_output(self) -> str:
         return self.operator_log.read_text(errors="replace")[-4000:]
@@ -94,16 +98,40 @@ async def _wait_read_api(url: str, process: subprocess.Popen[bytes], log: Path) 
             await asyncio.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KubeSubstrate]:
+# the operator running the jobs itself, and the operator with a job manager pod per job (whose read API
+# passes the job routes through to them): the API server must answer the same over both
+LAYOUTS = ["in-operator", "job-managers"]
+JOBMANAGER_KEY = "apiserver-test-jobmanager-key"
+
+
+def _job_manager_args(tmp: Path) -> list[str]:
+    loopback = ["--api-host=127.0.0.1", "--api-port=0", "--control-host=127.0.0.1", "--control-port=0"]
+    return [
+        "--job-managers",
+        "--jobmanager-url-from-status",
+        "--jobmanager-service-account",
+        JOBMANAGER_ACCOUNT,
+        *(f"--jobmanager-arg={a}" for a in [*loopback, "--advertise-host=127.0.0.1"]),
+        "--checkpoint-storage",  # shared by every job manager, as S3 in a cluster
+        f"file://{tmp / 'checkpoints'}",
+    ]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+async def substrate(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[KubeSubstrate]:
     """Emulated API server, kubelet, garbage collector and ``helios operator -A`` with a read API and
-    ``--max-parallelism 8``."""
+    ``--max-parallelism 8``, in each layout."""
+    job_managers = request.param == "job-managers"
     tmp = tmp_path_factory.mktemp("apiserver")
     async with start_cluster(tmp, USERS) as emulated:
         enforce_crd_schemas(emulated.emulator)
         client = kube.KubeClient(emulated.connection())
         try:
-            async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client):
+            accounts = {JOBMANAGER_ACCOUNT: emulated.kubeconfig_of(JOBMANAGER)}
+            kubelet_ = ProcessKubelet(client, tmp / "node", kubeconfigs=accounts)
+            async with kubelet_ as kubelet, GarbageCollector(client):
                 emulated.emulator.pod_logs = kubelet.pod_log
                 await install_operator_rbac(client, ["--all-namespaces"])
                 read_port = free_port()
@@ -121,8 +149,10 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                     str(MAX_PARALLELISM),
                     "--allow-path",  # the tests' SQLite files and checkpoint dirs
                     str(tmp),
+                    *(_job_manager_args(tmp) if job_managers else []),
                 )
-                env = operator_env(emulated.kubeconfig_of(OPERATOR), {"HELIOS_API_TOKEN": TOKEN})
+                extra = {"HELIOS_API_TOKEN": TOKEN, "HELIOS_JOBMANAGER_KEY": JOBMANAGER_KEY}
+                env = operator_env(emulated.kubeconfig_of(OPERATOR), extra)
                 log = tmp / "operator.log"
                 with log.open("ab") as out:
                     process = subprocess.Popen(
@@ -131,7 +161,7 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
                 url = f"http://127.0.0.1:{read_port}"
                 try:
                     await _wait_read_api(url, process, log)
-                    yield KubeSubstrate(emulated, client, kubelet, process, log, url, tmp)
+                    yield KubeSubstrate(emulated, client, kubelet, process, log, url, tmp, job_managers)
                 finally:
                     process.terminate()
                     try:
@@ -150,6 +180,8 @@ async def k8s_api_server(substrate: KubeSubstrate, namespace: str) -> AsyncItera
     """The REST app over ``KubernetesJobService`` for ``namespace``, on a free port of 127.0.0.1, as the
     chart's API service account with the chart's Role in ``namespace``."""
     await install_api_rbac(substrate.client, namespace)
+    if substrate.job_managers:
+        await install_jobmanager_rbac(substrate.client, ["--all-namespaces"], namespace)
     service = CountingJobService(
         substrate.cluster.connection(API),
         namespace,

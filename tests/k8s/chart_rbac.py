@@ -116,10 +116,18 @@ async def install_operator_rbac(client: kube.KubeClient, scope: list[str]) -> No
         await install(client, namespace_scan_rbac())
 
 
-async def install_jobmanager_rbac(client: kube.KubeClient, scope: list[str]) -> None:
-    """The job managers' Role in the tests' job namespace, as the chart renders it with job managers on."""
-    values = {**operator_values(scope), "jobManagers": {"enabled": True, "namespaces": [JOB_NAMESPACE]}}
-    await install(client, rbac_manifests(values, JOBMANAGER))
+async def install_jobmanager_rbac(
+    client: kube.KubeClient, scope: list[str], namespace: str = JOB_NAMESPACE
+) -> None:
+    """The job managers' Role in ``namespace``, as the chart renders it with job managers on. The test
+    kubelet runs every job manager with the one token of ``JOB_NAMESPACE``'s account, so a binding in
+    another namespace names that account (the chart names the namespace's own)."""
+    values = {**operator_values(scope), "jobManagers": {"enabled": True, "namespaces": [namespace]}}
+    docs = rbac_manifests(values, JOBMANAGER)
+    for doc in docs:
+        for subject in doc.get("subjects") or []:
+            subject["namespace"] = JOB_NAMESPACE
+    await install(client, docs)
 
 
 async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:

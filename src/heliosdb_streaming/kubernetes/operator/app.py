@@ -325,7 +325,12 @@ async def _lead_job_managers(
     if not key:
         raise RuntimeError("job managers need HELIOS_JOBMANAGER_KEY (or HELIOS_API_TOKEN) for their tokens")
     managers = JobManagers(
-        client, settings, credentials, key, url_from_status=options.jobmanager_url_from_status
+        client,
+        settings,
+        credentials,
+        key,
+        url_from_status=options.jobmanager_url_from_status,
+        namespaces=tuple(ns for ns in options.namespaces if not set(ns) & set("*?[!")),
     )
     logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
     logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)

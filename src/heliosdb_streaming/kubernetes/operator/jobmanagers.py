@@ -59,6 +59,7 @@ class JobManagers:
         key: bytes,
         *,
         url_from_status: bool = False,
+        namespaces: tuple[str, ...] = (),
     ) -> None:
         """``credentials``: the storage credentials every job manager (and so its workers) gets;
         ``key``: what the job managers' tokens are derived from (the same on every operator replica)."""
@@ -66,6 +67,7 @@ class JobManagers:
         self.settings = settings
         self.credentials = dict(credentials)
         self.url_from_status = url_from_status
+        self.namespaces = namespaces  # what the operator watches (empty: every namespace)
         self.key = key
         self._session: aiohttp.ClientSession | None = None
 

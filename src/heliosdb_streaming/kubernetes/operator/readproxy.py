@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from heliosdb_streaming.api import views
+from heliosdb_streaming.api.app import create_app
 from heliosdb_streaming.api.auth import token_middleware
 from heliosdb_streaming.api.errors import error_middleware
 from heliosdb_streaming.control.service import JobServiceCore
@@ -50,14 +51,29 @@ def create_proxy_app(
     app.add_routes(
         [
             web.get("/healthz", views.health, allow_head=False),
+            web.get("/metrics", all_metrics, allow_head=False),
+            web.get("/api/v1/jobs", job_list, allow_head=False),
             web.get(f"{INTERNAL}/info", info, allow_head=False),
             web.get(f"{INTERNAL}/metrics", metrics, allow_head=False),
             web.post(f"{INTERNAL}/validate", validate),
-            web.get("/api/v1/jobs/{job_id}{sub:.*}", job_route, allow_head=False),
-            web.get(f"{INTERNAL}/jobs/{{job_id}}{{sub:.*}}", job_route, allow_head=False),
+            web.get(f"{INTERNAL}/jobs/{{job_id}}/control-log", job_route, allow_head=False),
+            web.get(f"{INTERNAL}/jobs/{{job_id}}/restore-point", job_route, allow_head=False),
         ]
+        # a job's GET routes exactly as the job manager's read-only REST app has them
+        + [web.get(path, job_route, allow_head=False) for path in job_paths(core)]
     )
     return app
+
+
+def job_paths(core: JobServiceCore) -> list[str]:
+    """The read-only REST app's ``/api/v1/jobs/{job_id}...`` GET routes."""
+    found: list[str] = []
+    for resource in create_app(core, read_only=True).router.resources():
+        path = resource.canonical
+        wanted = path.startswith("/api/v1/jobs/{job_id}") and path not in found
+        if wanted and any(route.method == "GET" for route in resource):
+            found.append(path)
+    return found
 
 
 def _namespace(request: web.Request) -> str:
@@ -67,9 +83,13 @@ def _namespace(request: web.Request) -> str:
     return namespace
 
 
-async def _jobs(request: web.Request, namespace: str) -> list[dict[str, Any]]:
-    """The namespace's StreamingJobs that have a job (``status.jobId``)."""
-    items = await request.app[MANAGERS].client.list(kube.STREAMINGJOBS, namespace)
+async def _jobs(request: web.Request, namespace: str | None) -> list[dict[str, Any]]:
+    """The namespace's (None: every watched namespace's) StreamingJobs that have a job (``status.jobId``)."""
+    managers = request.app[MANAGERS]
+    if namespace is None and managers.namespaces:
+        items = [i for ns in managers.namespaces for i in await managers.client.list(kube.STREAMINGJOBS, ns)]
+    else:
+        items = await managers.client.list(kube.STREAMINGJOBS, namespace)
     return [i for i in items if (i.get("status") or {}).get("jobId")]
 
 
@@ -141,17 +161,40 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    namespace = _namespace(request)
-    texts = []
+async def _gather(request: web.Request, namespace: str | None, path: str) -> list[bytes]:
+    """The 200 answers of every job manager of ``namespace`` to ``GET path`` (a job manager being
+    replaced is left out)."""
+    answers = []
     for obj in await _jobs(request, namespace):
-        with contextlib.suppress(web.HTTPServiceUnavailable):  # a job manager being replaced: left out
-            status, body, _ = await _forward(request, obj, f"{INTERNAL}/metrics")
+        with contextlib.suppress(web.HTTPServiceUnavailable):
+            status, body, _ = await _forward(request, obj, path)
             if status == 200:
-                texts.append(body.decode())
-    return web.Response(
-        body=merge_expositions(texts).encode(), headers={"Content-Type": "text/plain; version=0.0.4"}
-    )
+                answers.append(body)
+    return answers
+
+
+def _exposition(answers: list[bytes]) -> web.Response:
+    body = merge_expositions([a.decode() for a in answers]).encode()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """One namespace's jobs, each series labelled with its resource."""
+    return _exposition(await _gather(request, _namespace(request), f"{INTERNAL}/metrics"))
+
+
+async def all_metrics(request: web.Request) -> web.Response:
+    """Every job's, as the in-operator read API's ``/metrics``."""
+    return _exposition(await _gather(request, None, "/metrics"))
+
+
+async def job_list(request: web.Request) -> web.Response:
+    """Every job manager's list, one after the other (each has one job)."""
+    bodies = [orjson.loads(b) for b in await _gather(request, None, "/api/v1/jobs")]
+    jobs = [job for body in bodies for job in body["jobs"]]
+    limit = int(bodies[0]["limit"]) if bodies else views.int_param(request, "limit", 100, 1, 1000)
+    merged = {"jobs": jobs, "total": sum(int(b["total"]) for b in bodies), "limit": limit, "offset": 0}
+    return web.Response(body=orjson.dumps(merged), content_type="application/json")
 
 
 async def validate(request: web.Request) -> web.Response:
