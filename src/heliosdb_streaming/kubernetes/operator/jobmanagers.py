@@ -174,8 +174,8 @@ class JobManagers:
         meta = body.get("metadata") or {}
         namespace, name = str(meta["namespace"]), str(meta["name"])
         pod = await self.client.get_or_none(kube.PODS, namespace, jmpods.name_of(name))
-        if pod is not None and (pod.get("status") or {}).get("phase") not in ENDED:
-            await self.call(namespace, name, "finalize", body)
+        if pod is not None and (pod.get("status") or {}).get("phase") == "Running":
+            await self.call(namespace, name, "finalize", body)  # one never running has no job to stop
         await self.client.delete(kube.PODS, namespace, jmpods.name_of(name), grace_period_s=0)
 
     async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
