@@ -44,6 +44,7 @@ from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 from heliosdb_streaming.kubernetes.operator.statuswriter import StatusWriter
+from heliosdb_streaming.model.errors import InvalidJobConfigError
 from heliosdb_streaming.runtime.checkpoint.storage import storage_from_uri
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,13 @@ async def run(
         uid = str(body["metadata"].get("uid") or "")
         job_id = mapping.job_id_for(uid) or f"job-{options.namespace}-{options.name}"
         spec: Mapping[str, Any] = body.get("spec") or {}
-        with contextlib.suppress(Exception):  # an invalid spec: the reconciler below says why
+        try:
             config = await asyncio.to_thread(mapping.job_config, options.name, dict(spec))
+        except InvalidJobConfigError:
+            config = None  # nothing ran from it: the reconciler below rejects it and says why
+        if config is not None:
+            # no error is swallowed here: a storage that cannot be read now must not make the job start
+            # afresh; the process exits and its container restarts
             storage = storage_from_uri(
                 config.checkpoint_storage or op.checkpoint_storage or str(op.home / "checkpoints")
             )
