@@ -252,3 +252,31 @@ async def test_standby_takeover_recovers_nothing_but_reconciliation(
     } == workers
     assert table_rows(db) == await expected_windows()
     await second.stop()
+
+
+async def test_kubectl_scale_is_applied_by_the_jobmanager(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    """``kubectl scale sj/x --replicas=3``: the operator forwards the new spec, the job manager upgrades
+    the job through a savepoint (the in-operator reconciler's code), the windows stay exact."""
+    client, db = cluster.client, cluster.tmp / "out.db"
+    operator = await start(cluster, start_operator)
+    await client.create(
+        kube.STREAMINGJOBS, NS, streaming_job("scaled", window_spec(db, parallelism=2, rate=800))
+    )
+    await wait_phase(client, "scaled", "running", log=operator.output())
+    await checkpoint_after(client, "scaled", 0)
+    await client.patch(kube.STREAMINGJOBS, NS, "scaled", {"spec": {"replicas": 3}}, subresource="scale")
+
+    async def upgraded() -> dict[str, Any] | None:
+        s = await job_status(client, "scaled")
+        return (
+            s if (s.get("upgrade") or {}).get("state") == "completed" and s.get("parallelism") == 3 else None
+        )
+
+    status = await eventually(upgraded, 60, "the upgrade", on_fail=jm_log(cluster, "scaled"))
+    assert status["upgrade"]["mode"] == "savepoint" and status["observedGeneration"] == 2
+    assert len(await worker_pods(client, "scaled")) == 3
+    await wait_phase(client, "scaled", "finished", timeout=120, log=jm_log(cluster, "scaled"))
+    assert table_rows(db) == await expected_windows()
+    await operator.stop()
