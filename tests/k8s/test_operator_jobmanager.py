@@ -127,9 +127,12 @@ async def test_operator_killed_jobs_run_on_and_checkpoint(
     await second.stop()
 
 
+@pytest.mark.parametrize("how", ["pod deleted", "process killed"])
 async def test_jobmanager_killed_recovers_from_latest_checkpoint(
-    cluster: Env, start_operator: StartOperator
+    cluster: Env, start_operator: StartOperator, how: str
 ) -> None:
+    """The pod deleted (its home with it), or its process SIGKILLed (the pod ends Failed, the operator
+    replaces it): the new job manager recovers the job from its latest checkpoint in storage."""
     client, db = cluster.client, cluster.tmp / "out.db"
     operator = await start(cluster, start_operator)
     await client.create(
@@ -139,7 +142,10 @@ async def test_jobmanager_killed_recovers_from_latest_checkpoint(
     latest = await checkpoint_after(client, "spend", 1)
     old = await jobmanager_pod(client, "spend")
     assert old is not None
-    await client.delete(kube.PODS, NS, jmpods.name_of("spend"), grace_period_s=0)  # its home goes with it
+    if how == "pod deleted":
+        await client.delete(kube.PODS, NS, jmpods.name_of("spend"), grace_period_s=0)
+    else:
+        cluster.kubelet.kill(NS, jmpods.name_of("spend"))
 
     async def replaced() -> dict[str, Any] | None:
         pod = await jobmanager_pod(client, "spend")
