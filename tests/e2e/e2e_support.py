@@ -193,8 +193,8 @@ def docker_build(image: str = IMAGE, context: Path = ROOT) -> list[str]:
 
 def chart_values() -> dict[str, Any]:
     """The chart's values for the kind run: the image loaded into the node (never pulled), the
-    in-cluster MinIO as checkpoint storage, and a known API token for the test client. No conversion
-    webhook: kind has no cert-manager, and the scenarios write v1alpha2 only."""
+    in-cluster MinIO as checkpoint storage, a known API token for the test client, job managers. No
+    conversion webhook: kind has no cert-manager, and the scenarios write v1alpha2 only."""
     repository, _, tag = IMAGE.rpartition(":")
     return {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
@@ -208,6 +208,8 @@ def chart_values() -> dict[str, Any]:
         "checkpointStorage": CHECKPOINTS,
         "auth": {"apiToken": API_TOKEN},
         "operator": {"pythonModules": list(USER_MODULES), "conversionWebhook": {"enabled": False}},
+        # every job in a job manager pod of its own, as the chart's jobManagers (test_kind_jobmanagers)
+        "jobManagers": {"enabled": True},
     }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from chart_rbac import API, install_api_rbac
+from chart_rbac import API, JOBMANAGER_ACCOUNT, install_api_rbac, install_jobmanager_rbac
 from k8s_helpers import emulated_env, launch_operator
 
 from heliosdb_streaming.api.app import create_app
@@ -45,6 +45,7 @@ class KubeSubstrate:
     operator_log: Path
     operator_url: str
     tmp: Path
+    job_managers: bool = False
 
     def operator_output(self) -> str:
         return self.operator_log.read_text(errors="replace")[-4000:]
@@ -84,10 +85,33 @@ async def _wait_read_api(url: str, process: subprocess.Popen[bytes], log: Path) 
             await asyncio.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KubeSubstrate]:
+# the operator running the jobs itself, and the operator with a job manager pod per job (whose read API
+# passes the job routes through to them): the API server must answer the same over both
+LAYOUTS = ["in-operator", "job-managers"]
+JOBMANAGER_KEY = "apiserver-test-jobmanager-key"
+
+
+def _job_manager_args(tmp: Path) -> list[str]:
+    loopback = ["--api-host=127.0.0.1", "--api-port=0", "--control-host=127.0.0.1", "--control-port=0"]
+    return [
+        "--job-managers",
+        "--jobmanager-url-from-status",
+        "--jobmanager-service-account",
+        JOBMANAGER_ACCOUNT,
+        *(f"--jobmanager-arg={a}" for a in [*loopback, "--advertise-host=127.0.0.1"]),
+        "--checkpoint-storage",  # shared by every job manager, as S3 in a cluster
+        f"file://{tmp / 'checkpoints'}",
+    ]
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+async def substrate(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[KubeSubstrate]:
     """Emulated API server, kubelet, garbage collector and ``helios operator -A`` with a read API and
-    ``--max-parallelism 8`` (``k8s_helpers``: the same cluster and launch as the operator tests')."""
+    ``--max-parallelism 8`` in each layout (``k8s_helpers``: the same cluster and launch as the operator
+    tests')"""
+    job_managers = request.param == "job-managers"
     tmp = tmp_path_factory.mktemp("apiserver")
     async with emulated_env(tmp) as env:
         operator = await launch_operator(
@@ -96,12 +120,15 @@ async def substrate(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[K
             tmp / "operator.log",
             ["--all-namespaces"],
             *("--max-parallelism", str(MAX_PARALLELISM)),
-            environ={"HELIOS_API_TOKEN": TOKEN},
+            *(_job_manager_args(tmp) if job_managers else []),
+            environ={"HELIOS_API_TOKEN": TOKEN, "HELIOS_JOBMANAGER_KEY": JOBMANAGER_KEY},
         )
         process, url = operator.process, f"http://127.0.0.1:{operator.read_port}"
         try:
             await _wait_read_api(url, process, operator.log)
-            yield KubeSubstrate(env.cluster, env.client, env.kubelet, process, operator.log, url, tmp)
+            yield KubeSubstrate(
+                env.cluster, env.client, env.kubelet, process, operator.log, url, tmp, job_managers
+            )
         finally:
             process.terminate()
             try:
@@ -116,6 +143,8 @@ async def k8s_api_server(substrate: KubeSubstrate, namespace: str) -> AsyncItera
     """The REST app over ``KubernetesJobService`` for ``namespace``, on a free port of 127.0.0.1, as the
     chart's API service account with the chart's Role in ``namespace``."""
     await install_api_rbac(substrate.client, namespace)
+    if substrate.job_managers:
+        await install_jobmanager_rbac(substrate.client, ["--all-namespaces"], namespace)
     service = CountingJobService(
         substrate.cluster.connection(API),
         namespace,

@@ -28,10 +28,13 @@ from heliosdb_streaming.kubernetes import conversion, kube
 from heliosdb_streaming.testing import rbac
 from heliosdb_streaming.testing.kube_emulator import ClusterEmulator
 
-OPERATOR, API = "operator", "api"
+OPERATOR, API, JOBMANAGER = "operator", "api", "jobmanager"
+JOBMANAGER_ACCOUNT = f"{FULLNAME}-jobmanager"
+JOB_NAMESPACE = "default"  # where the tests' StreamingJobs (and so their job managers) are
 USERS = {
     OPERATOR: rbac.service_account(NAMESPACE, f"{FULLNAME}-operator"),
     API: rbac.service_account(NAMESPACE, f"{FULLNAME}-api"),
+    JOBMANAGER: rbac.service_account(JOB_NAMESPACE, JOBMANAGER_ACCOUNT),
 }
 RESOURCES = {
     kind: kube.Resource(rbac.GROUP, "v1", plural, namespaced=kind.startswith("Role"))
@@ -114,6 +117,20 @@ async def install_operator_rbac(client: kube.KubeClient, scope: list[str]) -> No
     await install(client, rbac_manifests(operator_values(scope), OPERATOR))
     if _is_pattern(scope):
         await install(client, namespace_scan_rbac())
+
+
+async def install_jobmanager_rbac(
+    client: kube.KubeClient, scope: list[str], namespace: str = JOB_NAMESPACE
+) -> None:
+    """The job managers' Role in ``namespace``, as the chart renders it with job managers on. The test
+    kubelet runs every job manager with the one token of ``JOB_NAMESPACE``'s account, so a binding in
+    another namespace names that account (the chart names the namespace's own)."""
+    values = {**operator_values(scope), "jobManagers": {"enabled": True, "namespaces": [namespace]}}
+    docs = rbac_manifests(values, JOBMANAGER)
+    for doc in docs:
+        for subject in doc.get("subjects") or []:
+            subject["namespace"] = JOB_NAMESPACE
+    await install(client, docs)
 
 
 async def install_api_rbac(client: kube.KubeClient, job_namespace: str) -> None:

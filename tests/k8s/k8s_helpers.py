@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chart_rbac import (
+    JOBMANAGER,
+    JOBMANAGER_ACCOUNT,
     OPERATOR,
     USERS,
     assert_never_denied,
@@ -81,7 +83,10 @@ async def emulated_env(tmp: Path) -> AsyncIterator[Env]:
         enforce_crd_schemas(emulated.emulator)
         client = kube.KubeClient(emulated.connection())
         try:
-            async with ProcessKubelet(client, tmp / "node") as kubelet, GarbageCollector(client) as gc:
+            # a job manager pod runs as its service account, with that account's token
+            accounts = {JOBMANAGER_ACCOUNT: emulated.kubeconfig_of(JOBMANAGER)}
+            kubelet_ = ProcessKubelet(client, tmp / "node", kubeconfigs=accounts)
+            async with kubelet_ as kubelet, GarbageCollector(client) as gc:
                 emulated.emulator.pod_logs = kubelet.pod_log
                 yield Env(emulated, client, kubelet, gc, tmp)
         finally:

@@ -68,7 +68,14 @@ INLINE_SECRETS = {
     "api": {"enabled": False},
     "dashboards": {"enabled": False},
 }
-SCENARIOS = {"defaults": {}, "non-default": NON_DEFAULT, "inline-secrets": INLINE_SECRETS}
+JOB_MANAGERS = {"jobManagers": {"enabled": True, "namespaces": ["jobs-a", "jobs-b"]}}
+SCENARIOS = {
+    "defaults": {},
+    "non-default": NON_DEFAULT,
+    "inline-secrets": INLINE_SECRETS,
+    "job-managers": JOB_MANAGERS,
+    "job-managers-watched": {**NON_DEFAULT, **JOB_MANAGERS},
+}
 
 
 @pytest.fixture(scope="module")
@@ -476,12 +483,13 @@ def test_default_api_server_and_services(chart: helm.Chart) -> None:
 def test_generated_token_and_no_plaintext_credentials(chart: helm.Chart) -> None:
     docs = render(chart, {})
     secret = one(docs, "Secret", FULLNAME)
-    assert set(secret["data"]) == {"api-token"}  # no S3 keys were given
+    assert set(secret["data"]) == {"api-token", "jobmanager-key"}  # no S3 keys were given
     token = secret["data"]["api-token"]
     assert len(base64.b64decode(token)) == 40
     inline = render(chart, INLINE_SECRETS)
     data = one(inline, "Secret", FULLNAME)["data"]
     decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    assert len(decoded.pop("jobmanager-key")) == 48  # generated: the job managers' tokens derive from it
     assert decoded == {
         "s3-access-key": "AKIAEXAMPLE",
         "s3-secret-key": "s3cr3t",
@@ -602,7 +610,7 @@ def test_rbac_has_no_wildcards_and_reads_no_secrets(chart: helm.Chart, scenario:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], (doc["metadata"]["name"], rule)
             if "secrets" in rule["resources"]:
-                assert doc["metadata"]["name"].endswith("-operator"), doc["metadata"]["name"]
+                assert doc["metadata"]["name"].endswith(("-operator", "-jobmanager")), doc["metadata"]["name"]
                 assert rule["resources"] == ["secrets"] and set(rule["verbs"]) <= {"create", "patch"}
 
 
@@ -724,3 +732,52 @@ def test_notes(chart: helm.Chart) -> None:
     assert f"svc/{FULLNAME}-api" in text and "all namespaces" in text
     text = notes(chart, NON_DEFAULT | {"api": {"jobNamespace": "elsewhere"}})
     assert "team-a, team-b" in text and "is not among operator.watchNamespaces" in text
+
+
+# A job manager's rules, pinned as the operator's: each is a request ``helios jobmanager`` makes for its
+# one StreamingJob (tests/k8s/test_operator_jobmanager.py runs job managers as this account against an
+# API server enforcing exactly these). Nothing cluster-wide, nothing listed or watched but its pods.
+JOBMANAGER_RULES = [
+    {"apiGroups": [crds.GROUP], "resources": ["streamingjobs"], "verbs": ["get", "delete"]},
+    {
+        "apiGroups": [crds.GROUP],
+        "resources": ["streamingjobs/status", "savepoints/status"],
+        "verbs": ["patch"],
+    },
+    {"apiGroups": [crds.GROUP], "resources": ["savepoints"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [crds.GROUP], "resources": ["streamingjobs/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch", "delete"]},
+]
+
+
+def test_job_managers_rbac_and_operator_env(chart: helm.Chart) -> None:
+    """With job managers: their account and Role in each job namespace (the listed ones, or the watched
+    ones), bound to that account only; the operator is told to use it and gets the token key."""
+    off = render(chart, {"jobManagers": {"enabled": False}})
+    assert not [d for d in off if "jobmanager" in d["metadata"]["name"]]
+    env = container(one(off, "Deployment", f"{FULLNAME}-operator"))["env"]
+    assert "HELIOS_JOB_MANAGERS" not in {e["name"] for e in env}
+    for values, namespaces in (
+        (JOB_MANAGERS, ["jobs-a", "jobs-b"]),
+        ({**NON_DEFAULT, **JOB_MANAGERS}, ["team-a", "team-b"]),
+        ({}, [NAMESPACE]),  # the default
+    ):
+        docs = render(chart, values)
+        name = f"{FULLNAME}-jobmanager"
+        assert sorted(d["metadata"]["namespace"] for d in find(docs, "ServiceAccount", name)) == namespaces
+        for ns in namespaces:
+            assert rules_of(docs, "Role", name, ns) == JOBMANAGER_RULES
+            (binding,) = [b for b in find(docs, "RoleBinding", name) if b["metadata"]["namespace"] == ns]
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+        assert not [d for d in find(docs, "ClusterRole") if "jobmanager" in d["metadata"]["name"]]
+        env = {e["name"]: e for e in container(one(docs, "Deployment", f"{FULLNAME}-operator"))["env"]}
+        assert env["HELIOS_JOB_MANAGERS"]["value"] == "true"
+        assert env["HELIOS_JOBMANAGER_SERVICE_ACCOUNT"]["value"] == name
+        assert env["HELIOS_JOBMANAGER_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "jobmanager-key"
+        if "existingSecret" not in values:
+            secret = one(docs, "Secret", FULLNAME)
+            assert len(base64.b64decode(secret["data"]["jobmanager-key"])) == 48

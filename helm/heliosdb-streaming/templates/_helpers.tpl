@@ -82,6 +82,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{- define "heliosdb-streaming.jobManagerServiceAccount" -}}
+{{- default (printf "%s-jobmanager" (include "heliosdb-streaming.fullname" .) | trunc 63 | trimSuffix "-") .Values.jobManagers.serviceAccount.name }}
+{{- end }}
+
+{{- /* The namespaces job managers run in: the watched ones, else jobManagers.namespaces, else the release's. */}}
+{{- define "heliosdb-streaming.jobManagerNamespaces" -}}
+{{- $list := .Values.operator.watchNamespaces | default .Values.jobManagers.namespaces | default (list .Release.Namespace) -}}
+{{- join "," $list -}}
+{{- end }}
+
 {{- define "heliosdb-streaming.secretName" -}}
 {{- default (include "heliosdb-streaming.fullname" .) .Values.existingSecret }}
 {{- end }}
@@ -156,6 +166,41 @@ makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers
   resources: ["events"]  # core/v1 Events, kopf's and the operator's; a repeat counts on the first (patch)
   verbs: ["create", "patch"]
 # a job's opt-in PodDisruptionBudget (spec.podDisruptionBudget): made, changed, removed when turned off
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
+{{- end }}
+
+{{- /* What a job manager asks of the API for its one StreamingJob (tests/k8s run it against these). */}}
+{{- define "heliosdb-streaming.jobManagerRules" -}}
+# get: its StreamingJob at start (and a Savepoint its restoreFrom names); delete: ttlSecondsAfterFinished
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs"]
+  verbs: ["get", "delete"]
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs/status", "savepoints/status"]
+  verbs: ["patch"]
+# create: a savepoint taken on cancel or delete is recorded as a Savepoint; patch: its annotations
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["savepoints"]
+  verbs: ["get", "create", "patch"]
+# the worker pods' ownerReferences block the owner's deletion (OwnerReferencesPermissionEnforcement)
+- apiGroups: ["streaming.heliosdb.io"]
+  resources: ["streamingjobs/finalizers"]
+  verbs: ["update"]
+# its worker pods: started, watched, replaced
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["secrets"]  # the job's file the workers mount
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch", "delete"]

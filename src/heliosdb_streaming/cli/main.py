@@ -174,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=cmd_validate)
 
-    from heliosdb_streaming.cli import client, k8s, operator, server
+    from heliosdb_streaming.cli import client, jobmanager, k8s, operator, server
 
     server.register(sub)
     client.register(sub)
     operator.register(sub)
     k8s.register(sub)
+    jobmanager.register(sub)
     return parser
 
 

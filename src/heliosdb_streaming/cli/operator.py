@@ -121,6 +121,31 @@ def register(sub: Any) -> None:
         help=f"seconds a standby waits for an unrenewed Lease before taking over (default "
         f"{DEFAULT_LEASE_DURATION_S:g}); the leader renews every duration/7.5 and gives up after 2/3 of it",
     )
+    p.add_argument(
+        "--job-managers",
+        action="store_true",
+        default=None,
+        help="run each StreamingJob in a <name>-jobmanager pod of its own, as Flink's per-job "
+        "JobManager, instead of in this process ($HELIOS_JOB_MANAGERS); the operator then only "
+        "reconciles resources and can restart without touching a job",
+    )
+    p.add_argument(
+        "--jobmanager-service-account",
+        help="service account of the job manager pods ($HELIOS_JOBMANAGER_SERVICE_ACCOUNT)",
+    )
+    p.add_argument(
+        "--jobmanager-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra `helios jobmanager` argument (repeatable, e.g. --jobmanager-arg=--api-port=0)",
+    )
+    p.add_argument(
+        "--jobmanager-url-from-status",
+        action="store_true",
+        help="call a job manager at the address it writes in status.jobManager, not its Service "
+        "(only where there is no cluster DNS: anyone who may write the status could redirect it)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_operator)
 
@@ -181,6 +206,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         lease=lease,
+        job_managers=args.job_managers,
+        jobmanager_service_account=args.jobmanager_service_account,
+        jobmanager_args=tuple(args.jobmanager_arg) or None,
+        jobmanager_url_from_status=args.jobmanager_url_from_status or None,
     )
     try:
         private.private_dir(options.home)  # jobs.db and job.json hold connection strings

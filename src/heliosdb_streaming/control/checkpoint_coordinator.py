@@ -216,6 +216,8 @@ class CheckpointCoordinator:
             "parallelism": self.parallelism,
             "size_bytes": size,
             "tasks": tasks,
+            # what a control plane that lost its job store (a new job manager) needs to keep them
+            "shared_files": record.shared_files,
         }
         await self.storage.write(f"{record.directory}/{MANIFEST}", orjson.dumps(manifest))
         record.status = "completed"

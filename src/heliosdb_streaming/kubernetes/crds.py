@@ -390,6 +390,14 @@ def streaming_job_status_schema() -> Schema:
                 "type": "string",
                 "description": "Label selector of the worker pods (the scale subresource's)",
             },
+            "jobManager": {
+                "type": "object",
+                "description": "Where the job's job manager listens (with job managers; written by it)",
+                "properties": {
+                    "url": {"type": "string", "description": "its HTTP API"},
+                    "controlAddress": {"type": "string", "description": "what its worker pods connect to"},
+                },
+            },
         },
     }
 

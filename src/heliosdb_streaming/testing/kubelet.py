@@ -105,6 +105,9 @@ class ProcessKubelet:
     root: Path
     node_labels: dict[str, str] = field(default_factory=dict)
     missing_images: set[str] = field(default_factory=set)
+    # service account name -> kubeconfig of its token: a pod that runs as it (and mounts its token) gets
+    # KUBECONFIG, as a real pod gets the in-cluster config (the job manager calls the API)
+    kubeconfigs: dict[str, Path] = field(default_factory=dict)
     running: dict[tuple[str, str], PodProcess] = field(default_factory=dict)
     started: int = 0
     _task: asyncio.Task[None] | None = None
@@ -259,6 +262,9 @@ class ProcessKubelet:
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+        account = spec.get("serviceAccountName")
+        if account in self.kubeconfigs and spec.get("automountServiceAccountToken") is not False:
+            env["KUBECONFIG"] = str(self.kubeconfigs[account])
         for source in container.get("envFrom") or []:
             if "secretRef" in source:
                 env.update(await self._secret(namespace, source["secretRef"]["name"]))

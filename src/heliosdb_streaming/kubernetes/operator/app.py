@@ -24,23 +24,36 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import kopf
 
 from heliosdb_streaming.control import paths, usercode
 from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
+from heliosdb_streaming.control.service import JobServiceCore
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import bluegreen, events, handlers, opmetrics, pods, readapi
+from heliosdb_streaming.kubernetes.operator import (
+    bluegreen,
+    events,
+    handlers,
+    opmetrics,
+    pods,
+    readapi,
+    readproxy,
+)
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
+from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
+from heliosdb_streaming.kubernetes.operator.jobmanagers import JobManagers
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
 from heliosdb_streaming.kubernetes.operator.leader import LeaderElector, LeaseSettings
 from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
+from heliosdb_streaming.kubernetes.operator.resync import OwnedObjects, resync_interval
 from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 from heliosdb_streaming.kubernetes.operator.statuswriter import StatusWriter
 from heliosdb_streaming.runtime import logformat
@@ -76,6 +89,12 @@ class OperatorOptions:
     metrics_host: str = "0.0.0.0"
     metrics_port: int | None = opmetrics.DEFAULT_METRICS_PORT  # /metrics and /healthz; None: not served
     lease: LeaseSettings | None = None  # leader election over this Lease; None: always active
+    # a job manager pod per StreamingJob runs its control plane (``jobmanagers``); else this process
+    job_managers: bool = False
+    jobmanager_service_account: str | None = None
+    jobmanager_args: tuple[str, ...] = ()  # extra ``helios jobmanager`` arguments (tests: loopback ports)
+    jobmanager_url_from_status: bool = False  # no cluster DNS (tests): call the address it advertised
+    jobmanager_key: str | None = None  # the job managers' API tokens derive from it (every replica's)
 
     @classmethod
     def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
@@ -90,6 +109,9 @@ class OperatorOptions:
             "service_account": env.get("HELIOS_WORKER_SERVICE_ACCOUNT") or None,
             "worker_env": tuple((k, env[k]) for k in pods.S3_ENV if env.get(k)),
             "api_token": env.get("HELIOS_API_TOKEN") or None,
+            "job_managers": env.get("HELIOS_JOB_MANAGERS", "").lower() in ("1", "true", "yes"),
+            "jobmanager_service_account": env.get("HELIOS_JOBMANAGER_SERVICE_ACCOUNT") or None,
+            "jobmanager_key": env.get("HELIOS_JOBMANAGER_KEY") or None,
             "allow_paths": tuple(Path(p) for p in env.get("HELIOS_ALLOW_PATHS", "").split(os.pathsep) if p),
             "python_modules": tuple(
                 m.strip() for m in env.get("HELIOS_PYTHON_MODULES", "").split(",") if m.strip()
@@ -188,6 +210,9 @@ async def _lead(
     ready_flag: asyncio.Event | None,
 ) -> None:
     """The active operator: control plane, read API, status writer, expiry and kopf."""
+    if options.job_managers:
+        await _lead_job_managers(options, open_store, client, connection, metrics, stop_flag, ready_flag)
+        return
     namespaces = list(options.namespaces)
     store, files = open_store()
     bindings = Bindings(options.home)
@@ -250,7 +275,20 @@ async def _lead(
         # kopf posts its warnings about an object (a handler's error and traceback) as Events
         logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
         logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)  # no Event per wait retry
-        registry = handlers.build_registry(jobs_reconciler, savepoint_controller, connection, metrics)
+        owned = OwnedObjects(client, bindings, launcher)
+
+        async def recreate_owned(body: Mapping[str, Any]) -> None:
+            meta = body.get("metadata") or {}
+            await owned.resync(str(meta.get("namespace")), str(meta.get("name")))
+
+        registry = handlers.build_registry(
+            jobs_reconciler,
+            savepoint_controller,
+            connection,
+            metrics,
+            resync=recreate_owned,
+            resync_interval_s=resync_interval(),
+        )
         bluegreen.register(
             registry, bluegreen.BlueGreenController(client, plane, bindings, savepoint_controller)
         )
@@ -272,3 +310,97 @@ async def _lead(
         await read_api.aclose()
         await plane.close()
         await launcher.close()
+
+
+def jobmanager_settings(options: OperatorOptions) -> tuple[JobManagerSettings, dict[str, str]]:
+    """What every job manager pod gets: the operator's image and defaults as plain env, and the
+    storage credentials (for its Secret)."""
+    env: list[tuple[str, str]] = [("HELIOS_IMAGE", options.image)]
+    plain = {
+        "HELIOS_CHECKPOINT_STORAGE": options.checkpoint_storage,
+        "HELIOS_WORKER_ENV_SECRET": options.env_secret,
+        "HELIOS_WORKER_SERVICE_ACCOUNT": options.service_account,
+        "HELIOS_ALLOW_PATHS": os.pathsep.join(str(p) for p in options.allow_paths) or None,
+        "HELIOS_PYTHON_MODULES": ",".join(options.python_modules) or None,
+    }
+    env += [(k, v) for k, v in plain.items() if v]
+    env += [(k, v) for k, v in options.worker_env if k not in pods.CREDENTIAL_ENV]
+    credentials = {k: v for k, v in options.worker_env if k in pods.CREDENTIAL_ENV}
+    settings = JobManagerSettings(
+        image=options.image,
+        service_account=options.jobmanager_service_account,
+        env=tuple(env),
+        args=options.jobmanager_args,
+    )
+    return settings, credentials
+
+
+async def _lead_job_managers(
+    options: OperatorOptions,
+    open_store: Callable[[], tuple[JobStore, JobFiles]],
+    client: kube.KubeClient,
+    connection: kopf.ConnectionInfo,
+    metrics: opmetrics.OperatorMetrics,
+    stop_flag: asyncio.Event,
+    ready_flag: asyncio.Event | None,
+) -> None:
+    """The active operator with job managers: kopf only. Every job runs in its job manager's pod, so
+    this process holds no job state: a restart, or a standby taking over, recovers nothing."""
+    namespaces = list(options.namespaces)
+    settings, credentials = jobmanager_settings(options)
+    key = (options.jobmanager_key or options.api_token or "").encode()
+    if not key:
+        raise RuntimeError("job managers need HELIOS_JOBMANAGER_KEY (or HELIOS_API_TOKEN) for their tokens")
+    managers = JobManagers(
+        client,
+        settings,
+        credentials,
+        key,
+        url_from_status=options.jobmanager_url_from_status,
+        namespaces=tuple(ns for ns in options.namespaces if not set(ns) & set("*?[!")),
+    )
+    logging.getLogger("kopf.objects").addFilter(logformat.MASKING_FILTER)
+    logging.getLogger("kopf.objects").addFilter(events.QUIET_WAITS)
+    read_api = contextlib.AsyncExitStack()
+    try:
+        if options.read_port is not None:  # for `helios server --substrate kubernetes`
+            await read_api.enter_async_context(
+                readproxy.serve(
+                    managers,
+                    _checking_core(options, open_store, client),
+                    options.max_parallelism,
+                    options.read_host,
+                    options.read_port,
+                    options.api_token,
+                )
+            )
+        await kopf.operator(
+            registry=handlers.build_registry(managers, managers, connection, metrics, resync=managers.ensure),
+            settings=handlers.settings(namespaces),
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await read_api.aclose()
+        await managers.close()
+
+
+def _checking_core(
+    options: OperatorOptions, open_store: Callable[[], tuple[JobStore, JobFiles]], client: kube.KubeClient
+) -> JobServiceCore:
+    """The submit dry run's checks over a control plane that never starts (its store stays empty)."""
+    store, files = open_store()
+    launcher = KubernetesLauncher(client, pods.PodSettings(image=options.image), lambda _job_id: None)
+    plane = ControlPlane(
+        home=options.home,
+        store=store,
+        launcher=launcher,
+        files=files,
+        max_parallelism=options.max_parallelism,
+        checkpoint_uri=options.checkpoint_storage,
+    )
+    user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
+    return JobServiceCore(plane, allowed_roots=allowed_roots(options), user_code=user_code)

@@ -12,20 +12,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import kopf
 
 from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.kubernetes.operator.events import COMPONENT, WAITING
 from heliosdb_streaming.kubernetes.operator.opmetrics import OperatorMetrics
-from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
-from heliosdb_streaming.kubernetes.operator.resync import OwnedObjects, resync_interval
-from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
 
 WATCH_SERVER_TIMEOUT_S = 60
 BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s
+RESYNC_S = 5.0  # how often the objects a job owns are checked (recreated when missing)
+
+
+class JobsReconciler(Protocol):
+    """The in-operator ``StreamingJobReconciler``, or ``JobManagers`` forwarding to job managers."""
+
+    async def reconcile_job(self, body: Mapping[str, Any]) -> None: ...
+
+    async def finalize_job(self, body: Mapping[str, Any]) -> None: ...
+
+
+class SavepointHandler(Protocol):
+    """The in-operator ``SavepointController``, or ``JobManagers`` forwarding to job managers."""
+
+    async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None: ...
+
+    async def delete_savepoint(self, body: Mapping[str, Any]) -> None: ...
 
 
 def settings(namespaces: list[str]) -> kopf.OperatorSettings:
@@ -50,11 +64,16 @@ def settings(namespaces: list[str]) -> kopf.OperatorSettings:
 
 
 def build_registry(
-    jobs_reconciler: StreamingJobReconciler,
-    savepoint_controller: SavepointController,
+    jobs_reconciler: JobsReconciler,
+    savepoint_controller: SavepointHandler,
     connection: kopf.ConnectionInfo,
     metrics: OperatorMetrics | None = None,
+    resync: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None,
+    resync_interval_s: float = RESYNC_S,
 ) -> kopf.OperatorRegistry:
+    """``resync``: called for every StreamingJob every ``resync_interval_s``, even while the spec does
+    not change: it recreates what the job owns when someone deleted it (job managers: the job
+    manager's pod; in-operator jobs: the workers' Service, Secret and PodDisruptionBudget)."""
     registry = kopf.OperatorRegistry()
 
     @contextlib.contextmanager
@@ -83,20 +102,19 @@ def build_registry(
         with counted("streamingjobs", str(getattr(reason, "value", reason) or "reconcile")):
             await jobs_reconciler.reconcile_job(body)
 
-    interval = resync_interval()
-
-    # periodic: a deleted Service, Secret or PodDisruptionBudget of a job comes back (``resync``)
-    @kopf.timer(*jobs, id="resync", interval=interval, initial_delay=interval, registry=registry)
-    async def resync_job(body: kopf.Body, **_: Any) -> None:
-        meta = body.get("metadata") or {}
-        owned = OwnedObjects(jobs_reconciler.client, jobs_reconciler.bindings, jobs_reconciler.launcher)
-        with counted("streamingjobs", "resync"):
-            await owned.resync(str(meta.get("namespace")), str(meta.get("name")))
-
     @kopf.on.delete(*jobs, id="delete", registry=registry, backoff=BACKOFF_S)
     async def finalize_job(body: kopf.Body, **_: Any) -> None:
         with counted("streamingjobs", "delete"):
             await jobs_reconciler.finalize_job(body)
+
+    if resync is not None:
+        ensure = resync
+
+        @kopf.timer(*jobs, id="resync", interval=resync_interval_s, registry=registry, backoff=BACKOFF_S)
+        async def resync_job(body: kopf.Body, **_: Any) -> None:
+            if not (body.get("metadata") or {}).get("deletionTimestamp"):
+                with counted("streamingjobs", "resync"):
+                    await ensure(body)
 
     @kopf.on.resume(*savepoints, id="resume", registry=registry, backoff=BACKOFF_S)
     @kopf.on.create(*savepoints, id="create", registry=registry, backoff=BACKOFF_S)

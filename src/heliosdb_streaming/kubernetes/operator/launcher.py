@@ -73,8 +73,11 @@ class KubernetesLauncher:
         settings: PodSettings,
         targets: Callable[[str], Target | None],
         namespaces: list[str] | None = None,
+        job: str | None = None,
     ) -> None:
+        """``job``: watch only that StreamingJob's pods (a job manager's launcher), else all of them."""
         self.client = client
+        self.job = job
         self.settings = settings
         self.targets = targets
         self.namespaces: list[str | None] = list(namespaces) if namespaces else [None]
@@ -205,6 +208,8 @@ class KubernetesLauncher:
 
     async def _watch_forever(self, namespace: str | None) -> None:
         labels = {pods.LABEL_APP: pods.APP, pods.LABEL_COMPONENT: "worker"}
+        if self.job is not None:
+            labels.update(pods.job_labels(self.job))
         first = True
         while True:
             if not first:
