@@ -54,7 +54,15 @@ def fast_path_available(version: str = aiokafka.__version__) -> bool:
         return False
     from aiokafka.consumer import fetcher
 
-    return all(hasattr(fetcher, name) for name in ("FetchResult", "PartitionRecords", "FetchError"))
+    used = {
+        "Fetcher": ("_create_fetch_waiter", "_notify"),
+        "FetchResult": ("check_assignment", "has_more", "getall", "_update_position"),
+        "PartitionRecords": ("_unpack_records",),
+        "FetchError": ("check_raise",),
+    }
+    return all(
+        all(hasattr(getattr(fetcher, cls, None), name) for name in names) for cls, names in used.items()
+    )
 
 
 class RecordDrain:
