@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import murmur2
 
+from heliosdb_streaming.runtime.connectors.kafka_fetch import RecordDrain
 from heliosdb_streaming.runtime.contracts import Batch, Record, Split, SplitBatch
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ class KafkaSourceReader:
         # what the source is retrying right now, shown in the job's message; None while all is well
         self.problem: str | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        # read through kafka_fetch (records without a ConsumerRecord each); None: where the aiokafka
+        # version allows, False: aiokafka's getmany (the tests read both ways)
+        self.fast_fetch: bool | None = None
+        self._drain: RecordDrain | None = None
         self._split_ids: dict[int, str] = {}
         self._failing_since: float | None = None
         self._last_data = time.monotonic()
@@ -267,6 +272,7 @@ class KafkaSourceReader:
             self._set_problem,
         )
         self._consumer = consumer
+        self._drain = RecordDrain(consumer, self.fast_fetch)
         self._split_ids = {int(s.params["partition"]): s.split_id for s in assigned}
         tps = [TopicPartition(self.topic, p) for p in sorted(self._split_ids)]
         consumer.assign(tps)
@@ -322,14 +328,14 @@ class KafkaSourceReader:
     # --------------------------------------------------------------------------------------- poll
 
     async def poll(self, max_records: int, timeout_s: float) -> list[SplitBatch]:
-        consumer = self._consumer
-        if consumer is None:
+        drain = self._drain
+        if self._consumer is None or drain is None:
             raise KafkaSourceError("poll() before open()")
         if not self._split_ids:
             await asyncio.sleep(timeout_s)
             return []
         try:
-            data = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
+            data = await drain.getmany(max(0, int(timeout_s * 1000)), max_records)
         except KafkaError as e:
             await self._on_error(e, timeout_s)
             return []
@@ -519,6 +525,7 @@ class KafkaSourceReader:
 
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
+        self._drain = None
         if self._ends_task is not None:
             self._ends_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
