@@ -135,7 +135,9 @@ def crd() -> Schema:
         KIND,
         PLURAL,
         SHORT,
-        spec_schema(),
+        # served at both versions like the group's other kinds, with one schema (the camelCase template):
+        # identical versions convert by their apiVersion alone, no webhook
+        {crds.VERSION: spec_schema(), crds.LEGACY_VERSION: spec_schema()},
         status_schema(),
         [
             crds._column("Phase", "string", ".status.phase", "Deploying, Running, Transitioning or Failed"),
