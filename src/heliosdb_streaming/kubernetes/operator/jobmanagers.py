@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 UNREACHABLE_RETRY_S = 1.0
 REQUEST_TIMEOUT_S = 120.0  # a savepoint on cancel is part of the call
+OWNED_SAVEPOINTS_WAIT_S = 60.0  # how long a deletion waits for the Savepoints the job owns to go
 ENDED = ("Succeeded", "Failed")
 
 
@@ -170,13 +172,42 @@ class JobManagers:
         await self.call(str(meta["namespace"]), str(meta["name"]), "reconcile", body)
 
     async def finalize_job(self, body: Mapping[str, Any]) -> None:
-        """The StreamingJob is being deleted: its job manager stops (and purges) the job, then goes."""
+        """The StreamingJob is being deleted: its job manager stops (and purges) the job, then goes.
+
+        The Savepoints the StreamingJob owns (periodic, upgrade, autoscaler) are deleted first, while
+        the job manager still holds the job: their finalizers forward to it and it deletes their files
+        (and purges the job once it holds no savepoint). Left to the garbage collector they would go
+        after the job manager, and their files with the job's checkpoints would stay in storage."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta["namespace"]), str(meta["name"])
         pod = await self.client.get_or_none(kube.PODS, namespace, jmpods.name_of(name))
         if pod is not None and (pod.get("status") or {}).get("phase") == "Running":
             await self.call(namespace, name, "finalize", body)  # one never running has no job to stop
+            await self._delete_owned_savepoints(namespace, str(meta.get("uid") or ""), meta)
         await self.client.delete(kube.PODS, namespace, jmpods.name_of(name), grace_period_s=0)
+
+    async def _delete_owned_savepoints(self, namespace: str, uid: str, meta: Mapping[str, Any]) -> None:
+        """Deletes the Savepoints owned by the StreamingJob ``uid``; a wait while any is still there
+        (its finalizer runs in the job manager), for at most ``OWNED_SAVEPOINTS_WAIT_S`` after the
+        deletion began (one a run of another job still restores is then left to the collector)."""
+        owned = [
+            s
+            for s in await self.client.list(kube.SAVEPOINTS, namespace)
+            if uid and uid in {o.get("uid") for o in s["metadata"].get("ownerReferences") or []}
+        ]
+        if not owned:
+            return
+        for item in owned:
+            if not item["metadata"].get("deletionTimestamp"):
+                await self.client.delete(kube.SAVEPOINTS, namespace, str(item["metadata"]["name"]))
+        since = str(meta.get("deletionTimestamp") or "").replace("Z", "+00:00")
+        try:
+            waited = (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds()
+        except ValueError:
+            waited = 0.0
+        if waited < OWNED_SAVEPOINTS_WAIT_S:
+            raise events.waiting(f"{len(owned)} owned Savepoint(s) being deleted", UNREACHABLE_RETRY_S)
+        logger.warning("%s: %d owned Savepoint(s) still there; the job manager goes", namespace, len(owned))
 
     async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
         meta, spec = body.get("metadata") or {}, body.get("spec") or {}
