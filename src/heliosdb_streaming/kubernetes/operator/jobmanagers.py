@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from heliosdb_streaming.api.app import API
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import events, jmpods
 from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
@@ -165,6 +166,26 @@ class JobManagers:
         if status == 422:
             raise kopf.PermanentError(message)
         raise events.waiting(f"job manager of {job} answered {status}: {message}", UNREACHABLE_RETRY_S)
+
+    async def progress(self, obj: Mapping[str, Any]) -> tuple[int, int | None] | None:
+        """The completed checkpoints and source lag (None: not measured) of the StreamingJob ``obj``'s
+        job, from its job manager's REST metrics; None while it cannot tell (no job yet, unreachable)."""
+        meta, observed = obj.get("metadata") or {}, obj.get("status") or {}
+        job_id = str(observed.get("jobId") or "")
+        url = await self.url_of(str(meta["namespace"]), str(meta["name"])) if job_id else None
+        if url is None:
+            return None
+        headers = {"Authorization": f"Bearer {self.token(target_of(obj))}"}
+        try:
+            async with self.session().get(f"{url}{API}/jobs/{job_id}/metrics", headers=headers) as response:
+                if response.status != 200:
+                    return None
+                answer = await response.json(content_type=None)
+            metrics = answer["metrics"]
+            lag = metrics["source"]["lag_records"]
+            return int(metrics["checkpoint"]["count"]), None if lag is None else int(lag)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError):
+            return None
 
     async def reconcile_job(self, body: Mapping[str, Any]) -> None:
         await self.ensure(body)
