@@ -148,8 +148,11 @@ def test_names_group_and_subresources() -> None:
         versions = [
             (v["name"], v["served"], v["storage"], v.get("deprecated", False)) for v in spec["versions"]
         ]
-        assert versions == [("v1alpha2", True, True, False), ("v1alpha1", True, False, True)]
-        assert "v1alpha2" in spec["versions"][1]["deprecationWarning"]
+        if kind == "StreamingJobDeployment":  # new in v1alpha2: no v1alpha1 object ever existed
+            assert versions == [("v1alpha2", True, True, False)]
+        else:
+            assert versions == [("v1alpha2", True, True, False), ("v1alpha1", True, False, True)]
+            assert "v1alpha2" in spec["versions"][1]["deprecationWarning"]
         scale = {"scale": crds.SCALE} if kind == "StreamingJob" else {}
         assert all(v["subresources"] == {"status": {}, **scale} for v in spec["versions"])
     # only the StreamingJob's versions differ: its conversion is the operator's webhook
@@ -157,6 +160,8 @@ def test_names_group_and_subresources() -> None:
     service = JOB_CRD["spec"]["conversion"]["webhook"]["clientConfig"]["service"]
     assert (service["path"], service["port"]) == ("/convert", crds.WEBHOOK_PORT)
     assert SAVEPOINT_CRD["spec"]["conversion"] == {"strategy": "None"}
+    assert DEPLOYMENT_CRD["spec"]["conversion"] == {"strategy": "None"}  # one version: no webhook
+    assert "annotations" not in DEPLOYMENT_CRD["metadata"]  # nor a CA to inject
     assert crd_schema(SAVEPOINT_CRD, "v1alpha1") == crd_schema(SAVEPOINT_CRD, "v1alpha2")
 
 
@@ -535,10 +540,15 @@ def test_a_deployment_template_is_checked_as_a_streaming_job() -> None:
         "apiVersion": crds.API_VERSION,
         "kind": deployment_crd.KIND,
         "metadata": {"name": "fraud"},
-        "spec": {"template": {"spec": good}, "caughtUpTimeoutMs": 60000},
+        "spec": {"template": {"spec": crds.to_camel(good)}, "caughtUpTimeoutMs": 60000},
     }
     assert validate(DEPLOYMENT_CRD, deployment) == []
     assert validate(DEPLOYMENT_CRD, _yaml(ROOT / "examples" / "k8s" / "payments-bluegreen.yaml")) == []
+    snake = copy.deepcopy(deployment)  # the template is a v1alpha2 spec: the REST body's names are not
+    snake["spec"]["template"]["spec"] = good
+    assert any("checkpoint_interval_ms" in p for p in validate(DEPLOYMENT_CRD, snake))
+    legacy = deployment | {"apiVersion": crds.LEGACY_API_VERSION}
+    assert any("is not streaming.heliosdb.io/v1alpha2" in p for p in validate(DEPLOYMENT_CRD, legacy))
     bad = copy.deepcopy(deployment)
     bad["spec"]["template"]["spec"]["config"]["parallelism"] = "many"
     assert any("spec.template.spec.config.parallelism" in p for p in validate(DEPLOYMENT_CRD, bad))
@@ -546,3 +556,35 @@ def test_a_deployment_template_is_checked_as_a_streaming_job() -> None:
     bad = copy.deepcopy(deployment)
     bad["spec"]["maxSourceLag"] = -1
     assert any("spec.maxSourceLag" in p for p in validate(DEPLOYMENT_CRD, bad))
+
+
+def test_a_template_may_change_what_a_new_streaming_job_may() -> None:
+    """Each template runs as a new StreamingJob, so its name and checkpoint storage may change (the
+    StreamingJob refuses that edit); its key groups and state backend may not, as the new color
+    restores a savepoint of the active one."""
+    admit = admission(DEPLOYMENT_CRD)
+    before = _with("config.checkpoint_storage", "s3://checkpoints/fraud")
+    moved = copy.deepcopy(before)
+    moved["config"]["checkpoint_storage"] = "s3://checkpoints/fraud-v2"
+    moved["name"] = "fraud-v2"
+
+    def deployment(spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": crds.API_VERSION,
+            "kind": deployment_crd.KIND,
+            "metadata": {"name": "fraud"},
+            "spec": {"template": {"spec": crds.to_camel(spec)}},
+        }
+
+    old, problems = admit(deployment(before), strict=True)
+    assert problems == []
+    assert admit(deployment(moved), strict=True, old=old)[1] == []
+    job_admit = admission(JOB_CRD)
+    job_old, _ = job_admit(streaming_job(before), strict=True)
+    assert job_admit(streaming_job(moved), strict=True, old=job_old)[1] != []  # what the template relaxes
+    for path, value in (("config.max_parallelism", 256), ("config.state_backend", "memory")):
+        changed = copy.deepcopy(before)
+        changed["config"][path.split(".")[1]] = value
+        problems = admit(deployment(changed), strict=True, old=old)[1]
+        field = "spec.template.spec." + crds.camel_path(path)
+        assert any(field in p and "immutable" in p for p in problems), problems

@@ -38,9 +38,10 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def template(db: Path, *, rate: float) -> dict[str, Any]:
+    """A v1alpha2 (camelCase) StreamingJob spec, as the template takes it."""
     spec = window_spec(db, parallelism=1, rate=rate)
     spec["sinks"][0]["config"]["key"] = ["key", "window_start"]  # exactly once, upserted per window
-    return spec
+    return crds.to_camel(spec)
 
 
 def deployment(name: str, spec: dict[str, Any], **settings: Any) -> dict[str, Any]:
@@ -137,6 +138,10 @@ async def test_a_template_change_switches_to_green_from_blues_savepoint_with_exa
     assert savepoint["spec"]["jobRef"] == "pay-blue" and savepoint["status"]["state"] == "completed"
     green = await client.get(kube.STREAMINGJOBS, NS, "pay-green")
     assert green["spec"]["restoreFrom"] == transition["savepoint"]
+    # the template as written (camelCase), with the defaults the API server adds
+    assert (green["apiVersion"], green["spec"]["config"]["checkpointIntervalMs"]) == (crds.API_VERSION, 500)
+    assert green["spec"]["sources"][0]["config"]["ratePerSec"] == 1000
+    assert green["spec"]["transformations"][-1] == green_spec["transformations"][-1]
     assert (await job_status(client, "pay-blue"))["phase"] == "running"  # blue runs on meanwhile
 
     status = await until_history(cluster, operator, "pay", "switched")

@@ -5,7 +5,9 @@ Its ``spec.template.spec`` is a StreamingJob spec (the same schema, from the sam
 operator (``operator.bluegreen``) runs it as the StreamingJob ``<name>-blue`` or ``<name>-green`` and,
 on a template change, starts the other color from a savepoint of the active one and switches over once
 the new one is caught up. Kept apart from ``crds`` so the two resources' schemas change independently;
-``crds.all_crds`` renders this one into ``crds/streamingjobdeployment.yaml`` too.
+``crds.all_crds`` renders this one into ``crds/streamingjobdeployment.yaml`` too. The template is
+camelCase (``checkpointIntervalMs``), as a ``v1alpha2`` StreamingJob, and is copied into the colors as
+it is.
 """
 
 from __future__ import annotations
@@ -30,8 +32,48 @@ DEFAULT_CAUGHT_UP_CHECKPOINTS: Final = 2
 Schema = dict[str, Any]
 
 
+# what a savepoint of the active color cannot be restored into: the key groups and the state's form
+TEMPLATE_IMMUTABLE_CONFIG: Final = ("maxParallelism", "stateBackend")
+
+
+def _without_transition_rules(node: Any) -> Any:
+    """``node`` without the CEL rules that compare with ``oldSelf`` (a StreamingJob's immutable fields).
+    A copy."""
+    if isinstance(node, list):
+        return [_without_transition_rules(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: Schema = {}
+    for key, value in node.items():
+        if key == "x-kubernetes-validations":
+            kept = [r for r in value if "oldSelf" not in str(r.get("rule", ""))]
+            if kept:
+                out[key] = kept
+        else:
+            out[key] = _without_transition_rules(value)
+    return out
+
+
+def template_spec_schema() -> Schema:
+    """The StreamingJob spec, with the transition rules a template needs: each template runs as a new
+    StreamingJob, so its name and checkpoint storage may change (what the StreamingJob's rules ask a
+    new job for), but the new color restores a savepoint of the active one, which holds only under the
+    same key groups and state backend. Both fields have defaults, so they are never unset."""
+    job: Schema = _without_transition_rules(crds.streaming_job_spec_schema())
+    config = job["properties"]["config"]["properties"]
+    for field in TEMPLATE_IMMUTABLE_CONFIG:
+        config[field]["x-kubernetes-validations"] = [
+            {
+                "rule": "self == oldSelf",
+                "message": f"spec.template.spec.config.{field} is immutable: the new color restores a "
+                "savepoint of the active one; create a new StreamingJobDeployment",
+            }
+        ]
+    return job
+
+
 def spec_schema() -> Schema:
-    job = crds.streaming_job_spec_schema()
+    job = template_spec_schema()
     return {
         "type": "object",
         "required": ["template"],
@@ -131,13 +173,13 @@ def status_schema() -> Schema:
 
 
 def crd() -> Schema:
+    """Served at the group's current version only: the resource is new, so no client ever wrote a
+    ``v1alpha1`` one, and a single version needs no conversion (the webhook stays the StreamingJob's)."""
     return crds._crd(
         KIND,
         PLURAL,
         SHORT,
-        # served at both versions like the group's other kinds, with one schema (the camelCase template):
-        # identical versions convert by their apiVersion alone, no webhook
-        {crds.VERSION: spec_schema(), crds.LEGACY_VERSION: spec_schema()},
+        {crds.VERSION: spec_schema()},
         status_schema(),
         [
             crds._column("Phase", "string", ".status.phase", "Deploying, Running, Transitioning or Failed"),

@@ -144,6 +144,39 @@ def progress(job: JobView) -> str:
     return f"{job.phase}, {job.checkpoints} checkpoints, source lag {lag}"
 
 
+def color_job(body: Mapping[str, Any], color: str, savepoint: str | None) -> dict[str, Any]:
+    """The ``v1alpha2`` StreamingJob of ``color``: the template's spec as it is (the CRD makes it a
+    camelCase StreamingJob spec), ``restoreFrom`` the savepoint, owned by the deployment."""
+    meta = body.get("metadata") or {}
+    name = str(meta["name"])
+    template = dict((body.get("spec") or {}).get("template") or {})
+    extra = dict(template.get("metadata") or {})
+    spec = copy.deepcopy(dict(template.get("spec") or {}))
+    if savepoint:
+        spec["restoreFrom"] = savepoint
+    labels = {**(extra.get("labels") or {}), LABEL_DEPLOYMENT: name, LABEL_COLOR: color}
+    owner = {
+        "apiVersion": crds.API_VERSION,
+        "kind": deployment_crd.KIND,
+        "name": name,
+        "uid": meta.get("uid"),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    return {
+        "apiVersion": crds.API_VERSION,
+        "kind": crds.STREAMING_JOB_KIND,
+        "metadata": {
+            "name": f"{name}-{color}",
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": dict(extra.get("annotations") or {}),
+            "ownerReferences": [owner],
+        },
+        "spec": spec,
+    }
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -221,39 +254,8 @@ class BlueGreenController:
 
     # ------------------------------------------------------------------------ act
 
-    def _job(self, body: Mapping[str, Any], color: str, savepoint: str | None) -> dict[str, Any]:
-        """The StreamingJob of ``color`` from the template, owned by the deployment."""
-        meta = body.get("metadata") or {}
-        name = str(meta["name"])
-        template = dict((body.get("spec") or {}).get("template") or {})
-        extra = dict(template.get("metadata") or {})
-        spec = copy.deepcopy(dict(template.get("spec") or {}))
-        if savepoint:
-            spec["restoreFrom"] = savepoint
-        labels = {**(extra.get("labels") or {}), LABEL_DEPLOYMENT: name, LABEL_COLOR: color}
-        owner = {
-            "apiVersion": crds.API_VERSION,
-            "kind": deployment_crd.KIND,
-            "name": name,
-            "uid": meta.get("uid"),
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-        return {
-            "apiVersion": crds.API_VERSION,
-            "kind": crds.STREAMING_JOB_KIND,
-            "metadata": {
-                "name": f"{name}-{color}",
-                "namespace": meta["namespace"],
-                "labels": labels,
-                "annotations": dict(extra.get("annotations") or {}),
-                "ownerReferences": [owner],
-            },
-            "spec": spec,
-        }
-
     async def _deploy(self, body: Mapping[str, Any], current: dict[str, Any], wanted: str) -> None:
-        job = self._job(body, "blue", None)
+        job = color_job(body, "blue", None)
         with contextlib.suppress(kube.ConflictError):  # made before this operator wrote the status
             await self.client.create(kube.STREAMINGJOBS, job["metadata"]["namespace"], job)
         name = job["metadata"]["name"]
@@ -270,7 +272,7 @@ class BlueGreenController:
     ) -> None:
         namespace = str((body.get("metadata") or {})["namespace"])
         color = _other(str(current.get("activeColor") or "blue"))
-        target = self._job(body, color, None)["metadata"]["name"]
+        target = color_job(body, color, None)["metadata"]["name"]
         leftover = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, target)
         if leftover is not None:  # an old color being deleted, or one a crashed operator did not record
             if not (leftover.get("metadata") or {}).get("deletionTimestamp"):
@@ -290,7 +292,7 @@ class BlueGreenController:
         savepoint = await self.savepoints.record(
             binding, snapshot, f"blue/green switch to {target}", owned=True
         )
-        job = self._job(body, color, savepoint)
+        job = color_job(body, color, savepoint)
         await self.client.create(kube.STREAMINGJOBS, namespace, job)
         now = _now()
         current["transition"] = {

@@ -1,4 +1,5 @@
-"""``bluegreen.decide`` and ``caught_up``: the blue/green switch's decisions, without I/O."""
+"""``bluegreen.decide``, ``caught_up`` and ``color_job``: the blue/green switch's decisions and the
+colors' StreamingJobs, without I/O."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from heliosdb_streaming.kubernetes import crds, deployment_crd
 from heliosdb_streaming.kubernetes.operator.bluegreen import (
     QUIET_TICKS,
     Action,
     CaughtUpRule,
     JobView,
     caught_up,
+    color_job,
     decide,
     template_hash,
 )
@@ -98,3 +101,31 @@ def test_the_tick_success_line_is_dropped_and_other_lines_kept() -> None:
     assert not QUIET_TICKS.filter(record("Timer 'bluegreen' succeeded."))
     assert QUIET_TICKS.filter(record("Timer 'bluegreen' failed with an exception. Will retry."))
     assert QUIET_TICKS.filter(record("Handler 'create' succeeded."))
+
+
+def test_a_color_is_a_v1alpha2_streaming_job_with_the_camelcase_template_as_written() -> None:
+    spec = crds.to_camel(
+        {
+            "config": {"parallelism": 2, "checkpoint_interval_ms": 500, "max_parallelism": 64},
+            "sources": [{"type": "datagen", "config": {"rate_per_sec": 10.0, "count": 5}}],
+            "transformations": [{"type": "map", "config": {"fields": {"card_id": "key"}}}],
+            "sinks": [{"type": "database", "config": {"connection_string": "sqlite:///x.db", "table": "t"}}],
+        }
+    )
+    assert spec["config"]["checkpointIntervalMs"] == 500 and "card_id" in str(spec)  # user keys kept
+    body = {
+        "apiVersion": crds.API_VERSION,
+        "kind": deployment_crd.KIND,
+        "metadata": {"name": "pay", "namespace": "ns", "uid": "u-1"},
+        "spec": {"template": {"metadata": {"labels": {"team": "t"}}, "spec": spec}},
+    }
+    green = color_job(body, "green", "pay-blue-savepoint-1")
+    assert (green["apiVersion"], green["kind"]) == ("streaming.heliosdb.io/v1alpha2", "StreamingJob")
+    assert green["spec"] == {**spec, "restoreFrom": "pay-blue-savepoint-1"}
+    assert "restoreFrom" not in body["spec"]["template"]["spec"]  # the template is not changed
+    assert green["metadata"]["name"] == "pay-green" and green["metadata"]["labels"]["team"] == "t"
+    owner = green["metadata"]["ownerReferences"]
+    assert [(o["apiVersion"], o["kind"], o["uid"]) for o in owner] == [
+        ("streaming.heliosdb.io/v1alpha2", "StreamingJobDeployment", "u-1")
+    ]
+    assert "restoreFrom" not in color_job(body, "blue", None)["spec"]
