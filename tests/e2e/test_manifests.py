@@ -105,7 +105,7 @@ def test_the_unchanged_example_finds_its_services(services: list[Manifest]) -> N
     PostgreSQL and Kafka by the short Service names it uses, as the user and database it names."""
     job = yaml.safe_load((support.EXAMPLES / "fraud-pipeline.yaml").read_text())
     (sink,) = job["spec"]["sinks"]
-    dsn = urlsplit(sink["config"]["connection_string"])
+    dsn = urlsplit(sink["config"]["connectionString"])
     assert dsn.port == service_port(services, str(dsn.hostname)) == support.PG_PORT
     pg = env_of(find(services, "Deployment", str(dsn.hostname)))
     assert (pg["POSTGRES_USER"], pg["POSTGRES_DB"]) == (dsn.username, dsn.path.lstrip("/"))
@@ -113,7 +113,7 @@ def test_the_unchanged_example_finds_its_services(services: list[Manifest]) -> N
     assert (pg["POSTGRES_USER"], pg["POSTGRES_DB"]) == (support.PG_USER, support.PG_DATABASE)
 
     (source,) = job["spec"]["sources"]
-    (bootstrap,) = source["config"]["bootstrap_servers"]
+    (bootstrap,) = source["config"]["bootstrapServers"]
     host, _, port = bootstrap.rpartition(":")
     assert int(port) == service_port(services, host) == support.KAFKA_PORT
     kafka_deployment = find(services, "Deployment", host)

@@ -744,12 +744,13 @@ JOBMANAGER_RULES = [
         "resources": ["streamingjobs/status", "savepoints/status"],
         "verbs": ["patch"],
     },
-    {"apiGroups": [crds.GROUP], "resources": ["savepoints"], "verbs": ["get", "create", "patch"]},
+    # create: the savepoints it takes itself (cancel, upgrade, periodic); delete: by retention
+    {"apiGroups": [crds.GROUP], "resources": ["savepoints"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [crds.GROUP], "resources": ["streamingjobs/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},  # a repeat: patch
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch", "delete"]},
 ]
 

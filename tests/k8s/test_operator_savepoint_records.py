@@ -4,7 +4,9 @@
 so it outlives the StreamingJob and keeps its job (not purged) until that Savepoint is deleted.
 
 ``helios operator`` (a subprocess) against the emulated API server, worker pods run by the test
-kubelet as real processes, savepoint files on the local disk.
+kubelet as real processes, savepoint files on the local disk. Both layouts: the control plane in the
+operator, and in a job manager pod per StreamingJob (``--job-managers``), whose process records the
+savepoints it takes as its account (the chart's job manager Role, enforced).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from k8s_helpers import (
     NS,
     Env,
+    OperatorProcess,
     StartOperator,
     eventually,
     job_status,
@@ -24,8 +27,10 @@ from k8s_helpers import (
     wait_phase,
     window_spec,
 )
+from test_operator_jobmanager import start as start_with_job_managers
 
 from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.kubernetes.operator import jmpods
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,11 +45,18 @@ async def savepoints_of(env: Env, job: str) -> dict[str, dict[str, Any]]:
     return {s["metadata"]["name"]: s for s in items if s["spec"]["jobRef"] == job}
 
 
+async def start(layout: str, cluster: Env, start_operator: StartOperator) -> OperatorProcess:
+    if layout == "job-managers":
+        return await start_with_job_managers(cluster, start_operator)
+    return await start_operator()
+
+
+@pytest.mark.parametrize("layout", ["in-operator", "job-managers"])
 async def test_periodic_upgrade_and_cancel_savepoints_are_resources_and_retention_deletes_them(
-    cluster: Env, start_operator: StartOperator
+    cluster: Env, start_operator: StartOperator, layout: str
 ) -> None:
     client = cluster.client
-    operator = await start_operator()
+    operator = await start(layout, cluster, start_operator)
     spec = window_spec(cluster.tmp / "out.db", parallelism=1, rate=1000)
     spec["config"] |= {"savepoint_interval_ms": 1000, "savepoints_retained": 2}
     await client.create(kube.STREAMINGJOBS, NS, streaming_job("keeper", spec))
@@ -140,8 +152,18 @@ async def test_periodic_upgrade_and_cancel_savepoints_are_resources_and_retentio
     await eventually(
         only_cancel_savepoint_left, 30, "the owned Savepoints to go", on_fail=operator.output()[-3000:]
     )
-    assert files_of(on_cancel).is_dir() and home.is_dir()  # the job is kept for its savepoint
+    assert files_of(on_cancel).is_dir()
     assert not files_of(upgrade).exists()
+    if layout == "job-managers":
+        # the job manager went with its StreamingJob (its pod, and the job's record in its home); the
+        # cancel's Savepoint is still listed with its files
+        async def jobmanager_gone() -> bool:
+            return await client.get_or_none(kube.PODS, NS, jmpods.name_of("keeper")) is None
+
+        await eventually(jobmanager_gone, 30, "the job manager pod to go", on_fail=operator.output()[-3000:])
+        await operator.stop()
+        return
+    assert home.is_dir()  # the job is kept for its savepoint
 
     await client.delete(kube.SAVEPOINTS, NS, on_cancel["metadata"]["name"])
 

@@ -180,10 +180,11 @@ makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs/status", "savepoints/status"]
   verbs: ["patch"]
-# create: a savepoint taken on cancel or delete is recorded as a Savepoint; patch: its annotations
+# create: a savepoint the job takes itself (on cancel or delete, for an upgrade, periodic, the
+# autoscaler's) is recorded as a Savepoint; patch: its annotations; delete: retention deleted the savepoint
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["savepoints"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 # the worker pods' ownerReferences block the owner's deletion (OwnerReferencesPermissionEnforcement)
 - apiGroups: ["streaming.heliosdb.io"]
   resources: ["streamingjobs/finalizers"]
@@ -199,8 +200,8 @@ makes (kopf's or its own); see operator-rbac.yaml. No "update" but on finalizers
   resources: ["secrets"]  # the job's file the workers mount
   verbs: ["create", "patch"]
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create"]
+  resources: ["events"]  # a repeat counts on the first Event (patch)
+  verbs: ["create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch", "delete"]

@@ -289,9 +289,7 @@ async def _lead(
             resync=recreate_owned,
             resync_interval_s=resync_interval(),
         )
-        bluegreen.register(
-            registry, bluegreen.BlueGreenController(client, plane, bindings, savepoint_controller)
-        )
+        bluegreen.register(registry, bluegreen.BlueGreenController(client, plane_progress(plane, bindings)))
         await kopf.operator(
             registry=registry,
             settings=handlers.settings(namespaces),
@@ -310,6 +308,18 @@ async def _lead(
         await read_api.aclose()
         await plane.close()
         await launcher.close()
+
+
+def plane_progress(plane: ControlPlane, bindings: Bindings) -> bluegreen.Progress:
+    """A StreamingJob's checkpoints and source lag from this operator's control plane."""
+
+    async def progress(obj: Mapping[str, Any]) -> tuple[int, int | None] | None:
+        meta = obj.get("metadata") or {}
+        binding = bindings.for_object(str(meta.get("namespace")), str(meta.get("name")))
+        entry = plane.jobs.get(binding.job_id) if binding else None
+        return (entry.metrics.checkpoint_count, entry.metrics.source_lag()) if entry else None
+
+    return progress
 
 
 def jobmanager_settings(options: OperatorOptions) -> tuple[JobManagerSettings, dict[str, str]]:
@@ -374,8 +384,10 @@ async def _lead_job_managers(
                     options.api_token,
                 )
             )
+        registry = handlers.build_registry(managers, managers, connection, metrics, resync=managers.ensure)
+        bluegreen.register(registry, bluegreen.BlueGreenController(client, managers.progress))
         await kopf.operator(
-            registry=handlers.build_registry(managers, managers, connection, metrics, resync=managers.ensure),
+            registry=registry,
             settings=handlers.settings(namespaces),
             clusterwide=not namespaces,
             namespaces=namespaces,

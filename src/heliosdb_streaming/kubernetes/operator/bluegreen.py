@@ -5,9 +5,9 @@ The deployment's ``spec.template`` runs as the StreamingJob ``<name>-blue`` (fir
 template change, alternately ``<name>-green`` / ``<name>-blue``. A switch, one step per tick
 (``decide`` is pure; ``BlueGreenController`` observes and acts):
 
-1. a savepoint of the active job (recorded as a Savepoint owned by it);
-2. the new color's StreamingJob from the template, ``restoreFrom`` that Savepoint, owned by the
-   deployment; the active job keeps running meanwhile;
+1. a Savepoint resource of the active job (owned by it), taken as any other Savepoint;
+2. once it completed, the new color's StreamingJob from the template, ``restoreFrom`` that Savepoint,
+   owned by the deployment; the active job keeps running meanwhile;
 3. once the new job is **caught up** (``caught_up``) the active StreamingJob is deleted (its job is
    cancelled) and the new color is active; if the new job fails, disappears, or is not caught up within
    ``caughtUpTimeoutMs`` of its creation, it is deleted instead and the active job runs on, with the
@@ -20,6 +20,11 @@ the newest offsets, from its workers' heartbeats) is at most ``maxSourceLag``; a
 report no lag is judged by the checkpoints alone, and a bounded job that already finished is caught up.
 Both colors run side by side until the switch, so both write to the sinks for that while: a sink keyed
 by the result's key (an upserting database sink) ends with every result once.
+
+The controller acts through resources only (StreamingJobs, a Savepoint, the deployment's status) and
+reads the jobs' phases from their status, so it is the same whether the operator runs the control
+planes or a job manager pod per job does; only the new color's checkpoints and lag come from where the
+job runs (``Progress``: the operator's control plane, or the job manager's REST metrics).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -37,12 +42,8 @@ from typing import Any
 
 import kopf
 
-from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.kubernetes import crds, deployment_crd, kube
 from heliosdb_streaming.kubernetes.operator import events, status
-from heliosdb_streaming.kubernetes.operator.bindings import Bindings
-from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
-from heliosdb_streaming.model.errors import JobError
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,18 @@ HISTORY_LIMIT = 10
 LABEL_DEPLOYMENT = f"{crds.GROUP}/deployment"
 LABEL_COLOR = f"{crds.GROUP}/color"
 ENDED = ("failed", "cancelled")
+SAVEPOINT_ENDED = ("failed", "missing")
+
+# the completed checkpoints and source lag (None: not measured) of the job of a StreamingJob resource;
+# None while they cannot be told (not submitted yet, its job manager unreachable)
+Progress = Callable[[Mapping[str, Any]], Awaitable[tuple[int, int | None] | None]]
 
 
 class Action(StrEnum):
     NONE = "none"
     DEPLOY = "deploy"  # no job yet: the template as blue
-    START = "start"  # a new template: savepoint of the active job, the other color from it
+    START = "start"  # a new template: a Savepoint of the active job
+    CREATE = "create"  # that Savepoint completed: the other color from it
     WAIT = "wait"
     SWITCH = "switch"  # the new color is caught up: delete the old one
     ABORT = "abort"  # the new color failed or did not catch up in time: delete it
@@ -111,9 +118,11 @@ def decide(
     new: JobView | None,
     rule: CaughtUpRule,
     now: datetime,
+    savepoint: tuple[str, str] | None = None,
 ) -> tuple[Action, str]:
     """The next step and why. ``current`` is the status; ``active``/``new`` the jobs of the active color
-    and of the transition (None: no such StreamingJob)."""
+    and of the transition (None: no such StreamingJob); ``savepoint`` the state and message of the
+    transition's Savepoint while it is taken (``missing`` when it is gone)."""
     transition = current.get("transition")
     if not current.get("activeJob"):
         return Action.DEPLOY, "first deployment"
@@ -127,13 +136,23 @@ def decide(
     job = str(transition.get("job"))
     if transition.get("templateHash") != wanted_hash:
         return Action.ABORT, "the template changed again during the switch"
+    deadline = datetime.fromisoformat(str(transition["deadline"]).replace("Z", "+00:00"))
+    if transition.get("state") == "savepointing":
+        name, (state, message) = transition.get("savepoint"), savepoint or ("missing", "")
+        if state == "completed":
+            return Action.CREATE, f"Savepoint {name} completed"
+        if state in SAVEPOINT_ENDED:
+            what = f"failed ({message})" if state == "failed" else "was deleted"
+            return Action.ABORT, f"Savepoint {name} of {current['activeJob']} {what}"
+        if now >= deadline:
+            return Action.ABORT, f"Savepoint {name} did not complete within {rule.timeout_ms}ms"
+        return Action.WAIT, f"Savepoint {name} of {current['activeJob']} is {state or 'pending'}"
     if new is None:
         return Action.ABORT, f"{job} was deleted"
     if new.phase in ENDED:
         return Action.ABORT, f"{job} is {new.phase}" + (f" ({new.message})" if new.message else "")
     if caught_up(new, rule):
         return Action.SWITCH, f"{job} caught up ({progress(new)})"
-    deadline = datetime.fromisoformat(str(transition["deadline"]).replace("Z", "+00:00"))
     if now >= deadline:
         return Action.ABORT, f"{job} did not catch up within {rule.timeout_ms}ms ({progress(new)})"
     return Action.WAIT, f"{job} is catching up ({progress(new)})"
@@ -186,17 +205,9 @@ def _other(color: str) -> str:
 
 
 class BlueGreenController:
-    def __init__(
-        self,
-        client: kube.KubeClient,
-        plane: ControlPlane,
-        bindings: Bindings,
-        savepoints: SavepointController,
-    ) -> None:
+    def __init__(self, client: kube.KubeClient, progress: Progress) -> None:
         self.client = client
-        self.plane = plane
-        self.bindings = bindings
-        self.savepoints = savepoints
+        self.progress = progress
         self._status: dict[tuple[str, str], dict[str, Any]] = {}  # what this operator last wrote
 
     async def reconcile(self, body: Mapping[str, Any]) -> None:
@@ -211,19 +222,23 @@ class BlueGreenController:
         active_name = current.get("activeJob")
         transition = current.get("transition") or {}
         active = await self._view(namespace, str(active_name)) if active_name else None
-        new = await self._view(namespace, str(transition["job"])) if transition else None
-        action, why = decide(wanted, current, active, new, rule, _now())
+        savepointing = transition.get("state") == "savepointing"
+        new = await self._view(namespace, str(transition["job"])) if transition and not savepointing else None
+        taken = await self._savepoint(namespace, str(transition["savepoint"])) if savepointing else None
+        action, why = decide(wanted, current, active, new, rule, _now(), taken)
         ref = events.involved(namespace, name, meta.get("uid"), deployment_crd.KIND)
         if action == Action.DEPLOY:
             await self._deploy(body, current, wanted)
         elif action == Action.START:
-            await self._start(body, current, wanted, rule, ref)
+            await self._start(body, current, wanted, rule)
+        elif action == Action.CREATE:
+            await self._create(body, current, rule, ref)
         elif action == Action.SWITCH:
             await self._switch(namespace, current, why, ref)
         elif action == Action.ABORT:
             await self._abort(namespace, current, why, ref)
         elif action == Action.WAIT and transition:
-            current["transition"] = {**transition, "progress": progress(new) if new else ""}
+            current["transition"] = {**transition, "progress": progress(new) if new else why}
         if action in (Action.WAIT, Action.SWITCH):
             current["message"] = why
         active_name = current.get("activeJob")
@@ -237,20 +252,25 @@ class BlueGreenController:
     # ------------------------------------------------------------------------ observe
 
     async def _view(self, namespace: str, name: str) -> JobView | None:
-        """The job of StreamingJob ``name``: from the control plane once submitted, else its resource."""
-        binding = self.bindings.for_object(namespace, name)
-        entry = self.plane.jobs.get(binding.job_id) if binding else None
-        if entry is not None:
-            record = entry.record
-            message = (record.message or "") if record.status.value in ENDED else ""
-            return JobView(
-                record.status.value, entry.metrics.checkpoint_count, entry.metrics.source_lag(), message
-            )
+        """The job of StreamingJob ``name``: its phase from the status, and while it runs its
+        checkpoints and lag from where it runs (``progress``)."""
         resource = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, name)
         if resource is None:
             return None
         observed = resource.get("status") or {}
-        return JobView(str(observed.get("phase") or "pending"), message=str(observed.get("message") or ""))
+        phase = str(observed.get("phase") or "pending")
+        message = str(observed.get("message") or "") if phase in ENDED else ""
+        measured = await self.progress(resource) if phase == "running" else None
+        checkpoints, lag = measured or (0, None)
+        return JobView(phase, checkpoints, lag, message)
+
+    async def _savepoint(self, namespace: str, name: str) -> tuple[str, str]:
+        """The state and message of the Savepoint ``name`` (``missing``: deleted)."""
+        resource = await self.client.get_or_none(kube.SAVEPOINTS, namespace, name)
+        if resource is None:
+            return "missing", ""
+        observed = resource.get("status") or {}
+        return str(observed.get("state") or "pending"), str(observed.get("message") or "")
 
     # ------------------------------------------------------------------------ act
 
@@ -263,13 +283,10 @@ class BlueGreenController:
         _history(current, "blue", name, "deployed", wanted, "", "first deployment")
 
     async def _start(
-        self,
-        body: Mapping[str, Any],
-        current: dict[str, Any],
-        wanted: str,
-        rule: CaughtUpRule,
-        ref: dict[str, Any],
+        self, body: Mapping[str, Any], current: dict[str, Any], wanted: str, rule: CaughtUpRule
     ) -> None:
+        """A Savepoint of the active job, owned by it (it goes with that job once green no longer
+        restores from it); the switch waits for its status."""
         namespace = str((body.get("metadata") or {})["namespace"])
         color = _other(str(current.get("activeColor") or "blue"))
         target = color_job(body, color, None)["metadata"]["name"]
@@ -280,23 +297,28 @@ class BlueGreenController:
             current["message"] = f"waiting for the previous {target} to be deleted"
             return
         active = str(current["activeJob"])
-        binding = self.bindings.for_object(namespace, active)
-        if binding is None:
-            current["message"] = f"waiting for {active} to be submitted"
+        resource = await self.client.get_or_none(kube.STREAMINGJOBS, namespace, active)
+        if resource is None:
+            current["message"] = f"waiting for {active}"
             return
-        try:
-            snapshot = await self.plane.savepoint(binding.job_id, f"blue/green switch to {target}")
-        except JobError as e:  # the active job runs on; this template is not tried again
-            await self._aborted(current, color, target, wanted, "", f"savepoint of {active} failed: {e}", ref)
-            return
-        savepoint = await self.savepoints.record(
-            binding, snapshot, f"blue/green switch to {target}", owned=True
-        )
-        job = color_job(body, color, savepoint)
-        await self.client.create(kube.STREAMINGJOBS, namespace, job)
         now = _now()
+        savepoint = f"{active}-switch-{now:%Y%m%d%H%M%S}"
+        owner = {
+            "apiVersion": crds.API_VERSION,
+            "kind": crds.STREAMING_JOB_KIND,
+            "name": active,
+            "uid": resource["metadata"].get("uid"),
+        }
+        manifest = {
+            "apiVersion": crds.API_VERSION,
+            "kind": crds.SAVEPOINT_KIND,
+            "metadata": {"name": savepoint, "namespace": namespace, "ownerReferences": [owner]},
+            "spec": {"jobRef": active, "description": f"blue/green switch to {target}"},
+        }
+        with contextlib.suppress(kube.ConflictError):  # made by a tick whose status write was lost
+            await self.client.create(kube.SAVEPOINTS, namespace, manifest)
         current["transition"] = {
-            "state": "catching_up",
+            "state": "savepointing",
             "toColor": color,
             "job": target,
             "templateHash": wanted,
@@ -305,7 +327,27 @@ class BlueGreenController:
             "deadline": status.iso(now + timedelta(milliseconds=rule.timeout_ms)),
             "progress": "",
         }
-        current["message"] = f"{target} starts from Savepoint {savepoint}; {active} runs on"
+        current["message"] = f"taking Savepoint {savepoint} of {active} for {target}"
+
+    async def _create(
+        self, body: Mapping[str, Any], current: dict[str, Any], rule: CaughtUpRule, ref: dict[str, Any]
+    ) -> None:
+        """The Savepoint completed: the new color's StreamingJob restores from it."""
+        namespace = str((body.get("metadata") or {})["namespace"])
+        transition = dict(current["transition"])
+        savepoint, target = str(transition["savepoint"]), str(transition["job"])
+        job = color_job(body, str(transition["toColor"]), savepoint)
+        with contextlib.suppress(kube.ConflictError):  # made by a tick whose status write was lost
+            await self.client.create(kube.STREAMINGJOBS, namespace, job)
+        now = _now()
+        current["transition"] = {
+            **transition,
+            "state": "catching_up",
+            "startedAt": status.iso(now),
+            "deadline": status.iso(now + timedelta(milliseconds=rule.timeout_ms)),
+            "progress": "",
+        }
+        current["message"] = f"{target} starts from Savepoint {savepoint}; {current['activeJob']} runs on"
         logger.info("%s/%s: %s", namespace, ref["metadata"]["name"], current["message"])
         await events.post(self.client, ref, "Normal", "Switching", current["message"])
 

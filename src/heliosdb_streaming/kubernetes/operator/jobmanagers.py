@@ -19,11 +19,13 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import kopf
 
+from heliosdb_streaming.api.app import API
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.operator import events, jmpods
 from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 UNREACHABLE_RETRY_S = 1.0
 REQUEST_TIMEOUT_S = 120.0  # a savepoint on cancel is part of the call
+OWNED_SAVEPOINTS_WAIT_S = 60.0  # how long a deletion waits for the Savepoints the job owns to go
 ENDED = ("Succeeded", "Failed")
 
 
@@ -164,19 +167,68 @@ class JobManagers:
             raise kopf.PermanentError(message)
         raise events.waiting(f"job manager of {job} answered {status}: {message}", UNREACHABLE_RETRY_S)
 
+    async def progress(self, obj: Mapping[str, Any]) -> tuple[int, int | None] | None:
+        """The completed checkpoints and source lag (None: not measured) of the StreamingJob ``obj``'s
+        job, from its job manager's REST metrics; None while it cannot tell (no job yet, unreachable)."""
+        meta, observed = obj.get("metadata") or {}, obj.get("status") or {}
+        job_id = str(observed.get("jobId") or "")
+        url = await self.url_of(str(meta["namespace"]), str(meta["name"])) if job_id else None
+        if url is None:
+            return None
+        headers = {"Authorization": f"Bearer {self.token(target_of(obj))}"}
+        try:
+            async with self.session().get(f"{url}{API}/jobs/{job_id}/metrics", headers=headers) as response:
+                if response.status != 200:
+                    return None
+                answer = await response.json(content_type=None)
+            metrics = answer["metrics"]
+            lag = metrics["source"]["lag_records"]
+            return int(metrics["checkpoint"]["count"]), None if lag is None else int(lag)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError, TypeError):
+            return None
+
     async def reconcile_job(self, body: Mapping[str, Any]) -> None:
         await self.ensure(body)
         meta = body.get("metadata") or {}
         await self.call(str(meta["namespace"]), str(meta["name"]), "reconcile", body)
 
     async def finalize_job(self, body: Mapping[str, Any]) -> None:
-        """The StreamingJob is being deleted: its job manager stops (and purges) the job, then goes."""
+        """The StreamingJob is being deleted: its job manager stops (and purges) the job, then goes.
+
+        The Savepoints the StreamingJob owns (periodic, upgrade, autoscaler) are deleted first, while
+        the job manager still holds the job: their finalizers forward to it and it deletes their files
+        (and purges the job once it holds no savepoint). Left to the garbage collector they would go
+        after the job manager, and their files with the job's checkpoints would stay in storage."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta["namespace"]), str(meta["name"])
         pod = await self.client.get_or_none(kube.PODS, namespace, jmpods.name_of(name))
         if pod is not None and (pod.get("status") or {}).get("phase") == "Running":
             await self.call(namespace, name, "finalize", body)  # one never running has no job to stop
+            await self._delete_owned_savepoints(namespace, str(meta.get("uid") or ""), meta)
         await self.client.delete(kube.PODS, namespace, jmpods.name_of(name), grace_period_s=0)
+
+    async def _delete_owned_savepoints(self, namespace: str, uid: str, meta: Mapping[str, Any]) -> None:
+        """Deletes the Savepoints owned by the StreamingJob ``uid``; a wait while any is still there
+        (its finalizer runs in the job manager), for at most ``OWNED_SAVEPOINTS_WAIT_S`` after the
+        deletion began (one a run of another job still restores is then left to the collector)."""
+        owned = [
+            s
+            for s in await self.client.list(kube.SAVEPOINTS, namespace)
+            if uid and uid in {o.get("uid") for o in s["metadata"].get("ownerReferences") or []}
+        ]
+        if not owned:
+            return
+        for item in owned:
+            if not item["metadata"].get("deletionTimestamp"):
+                await self.client.delete(kube.SAVEPOINTS, namespace, str(item["metadata"]["name"]))
+        since = str(meta.get("deletionTimestamp") or "").replace("Z", "+00:00")
+        try:
+            waited = (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds()
+        except ValueError:
+            waited = 0.0
+        if waited < OWNED_SAVEPOINTS_WAIT_S:
+            raise events.waiting(f"{len(owned)} owned Savepoint(s) being deleted", UNREACHABLE_RETRY_S)
+        logger.warning("%s: %d owned Savepoint(s) still there; the job manager goes", namespace, len(owned))
 
     async def take_savepoint(self, body: Mapping[str, Any], retry: int) -> None:
         meta, spec = body.get("metadata") or {}, body.get("spec") or {}

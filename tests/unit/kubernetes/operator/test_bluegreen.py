@@ -82,6 +82,29 @@ def test_switch_when_caught_up_abort_when_failed_gone_late_or_changed_again() ->
     assert action == Action.ABORT and "changed again" in why
 
 
+def savepointing(deadline: datetime = NOW + timedelta(seconds=30)) -> dict[str, Any]:
+    status = switching(deadline=deadline)
+    status["transition"] |= {"state": "savepointing", "savepoint": "x-blue-switch-1"}
+    return status
+
+
+def test_the_new_color_waits_for_the_savepoint_resource_and_aborts_when_it_fails_or_goes() -> None:
+    """Before the new color exists only the Savepoint's state counts (no job to look at yet)."""
+    for state in ("pending", "in_progress"):
+        action, why = decide("v2", savepointing(), RUNNING, None, RULE, NOW, (state, ""))
+        assert action == Action.WAIT and state in why, why
+    assert decide("v2", savepointing(), RUNNING, None, RULE, NOW, ("completed", ""))[0] == Action.CREATE
+    action, why = decide("v2", savepointing(), RUNNING, None, RULE, NOW, ("failed", "job is paused"))
+    assert action == Action.ABORT and why == "Savepoint x-blue-switch-1 of x-blue failed (job is paused)"
+    action, why = decide("v2", savepointing(), RUNNING, None, RULE, NOW, ("missing", ""))
+    assert action == Action.ABORT and "was deleted" in why
+    late = savepointing(deadline=NOW - timedelta(seconds=1))
+    action, why = decide("v2", late, RUNNING, None, RULE, NOW, ("in_progress", ""))
+    assert action == Action.ABORT and "did not complete within 60000ms" in why
+    changed = decide("v3", savepointing(), RUNNING, None, RULE, NOW, ("completed", ""))
+    assert changed == (Action.ABORT, "the template changed again during the switch")
+
+
 def test_the_template_hash_ignores_key_order_and_settings_outside_the_template() -> None:
     a = {"template": {"spec": {"a": 1, "b": 2}}, "caughtUpTimeoutMs": 1}
     b = {"template": {"spec": {"b": 2, "a": 1}}, "caughtUpTimeoutMs": 2}
