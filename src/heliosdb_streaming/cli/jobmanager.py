@@ -63,15 +63,11 @@ def register(sub: Any) -> None:
 
 
 def cmd_jobmanager(args: argparse.Namespace) -> int:
-    from heliosdb_streaming.cli.server import env_list, python_modules
+    from heliosdb_streaming.cli.server import allowed_paths, python_modules
     from heliosdb_streaming.kubernetes.jobmanager import app
     from heliosdb_streaming.kubernetes.operator.app import OperatorOptions
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        handlers=[logformat.masked_stderr_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")],
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logformat.configure_service_logging(args.verbose)
     home = Path(args.home or os.environ.get("HELIOS_HOME") or "helios-jobmanager").absolute()
     operator = OperatorOptions.from_env(
         home,
@@ -80,8 +76,7 @@ def cmd_jobmanager(args: argparse.Namespace) -> int:
         max_parallelism=args.max_parallelism,
         image=args.image,
         checkpoint_storage=args.checkpoint_storage,
-        allow_paths=tuple(Path(d) for d in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path))
-        or None,
+        allow_paths=allowed_paths(args.allow_path) or None,
         python_modules=python_modules(args.python_modules) or None,
     )
     advertise = args.advertise_host or f"{args.name}-jobmanager.{args.namespace}.svc"

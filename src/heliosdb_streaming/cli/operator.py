@@ -157,7 +157,7 @@ def _home(arg: str | None) -> Path:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from heliosdb_streaming.cli.server import env_list, python_modules
+    from heliosdb_streaming.cli.server import allowed_paths, python_modules
     from heliosdb_streaming.kubernetes.operator import app
 
     if args.max_parallelism < 1:
@@ -184,11 +184,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"error: --lease-duration: {e}", file=sys.stderr)
             return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        handlers=[logformat.masked_stderr_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")],
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logformat.configure_service_logging(args.verbose)
     options = app.OperatorOptions.from_env(
         _home(args.home),
         namespaces=tuple(args.namespaces or ()),
@@ -200,8 +196,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         max_parallelism=args.max_parallelism,
         image=args.image,
         checkpoint_storage=args.checkpoint_storage,
-        allow_paths=tuple(Path(d) for d in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path))
-        or None,
+        allow_paths=allowed_paths(args.allow_path) or None,
         python_modules=python_modules(args.python_modules) or None,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,

@@ -177,7 +177,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             demo=args.demo,
             api_token=token,
             policy=policy,
-            allow_paths=[Path(p) for p in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *args.allow_path)],
+            allow_paths=list(allowed_paths(args.allow_path)),
             job_retention=job_retention,
             python_modules=python_modules(args.python_modules),
         )
@@ -303,6 +303,11 @@ async def _run(
 def env_list(name: str, separator: str) -> list[str]:
     """A list setting from the environment (how the chart passes them): ``a,b`` or ``/a:/b``."""
     return [item.strip() for item in os.environ.get(name, "").split(separator) if item.strip()]
+
+
+def allowed_paths(flags: list[str]) -> tuple[Path, ...]:
+    """Where a job's local files may be besides the home: ``HELIOS_ALLOW_PATHS`` and each ``--allow-path``."""
+    return tuple(Path(d) for d in (*env_list("HELIOS_ALLOW_PATHS", os.pathsep), *flags))
 
 
 def python_modules(flags: Sequence[str]) -> list[str]:

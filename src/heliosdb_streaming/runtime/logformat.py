@@ -70,6 +70,16 @@ def masked_stderr_handler(fmt: str) -> logging.Handler:
     return handler
 
 
+def configure_service_logging(verbose: bool) -> None:
+    """Masked stderr logging of a long-running service (``helios operator``, ``helios jobmanager``),
+    without a line per HTTP request (aiohttp's access log: the probes would flood it)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        handlers=[masked_stderr_handler("%(asctime)s %(levelname)s %(name)s: %(message)s")],
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
 MASKING_FILTER = MaskingFilter()  # one instance: ``addFilter`` of it again is a no-op
 
 

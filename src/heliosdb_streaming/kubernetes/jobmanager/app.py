@@ -30,20 +30,15 @@ from typing import Any
 
 from aiohttp import web
 
-from heliosdb_streaming.control import usercode
-from heliosdb_streaming.control.controller import ControlPlane
 from heliosdb_streaming.control.files import JobFiles
 from heliosdb_streaming.control.store import JobStore
 from heliosdb_streaming.kubernetes import kube
 from heliosdb_streaming.kubernetes.jobmanager import api, recovery
 from heliosdb_streaming.kubernetes.operator import mapping, pods, readapi
-from heliosdb_streaming.kubernetes.operator.app import OperatorOptions, allowed_roots
+from heliosdb_streaming.kubernetes.operator.app import OperatorOptions, assemble_runtime
 from heliosdb_streaming.kubernetes.operator.bindings import Bindings
 from heliosdb_streaming.kubernetes.operator.expiry import JobExpiry
 from heliosdb_streaming.kubernetes.operator.launcher import KubernetesLauncher
-from heliosdb_streaming.kubernetes.operator.reconciler import StreamingJobReconciler
-from heliosdb_streaming.kubernetes.operator.savepoints import SavepointController
-from heliosdb_streaming.kubernetes.operator.statuswriter import StatusWriter
 from heliosdb_streaming.model.errors import InvalidJobConfigError
 from heliosdb_streaming.runtime.checkpoint.storage import storage_from_uri
 
@@ -138,25 +133,14 @@ async def _serve(
     )
     launcher = KubernetesLauncher(client, pod_settings, bindings.target, [options.namespace], options.name)
     await launcher.start()
-    plane = ControlPlane(
-        home=op.home,
-        store=store,
-        launcher=launcher,
-        files=files,
-        max_parallelism=op.max_parallelism,
-        checkpoint_uri=op.checkpoint_storage,
-        control_host=op.control_host,
-        control_port=op.control_port,
+    runtime = assemble_runtime(client, bindings, launcher, store, files, op)
+    plane, writer, savepoints, reconciler = (
+        runtime.plane,
+        runtime.status_writer,
+        runtime.savepoints,
+        runtime.reconciler,
     )
-    writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
-    launcher.listeners.append(writer.mark)
-    savepoints = SavepointController(client, plane, bindings)
-    roots = allowed_roots(op)
-    user_code = usercode.UserCodePolicy.server(op.python_modules, import_check=False)
-    reconciler = StreamingJobReconciler(
-        client, plane, bindings, launcher, writer, savepoints, roots, user_code
-    )
-    plane.status_listeners.append(writer.mark)
+    roots, user_code = runtime.roots, runtime.user_code
     tasks: list[asyncio.Task[None]] = []
     runner: web.AppRunner | None = None
     try:

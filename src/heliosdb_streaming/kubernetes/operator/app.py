@@ -200,6 +200,51 @@ async def _label_own_pod(client: kube.KubeClient, *, leader: bool) -> None:
         logger.warning("could not label pod %s/%s %s: %s", namespace, name, LEADER_LABEL, e)
 
 
+@dataclass(frozen=True, slots=True)
+class JobRuntime:
+    """The control plane and the objects that bind it to the cluster: what runs jobs, in the operator
+    (without job managers) or in a job manager pod (one job); both assemble it here."""
+
+    plane: ControlPlane
+    status_writer: StatusWriter
+    savepoints: SavepointController
+    reconciler: StreamingJobReconciler
+    roots: paths.AllowedRoots
+    user_code: usercode.UserCodePolicy
+
+
+def assemble_runtime(
+    client: kube.KubeClient,
+    bindings: Bindings,
+    launcher: KubernetesLauncher,
+    store: JobStore,
+    files: JobFiles,
+    options: OperatorOptions,
+) -> JobRuntime:
+    """The control plane over ``launcher``'s pods, its status writer (fed by the pods and the plane),
+    the Savepoint controller and the StreamingJob reconciler."""
+    plane = ControlPlane(
+        home=options.home,
+        store=store,
+        launcher=launcher,
+        files=files,
+        max_parallelism=options.max_parallelism,
+        checkpoint_uri=options.checkpoint_storage,
+        control_host=options.control_host,
+        control_port=options.control_port,
+    )
+    status_writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
+    launcher.listeners.append(status_writer.mark)
+    plane.status_listeners.append(status_writer.mark)
+    savepoints = SavepointController(client, plane, bindings)
+    roots = allowed_roots(options)
+    user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
+    reconciler = StreamingJobReconciler(
+        client, plane, bindings, launcher, status_writer, savepoints, roots, user_code
+    )
+    return JobRuntime(plane, status_writer, savepoints, reconciler, roots, user_code)
+
+
 async def _lead(
     options: OperatorOptions,
     open_store: Callable[[], tuple[JobStore, JobFiles]],
@@ -228,25 +273,14 @@ async def _lead(
     launcher = KubernetesLauncher(client, pod_settings, bindings.target, namespaces or None)
     metrics.watch_source = lambda: (launcher.watch_restarts, launcher.watch_failures)
     await launcher.start()
-    plane = ControlPlane(
-        home=options.home,
-        store=store,
-        launcher=launcher,
-        files=files,
-        max_parallelism=options.max_parallelism,
-        checkpoint_uri=options.checkpoint_storage,
-        control_host=options.control_host,
-        control_port=options.control_port,
+    runtime = assemble_runtime(client, bindings, launcher, store, files, options)
+    plane, status_writer, roots, user_code = (
+        runtime.plane,
+        runtime.status_writer,
+        runtime.roots,
+        runtime.user_code,
     )
-    status_writer = StatusWriter(client, plane, bindings, launcher.pending_pods)
-    launcher.listeners.append(status_writer.mark)
-    savepoint_controller = SavepointController(client, plane, bindings)
-    roots = allowed_roots(options)
-    user_code = usercode.UserCodePolicy.server(options.python_modules, import_check=False)
-    jobs_reconciler = StreamingJobReconciler(
-        client, plane, bindings, launcher, status_writer, savepoint_controller, roots, user_code
-    )
-    plane.status_listeners.append(status_writer.mark)
+    savepoint_controller, jobs_reconciler = runtime.savepoints, runtime.reconciler
     writer: asyncio.Task[None] | None = None
     expiry: asyncio.Task[None] | None = None
     read_api = contextlib.AsyncExitStack()
