@@ -74,7 +74,7 @@ async def keyed_topic(
 async def test_files_at_parallelism_3_through_kafka_equal_the_oracle_and_purge_drops_the_topic(
     tmp_path: Path, pg_dsn: str, pg_schema: str, kafka_bootstrap: str, kills: int
 ) -> None:
-    events = write_files(tmp_path / "in", seed=3, per_file=15_000)
+    events = write_files(tmp_path / "in", seed=3, per_file=50_000)  # long enough for the kills to land
     table = f"{pg_schema}.hourly"
     source = {"type": "file", "config": {"path": str(tmp_path / "in")}}
     body = merchant_job(
