@@ -52,6 +52,8 @@ async def test_an_idle_streaming_job_scales_down_with_exact_results(api: rest.Ap
     async def scaled_down() -> dict[str, Any] | None:
         details: dict[str, Any] = await api.ok("GET", f"/api/v1/jobs/{job_id}")
         assert details["status"] != "failed", details["message"]
+        decisions = details["autoscaler"]["history"][-3:]
+        assert details["status"] != "finished", f"finished without scaling down: {decisions}"
         return details if details["config"]["parallelism"] == 1 else None
 
     details = await eventually(scaled_down, 60, "the autoscaler to scale the job down")

@@ -13,7 +13,9 @@ loop spent running records through the chains, timers and sinks, over wall time)
 2. within ``UTILIZATION_BOUNDARY`` of the target nothing changes (no flapping around it);
 3. a backpressured job (sources waiting on the processing more than ``BACKPRESSURE_HIGH`` of the
    time) or one whose source lag grows is never scaled down; a growing lag asks for at least one
-   more worker;
+   more worker. The lag grows when it rose by at least ``LAG_GROWTH_FLOOR`` records over the window:
+   a source read in batches has a lag that swings by about a batch between heartbeats, and that
+   jitter, read as growth, would keep an idle job from ever scaling down (and scale it up);
 4. the result is clamped to [``min_parallelism``, ``max_parallelism``], and never above what can
    run: the source's splits (stage 0 has one task per split, extra workers would idle) or, when the
    plan has keyed stages, their key groups; nor above the slots the server has free (the job's own
@@ -36,6 +38,7 @@ from heliosdb_streaming.model.config import AutoscalerSettings
 UTILIZATION_BOUNDARY = 0.1  # no change while utilization is within this of the target
 BACKPRESSURE_HIGH = 0.5  # sources waiting this fraction of the time: the processing is the bottleneck
 SAMPLE_SLACK_MS = 1_500  # heartbeats come every second: a window is covered this much short of it
+LAG_GROWTH_FLOOR = 1_000  # records the lag must rise by over the window to count as growing
 
 
 class Action(StrEnum):
@@ -152,7 +155,8 @@ def decide(settings: AutoscalerSettings, inputs: Inputs) -> Decision:
     if abs(utilization - target) <= UTILIZATION_BOUNDARY:
         required = p
         why = f"utilization {utilization:.2f} within {UTILIZATION_BOUNDARY} of target {target:.2f}"
-    growing = inputs.lag_growth_per_s is not None and inputs.lag_growth_per_s > 0
+    growth = inputs.lag_growth_per_s
+    growing = growth is not None and growth * settings.metrics_window_ms / 1000 >= LAG_GROWTH_FLOOR
     if growing and required <= p:
         required = p + 1
         why = f"source lag {inputs.source_lag} growing by {inputs.lag_growth_per_s:.1f}/s: one more worker"

@@ -96,10 +96,22 @@ def test_limits_splits_key_groups_free_slots_and_the_configured_range() -> None:
 def test_backpressure_and_a_growing_lag_prevent_scaling_down() -> None:
     d = decide(SETTINGS, inputs(4, 0.1, backpressure=0.8))
     assert (d.action, d.parallelism) == (Action.NONE, 4) and "backpressure 0.80" in d.reason
-    d = decide(SETTINGS, inputs(4, 0.1, source_lag=5000, lag_growth_per_s=120.0))
+    d = decide(SETTINGS, inputs(4, 0.1, source_lag=5000, lag_growth_per_s=600.0))  # +1200 in 2 s
     assert (d.action, d.parallelism) == (Action.SCALE_UP, 5) and "source lag 5000 growing" in d.reason
     d = decide(SETTINGS, inputs(4, 0.1, source_lag=5000, lag_growth_per_s=-50.0))  # catching up
     assert d.action == Action.SCALE_DOWN
+
+
+def test_lag_jitter_of_batched_reads_is_not_growth() -> None:
+    """A lag that rose by less than ``LAG_GROWTH_FLOOR`` over the window (a fetch batch between two
+    heartbeats) neither blocks a scale-down nor asks for a worker; one that rose by it does."""
+    window_s = SETTINGS.metrics_window_ms / 1000
+    below = (autoscaler.LAG_GROWTH_FLOOR - 1) / window_s
+    d = decide(SETTINGS, inputs(4, 0.1, source_lag=400, lag_growth_per_s=below))
+    assert (d.action, d.parallelism) == (Action.SCALE_DOWN, 1)
+    at = autoscaler.LAG_GROWTH_FLOOR / window_s
+    d = decide(SETTINGS, inputs(4, 0.1, source_lag=1400, lag_growth_per_s=at))
+    assert (d.action, d.parallelism) == (Action.SCALE_UP, 5)
 
 
 @given(
