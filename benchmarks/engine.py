@@ -99,24 +99,35 @@ class Measured:
 
 
 async def measure_worker(config: JobConfig, events: int, job_dir: Path) -> Measured:
-    """Runs one in-process worker until ``events`` are read."""
+    """Runs one in-process worker until ``events`` are read. The rate is the one Quix Streams' runner
+    measures (``benchmarks.quix``): from the first batch the pipeline has taken in to the batch
+    that holds the last event, so the worker's start (opening the source, the state backend) and
+    its stop are not in it, for ours as for theirs."""
     worker = Worker(config, job_id=f"bench-{uuid.uuid4()}", index=0, attempt=1, job_dir=job_dir, channel=None)
+    first: tuple[float, int] | None = None  # (time, events in) when the first batch was in
+    last: tuple[float, int] = (0.0, 0)
 
     async def stop_when_done() -> None:
-        while worker.counters.events_in < events:
-            await asyncio.sleep(0.01)
+        nonlocal first, last
+        while (n := worker.counters.events_in) < events:
+            if first is None and n > 0:
+                first = (time.perf_counter(), n)
+            await asyncio.sleep(0.001)
+        last = (time.perf_counter(), n)
         worker.stopping.set()
 
     watcher = asyncio.create_task(stop_when_done())
     started = time.perf_counter()
     code = await worker.run()
-    elapsed = time.perf_counter() - started
     watcher.cancel()
     if code != 0:
         raise RuntimeError(f"{config.name} failed with exit code {code}")
     n = worker.counters.events_in
+    if first is None or last[0] <= first[0]:  # all of it in one batch: only the whole run can tell
+        first, last = (started, 0), (time.perf_counter(), n)
     latency = worker.counters.latency
-    return Measured(n / elapsed, latency.quantile(0.5), latency.quantile(0.99), n)
+    rate = (last[1] - first[1]) / (last[0] - first[0])
+    return Measured(rate, latency.quantile(0.5), latency.quantile(0.99), n)
 
 
 async def run_worker(config: JobConfig, events: int, job_dir: Path) -> tuple[float, float, int]:

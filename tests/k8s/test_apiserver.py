@@ -104,6 +104,7 @@ def _parameters(scenario: Callable[..., Awaitable[None]]) -> list[Any]:
         rest.test_metrics_contract,
         rest.test_checkpoints_contract,
         rest.test_savepoints_contract,
+        rest.test_a_savepoint_a_job_restores_is_409_on_delete,  # judged from the StreamingJobs
         rest.test_spec_example_body_is_accepted_and_cancellable,
         rest.test_logs_contract_level_limit_tail,
         rest.test_cancel_with_savepoint_and_restart_contract,  # 9 > --max-parallelism 8: 400

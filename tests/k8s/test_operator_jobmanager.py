@@ -9,8 +9,11 @@ are compared with the windows computed straight from the generated records.
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from chart_rbac import JOBMANAGER_ACCOUNT, install_jobmanager_rbac
@@ -286,3 +289,60 @@ async def test_kubectl_scale_is_applied_by_the_jobmanager(
     await wait_phase(client, "scaled", "finished", timeout=120, log=jm_log(cluster, "scaled"))
     assert table_rows(db) == await expected_windows()
     await operator.stop()
+
+
+async def test_a_savepoint_another_job_restores_stays_until_that_job_is_done(
+    cluster: Env, start_operator: StartOperator
+) -> None:
+    """Each job manager sees only its own job, so the Savepoint's finalizer asks the StreamingJobs:
+    one deleted while another StreamingJob restores it (no checkpoint of its own yet) keeps its
+    resource and its files until that job is cancelled, then goes with them."""
+    client = cluster.client
+    operator = await start(cluster, start_operator)
+    await client.create(
+        kube.STREAMINGJOBS,
+        NS,
+        streaming_job("origin", window_spec(cluster.tmp / "a.db", parallelism=1, rate=200)),
+    )
+    await wait_phase(client, "origin", "running", log=operator.output())
+    await client.create(kube.SAVEPOINTS, NS, savepoint("kept", "origin"))
+
+    async def completed() -> dict[str, Any] | None:
+        found = await client.get_or_none(kube.SAVEPOINTS, NS, "kept")
+        observed = (found or {}).get("status") or {}
+        return observed if observed.get("state") == "completed" else None
+
+    location = (await eventually(completed, 60, "the savepoint", on_fail=jm_log(cluster, "origin")))[
+        "location"
+    ]
+    directory = Path(urlparse(location).path)
+    spec = window_spec(cluster.tmp / "b.db", parallelism=1, rate=200, restoreFrom="kept")
+    spec["config"]["checkpoint_interval_ms"] = 600_000  # no checkpoint of its own during the test
+    await client.create(kube.STREAMINGJOBS, NS, streaming_job("restorer", spec))
+    await wait_phase(client, "restorer", "running", log=operator.output())
+
+    await client.delete(kube.SAVEPOINTS, NS, "kept")
+    await eventually(
+        lambda: _marked_deleted(client, "kept"),
+        10,
+        "the deletion to be marked",
+        on_fail=operator.output()[-3000:],
+    )
+    await asyncio.sleep(3)  # the finalizer ran (and refused) meanwhile
+    held = await client.get_or_none(kube.SAVEPOINTS, NS, "kept")
+    assert held is not None and (directory / "_manifest.json").is_file(), operator.output()[-3000:]
+
+    await patch_spec(client, "restorer", {"state": "cancelled"})
+    await wait_phase(client, "restorer", "cancelled", log=jm_log(cluster, "restorer"))
+
+    async def gone() -> bool:
+        return await client.get_or_none(kube.SAVEPOINTS, NS, "kept") is None
+
+    await eventually(gone, 30, "the Savepoint to go", on_fail=operator.output()[-3000:])
+    assert not directory.exists()
+    await operator.stop()
+
+
+async def _marked_deleted(client: kube.KubeClient, name: str) -> bool:
+    found = await client.get_or_none(kube.SAVEPOINTS, NS, name)
+    return bool(found and found["metadata"].get("deletionTimestamp"))

@@ -27,14 +27,16 @@ import kopf
 
 from heliosdb_streaming.api.app import API
 from heliosdb_streaming.kubernetes import kube
-from heliosdb_streaming.kubernetes.operator import events, jmpods
+from heliosdb_streaming.kubernetes.operator import events, jmpods, mapping
 from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
 from heliosdb_streaming.kubernetes.operator.pods import Target
 from heliosdb_streaming.kubernetes.operator.readapi import INTERNAL
+from heliosdb_streaming.model.errors import SavepointInUseError
 
 logger = logging.getLogger(__name__)
 
 UNREACHABLE_RETRY_S = 1.0
+IN_USE_RETRY_S = 10.0  # a Savepoint another job still restores: its deletion is asked again then
 REQUEST_TIMEOUT_S = 120.0  # a savepoint on cancel is part of the call
 OWNED_SAVEPOINTS_WAIT_S = 60.0  # how long a deletion waits for the Savepoints the job owns to go
 ENDED = ("Succeeded", "Failed")
@@ -240,4 +242,9 @@ class JobManagers:
         namespace, job = str(meta["namespace"]), str(spec.get("jobRef") or "")
         if await self.client.get_or_none(kube.STREAMINGJOBS, namespace, job) is None:
             return  # its job is gone: nothing holds the savepoint's files any more but storage
+        users = mapping.savepoint_restorers(body, await self.client.list(kube.STREAMINGJOBS, namespace))
+        if users:  # another job manager's job restores it: keep the finalizer, try again later
+            status = body.get("status") or {}
+            error = SavepointInUseError(str(status.get("jobId")), str(status.get("savepointId")), users)
+            raise kopf.TemporaryError(error.message, delay=IN_USE_RETRY_S)
         await self.call(namespace, job, "savepoints/delete", body)

@@ -9,6 +9,7 @@ reconciler decides one step per pass; the reconciler performs it and asks again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -245,6 +246,38 @@ def savepoint_ref(restore_from: str | None) -> tuple[str | None, str | None]:
     if "://" in restore_from:
         return None, restore_from
     return restore_from, None
+
+
+def savepoint_restorers(savepoint: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The job ids of the StreamingJobs that still need the Savepoint resource ``savepoint``: they name
+    it (or its location) in ``restoreFrom``, are not being deleted, have not ended, and either have
+    no checkpoint or savepoint of their own yet or have a ``restartNonce`` restart not applied yet.
+
+    The resources' view of ``JobEntry.restores``: with a job manager per job no control plane sees
+    the other jobs, so a Savepoint's finalizer (and the REST API, before it deletes) asks the
+    StreamingJobs. One judged by its status alone misses a job restarted onto another job's
+    savepoint while it still shows an older checkpoint of its own; its job manager's own check
+    covers the Savepoints of its own job."""
+    meta, status = savepoint.get("metadata") or {}, savepoint.get("status") or {}
+    name, location = str(meta.get("name") or ""), str(status.get("location") or "").rstrip("/")
+    users: list[str] = []
+    for job in jobs:
+        job_meta, spec, observed = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
+        by_name, by_location = savepoint_ref(spec.get("restoreFrom") or None)
+        named = (by_name is not None and by_name == name) or (
+            by_location is not None and bool(location) and by_location.rstrip("/") == location
+        )
+        if not named or job_meta.get("deletionTimestamp"):
+            continue
+        phase = str(observed.get("phase") or "")
+        if phase in {s.value for s in JobStatus if s.terminal}:
+            continue
+        own = observed.get("lastCheckpoint") or observed.get("lastSavepoint")
+        pending = int(spec.get("restartNonce") or 0) != int(observed.get("observedRestartNonce") or 0)
+        if not own or pending:
+            job_id = observed.get("jobId") or job_id_for(job_meta.get("uid")) or job_meta.get("name")
+            users.append(str(job_id))
+    return users
 
 
 def recorded_savepoint_name(job: str, savepoint_id: str) -> str:

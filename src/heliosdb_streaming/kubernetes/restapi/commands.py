@@ -29,6 +29,7 @@ from heliosdb_streaming.model.errors import (
     JobNotFoundError,
     JobNotTerminalError,
     SavepointFailedError,
+    SavepointInUseError,
     SavepointNotFoundError,
 )
 from heliosdb_streaming.model.types import JobPlanInfo, JobStatus, RestartOptions
@@ -243,6 +244,10 @@ class JobCommands:
             resource = await self._recorded_savepoint(obj, job_id, savepoint_id)
         if resource is None:
             raise SavepointNotDeletableError(job_id, savepoint_id)
+        # a job restoring it would keep the finalizer waiting: say so now, as the embedded API does
+        jobs = await self.kube.list(kube.STREAMINGJOBS, self.namespace)
+        if users := mapping.savepoint_restorers(resource, jobs):
+            raise SavepointInUseError(job_id, savepoint_id, users)
         name = name_of(resource)
         await self.kube.delete(kube.SAVEPOINTS, self.namespace, name)
         deadline = asyncio.get_running_loop().time() + self.command_wait_s

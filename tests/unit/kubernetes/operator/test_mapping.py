@@ -17,6 +17,7 @@ from heliosdb_streaming.kubernetes.operator.mapping import (
     recorded_savepoint_name,
     restart_overrides,
     savepoint_ref,
+    savepoint_restorers,
     unapplied_changes,
 )
 from heliosdb_streaming.model.errors import InvalidJobConfigError
@@ -136,3 +137,42 @@ def test_recorded_savepoint_names_are_valid_object_names() -> None:
     assert recorded_savepoint_name("fraud", savepoint_id) == f"fraud-{savepoint_id}"
     long = recorded_savepoint_name("a" * 230 + "-b", savepoint_id)
     assert len(long) <= 253 and long.endswith(f"a-{savepoint_id}")
+
+
+SAVEPOINT = {"metadata": {"name": "sp"}, "status": {"location": "s3://bucket/jobs/a/savepoint-1/"}}
+
+
+def streaming_job(uid: str, restore_from: str | None, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"n-{uid}", "uid": uid},
+        "spec": {"restoreFrom": restore_from, "restartNonce": status.pop("nonce", 0)},
+        "status": status,
+    }
+
+
+@pytest.mark.parametrize(
+    ("job", "needs"),
+    [
+        (streaming_job("a", "sp"), True),  # no status yet: it has not started restoring
+        (streaming_job("a", "s3://bucket/jobs/a/savepoint-1"), True),  # by location, either slash
+        (streaming_job("a", "sp", phase="running", jobId="job-x"), True),
+        (streaming_job("a", "sp", phase="running", lastCheckpoint="checkpoint-3"), False),  # its own now
+        (streaming_job("a", "sp", phase="running", lastSavepoint={"savepointId": "s"}), False),
+        (streaming_job("a", "sp", phase="running", lastCheckpoint="checkpoint-3", nonce=1), True),  # restart
+        (streaming_job("a", "sp", phase="finished"), False),
+        (streaming_job("a", "sp", phase="cancelled"), False),
+        (streaming_job("a", "other"), False),
+        (streaming_job("a", None), False),
+    ],
+)
+def test_savepoint_restorers_are_the_unfinished_jobs_without_state_of_their_own(
+    job: dict[str, Any], needs: bool
+) -> None:
+    users = savepoint_restorers(SAVEPOINT, [job])
+    assert users == ([job["status"].get("jobId") or "job-a"] if needs else [])
+
+
+def test_a_streaming_job_being_deleted_no_longer_holds_a_savepoint() -> None:
+    job = streaming_job("a", "sp")
+    job["metadata"]["deletionTimestamp"] = "2026-12-06T00:00:00Z"
+    assert savepoint_restorers(SAVEPOINT, [job, streaming_job("b", "sp")]) == ["job-b"]
