@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import aiohttp
 import pytest
 from chart_rbac import JOBMANAGER_ACCOUNT, install_jobmanager_rbac
 from k8s_helpers import (
@@ -321,6 +322,8 @@ async def test_a_savepoint_another_job_restores_stays_until_that_job_is_done(
     await client.create(kube.STREAMINGJOBS, NS, streaming_job("restorer", spec))
     await wait_phase(client, "restorer", "running", log=operator.output())
 
+    await merged_job_list_pages(operator, newest="restorer", older="origin")
+
     await client.delete(kube.SAVEPOINTS, NS, "kept")
     await eventually(
         lambda: _marked_deleted(client, "kept"),
@@ -346,3 +349,24 @@ async def test_a_savepoint_another_job_restores_stays_until_that_job_is_done(
 async def _marked_deleted(client: kube.KubeClient, name: str) -> bool:
     found = await client.get_or_none(kube.SAVEPOINTS, NS, name)
     return bool(found and found["metadata"].get("deletionTimestamp"))
+
+
+async def merged_job_list_pages(operator: OperatorProcess, *, newest: str, older: str) -> None:
+    """The operator's read API merges every job manager's list into pages as the embedded list:
+    newest first, ``offset`` and ``limit`` over the whole, ``total`` of all."""
+    url = f"http://127.0.0.1:{operator.read_port}/api/v1/jobs"
+    async with aiohttp.ClientSession() as session:
+        pages = []
+        for offset in (0, 1, 2):
+            async with session.get(url, params={"limit": "1", "offset": str(offset)}) as response:
+                assert response.status == 200, await response.text()
+                pages.append(await response.json())
+        async with session.get(url, params={"status": "running", "limit": "5"}) as response:
+            running = await response.json()
+    assert [[job["name"] for job in page["jobs"]] for page in pages] == [[newest], [older], []]
+    assert [(page["total"], page["limit"], page["offset"]) for page in pages] == [
+        (2, 1, 0),
+        (2, 1, 1),
+        (2, 1, 2),
+    ]
+    assert {job["name"] for job in running["jobs"]} == {newest, older} and running["total"] == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -93,7 +93,10 @@ async def _jobs(request: web.Request, namespace: str | None) -> list[dict[str, A
     return [i for i in items if (i.get("status") or {}).get("jobId")]
 
 
-async def _forward(request: web.Request, obj: dict[str, Any], path: str) -> tuple[int, bytes, str]:
+async def _forward(
+    request: web.Request, obj: dict[str, Any], path: str, params: Mapping[str, str] | None = None
+) -> tuple[int, bytes, str]:
+    """``GET path`` of ``obj``'s job manager, with the request's query (or ``params``)."""
     managers = request.app[MANAGERS]
     meta = obj["metadata"]
     url = await managers.url_of(str(meta["namespace"]), str(meta["name"]))
@@ -102,7 +105,8 @@ async def _forward(request: web.Request, obj: dict[str, Any], path: str) -> tupl
     headers = {"Authorization": f"Bearer {managers.token(target_of(obj))}"}
     session = managers.session()
     try:
-        async with session.get(url + path, params=dict(request.query), headers=headers) as response:
+        query = dict(request.query if params is None else params)
+        async with session.get(url + path, params=query, headers=headers) as response:
             return response.status, await response.read(), response.content_type
     except (OSError, TimeoutError) as e:
         raise web.HTTPServiceUnavailable(text=f"job manager unreachable: {e}") from None
@@ -161,13 +165,15 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-async def _gather(request: web.Request, namespace: str | None, path: str) -> list[bytes]:
+async def _gather(
+    request: web.Request, namespace: str | None, path: str, params: Mapping[str, str] | None = None
+) -> list[bytes]:
     """The 200 answers of every job manager of ``namespace`` to ``GET path`` (a job manager being
     replaced is left out)."""
     answers = []
     for obj in await _jobs(request, namespace):
         with contextlib.suppress(web.HTTPServiceUnavailable):
-            status, body, _ = await _forward(request, obj, path)
+            status, body, _ = await _forward(request, obj, path, params)
             if status == 200:
                 answers.append(body)
     return answers
@@ -189,11 +195,23 @@ async def all_metrics(request: web.Request) -> web.Response:
 
 
 async def job_list(request: web.Request) -> web.Response:
-    """Every job manager's list, one after the other (each has one job)."""
-    bodies = [orjson.loads(b) for b in await _gather(request, None, "/api/v1/jobs")]
-    jobs = [job for body in bodies for job in body["jobs"]]
-    limit = int(bodies[0]["limit"]) if bodies else views.int_param(request, "limit", 100, 1, 1000)
-    merged = {"jobs": jobs, "total": sum(int(b["total"]) for b in bodies), "limit": limit, "offset": 0}
+    """Every job manager's list merged into one page, as the embedded list pages: newest first,
+    ``status`` filtered by each job manager, then ``offset`` and ``limit`` over the whole."""
+    limit = views.int_param(request, "limit", 100, 1, 1000)
+    offset = views.int_param(request, "offset", 0, 0, 2**62)
+    params = {**request.query, "limit": str(min(offset + limit, 1000)), "offset": "0"}
+    bodies = [orjson.loads(b) for b in await _gather(request, None, "/api/v1/jobs", params)]
+    jobs = sorted(
+        (job for body in bodies for job in body["jobs"]),
+        key=lambda job: (str(job["submitted_at"]), str(job["job_id"])),
+        reverse=True,
+    )
+    merged = {
+        "jobs": jobs[offset : offset + limit],
+        "total": sum(int(b["total"]) for b in bodies),
+        "limit": limit,
+        "offset": offset,
+    }
     return web.Response(body=orjson.dumps(merged), content_type="application/json")
 
 
