@@ -374,16 +374,25 @@ def test_default_operator(chart: helm.Chart) -> None:
         "key": "s3-access-key",
         "optional": True,
     }
-    home = next(m for m in c["volumeMounts"] if m["mountPath"] == "/var/lib/helios")
-    volume = next(v for v in spec["template"]["spec"]["volumes"] if v["name"] == home["name"])
-    assert volume["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-operator"
-    pvc = one(docs, "PersistentVolumeClaim", f"{FULLNAME}-operator")
+    # with job managers (the default) the operator holds no job state: no claim, no RWX storage
+    assert operator_home(operator) == {"name": "home", "emptyDir": {}}
+    assert find(docs, "PersistentVolumeClaim") == []
+    # without, its home holds every job's control-plane state: a claim a standby on another node mounts
+    in_operator = render(chart, {"jobManagers": {"enabled": False}})
+    claim = operator_home(one(in_operator, "Deployment", f"{FULLNAME}-operator"))["persistentVolumeClaim"]
+    assert claim["claimName"] == f"{FULLNAME}-operator"
+    pvc = one(in_operator, "PersistentVolumeClaim", f"{FULLNAME}-operator")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # a standby on another node mounts it too
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def operator_home(operator: Manifest) -> dict[str, Any]:
+    home = next(m for m in container(operator)["volumeMounts"] if m["mountPath"] == "/var/lib/helios")
+    return dict(next(v for v in operator["spec"]["template"]["spec"]["volumes"] if v["name"] == home["name"]))
 
 
 def test_operator_high_availability(chart: helm.Chart) -> None:
