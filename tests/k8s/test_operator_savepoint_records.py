@@ -161,6 +161,17 @@ async def test_periodic_upgrade_and_cancel_savepoints_are_resources_and_retentio
             return await client.get_or_none(kube.PODS, NS, jmpods.name_of("keeper")) is None
 
         await eventually(jobmanager_gone, 30, "the job manager pod to go", on_fail=operator.output()[-3000:])
+        # deleted later, its files go too: with the job manager gone the operator deletes them,
+        # having checked that the manifest there is of this very savepoint
+        await client.delete(kube.SAVEPOINTS, NS, on_cancel["metadata"]["name"])
+
+        async def deleted_with_files() -> bool:
+            left = await client.get_or_none(kube.SAVEPOINTS, NS, on_cancel["metadata"]["name"])
+            return left is None and not files_of(on_cancel).exists()
+
+        await eventually(
+            deleted_with_files, 30, "the orphan's files to go", on_fail=operator.output()[-3000:]
+        )
         await operator.stop()
         return
     assert home.is_dir()  # the job is kept for its savepoint

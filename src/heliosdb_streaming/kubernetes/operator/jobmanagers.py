@@ -32,6 +32,8 @@ from heliosdb_streaming.kubernetes.operator.jmpods import JobManagerSettings
 from heliosdb_streaming.kubernetes.operator.pods import Target
 from heliosdb_streaming.kubernetes.operator.readapi import INTERNAL
 from heliosdb_streaming.model.errors import SavepointInUseError
+from heliosdb_streaming.runtime.checkpoint.storage import storage_from_uri
+from heliosdb_streaming.runtime.checkpoint.tasks import locate_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -238,13 +240,50 @@ class JobManagers:
         await self.call(str(meta["namespace"]), job, "savepoints", body, {"retry": str(retry)})
 
     async def delete_savepoint(self, body: Mapping[str, Any]) -> None:
+        """The Savepoint's finalizer: kept while another StreamingJob restores it; else its job's job
+        manager deletes its files, or, when that job is gone (a savepoint taken on cancel or delete
+        outlives its StreamingJob, and a new StreamingJob of the same name is another job), this
+        operator does."""
         meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+        observed = body.get("status") or {}
         namespace, job = str(meta["namespace"]), str(spec.get("jobRef") or "")
-        if await self.client.get_or_none(kube.STREAMINGJOBS, namespace, job) is None:
-            return  # its job is gone: nothing holds the savepoint's files any more but storage
-        users = mapping.savepoint_restorers(body, await self.client.list(kube.STREAMINGJOBS, namespace))
+        jobs = await self.client.list(kube.STREAMINGJOBS, namespace)
+        users = mapping.savepoint_restorers(body, jobs)
         if users:  # another job manager's job restores it: keep the finalizer, try again later
-            status = body.get("status") or {}
-            error = SavepointInUseError(str(status.get("jobId")), str(status.get("savepointId")), users)
+            error = SavepointInUseError(str(observed.get("jobId")), str(observed.get("savepointId")), users)
             raise kopf.TemporaryError(error.message, delay=IN_USE_RETRY_S)
-        await self.call(namespace, job, "savepoints/delete", body)
+        owner = next((j for j in jobs if j["metadata"]["name"] == job), None)
+        if owner is not None and (owner.get("status") or {}).get("jobId") == observed.get("jobId"):
+            await self.call(namespace, job, "savepoints/delete", body)
+            return
+        await delete_orphan_savepoint_files(f"{namespace}/{meta.get('name')}", observed)
+
+
+async def delete_orphan_savepoint_files(name: str, observed: Mapping[str, Any]) -> None:
+    """Deletes the files of the Savepoint ``name`` whose job is gone, from its ``status``: only when the
+    manifest at its location is of that very savepoint (job and savepoint id), so a status pointing
+    elsewhere deletes nothing. Storage trouble is retried (``kopf.TemporaryError``)."""
+    location, job_id, savepoint_id = (observed.get(k) for k in ("location", "jobId", "savepointId"))
+    if not (location and job_id and savepoint_id):
+        return  # it never completed: there are no files
+    try:
+        found = await locate_snapshot(str(location))
+    except ValueError as e:
+        logger.info("Savepoint %s: no files to delete (%s)", name, e)
+        return
+    if (found.job_id, found.savepoint_id) != (job_id, savepoint_id):
+        logger.warning(
+            "Savepoint %s: %s holds savepoint %s of job %s, not %s of %s; nothing deleted",
+            name,
+            location,
+            found.savepoint_id,
+            found.job_id,
+            savepoint_id,
+            job_id,
+        )
+        return
+    try:
+        await storage_from_uri(found.storage_uri).delete_prefix(found.directory)
+    except Exception as e:  # storage unreachable or refusing: the finalizer stays, asked again
+        raise kopf.TemporaryError(f"deleting the files at {location}: {e}", delay=IN_USE_RETRY_S) from None
+    logger.info("Savepoint %s: its job is gone, its files at %s deleted", name, location)
