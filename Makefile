@@ -32,7 +32,7 @@ test-tools:  ## install the tools the tests run (as root, with apt-get), or stop
 # Two pytest workers (pytest-xdist), a test file per worker at a time (module fixtures such as a
 # helios server stay in one process): most tests wait on subprocesses, brokers and checkpoints, so two
 # run side by side on 2 cores in about half the time (12 min instead of 22).
-test: install test-tools  ## the whole suite (about 12 min on 2 cores); starts its own Kafka-protocol brokers, uses local PostgreSQL
+test: install test-tools  ## the whole suite (about 15 min on 2 cores); starts its own Kafka-protocol brokers, uses local PostgreSQL
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test-fast: install  ## the unit tests without services, promtool or the slow ones (15 s here, 35 s on busy cores)
