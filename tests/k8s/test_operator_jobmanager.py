@@ -23,6 +23,7 @@ from k8s_helpers import (
     Env,
     OperatorProcess,
     StartOperator,
+    events_of,
     eventually,
     expected_windows,
     job_status,
@@ -334,6 +335,10 @@ async def test_a_savepoint_another_job_restores_stays_until_that_job_is_done(
     await asyncio.sleep(3)  # the finalizer ran (and refused) meanwhile
     held = await client.get_or_none(kube.SAVEPOINTS, NS, "kept")
     assert held is not None and (directory / "_manifest.json").is_file(), operator.output()[-3000:]
+    # said once, as an Event naming the job that restores it; no kopf Warning per retry
+    (said,) = [m for reason, m in await events_of(client, "kept") if reason == "SavepointInUse"]
+    assert (await job_status(client, "restorer"))["jobId"] in said
+    assert {r for r, _ in await events_of(client, "kept")} == {"SavepointCompleted", "SavepointInUse"}
 
     await patch_spec(client, "restorer", {"state": "cancelled"})
     await wait_phase(client, "restorer", "cancelled", log=jm_log(cluster, "restorer"))

@@ -20,7 +20,7 @@ import collections
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,7 @@ def involved(namespace: str, name: str, uid: str | None, kind: str) -> dict[str,
     }
 
 
+SAVEPOINT_IN_USE_RETRY_S = 10.0  # a Savepoint a job still restores: its deletion is asked again then
 DEDUP_WINDOW_S = 600.0  # client-go's EventCorrelator aggregates over 10 minutes
 MAX_SERIES = 4096  # Events remembered per client: the oldest are forgotten first
 
@@ -126,6 +127,17 @@ async def job_event(client: kube.KubeClient, binding: Binding, type_: str, reaso
 
 
 WAITING = "; waiting"
+
+
+async def savepoint_in_use(
+    client: kube.KubeClient, body: Mapping[str, Any], message: str
+) -> kopf.TemporaryError:
+    """A Savepoint whose deletion waits for the jobs that restore it: one ``SavepointInUse`` Event
+    (deduplicated, so a wait of hours is one Event with a count), and the quiet retry in 10 s."""
+    meta = body.get("metadata") or {}
+    ref = involved(str(meta.get("namespace")), str(meta.get("name")), meta.get("uid"), crds.SAVEPOINT_KIND)
+    await post(client, ref, "Normal", "SavepointInUse", f"deletion waits: {message}")
+    return waiting(message, SAVEPOINT_IN_USE_RETRY_S)
 
 
 def waiting(why: str, delay: float) -> kopf.TemporaryError:

@@ -38,7 +38,7 @@ from heliosdb_streaming.runtime.checkpoint.tasks import locate_snapshot
 logger = logging.getLogger(__name__)
 
 UNREACHABLE_RETRY_S = 1.0
-IN_USE_RETRY_S = 10.0  # a Savepoint another job still restores: its deletion is asked again then
+STORAGE_RETRY_S = 10.0  # the files of an orphan Savepoint could not be deleted: asked again then
 REQUEST_TIMEOUT_S = 120.0  # a savepoint on cancel is part of the call
 OWNED_SAVEPOINTS_WAIT_S = 60.0  # how long a deletion waits for the Savepoints the job owns to go
 ENDED = ("Succeeded", "Failed")
@@ -251,7 +251,7 @@ class JobManagers:
         users = mapping.savepoint_restorers(body, jobs)
         if users:  # another job manager's job restores it: keep the finalizer, try again later
             error = SavepointInUseError(str(observed.get("jobId")), str(observed.get("savepointId")), users)
-            raise kopf.TemporaryError(error.message, delay=IN_USE_RETRY_S)
+            raise await events.savepoint_in_use(self.client, body, error.message)
         owner = next((j for j in jobs if j["metadata"]["name"] == job), None)
         if owner is not None and (owner.get("status") or {}).get("jobId") == observed.get("jobId"):
             await self.call(namespace, job, "savepoints/delete", body)
@@ -285,5 +285,5 @@ async def delete_orphan_savepoint_files(name: str, observed: Mapping[str, Any]) 
     try:
         await storage_from_uri(found.storage_uri).delete_prefix(found.directory)
     except Exception as e:  # storage unreachable or refusing: the finalizer stays, asked again
-        raise kopf.TemporaryError(f"deleting the files at {location}: {e}", delay=IN_USE_RETRY_S) from None
+        raise kopf.TemporaryError(f"deleting the files at {location}: {e}", delay=STORAGE_RETRY_S) from None
     logger.info("Savepoint %s: its job is gone, its files at %s deleted", name, location)

@@ -117,7 +117,7 @@ class SavepointController:
         except SavepointNotFoundError:
             pass
         except SavepointInUseError as e:  # a job still restores it: keep the finalizer, try again later
-            raise kopf.TemporaryError(e.message, delay=10) from None
+            raise await events.savepoint_in_use(self.client, body, e.message) from None
         await self._purge_orphan(str(job_id))
 
     async def _purge_orphan(self, job_id: str) -> None:
