@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,7 @@ from k8s_helpers import eventually, expected_windows, table_rows, window_spec
 
 from heliosdb_streaming.job import JobManager
 from heliosdb_streaming.kubernetes import crds, kube
+from heliosdb_streaming.kubernetes.operator import jmpods
 from heliosdb_streaming.testing.ports import free_port
 from heliosdb_streaming.testing.server import HeliosServerProcess
 
@@ -417,7 +419,12 @@ async def test_savepoints_cancel_with_savepoint_and_restart_rescaled(api: rest.A
             break
         await asyncio.sleep(0.1)
         left = await resources(k8s_api, kube.SAVEPOINTS)
-    assert left == [], [{"metadata": r["metadata"], "status": r.get("status")} for r in left]
+    if left:  # printed whole: pytest shortens an assertion's message
+        print(json.dumps(left, indent=1), k8s_api.substrate.operator_output(), sep="\n")
+        if k8s_api.substrate.job_managers:
+            jm = jmpods.name_of(str(left[0]["spec"]["jobRef"]))
+            print(k8s_api.substrate.kubelet.log_of(k8s_api.namespace, jm)[-4000:])
+    assert left == []
     assert not directory.exists()
     no_server_errors(api)
 

@@ -114,6 +114,8 @@ def operator_command(home: Path, control_port: int, *args: str) -> list[str]:
 
 def operator_env(kubeconfig: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment for an operator against ``kubeconfig``: without the Helios, AWS and
-    kubeconfig settings of the caller, which would point it elsewhere."""
+    kubeconfig settings of the caller, which would point it elsewhere. Its watches last 15 s instead
+    of 60: on a loaded test machine the emulated API server has left a watch silent (an event never
+    delivered, seen only when kopf lists again), and a test should not wait a minute for that."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "AWS_", "KUBECONFIG"))}
-    return {**base, "KUBECONFIG": str(kubeconfig), **(extra or {})}
+    return {**base, "KUBECONFIG": str(kubeconfig), "HELIOS_WATCH_TIMEOUT_S": "15", **(extra or {})}

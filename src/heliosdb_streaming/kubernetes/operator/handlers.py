@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -22,6 +23,16 @@ from heliosdb_streaming.kubernetes.operator.events import COMPONENT, WAITING
 from heliosdb_streaming.kubernetes.operator.opmetrics import OperatorMetrics
 
 WATCH_SERVER_TIMEOUT_S = 60
+WATCH_TIMEOUT_ENV = "HELIOS_WATCH_TIMEOUT_S"
+
+
+def watch_timeout() -> float:
+    """Seconds a watch stream lasts before kopf lists again and watches anew (``HELIOS_WATCH_TIMEOUT_S``,
+    default 60): an event a stream never delivered (a stalled connection) is seen at the next list."""
+    value = float(os.environ.get(WATCH_TIMEOUT_ENV) or WATCH_SERVER_TIMEOUT_S)
+    return value if value > 0 else WATCH_SERVER_TIMEOUT_S
+
+
 BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s
 RESYNC_S = 5.0  # how often the objects a job owns are checked (recreated when missing)
 
@@ -52,8 +63,8 @@ def settings(namespaces: list[str]) -> kopf.OperatorSettings:
     # kopf's own messages become Events only from warnings up; the domain events are posted explicitly
     s.posting.level = logging.WARNING
     s.posting.reporting_component = COMPONENT
-    s.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
-    s.watching.client_timeout = WATCH_SERVER_TIMEOUT_S + 15
+    s.watching.server_timeout = watch_timeout()
+    s.watching.client_timeout = s.watching.server_timeout + 15
     s.watching.connect_timeout = 10
     s.networking.request_timeout = 30
     s.peering.standalone = True
