@@ -95,6 +95,7 @@ class OperatorOptions:
     jobmanager_args: tuple[str, ...] = ()  # extra ``helios jobmanager`` arguments (tests: loopback ports)
     jobmanager_url_from_status: bool = False  # no cluster DNS (tests): call the address it advertised
     jobmanager_key: str | None = None  # the job managers' API tokens derive from it (every replica's)
+    watch_timeout_s: float = handlers.WATCH_SERVER_TIMEOUT_S  # a watch stream's life, then kopf lists again
 
     @classmethod
     def from_env(cls, home: Path, **overrides: object) -> OperatorOptions:
@@ -112,6 +113,7 @@ class OperatorOptions:
             "job_managers": env.get("HELIOS_JOB_MANAGERS", "").lower() in ("1", "true", "yes"),
             "jobmanager_service_account": env.get("HELIOS_JOBMANAGER_SERVICE_ACCOUNT") or None,
             "jobmanager_key": env.get("HELIOS_JOBMANAGER_KEY") or None,
+            "watch_timeout_s": float(env.get("HELIOS_WATCH_TIMEOUT_S") or handlers.WATCH_SERVER_TIMEOUT_S),
             "allow_paths": tuple(Path(p) for p in env.get("HELIOS_ALLOW_PATHS", "").split(os.pathsep) if p),
             "python_modules": tuple(
                 m.strip() for m in env.get("HELIOS_PYTHON_MODULES", "").split(",") if m.strip()
@@ -326,7 +328,7 @@ async def _lead(
         bluegreen.register(registry, bluegreen.BlueGreenController(client, plane_progress(plane, bindings)))
         await kopf.operator(
             registry=registry,
-            settings=handlers.settings(namespaces),
+            settings=handlers.settings(namespaces, options.watch_timeout_s),
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
@@ -422,7 +424,7 @@ async def _lead_job_managers(
         bluegreen.register(registry, bluegreen.BlueGreenController(client, managers.progress))
         await kopf.operator(
             registry=registry,
-            settings=handlers.settings(namespaces),
+            settings=handlers.settings(namespaces, options.watch_timeout_s),
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -22,15 +21,7 @@ from heliosdb_streaming.kubernetes import crds
 from heliosdb_streaming.kubernetes.operator.events import COMPONENT, WAITING
 from heliosdb_streaming.kubernetes.operator.opmetrics import OperatorMetrics
 
-WATCH_SERVER_TIMEOUT_S = 60
-WATCH_TIMEOUT_ENV = "HELIOS_WATCH_TIMEOUT_S"
-
-
-def watch_timeout() -> float:
-    """Seconds a watch stream lasts before kopf lists again and watches anew (``HELIOS_WATCH_TIMEOUT_S``,
-    default 60): an event a stream never delivered (a stalled connection) is seen at the next list."""
-    value = float(os.environ.get(WATCH_TIMEOUT_ENV) or WATCH_SERVER_TIMEOUT_S)
-    return value if value > 0 else WATCH_SERVER_TIMEOUT_S
+WATCH_SERVER_TIMEOUT_S = 60.0
 
 
 BACKOFF_S = 5  # retry a handler that failed unexpectedly (API server unreachable) soon, not in 60 s
@@ -53,7 +44,9 @@ class SavepointHandler(Protocol):
     async def delete_savepoint(self, body: Mapping[str, Any]) -> None: ...
 
 
-def settings(namespaces: list[str]) -> kopf.OperatorSettings:
+def settings(namespaces: list[str], watch_timeout_s: float = WATCH_SERVER_TIMEOUT_S) -> kopf.OperatorSettings:
+    """kopf's settings. ``watch_timeout_s``: how long a watch stream lasts before kopf lists again and
+    watches anew, so an event a stalled stream never delivered is acted on at the next list."""
     s = kopf.OperatorSettings()
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crds.GROUP)
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -63,7 +56,7 @@ def settings(namespaces: list[str]) -> kopf.OperatorSettings:
     # kopf's own messages become Events only from warnings up; the domain events are posted explicitly
     s.posting.level = logging.WARNING
     s.posting.reporting_component = COMPONENT
-    s.watching.server_timeout = watch_timeout()
+    s.watching.server_timeout = max(watch_timeout_s, 1.0)
     s.watching.client_timeout = s.watching.server_timeout + 15
     s.watching.connect_timeout = 10
     s.networking.request_timeout = 30

@@ -248,6 +248,9 @@ def savepoint_ref(restore_from: str | None) -> tuple[str | None, str | None]:
     return restore_from, None
 
 
+ENDED_PHASES = frozenset(s.value for s in JobStatus if s.terminal)
+
+
 def savepoint_restorers(savepoint: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]]) -> list[str]:
     """The job ids of the StreamingJobs that still need the Savepoint resource ``savepoint``: they name
     it (or its location) in ``restoreFrom``, are not being deleted, have not ended, and either have
@@ -269,8 +272,7 @@ def savepoint_restorers(savepoint: Mapping[str, Any], jobs: Iterable[Mapping[str
         )
         if not named or job_meta.get("deletionTimestamp"):
             continue
-        phase = str(observed.get("phase") or "")
-        if phase in {s.value for s in JobStatus if s.terminal}:
+        if observed.get("phase") in ENDED_PHASES:
             continue
         own = observed.get("lastCheckpoint") or observed.get("lastSavepoint")
         pending = int(spec.get("restartNonce") or 0) != int(observed.get("observedRestartNonce") or 0)
